@@ -1,0 +1,344 @@
+//! Request, response and WebSocket message bodies.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{BadgeUid, ClientId, DeviceId, OpId};
+
+/// A user's role on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Manages users, clients and quotas; may also run a kiosk.
+    Admin,
+    /// Runs kiosks.
+    Operator,
+}
+
+impl Role {
+    /// The role's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "operator" => Ok(Self::Operator),
+            other => Err(format!("unknown role {other:?} (expected admin or operator)")),
+        }
+    }
+}
+
+/// `POST /api/auth/login` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// The user's name.
+    pub username: String,
+    /// The user's password.
+    pub password: String,
+    /// The kiosk the token will be bound to.
+    pub device_id: DeviceId,
+}
+
+/// The user as returned by login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// Server-side user id.
+    pub id: i64,
+    /// The user's name.
+    pub username: String,
+    /// The user's role.
+    pub role: Role,
+}
+
+/// `POST /api/auth/login` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// Always `true` (errors use [`crate::ErrorBody`]).
+    pub success: bool,
+    /// A JWT to send as `Authorization: Bearer …`.
+    pub token: String,
+    /// Who logged in.
+    pub user: UserInfo,
+    /// When the token expires (also in its `exp` claim). Optional: the seed client ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/auth/refresh` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshResponse {
+    /// Always `true`.
+    pub success: bool,
+    /// The new token.
+    pub token: String,
+    /// When the new token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The kind of physical operation a kiosk performed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpType {
+    /// A customer's badge was read and cloned onto a blank card.
+    Copy,
+    /// A UID from the records was written onto a blank card.
+    Write,
+}
+
+impl OpType {
+    /// The type's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Copy => "copy",
+            Self::Write => "write",
+        }
+    }
+}
+
+impl std::str::FromStr for OpType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "copy" => Ok(Self::Copy),
+            "write" => Ok(Self::Write),
+            other => Err(format!("unknown operation type {other:?} (expected copy or write)")),
+        }
+    }
+}
+
+/// What was done, for whom. Unknown fields (the seed client sends
+/// `"status": "pending"`) are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpPayload {
+    /// The customer whose quota pays for the card.
+    pub client_id: ClientId,
+    /// The UID now on the new card.
+    pub uid: BadgeUid,
+    /// When the kiosk made the card. Absent from the seed client; the server
+    /// then uses the arrival time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+/// One queued operation in a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueItem {
+    /// The kiosk's own local integer id (the seed client's SQLite row id),
+    /// echoed in the result.
+    pub id: i64,
+    /// Globally unique operation id (our agent always sends one). When present
+    /// it is the idempotency key; otherwise `(device_id, id)` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<OpId>,
+    /// `copy` or `write`.
+    #[serde(rename = "type")]
+    pub op_type: OpType,
+    /// What was done.
+    pub payload: OpPayload,
+}
+
+/// Why one queue item of a push cannot be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemError {
+    /// The item's `id`, when it has a usable one.
+    pub id: Option<i64>,
+    /// A sentence saying what is wrong.
+    pub message: String,
+}
+
+impl QueueItem {
+    /// Parses one item of a push leniently: a bad item is reported with its
+    /// own id (when it has one) so that the rest of the batch still goes in.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, ItemError> {
+        let id = value.get("id").and_then(serde_json::Value::as_i64);
+        let fail = |message: String| ItemError { id, message };
+        if !value.is_object() {
+            return Err(fail("queue item must be a JSON object".into()));
+        }
+        if id.is_none() {
+            return Err(fail("queue item needs an integer \"id\"".into()));
+        }
+        match value.get("type").and_then(serde_json::Value::as_str) {
+            Some(t) => {
+                t.parse::<OpType>().map_err(fail)?;
+            }
+            None => return Err(fail("queue item needs a \"type\" (copy or write)".into())),
+        }
+        let payload = value.get("payload").ok_or_else(|| fail("queue item needs a \"payload\" object".into()))?;
+        if let Some(cid) = payload.get("client_id") {
+            if !cid.is_i64() {
+                return Err(fail("payload.client_id must be an integer".into()));
+            }
+        }
+        serde_json::from_value::<Self>(value.clone()).map_err(|e| fail(format!("invalid queue item: {e}")))
+    }
+}
+
+/// `POST /api/sync/push` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// The pushing kiosk; must be the device its token was issued to.
+    pub device_id: DeviceId,
+    /// Operations, oldest first.
+    pub queue: Vec<QueueItem>,
+}
+
+/// Outcome of one pushed item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushStatus {
+    /// Recorded in the ledger (now, or by an earlier push of the same item).
+    Synced,
+    /// Not recorded; `error` says why. Retrying unchanged will fail again.
+    Failed,
+}
+
+/// Result of one pushed item, matched to it by the echoed `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushItemResult {
+    /// The item's own `id`, echoed (`null` only when the item had none).
+    pub id: Option<i64>,
+    /// `synced` or `failed`.
+    pub status: PushStatus,
+    /// Why it failed, as a plain string; `null` when synced.
+    pub error: Option<String>,
+    /// The item's `op_id`, echoed when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<OpId>,
+    /// `true` when the ledger already held this item (a retried push); it was
+    /// not counted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    /// `true` when this copy took its client past the quota. It is recorded
+    /// and counted anyway: the card exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdraft: bool,
+    /// The ledger row id of the recorded copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_id: Option<i64>,
+}
+
+impl PushItemResult {
+    /// A failed result.
+    pub fn failed(id: Option<i64>, op_id: Option<OpId>, error: impl Into<String>) -> Self {
+        Self { id, status: PushStatus::Failed, error: Some(error.into()), op_id, duplicate: false, overdraft: false, ledger_id: None }
+    }
+}
+
+/// `POST /api/sync/push` answer (HTTP 200 even when some items failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushResponse {
+    /// `true`: the batch was processed (look at each item's status).
+    pub success: bool,
+    /// One result per item, in the order of the request.
+    pub data: Vec<PushItemResult>,
+}
+
+/// One client's quota as a kiosk sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaEntry {
+    /// The client.
+    pub client_id: ClientId,
+    /// Copies left; negative after an overdraft.
+    pub remaining: i64,
+    /// The client's name, for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `GET /api/sync/pull` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullResponse {
+    /// Always `true`.
+    pub success: bool,
+    /// The quotas of the clients this kiosk may serve.
+    pub quotas: Vec<QuotaEntry>,
+    /// The server's clock when the quotas were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<DateTime<Utc>>,
+}
+
+/// `GET /health` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    /// `up` or `down`.
+    pub database: String,
+    /// The server's version.
+    pub version: String,
+}
+
+/// `quota_updated`: a client's remaining quota changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUpdated {
+    /// The client.
+    pub client_id: ClientId,
+    /// Copies left now; negative after an overdraft.
+    pub remaining: i64,
+}
+
+/// `sync_completed`: sent to the kiosk that pushed, after its push committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncCompleted {
+    /// The kiosk that pushed.
+    pub device_id: DeviceId,
+    /// Items recorded (including duplicates already recorded).
+    pub synced: u32,
+    /// Items refused.
+    pub failed: u32,
+    /// Of `synced`, how many were already in the ledger.
+    pub duplicates: u32,
+    /// When the push committed.
+    pub at: DateTime<Utc>,
+}
+
+/// `copy_completed`: a new operation reached the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyCompleted {
+    /// Ledger row id.
+    pub ledger_id: i64,
+    /// The client charged.
+    pub client_id: ClientId,
+    /// The UID on the new card.
+    pub uid: BadgeUid,
+    /// `copy` or `write`.
+    #[serde(rename = "type")]
+    pub op_type: OpType,
+    /// The kiosk that made it.
+    pub device_id: DeviceId,
+    /// The kiosk's local id of the operation.
+    pub id: i64,
+    /// The operation's global id, when the kiosk sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<OpId>,
+    /// When the card was made.
+    pub occurred_at: DateTime<Utc>,
+    /// Whether it took the client past the quota.
+    pub overdraft: bool,
+}
+
+/// Every WebSocket message, both directions: `{"type": "...", "data": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum WsMessage {
+    /// Client → server heartbeat.
+    Ping,
+    /// Server → client answer to `ping`.
+    Pong,
+    /// A client's quota changed.
+    QuotaUpdated(QuotaUpdated),
+    /// The receiving kiosk's push committed.
+    SyncCompleted(SyncCompleted),
+    /// A new operation reached the ledger.
+    CopyCompleted(CopyCompleted),
+}
