@@ -1,0 +1,325 @@
+//! The `propass-server` command line: `serve` and the operator commands.
+//!
+//! Configuration comes from `--config FILE` (or `PROPASS_CONFIG`, or
+//! `/etc/propass/server.toml` when it exists), then the environment, then
+//! flags. Commands other than `serve` print data on stdout (`--json` for
+//! scripts) and messages on stderr; they exit 1 with `error: …` on failure.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use propass_protocol::{ClientId, Role};
+
+use crate::config::{Config, FileConfig};
+use crate::startup::Application;
+use crate::{auth, db};
+
+/// Where the configuration file is looked for when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/propass/server.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "propass-server", version, about = "PROPASS central server and operator commands")]
+struct Cli {
+    /// TOML configuration file [default: /etc/propass/server.toml if it exists]
+    #[arg(long, env = "PROPASS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL, e.g. postgres://propass@localhost/propass
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (applies pending migrations first)
+    Serve(ServeArgs),
+    /// Apply pending database migrations
+    Migrate,
+    /// Manage users
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage clients (the customers whose quotas pay for copies)
+    #[command(subcommand)]
+    Client(ClientCmd),
+    /// Manage quotas
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+    /// Manage kiosk devices
+    #[command(subcommand)]
+    Device(DeviceCmd),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:5000]
+    #[arg(long, env = "PROPASS_BIND")]
+    bind: Option<SocketAddr>,
+    /// Development mode: allows running without a JWT secret (uses a well-known one)
+    #[arg(long, env = "PROPASS_DEV")]
+    dev: bool,
+    /// File holding the JWT signing secret (PROPASS_JWT_SECRET may hold it directly)
+    #[arg(long, env = "PROPASS_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// Create a user (the password is read from standard input)
+    Add {
+        /// Username
+        name: String,
+        /// admin or operator
+        #[arg(long)]
+        role: Role,
+        /// Read the password from the first line of standard input
+        #[arg(long)]
+        password_stdin: bool,
+        /// Replace the password and role if the user exists
+        #[arg(long)]
+        update: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCmd {
+    /// Create a client; prints its id
+    Add {
+        /// Client name (unique)
+        name: String,
+        /// Initial quota of copies
+        #[arg(long, default_value_t = 0)]
+        quota: u32,
+        /// Print {"id", "name", "quota"} as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List clients with their quotas
+    List {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QuotaCmd {
+    /// Add N copies to a client's quota (negative N corrects a mistake); prints the new remaining
+    Add {
+        /// Client id
+        client_id: ClientId,
+        /// Copies to add
+        #[arg(allow_negative_numbers = true)]
+        n: i64,
+        /// Print {"client_id", "remaining"} as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCmd {
+    /// List kiosks that have logged in
+    List {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a kiosk: its tokens stop working at once
+    Revoke {
+        /// Device id
+        device_id: String,
+    },
+    /// Undo a revocation
+    Restore {
+        /// Device id
+        device_id: String,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PROPASS_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn load_file(path: Option<&Path>) -> Result<FileConfig, String> {
+    let mut file = match path {
+        Some(p) => FileConfig::read(p).map_err(|e| e.to_string())?,
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            FileConfig::read(Path::new(DEFAULT_CONFIG_PATH)).map_err(|e| e.to_string())?
+        }
+        None => FileConfig::default(),
+    };
+    file.apply_env(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    Ok(file)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let file = load_file(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve(args) => {
+            let secret = std::env::var("PROPASS_JWT_SECRET").ok().filter(|s| !s.is_empty());
+            let config = file
+                .into_config(cli.database_url, args.bind, secret, args.jwt_secret_file, args.dev)
+                .map_err(|e| e.to_string())?;
+            serve(config)
+        }
+        command => {
+            let url = cli.database_url.or(file.database_url).ok_or(
+                "no database configured: set DATABASE_URL, --database-url or database_url in the config file",
+            )?;
+            let applied = db::run_migrations(&url)?;
+            for m in applied {
+                eprintln!("applied migration {m}");
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(operate(&url, command))
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    for m in db::run_migrations(&config.database_url)? {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    let bind = config.bind;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(config).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+        tracing::info!(addr = %bind, port = app.port(), "propass-server listening");
+        app.run_until_stopped().await.map_err(|e| e.to_string())
+    })?;
+    tracing::info!("propass-server stopped");
+    Ok(())
+}
+
+fn read_password() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+    if pw.is_empty() {
+        return Err("empty password on standard input".into());
+    }
+    Ok(pw)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    writeln!(std::io::stdout(), "{s}").map_err(|e| e.to_string())
+}
+
+async fn operate(url: &str, command: Command) -> Result<(), String> {
+    let mut conn = AsyncPgConnection::establish(url).await.map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let conn = &mut conn;
+    let dberr = |e: diesel::result::Error| e.to_string();
+    match command {
+        Command::Serve(_) => unreachable!("handled by run"),
+        Command::Migrate => eprintln!("database is up to date"),
+        Command::User(UserCmd::Add { name, role, password_stdin, update }) => {
+            if !password_stdin {
+                return Err("pass the password on standard input with --password-stdin (never on the command line)".into());
+            }
+            if name.is_empty() || name.len() > 128 {
+                return Err("username must be 1 to 128 bytes".into());
+            }
+            let password = read_password()?;
+            let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password)).await.map_err(|e| e.to_string())??;
+            let exists = db::find_user(conn, &name).await.map_err(dberr)?.is_some();
+            let id = match (exists, update) {
+                (true, false) => return Err(format!("user {name:?} already exists (add --update to change its password and role)")),
+                (true, true) => db::update_user(conn, &name, &hash, role).await.map_err(dberr)?,
+                (false, _) => db::create_user(conn, &name, &hash, role).await.map_err(dberr)?,
+            };
+            eprintln!("{} user {name} (id {id}, role {})", if exists { "updated" } else { "created" }, role.as_str());
+        }
+        Command::Client(ClientCmd::Add { name, quota, json }) => {
+            let name = name.trim().to_owned();
+            if name.is_empty() {
+                return Err("client name must not be empty".into());
+            }
+            let id = db::create_client(conn, &name, i64::from(quota)).await.map_err(|e| match e {
+                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
+                    format!("a client named {name:?} already exists")
+                }
+                other => other.to_string(),
+            })?;
+            if json {
+                print_json(&serde_json::json!({"id": id, "name": name, "quota": quota}))?;
+            } else {
+                println!("{id}");
+                eprintln!("created client {name:?} with id {id} and a quota of {quota}");
+            }
+        }
+        Command::Client(ClientCmd::List { json }) => {
+            let rows = db::list_clients(conn).await.map_err(dberr)?;
+            if json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|r| serde_json::json!({"id": r.id, "name": r.name, "total": r.total, "used": r.used, "remaining": r.remaining()}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                println!("{:>6}  {:>9}  {:>9}  {:>9}  NAME", "ID", "TOTAL", "USED", "REMAINING");
+                for r in rows {
+                    println!("{:>6}  {:>9}  {:>9}  {:>9}  {}", r.id, r.total, r.used, r.remaining(), r.name);
+                }
+            }
+        }
+        Command::Quota(QuotaCmd::Add { client_id, n, json }) => {
+            let remaining = db::add_quota(conn, client_id, n).await.map_err(|e| match e {
+                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::CheckViolation, _) => {
+                    format!("cannot remove {} copies: the client would have bought fewer than zero", -n)
+                }
+                other => other.to_string(),
+            })?;
+            let remaining = remaining.ok_or_else(|| format!("no client with id {client_id}"))?;
+            if json {
+                print_json(&serde_json::json!({"client_id": client_id, "remaining": remaining}))?;
+            } else {
+                println!("{remaining}");
+                eprintln!("client {client_id} now has {remaining} copies remaining");
+            }
+        }
+        Command::Device(DeviceCmd::List { json }) => {
+            let rows = db::list_devices(conn).await.map_err(dberr)?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!("{:<40}  {:<8}  LAST SEEN", "DEVICE", "STATUS");
+                for r in rows {
+                    println!("{:<40}  {:<8}  {}", r.device_id, if r.revoked { "revoked" } else { "active" }, r.last_seen.to_rfc3339());
+                }
+            }
+        }
+        Command::Device(cmd) => {
+            let (device_id, revoke) = match cmd {
+                DeviceCmd::Revoke { device_id } => (device_id, true),
+                DeviceCmd::Restore { device_id } => (device_id, false),
+                DeviceCmd::List { .. } => unreachable!("handled above"),
+            };
+            if !db::set_device_revoked(conn, &device_id, revoke).await.map_err(dberr)? {
+                return Err(format!("no device {device_id:?} has ever logged in"));
+            }
+            eprintln!("device {device_id} {}", if revoke { "revoked" } else { "restored" });
+        }
+    }
+    Ok(())
+}

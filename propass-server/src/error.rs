@@ -1,0 +1,136 @@
+//! The server's one error type, and its mapping to the wire error body.
+//!
+//! Handlers return [`ApiError`]; actix turns it into
+//! `{"success": false, "error": {"code", "message"}}` with the status of the
+//! code (see `propass_protocol::ErrorCode::http_status`). Database and pool
+//! failures become `unavailable` (503) when the database cannot be reached and
+//! `internal` (500) otherwise; details of internal errors go to the log, not
+//! to the client.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use propass_protocol::{ErrorBody, ErrorCode};
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Body is not JSON or not the expected shape.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// A value is not acceptable.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Wrong username or password.
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    /// No bearer token.
+    #[error("this endpoint needs an Authorization: Bearer <token> header")]
+    MissingToken,
+    /// Bad token.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// Expired token.
+    #[error("the token has expired; refresh it at /api/auth/refresh or log in again")]
+    TokenExpired,
+    /// Token issued to another device.
+    #[error("this token was issued to device {token_device}, not {requested}")]
+    DeviceMismatch {
+        /// The token's device.
+        token_device: String,
+        /// The device named by the request.
+        requested: String,
+    },
+    /// Device revoked.
+    #[error("device {0} has been revoked by an operator")]
+    DeviceRevoked(String),
+    /// Not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such route.
+    #[error("no such endpoint")]
+    NotFound,
+    /// Too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Not JSON.
+    #[error("the body must be JSON with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// Throttled.
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a new attempt is allowed.
+        retry_after_secs: u64,
+    },
+    /// Database unreachable.
+    #[error("the database is unavailable; retry later")]
+    Unavailable(String),
+    /// A bug or an unexpected database error.
+    #[error("internal error; it has been logged")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The wire code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::MalformedJson(_) => ErrorCode::MalformedJson,
+            Self::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Self::InvalidCredentials => ErrorCode::InvalidCredentials,
+            Self::MissingToken => ErrorCode::MissingToken,
+            Self::InvalidToken(_) => ErrorCode::InvalidToken,
+            Self::TokenExpired => ErrorCode::TokenExpired,
+            Self::DeviceMismatch { .. } => ErrorCode::DeviceMismatch,
+            Self::DeviceRevoked(_) => ErrorCode::DeviceRevoked,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotFound => ErrorCode::NotFound,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Internal(detail) => tracing::error!(error = %detail, "internal error"),
+            Self::Unavailable(detail) => tracing::warn!(error = %detail, "database unavailable"),
+            _ => {}
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        if let Self::RateLimited { retry_after_secs } = self {
+            res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        res.json(ErrorBody::new(self.code(), self.to_string()))
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::Error as E;
+        match e {
+            E::DatabaseError(diesel::result::DatabaseErrorKind::ClosedConnection, info) => {
+                Self::Unavailable(info.message().to_owned())
+            }
+            E::DatabaseError(diesel::result::DatabaseErrorKind::UnableToSendCommand, info) => {
+                Self::Unavailable(info.message().to_owned())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::db::PoolError> for ApiError {
+    fn from(e: crate::db::PoolError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,98 @@
+//! Builds the application: shared state, routes, middleware, listener. Used
+//! by `main` and by the integration tests, which bind port 0.
+
+use std::net::TcpListener;
+use std::time::Instant;
+
+use actix_web::dev::{Server, Service};
+use actix_web::{web, App, HttpServer};
+
+use crate::auth::{JwtKeys, LoginThrottle};
+use crate::config::Config;
+use crate::db::{self, PgPool};
+use crate::routes;
+use crate::ws::{self, Hub};
+
+/// What every handler shares.
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    /// Database connections.
+    pub pool: PgPool,
+    /// Token keys.
+    pub jwt: JwtKeys,
+    /// Failed-login throttle.
+    pub throttle: LoginThrottle,
+    /// WebSocket connections.
+    pub hub: Hub,
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Binds `config.bind` (port 0 picks a free port) and builds the server.
+    /// Does not run migrations: see [`db::run_migrations`].
+    pub fn build(config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.bind)?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            pool: db::build_pool(&config.database_url, config.db_pool_size, config.db_timeout),
+            jwt: JwtKeys::new(&config),
+            throttle: LoginThrottle::new(config.login_max_failures, config.login_window),
+            hub: Hub::new(config.ws_outbound_queue),
+            config,
+        });
+        let workers = state.config.workers;
+        let body_limit = state.config.max_body_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::JsonConfig::default().limit(body_limit).error_handler(routes::json_error))
+                .app_data(web::PayloadConfig::default().limit(body_limit))
+                .wrap_fn(|req, srv| {
+                    // Method, path (never the query string: it may hold a token), status, latency.
+                    let method = req.method().clone();
+                    let path = req.path().to_owned();
+                    let start = Instant::now();
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await;
+                        let ms = start.elapsed().as_secs_f64() * 1000.0;
+                        match &res {
+                            Ok(r) => tracing::info!(%method, %path, status = r.status().as_u16(), latency_ms = format_args!("{ms:.1}"), "request"),
+                            Err(e) => tracing::warn!(%method, %path, error = %e, latency_ms = format_args!("{ms:.1}"), "request failed"),
+                        }
+                        res
+                    }
+                })
+                .route("/health", web::get().to(routes::health))
+                .route("/api/auth/login", web::post().to(routes::login))
+                .route("/api/auth/refresh", web::post().to(routes::refresh))
+                .route("/api/sync/push", web::post().to(routes::push))
+                .route("/api/sync/pull", web::get().to(routes::pull))
+                .route("/ws", web::get().to(ws::upgrade))
+                .route("/", web::get().to(ws::upgrade))
+                .default_service(web::to(routes::not_found))
+        })
+        .shutdown_timeout(10)
+        .listen(listener)?;
+        if let Some(n) = workers {
+            server = server.workers(n.max(1));
+        }
+        Ok(Self { port, server: server.run() })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
