@@ -1,1 +1,163 @@
-fn main(){}
+//! `cargo xtask`: the project's commands. Everything runs from the workspace
+//! root and provisions what it needs (a throwaway PostgreSQL cluster, Debian
+//! packages when run as root).
+//!
+//! - `cargo xtask test [ARGS…]`: every test of the workspace against a throwaway cluster.
+//! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client.
+//! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
+//! - `cargo xtask db`: just the throwaway cluster, for development.
+
+mod pg;
+mod sys;
+
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use pg::Cluster;
+use sys::{cargo, interrupted, run_status};
+
+fn main() -> ExitCode {
+    sys::install_signal_handler();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(),
+        Some("bench") => bench(&args[1..]),
+        Some("db") => db(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 test [ARGS…]   run every test against a throwaway PostgreSQL (ARGS go to cargo test)\n  \
+                 demo           run the server on 127.0.0.1:5000 with a demo admin and client\n  \
+                 bench push     measure push throughput against the raw PostgreSQL ceiling\n  \
+                 db             start a throwaway PostgreSQL and print its DATABASE_URL"
+            );
+            Err("unknown command".into())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Uses `DATABASE_URL` when set, else starts a throwaway cluster.
+fn database(fsync: bool) -> Result<(Option<Cluster>, String), String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        eprintln!("xtask: using DATABASE_URL from the environment");
+        return Ok((None, url));
+    }
+    let cluster = Cluster::start(fsync)?;
+    let url = cluster.url();
+    Ok((Some(cluster), url))
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    sys::ensure_packages()?;
+    let (_cluster, url) = database(false)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--locked"]).args(extra).env("DATABASE_URL", &url);
+    let ok = run_status(&mut cmd)?;
+    if interrupted() {
+        return Err("interrupted".into());
+    }
+    if !ok {
+        return Err("tests failed".into());
+    }
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+fn db() -> Result<(), String> {
+    sys::ensure_packages()?;
+    let cluster = Cluster::start(true)?;
+    println!("DATABASE_URL={}", cluster.url());
+    eprintln!("xtask: PostgreSQL is running; Ctrl-C stops and removes it");
+    while !interrupted() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn demo() -> Result<(), String> {
+    sys::ensure_packages()?;
+    eprintln!("xtask: building propass-server…");
+    if !run_status(cargo().args(["build", "--locked", "--release", "-p", "propass-server"]))? {
+        return Err("build failed".into());
+    }
+    let server = sys::target_bin("release", "propass-server");
+    let (_cluster, url) = database(true)?;
+
+    let cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
+        let mut cmd = Command::new(&server);
+        cmd.args(args).env("DATABASE_URL", &url);
+        sys::output(&mut cmd, stdin)
+    };
+    cli(&["migrate"], None)?;
+    cli(&["user", "add", "admin", "--role", "admin", "--password-stdin", "--update"], Some("admin123\n"))?;
+    let clients = cli(&["client", "list", "--json"], None)?;
+    let client_id = match sys::json_find_id(&clients, "Demo Client") {
+        Some(id) => id,
+        None => cli(&["client", "add", "Demo Client", "--quota", "100"], None)?.trim().to_owned(),
+    };
+
+    let bind = std::env::var("PROPASS_BIND").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    let mut child = Command::new(&server)
+        .args(["serve", "--dev", "--bind", &bind])
+        .env("DATABASE_URL", &url)
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let base = format!("http://{bind}");
+    if !sys::wait_http_ok(&bind, "/health", Duration::from_secs(30)) {
+        let _ = child.kill();
+        return Err(format!("the server did not become healthy at {base}/health (is port {bind} in use?)"));
+    }
+    println!();
+    println!("PROPASS demo is running");
+    println!("  server      {base}   (health: {base}/health, WebSocket: ws://{bind}/ws)");
+    println!("  database    {url}");
+    println!("  login       admin / admin123   (role admin)");
+    println!("  client      #{client_id} \"Demo Client\" with a quota of 100");
+    println!("  try         curl -s {base}/api/auth/login -H 'Content-Type: application/json' \\");
+    println!("                -d '{{\"username\":\"admin\",\"password\":\"admin123\",\"device_id\":\"DEMO-KIOSK\"}}'");
+    println!("  operator    DATABASE_URL={url} target/release/propass-server client list");
+    println!("Press Ctrl-C to stop everything.");
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            if interrupted() {
+                break;
+            }
+            return Err(format!("the server exited unexpectedly ({status})"));
+        }
+        if interrupted() {
+            sys::terminate(&mut child, Duration::from_secs(15));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("xtask: demo stopped");
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("push") => {}
+        _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]".into()),
+    }
+    sys::ensure_packages()?;
+    eprintln!("xtask: building the server and the benchmark (release)…");
+    if !run_status(cargo().args(["build", "--locked", "--release", "-p", "propass-server", "--bin", "propass-server", "--example", "bench_push"]))? {
+        return Err("build failed".into());
+    }
+    let (_cluster, url) = database(true)?;
+    let mut cmd = Command::new(sys::target_bin("release/examples", "bench_push"));
+    cmd.args(&args[1..]).env("DATABASE_URL", &url).env("PROPASS_SERVER_BIN", sys::target_bin("release", "propass-server"));
+    if !run_status(&mut cmd)? {
+        return Err("benchmark failed".into());
+    }
+    Ok(())
+}

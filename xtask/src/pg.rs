@@ -1,0 +1,131 @@
+//! A throwaway PostgreSQL cluster: initdb in a temporary directory, started on
+//! a free loopback port, stopped and deleted on drop (also after a failure or
+//! Ctrl-C). As root, it runs as the `postgres` system user.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::sys::{is_root, on_path};
+
+/// The directory holding `initdb` and `pg_ctl`: on PATH, else the newest
+/// `/usr/lib/postgresql/*/bin`.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    if on_path("initdb") && on_path("pg_ctl") {
+        let path = std::env::var_os("PATH")?;
+        return std::env::split_paths(&path).find(|d| d.join("initdb").is_file());
+    }
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, d)| d)
+}
+
+/// A running cluster.
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    /// Creates and starts a cluster. `fsync = false` is for tests only.
+    pub fn start(fsync: bool) -> Result<Self, String> {
+        let bin = find_bin_dir().ok_or("PostgreSQL server binaries not found (initdb)")?;
+        let as_postgres = is_root();
+        if as_postgres {
+            ensure_postgres_user()?;
+        }
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("propass-pg-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut cluster = Self { dir, bin, port: 0, as_postgres };
+        if as_postgres {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&cluster.dir).status().map(|s| s.success());
+            if !matches!(ok, Ok(true)) {
+                return Err("cannot chown the cluster directory to postgres".into());
+            }
+        }
+        let data = cluster.dir.join("data");
+        cluster.run("initdb", &["-D", path(&data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])?;
+        cluster.port = free_port()?;
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync={} -c max_connections=300 -c shared_buffers=128MB",
+            cluster.port,
+            path(&cluster.dir),
+            if fsync { "on" } else { "off" }
+        );
+        let log = cluster.dir.join("postgres.log");
+        if let Err(e) = cluster.run("pg_ctl", &["-D", path(&data), "-o", &opts, "-l", path(&log), "-w", "-t", "60", "start"]) {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("{e}\n{tail}"));
+        }
+        eprintln!("xtask: PostgreSQL running on 127.0.0.1:{} (data in {})", cluster.port, cluster.dir.display());
+        Ok(cluster)
+    }
+
+    /// The superuser URL of the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> Result<(), String> {
+        let exe = self.bin.join(prog);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        // Started by pg_ctl, the server must not hold our stdout: a caller
+        // reading it (a pipe) would never see it close.
+        let out = cmd.args(args).current_dir(&self.dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).output();
+        let out = out.map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{prog} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        if self.run("pg_ctl", &["-D", path(&data), "-m", "fast", "-w", "-t", "20", "stop"]).is_err() {
+            let _ = self.run("pg_ctl", &["-D", path(&data), "-m", "immediate", "-w", "stop"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        eprintln!("xtask: PostgreSQL stopped and removed");
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn ensure_postgres_user() -> Result<(), String> {
+    let exists = Command::new("id").arg("postgres").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success());
+    if matches!(exists, Ok(true)) {
+        return Ok(());
+    }
+    let ok = Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"]).status();
+    match ok {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err("PostgreSQL refuses to run as root and there is no postgres user; create one with: useradd --system postgres".into()),
+    }
+}

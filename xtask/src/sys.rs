@@ -1,0 +1,152 @@
+//! Processes, packages and signals for xtask.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Ctrl-C and SIGTERM reach the whole process group: the children stop on
+/// their own, and xtask only notes it, so it can clean up after them.
+pub fn install_signal_handler() {
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+}
+
+/// Whether Ctrl-C or SIGTERM was received.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// `cargo` from the environment cargo set, run at the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// A built binary under target/.
+pub fn target_bin(profile_dir: &str, name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    target.join(profile_dir).join(name)
+}
+
+/// Runs a command to completion; `Ok(success)`.
+pub fn run_status(cmd: &mut Command) -> Result<bool, String> {
+    let status = cmd.status().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    Ok(status.success())
+}
+
+/// Runs a command, feeding `stdin`, and returns its stdout; its stderr is passed through.
+pub fn output(cmd: &mut Command, stdin: Option<&str>) -> Result<String, String> {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("{:?} {:?} failed ({})", cmd.get_program(), cmd.get_args().collect::<Vec<_>>(), out.status));
+    }
+    String::from_utf8(out.stdout).map_err(|e| e.to_string())
+}
+
+/// Finds `"id": N` of the object whose `"name"` is `name` in `client list --json` output.
+pub fn json_find_id(json: &str, name: &str) -> Option<String> {
+    let needle = format!("\"name\": \"{name}\"");
+    let at = json.find(&needle)?;
+    let obj_start = json[..at].rfind('{')?;
+    let obj = &json[obj_start..];
+    let id_at = obj.find("\"id\":")? + 5;
+    let id: String = obj[id_at..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+    (!id.is_empty()).then_some(id)
+}
+
+/// Polls `GET path` on `addr` until it answers 200 or the deadline passes.
+pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !interrupted() {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let mut buf = String::new();
+            if s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut buf).is_ok() && buf.starts_with("HTTP/1.1 200") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Whether we run as root (then we may install packages and must run PostgreSQL as `postgres`).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Debian packages the project needs, with a program each provides.
+const PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config")];
+
+/// Installs missing system packages with apt-get as root, or says exactly what to run.
+pub fn ensure_packages() -> Result<(), String> {
+    let mut missing: Vec<&str> =
+        PACKAGES.iter().filter(|(_, prog)| !on_path(prog)).map(|(pkg, _)| *pkg).collect();
+    if crate::pg::find_bin_dir().is_none() {
+        missing.push("postgresql");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)?;
+    if crate::pg::find_bin_dir().is_none() {
+        return Err("PostgreSQL's initdb is still not found after installing postgresql".into());
+    }
+    Ok(())
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<(), String> {
+    let list = pkgs.join(" ");
+    if !is_root() {
+        return Err(format!("missing system packages; install them with:\n\n    sudo apt-get update && sudo apt-get install -y {list}\n"));
+    }
+    eprintln!("xtask: installing {list} with apt-get…");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().map(|s| s.success()).unwrap_or(false)
+    };
+    if !apt(&["update", "-q"]) {
+        return Err("apt-get update failed".into());
+    }
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend_from_slice(pkgs);
+    if !apt(&args) {
+        return Err(format!("apt-get install {list} failed"));
+    }
+    Ok(())
+}
+
+/// Whether a program is on PATH.
+pub fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+}
