@@ -1,1 +1,9 @@
+//! Integration tests of propass-server: the real server on a free port,
+//! against a fresh database of the real PostgreSQL named by `DATABASE_URL`
+//! (`cargo xtask test` provisions one). One binary for all of them.
 
+mod auth;
+mod health;
+mod helpers;
+mod sync;
+mod ws;

@@ -1,0 +1,293 @@
+//! Starts the real server against a fresh database, and talks to it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::{SinkExt, StreamExt};
+use propass_protocol::{ClientId, Role};
+use propass_server::config::{Config, Secret};
+use propass_server::db;
+use propass_server::startup::Application;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+pub const ADMIN: (&str, &str) = ("admin", "admin123");
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+pub struct TestApp {
+    pub base: String,
+    pub port: u16,
+    pub db_url: String,
+    pub http: reqwest::Client,
+    pub proxy: Option<ChaosProxy>,
+}
+
+fn base_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL is not set: run the tests with `cargo xtask test`")
+}
+
+/// `base` with its database name replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    let (main, query) = base.split_once('?').map_or((base, None), |(m, q)| (m, Some(q)));
+    let cut = main.rfind('/').filter(|&i| i > "postgres://".len()).unwrap_or(main.len());
+    let mut url = format!("{}/{}", &main[..cut], name);
+    if let Some(q) = query {
+        url = format!("{url}?{q}");
+    }
+    url
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_full(false, tweak).await
+}
+
+/// Like [`spawn_with`], with the server's database connections going through a [`ChaosProxy`].
+pub async fn spawn_behind_proxy() -> TestApp {
+    spawn_full(true, |c| c.db_timeout = Duration::from_secs(2)).await
+}
+
+async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let base = base_url();
+    let name = format!("propass_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&base).await.expect("connect to DATABASE_URL");
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+    let db_url = with_database(&base, &name);
+    let url = db_url.clone();
+    tokio::task::spawn_blocking(move || db::run_migrations(&url)).await.unwrap().expect("migrations");
+
+    let (server_db_url, proxy) = if proxied {
+        let upstream = db_url.split('@').nth(1).and_then(|h| h.split('/').next()).expect("host:port in DATABASE_URL").to_owned();
+        let proxy = ChaosProxy::start(upstream).await;
+        let url = db_url.replacen(&proxy.upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+        (url, Some(proxy))
+    } else {
+        (db_url.clone(), None)
+    };
+
+    let mut config = Config::new(server_db_url, Secret::new(SECRET));
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.workers = Some(2);
+    config.db_pool_size = 4;
+    tweak(&mut config);
+    let app = Application::build(config).expect("build app");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+
+    let test = TestApp { base: format!("http://127.0.0.1:{port}"), port, db_url, http: reqwest::Client::new(), proxy };
+    test.add_user(ADMIN.0, ADMIN.1, Role::Admin).await;
+    test
+}
+
+impl TestApp {
+    pub async fn db(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.db_url).await.expect("connect to test database")
+    }
+
+    pub async fn add_user(&self, name: &str, password: &str, role: Role) {
+        let pw = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || propass_server::auth::hash_password(&pw)).await.unwrap().unwrap();
+        db::create_user(&mut self.db().await, name, &hash, role).await.unwrap();
+    }
+
+    pub async fn add_client(&self, name: &str, quota: i64) -> i64 {
+        db::create_client(&mut self.db().await, name, quota).await.unwrap()
+    }
+
+    pub async fn add_quota(&self, client: i64, n: i64) -> i64 {
+        db::add_quota(&mut self.db().await, ClientId::new(client).unwrap(), n).await.unwrap().unwrap()
+    }
+
+    pub async fn revoke(&self, device: &str) {
+        assert!(db::set_device_revoked(&mut self.db().await, device, true).await.unwrap());
+    }
+
+    /// Rows in the ledger.
+    pub async fn ledger_count(&self) -> i64 {
+        use propass_server::db::schema::copies;
+        copies::table.count().get_result(&mut self.db().await).await.unwrap()
+    }
+
+    /// Ledger rows flagged as overdraft.
+    pub async fn overdraft_count(&self) -> i64 {
+        use propass_server::db::schema::copies;
+        copies::table.filter(copies::overdraft.eq(true)).count().get_result(&mut self.db().await).await.unwrap()
+    }
+
+    pub async fn login(&self, user: &str, password: &str, device: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/auth/login", self.base))
+            .json(&json!({"username": user, "password": password, "device_id": device}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs the admin in on `device` and returns the token.
+    pub async fn token(&self, device: &str) -> String {
+        let res = self.login(ADMIN.0, ADMIN.1, device).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn push(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.http.post(format!("{}/api/sync/push", self.base)).bearer_auth(token).json(body).send().await.unwrap()
+    }
+
+    /// Pushes and expects HTTP 200; returns the per-item results.
+    pub async fn push_ok(&self, token: &str, body: &Value) -> Vec<Value> {
+        let res = self.push(token, body).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["success"], true);
+        body["data"].as_array().unwrap().clone()
+    }
+
+    /// The remaining quota of `client` according to `GET /api/sync/pull`.
+    pub async fn remaining(&self, token: &str, client: i64) -> i64 {
+        let res = self.http.get(format!("{}/api/sync/pull", self.base)).bearer_auth(token).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["quotas"].as_array().unwrap().iter().find(|q| q["client_id"] == client).expect("client in pull")["remaining"]
+            .as_i64()
+            .unwrap()
+    }
+
+    pub async fn health_status(&self) -> u16 {
+        self.http.get(format!("{}/health", self.base)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    }
+
+    /// Opens the WebSocket the way the seed client does: `?token=…&device_id=…`.
+    pub async fn ws(&self, path: &str, token: &str, device: &str) -> Ws {
+        let url = format!("ws://127.0.0.1:{}{path}?token={token}&device_id={device}", self.port);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        ws
+    }
+}
+
+/// An error body: checks the status and returns the code.
+pub async fn error_code(res: reqwest::Response, status: u16) -> String {
+    assert_eq!(res.status(), status, "unexpected status");
+    let body: Value = res.json().await.expect("error body is JSON");
+    assert_eq!(body["success"], false);
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    body["error"]["code"].as_str().unwrap().to_owned()
+}
+
+/// A copy item the way the seed client builds it.
+pub fn seed_item(id: i64, client: i64, uid: &str) -> Value {
+    json!({"id": id, "type": "copy", "payload": {"client_id": client, "uid": uid, "status": "pending"}})
+}
+
+/// The next JSON text message, skipping control frames, within `timeout`.
+pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, ws.next()).await.ok()?? {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).expect("server sends JSON")),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Collects text messages until `pred` has seen what it wants or the deadline passes.
+pub async fn collect_until(ws: &mut Ws, timeout: Duration, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while !done(&got) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+        match next_json(ws, left).await {
+            Some(v) => got.push(v),
+            None => break,
+        }
+    }
+    got
+}
+
+pub async fn send_json(ws: &mut Ws, v: &Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// A TCP proxy between the server and PostgreSQL that a test can cut and
+/// restore (after crates.io's ChaosProxy). While cut, new connections are
+/// dropped at once and existing ones are severed.
+pub struct ChaosProxy {
+    pub port: u16,
+    pub upstream: String,
+    cut: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (c, l, up) = (cut.clone(), links.clone(), upstream.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if AtomicBool::load(&c, Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let up = up.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&up).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                l.lock().unwrap().push(link);
+            }
+        });
+        Self { port, upstream, cut, links, accept }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -1,0 +1,175 @@
+//! Push and pull: exactly-once ledger, overdraft, partial failures, limits.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn batch(device: &str, items: Vec<Value>) -> Value {
+    json!({"device_id": device, "queue": items})
+}
+
+#[tokio::test]
+async fn push_records_and_counts_each_copy_once() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    let body = batch("K1", (1..=3).map(|i| seed_item(i, client, &format!("04AB12C{i}"))).collect());
+
+    let data = app.push_ok(&token, &body).await;
+    assert_eq!(data.len(), 3);
+    for (i, r) in data.iter().enumerate() {
+        assert_eq!(r["id"], i as i64 + 1, "results echo the client's ids in order");
+        assert_eq!(r["status"], "synced");
+        assert!(r["error"].is_null());
+    }
+    assert_eq!(app.ledger_count().await, 3);
+    assert_eq!(app.remaining(&token, client).await, 7);
+
+    // The same batch again (the kiosk never saw the answer): synced, not counted twice.
+    let again = app.push_ok(&token, &body).await;
+    assert!(again.iter().all(|r| r["status"] == "synced" && r["duplicate"] == true));
+    assert_eq!(app.ledger_count().await, 3);
+    assert_eq!(app.remaining(&token, client).await, 7);
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_one_batch_count_once() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 100).await;
+    let token = app.token("K1").await;
+    let items = (1..=20)
+        .map(|i| json!({"id": i, "op_id": uuid::Uuid::now_v7(), "type": "copy", "payload": {"client_id": client, "uid": "04AB12CD"}}))
+        .collect();
+    let body = batch("K1", items);
+    let pushes = (0..6).map(|_| app.push_ok(&token, &body));
+    let results = futures_util::future::join_all(pushes).await;
+    for data in &results {
+        assert!(data.iter().all(|r| r["status"] == "synced"));
+    }
+    let fresh: usize = results.iter().flatten().filter(|r| r.get("duplicate").is_none()).count();
+    assert_eq!(fresh, 20, "each item is new in exactly one of the concurrent pushes");
+    assert_eq!(app.ledger_count().await, 20);
+    assert_eq!(app.remaining(&token, client).await, 80);
+}
+
+#[tokio::test]
+async fn op_id_is_the_key_when_present() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    let op = uuid::Uuid::now_v7();
+    let item = |id: i64| json!({"id": id, "op_id": op, "type": "write", "payload": {"client_id": client, "uid": "04A1B2C3D4E5F6", "occurred_at": "2026-11-20T10:00:00Z"}});
+    let first = app.push_ok(&token, &batch("K1", vec![item(1)])).await;
+    assert_eq!(first[0]["op_id"], op.to_string());
+    // The same operation under another local id (the kiosk's database was rebuilt): still one copy.
+    let second = app.push_ok(&token, &batch("K1", vec![item(99)])).await;
+    assert_eq!(second[0]["duplicate"], true);
+    assert_eq!(second[0]["id"], 99);
+    assert_eq!(app.ledger_count().await, 1);
+    assert_eq!(app.remaining(&token, client).await, 9);
+}
+
+#[tokio::test]
+async fn a_reused_local_id_for_another_copy_is_not_silently_dropped() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    app.push_ok(&token, &batch("K1", vec![seed_item(1, client, "04AB12CD")])).await;
+    let data = app.push_ok(&token, &batch("K1", vec![seed_item(1, client, "04FFFFFF")])).await;
+    assert_eq!(data[0]["status"], "failed");
+    assert!(data[0]["error"].as_str().unwrap().contains("conflict"));
+    assert_eq!(app.ledger_count().await, 1);
+}
+
+#[tokio::test]
+async fn overdraft_is_recorded_counted_and_flagged() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 1).await;
+    let token = app.token("K1").await;
+    let data = app.push_ok(&token, &batch("K1", (1..=3).map(|i| seed_item(i, client, "04AB12CD")).collect())).await;
+    assert!(data.iter().all(|r| r["status"] == "synced"), "a copy is never refused for lack of quota");
+    let flags: Vec<bool> = data.iter().map(|r| r["overdraft"] == true).collect();
+    assert_eq!(flags, vec![false, true, true]);
+    assert_eq!(app.ledger_count().await, 3);
+    assert_eq!(app.overdraft_count().await, 2);
+    assert_eq!(app.remaining(&token, client).await, -2);
+    // A top-up brings it back.
+    assert_eq!(app.add_quota(client, 5).await, 3);
+    assert_eq!(app.remaining(&token, client).await, 3);
+}
+
+#[tokio::test]
+async fn one_bad_item_does_not_sink_its_batch() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    let items = vec![
+        seed_item(1, client, "04AB12CD"),
+        seed_item(2, 999_999, "04AB12CD"),
+        seed_item(3, client, "not-hex"),
+        json!({"id": 4, "type": "teleport", "payload": {"client_id": client, "uid": "04AB12CD"}}),
+        json!({"type": "copy", "payload": {"client_id": client, "uid": "04AB12CD"}}),
+        json!({"id": 6, "type": "copy"}),
+        seed_item(7, client, "04AB12CE"),
+    ];
+    let data = app.push_ok(&token, &batch("K1", items)).await;
+    let statuses: Vec<&str> = data.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["synced", "failed", "failed", "failed", "failed", "failed", "synced"]);
+    for r in data.iter().filter(|r| r["status"] == "failed") {
+        assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "failed items carry a string error: {r}");
+    }
+    assert!(data[1]["error"].as_str().unwrap().contains("unknown client"));
+    assert!(data[2]["error"].as_str().unwrap().contains("uid"));
+    assert!(data[3]["error"].as_str().unwrap().contains("teleport"));
+    assert!(data[4]["id"].is_null());
+    assert_eq!(app.ledger_count().await, 2);
+    assert_eq!(app.remaining(&token, client).await, 8);
+}
+
+#[tokio::test]
+async fn limits_and_malformed_bodies_get_clear_errors() {
+    let app = spawn_with(|c| {
+        c.max_batch_items = 10;
+        c.max_body_bytes = 4096;
+    })
+    .await;
+    let client = app.add_client("ACME", 100).await;
+    let token = app.token("K1").await;
+
+    let too_many = batch("K1", (1..=11).map(|i| seed_item(i, client, "04AB12CD")).collect());
+    assert_eq!(error_code(app.push(&token, &too_many).await, 413).await, "payload_too_large");
+
+    let huge = batch("K1", vec![json!({"id": 1, "type": "copy", "payload": {"client_id": client, "uid": "04AB12CD", "pad": "x".repeat(8000)}})]);
+    assert_eq!(error_code(app.push(&token, &huge).await, 413).await, "payload_too_large");
+
+    let url = format!("{}/api/sync/push", app.base);
+    let res = app.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body("{\"device_id\": \"K1\", \"queue\": [").send().await.unwrap();
+    assert_eq!(error_code(res, 400).await, "malformed_json");
+    let res = app.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body("[1,2,3]").send().await.unwrap();
+    assert_eq!(error_code(res, 400).await, "malformed_json");
+    let res = app.http.post(&url).bearer_auth(&token).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(error_code(res, 415).await, "unsupported_media_type");
+
+    let res = app.http.get(format!("{}/no/such/route", app.base)).send().await.unwrap();
+    assert_eq!(error_code(res, 404).await, "not_found");
+
+    assert_eq!(app.ledger_count().await, 0, "rejected requests change nothing");
+    assert_eq!(app.remaining(&token, client).await, 100);
+}
+
+#[tokio::test]
+async fn pull_returns_each_clients_remaining() {
+    let app = spawn_app().await;
+    let a = app.add_client("A", 5).await;
+    let b = app.add_client("B", 0).await;
+    let token = app.token("K1").await;
+    app.push_ok(&token, &batch("K1", vec![seed_item(1, a, "04AB12CD"), seed_item(2, a, "04AB12CE"), seed_item(3, b, "04AB12CF")])).await;
+    let res = app.http.get(format!("{}/api/sync/pull", app.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["success"], true);
+    let quotas = body["quotas"].as_array().unwrap();
+    let get = |c: i64| quotas.iter().find(|q| q["client_id"] == c).unwrap()["remaining"].as_i64().unwrap();
+    assert_eq!((get(a), get(b)), (3, -1));
+    assert_eq!(quotas.len(), 2);
+}

@@ -1,0 +1,144 @@
+//! The WebSocket: auth as the seed client does it, ping/pong, live events,
+//! origin allow-list, rate limit, heartbeat timeout.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn ping_gets_pong_on_ws_and_on_root() {
+    let app = spawn_app().await;
+    let token = app.token("K1").await;
+    for path in ["/ws", "/"] {
+        let mut ws = app.ws(path, &token, "K1").await;
+        send_json(&mut ws, &json!({"type": "ping"})).await;
+        assert_eq!(next_json(&mut ws, WAIT).await, Some(json!({"type": "pong"})), "on {path}");
+    }
+}
+
+#[tokio::test]
+async fn authorization_header_works_and_bad_tokens_are_refused() {
+    let app = spawn_app().await;
+    let token = app.token("K1").await;
+    let mut req = format!("ws://127.0.0.1:{}/ws", app.port).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    send_json(&mut ws, &json!({"type": "ping"})).await;
+    assert_eq!(next_json(&mut ws, WAIT).await, Some(json!({"type": "pong"})));
+
+    let url = format!("ws://127.0.0.1:{}/ws?token=garbage&device_id=K1", app.port);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_push_reaches_every_connection() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 2).await;
+    let pusher_token = app.token("K1").await;
+    let watcher_token = app.token("K2").await;
+    let mut pusher = app.ws("/ws", &pusher_token, "K1").await;
+    let mut watcher = app.ws("/", &watcher_token, "K2").await;
+    // Make sure both sessions are registered before the push.
+    for ws in [&mut pusher, &mut watcher] {
+        send_json(ws, &json!({"type": "ping"})).await;
+        assert_eq!(next_json(ws, WAIT).await, Some(json!({"type": "pong"})));
+    }
+
+    let items = vec![seed_item(1, client, "04AB12CD"), seed_item(2, client, "04AB12CE"), seed_item(3, client, "04AB12CF")];
+    app.push_ok(&pusher_token, &json!({"device_id": "K1", "queue": items})).await;
+
+    let got = collect_until(&mut watcher, WAIT, |m| {
+        m.iter().filter(|v| v["type"] == "copy_completed").count() == 3 && m.iter().any(|v| v["type"] == "quota_updated")
+    })
+    .await;
+    let copies: Vec<_> = got.iter().filter(|v| v["type"] == "copy_completed").collect();
+    assert_eq!(copies.len(), 3, "watcher got {got:?}");
+    assert_eq!(copies[0]["data"]["client_id"], client);
+    assert_eq!(copies[0]["data"]["uid"], "04AB12CD");
+    assert_eq!(copies[0]["data"]["device_id"], "K1");
+    assert_eq!(copies[2]["data"]["overdraft"], true);
+    let quota = got.iter().rev().find(|v| v["type"] == "quota_updated").unwrap();
+    assert_eq!(quota["data"], json!({"client_id": client, "remaining": -1}));
+    assert!(got.iter().all(|v| v["type"] != "sync_completed"), "sync_completed goes to the pusher only");
+
+    let mine = collect_until(&mut pusher, WAIT, |m| m.iter().any(|v| v["type"] == "sync_completed")).await;
+    let done = mine.iter().find(|v| v["type"] == "sync_completed").expect("pusher gets sync_completed");
+    assert_eq!(done["data"]["synced"], 3);
+    assert_eq!(done["data"]["failed"], 0);
+}
+
+#[tokio::test]
+async fn browser_origins_must_be_allowed() {
+    let app = spawn_with(|c| c.ws_allowed_origins = vec!["https://fleet.example".into()]).await;
+    let token = app.token("K1").await;
+    let open = |origin: &'static str| {
+        let mut req = format!("ws://127.0.0.1:{}/ws?token={token}&device_id=K1", app.port).into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    match open("https://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(open("https://fleet.example").await.is_ok());
+}
+
+#[tokio::test]
+async fn flooding_clients_are_disconnected() {
+    let app = spawn_with(|c| c.ws_inbound_per_sec = 10).await;
+    let token = app.token("K1").await;
+    let mut ws = app.ws("/ws", &token, "K1").await;
+    for _ in 0..100 {
+        if futures_util::SinkExt::send(&mut ws, Message::Text(r#"{"type":"ping"}"#.into())).await.is_err() {
+            break;
+        }
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => pongs += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Policy));
+    assert!(pongs < 100, "the flood was cut short ({pongs} pongs)");
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_by_the_heartbeat() {
+    let app = spawn_with(|c| {
+        c.ws_heartbeat = Duration::from_millis(300);
+        c.ws_client_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let token = app.token("K1").await;
+    let mut ws = app.ws("/ws", &token, "K1").await;
+    // Read nothing (so no pong is sent) until the server must have given up.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The server has closed: either its close frame (code "going away") is
+    // still readable, or answering its queued pings already hit the closed socket.
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                assert_eq!(frame.map(|f| f.code), Some(CloseCode::Away));
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_))) | Ok(None) => break,
+            Err(_) => panic!("the server kept a silent connection open"),
+        }
+    }
+}
