@@ -2,11 +2,13 @@
 //! root and provisions what it needs (a throwaway PostgreSQL cluster, Debian
 //! packages when run as root).
 //!
-//! - `cargo xtask test [ARGS…]`: every test of the workspace against a throwaway cluster.
+//! - `cargo xtask test [ARGS…]`: every test of the workspace against a throwaway cluster, then
+//!   the seed Electron client's own TypeScript against the real server.
 //! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client.
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
 //! - `cargo xtask db`: just the throwaway cluster, for development.
 
+mod compat;
 mod pg;
 mod sys;
 
@@ -68,6 +70,8 @@ fn test(extra: &[String]) -> Result<(), String> {
     if !ok {
         return Err("tests failed".into());
     }
+    eprintln!("xtask: seed client compatibility check…");
+    compat::run(&url)?;
     eprintln!("xtask: all tests passed");
     Ok(())
 }

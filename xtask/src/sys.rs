@@ -126,7 +126,7 @@ pub fn ensure_packages() -> Result<(), String> {
     Ok(())
 }
 
-fn apt_install(pkgs: &[&str]) -> Result<(), String> {
+pub fn apt_install(pkgs: &[&str]) -> Result<(), String> {
     let list = pkgs.join(" ");
     if !is_root() {
         return Err(format!("missing system packages; install them with:\n\n    sudo apt-get update && sudo apt-get install -y {list}\n"));

@@ -1,0 +1,85 @@
+//! The seed client compatibility check: the integration guide's own
+//! TypeScript SyncService and WebSocketService, unchanged, against the real
+//! server binary (see `compat/run.cjs`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::sys::{self, root, run_status};
+
+/// The integration guide, where the developers' shared folder keeps it.
+const SEED_GUIDE: &str = "../shared/seed/000_cdcc766ee7fc6347.txt";
+
+/// Checks that `compat/seed/*.ts` are the guide's code, byte for byte.
+fn check_vendored_copy(compat: &Path) -> Result<(), String> {
+    let guide = root().join(SEED_GUIDE);
+    let Ok(text) = std::fs::read_to_string(&guide) else {
+        eprintln!("xtask: {} not found; using compat/seed as it is", guide.display());
+        return Ok(());
+    };
+    for name in ["SyncService.ts", "WebSocketService.ts"] {
+        let marker = format!("/{name}`\n\n```typescript\n");
+        let start = text.find(&marker).ok_or(format!("{name} not found in the seed guide"))? + marker.len();
+        let end = text[start..].find("```").ok_or("unterminated code block in the seed guide")? + start;
+        let vendored = std::fs::read_to_string(compat.join("seed").join(name)).map_err(|e| e.to_string())?;
+        if vendored != text[start..end] {
+            return Err(format!("compat/seed/{name} differs from the seed guide's code"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the check against the debug server binary (built by `cargo test`).
+pub fn run(database_url: &str) -> Result<(), String> {
+    let compat: PathBuf = root().join("compat");
+    check_vendored_copy(&compat)?;
+    if !sys::on_path("node") || !sys::on_path("npm") {
+        sys::apt_install(&["nodejs", "npm"])?;
+    }
+    eprintln!("xtask: installing the seed client's npm dependencies…");
+    let npm_ok = run_status(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&compat))?;
+    if !npm_ok {
+        return Err("npm ci failed in compat/".into());
+    }
+    let server = sys::target_bin("debug", "propass-server");
+    if !server.is_file() {
+        return Err(format!("{} is missing: build it with cargo build -p propass-server", server.display()));
+    }
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new(&server);
+        cmd.args(args).env("DATABASE_URL", database_url);
+        sys::output(&mut cmd, stdin)
+    };
+    let stamp = std::process::id();
+    let password = format!("compat-{stamp}-pass");
+    cli(&["migrate"], None)?;
+    cli(&["user", "add", "seed-compat", "--role", "operator", "--password-stdin", "--update"], Some(&format!("{password}\n")))?;
+    let client = cli(&["client", "add", &format!("Seed compat {stamp}"), "--quota", "10"], None)?.trim().to_owned();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut child = Command::new(&server)
+        .args(["serve", "--dev", "--bind", &bind])
+        .env("DATABASE_URL", database_url)
+        .env("PROPASS_LOG", "warn")
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let result = if sys::wait_http_ok(&bind, "/health", Duration::from_secs(30)) {
+        let ok = run_status(
+            Command::new("node")
+                .arg("run.cjs")
+                .args([&format!("http://{bind}"), "seed-compat", &password, &client, "10"])
+                .current_dir(&compat),
+        );
+        match ok {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the seed client failed against the server".into()),
+            Err(e) => Err(e),
+        }
+    } else {
+        Err("the server did not become healthy".into())
+    };
+    sys::terminate(&mut child, Duration::from_secs(10));
+    result
+}
