@@ -98,3 +98,22 @@ fn unknown_error_codes_from_newer_servers_parse() {
         serde_json::from_str(r#"{"success":false,"error":{"code":"brand_new","message":"x"}}"#).unwrap();
     assert_eq!(body.error.code, ErrorCode::Unknown);
 }
+
+#[test]
+fn docs_show_every_fixture_verbatim() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("../docs/protocol.md")).expect("docs/protocol.md");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests/fixtures")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("seed_") && name != "seed_push_request.json" {
+            continue; // the seed's other shapes equal ours and are shown once
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        if !doc.contains(&text) {
+            missing.push(name);
+        }
+    }
+    assert!(missing.is_empty(), "docs/protocol.md no longer shows these fixtures verbatim: {missing:?}");
+}

@@ -1,0 +1,250 @@
+//! `cargo xtask bench push`: many concurrent simulated kiosks push batches of
+//! copies to the real server binary; then the same rows are inserted straight
+//! into PostgreSQL with batched SQL, on as many connections, as the raw
+//! ceiling. Prints copies/s, p50/p99 push latency and the ratio.
+//!
+//! Options: `--kiosks N` (32), `--batches N` per kiosk (20), `--batch-size N` (100),
+//! `--clients N` (100). Needs `DATABASE_URL` (a superuser URL) and
+//! `PROPASS_SERVER_BIN` (set by xtask).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::{Array, BigInt, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use propass_protocol::Role;
+use propass_server::db;
+use serde_json::{json, Value};
+
+struct Opts {
+    kiosks: usize,
+    batches: usize,
+    batch_size: usize,
+    clients: usize,
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut o = Opts { kiosks: 32, batches: 20, batch_size: 100, clients: 100 };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let v: usize = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or(format!("{flag} needs a positive number"))?;
+        match flag.as_str() {
+            "--kiosks" => o.kiosks = v,
+            "--batches" => o.batches = v,
+            "--batch-size" => o.batch_size = v,
+            "--clients" => o.clients = v,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(o)
+}
+
+fn with_database(base: &str, name: &str) -> String {
+    let cut = base.rfind('/').unwrap_or(base.len());
+    format!("{}/{name}", &base[..cut])
+}
+
+async fn fresh_database(base: &str, name: &str) -> Result<String, String> {
+    let mut c = AsyncPgConnection::establish(base).await.map_err(|e| e.to_string())?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await.map_err(|e| e.to_string())?;
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut c).await.map_err(|e| e.to_string())?;
+    let url = with_database(base, name);
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || db::run_migrations(&u)).await.map_err(|e| e.to_string())??;
+    Ok(url)
+}
+
+async fn seed(url: &str, clients: usize, quota_each: i64) -> Result<Vec<i64>, String> {
+    let mut c = AsyncPgConnection::establish(url).await.map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    for i in 0..clients {
+        ids.push(db::create_client(&mut c, &format!("Bench client {i}"), quota_each).await.map_err(|e| e.to_string())?);
+    }
+    Ok(ids)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn uid(k: usize, b: usize, i: usize) -> String {
+    format!("04{:06X}{:06X}", k & 0xFFFFFF, (b * 4096 + i) & 0xFFFFFF)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let o = parse_opts()?;
+    let base = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set (run through cargo xtask bench push)")?;
+    let server_bin = std::env::var("PROPASS_SERVER_BIN").map_err(|_| "PROPASS_SERVER_BIN is not set")?;
+    let total = o.kiosks * o.batches * o.batch_size;
+    let connections = o.kiosks.min(16);
+    println!(
+        "bench push: {} kiosks × {} batches × {} copies = {total} copies over {} clients; {connections} database connections",
+        o.kiosks, o.batches, o.batch_size, o.clients
+    );
+
+    // --- the real server -------------------------------------------------
+    let server_url = fresh_database(&base, "propass_bench_server").await?;
+    let client_ids = seed(&server_url, o.clients, (total / o.clients) as i64 + 1).await?;
+    {
+        let mut c = AsyncPgConnection::establish(&server_url).await.map_err(|e| e.to_string())?;
+        let hash = propass_server::auth::hash_password("bench-pass")?;
+        db::create_user(&mut c, "bench", &hash, Role::Operator).await.map_err(|e| e.to_string())?;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let mut server = Command::new(&server_bin)
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &server_url)
+        .env("PROPASS_JWT_SECRET", "bench-secret-bench-secret-bench-secret-0123")
+        .env("PROPASS_DB_POOL_SIZE", connections.to_string())
+        .env("PROPASS_MAX_BATCH_ITEMS", (o.batch_size.max(5000)).to_string())
+        .env("PROPASS_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {server_bin}: {e}"))?;
+    let base_http = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{base_http}/health")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            return Err("server did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut tokens = Vec::new();
+    for k in 0..o.kiosks {
+        let res: Value = http
+            .post(format!("{base_http}/api/auth/login"))
+            .json(&json!({"username": "bench", "password": "bench-pass", "device_id": format!("BENCH-{k}")}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        tokens.push(res["token"].as_str().ok_or(format!("login failed: {res}"))?.to_owned());
+    }
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (k, token) in tokens.into_iter().enumerate() {
+        let http = http.clone();
+        let url = format!("{base_http}/api/sync/push");
+        let clients = client_ids.clone();
+        let (batches, size) = (o.batches, o.batch_size);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(batches);
+            for b in 0..batches {
+                let queue: Vec<Value> = (0..size)
+                    .map(|i| {
+                        let client = clients[(k * 7 + b * 13 + i) % clients.len()];
+                        json!({"id": b * size + i + 1, "op_id": uuid::Uuid::now_v7(), "type": "copy",
+                               "payload": {"client_id": client, "uid": uid(k, b, i)}})
+                    })
+                    .collect();
+                let body = json!({"device_id": format!("BENCH-{k}"), "queue": queue});
+                let t = Instant::now();
+                let res = http.post(&url).bearer_auth(&token).json(&body).send().await.map_err(|e| e.to_string())?;
+                if res.status() != 200 {
+                    return Err(format!("push answered {}", res.status()));
+                }
+                let v: Value = res.json().await.map_err(|e| e.to_string())?;
+                latencies.push(t.elapsed());
+                let synced = v["data"].as_array().map(|d| d.iter().filter(|r| r["status"] == "synced").count()).unwrap_or(0);
+                if synced != size {
+                    return Err(format!("only {synced} of {size} items synced"));
+                }
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let server_elapsed = started.elapsed();
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let _ = server.wait();
+    latencies.sort();
+    let server_rate = total as f64 / server_elapsed.as_secs_f64();
+
+    let mut c = AsyncPgConnection::establish(&server_url).await.map_err(|e| e.to_string())?;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let in_ledger = diesel::sql_query("SELECT count(*) AS n FROM copies").get_result::<N>(&mut c).await.map_err(|e| e.to_string())?.n;
+    if in_ledger != total as i64 {
+        return Err(format!("ledger holds {in_ledger} copies, expected {total}"));
+    }
+
+    // --- the raw ceiling: the same rows, batched SQL, straight in ---------
+    let raw_url = fresh_database(&base, "propass_bench_raw").await?;
+    let raw_clients = seed(&raw_url, o.clients, 0).await?;
+    {
+        let mut c = AsyncPgConnection::establish(&raw_url).await.map_err(|e| e.to_string())?;
+        let devices: Vec<String> = (0..o.kiosks).map(|k| format!("BENCH-{k}")).collect();
+        diesel::sql_query("INSERT INTO devices (device_id) SELECT unnest($1::text[])")
+            .bind::<Array<Text>, _>(&devices)
+            .execute(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..connections {
+        let url = raw_url.clone();
+        let clients = raw_clients.clone();
+        let (kiosks, batches, size) = (o.kiosks, o.batches, o.batch_size);
+        tasks.push(tokio::spawn(async move {
+            let mut c = AsyncPgConnection::establish(&url).await.map_err(|e| e.to_string())?;
+            for k in (w..kiosks).step_by(connections) {
+                for b in 0..batches {
+                    let keys: Vec<String> = (0..size).map(|_| format!("op:{}", uuid::Uuid::now_v7())).collect();
+                    let local: Vec<i64> = (0..size).map(|i| (b * size + i + 1) as i64).collect();
+                    let cl: Vec<i64> = (0..size).map(|i| clients[(k * 7 + b * 13 + i) % clients.len()]).collect();
+                    let uids: Vec<String> = (0..size).map(|i| uid(k, b, i)).collect();
+                    diesel::sql_query(
+                        "INSERT INTO copies (idempotency_key, device_id, local_id, client_id, uid, kind, occurred_at) \
+                         SELECT k, $2, l, c, u, 'copy', now() FROM unnest($1::text[], $3::int8[], $4::int8[], $5::text[]) AS x(k, l, c, u) \
+                         ON CONFLICT (idempotency_key) DO NOTHING",
+                    )
+                    .bind::<Array<Text>, _>(&keys)
+                    .bind::<Text, _>(format!("BENCH-{k}"))
+                    .bind::<Array<BigInt>, _>(&local)
+                    .bind::<Array<BigInt>, _>(&cl)
+                    .bind::<Array<Text>, _>(&uids)
+                    .execute(&mut c)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let raw_elapsed = started.elapsed();
+    let raw_rate = total as f64 / raw_elapsed.as_secs_f64();
+
+    println!();
+    println!("server   {server_rate:>10.0} copies/s   ({total} copies in {:.2} s, {} pushes)", server_elapsed.as_secs_f64(), latencies.len());
+    println!(
+        "         push latency p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0
+    );
+    println!("raw SQL  {raw_rate:>10.0} copies/s   (same rows, batched INSERT … ON CONFLICT, {connections} connections)");
+    println!("ratio    {:.2} of the raw ceiling", server_rate / raw_rate);
+    println!("ledger   {in_ledger} copies, each exactly once");
+    Ok(())
+}
