@@ -32,8 +32,7 @@ impl DeviceId {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))
@@ -104,7 +103,10 @@ impl fmt::Display for ClientId {
 impl FromStr for ClientId {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.trim().parse::<i64>().map_err(|_| ParseError::ClientId).and_then(Self::new)
+        s.trim()
+            .parse::<i64>()
+            .map_err(|_| ParseError::ClientId)
+            .and_then(Self::new)
     }
 }
 
@@ -225,10 +227,25 @@ mod tests {
     #[test]
     fn uid_parses_and_normalises() {
         assert_eq!(BadgeUid::parse("04ab12cd").unwrap().to_hex(), "04AB12CD");
-        assert_eq!(BadgeUid::parse("04:AB:12:CD:34:56:78").unwrap().as_bytes().len(), 7);
+        assert_eq!(
+            BadgeUid::parse("04:AB:12:CD:34:56:78")
+                .unwrap()
+                .as_bytes()
+                .len(),
+            7
+        );
         // The seed guide's own example is five bytes.
-        assert_eq!(BadgeUid::parse("04AB12CD34").unwrap().to_hex(), "04AB12CD34");
-        for bad in ["", "04AB12", "04AB12C", "ZZAB12CD", "00112233445566778899AA"] {
+        assert_eq!(
+            BadgeUid::parse("04AB12CD34").unwrap().to_hex(),
+            "04AB12CD34"
+        );
+        for bad in [
+            "",
+            "04AB12",
+            "04AB12C",
+            "ZZAB12CD",
+            "00112233445566778899AA",
+        ] {
             assert!(BadgeUid::parse(bad).is_err(), "{bad}");
         }
     }

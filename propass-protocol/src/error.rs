@@ -49,7 +49,10 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::MalformedJson | Self::InvalidRequest => 400,
-            Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken | Self::TokenExpired => 401,
+            Self::InvalidCredentials
+            | Self::MissingToken
+            | Self::InvalidToken
+            | Self::TokenExpired => 401,
             Self::DeviceMismatch | Self::DeviceRevoked | Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -83,6 +86,12 @@ pub struct ErrorDetail {
 impl ErrorBody {
     /// Builds an error body.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { success: false, error: ErrorDetail { code, message: message.into() } }
+        Self {
+            success: false,
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
     }
 }

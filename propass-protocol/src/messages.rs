@@ -31,7 +31,9 @@ impl std::str::FromStr for Role {
         match s {
             "admin" => Ok(Self::Admin),
             "operator" => Ok(Self::Operator),
-            other => Err(format!("unknown role {other:?} (expected admin or operator)")),
+            other => Err(format!(
+                "unknown role {other:?} (expected admin or operator)"
+            )),
         }
     }
 }
@@ -110,7 +112,9 @@ impl std::str::FromStr for OpType {
         match s {
             "copy" => Ok(Self::Copy),
             "write" => Ok(Self::Write),
-            other => Err(format!("unknown operation type {other:?} (expected copy or write)")),
+            other => Err(format!(
+                "unknown operation type {other:?} (expected copy or write)"
+            )),
         }
     }
 }
@@ -173,13 +177,16 @@ impl QueueItem {
             }
             None => return Err(fail("queue item needs a \"type\" (copy or write)".into())),
         }
-        let payload = value.get("payload").ok_or_else(|| fail("queue item needs a \"payload\" object".into()))?;
+        let payload = value
+            .get("payload")
+            .ok_or_else(|| fail("queue item needs a \"payload\" object".into()))?;
         if let Some(cid) = payload.get("client_id") {
             if !cid.is_i64() {
                 return Err(fail("payload.client_id must be an integer".into()));
             }
         }
-        serde_json::from_value::<Self>(value.clone()).map_err(|e| fail(format!("invalid queue item: {e}")))
+        serde_json::from_value::<Self>(value.clone())
+            .map_err(|e| fail(format!("invalid queue item: {e}")))
     }
 }
 
@@ -230,7 +237,15 @@ pub struct PushItemResult {
 impl PushItemResult {
     /// A failed result.
     pub fn failed(id: Option<i64>, op_id: Option<OpId>, error: impl Into<String>) -> Self {
-        Self { id, status: PushStatus::Failed, error: Some(error.into()), op_id, duplicate: false, overdraft: false, ledger_id: None }
+        Self {
+            id,
+            status: PushStatus::Failed,
+            error: Some(error.into()),
+            op_id,
+            duplicate: false,
+            overdraft: false,
+            ledger_id: None,
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -41,9 +43,15 @@ fn every_fixture_round_trips() {
     assert_eq!(err.error.code.http_status(), 413);
     assert_eq!(round_trip::<WsMessage>("ws_ping.json"), WsMessage::Ping);
     assert_eq!(round_trip::<WsMessage>("ws_pong.json"), WsMessage::Pong);
-    assert!(matches!(round_trip::<WsMessage>("ws_quota_updated.json"), WsMessage::QuotaUpdated(q) if q.remaining == 46));
-    assert!(matches!(round_trip::<WsMessage>("ws_sync_completed.json"), WsMessage::SyncCompleted(s) if s.synced == 2));
-    assert!(matches!(round_trip::<WsMessage>("ws_copy_completed.json"), WsMessage::CopyCompleted(c) if c.id == 41));
+    assert!(
+        matches!(round_trip::<WsMessage>("ws_quota_updated.json"), WsMessage::QuotaUpdated(q) if q.remaining == 46)
+    );
+    assert!(
+        matches!(round_trip::<WsMessage>("ws_sync_completed.json"), WsMessage::SyncCompleted(s) if s.synced == 2)
+    );
+    assert!(
+        matches!(round_trip::<WsMessage>("ws_copy_completed.json"), WsMessage::CopyCompleted(c) if c.id == 41)
+    );
 }
 
 #[test]
@@ -66,7 +74,8 @@ fn seed_client_shapes_parse() {
 fn results_carry_what_the_seed_client_reads() {
     // The seed reads result.id, result.status ('synced' or anything else) and
     // result.error (stored in a TEXT column): error must be a string or null.
-    let res: Value = serde_json::to_value(PushItemResult::failed(Some(7), None, "unknown client 99")).unwrap();
+    let res: Value =
+        serde_json::to_value(PushItemResult::failed(Some(7), None, "unknown client 99")).unwrap();
     assert_eq!(res["id"], 7);
     assert_eq!(res["status"], "failed");
     assert_eq!(res["error"], "unknown client 99");
@@ -82,7 +91,8 @@ fn lenient_item_parsing_keeps_the_id() {
     assert_eq!(e.id, Some(5));
     assert!(e.message.contains("steal"), "{}", e.message);
 
-    let bad_uid = serde_json::json!({"id": 6, "type": "copy", "payload": {"client_id": 1, "uid": "nothex"}});
+    let bad_uid =
+        serde_json::json!({"id": 6, "type": "copy", "payload": {"client_id": 1, "uid": "nothex"}});
     let e = QueueItem::from_json(&bad_uid).unwrap_err();
     assert_eq!(e.id, Some(6));
     assert!(e.message.contains("uid"), "{}", e.message);
@@ -95,7 +105,8 @@ fn lenient_item_parsing_keeps_the_id() {
 #[test]
 fn unknown_error_codes_from_newer_servers_parse() {
     let body: ErrorBody =
-        serde_json::from_str(r#"{"success":false,"error":{"code":"brand_new","message":"x"}}"#).unwrap();
+        serde_json::from_str(r#"{"success":false,"error":{"code":"brand_new","message":"x"}}"#)
+            .unwrap();
     assert_eq!(body.error.code, ErrorCode::Unknown);
 }
 
@@ -115,5 +126,8 @@ fn docs_show_every_fixture_verbatim() {
             missing.push(name);
         }
     }
-    assert!(missing.is_empty(), "docs/protocol.md no longer shows these fixtures verbatim: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/protocol.md no longer shows these fixtures verbatim: {missing:?}"
+    );
 }

@@ -4,7 +4,9 @@
 //! ceiling. Prints copies/s, p50/p99 push latency and the ratio.
 //!
 //! Options: `--kiosks N` (32), `--batches N` per kiosk (20), `--batch-size N` (100),
-//! `--clients N` (100). Needs `DATABASE_URL` (a superuser URL) and
+//! `--clients N` (100), `--spread` (worst case: every copy of a batch for a
+//! different client, so that every push locks every quota row; by default a
+//! kiosk copies the badges of one client, the kiosk at that client's site). Needs `DATABASE_URL` (a superuser URL) and
 //! `PROPASS_SERVER_BIN` (set by xtask).
 
 use std::process::{Command, Stdio};
@@ -21,14 +23,29 @@ struct Opts {
     batches: usize,
     batch_size: usize,
     clients: usize,
+    spread: bool,
 }
 
 fn parse_opts() -> Result<Opts, String> {
-    let mut o = Opts { kiosks: 32, batches: 20, batch_size: 100, clients: 100 };
+    let mut o = Opts {
+        kiosks: 32,
+        batches: 20,
+        batch_size: 100,
+        clients: 100,
+        spread: false,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let v: usize = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or(format!("{flag} needs a positive number"))?;
+        if flag == "--spread" {
+            o.spread = true;
+            continue;
+        }
+        let v: usize = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .ok_or(format!("{flag} needs a positive number"))?;
         match flag.as_str() {
             "--kiosks" => o.kiosks = v,
             "--batches" => o.batches = v,
@@ -46,20 +63,36 @@ fn with_database(base: &str, name: &str) -> String {
 }
 
 async fn fresh_database(base: &str, name: &str) -> Result<String, String> {
-    let mut c = AsyncPgConnection::establish(base).await.map_err(|e| e.to_string())?;
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await.map_err(|e| e.to_string())?;
-    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut c).await.map_err(|e| e.to_string())?;
+    let mut c = AsyncPgConnection::establish(base)
+        .await
+        .map_err(|e| e.to_string())?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut c)
+        .await
+        .map_err(|e| e.to_string())?;
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .map_err(|e| e.to_string())?;
     let url = with_database(base, name);
     let u = url.clone();
-    tokio::task::spawn_blocking(move || db::run_migrations(&u)).await.map_err(|e| e.to_string())??;
+    tokio::task::spawn_blocking(move || db::run_migrations(&u))
+        .await
+        .map_err(|e| e.to_string())??;
     Ok(url)
 }
 
 async fn seed(url: &str, clients: usize, quota_each: i64) -> Result<Vec<i64>, String> {
-    let mut c = AsyncPgConnection::establish(url).await.map_err(|e| e.to_string())?;
+    let mut c = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut ids = Vec::new();
     for i in 0..clients {
-        ids.push(db::create_client(&mut c, &format!("Bench client {i}"), quota_each).await.map_err(|e| e.to_string())?);
+        ids.push(
+            db::create_client(&mut c, &format!("Bench client {i}"), quota_each)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     Ok(ids)
 }
@@ -72,47 +105,107 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Which client pays for copy `i` of batch `b` of kiosk `k`.
+fn client_of(spread: bool, clients: &[i64], k: usize, b: usize, i: usize) -> i64 {
+    if spread {
+        clients[(k * 7 + b * 13 + i) % clients.len()]
+    } else {
+        clients[k % clients.len()]
+    }
+}
+
 fn uid(k: usize, b: usize, i: usize) -> String {
     format!("04{:06X}{:06X}", k & 0xFFFFFF, (b * 4096 + i) & 0xFFFFFF)
+}
+
+/// The server child, stopped (SIGTERM, then SIGKILL) however the benchmark ends.
+struct ServerProcess(std::process::Child);
+
+impl ServerProcess {
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let o = parse_opts()?;
-    let base = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set (run through cargo xtask bench push)")?;
-    let server_bin = std::env::var("PROPASS_SERVER_BIN").map_err(|_| "PROPASS_SERVER_BIN is not set")?;
+    let base = std::env::var("DATABASE_URL")
+        .map_err(|_| "DATABASE_URL is not set (run through cargo xtask bench push)")?;
+    let server_bin =
+        std::env::var("PROPASS_SERVER_BIN").map_err(|_| "PROPASS_SERVER_BIN is not set")?;
     let total = o.kiosks * o.batches * o.batch_size;
     let connections = o.kiosks.min(16);
     println!(
-        "bench push: {} kiosks × {} batches × {} copies = {total} copies over {} clients; {connections} database connections",
-        o.kiosks, o.batches, o.batch_size, o.clients
+        "bench push: {} kiosks × {} batches × {} copies = {total} copies over {} clients ({}); {connections} database connections",
+        o.kiosks, o.batches, o.batch_size, o.clients,
+        if o.spread { "every copy of a batch for another client" } else { "each kiosk serves one client" }
     );
 
     // --- the real server -------------------------------------------------
     let server_url = fresh_database(&base, "propass_bench_server").await?;
     let client_ids = seed(&server_url, o.clients, (total / o.clients) as i64 + 1).await?;
     {
-        let mut c = AsyncPgConnection::establish(&server_url).await.map_err(|e| e.to_string())?;
+        let mut c = AsyncPgConnection::establish(&server_url)
+            .await
+            .map_err(|e| e.to_string())?;
         let hash = propass_server::auth::hash_password("bench-pass")?;
-        db::create_user(&mut c, "bench", &hash, Role::Operator).await.map_err(|e| e.to_string())?;
+        db::create_user(&mut c, "bench", &hash, Role::Operator)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-    let mut server = Command::new(&server_bin)
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &server_url)
-        .env("PROPASS_JWT_SECRET", "bench-secret-bench-secret-bench-secret-0123")
-        .env("PROPASS_DB_POOL_SIZE", connections.to_string())
-        .env("PROPASS_MAX_BATCH_ITEMS", (o.batch_size.max(5000)).to_string())
-        .env("PROPASS_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {server_bin}: {e}"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let mut server = ServerProcess(
+        Command::new(&server_bin)
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", &server_url)
+            .env(
+                "PROPASS_JWT_SECRET",
+                "bench-secret-bench-secret-bench-secret-0123",
+            )
+            .env("PROPASS_DB_POOL_SIZE", connections.to_string())
+            .env(
+                "PROPASS_MAX_BATCH_ITEMS",
+                (o.batch_size.max(5000)).to_string(),
+            )
+            .env("PROPASS_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {server_bin}: {e}"))?,
+    );
     let base_http = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base_http}/health")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+    while http
+        .get(format!("{base_http}/health"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
         if Instant::now() > deadline {
-            let _ = server.kill();
             return Err("server did not start".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -129,7 +222,12 @@ async fn main() -> Result<(), String> {
             .json()
             .await
             .map_err(|e| e.to_string())?;
-        tokens.push(res["token"].as_str().ok_or(format!("login failed: {res}"))?.to_owned());
+        tokens.push(
+            res["token"]
+                .as_str()
+                .ok_or(format!("login failed: {res}"))?
+                .to_owned(),
+        );
     }
 
     let started = Instant::now();
@@ -138,13 +236,13 @@ async fn main() -> Result<(), String> {
         let http = http.clone();
         let url = format!("{base_http}/api/sync/push");
         let clients = client_ids.clone();
-        let (batches, size) = (o.batches, o.batch_size);
+        let (batches, size, spread) = (o.batches, o.batch_size, o.spread);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(batches);
             for b in 0..batches {
                 let queue: Vec<Value> = (0..size)
                     .map(|i| {
-                        let client = clients[(k * 7 + b * 13 + i) % clients.len()];
+                        let client = client_of(spread, &clients, k, b, i);
                         json!({"id": b * size + i + 1, "op_id": uuid::Uuid::now_v7(), "type": "copy",
                                "payload": {"client_id": client, "uid": uid(k, b, i)}})
                     })
@@ -170,18 +268,23 @@ async fn main() -> Result<(), String> {
         latencies.extend(t.await.map_err(|e| e.to_string())??);
     }
     let server_elapsed = started.elapsed();
-    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
-    let _ = server.wait();
+    server.stop();
     latencies.sort();
     let server_rate = total as f64 / server_elapsed.as_secs_f64();
 
-    let mut c = AsyncPgConnection::establish(&server_url).await.map_err(|e| e.to_string())?;
+    let mut c = AsyncPgConnection::establish(&server_url)
+        .await
+        .map_err(|e| e.to_string())?;
     #[derive(diesel::QueryableByName)]
     struct N {
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
-    let in_ledger = diesel::sql_query("SELECT count(*) AS n FROM copies").get_result::<N>(&mut c).await.map_err(|e| e.to_string())?.n;
+    let in_ledger = diesel::sql_query("SELECT count(*) AS n FROM copies")
+        .get_result::<N>(&mut c)
+        .await
+        .map_err(|e| e.to_string())?
+        .n;
     if in_ledger != total as i64 {
         return Err(format!("ledger holds {in_ledger} copies, expected {total}"));
     }
@@ -190,7 +293,9 @@ async fn main() -> Result<(), String> {
     let raw_url = fresh_database(&base, "propass_bench_raw").await?;
     let raw_clients = seed(&raw_url, o.clients, 0).await?;
     {
-        let mut c = AsyncPgConnection::establish(&raw_url).await.map_err(|e| e.to_string())?;
+        let mut c = AsyncPgConnection::establish(&raw_url)
+            .await
+            .map_err(|e| e.to_string())?;
         let devices: Vec<String> = (0..o.kiosks).map(|k| format!("BENCH-{k}")).collect();
         diesel::sql_query("INSERT INTO devices (device_id) SELECT unnest($1::text[])")
             .bind::<Array<Text>, _>(&devices)
@@ -203,14 +308,14 @@ async fn main() -> Result<(), String> {
     for w in 0..connections {
         let url = raw_url.clone();
         let clients = raw_clients.clone();
-        let (kiosks, batches, size) = (o.kiosks, o.batches, o.batch_size);
+        let (kiosks, batches, size, spread) = (o.kiosks, o.batches, o.batch_size, o.spread);
         tasks.push(tokio::spawn(async move {
             let mut c = AsyncPgConnection::establish(&url).await.map_err(|e| e.to_string())?;
             for k in (w..kiosks).step_by(connections) {
                 for b in 0..batches {
                     let keys: Vec<String> = (0..size).map(|_| format!("op:{}", uuid::Uuid::now_v7())).collect();
                     let local: Vec<i64> = (0..size).map(|i| (b * size + i + 1) as i64).collect();
-                    let cl: Vec<i64> = (0..size).map(|i| clients[(k * 7 + b * 13 + i) % clients.len()]).collect();
+                    let cl: Vec<i64> = (0..size).map(|i| client_of(spread, &clients, k, b, i)).collect();
                     let uids: Vec<String> = (0..size).map(|i| uid(k, b, i)).collect();
                     diesel::sql_query(
                         "INSERT INTO copies (idempotency_key, device_id, local_id, client_id, uid, kind, occurred_at) \
@@ -237,7 +342,11 @@ async fn main() -> Result<(), String> {
     let raw_rate = total as f64 / raw_elapsed.as_secs_f64();
 
     println!();
-    println!("server   {server_rate:>10.0} copies/s   ({total} copies in {:.2} s, {} pushes)", server_elapsed.as_secs_f64(), latencies.len());
+    println!(
+        "server   {server_rate:>10.0} copies/s   ({total} copies in {:.2} s, {} pushes)",
+        server_elapsed.as_secs_f64(),
+        latencies.len()
+    );
     println!(
         "         push latency p50 {:.1} ms, p99 {:.1} ms",
         percentile(&latencies, 0.50).as_secs_f64() * 1000.0,

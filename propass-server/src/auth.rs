@@ -26,13 +26,18 @@ use crate::startup::AppState;
 /// Hashes a password with Argon2id and a random salt (a PHC string).
 /// CPU-heavy: call it off the async workers.
 pub fn hash_password(password: &str) -> Result<String, String> {
-    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Checks a password against a PHC string. CPU-heavy, like [`hash_password`].
 pub fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -83,7 +88,13 @@ impl JwtKeys {
     }
 
     /// Issues a token for `user` on `device`.
-    pub fn issue(&self, uid: i64, username: &str, role: Role, device: &DeviceId) -> Result<(String, DateTime<Utc>), ApiError> {
+    pub fn issue(
+        &self,
+        uid: i64,
+        username: &str,
+        role: Role,
+        device: &DeviceId,
+    ) -> Result<(String, DateTime<Utc>), ApiError> {
         let now = Utc::now();
         let exp = now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::days(7));
         let claims = Claims {
@@ -109,16 +120,18 @@ impl JwtKeys {
     }
 
     fn decode(&self, token: &str, check_exp: bool) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &Self::validation(check_exp)).map(|d| d.claims).map_err(|e| {
-            match e.kind() {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &Self::validation(check_exp))
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::TokenExpired,
                 ErrorKind::InvalidSignature => ApiError::InvalidToken("bad signature".into()),
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-                    ApiError::InvalidToken("only HS256 tokens issued by this server are accepted".into())
-                }
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::UnsupportedAlgorithm => ApiError::InvalidToken(
+                    "only HS256 tokens issued by this server are accepted".into(),
+                ),
                 _ => ApiError::InvalidToken(e.to_string()),
-            }
-        })
+            })
     }
 
     /// Checks a token for an ordinary request: signature, algorithm, expiry.
@@ -151,7 +164,11 @@ impl LoginThrottle {
 
     /// A throttle allowing `max_failures` per key within `window`.
     pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self { max_failures: max_failures as usize, window, failures: Mutex::new(HashMap::new()) }
+        Self {
+            max_failures: max_failures as usize,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `Err(seconds)` when any key is over its limit.
@@ -161,7 +178,10 @@ impl LoginThrottle {
         let mut wait = None::<Duration>;
         for key in keys {
             if let Some(q) = map.get_mut(key) {
-                while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
+                {
                     q.pop_front();
                 }
                 if q.len() >= self.max_failures {
@@ -196,7 +216,10 @@ impl LoginThrottle {
 
     /// Forgets the failures of a key (after a successful login).
     pub fn success(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -204,7 +227,10 @@ impl LoginThrottle {
 pub fn bearer_token(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 /// Refuses a revoked device.
@@ -220,13 +246,38 @@ pub async fn ensure_device_active(state: &AppState, device: &str) -> Result<(), 
 #[derive(Debug, Clone)]
 pub struct Authed(pub Claims);
 
+/// A request with a valid, unexpired token, whose device's revocation the
+/// handler checks itself (the push does it inside its transaction, saving a
+/// round trip).
+#[derive(Debug, Clone)]
+pub struct SignedToken(pub Authed);
+
+impl FromRequest for SignedToken {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let verify = || {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+            let token = bearer_token(req).ok_or(ApiError::MissingToken)?;
+            Ok(SignedToken(Authed(state.jwt.verify(&token)?)))
+        };
+        std::future::ready(verify())
+    }
+}
+
 impl Authed {
     /// Refuses a request naming another device than the token's.
     pub fn ensure_device(&self, requested: &str) -> Result<(), ApiError> {
         if self.0.device_id == requested {
             Ok(())
         } else {
-            Err(ApiError::DeviceMismatch { token_device: self.0.device_id.clone(), requested: requested.to_owned() })
+            Err(ApiError::DeviceMismatch {
+                token_device: self.0.device_id.clone(),
+                requested: requested.to_owned(),
+            })
         }
     }
 }
@@ -239,7 +290,8 @@ impl FromRequest for Authed {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let token = bearer_token(req);
         Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+            let state =
+                state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
             let token = token.ok_or(ApiError::MissingToken)?;
             let claims = state.jwt.verify(&token)?;
             ensure_device_active(&state, &claims.device_id).await?;

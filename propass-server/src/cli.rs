@@ -22,7 +22,11 @@ use crate::{auth, db};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/propass/server.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "propass-server", version, about = "PROPASS central server and operator commands")]
+#[command(
+    name = "propass-server",
+    version,
+    about = "PROPASS central server and operator commands"
+)]
 struct Cli {
     /// TOML configuration file [default: /etc/propass/server.toml if it exists]
     #[arg(long, env = "PROPASS_CONFIG", global = true)]
@@ -159,7 +163,11 @@ fn init_tracing() {
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig, String> {
@@ -170,7 +178,8 @@ fn load_file(path: Option<&Path>) -> Result<FileConfig, String> {
         }
         None => FileConfig::default(),
     };
-    file.apply_env(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    file.apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| e.to_string())?;
     Ok(file)
 }
 
@@ -178,9 +187,17 @@ fn run(cli: Cli) -> Result<(), String> {
     let file = load_file(cli.config.as_deref())?;
     match cli.command {
         Command::Serve(args) => {
-            let secret = std::env::var("PROPASS_JWT_SECRET").ok().filter(|s| !s.is_empty());
+            let secret = std::env::var("PROPASS_JWT_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty());
             let config = file
-                .into_config(cli.database_url, args.bind, secret, args.jwt_secret_file, args.dev)
+                .into_config(
+                    cli.database_url,
+                    args.bind,
+                    secret,
+                    args.jwt_secret_file,
+                    args.dev,
+                )
                 .map_err(|e| e.to_string())?;
             serve(config)
         }
@@ -192,7 +209,10 @@ fn run(cli: Cli) -> Result<(), String> {
             for m in applied {
                 eprintln!("applied migration {m}");
             }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
             rt.block_on(operate(&url, command))
         }
     }
@@ -204,7 +224,8 @@ fn serve(config: Config) -> Result<(), String> {
     }
     let bind = config.bind;
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(config).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+        let app =
+            Application::build(config).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
         tracing::info!(addr = %bind, port = app.port(), "propass-server listening");
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })?;
@@ -214,7 +235,10 @@ fn serve(config: Config) -> Result<(), String> {
 
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
     let pw = line.trim_end_matches(['\n', '\r']).to_owned();
     if pw.is_empty() {
         return Err("empty password on standard input".into());
@@ -228,13 +252,20 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
 }
 
 async fn operate(url: &str, command: Command) -> Result<(), String> {
-    let mut conn = AsyncPgConnection::establish(url).await.map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let conn = &mut conn;
     let dberr = |e: diesel::result::Error| e.to_string();
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
         Command::Migrate => eprintln!("database is up to date"),
-        Command::User(UserCmd::Add { name, role, password_stdin, update }) => {
+        Command::User(UserCmd::Add {
+            name,
+            role,
+            password_stdin,
+            update,
+        }) => {
             if !password_stdin {
                 return Err("pass the password on standard input with --password-stdin (never on the command line)".into());
             }
@@ -242,26 +273,43 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
                 return Err("username must be 1 to 128 bytes".into());
             }
             let password = read_password()?;
-            let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password)).await.map_err(|e| e.to_string())??;
+            let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+                .await
+                .map_err(|e| e.to_string())??;
             let exists = db::find_user(conn, &name).await.map_err(dberr)?.is_some();
             let id = match (exists, update) {
-                (true, false) => return Err(format!("user {name:?} already exists (add --update to change its password and role)")),
-                (true, true) => db::update_user(conn, &name, &hash, role).await.map_err(dberr)?,
-                (false, _) => db::create_user(conn, &name, &hash, role).await.map_err(dberr)?,
+                (true, false) => return Err(format!(
+                    "user {name:?} already exists (add --update to change its password and role)"
+                )),
+                (true, true) => db::update_user(conn, &name, &hash, role)
+                    .await
+                    .map_err(dberr)?,
+                (false, _) => db::create_user(conn, &name, &hash, role)
+                    .await
+                    .map_err(dberr)?,
             };
-            eprintln!("{} user {name} (id {id}, role {})", if exists { "updated" } else { "created" }, role.as_str());
+            eprintln!(
+                "{} user {name} (id {id}, role {})",
+                if exists { "updated" } else { "created" },
+                role.as_str()
+            );
         }
         Command::Client(ClientCmd::Add { name, quota, json }) => {
             let name = name.trim().to_owned();
             if name.is_empty() {
                 return Err("client name must not be empty".into());
             }
-            let id = db::create_client(conn, &name, i64::from(quota)).await.map_err(|e| match e {
-                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
-                    format!("a client named {name:?} already exists")
-                }
-                other => other.to_string(),
-            })?;
+            let id = db::create_client(conn, &name, i64::from(quota))
+                .await
+                .map_err(|e| match e {
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    ) => {
+                        format!("a client named {name:?} already exists")
+                    }
+                    other => other.to_string(),
+                })?;
             if json {
                 print_json(&serde_json::json!({"id": id, "name": name, "quota": quota}))?;
             } else {
@@ -278,19 +326,37 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
                     .collect();
                 print_json(&v)?;
             } else {
-                println!("{:>6}  {:>9}  {:>9}  {:>9}  NAME", "ID", "TOTAL", "USED", "REMAINING");
+                println!(
+                    "{:>6}  {:>9}  {:>9}  {:>9}  NAME",
+                    "ID", "TOTAL", "USED", "REMAINING"
+                );
                 for r in rows {
-                    println!("{:>6}  {:>9}  {:>9}  {:>9}  {}", r.id, r.total, r.used, r.remaining(), r.name);
+                    println!(
+                        "{:>6}  {:>9}  {:>9}  {:>9}  {}",
+                        r.id,
+                        r.total,
+                        r.used,
+                        r.remaining(),
+                        r.name
+                    );
                 }
             }
         }
         Command::Quota(QuotaCmd::Add { client_id, n, json }) => {
-            let remaining = db::add_quota(conn, client_id, n).await.map_err(|e| match e {
-                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::CheckViolation, _) => {
-                    format!("cannot remove {} copies: the client would have bought fewer than zero", -n)
-                }
-                other => other.to_string(),
-            })?;
+            let remaining = db::add_quota(conn, client_id, n)
+                .await
+                .map_err(|e| match e {
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::CheckViolation,
+                        _,
+                    ) => {
+                        format!(
+                            "cannot remove {} copies: the client would have bought fewer than zero",
+                            -n
+                        )
+                    }
+                    other => other.to_string(),
+                })?;
             let remaining = remaining.ok_or_else(|| format!("no client with id {client_id}"))?;
             if json {
                 print_json(&serde_json::json!({"client_id": client_id, "remaining": remaining}))?;
@@ -306,7 +372,12 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             } else {
                 println!("{:<40}  {:<8}  LAST SEEN", "DEVICE", "STATUS");
                 for r in rows {
-                    println!("{:<40}  {:<8}  {}", r.device_id, if r.revoked { "revoked" } else { "active" }, r.last_seen.to_rfc3339());
+                    println!(
+                        "{:<40}  {:<8}  {}",
+                        r.device_id,
+                        if r.revoked { "revoked" } else { "active" },
+                        r.last_seen.to_rfc3339()
+                    );
                 }
             }
         }
@@ -316,10 +387,16 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
                 DeviceCmd::Restore { device_id } => (device_id, false),
                 DeviceCmd::List { .. } => unreachable!("handled above"),
             };
-            if !db::set_device_revoked(conn, &device_id, revoke).await.map_err(dberr)? {
+            if !db::set_device_revoked(conn, &device_id, revoke)
+                .await
+                .map_err(dberr)?
+            {
                 return Err(format!("no device {device_id:?} has ever logged in"));
             }
-            eprintln!("device {device_id} {}", if revoke { "revoked" } else { "restored" });
+            eprintln!(
+                "device {device_id} {}",
+                if revoke { "revoked" } else { "restored" }
+            );
         }
     }
     Ok(())

@@ -179,17 +179,30 @@ pub enum ConfigError {
 impl FileConfig {
     /// Reads a TOML file.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
     }
 
     /// Applies the environment's `PROPASS_*` variables over the file's values
     /// (`DATABASE_URL`, `PROPASS_BIND`, `PROPASS_JWT_SECRET` and
     /// `PROPASS_JWT_SECRET_FILE` are read by the command line itself).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn num<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<Option<T>, ConfigError> {
-            v.map(|s| s.trim().parse::<T>().map_err(|_| ConfigError::Invalid(format!("{name}={s:?} is not a valid number"))))
-                .transpose()
+        fn num<T: std::str::FromStr>(
+            name: &str,
+            v: Option<String>,
+        ) -> Result<Option<T>, ConfigError> {
+            v.map(|s| {
+                s.trim().parse::<T>().map_err(|_| {
+                    ConfigError::Invalid(format!("{name}={s:?} is not a valid number"))
+                })
+            })
+            .transpose()
         }
         macro_rules! env_num {
             ($field:ident, $name:literal) => {
@@ -209,8 +222,13 @@ impl FileConfig {
         env_num!(db_pool_size, "PROPASS_DB_POOL_SIZE");
         env_num!(workers, "PROPASS_WORKERS");
         if let Some(v) = get("PROPASS_WS_ALLOWED_ORIGINS") {
-            self.ws_allowed_origins =
-                Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect());
+            self.ws_allowed_origins = Some(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            );
         }
         Ok(())
     }
@@ -235,7 +253,10 @@ impl FileConfig {
             (Some(s), _, _) => Some(s),
             (None, Some(path), _) => Some(
                 std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?
+                    .map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
                     .trim()
                     .to_owned(),
             ),
@@ -312,9 +333,13 @@ mod tests {
 
     #[test]
     fn refuses_to_start_without_secret_outside_dev() {
-        let err = FileConfig::default().into_config(Some("postgres://x".into()), None, None, None, false).unwrap_err();
+        let err = FileConfig::default()
+            .into_config(Some("postgres://x".into()), None, None, None, false)
+            .unwrap_err();
         assert!(err.to_string().contains("PROPASS_JWT_SECRET"), "{err}");
-        let dev = FileConfig::default().into_config(Some("postgres://x".into()), None, None, None, true).unwrap();
+        let dev = FileConfig::default()
+            .into_config(Some("postgres://x".into()), None, None, None, true)
+            .unwrap();
         assert!(dev.dev_mode);
     }
 
@@ -324,8 +349,17 @@ mod tests {
             "database_url = 'postgres://file'\nbind = '0.0.0.0:1'\nmax_batch_items = 10\njwt_secret = 'ffffffffffffffffffffffffffffffffffff'",
         )
         .unwrap();
-        file.apply_env(|k| (k == "PROPASS_MAX_BATCH_ITEMS").then(|| "20".to_string())).unwrap();
-        let c = file.into_config(None, Some("127.0.0.1:9".parse().unwrap()), None, None, false).unwrap();
+        file.apply_env(|k| (k == "PROPASS_MAX_BATCH_ITEMS").then(|| "20".to_string()))
+            .unwrap();
+        let c = file
+            .into_config(
+                None,
+                Some("127.0.0.1:9".parse().unwrap()),
+                None,
+                None,
+                false,
+            )
+            .unwrap();
         assert_eq!(c.database_url, "postgres://file");
         assert_eq!(c.bind.port(), 9);
         assert_eq!(c.max_batch_items, 20);

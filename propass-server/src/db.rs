@@ -5,7 +5,7 @@
 //! once (unique idempotency key, `ON CONFLICT DO NOTHING`), and charges the
 //! quota only for rows it actually inserted, in the same transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -104,9 +104,7 @@ pub fn run_migrations(database_url: &str) -> Result<Vec<String>, String> {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            rt_spawn_migrations(url).await
-        })
+        rt.block_on(async move { rt_spawn_migrations(url).await })
     })
     .join()
     .map_err(|_| "the migration thread panicked".to_string())?
@@ -114,9 +112,13 @@ pub fn run_migrations(database_url: &str) -> Result<Vec<String>, String> {
 
 async fn rt_spawn_migrations(url: String) -> Result<Vec<String>, String> {
     tokio::spawn(async move {
-        let conn = AsyncPgConnection::establish(&url).await.map_err(|e| format!("cannot connect to the database: {e}"))?;
+        let conn = AsyncPgConnection::establish(&url)
+            .await
+            .map_err(|e| format!("cannot connect to the database: {e}"))?;
         let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
-        let done = harness.run_pending_migrations(MIGRATIONS).map_err(|e| format!("migration failed: {e}"))?;
+        let done = harness
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| format!("migration failed: {e}"))?;
         Ok(done.iter().map(|v| v.to_string()).collect())
     })
     .await
@@ -139,20 +141,39 @@ pub struct UserRow {
 
 /// Finds a user by name.
 pub async fn find_user(conn: &mut AsyncPgConnection, name: &str) -> QueryResult<Option<UserRow>> {
-    users::table.filter(users::username.eq(name)).select(UserRow::as_select()).first(conn).await.optional()
+    users::table
+        .filter(users::username.eq(name))
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// Creates a user (or fails on a duplicate name); returns the id.
-pub async fn create_user(conn: &mut AsyncPgConnection, name: &str, hash: &str, role: Role) -> QueryResult<i64> {
+pub async fn create_user(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    hash: &str,
+    role: Role,
+) -> QueryResult<i64> {
     diesel::insert_into(users::table)
-        .values((users::username.eq(name), users::password_hash.eq(hash), users::role.eq(role.as_str())))
+        .values((
+            users::username.eq(name),
+            users::password_hash.eq(hash),
+            users::role.eq(role.as_str()),
+        ))
         .returning(users::id)
         .get_result(conn)
         .await
 }
 
 /// Replaces a user's password and role (for `user add` on an existing name with `--update`).
-pub async fn update_user(conn: &mut AsyncPgConnection, name: &str, hash: &str, role: Role) -> QueryResult<i64> {
+pub async fn update_user(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    hash: &str,
+    role: Role,
+) -> QueryResult<i64> {
     diesel::update(users::table.filter(users::username.eq(name)))
         .set((users::password_hash.eq(hash), users::role.eq(role.as_str())))
         .returning(users::id)
@@ -185,7 +206,11 @@ pub async fn device_revoked(conn: &mut AsyncPgConnection, device: &str) -> Query
 }
 
 /// Revokes or restores a device; `false` when no such device exists.
-pub async fn set_device_revoked(conn: &mut AsyncPgConnection, device: &str, revoked: bool) -> QueryResult<bool> {
+pub async fn set_device_revoked(
+    conn: &mut AsyncPgConnection,
+    device: &str,
+    revoked: bool,
+) -> QueryResult<bool> {
     let at: Option<DateTime<Utc>> = revoked.then(Utc::now);
     let n = diesel::update(devices::table.filter(devices::device_id.eq(device)))
         .set((devices::revoked.eq(revoked), devices::revoked_at.eq(at)))
@@ -210,7 +235,11 @@ pub struct DeviceRow {
 
 /// Every device, most recently seen first.
 pub async fn list_devices(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
-    devices::table.select(DeviceRow::as_select()).order(devices::last_seen.desc()).load(conn).await
+    devices::table
+        .select(DeviceRow::as_select())
+        .order(devices::last_seen.desc())
+        .load(conn)
+        .await
 }
 
 /// A client with its quota.
@@ -234,16 +263,23 @@ impl ClientRow {
 }
 
 /// Creates a client with an initial quota; returns its id.
-pub async fn create_client(conn: &mut AsyncPgConnection, name: &str, quota: i64) -> QueryResult<i64> {
+pub async fn create_client(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    quota: i64,
+) -> QueryResult<i64> {
     let name = name.to_owned();
     conn.transaction(async |conn| {
-            let id: i64 =
-                diesel::insert_into(clients::table).values(clients::name.eq(&name)).returning(clients::id).get_result(conn).await?;
-            diesel::insert_into(quotas::table)
-                .values((quotas::client_id.eq(id), quotas::total.eq(quota)))
-                .execute(conn)
-                .await?;
-            Ok(id)
+        let id: i64 = diesel::insert_into(clients::table)
+            .values(clients::name.eq(&name))
+            .returning(clients::id)
+            .get_result(conn)
+            .await?;
+        diesel::insert_into(quotas::table)
+            .values((quotas::client_id.eq(id), quotas::total.eq(quota)))
+            .execute(conn)
+            .await?;
+        Ok(id)
     })
     .await
 }
@@ -261,9 +297,16 @@ pub async fn list_clients(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Clien
 
 /// Adds `n` copies (negative to correct a mistake, never below zero bought)
 /// to a client's quota; returns the new remaining, `None` for an unknown client.
-pub async fn add_quota(conn: &mut AsyncPgConnection, client: ClientId, n: i64) -> QueryResult<Option<i64>> {
+pub async fn add_quota(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+    n: i64,
+) -> QueryResult<Option<i64>> {
     diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
-        .set((quotas::total.eq(quotas::total + n), quotas::updated_at.eq(diesel::dsl::now)))
+        .set((
+            quotas::total.eq(quotas::total + n),
+            quotas::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(quotas::total - quotas::used)
         .get_result(conn)
         .await
@@ -272,7 +315,10 @@ pub async fn add_quota(conn: &mut AsyncPgConnection, client: ClientId, n: i64) -
 
 /// Answers when the database does.
 pub async fn ping(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-    diesel::sql_query("SELECT 1").execute(conn).await.map(|_| ())
+    diesel::sql_query("SELECT 1")
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// One valid operation of a push, with its idempotency key.
@@ -358,54 +404,90 @@ struct QuotaRow {
     remaining: i64,
 }
 
-#[derive(QueryableByName)]
-struct IdRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-}
-
 /// Records a batch of operations pushed by `device` in ONE transaction:
-/// device upsert, one multi-row insert that skips known keys, one lookup of
-/// the skipped keys, one quota update for all charged clients, one overdraft
-/// flag update. Every row inserted is charged exactly once; a key already in
+/// device upsert, one multi-row insert that skips known keys (in key order, so
+/// that concurrent batches take index locks in one order), one lookup of the
+/// skipped keys, the charged quota rows locked in id order, one quota update
+/// for all of them, one overdraft flag update. A deadlock or serialization
+/// failure reruns the whole transaction (up to 4 attempts). Every row inserted is charged exactly once; a key already in
 /// the ledger is answered as a duplicate (or a conflict if it names another
 /// operation) and charged nothing.
-pub async fn record_batch(conn: &mut AsyncPgConnection, device: &DeviceId, ops: Vec<NewOp>) -> QueryResult<BatchOutcome> {
+pub async fn record_batch(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    ops: Vec<NewOp>,
+) -> Result<BatchOutcome, PushError> {
     let device = device.clone();
-    conn.transaction(async |conn| record_batch_tx(conn, &device, &ops).await).await
-}
-
-async fn record_batch_tx(conn: &mut AsyncPgConnection, device: &DeviceId, ops: &[NewOp]) -> QueryResult<BatchOutcome> {
-    let now = Utc::now();
-    touch_device(conn, device).await?;
-
-    let wanted: Vec<i64> = ops.iter().map(|o| o.item.payload.client_id.get()).collect::<HashSet<_>>().into_iter().collect();
-    let known: HashSet<i64> = diesel::sql_query("SELECT id FROM clients WHERE id = ANY($1)")
-        .bind::<Array<BigInt>, _>(&wanted)
-        .load::<IdRow>(conn)
-        .await?
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
-    let mut valid: Vec<usize> = Vec::with_capacity(ops.len());
-    for (i, op) in ops.iter().enumerate() {
-        let cid = op.item.payload.client_id.get();
-        if known.contains(&cid) {
-            valid.push(i);
-        } else {
-            outcomes[i] = Some(Outcome::Failed(format!("unknown client {cid}")));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match conn
+            .transaction(async |conn| record_batch_tx(conn, &device, &ops).await)
+            .await
+        {
+            Err(PushError::Db(e)) if attempt < 4 && is_retryable(&e) => {
+                tracing::warn!(attempt, error = %e, "push transaction conflicted; retrying");
+            }
+            other => return other,
         }
     }
+}
 
+/// Serialization failures and deadlocks: the transaction rolled back and may simply be run again.
+fn is_retryable(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        Error::DatabaseError(_, info) => info.message().contains("deadlock detected"),
+        _ => false,
+    }
+}
+
+/// Why a batch was not recorded at all.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The pushing device is revoked (checked inside the transaction).
+    #[error("device revoked")]
+    DeviceRevoked,
+    /// The database failed; nothing was recorded.
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+}
+
+async fn record_batch_tx(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    ops: &[NewOp],
+) -> Result<BatchOutcome, PushError> {
+    let now = Utc::now();
+    if touch_device(conn, device).await? {
+        return Err(PushError::DeviceRevoked);
+    }
+
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
+    let valid: Vec<usize> = (0..ops.len()).collect();
     let keys: Vec<&str> = valid.iter().map(|&i| ops[i].key.as_str()).collect();
-    let op_ids: Vec<Option<uuid::Uuid>> = valid.iter().map(|&i| ops[i].item.op_id.map(|o| o.0)).collect();
+    let op_ids: Vec<Option<uuid::Uuid>> = valid
+        .iter()
+        .map(|&i| ops[i].item.op_id.map(|o| o.0))
+        .collect();
     let local_ids: Vec<i64> = valid.iter().map(|&i| ops[i].item.id).collect();
-    let client_ids: Vec<i64> = valid.iter().map(|&i| ops[i].item.payload.client_id.get()).collect();
-    let uids: Vec<String> = valid.iter().map(|&i| ops[i].item.payload.uid.to_hex()).collect();
-    let kinds: Vec<&str> = valid.iter().map(|&i| ops[i].item.op_type.as_str()).collect();
-    let occurred: Vec<DateTime<Utc>> = valid.iter().map(|&i| ops[i].item.payload.occurred_at.unwrap_or(now)).collect();
+    let client_ids: Vec<i64> = valid
+        .iter()
+        .map(|&i| ops[i].item.payload.client_id.get())
+        .collect();
+    let uids: Vec<String> = valid
+        .iter()
+        .map(|&i| ops[i].item.payload.uid.to_hex())
+        .collect();
+    let kinds: Vec<&str> = valid
+        .iter()
+        .map(|&i| ops[i].item.op_type.as_str())
+        .collect();
+    let occurred: Vec<DateTime<Utc>> = valid
+        .iter()
+        .map(|&i| ops[i].item.payload.occurred_at.unwrap_or(now))
+        .collect();
 
     let inserted: Vec<InsertedRow> = if valid.is_empty() {
         Vec::new()
@@ -414,8 +496,9 @@ async fn record_batch_tx(conn: &mut AsyncPgConnection, device: &DeviceId, ops: &
             "INSERT INTO copies (idempotency_key, op_id, device_id, local_id, client_id, uid, kind, occurred_at) \
              SELECT k, o, $3, l, c, u, t, w \
              FROM unnest($1::text[], $2::uuid[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[]) \
-                  WITH ORDINALITY AS x(k, o, l, c, u, t, w, n) \
-             ORDER BY n \
+                  AS x(k, o, l, c, u, t, w) \
+             JOIN clients ON clients.id = x.c \
+             ORDER BY k \
              ON CONFLICT (idempotency_key) DO NOTHING \
              RETURNING id, idempotency_key, occurred_at",
         )
@@ -430,8 +513,10 @@ async fn record_batch_tx(conn: &mut AsyncPgConnection, device: &DeviceId, ops: &
         .load(conn)
         .await?
     };
-    let mut fresh: HashMap<String, (i64, DateTime<Utc>)> =
-        inserted.into_iter().map(|r| (r.idempotency_key, (r.id, r.occurred_at))).collect();
+    let mut fresh: HashMap<String, (i64, DateTime<Utc>)> = inserted
+        .into_iter()
+        .map(|r| (r.idempotency_key, (r.id, r.occurred_at)))
+        .collect();
 
     // The first op of the batch holding a freshly inserted key is new; every
     // other op is a duplicate of something already in the ledger.
@@ -440,8 +525,16 @@ async fn record_batch_tx(conn: &mut AsyncPgConnection, device: &DeviceId, ops: &
     for &i in &valid {
         match fresh.remove(&ops[i].key) {
             Some((ledger_id, occurred_at)) => {
-                new_by_client.entry(ops[i].item.payload.client_id.get()).or_default().push((i, ledger_id));
-                outcomes[i] = Some(Outcome::Recorded { ledger_id, duplicate: false, overdraft: false, occurred_at });
+                new_by_client
+                    .entry(ops[i].item.payload.client_id.get())
+                    .or_default()
+                    .push((i, ledger_id));
+                outcomes[i] = Some(Outcome::Recorded {
+                    ledger_id,
+                    duplicate: false,
+                    overdraft: false,
+                    occurred_at,
+                });
             }
             None => seen_again.push(i),
         }
@@ -466,21 +559,37 @@ async fn record_batch_tx(conn: &mut AsyncPgConnection, device: &DeviceId, ops: &
                         && row.uid == item.payload.uid.to_hex()
                         && row.kind == item.op_type.as_str() =>
                 {
-                    Outcome::Recorded { ledger_id: row.id, duplicate: true, overdraft: row.overdraft, occurred_at: row.occurred_at }
+                    Outcome::Recorded {
+                        ledger_id: row.id,
+                        duplicate: true,
+                        overdraft: row.overdraft,
+                        occurred_at: row.occurred_at,
+                    }
                 }
                 Some(row) => Outcome::Failed(format!(
                     "conflict: this operation's key was already recorded for another operation \
                      (ledger #{}: {} of {} for client {}); send a unique op_id",
                     row.id, row.kind, row.uid, row.client_id
                 )),
-                None => Outcome::Failed("internal: key neither inserted nor found".into()),
+                // Neither inserted nor already there: the join found no such client.
+                None => Outcome::Failed(format!("unknown client {}", item.payload.client_id)),
             });
         }
     }
 
     let mut quotas = Vec::new();
     if !new_by_client.is_empty() {
-        let cids: Vec<i64> = new_by_client.keys().copied().collect();
+        let mut cids: Vec<i64> = new_by_client.keys().copied().collect();
+        cids.sort_unstable();
+        if cids.len() > 1 {
+            // Lock the quota rows in one global order (by id) so that concurrent
+            // pushes charging several of the same clients never deadlock; the
+            // locks are held only from here to COMMIT.
+            diesel::sql_query("SELECT client_id AS id FROM quotas WHERE client_id = ANY($1) ORDER BY client_id FOR UPDATE")
+                .bind::<Array<BigInt>, _>(&cids)
+                .execute(conn)
+                .await?;
+        }
         let counts: Vec<i64> = cids.iter().map(|c| new_by_client[c].len() as i64).collect();
         let rows: Vec<QuotaRow> = diesel::sql_query(
             "UPDATE quotas AS q SET used = q.used + c.n, updated_at = now() \
@@ -506,8 +615,13 @@ async fn record_batch_tx(conn: &mut AsyncPgConnection, device: &DeviceId, ops: &
                     }
                 }
             }
-            let client_id = ClientId::new(row.client_id).map_err(|e| diesel::result::Error::DeserializationError(e.into()))?;
-            quotas.push(QuotaUpdated { client_id, remaining: row.remaining });
+            let client_id = ClientId::new(row.client_id).map_err(|e| {
+                PushError::Db(diesel::result::Error::DeserializationError(e.into()))
+            })?;
+            quotas.push(QuotaUpdated {
+                client_id,
+                remaining: row.remaining,
+            });
         }
         if !overdrawn.is_empty() {
             diesel::sql_query("UPDATE copies SET overdraft = TRUE WHERE id = ANY($1)")

@@ -5,12 +5,13 @@ use actix_web::error::JsonPayloadError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use propass_protocol::{
-    ClientId, CopyCompleted, DeviceId, HealthResponse, LoginRequest, LoginResponse, PullResponse, PushItemResult, PushResponse,
-    PushStatus, QueueItem, QuotaEntry, RefreshResponse, Role, SyncCompleted, UserInfo, WsMessage,
+    ClientId, CopyCompleted, DeviceId, HealthResponse, LoginRequest, LoginResponse, PullResponse,
+    PushItemResult, PushResponse, PushStatus, QueueItem, QuotaEntry, RefreshResponse, Role,
+    SyncCompleted, UserInfo, WsMessage,
 };
 use serde::Deserialize;
 
-use crate::auth::{self, bearer_token, ensure_device_active, Authed};
+use crate::auth::{self, bearer_token, ensure_device_active, Authed, SignedToken};
 use crate::db::{self, NewOp, Outcome};
 use crate::error::{ApiError, ApiResult};
 use crate::startup::AppState;
@@ -21,11 +22,14 @@ const MAX_CREDENTIAL_LEN: usize = 1024;
 /// Maps body-parsing failures to the wire error body (never an HTML page).
 pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     let api = match &err {
-        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
-            ApiError::PayloadTooLarge(format!("request body is larger than the limit of {limit} bytes"))
-        }
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::PayloadTooLarge(
+            format!("request body is larger than the limit of {limit} bytes"),
+        ),
         JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
-        JsonPayloadError::Deserialize(e) => ApiError::MalformedJson(format!("invalid JSON body: {e}")),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::MalformedJson(format!("invalid JSON body: {e}"))
+        }
         other => ApiError::MalformedJson(format!("cannot read the JSON body: {other}")),
     };
     api.into()
@@ -66,17 +70,30 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `POST /api/auth/login`.
-pub async fn login(req: HttpRequest, state: web::Data<AppState>, body: web::Json<LoginRequest>) -> ApiResult<HttpResponse> {
-    let LoginRequest { username, password, device_id } = body.into_inner();
+pub async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<LoginRequest>,
+) -> ApiResult<HttpResponse> {
+    let LoginRequest {
+        username,
+        password,
+        device_id,
+    } = body.into_inner();
     if username.len() > MAX_CREDENTIAL_LEN || password.len() > MAX_CREDENTIAL_LEN {
-        return Err(ApiError::InvalidRequest(format!("username and password are limited to {MAX_CREDENTIAL_LEN} bytes")));
+        return Err(ApiError::InvalidRequest(format!(
+            "username and password are limited to {MAX_CREDENTIAL_LEN} bytes"
+        )));
     }
     let user_key = format!("user:{username}");
     let mut keys = vec![user_key.clone()];
     if let Some(addr) = req.peer_addr() {
         keys.push(format!("ip:{}", addr.ip()));
     }
-    state.throttle.check(&keys).map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+    state
+        .throttle
+        .check(&keys)
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
 
     let user = {
         let mut conn = state.pool.get().await?;
@@ -112,7 +129,11 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>, body: web::Json
     Ok(HttpResponse::Ok().json(LoginResponse {
         success: true,
         token,
-        user: UserInfo { id: user.id, username: user.username, role },
+        user: UserInfo {
+            id: user.id,
+            username: user.username,
+            role,
+        },
         expires_at: Some(exp),
     }))
 }
@@ -130,9 +151,14 @@ pub async fn refresh(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<
     .filter(|u| u.id == claims.uid)
     .ok_or_else(|| ApiError::InvalidToken("the token's user no longer exists".into()))?;
     let role: Role = user.role.parse().map_err(ApiError::Internal)?;
-    let device = DeviceId::parse(&claims.device_id).map_err(|e| ApiError::InvalidToken(e.to_string()))?;
+    let device =
+        DeviceId::parse(&claims.device_id).map_err(|e| ApiError::InvalidToken(e.to_string()))?;
     let (token, exp) = state.jwt.issue(user.id, &user.username, role, &device)?;
-    Ok(HttpResponse::Ok().json(RefreshResponse { success: true, token, expires_at: Some(exp) }))
+    Ok(HttpResponse::Ok().json(RefreshResponse {
+        success: true,
+        token,
+        expires_at: Some(exp),
+    }))
 }
 
 /// The push body, read leniently so that one bad item does not sink the batch.
@@ -143,9 +169,15 @@ pub struct RawPush {
 }
 
 /// `POST /api/sync/push`.
-pub async fn push(state: web::Data<AppState>, authed: Authed, body: web::Json<RawPush>) -> ApiResult<HttpResponse> {
+pub async fn push(
+    state: web::Data<AppState>,
+    token: SignedToken,
+    body: web::Json<RawPush>,
+) -> ApiResult<HttpResponse> {
+    let SignedToken(authed) = token;
     let RawPush { device_id, queue } = body.into_inner();
-    let device = DeviceId::parse(&device_id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let device =
+        DeviceId::parse(&device_id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     authed.ensure_device(device.as_str())?;
     let max = state.config.max_batch_items;
     if queue.len() > max {
@@ -165,7 +197,9 @@ pub async fn push(state: web::Data<AppState>, authed: Authed, body: web::Json<Ra
                 slots.push(i);
             }
             Err(e) => {
-                let op_id = value.get("op_id").and_then(|v| serde_json::from_value(v.clone()).ok());
+                let op_id = value
+                    .get("op_id")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok());
                 results[i] = Some(PushItemResult::failed(e.id, op_id, e.message));
             }
         }
@@ -173,10 +207,18 @@ pub async fn push(state: web::Data<AppState>, authed: Authed, body: web::Json<Ra
 
     let mut conn = state.pool.get().await?;
     let outcome = if ops.is_empty() {
-        db::touch_device(&mut conn, &device).await?;
+        if db::touch_device(&mut conn, &device).await? {
+            return Err(ApiError::DeviceRevoked(device.to_string()));
+        }
         db::BatchOutcome::default()
     } else {
-        db::record_batch(&mut conn, &device, ops.clone()).await?
+        match db::record_batch(&mut conn, &device, ops.clone()).await {
+            Ok(outcome) => outcome,
+            Err(db::PushError::DeviceRevoked) => {
+                return Err(ApiError::DeviceRevoked(device.to_string()))
+            }
+            Err(db::PushError::Db(e)) => return Err(e.into()),
+        }
     };
     drop(conn);
 
@@ -184,7 +226,12 @@ pub async fn push(state: web::Data<AppState>, authed: Authed, body: web::Json<Ra
     for ((op, slot), result) in ops.iter().zip(&slots).zip(outcome.outcomes) {
         let item = &op.item;
         results[*slot] = Some(match result {
-            Outcome::Recorded { ledger_id, duplicate, overdraft, occurred_at } => {
+            Outcome::Recorded {
+                ledger_id,
+                duplicate,
+                overdraft,
+                occurred_at,
+            } => {
                 if !duplicate {
                     new_copies.push(CopyCompleted {
                         ledger_id,
@@ -211,10 +258,15 @@ pub async fn push(state: web::Data<AppState>, authed: Authed, body: web::Json<Ra
             Outcome::Failed(msg) => PushItemResult::failed(Some(item.id), item.op_id, msg),
         });
     }
-    let data: Vec<PushItemResult> =
-        results.into_iter().map(|r| r.unwrap_or_else(|| PushItemResult::failed(None, None, "internal: not processed"))).collect();
+    let data: Vec<PushItemResult> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| PushItemResult::failed(None, None, "internal: not processed")))
+        .collect();
 
-    let synced = data.iter().filter(|r| r.status == PushStatus::Synced).count() as u32;
+    let synced = data
+        .iter()
+        .filter(|r| r.status == PushStatus::Synced)
+        .count() as u32;
     let duplicates = data.iter().filter(|r| r.duplicate).count() as u32;
     let failed = data.len() as u32 - synced;
     tracing::info!(device = %device, items = data.len(), synced, duplicates, failed, "push");
@@ -227,9 +279,18 @@ pub async fn push(state: web::Data<AppState>, authed: Authed, body: web::Json<Ra
     }
     state.hub.send_to_device(
         device.as_str(),
-        &WsMessage::SyncCompleted(SyncCompleted { device_id: device.clone(), synced, failed, duplicates, at: Utc::now() }),
+        &WsMessage::SyncCompleted(SyncCompleted {
+            device_id: device.clone(),
+            synced,
+            failed,
+            duplicates,
+            at: Utc::now(),
+        }),
     );
-    Ok(HttpResponse::Ok().json(PushResponse { success: true, data }))
+    Ok(HttpResponse::Ok().json(PushResponse {
+        success: true,
+        data,
+    }))
 }
 
 /// Optional query of `GET /api/sync/pull`.
@@ -239,7 +300,11 @@ pub struct PullQuery {
 }
 
 /// `GET /api/sync/pull`: the quotas of the clients this kiosk may serve.
-pub async fn pull(state: web::Data<AppState>, authed: Authed, req: HttpRequest) -> ApiResult<HttpResponse> {
+pub async fn pull(
+    state: web::Data<AppState>,
+    authed: Authed,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
     let query = web::Query::<PullQuery>::from_query(req.query_string())
         .map_err(|_| ApiError::InvalidRequest("invalid query string".into()))?;
     if let Some(d) = query.device_id.as_deref() {
@@ -251,8 +316,16 @@ pub async fn pull(state: web::Data<AppState>, authed: Authed, req: HttpRequest) 
         .into_iter()
         .filter_map(|r| {
             let remaining = r.remaining();
-            Some(QuotaEntry { client_id: ClientId::new(r.id).ok()?, remaining, name: Some(r.name) })
+            Some(QuotaEntry {
+                client_id: ClientId::new(r.id).ok()?,
+                remaining,
+                name: Some(r.name),
+            })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(PullResponse { success: true, quotas, server_time: Some(Utc::now()) }))
+    Ok(HttpResponse::Ok().json(PullResponse {
+        success: true,
+        quotas,
+        server_time: Some(Utc::now()),
+    }))
 }

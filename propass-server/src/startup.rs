@@ -83,7 +83,10 @@ impl Application {
         if let Some(n) = workers {
             server = server.workers(n.max(1));
         }
-        Ok(Self { port, server: server.run() })
+        Ok(Self {
+            port,
+            server: server.run(),
+        })
     }
 
     /// The port actually bound.

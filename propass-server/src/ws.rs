@@ -59,7 +59,11 @@ pub struct Hub {
 impl Hub {
     /// A hub whose connections each queue at most `queue_len` messages.
     pub fn new(queue_len: usize) -> Self {
-        Self { conns: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), queue_len }
+        Self {
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            queue_len,
+        }
     }
 
     fn register(&self, device_id: String) -> (u64, mpsc::Receiver<Outbound>) {
@@ -125,28 +129,44 @@ pub struct WsQuery {
 }
 
 /// `GET /ws` (and `GET /`): authenticates, then upgrades.
-pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !state.config.ws_allowed_origins.iter().any(|o| o == origin) {
-            return Err(ApiError::Forbidden(format!("origin {origin:?} is not allowed to open the WebSocket")));
+            return Err(ApiError::Forbidden(format!(
+                "origin {origin:?} is not allowed to open the WebSocket"
+            )));
         }
     }
     let query = web::Query::<WsQuery>::from_query(req.query_string())
         .map_err(|_| ApiError::InvalidRequest("invalid query string".into()))?
         .into_inner();
-    let token = query.token.filter(|t| !t.is_empty()).or_else(|| bearer_token(&req)).ok_or(ApiError::MissingToken)?;
+    let token = query
+        .token
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer_token(&req))
+        .ok_or(ApiError::MissingToken)?;
     let claims = state.jwt.verify(&token)?;
     if let Some(requested) = query.device_id.as_deref() {
         if requested != claims.device_id {
-            return Err(ApiError::DeviceMismatch { token_device: claims.device_id, requested: requested.to_owned() });
+            return Err(ApiError::DeviceMismatch {
+                token_device: claims.device_id,
+                requested: requested.to_owned(),
+            });
         }
     }
     ensure_device_active(&state, &claims.device_id).await?;
 
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::InvalidRequest(format!("expected a WebSocket upgrade: {e}")))?;
-    let stream = stream.max_frame_size(64 * 1024).aggregate_continuations().max_continuation_size(64 * 1024);
+    let stream = stream
+        .max_frame_size(64 * 1024)
+        .aggregate_continuations()
+        .max_continuation_size(64 * 1024);
     let (id, rx) = state.hub.register(claims.device_id.clone());
     tracing::info!(conn = id, device = %claims.device_id, "websocket connected");
     let state = state.into_inner();
@@ -168,12 +188,17 @@ struct RateLimit {
 impl RateLimit {
     fn new(per_sec: u32) -> Self {
         let rate = f64::from(per_sec);
-        Self { rate, tokens: rate * 2.0, last: Instant::now() }
+        Self {
+            rate,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
     }
 
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate * 2.0);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+            .min(self.rate * 2.0);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -198,7 +223,12 @@ async fn run_session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut limit = RateLimit::new(cfg.ws_inbound_per_sec);
-    let close = |code: CloseCode, why: &str| Some(CloseReason { code, description: Some(why.to_owned()) });
+    let close = |code: CloseCode, why: &str| {
+        Some(CloseReason {
+            code,
+            description: Some(why.to_owned()),
+        })
+    };
 
     let reason = loop {
         tokio::select! {
@@ -262,4 +292,3 @@ async fn run_session(
     let _ = session.close(close_reason).await;
     why
 }
-

@@ -15,16 +15,28 @@ const SEED_GUIDE: &str = "../shared/seed/000_cdcc766ee7fc6347.txt";
 fn check_vendored_copy(compat: &Path) -> Result<(), String> {
     let guide = root().join(SEED_GUIDE);
     let Ok(text) = std::fs::read_to_string(&guide) else {
-        eprintln!("xtask: {} not found; using compat/seed as it is", guide.display());
+        eprintln!(
+            "xtask: {} not found; using compat/seed as it is",
+            guide.display()
+        );
         return Ok(());
     };
     for name in ["SyncService.ts", "WebSocketService.ts"] {
         let marker = format!("/{name}`\n\n```typescript\n");
-        let start = text.find(&marker).ok_or(format!("{name} not found in the seed guide"))? + marker.len();
-        let end = text[start..].find("```").ok_or("unterminated code block in the seed guide")? + start;
-        let vendored = std::fs::read_to_string(compat.join("seed").join(name)).map_err(|e| e.to_string())?;
+        let start = text
+            .find(&marker)
+            .ok_or(format!("{name} not found in the seed guide"))?
+            + marker.len();
+        let end = text[start..]
+            .find("```")
+            .ok_or("unterminated code block in the seed guide")?
+            + start;
+        let vendored =
+            std::fs::read_to_string(compat.join("seed").join(name)).map_err(|e| e.to_string())?;
         if vendored != text[start..end] {
-            return Err(format!("compat/seed/{name} differs from the seed guide's code"));
+            return Err(format!(
+                "compat/seed/{name} differs from the seed guide's code"
+            ));
         }
     }
     Ok(())
@@ -38,13 +50,20 @@ pub fn run(database_url: &str) -> Result<(), String> {
         sys::apt_install(&["nodejs", "npm"])?;
     }
     eprintln!("xtask: installing the seed client's npm dependencies…");
-    let npm_ok = run_status(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&compat))?;
+    let npm_ok = run_status(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&compat),
+    )?;
     if !npm_ok {
         return Err("npm ci failed in compat/".into());
     }
     let server = sys::target_bin("debug", "propass-server");
     if !server.is_file() {
-        return Err(format!("{} is missing: build it with cargo build -p propass-server", server.display()));
+        return Err(format!(
+            "{} is missing: build it with cargo build -p propass-server",
+            server.display()
+        ));
     }
     let cli = |args: &[&str], stdin: Option<&str>| {
         let mut cmd = Command::new(&server);
@@ -54,10 +73,35 @@ pub fn run(database_url: &str) -> Result<(), String> {
     let stamp = std::process::id();
     let password = format!("compat-{stamp}-pass");
     cli(&["migrate"], None)?;
-    cli(&["user", "add", "seed-compat", "--role", "operator", "--password-stdin", "--update"], Some(&format!("{password}\n")))?;
-    let client = cli(&["client", "add", &format!("Seed compat {stamp}"), "--quota", "10"], None)?.trim().to_owned();
+    cli(
+        &[
+            "user",
+            "add",
+            "seed-compat",
+            "--role",
+            "operator",
+            "--password-stdin",
+            "--update",
+        ],
+        Some(&format!("{password}\n")),
+    )?;
+    let client = cli(
+        &[
+            "client",
+            "add",
+            &format!("Seed compat {stamp}"),
+            "--quota",
+            "10",
+        ],
+        None,
+    )?
+    .trim()
+    .to_owned();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
     let bind = format!("127.0.0.1:{port}");
     let mut child = Command::new(&server)
         .args(["serve", "--dev", "--bind", &bind])
@@ -69,7 +113,13 @@ pub fn run(database_url: &str) -> Result<(), String> {
         let ok = run_status(
             Command::new("node")
                 .arg("run.cjs")
-                .args([&format!("http://{bind}"), "seed-compat", &password, &client, "10"])
+                .args([
+                    &format!("http://{bind}"),
+                    "seed-compat",
+                    &password,
+                    &client,
+                    "10",
+                ])
                 .current_dir(&compat),
         );
         match ok {

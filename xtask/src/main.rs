@@ -62,7 +62,9 @@ fn test(extra: &[String]) -> Result<(), String> {
     sys::ensure_packages()?;
     let (_cluster, url) = database(false)?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--locked"]).args(extra).env("DATABASE_URL", &url);
+    cmd.args(["test", "--workspace", "--locked"])
+        .args(extra)
+        .env("DATABASE_URL", &url);
     let ok = run_status(&mut cmd)?;
     if interrupted() {
         return Err("interrupted".into());
@@ -102,11 +104,24 @@ fn demo() -> Result<(), String> {
         sys::output(&mut cmd, stdin)
     };
     cli(&["migrate"], None)?;
-    cli(&["user", "add", "admin", "--role", "admin", "--password-stdin", "--update"], Some("admin123\n"))?;
+    cli(
+        &[
+            "user",
+            "add",
+            "admin",
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--update",
+        ],
+        Some("admin123\n"),
+    )?;
     let clients = cli(&["client", "list", "--json"], None)?;
     let client_id = match sys::json_find_id(&clients, "Demo Client") {
         Some(id) => id,
-        None => cli(&["client", "add", "Demo Client", "--quota", "100"], None)?.trim().to_owned(),
+        None => cli(&["client", "add", "Demo Client", "--quota", "100"], None)?
+            .trim()
+            .to_owned(),
     };
 
     let bind = std::env::var("PROPASS_BIND").unwrap_or_else(|_| "127.0.0.1:5000".into());
@@ -118,7 +133,9 @@ fn demo() -> Result<(), String> {
     let base = format!("http://{bind}");
     if !sys::wait_http_ok(&bind, "/health", Duration::from_secs(30)) {
         let _ = child.kill();
-        return Err(format!("the server did not become healthy at {base}/health (is port {bind} in use?)"));
+        return Err(format!(
+            "the server did not become healthy at {base}/health (is port {bind} in use?)"
+        ));
     }
     println!();
     println!("PROPASS demo is running");
@@ -150,16 +167,33 @@ fn demo() -> Result<(), String> {
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("push") => {}
-        _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]".into()),
+        _ => {
+            return Err(
+                "usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]".into(),
+            )
+        }
     }
     sys::ensure_packages()?;
     eprintln!("xtask: building the server and the benchmark (release)…");
-    if !run_status(cargo().args(["build", "--locked", "--release", "-p", "propass-server", "--bin", "propass-server", "--example", "bench_push"]))? {
+    if !run_status(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "propass-server",
+        "--bin",
+        "propass-server",
+        "--example",
+        "bench_push",
+    ]))? {
         return Err("build failed".into());
     }
     let (_cluster, url) = database(true)?;
     let mut cmd = Command::new(sys::target_bin("release/examples", "bench_push"));
-    cmd.args(&args[1..]).env("DATABASE_URL", &url).env("PROPASS_SERVER_BIN", sys::target_bin("release", "propass-server"));
+    cmd.args(&args[1..]).env("DATABASE_URL", &url).env(
+        "PROPASS_SERVER_BIN",
+        sys::target_bin("release", "propass-server"),
+    );
     if !run_status(&mut cmd)? {
         return Err("benchmark failed".into());
     }

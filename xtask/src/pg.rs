@@ -44,18 +44,44 @@ impl Cluster {
         if as_postgres {
             ensure_postgres_user()?;
         }
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let dir = std::env::temp_dir().join(format!("propass-pg-{}-{stamp}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut cluster = Self { dir, bin, port: 0, as_postgres };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut cluster = Self {
+            dir,
+            bin,
+            port: 0,
+            as_postgres,
+        };
         if as_postgres {
-            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&cluster.dir).status().map(|s| s.success());
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&cluster.dir)
+                .status()
+                .map(|s| s.success());
             if !matches!(ok, Ok(true)) {
                 return Err("cannot chown the cluster directory to postgres".into());
             }
         }
         let data = cluster.dir.join("data");
-        cluster.run("initdb", &["-D", path(&data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])?;
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                path(&data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        )?;
         cluster.port = free_port()?;
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync={} -c max_connections=300 -c shared_buffers=128MB",
@@ -64,11 +90,29 @@ impl Cluster {
             if fsync { "on" } else { "off" }
         );
         let log = cluster.dir.join("postgres.log");
-        if let Err(e) = cluster.run("pg_ctl", &["-D", path(&data), "-o", &opts, "-l", path(&log), "-w", "-t", "60", "start"]) {
+        if let Err(e) = cluster.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&data),
+                "-o",
+                &opts,
+                "-l",
+                path(&log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        ) {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!("{e}\n{tail}"));
         }
-        eprintln!("xtask: PostgreSQL running on 127.0.0.1:{} (data in {})", cluster.port, cluster.dir.display());
+        eprintln!(
+            "xtask: PostgreSQL running on 127.0.0.1:{} (data in {})",
+            cluster.port,
+            cluster.dir.display()
+        );
         Ok(cluster)
     }
 
@@ -88,12 +132,21 @@ impl Cluster {
         };
         // Started by pg_ctl, the server must not hold our stdout: a caller
         // reading it (a pipe) would never see it close.
-        let out = cmd.args(args).current_dir(&self.dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).output();
+        let out = cmd
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
         let out = out.map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("{prog} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "{prog} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 }
@@ -101,8 +154,17 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        if self.run("pg_ctl", &["-D", path(&data), "-m", "fast", "-w", "-t", "20", "stop"]).is_err() {
-            let _ = self.run("pg_ctl", &["-D", path(&data), "-m", "immediate", "-w", "stop"]);
+        if self
+            .run(
+                "pg_ctl",
+                &["-D", path(&data), "-m", "fast", "-w", "-t", "20", "stop"],
+            )
+            .is_err()
+        {
+            let _ = self.run(
+                "pg_ctl",
+                &["-D", path(&data), "-m", "immediate", "-w", "stop"],
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         eprintln!("xtask: PostgreSQL stopped and removed");
@@ -119,11 +181,24 @@ fn free_port() -> Result<u16, String> {
 }
 
 fn ensure_postgres_user() -> Result<(), String> {
-    let exists = Command::new("id").arg("postgres").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success());
+    let exists = Command::new("id")
+        .arg("postgres")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success());
     if matches!(exists, Ok(true)) {
         return Ok(());
     }
-    let ok = Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"]).status();
+    let ok = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "postgres",
+        ])
+        .status();
     match ok {
         Ok(s) if s.success() => Ok(()),
         _ => Err("PostgreSQL refuses to run as root and there is no postgres user; create one with: useradd --system postgres".into()),

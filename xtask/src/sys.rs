@@ -35,26 +35,44 @@ pub fn cargo() -> Command {
 
 /// A built binary under target/.
 pub fn target_bin(profile_dir: &str, name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
     target.join(profile_dir).join(name)
 }
 
 /// Runs a command to completion; `Ok(success)`.
 pub fn run_status(cmd: &mut Command) -> Result<bool, String> {
-    let status = cmd.status().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
     Ok(status.success())
 }
 
 /// Runs a command, feeding `stdin`, and returns its stdout; its stderr is passed through.
 pub fn output(cmd: &mut Command, stdin: Option<&str>) -> Result<String, String> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(|e| e.to_string())?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| e.to_string())?;
     }
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("{:?} {:?} failed ({})", cmd.get_program(), cmd.get_args().collect::<Vec<_>>(), out.status));
+        return Err(format!(
+            "{:?} {:?} failed ({})",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            out.status
+        ));
     }
     String::from_utf8(out.stdout).map_err(|e| e.to_string())
 }
@@ -66,7 +84,11 @@ pub fn json_find_id(json: &str, name: &str) -> Option<String> {
     let obj_start = json[..at].rfind('{')?;
     let obj = &json[obj_start..];
     let id_at = obj.find("\"id\":")? + 5;
-    let id: String = obj[id_at..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+    let id: String = obj[id_at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     (!id.is_empty()).then_some(id)
 }
 
@@ -78,7 +100,10 @@ pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
             let mut buf = String::new();
-            if s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut buf).is_ok() && buf.starts_with("HTTP/1.1 200") {
+            if s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_string(&mut buf).is_ok()
+                && buf.starts_with("HTTP/1.1 200")
+            {
                 return true;
             }
         }
@@ -89,7 +114,9 @@ pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
 
 /// SIGTERM, then SIGKILL after `grace`.
 pub fn terminate(child: &mut Child, grace: Duration) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -103,7 +130,11 @@ pub fn terminate(child: &mut Child, grace: Duration) {
 
 /// Whether we run as root (then we may install packages and must run PostgreSQL as `postgres`).
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 /// Debian packages the project needs, with a program each provides.
@@ -111,8 +142,11 @@ const PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config")];
 
 /// Installs missing system packages with apt-get as root, or says exactly what to run.
 pub fn ensure_packages() -> Result<(), String> {
-    let mut missing: Vec<&str> =
-        PACKAGES.iter().filter(|(_, prog)| !on_path(prog)).map(|(pkg, _)| *pkg).collect();
+    let mut missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, prog)| !on_path(prog))
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if crate::pg::find_bin_dir().is_none() {
         missing.push("postgresql");
     }
@@ -133,7 +167,12 @@ pub fn apt_install(pkgs: &[&str]) -> Result<(), String> {
     }
     eprintln!("xtask: installing {list} with apt-get…");
     let apt = |args: &[&str]| {
-        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().map(|s| s.success()).unwrap_or(false)
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     };
     if !apt(&["update", "-q"]) {
         return Err("apt-get update failed".into());
@@ -148,5 +187,6 @@ pub fn apt_install(pkgs: &[&str]) -> Result<(), String> {
 
 /// Whether a program is on PATH.
 pub fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }

@@ -16,7 +16,12 @@ fn keys() -> JwtKeys {
 }
 
 fn sign(claims: &Claims, secret: &str) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 fn claims(device: &str, exp_offset_secs: i64) -> Claims {
@@ -46,14 +51,23 @@ async fn login_returns_a_token_bound_to_the_device() {
     assert_eq!(claims.sub, "admin");
     assert!(!claims.jti.is_empty());
     // Default lifetime leaves the seed client (refresh under one day left) days of slack.
-    assert!(claims.exp - claims.iat >= 2 * 24 * 3600, "token lifetime too short for offline kiosks");
+    assert!(
+        claims.exp - claims.iat >= 2 * 24 * 3600,
+        "token lifetime too short for offline kiosks"
+    );
 }
 
 #[tokio::test]
 async fn wrong_credentials_get_401_with_the_error_body() {
     let app = spawn_app().await;
-    assert_eq!(error_code(app.login("admin", "nope", "K").await, 401).await, "invalid_credentials");
-    assert_eq!(error_code(app.login("nobody", "admin123", "K").await, 401).await, "invalid_credentials");
+    assert_eq!(
+        error_code(app.login("admin", "nope", "K").await, 401).await,
+        "invalid_credentials"
+    );
+    assert_eq!(
+        error_code(app.login("nobody", "admin123", "K").await, 401).await,
+        "invalid_credentials"
+    );
     // A bad device id is a client error, not a crash.
     let res = app.login("admin", "admin123", "has spaces").await;
     assert_eq!(error_code(res, 400).await, "malformed_json");
@@ -66,7 +80,10 @@ async fn repeated_failures_are_throttled() {
         assert_eq!(app.login("admin", "bad", "K").await.status(), 401);
     }
     let res = app.login("admin", "admin123", "K").await;
-    assert!(res.headers().get("retry-after").is_some(), "429 says when to retry");
+    assert!(
+        res.headers().get("retry-after").is_some(),
+        "429 says when to retry"
+    );
     assert_eq!(error_code(res, 429).await, "rate_limited");
     // Another user from the same address is throttled too (per-address limit).
     app.add_user("op", "op-pass", Role::Operator).await;
@@ -83,10 +100,16 @@ async fn bad_tokens_get_401() {
     assert_eq!(error_code(res, 401).await, "missing_token");
 
     let expired = sign(&claims("K", -10), SECRET);
-    assert_eq!(error_code(app.push(&expired, &body).await, 401).await, "token_expired");
+    assert_eq!(
+        error_code(app.push(&expired, &body).await, 401).await,
+        "token_expired"
+    );
 
     let foreign = sign(&claims("K", 3600), "another-secret-another-secret-another");
-    assert_eq!(error_code(app.push(&foreign, &body).await, 401).await, "invalid_token");
+    assert_eq!(
+        error_code(app.push(&foreign, &body).await, 401).await,
+        "invalid_token"
+    );
 
     // alg "none" with no signature.
     let payload = serde_json::to_vec(&claims("K", 3600)).unwrap();
@@ -96,17 +119,33 @@ async fn bad_tokens_get_401() {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut s = String::new();
         for chunk in b.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 let _ = s.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
         }
         s
     };
-    let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(&payload));
-    assert_eq!(error_code(app.push(&none, &body).await, 401).await, "invalid_token");
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(&payload)
+    );
+    assert_eq!(
+        error_code(app.push(&none, &body).await, 401).await,
+        "invalid_token"
+    );
 
-    let res = app.http.get(format!("{}/api/sync/pull", app.base)).bearer_auth("garbage").send().await.unwrap();
+    let res = app
+        .http
+        .get(format!("{}/api/sync/pull", app.base))
+        .bearer_auth("garbage")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(res, 401).await, "invalid_token");
 }
 
@@ -116,7 +155,13 @@ async fn refresh_accepts_current_and_recently_expired_tokens_only() {
     let url = format!("{}/api/auth/refresh", app.base);
     let token = app.token("K").await;
 
-    let res = app.http.post(&url).bearer_auth(&token).send().await.unwrap();
+    let res = app
+        .http
+        .post(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     let fresh = body["token"].as_str().unwrap().to_owned();
@@ -124,14 +169,35 @@ async fn refresh_accepts_current_and_recently_expired_tokens_only() {
     assert_eq!(app.remaining(&fresh, app.add_client("C", 5).await).await, 5);
 
     let within = sign(&claims("K", -600), SECRET);
-    assert_eq!(app.http.post(&url).bearer_auth(&within).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.http
+            .post(&url)
+            .bearer_auth(&within)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let beyond = sign(&claims("K", -7200), SECRET);
-    let res = app.http.post(&url).bearer_auth(&beyond).send().await.unwrap();
+    let res = app
+        .http
+        .post(&url)
+        .bearer_auth(&beyond)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(res, 401).await, "token_expired");
 
     let foreign = sign(&claims("K", 3600), "another-secret-another-secret-another");
-    let res = app.http.post(&url).bearer_auth(&foreign).send().await.unwrap();
+    let res = app
+        .http
+        .post(&url)
+        .bearer_auth(&foreign)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(res, 401).await, "invalid_token");
 }
 
@@ -140,11 +206,19 @@ async fn a_token_only_works_for_its_own_device() {
     let app = spawn_app().await;
     let client = app.add_client("C", 5).await;
     let token = app.token("KIOSK_A").await;
-    let res = app.push(&token, &json!({"device_id": "KIOSK_B", "queue": [seed_item(1, client, "04AB12CD")]})).await;
+    let res = app
+        .push(
+            &token,
+            &json!({"device_id": "KIOSK_B", "queue": [seed_item(1, client, "04AB12CD")]}),
+        )
+        .await;
     assert_eq!(error_code(res, 403).await, "device_mismatch");
     assert_eq!(app.ledger_count().await, 0);
 
-    let url = format!("ws://127.0.0.1:{}/ws?token={token}&device_id=KIOSK_B", app.port);
+    let url = format!(
+        "ws://127.0.0.1:{}/ws?token={token}&device_id=KIOSK_B",
+        app.port
+    );
     match tokio_tungstenite::connect_async(url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
         other => panic!("websocket for another device must be refused, got {other:?}"),
@@ -158,16 +232,33 @@ async fn a_revoked_device_is_shut_out() {
     let token = app.token("KIOSK_R").await;
     app.revoke("KIOSK_R").await;
 
-    let res = app.push(&token, &json!({"device_id": "KIOSK_R", "queue": [seed_item(1, client, "04AB12CD")]})).await;
+    let res = app
+        .push(
+            &token,
+            &json!({"device_id": "KIOSK_R", "queue": [seed_item(1, client, "04AB12CD")]}),
+        )
+        .await;
     assert_eq!(error_code(res, 403).await, "device_revoked");
     assert_eq!(app.ledger_count().await, 0);
 
-    let res = app.http.post(format!("{}/api/auth/refresh", app.base)).bearer_auth(&token).send().await.unwrap();
+    let res = app
+        .http
+        .post(format!("{}/api/auth/refresh", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(res, 403).await, "device_revoked");
 
-    assert_eq!(error_code(app.login("admin", "admin123", "KIOSK_R").await, 403).await, "device_revoked");
+    assert_eq!(
+        error_code(app.login("admin", "admin123", "KIOSK_R").await, 403).await,
+        "device_revoked"
+    );
 
-    let url = format!("ws://127.0.0.1:{}/ws?token={token}&device_id=KIOSK_R", app.port);
+    let url = format!(
+        "ws://127.0.0.1:{}/ws?token={token}&device_id=KIOSK_R",
+        app.port
+    );
     assert!(tokio_tungstenite::connect_async(url).await.is_err());
 
     // Other kiosks keep working.

@@ -30,13 +30,19 @@ pub struct TestApp {
 }
 
 fn base_url() -> String {
-    std::env::var("DATABASE_URL").expect("DATABASE_URL is not set: run the tests with `cargo xtask test`")
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run the tests with `cargo xtask test`")
 }
 
 /// `base` with its database name replaced by `name`.
 fn with_database(base: &str, name: &str) -> String {
-    let (main, query) = base.split_once('?').map_or((base, None), |(m, q)| (m, Some(q)));
-    let cut = main.rfind('/').filter(|&i| i > "postgres://".len()).unwrap_or(main.len());
+    let (main, query) = base
+        .split_once('?')
+        .map_or((base, None), |(m, q)| (m, Some(q)));
+    let cut = main
+        .rfind('/')
+        .filter(|&i| i > "postgres://".len())
+        .unwrap_or(main.len());
     let mut url = format!("{}/{}", &main[..cut], name);
     if let Some(q) = query {
         url = format!("{url}?{q}");
@@ -60,14 +66,27 @@ pub async fn spawn_behind_proxy() -> TestApp {
 async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let base = base_url();
     let name = format!("propass_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&base).await.expect("connect to DATABASE_URL");
-    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+    let mut admin = AsyncPgConnection::establish(&base)
+        .await
+        .expect("connect to DATABASE_URL");
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
     let db_url = with_database(&base, &name);
     let url = db_url.clone();
-    tokio::task::spawn_blocking(move || db::run_migrations(&url)).await.unwrap().expect("migrations");
+    tokio::task::spawn_blocking(move || db::run_migrations(&url))
+        .await
+        .unwrap()
+        .expect("migrations");
 
     let (server_db_url, proxy) = if proxied {
-        let upstream = db_url.split('@').nth(1).and_then(|h| h.split('/').next()).expect("host:port in DATABASE_URL").to_owned();
+        let upstream = db_url
+            .split('@')
+            .nth(1)
+            .and_then(|h| h.split('/').next())
+            .expect("host:port in DATABASE_URL")
+            .to_owned();
         let proxy = ChaosProxy::start(upstream).await;
         let url = db_url.replacen(&proxy.upstream, &format!("127.0.0.1:{}", proxy.port), 1);
         (url, Some(proxy))
@@ -84,44 +103,73 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
 
-    let test = TestApp { base: format!("http://127.0.0.1:{port}"), port, db_url, http: reqwest::Client::new(), proxy };
+    let test = TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        port,
+        db_url,
+        http: reqwest::Client::new(),
+        proxy,
+    };
     test.add_user(ADMIN.0, ADMIN.1, Role::Admin).await;
     test
 }
 
 impl TestApp {
     pub async fn db(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.db_url).await.expect("connect to test database")
+        AsyncPgConnection::establish(&self.db_url)
+            .await
+            .expect("connect to test database")
     }
 
     pub async fn add_user(&self, name: &str, password: &str, role: Role) {
         let pw = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || propass_server::auth::hash_password(&pw)).await.unwrap().unwrap();
-        db::create_user(&mut self.db().await, name, &hash, role).await.unwrap();
+        let hash = tokio::task::spawn_blocking(move || propass_server::auth::hash_password(&pw))
+            .await
+            .unwrap()
+            .unwrap();
+        db::create_user(&mut self.db().await, name, &hash, role)
+            .await
+            .unwrap();
     }
 
     pub async fn add_client(&self, name: &str, quota: i64) -> i64 {
-        db::create_client(&mut self.db().await, name, quota).await.unwrap()
+        db::create_client(&mut self.db().await, name, quota)
+            .await
+            .unwrap()
     }
 
     pub async fn add_quota(&self, client: i64, n: i64) -> i64 {
-        db::add_quota(&mut self.db().await, ClientId::new(client).unwrap(), n).await.unwrap().unwrap()
+        db::add_quota(&mut self.db().await, ClientId::new(client).unwrap(), n)
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     pub async fn revoke(&self, device: &str) {
-        assert!(db::set_device_revoked(&mut self.db().await, device, true).await.unwrap());
+        assert!(db::set_device_revoked(&mut self.db().await, device, true)
+            .await
+            .unwrap());
     }
 
     /// Rows in the ledger.
     pub async fn ledger_count(&self) -> i64 {
         use propass_server::db::schema::copies;
-        copies::table.count().get_result(&mut self.db().await).await.unwrap()
+        copies::table
+            .count()
+            .get_result(&mut self.db().await)
+            .await
+            .unwrap()
     }
 
     /// Ledger rows flagged as overdraft.
     pub async fn overdraft_count(&self) -> i64 {
         use propass_server::db::schema::copies;
-        copies::table.filter(copies::overdraft.eq(true)).count().get_result(&mut self.db().await).await.unwrap()
+        copies::table
+            .filter(copies::overdraft.eq(true))
+            .count()
+            .get_result(&mut self.db().await)
+            .await
+            .unwrap()
     }
 
     pub async fn login(&self, user: &str, password: &str, device: &str) -> reqwest::Response {
@@ -142,7 +190,13 @@ impl TestApp {
     }
 
     pub async fn push(&self, token: &str, body: &Value) -> reqwest::Response {
-        self.http.post(format!("{}/api/sync/push", self.base)).bearer_auth(token).json(body).send().await.unwrap()
+        self.http
+            .post(format!("{}/api/sync/push", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Pushes and expects HTTP 200; returns the per-item results.
@@ -156,22 +210,43 @@ impl TestApp {
 
     /// The remaining quota of `client` according to `GET /api/sync/pull`.
     pub async fn remaining(&self, token: &str, client: i64) -> i64 {
-        let res = self.http.get(format!("{}/api/sync/pull", self.base)).bearer_auth(token).send().await.unwrap();
+        let res = self
+            .http
+            .get(format!("{}/api/sync/pull", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
-        body["quotas"].as_array().unwrap().iter().find(|q| q["client_id"] == client).expect("client in pull")["remaining"]
+        body["quotas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["client_id"] == client)
+            .expect("client in pull")["remaining"]
             .as_i64()
             .unwrap()
     }
 
     pub async fn health_status(&self) -> u16 {
-        self.http.get(format!("{}/health", self.base)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        self.http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
     }
 
     /// Opens the WebSocket the way the seed client does: `?token=…&device_id=…`.
     pub async fn ws(&self, path: &str, token: &str, device: &str) -> Ws {
-        let url = format!("ws://127.0.0.1:{}{path}?token={token}&device_id={device}", self.port);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let url = format!(
+            "ws://127.0.0.1:{}{path}?token={token}&device_id={device}",
+            self.port
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
         ws
     }
 }
@@ -181,7 +256,9 @@ pub async fn error_code(res: reqwest::Response, status: u16) -> String {
     assert_eq!(res.status(), status, "unexpected status");
     let body: Value = res.json().await.expect("error body is JSON");
     assert_eq!(body["success"], false);
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
     body["error"]["code"].as_str().unwrap().to_owned()
 }
 
@@ -196,7 +273,9 @@ pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Option<Value> {
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
         match tokio::time::timeout(left, ws.next()).await.ok()?? {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).expect("server sends JSON")),
+            Ok(Message::Text(t)) => {
+                return Some(serde_json::from_str(&t).expect("server sends JSON"))
+            }
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }
@@ -204,11 +283,17 @@ pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Option<Value> {
 }
 
 /// Collects text messages until `pred` has seen what it wants or the deadline passes.
-pub async fn collect_until(ws: &mut Ws, timeout: Duration, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+pub async fn collect_until(
+    ws: &mut Ws,
+    timeout: Duration,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     let mut got = Vec::new();
     while !done(&got) {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
         match next_json(ws, left).await {
             Some(v) => got.push(v),
             None => break,
@@ -254,7 +339,13 @@ impl ChaosProxy {
                 l.lock().unwrap().push(link);
             }
         });
-        Self { port, upstream, cut, links, accept }
+        Self {
+            port,
+            upstream,
+            cut,
+            links,
+            accept,
+        }
     }
 
     pub fn cut(&self) {

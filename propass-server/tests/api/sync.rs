@@ -13,12 +13,21 @@ async fn push_records_and_counts_each_copy_once() {
     let app = spawn_app().await;
     let client = app.add_client("ACME", 10).await;
     let token = app.token("K1").await;
-    let body = batch("K1", (1..=3).map(|i| seed_item(i, client, &format!("04AB12C{i}"))).collect());
+    let body = batch(
+        "K1",
+        (1..=3)
+            .map(|i| seed_item(i, client, &format!("04AB12C{i}")))
+            .collect(),
+    );
 
     let data = app.push_ok(&token, &body).await;
     assert_eq!(data.len(), 3);
     for (i, r) in data.iter().enumerate() {
-        assert_eq!(r["id"], i as i64 + 1, "results echo the client's ids in order");
+        assert_eq!(
+            r["id"],
+            i as i64 + 1,
+            "results echo the client's ids in order"
+        );
         assert_eq!(r["status"], "synced");
         assert!(r["error"].is_null());
     }
@@ -27,7 +36,9 @@ async fn push_records_and_counts_each_copy_once() {
 
     // The same batch again (the kiosk never saw the answer): synced, not counted twice.
     let again = app.push_ok(&token, &body).await;
-    assert!(again.iter().all(|r| r["status"] == "synced" && r["duplicate"] == true));
+    assert!(again
+        .iter()
+        .all(|r| r["status"] == "synced" && r["duplicate"] == true));
     assert_eq!(app.ledger_count().await, 3);
     assert_eq!(app.remaining(&token, client).await, 7);
 }
@@ -46,8 +57,15 @@ async fn concurrent_retries_of_one_batch_count_once() {
     for data in &results {
         assert!(data.iter().all(|r| r["status"] == "synced"));
     }
-    let fresh: usize = results.iter().flatten().filter(|r| r.get("duplicate").is_none()).count();
-    assert_eq!(fresh, 20, "each item is new in exactly one of the concurrent pushes");
+    let fresh: usize = results
+        .iter()
+        .flatten()
+        .filter(|r| r.get("duplicate").is_none())
+        .count();
+    assert_eq!(
+        fresh, 20,
+        "each item is new in exactly one of the concurrent pushes"
+    );
     assert_eq!(app.ledger_count().await, 20);
     assert_eq!(app.remaining(&token, client).await, 80);
 }
@@ -74,8 +92,11 @@ async fn a_reused_local_id_for_another_copy_is_not_silently_dropped() {
     let app = spawn_app().await;
     let client = app.add_client("ACME", 10).await;
     let token = app.token("K1").await;
-    app.push_ok(&token, &batch("K1", vec![seed_item(1, client, "04AB12CD")])).await;
-    let data = app.push_ok(&token, &batch("K1", vec![seed_item(1, client, "04FFFFFF")])).await;
+    app.push_ok(&token, &batch("K1", vec![seed_item(1, client, "04AB12CD")]))
+        .await;
+    let data = app
+        .push_ok(&token, &batch("K1", vec![seed_item(1, client, "04FFFFFF")]))
+        .await;
     assert_eq!(data[0]["status"], "failed");
     assert!(data[0]["error"].as_str().unwrap().contains("conflict"));
     assert_eq!(app.ledger_count().await, 1);
@@ -86,8 +107,19 @@ async fn overdraft_is_recorded_counted_and_flagged() {
     let app = spawn_app().await;
     let client = app.add_client("ACME", 1).await;
     let token = app.token("K1").await;
-    let data = app.push_ok(&token, &batch("K1", (1..=3).map(|i| seed_item(i, client, "04AB12CD")).collect())).await;
-    assert!(data.iter().all(|r| r["status"] == "synced"), "a copy is never refused for lack of quota");
+    let data = app
+        .push_ok(
+            &token,
+            &batch(
+                "K1",
+                (1..=3).map(|i| seed_item(i, client, "04AB12CD")).collect(),
+            ),
+        )
+        .await;
+    assert!(
+        data.iter().all(|r| r["status"] == "synced"),
+        "a copy is never refused for lack of quota"
+    );
     let flags: Vec<bool> = data.iter().map(|r| r["overdraft"] == true).collect();
     assert_eq!(flags, vec![false, true, true]);
     assert_eq!(app.ledger_count().await, 3);
@@ -114,11 +146,20 @@ async fn one_bad_item_does_not_sink_its_batch() {
     ];
     let data = app.push_ok(&token, &batch("K1", items)).await;
     let statuses: Vec<&str> = data.iter().map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["synced", "failed", "failed", "failed", "failed", "failed", "synced"]);
+    assert_eq!(
+        statuses,
+        ["synced", "failed", "failed", "failed", "failed", "failed", "synced"]
+    );
     for r in data.iter().filter(|r| r["status"] == "failed") {
-        assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "failed items carry a string error: {r}");
+        assert!(
+            r["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "failed items carry a string error: {r}"
+        );
     }
-    assert!(data[1]["error"].as_str().unwrap().contains("unknown client"));
+    assert!(data[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown client"));
     assert!(data[2]["error"].as_str().unwrap().contains("uid"));
     assert!(data[3]["error"].as_str().unwrap().contains("teleport"));
     assert!(data[4]["id"].is_null());
@@ -136,24 +177,71 @@ async fn limits_and_malformed_bodies_get_clear_errors() {
     let client = app.add_client("ACME", 100).await;
     let token = app.token("K1").await;
 
-    let too_many = batch("K1", (1..=11).map(|i| seed_item(i, client, "04AB12CD")).collect());
-    assert_eq!(error_code(app.push(&token, &too_many).await, 413).await, "payload_too_large");
+    let too_many = batch(
+        "K1",
+        (1..=11).map(|i| seed_item(i, client, "04AB12CD")).collect(),
+    );
+    assert_eq!(
+        error_code(app.push(&token, &too_many).await, 413).await,
+        "payload_too_large"
+    );
 
-    let huge = batch("K1", vec![json!({"id": 1, "type": "copy", "payload": {"client_id": client, "uid": "04AB12CD", "pad": "x".repeat(8000)}})]);
-    assert_eq!(error_code(app.push(&token, &huge).await, 413).await, "payload_too_large");
+    let huge = batch(
+        "K1",
+        vec![
+            json!({"id": 1, "type": "copy", "payload": {"client_id": client, "uid": "04AB12CD", "pad": "x".repeat(8000)}}),
+        ],
+    );
+    assert_eq!(
+        error_code(app.push(&token, &huge).await, 413).await,
+        "payload_too_large"
+    );
 
     let url = format!("{}/api/sync/push", app.base);
-    let res = app.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body("{\"device_id\": \"K1\", \"queue\": [").send().await.unwrap();
+    let res = app
+        .http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"device_id\": \"K1\", \"queue\": [")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(res, 400).await, "malformed_json");
-    let res = app.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body("[1,2,3]").send().await.unwrap();
+    let res = app
+        .http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("[1,2,3]")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(res, 400).await, "malformed_json");
-    let res = app.http.post(&url).bearer_auth(&token).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let res = app
+        .http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(res, 415).await, "unsupported_media_type");
 
-    let res = app.http.get(format!("{}/no/such/route", app.base)).send().await.unwrap();
+    let res = app
+        .http
+        .get(format!("{}/no/such/route", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(res, 404).await, "not_found");
 
-    assert_eq!(app.ledger_count().await, 0, "rejected requests change nothing");
+    assert_eq!(
+        app.ledger_count().await,
+        0,
+        "rejected requests change nothing"
+    );
     assert_eq!(app.remaining(&token, client).await, 100);
 }
 
@@ -163,13 +251,80 @@ async fn pull_returns_each_clients_remaining() {
     let a = app.add_client("A", 5).await;
     let b = app.add_client("B", 0).await;
     let token = app.token("K1").await;
-    app.push_ok(&token, &batch("K1", vec![seed_item(1, a, "04AB12CD"), seed_item(2, a, "04AB12CE"), seed_item(3, b, "04AB12CF")])).await;
-    let res = app.http.get(format!("{}/api/sync/pull", app.base)).bearer_auth(&token).send().await.unwrap();
+    app.push_ok(
+        &token,
+        &batch(
+            "K1",
+            vec![
+                seed_item(1, a, "04AB12CD"),
+                seed_item(2, a, "04AB12CE"),
+                seed_item(3, b, "04AB12CF"),
+            ],
+        ),
+    )
+    .await;
+    let res = app
+        .http
+        .get(format!("{}/api/sync/pull", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["success"], true);
     let quotas = body["quotas"].as_array().unwrap();
-    let get = |c: i64| quotas.iter().find(|q| q["client_id"] == c).unwrap()["remaining"].as_i64().unwrap();
+    let get = |c: i64| {
+        quotas.iter().find(|q| q["client_id"] == c).unwrap()["remaining"]
+            .as_i64()
+            .unwrap()
+    };
     assert_eq!((get(a), get(b)), (3, -1));
     assert_eq!(quotas.len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_pushes_charging_the_same_clients_all_succeed() {
+    // Kiosks whose batches charge several shared clients in opposite orders:
+    // the pattern that deadlocked before quota rows were locked in id order.
+    let app = spawn_with(|c| c.db_pool_size = 8).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(app.add_client(&format!("C{i}"), 1000).await);
+    }
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let device = format!("K{k}");
+        let token = app.token(&device).await;
+        let mut order = clients.clone();
+        if k % 2 == 1 {
+            order.reverse();
+        }
+        let (http, base) = (app.http.clone(), app.base.clone());
+        tasks.push(tokio::spawn(async move {
+            for b in 0..5 {
+                let items: Vec<Value> = (0..20)
+                    .map(|i| seed_item(b * 20 + i + 1, order[i as usize % 5], "04AB12CD"))
+                    .collect();
+                let res = http
+                    .post(format!("{base}/api/sync/push"))
+                    .bearer_auth(&token)
+                    .json(&batch(&device, items))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(app.ledger_count().await, 8 * 5 * 20);
+    let token = app.token("K0").await;
+    let mut left = 0;
+    for c in clients {
+        left += app.remaining(&token, c).await;
+    }
+    assert_eq!(left, 5 * 1000 - 800);
 }

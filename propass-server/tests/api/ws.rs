@@ -20,7 +20,11 @@ async fn ping_gets_pong_on_ws_and_on_root() {
     for path in ["/ws", "/"] {
         let mut ws = app.ws(path, &token, "K1").await;
         send_json(&mut ws, &json!({"type": "ping"})).await;
-        assert_eq!(next_json(&mut ws, WAIT).await, Some(json!({"type": "pong"})), "on {path}");
+        assert_eq!(
+            next_json(&mut ws, WAIT).await,
+            Some(json!({"type": "pong"})),
+            "on {path}"
+        );
     }
 }
 
@@ -28,11 +32,17 @@ async fn ping_gets_pong_on_ws_and_on_root() {
 async fn authorization_header_works_and_bad_tokens_are_refused() {
     let app = spawn_app().await;
     let token = app.token("K1").await;
-    let mut req = format!("ws://127.0.0.1:{}/ws", app.port).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut req = format!("ws://127.0.0.1:{}/ws", app.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     send_json(&mut ws, &json!({"type": "ping"})).await;
-    assert_eq!(next_json(&mut ws, WAIT).await, Some(json!({"type": "pong"})));
+    assert_eq!(
+        next_json(&mut ws, WAIT).await,
+        Some(json!({"type": "pong"}))
+    );
 
     let url = format!("ws://127.0.0.1:{}/ws?token=garbage&device_id=K1", app.port);
     match tokio_tungstenite::connect_async(url).await {
@@ -55,25 +65,47 @@ async fn a_push_reaches_every_connection() {
         assert_eq!(next_json(ws, WAIT).await, Some(json!({"type": "pong"})));
     }
 
-    let items = vec![seed_item(1, client, "04AB12CD"), seed_item(2, client, "04AB12CE"), seed_item(3, client, "04AB12CF")];
-    app.push_ok(&pusher_token, &json!({"device_id": "K1", "queue": items})).await;
+    let items = vec![
+        seed_item(1, client, "04AB12CD"),
+        seed_item(2, client, "04AB12CE"),
+        seed_item(3, client, "04AB12CF"),
+    ];
+    app.push_ok(&pusher_token, &json!({"device_id": "K1", "queue": items}))
+        .await;
 
     let got = collect_until(&mut watcher, WAIT, |m| {
-        m.iter().filter(|v| v["type"] == "copy_completed").count() == 3 && m.iter().any(|v| v["type"] == "quota_updated")
+        m.iter().filter(|v| v["type"] == "copy_completed").count() == 3
+            && m.iter().any(|v| v["type"] == "quota_updated")
     })
     .await;
-    let copies: Vec<_> = got.iter().filter(|v| v["type"] == "copy_completed").collect();
+    let copies: Vec<_> = got
+        .iter()
+        .filter(|v| v["type"] == "copy_completed")
+        .collect();
     assert_eq!(copies.len(), 3, "watcher got {got:?}");
     assert_eq!(copies[0]["data"]["client_id"], client);
     assert_eq!(copies[0]["data"]["uid"], "04AB12CD");
     assert_eq!(copies[0]["data"]["device_id"], "K1");
     assert_eq!(copies[2]["data"]["overdraft"], true);
-    let quota = got.iter().rev().find(|v| v["type"] == "quota_updated").unwrap();
+    let quota = got
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "quota_updated")
+        .unwrap();
     assert_eq!(quota["data"], json!({"client_id": client, "remaining": -1}));
-    assert!(got.iter().all(|v| v["type"] != "sync_completed"), "sync_completed goes to the pusher only");
+    assert!(
+        got.iter().all(|v| v["type"] != "sync_completed"),
+        "sync_completed goes to the pusher only"
+    );
 
-    let mine = collect_until(&mut pusher, WAIT, |m| m.iter().any(|v| v["type"] == "sync_completed")).await;
-    let done = mine.iter().find(|v| v["type"] == "sync_completed").expect("pusher gets sync_completed");
+    let mine = collect_until(&mut pusher, WAIT, |m| {
+        m.iter().any(|v| v["type"] == "sync_completed")
+    })
+    .await;
+    let done = mine
+        .iter()
+        .find(|v| v["type"] == "sync_completed")
+        .expect("pusher gets sync_completed");
     assert_eq!(done["data"]["synced"], 3);
     assert_eq!(done["data"]["failed"], 0);
 }
@@ -83,7 +115,9 @@ async fn browser_origins_must_be_allowed() {
     let app = spawn_with(|c| c.ws_allowed_origins = vec!["https://fleet.example".into()]).await;
     let token = app.token("K1").await;
     let open = |origin: &'static str| {
-        let mut req = format!("ws://127.0.0.1:{}/ws?token={token}&device_id=K1", app.port).into_client_request().unwrap();
+        let mut req = format!("ws://127.0.0.1:{}/ws?token={token}&device_id=K1", app.port)
+            .into_client_request()
+            .unwrap();
         req.headers_mut().insert("origin", origin.parse().unwrap());
         tokio_tungstenite::connect_async(req)
     };
@@ -100,7 +134,10 @@ async fn flooding_clients_are_disconnected() {
     let token = app.token("K1").await;
     let mut ws = app.ws("/ws", &token, "K1").await;
     for _ in 0..100 {
-        if futures_util::SinkExt::send(&mut ws, Message::Text(r#"{"type":"ping"}"#.into())).await.is_err() {
+        if futures_util::SinkExt::send(&mut ws, Message::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
