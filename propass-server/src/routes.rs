@@ -274,8 +274,8 @@ pub async fn push(
     for copy in new_copies {
         state.hub.broadcast(&WsMessage::CopyCompleted(copy));
     }
-    for q in outcome.quotas {
-        state.hub.broadcast(&WsMessage::QuotaUpdated(q));
+    for q in &outcome.quotas {
+        state.hub.broadcast(&WsMessage::QuotaUpdated(q.clone()));
     }
     state.hub.send_to_device(
         device.as_str(),
@@ -290,6 +290,7 @@ pub async fn push(
     Ok(HttpResponse::Ok().json(PushResponse {
         success: true,
         data,
+        quotas: outcome.quotas,
     }))
 }
 
