@@ -278,9 +278,11 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
                 .map_err(|e| e.to_string())??;
             let exists = db::find_user(conn, &name).await.map_err(dberr)?.is_some();
             let id = match (exists, update) {
-                (true, false) => return Err(format!(
+                (true, false) => {
+                    return Err(format!(
                     "user {name:?} already exists (add --update to change its password and role)"
-                )),
+                ))
+                }
                 (true, true) => db::update_user(conn, &name, &hash, role)
                     .await
                     .map_err(dberr)?,

@@ -1,0 +1,131 @@
+//! `propass-agent run`: opens the database, serves the local API, runs the
+//! sync and WebSocket loops, tells systemd when it is ready, pings its
+//! watchdog from a loop that touches the database, and stops cleanly on
+//! SIGTERM/SIGINT (the transaction in flight completes: database work runs on
+//! blocking threads that the runtime waits for).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::AgentConfig;
+use crate::store::Store;
+use crate::sync::Agent;
+use crate::{api, ws};
+
+/// Removes a socket left by a previous run; refuses to remove anything else
+/// or a socket some process still answers on.
+fn clear_stale_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "another agent is already listening on {}",
+                    path.display()
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+        }
+        Ok(_) => Err(format!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        )),
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub fn run(config: AgentConfig) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = rt.block_on(serve(config));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+async fn serve(config: AgentConfig) -> Result<(), String> {
+    let db_path = config.db_path();
+    let store = Store::open(&db_path).map_err(|e| e.to_string())?;
+    tracing::info!(db = %db_path.display(), "database open");
+    let agent = Agent::new(store, config.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+
+    if let Some(dir) = config.socket.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    clear_stale_socket(&config.socket)?;
+    let data = actix_web::web::Data::new(agent.clone());
+    let mut server =
+        HttpServer::new(move || App::new().app_data(data.clone()).configure(api::routes))
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(3)
+            .bind_uds(&config.socket)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.socket.display()))?;
+    if let Some(addr) = config.http_bind {
+        server = server
+            .bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
+    let _ = std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660));
+    let server = server.run();
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sync_task = tokio::spawn(agent.clone().run_sync_loop(stop_rx.clone()));
+    let ws_task = tokio::spawn(ws::run_ws_loop(agent.clone(), stop_rx.clone()));
+    let watchdog_task = tokio::spawn(watchdog(agent.clone(), stop_rx));
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(device = %agent.device_id, socket = %config.socket.display(), http = ?config.http_bind, "propass-agent ready");
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    handle.stop(true).await;
+    let _ = tokio::time::timeout(Duration::from_secs(4), async {
+        let _ = sync_task.await;
+        let _ = ws_task.await;
+        let _ = watchdog_task.await;
+        let _ = server_task.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("propass-agent stopped");
+    Ok(())
+}
+
+/// Pings systemd's watchdog only while the database answers.
+async fn watchdog(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let period = (timeout / 2).max(Duration::from_millis(100));
+    loop {
+        if agent.store.counts().await.is_ok() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

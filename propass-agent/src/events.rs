@@ -1,0 +1,45 @@
+//! Events the agent streams to local listeners (the kiosk UI), as NDJSON
+//! lines `{"type": "...", "data": {...}}` on `GET /v1/events`.
+
+use propass_protocol::{ClientId, CopyCompleted, SyncCompleted};
+use serde::Serialize;
+
+use crate::store::QueuedOp;
+
+/// One event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// An operation was recorded locally.
+    Recorded(QueuedOp),
+    /// A client's remaining changed (server update, or local recording).
+    QuotaUpdated {
+        /// The client.
+        client_id: ClientId,
+        /// What this kiosk may still make.
+        remaining: i64,
+    },
+    /// A sync cycle finished.
+    SyncResult {
+        /// Items acknowledged.
+        synced: usize,
+        /// Items refused.
+        failed: usize,
+        /// Items still waiting.
+        pending: i64,
+    },
+    /// The server became reachable or unreachable.
+    Connectivity {
+        /// Reachable.
+        online: bool,
+    },
+    /// The server refused the token: someone must log in again.
+    LoginRequired {
+        /// Why.
+        reason: String,
+    },
+    /// Forwarded from the server: this kiosk's push committed.
+    SyncCompleted(SyncCompleted),
+    /// Forwarded from the server: a copy reached the ledger.
+    CopyCompleted(CopyCompleted),
+}

@@ -1,0 +1,119 @@
+//! The WebSocket client: authenticated with the Authorization header, pings
+//! on a timer, applies `quota_updated` to the local cache at once, forwards
+//! server events to local listeners, and reconnects forever with backoff.
+//! Opening it also tells the sync loop the server is back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use propass_protocol::WsMessage;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::events::AgentEvent;
+use crate::sync::{Agent, Backoff};
+
+/// Runs until shutdown.
+pub async fn run_ws_loop(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), agent.config.reconnect_max);
+    loop {
+        let wait = match agent.ws_target().await {
+            Ok(Some((url, token))) => match session(&agent, &url, &token, &mut shutdown).await {
+                Ok(()) => {
+                    backoff.reset();
+                    Duration::from_millis(100)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket unavailable");
+                    backoff.next_delay()
+                }
+            },
+            Ok(None) => Duration::from_secs(3600),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the token");
+                Duration::from_secs(5)
+            }
+        };
+        agent.set_ws_connected(false);
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = agent.ws_kick.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn session(
+    agent: &Agent,
+    url: &str,
+    token: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut req = format!("{url}?device_id={}", agent.device_id)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "token is not a valid header".to_string())?,
+    );
+    let connect = tokio_tungstenite::connect_async(req);
+    let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res)))
+            if matches!(res.status().as_u16(), 401 | 403) =>
+        {
+            // The token is refused: let the sync loop refresh it or ask for a login.
+            agent.kick.notify_one();
+            return Err(format!("websocket refused ({})", res.status()));
+        }
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("websocket connect timed out".into()),
+    };
+    tracing::info!("websocket connected");
+    agent.set_ws_connected(true);
+    agent.kick.notify_one();
+    let mut ping = tokio::time::interval(agent.config.ws_ping);
+    ping.tick().await;
+    let mut silent_ticks = 0u32;
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let Some(Ok(msg)) = msg else { return Err("websocket closed".into()) };
+                silent_ticks = 0;
+                let Message::Text(text) = msg else {
+                    if let Message::Close(_) = msg { return Err("server closed the websocket".into()) }
+                    continue;
+                };
+                match serde_json::from_str::<WsMessage>(&text) {
+                    Ok(WsMessage::QuotaUpdated(q)) => match agent.store.apply_quota_update(q).await {
+                        Ok(local) => agent.emit(AgentEvent::QuotaUpdated { client_id: local.client_id, remaining: local.remaining }),
+                        Err(e) => tracing::warn!(error = %e, "cannot apply quota update"),
+                    },
+                    Ok(WsMessage::SyncCompleted(s)) => agent.emit(AgentEvent::SyncCompleted(s)),
+                    Ok(WsMessage::CopyCompleted(c)) => agent.emit(AgentEvent::CopyCompleted(c)),
+                    Ok(WsMessage::Pong | WsMessage::Ping) => {}
+                    Err(e) => tracing::debug!(error = %e, "ignoring unknown server message"),
+                }
+            }
+            _ = ping.tick() => {
+                silent_ticks += 1;
+                if silent_ticks > 2 {
+                    return Err("no answer to heartbeat".into());
+                }
+                let ping = serde_json::to_string(&WsMessage::Ping).unwrap_or_default();
+                ws.send(Message::Text(ping.into())).await.map_err(|e| e.to_string())?;
+            }
+            _ = shutdown.changed() => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+        }
+    }
+}
