@@ -302,13 +302,41 @@ pub async fn add_quota(
     client: ClientId,
     n: i64,
 ) -> QueryResult<Option<i64>> {
-    diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
-        .set((
-            quotas::total.eq(quotas::total + n),
-            quotas::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(quotas::total - quotas::used)
-        .get_result(conn)
+    conn.transaction(async |conn| {
+        let remaining = diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
+            .set((
+                quotas::total.eq(quotas::total + n),
+                quotas::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(quotas::total - quotas::used)
+            .get_result::<i64>(conn)
+            .await
+            .optional()?;
+        if remaining.is_some() {
+            // Delivered at COMMIT to every server listening: they push
+            // `quota_updated` to the kiosks.
+            diesel::sql_query(format!("NOTIFY {QUOTA_CHANNEL}, '{}'", client.get()))
+                .execute(conn)
+                .await?;
+        }
+        Ok(remaining)
+    })
+    .await
+}
+
+/// The NOTIFY channel announcing quota changes made outside a push (operator
+/// top-ups); the payload is the client id.
+pub const QUOTA_CHANNEL: &str = "propass_quota";
+
+/// The remaining quota of one client.
+pub async fn remaining_of(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+) -> QueryResult<Option<i64>> {
+    quotas::table
+        .filter(quotas::client_id.eq(client.get()))
+        .select(quotas::total - quotas::used)
+        .first(conn)
         .await
         .optional()
 }

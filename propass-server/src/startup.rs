@@ -31,6 +31,7 @@ pub struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    state: web::Data<AppState>,
 }
 
 impl Application {
@@ -48,9 +49,10 @@ impl Application {
         });
         let workers = state.config.workers;
         let body_limit = state.config.max_body_bytes;
+        let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
+                .app_data(app_state.clone())
                 .app_data(web::JsonConfig::default().limit(body_limit).error_handler(routes::json_error))
                 .app_data(web::PayloadConfig::default().limit(body_limit))
                 .wrap_fn(|req, srv| {
@@ -86,6 +88,7 @@ impl Application {
         Ok(Self {
             port,
             server: server.run(),
+            state,
         })
     }
 
@@ -96,6 +99,54 @@ impl Application {
 
     /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let listener = tokio::spawn(listen_for_quota_changes(self.state.clone()));
+        let result = self.server.await;
+        listener.abort();
+        result
+    }
+}
+
+/// Listens on a dedicated connection for quota changes made outside a push
+/// (the operator CLI's `quota add` NOTIFYs), and pushes `quota_updated` to
+/// every WebSocket. Reconnects forever; a notification sent while it was
+/// disconnected is lost (kiosks also pull), so it is a hint, not the truth.
+async fn listen_for_quota_changes(state: web::Data<AppState>) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use futures_util::StreamExt;
+    use propass_protocol::{ClientId, QuotaUpdated, WsMessage};
+
+    loop {
+        let session = async {
+            let mut conn = AsyncPgConnection::establish(&state.config.database_url)
+                .await
+                .map_err(|e| e.to_string())?;
+            diesel::sql_query(format!("LISTEN {}", db::QUOTA_CHANNEL))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::debug!("listening for quota changes");
+            let mut stream = std::pin::pin!(conn.notifications_stream());
+            while let Some(n) = stream.next().await {
+                let n = n.map_err(|e| e.to_string())?;
+                let Ok(client) = n.payload.parse::<ClientId>() else {
+                    continue;
+                };
+                let remaining = match state.pool.get().await {
+                    Ok(mut c) => db::remaining_of(&mut c, client).await.ok().flatten(),
+                    Err(_) => None,
+                };
+                if let Some(remaining) = remaining {
+                    state.hub.broadcast(&WsMessage::QuotaUpdated(QuotaUpdated {
+                        client_id: client,
+                        remaining,
+                    }));
+                }
+            }
+            Ok::<(), String>(())
+        };
+        if let Err(e) = session.await {
+            tracing::warn!(error = %e, "quota listener disconnected; reconnecting");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

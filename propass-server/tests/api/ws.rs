@@ -179,3 +179,33 @@ async fn silent_connections_are_closed_by_the_heartbeat() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_operator_top_up_reaches_connected_kiosks() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 1).await;
+    let token = app.token("K1").await;
+    let mut ws = app.ws("/ws", &token, "K1").await;
+    send_json(&mut ws, &json!({"type": "ping"})).await;
+    assert_eq!(
+        next_json(&mut ws, WAIT).await,
+        Some(json!({"type": "pong"}))
+    );
+    // The server's LISTEN connection may still be starting: top up until it hears one.
+    let mut expected = 1;
+    let mut heard = None;
+    for _ in 0..20 {
+        expected = app.add_quota(client, 5).await;
+        let got = collect_until(&mut ws, Duration::from_millis(500), |m| {
+            m.iter().any(|v| v["type"] == "quota_updated")
+        })
+        .await;
+        if let Some(q) = got.into_iter().find(|v| v["type"] == "quota_updated") {
+            heard = Some(q);
+            break;
+        }
+    }
+    let q = heard.expect("a top-up made with the operator CLI reaches the WebSocket");
+    assert_eq!(q["data"]["client_id"], client);
+    assert_eq!(q["data"]["remaining"], expected);
+}
