@@ -4,7 +4,8 @@
 //!
 //! - `cargo xtask test [ARGS…]`: every test of the workspace against a throwaway cluster, then
 //!   the seed Electron client's own TypeScript against the real server.
-//! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client.
+//! - `cargo xtask e2e [ARGS…]`: the end-to-end tests only (also part of `test`).
+//! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client, and an agent.
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
 //! - `cargo xtask db`: just the throwaway cluster, for development.
 
@@ -25,12 +26,14 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
+        Some("e2e") => e2e(&args[1..]),
         Some("db") => db(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  test [ARGS…]   run every test against a throwaway PostgreSQL (ARGS go to cargo test)\n  \
+                 e2e [ARGS…]    only the end-to-end tests (real server, real agents, real PostgreSQL)\n  \
                  demo           run the server on 127.0.0.1:5000 with a demo admin and client\n  \
                  bench push     measure push throughput against the raw PostgreSQL ceiling\n  \
                  db             start a throwaway PostgreSQL and print its DATABASE_URL"
@@ -75,6 +78,29 @@ fn test(extra: &[String]) -> Result<(), String> {
     eprintln!("xtask: seed client compatibility check…");
     compat::run(&url)?;
     eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+fn e2e(extra: &[String]) -> Result<(), String> {
+    sys::ensure_packages()?;
+    if !run_status(cargo().args([
+        "build",
+        "--locked",
+        "-p",
+        "propass-server",
+        "--bin",
+        "propass-server",
+    ]))? {
+        return Err("build failed".into());
+    }
+    let (_cluster, url) = database(false)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--locked", "-p", "propass-agent", "--test", "e2e"])
+        .args(extra)
+        .env("DATABASE_URL", &url);
+    if !run_status(&mut cmd)? || interrupted() {
+        return Err("end-to-end tests failed".into());
+    }
     Ok(())
 }
 

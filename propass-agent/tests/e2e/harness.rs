@@ -1,0 +1,490 @@
+//! Processes, database, proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-0123456789";
+
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_propass-agent"))
+}
+
+pub fn server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PROPASS_SERVER_BIN") {
+        return p.into();
+    }
+    let p = agent_bin().with_file_name("propass-server");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (cargo xtask test / cargo xtask e2e do)",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "propass-e2e-{tag}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Waits for `check` with a deadline; returns whether it became true.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn sigterm_and_wait(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A propass-server process on its own fresh database.
+pub struct Server {
+    pub port: u16,
+    pub db_url: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub async fn new() -> Self {
+        let base = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL is not set: run through cargo xtask test");
+        let name = format!("propass_e2e_{}", uuid::Uuid::new_v4().simple());
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .expect("connect to DATABASE_URL");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let cut = base.rfind('/').unwrap();
+        let db_url = format!("{}/{name}", &base[..cut]);
+        let mut s = Self {
+            port: free_port(),
+            db_url,
+            dir: temp_dir("server"),
+            child: None,
+        };
+        s.cli(&["migrate"], None);
+        s.cli(
+            &[
+                "user",
+                "add",
+                "admin",
+                "--role",
+                "admin",
+                "--password-stdin",
+            ],
+            Some("admin123\n"),
+        );
+        s.start().await;
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs an operator command; returns stdout.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut child = Command::new(server_bin())
+            .args(args)
+            .env("DATABASE_URL", &self.db_url)
+            .env("PROPASS_LOG", "warn")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "propass-server {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn add_client(&self, name: &str, quota: i64) -> i64 {
+        let v: Value = serde_json::from_str(&self.cli(
+            &[
+                "client",
+                "add",
+                name,
+                "--quota",
+                &quota.to_string(),
+                "--json",
+            ],
+            None,
+        ))
+        .unwrap();
+        v["id"].as_i64().unwrap()
+    }
+
+    pub fn remaining(&self, client: i64) -> i64 {
+        let v: Value =
+            serde_json::from_str(&self.cli(&["client", "list", "--json"], None)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == client)
+            .unwrap()["remaining"]
+            .as_i64()
+            .unwrap()
+    }
+
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let child = Command::new(server_bin())
+            .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
+            .env("DATABASE_URL", &self.db_url)
+            .env("PROPASS_JWT_SECRET", SECRET)
+            .env("PROPASS_WORKERS", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = format!("{}/health", self.url());
+        let up = eventually(Duration::from_secs(30), || async {
+            reqwest::get(&url)
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(up, "server did not start");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sigterm_and_wait(&mut c);
+        }
+    }
+
+    async fn query_i64(&self, sql: &str) -> i64 {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+    }
+
+    pub async fn ledger_count(&self) -> i64 {
+        self.query_i64("SELECT count(*) FROM copies").await
+    }
+
+    pub async fn ledger_op_ids(&self) -> Vec<String> {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let rows = client
+            .query("SELECT op_id::text FROM copies", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, String>(0)).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A propass-agent process.
+pub struct Agent {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    server_url: String,
+    extra_env: Vec<(String, String)>,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+impl Agent {
+    pub async fn new(server_url: &str, env: &[(&str, &str)]) -> Self {
+        let dir = temp_dir("agent");
+        let socket = dir.join("agent.sock");
+        // No pooled connections: the agent restarts under our feet, and its idle
+        // keep-alive connections close.
+        let http = reqwest::Client::builder()
+            .unix_socket(socket.clone())
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut a = Self {
+            dir,
+            socket,
+            server_url: server_url.to_owned(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+            http,
+        };
+        a.start().await;
+        a
+    }
+
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["run", "--state-dir"])
+            .arg(&self.dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--server", &self.server_url])
+            .env("PROPASS_RECONNECT_MAX_MS", "500")
+            .env("PROPASS_SYNC_INTERVAL_SECS", "3600")
+            .env_remove("PROPASS_AGENT_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let ok = eventually(Duration::from_secs(20), || async {
+            self.try_status().await.is_some()
+        })
+        .await;
+        assert!(ok, "agent did not start: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status and how long the agent took to exit.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().expect("agent running");
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = t + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (status, t.elapsed());
+            }
+            assert!(Instant::now() < deadline, "the agent ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("http://agent{path}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("agent answers");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn try_status(&self) -> Option<Value> {
+        let res = self.http.get("http://agent/v1/status").send().await.ok()?;
+        res.json().await.ok()
+    }
+
+    pub async fn status(&self) -> Value {
+        self.try_status().await.expect("status")
+    }
+
+    pub async fn login(&self) {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/login",
+                Some(json!({"username": "admin", "password": "admin123"})),
+            )
+            .await;
+        assert_eq!(s, 200, "login failed: {v}");
+    }
+
+    pub async fn sync(&self) -> (u16, Value) {
+        self.call(reqwest::Method::POST, "/v1/sync", None).await
+    }
+
+    /// Records a copy; returns (status, body).
+    pub async fn record(&self, client: i64, uid: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/operations",
+            Some(json!({"type": "copy", "client_id": client, "uid": uid})),
+        )
+        .await
+    }
+
+    pub async fn pending(&self) -> i64 {
+        self.status().await["queue"]["pending"].as_i64().unwrap()
+    }
+
+    pub async fn remaining(&self, client: i64) -> Option<i64> {
+        let (_, v) = self.call(reqwest::Method::GET, "/v1/quotas", None).await;
+        v.as_array()?.iter().find(|q| q["client_id"] == client)?["remaining"].as_i64()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("agent.db")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Proxy modes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Mode {
+    /// Forward both ways.
+    Pass = 0,
+    /// Forward requests; when the server answers, cut the connection
+    /// without delivering the answer (the server committed, the agent never knows).
+    SwallowAnswers = 1,
+}
+
+/// A fault-injecting TCP proxy between agent and server.
+pub struct Proxy {
+    pub port: u16,
+    mode: Arc<AtomicU8>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
+        let m = mode.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                        let _ = sw.shutdown().await;
+                    });
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if m.load(Ordering::SeqCst) == Mode::SwallowAnswers as u8 {
+                            break; // drop the answer and the connection
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        Self { port, mode, task }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads a file's bytes (for "unchanged" checks).
+pub fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}

@@ -1,0 +1,438 @@
+//! The scenarios the agent must survive.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::*;
+
+fn uid(i: usize) -> String {
+    format!("04{:08X}", i)
+}
+
+/// Server stopped, 500 copies recorded through the agent, server started:
+/// all 500 in the ledger exactly once, without restarting the agent.
+#[tokio::test]
+async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
+    let mut server = Server::new().await;
+    let client = server.add_client("Offline Corp", 1000);
+    let agent = Agent::new(&server.url(), &[]).await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(agent.remaining(client).await, Some(1000));
+
+    server.stop();
+    for i in 0..500 {
+        let (s, v) = agent.record(client, &uid(i)).await;
+        assert_eq!(s, 201, "recording works offline: {v}");
+    }
+    let status = agent.status().await;
+    assert_eq!(status["queue"]["pending"], 500);
+    assert_eq!(status["online"], false);
+    assert_eq!(
+        agent.remaining(client).await,
+        Some(500),
+        "local quota counts the unsynced copies"
+    );
+
+    server.start().await;
+    let back = Instant::now();
+    let drained = eventually(Duration::from_secs(60), || async {
+        agent.pending().await == 0
+    })
+    .await;
+    assert!(
+        drained,
+        "the agent drained its queue by itself; log:\n{}",
+        agent.log()
+    );
+    eprintln!(
+        "offline backlog of 500 drained {:.2} s after the server came back",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(server.ledger_count().await, 500);
+    assert_eq!(server.remaining(client), 500);
+    assert_eq!(agent.remaining(client).await, Some(500));
+}
+
+/// The answer to a push is lost after the server committed it: the retry
+/// must not count anything twice.
+#[tokio::test]
+async fn a_lost_push_answer_is_retried_without_double_counting() {
+    let server = Server::new().await;
+    let client = server.add_client("Lost Answer Ltd", 100);
+    let proxy = Proxy::start(server.port).await;
+    let agent = Agent::new(&proxy.url(), &[]).await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200);
+
+    proxy.set(Mode::SwallowAnswers);
+    for i in 0..50 {
+        assert_eq!(agent.record(client, &uid(i)).await.0, 201);
+    }
+    let committed = eventually(Duration::from_secs(30), || async {
+        server.ledger_count().await == 50
+    })
+    .await;
+    assert!(committed, "the server committed the pushes");
+    assert_eq!(agent.pending().await, 50, "the agent never saw an answer");
+
+    proxy.set(Mode::Pass);
+    let drained = eventually(Duration::from_secs(30), || async {
+        agent.pending().await == 0
+    })
+    .await;
+    assert!(
+        drained,
+        "retried after the network healed; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        server.ledger_count().await,
+        50,
+        "each copy is in the ledger once"
+    );
+    assert_eq!(server.remaining(client), 50, "and charged once");
+}
+
+/// SIGKILL while recording and while pushing: nothing acknowledged is lost,
+/// nothing is counted twice, the database is intact.
+#[tokio::test]
+async fn a_killed_agent_loses_nothing_and_counts_nothing_twice() {
+    let mut server = Server::new().await;
+    let client = server.add_client("Crash Inc", 10_000);
+    let mut agent = Agent::new(&server.url(), &[]).await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200);
+
+    // 1. Killed while recording: requests in flight when the process dies.
+    server.stop();
+    let mut acked = Vec::new();
+    let http = agent.http.clone();
+    let recorder = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..100_000 {
+            let body = json!({"type": "copy", "client_id": client, "uid": uid(i)});
+            match http
+                .post("http://agent/v1/operations")
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(res) if res.status() == 201 => {
+                    let v: serde_json::Value = res.json().await.unwrap();
+                    acked.push(v["operation"]["op_id"].as_str().unwrap().to_owned());
+                }
+                _ => break,
+            }
+        }
+        acked
+    });
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            agent.pending().await >= 150
+        })
+        .await
+    );
+    agent.kill9();
+    acked.extend(recorder.await.unwrap());
+    assert!(acked.len() >= 150);
+    // The database survived the kill.
+    propass_agent::store::Store::open(&agent.db_path()).expect("database intact after SIGKILL");
+
+    // 2. Killed while pushing: the server is back, the first batch lands, kill.
+    server.start().await;
+    agent.start().await;
+    let pushing = eventually(Duration::from_secs(30), || async {
+        server.ledger_count().await > 0
+    })
+    .await;
+    assert!(pushing);
+    agent.kill9();
+
+    agent.start().await;
+    let drained = eventually(Duration::from_secs(60), || async {
+        agent.pending().await == 0
+    })
+    .await;
+    assert!(drained, "log:\n{}", agent.log());
+    let status = agent.status().await;
+    let recorded = status["queue"]["synced"].as_i64().unwrap();
+    let ledger = server.ledger_op_ids().await;
+    assert_eq!(
+        ledger.len() as i64,
+        recorded,
+        "every recorded operation is in the ledger, once"
+    );
+    let in_ledger: std::collections::HashSet<_> = ledger.into_iter().collect();
+    for op in &acked {
+        assert!(in_ledger.contains(op), "acknowledged operation {op} lost");
+    }
+    assert_eq!(
+        server.remaining(client),
+        10_000 - recorded,
+        "charged once each"
+    );
+}
+
+/// An operator's top-up reaches the agent's cache over the WebSocket (the
+/// periodic sync is an hour away, so nothing else can bring it).
+#[tokio::test]
+async fn a_quota_top_up_reaches_the_agent_over_the_websocket() {
+    let server = Server::new().await;
+    let client = server.add_client("Top Up SA", 3);
+    let agent = Agent::new(&server.url(), &[]).await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            agent.status().await["ws_connected"] == true
+        })
+        .await
+    );
+
+    // The server's LISTEN connection may still be starting: top up until one arrives.
+    let mut latency = None;
+    let mut expected = 3;
+    for _ in 0..10 {
+        expected = server
+            .cli(&["quota", "add", &client.to_string(), "7"], None)
+            .trim()
+            .parse::<i64>()
+            .unwrap();
+        let t = Instant::now();
+        if eventually(Duration::from_secs(2), || async {
+            agent.remaining(client).await == Some(expected)
+        })
+        .await
+        {
+            latency = Some(t.elapsed());
+            break;
+        }
+    }
+    let latency = latency.expect("the top-up reached the agent over the WebSocket");
+    eprintln!(
+        "quota top-up reached the agent's cache in {} ms",
+        latency.as_millis()
+    );
+    assert_eq!(agent.remaining(client).await, Some(expected));
+}
+
+/// Garbage on the local API gets clear errors and changes nothing.
+#[tokio::test]
+async fn bad_local_requests_get_clear_errors_and_change_nothing() {
+    let server = Server::new().await;
+    let client = server.add_client("Careful GmbH", 10);
+    let agent = Agent::new(&server.url(), &[]).await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200);
+
+    let post = |body: &'static str, ctype: &'static str| {
+        agent
+            .http
+            .post("http://agent/v1/operations")
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+    let code = |res: reqwest::Response| async move {
+        let s = res.status().as_u16();
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["success"], false);
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+        (s, v["error"]["code"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        code(post("{not json", "application/json").await.unwrap()).await,
+        (400, "malformed_json".into())
+    );
+    assert_eq!(
+        code(
+            post(
+                r#"{"type":"copy","client_id":1,"uid":"zz"}"#,
+                "application/json"
+            )
+            .await
+            .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        code(
+            post(
+                r#"{"type":"fax","client_id":1,"uid":"04AB12CD"}"#,
+                "application/json"
+            )
+            .await
+            .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        code(
+            post(
+                r#"{"type":"copy","client_id":1,"uid":"04AB12CD","x":1}"#,
+                "application/json"
+            )
+            .await
+            .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        code(post("{}", "text/plain").await.unwrap()).await,
+        (415, "unsupported_media_type".into())
+    );
+    let huge = format!(
+        "{{\"type\":\"copy\",\"client_id\":1,\"uid\":\"{}\"}}",
+        "A".repeat(200_000)
+    );
+    let res = agent
+        .http
+        .post("http://agent/v1/operations")
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(res).await, (413, "payload_too_large".into()));
+    let res = agent.http.get("http://agent/v1/nope").send().await.unwrap();
+    assert_eq!(code(res).await, (404, "not_found".into()));
+    let (s, v) = agent.record(99_999, "04AB12CD").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("unknown_client"))
+    );
+    let (s, _) = agent
+        .call(Method::GET, "/v1/queue?status=bogus", None)
+        .await;
+    assert_eq!(s, 400);
+
+    let status = agent.status().await;
+    assert_eq!(
+        status["queue"],
+        json!({"pending": 0, "synced": 0, "failed": 0}),
+        "nothing was recorded"
+    );
+    assert_eq!(agent.remaining(client).await, Some(10));
+}
+
+/// A corrupt or foreign database file: the agent refuses to start, says
+/// why, and leaves the file as it was.
+#[tokio::test]
+async fn the_agent_refuses_a_corrupt_or_foreign_database() {
+    for (what, content) in [
+        (
+            "garbage",
+            b"PK\x03\x04 definitely not a database, a zip maybe".to_vec(),
+        ),
+        ("foreign", foreign_sqlite()),
+    ] {
+        let dir = std::env::temp_dir().join(format!(
+            "propass-e2e-bad-{what}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("agent.db");
+        std::fs::write(&db, &content).unwrap();
+        let out = std::process::Command::new(agent_bin())
+            .args(["run", "--state-dir"])
+            .arg(&dir)
+            .arg("--socket")
+            .arg(dir.join("agent.sock"))
+            .env_remove("PROPASS_AGENT_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{what}: the agent must refuse to start"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("refusing"),
+            "{what}: clear message expected, got: {stderr}"
+        );
+        assert_eq!(
+            bytes(&db),
+            content,
+            "{what}: the file must be left untouched"
+        );
+    }
+}
+
+fn foreign_sqlite() -> Vec<u8> {
+    let path = std::env::temp_dir().join(format!(
+        "propass-foreign-{}.db",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices (total) VALUES (9.5);").unwrap();
+    drop(c);
+    std::fs::read(&path).unwrap()
+}
+
+/// A revoked kiosk: the agent enters the logged-out state, keeps recording,
+/// and `status` says a login is needed.
+#[tokio::test]
+async fn a_refused_token_leads_to_a_logged_out_state_that_still_records() {
+    let server = Server::new().await;
+    let client = server.add_client("Revoked BV", 10);
+    let agent = Agent::new(&server.url(), &[]).await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200);
+    let device = agent.status().await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.cli(&["device", "revoke", &device], None);
+
+    assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
+    let out = eventually(Duration::from_secs(20), || async {
+        agent.status().await["logged_in"] == false
+    })
+    .await;
+    assert!(out, "log:\n{}", agent.log());
+    let status = agent.status().await;
+    assert!(
+        status["login_required"]
+            .as_str()
+            .is_some_and(|s| s.contains("revoked")),
+        "{status}"
+    );
+    assert_eq!(
+        agent.record(client, "04AB12CE").await.0,
+        201,
+        "operations are still recorded"
+    );
+    assert_eq!(agent.pending().await, 2);
+    assert_eq!(server.ledger_count().await, 0);
+}
+
+/// SIGTERM (systemctl stop) while connected: a clean exit, the socket
+/// removed, everything recorded still there after a restart.
+#[tokio::test]
+async fn sigterm_stops_the_agent_cleanly() {
+    let server = Server::new().await;
+    let client = server.add_client("Stop Corp", 10);
+    let mut agent = Agent::new(&server.url(), &[]).await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
+    let (status, took) = agent.terminate();
+    assert!(status.success(), "exit status {status}");
+    eprintln!("agent stopped {} ms after SIGTERM", took.as_millis());
+    assert!(!agent.socket.exists(), "the socket is removed");
+    agent.start().await;
+    let s = agent.status().await;
+    assert_eq!(
+        s["queue"]["pending"].as_i64().unwrap() + s["queue"]["synced"].as_i64().unwrap(),
+        1
+    );
+}
