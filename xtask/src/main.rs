@@ -117,11 +117,23 @@ fn db() -> Result<(), String> {
 
 fn demo() -> Result<(), String> {
     sys::ensure_packages()?;
-    eprintln!("xtask: building propass-server…");
-    if !run_status(cargo().args(["build", "--locked", "--release", "-p", "propass-server"]))? {
+    eprintln!("xtask: building propass-server and propass-agent (release)…");
+    let build = cargo()
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "-p",
+            "propass-server",
+            "-p",
+            "propass-agent",
+        ])
+        .status();
+    if !build.map(|s| s.success()).unwrap_or(false) {
         return Err("build failed".into());
     }
     let server = sys::target_bin("release", "propass-server");
+    let agent = sys::target_bin("release", "propass-agent");
     let (_cluster, url) = database(true)?;
 
     let cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
@@ -151,41 +163,89 @@ fn demo() -> Result<(), String> {
     };
 
     let bind = std::env::var("PROPASS_BIND").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    let mut child = Command::new(&server)
-        .args(["serve", "--dev", "--bind", &bind])
-        .env("DATABASE_URL", &url)
-        .spawn()
-        .map_err(|e| format!("cannot start the server: {e}"))?;
     let base = format!("http://{bind}");
+    let server_proc = sys::Guard::spawn(
+        Command::new(&server)
+            .args(["serve", "--dev", "--bind", &bind])
+            .env("DATABASE_URL", &url),
+        "the server",
+    )?;
     if !sys::wait_http_ok(&bind, "/health", Duration::from_secs(30)) {
-        let _ = child.kill();
         return Err(format!(
             "the server did not become healthy at {base}/health (is port {bind} in use?)"
         ));
     }
+
+    // A kiosk agent with its own state directory, logged in, recording a few copies.
+    let state = sys::TempDir::new("propass-demo-agent")?;
+    let socket = state.path().join("agent.sock");
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let agent_proc = sys::Guard::spawn(
+        Command::new(&agent)
+            .args(["run", "--state-dir"])
+            .arg(state.path())
+            .args(["--socket", &socket_arg, "--server", &base])
+            .env_remove("PROPASS_AGENT_CONFIG"),
+        "the agent",
+    )?;
+    let agent_cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
+        let mut cmd = Command::new(&agent);
+        cmd.args(["--socket", &socket_arg]).args(args);
+        sys::output(&mut cmd, stdin)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err("the agent did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent_cli(
+        &[
+            "login",
+            "--server",
+            &base,
+            "--username",
+            "admin",
+            "--password-stdin",
+        ],
+        Some("admin123\n"),
+    )?;
+    agent_cli(&["sync"], None)?;
+    for uid in ["04AB12CD", "04AB12CE", "04A1B2C3D4E5F6"] {
+        agent_cli(
+            &["record", "copy", "--client", &client_id, "--uid", uid],
+            None,
+        )?;
+    }
+    agent_cli(&["sync"], None)?;
+    println!();
+    println!("{}", agent_cli(&["status"], None)?.trim_end());
+    println!("{}", cli(&["client", "list"], None)?.trim_end());
+
+    let agent_bin = agent.display();
     println!();
     println!("PROPASS demo is running");
     println!("  server      {base}   (health: {base}/health, WebSocket: ws://{bind}/ws)");
     println!("  database    {url}");
     println!("  login       admin / admin123   (role admin)");
-    println!("  client      #{client_id} \"Demo Client\" with a quota of 100");
-    println!("  try         curl -s {base}/api/auth/login -H 'Content-Type: application/json' \\");
-    println!("                -d '{{\"username\":\"admin\",\"password\":\"admin123\",\"device_id\":\"DEMO-KIOSK\"}}'");
-    println!("  operator    DATABASE_URL={url} target/release/propass-server client list");
+    println!("  client      #{client_id} \"Demo Client\" (3 copies made by the demo agent)");
+    println!("  agent       {agent_bin} --socket {socket_arg} status");
+    println!("              {agent_bin} --socket {socket_arg} record copy --client {client_id} --uid 04CAFE01");
+    println!("              {agent_bin} --socket {socket_arg} events      (live events, NDJSON)");
+    println!(
+        "  operator    DATABASE_URL={url} {} quota add {client_id} 10",
+        server.display()
+    );
     println!("Press Ctrl-C to stop everything.");
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            if interrupted() {
-                break;
-            }
-            return Err(format!("the server exited unexpectedly ({status})"));
-        }
-        if interrupted() {
-            sys::terminate(&mut child, Duration::from_secs(15));
-            break;
+    while !interrupted() {
+        if let Some(e) = server_proc.exited().or_else(|| agent_proc.exited()) {
+            return Err(e);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    drop(agent_proc);
+    drop(server_proc);
     eprintln!("xtask: demo stopped");
     Ok(())
 }

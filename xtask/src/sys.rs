@@ -190,3 +190,68 @@ pub fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Guard {
+    child: std::sync::Mutex<Child>,
+    what: &'static str,
+}
+
+impl Guard {
+    /// Starts `cmd`.
+    pub fn spawn(cmd: &mut Command, what: &'static str) -> Result<Self, String> {
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        Ok(Self {
+            child: std::sync::Mutex::new(child),
+            what,
+        })
+    }
+
+    /// `Some(message)` when the process has exited (unless we are stopping).
+    pub fn exited(&self) -> Option<String> {
+        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        match c.try_wait() {
+            Ok(Some(status)) if !interrupted() => {
+                Some(format!("{} exited unexpectedly ({status})", self.what))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        terminate(&mut c, Duration::from_secs(15));
+    }
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `$TMPDIR/<prefix>-<pid>-<nanos>`.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
