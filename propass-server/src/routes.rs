@@ -271,12 +271,12 @@ pub async fn push(
     let failed = data.len() as u32 - synced;
     tracing::info!(device = %device, items = data.len(), synced, duplicates, failed, "push");
 
-    for copy in new_copies {
-        state.hub.broadcast(&WsMessage::CopyCompleted(copy));
-    }
-    for q in &outcome.quotas {
-        state.hub.broadcast(&WsMessage::QuotaUpdated(q.clone()));
-    }
+    let events: Vec<WsMessage> = new_copies
+        .into_iter()
+        .map(WsMessage::CopyCompleted)
+        .chain(outcome.quotas.iter().cloned().map(WsMessage::QuotaUpdated))
+        .collect();
+    state.hub.broadcast_all(&events);
     state.hub.send_to_device(
         device.as_str(),
         &WsMessage::SyncCompleted(SyncCompleted {

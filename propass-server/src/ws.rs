@@ -44,9 +44,14 @@ impl Outbound {
     }
 }
 
+/// What one connection's queue holds: the messages of one event (e.g. every
+/// `copy_completed` of one push), so that the queue bound counts events, not
+/// copies, and a big push cannot overflow it by itself.
+type Group = Arc<[Outbound]>;
+
 struct Conn {
     device_id: String,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<Group>,
 }
 
 /// Every open WebSocket connection.
@@ -66,7 +71,7 @@ impl Hub {
         }
     }
 
-    fn register(&self, device_id: String) -> (u64, mpsc::Receiver<Outbound>) {
+    fn register(&self, device_id: String) -> (u64, mpsc::Receiver<Group>) {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Conn { device_id, tx });
@@ -94,16 +99,23 @@ impl Hub {
     /// Sends to every connection allowed to see the message. Today every
     /// authenticated kiosk serves every client, so that is every connection.
     pub fn broadcast(&self, msg: &WsMessage) {
-        self.deliver(msg, |_| true);
+        self.deliver(std::slice::from_ref(msg), |_| true);
+    }
+
+    /// Sends several messages as one event (one slot of each queue).
+    pub fn broadcast_all(&self, msgs: &[WsMessage]) {
+        if !msgs.is_empty() {
+            self.deliver(msgs, |_| true);
+        }
     }
 
     /// Sends to the connections of one device.
     pub fn send_to_device(&self, device_id: &str, msg: &WsMessage) {
-        self.deliver(msg, |c| c.device_id == device_id);
+        self.deliver(std::slice::from_ref(msg), |c| c.device_id == device_id);
     }
 
-    fn deliver(&self, msg: &WsMessage, wanted: impl Fn(&Conn) -> bool) {
-        let out = Outbound::new(msg);
+    fn deliver(&self, msgs: &[WsMessage], wanted: impl Fn(&Conn) -> bool) {
+        let out: Group = msgs.iter().map(Outbound::new).collect();
         let mut conns = self.lock();
         conns.retain(|id, conn| {
             if !wanted(conn) {
@@ -216,7 +228,7 @@ async fn run_session(
     state: &AppState,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: mpsc::Receiver<Group>,
 ) -> &'static str {
     let cfg = &state.config;
     let mut heartbeat = tokio::time::interval(cfg.ws_heartbeat);
@@ -265,9 +277,9 @@ async fn run_session(
                 let Some(first) = out else {
                     break ("too slow", close(CloseCode::Policy, "consumer too slow: outgoing queue full"));
                 };
-                let mut batch = vec![first];
+                let mut batch: Vec<Outbound> = first.iter().cloned().collect();
                 while batch.len() < COALESCE_WINDOW {
-                    match rx.try_recv() { Ok(m) => batch.push(m), Err(_) => break }
+                    match rx.try_recv() { Ok(g) => batch.extend(g.iter().cloned()), Err(_) => break }
                 }
                 let mut latest: HashMap<i64, usize> = HashMap::new();
                 for (i, m) in batch.iter().enumerate() {

@@ -7,6 +7,7 @@
 //! - `cargo xtask e2e [ARGS…]`: the end-to-end tests only (also part of `test`).
 //! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client, and an agent.
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
+//! - `cargo xtask bench agent [--ops N] [--backlog N]`: agent recording rate and backlog drain.
 //! - `cargo xtask db`: just the throwaway cluster, for development.
 
 mod compat;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
                  e2e [ARGS…]    only the end-to-end tests (real server, real agents, real PostgreSQL)\n  \
                  demo           run the server on 127.0.0.1:5000 with a demo admin and client\n  \
                  bench push     measure push throughput against the raw PostgreSQL ceiling\n  \
+                 bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
                  db             start a throwaway PostgreSQL and print its DATABASE_URL"
             );
             Err("unknown command".into())
@@ -251,35 +253,52 @@ fn demo() -> Result<(), String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
-    match args.first().map(String::as_str) {
-        Some("push") => {}
-        _ => {
-            return Err(
-                "usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]".into(),
-            )
-        }
-    }
+    let (package, example) = match args.first().map(String::as_str) {
+        Some("push") => ("propass-server", "bench_push"),
+        Some("agent") => ("propass-agent", "bench_agent"),
+        _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--backlog N]".into()),
+    };
     sys::ensure_packages()?;
-    eprintln!("xtask: building the server and the benchmark (release)…");
-    if !run_status(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "propass-server",
-        "--bin",
-        "propass-server",
-        "--example",
-        "bench_push",
-    ]))? {
+    eprintln!("xtask: building the server, the agent and the benchmark (release)…");
+    let build = cargo()
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "-p",
+            "propass-server",
+            "-p",
+            "propass-agent",
+        ])
+        .args(["--bin", "propass-server", "--bin", "propass-agent"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+        && run_status(cargo().args([
+            "build",
+            "--locked",
+            "--release",
+            "-p",
+            package,
+            "--example",
+            example,
+        ]))?;
+    if !build {
         return Err("build failed".into());
     }
     let (_cluster, url) = database(true)?;
-    let mut cmd = Command::new(sys::target_bin("release/examples", "bench_push"));
-    cmd.args(&args[1..]).env("DATABASE_URL", &url).env(
-        "PROPASS_SERVER_BIN",
-        sys::target_bin("release", "propass-server"),
-    );
+    let mut cmd = Command::new(sys::target_bin("release/examples", example));
+    cmd.args(&args[1..])
+        .current_dir(sys::root())
+        .env("DATABASE_URL", &url)
+        .env(
+            "PROPASS_SERVER_BIN",
+            sys::target_bin("release", "propass-server"),
+        )
+        .env(
+            "PROPASS_AGENT_BIN",
+            sys::target_bin("release", "propass-agent"),
+        );
     if !run_status(&mut cmd)? {
         return Err("benchmark failed".into());
     }
