@@ -378,20 +378,18 @@ async fn login(
 async fn events(agent: web::Data<Arc<Agent>>) -> HttpResponse {
     let rx = agent.events.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-                    line.push(b'\n');
-                    return Some((Ok::<_, actix_web::Error>(web::Bytes::from(line)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let line = format!("{{\"type\":\"lagged\",\"data\":{{\"missed\":{n}}}}}\n");
-                    return Some((Ok(web::Bytes::from(line)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let line = match rx.recv().await {
+            Ok(ev) => {
+                let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                line.push(b'\n');
+                line
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                format!("{{\"type\":\"lagged\",\"data\":{{\"missed\":{n}}}}}\n").into_bytes()
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, actix_web::Error>(web::Bytes::from(line)), rx))
     });
     HttpResponse::Ok()
         .content_type("application/x-ndjson")

@@ -201,15 +201,25 @@ impl Local {
 
 fn read_password() -> Result<String, String> {
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
+    let tty = stdin.is_terminal();
+    let stty = |arg: &str| {
+        let _ = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    };
+    if tty {
         eprint!("Password: ");
         let _ = std::io::stderr().flush();
+        stty("-echo");
     }
     let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+    let read = stdin.lock().read_line(&mut line);
+    if tty {
+        stty("echo");
+        eprintln!();
+    }
+    read.map_err(|e| e.to_string())?;
     let pw = line.trim_end_matches(['\n', '\r']).to_owned();
     if pw.is_empty() {
         return Err("empty password".into());

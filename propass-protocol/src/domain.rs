@@ -138,7 +138,7 @@ impl BadgeUid {
             .map(|b| (b as char).to_digit(16).map(|d| d as u8))
             .collect::<Option<_>>()
             .ok_or_else(err)?;
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return Err(err());
         }
         let bytes: Vec<u8> = digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect();
