@@ -117,23 +117,20 @@ fn db() -> Result<(), String> {
     Ok(())
 }
 
-fn demo() -> Result<(), String> {
-    sys::ensure_packages()?;
+/// Builds `propass-server` and `propass-agent` in release mode.
+fn build_release_binaries() -> Result<(), String> {
     eprintln!("xtask: building propass-server and propass-agent (release)…");
-    let build = cargo()
-        .args([
-            "build",
-            "--locked",
-            "--release",
-            "-p",
-            "propass-server",
-            "-p",
-            "propass-agent",
-        ])
-        .status();
-    if !build.map(|s| s.success()).unwrap_or(false) {
+    let mut cmd = cargo();
+    cmd.args(["build", "--locked", "--release", "--bin", "propass-server", "--bin", "propass-agent"]);
+    if !run_status(&mut cmd)? {
         return Err("build failed".into());
     }
+    Ok(())
+}
+
+fn demo() -> Result<(), String> {
+    sys::ensure_packages()?;
+    build_release_binaries()?;
     let server = sys::target_bin("release", "propass-server");
     let agent = sys::target_bin("release", "propass-agent");
     let (_cluster, url) = database(true)?;
@@ -259,31 +256,8 @@ fn bench(args: &[String]) -> Result<(), String> {
         _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--backlog N]".into()),
     };
     sys::ensure_packages()?;
-    eprintln!("xtask: building the server, the agent and the benchmark (release)…");
-    let build = cargo()
-        .args([
-            "build",
-            "--locked",
-            "--release",
-            "-p",
-            "propass-server",
-            "-p",
-            "propass-agent",
-        ])
-        .args(["--bin", "propass-server", "--bin", "propass-agent"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-        && run_status(cargo().args([
-            "build",
-            "--locked",
-            "--release",
-            "-p",
-            package,
-            "--example",
-            example,
-        ]))?;
-    if !build {
+    build_release_binaries()?;
+    if !run_status(cargo().args(["build", "--locked", "--release", "-p", package, "--example", example]))? {
         return Err("build failed".into());
     }
     let (_cluster, url) = database(true)?;
