@@ -426,6 +426,43 @@ fn communicate_thru(args: &[u8], regs: &mut HashMap<u16, u8>, state: &mut TagSta
         *state = TagState::Halted;
         return vec![TIMEOUT];
     }
+    // REQA / WUPA (7 bits): a halted tag answers only WUPA. ATQA goes LSB first.
+    if bits == 7 && (args == [0x26] || args == [0x52]) {
+        if args == [0x26] && *state == TagState::Halted {
+            return vec![TIMEOUT];
+        }
+        *state = TagState::Selected;
+        let atqa = tag.atqa();
+        return vec![0x00, atqa[1], atqa[0]];
+    }
+    let p = payload(args);
+    // Anticollision and select, cascade levels 1 and 2.
+    if frame_ok(args) && p.len() >= 2 && (p[0] == 0x93 || p[0] == 0x95) {
+        let uid = tag.uid();
+        let cl: Vec<u8> = match (uid.len(), p[0]) {
+            (4, 0x93) => uid.clone(),
+            (7, 0x93) => vec![0x88, uid[0], uid[1], uid[2]],
+            (7, 0x95) => uid[3..7].to_vec(),
+            _ => return vec![TIMEOUT],
+        };
+        let bcc = cl.iter().fold(0, |a, b| a ^ b);
+        if p[1] == 0x20 {
+            let mut out = vec![0x00];
+            out.extend_from_slice(&cl);
+            out.push(bcc);
+            return out;
+        }
+        if p[1] == 0x70 && p.len() >= 7 && p[2..6] == cl[..] {
+            let sak = if uid.len() == 7 && p[0] == 0x93 { 0x04 } else { tag.sak() };
+            *state = TagState::Selected;
+            let mut out = vec![0x00, sak];
+            if !crc_on {
+                out.extend_from_slice(&crc_a(&[sak]));
+            }
+            return out;
+        }
+        return vec![TIMEOUT];
+    }
     if bits == 7 && args == [0x40] {
         if gen1a {
             *state = TagState::Unlock1;
