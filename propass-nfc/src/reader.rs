@@ -1,0 +1,444 @@
+//! The reader on libnfc: open, wait for a tag, read it, clone a UID onto a
+//! magic blank and prove it. Blocking: run it on its own thread (see
+//! [`crate::ReaderThread`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nfc1::target_info::TargetInfo;
+use nfc1::{BaudRate, Context, Device, Modulation, ModulationType, Property, Timeout};
+use serde_like::Hex;
+
+use crate::error::{NfcError, NfcResult};
+
+mod serde_like {
+    /// Upper-case hex of bytes.
+    pub struct Hex<'a>(pub &'a [u8]);
+    impl std::fmt::Display for Hex<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            for b in self.0 {
+                write!(f, "{b:02X}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The factory key of MIFARE Classic sectors (and of magic blanks).
+pub const FACTORY_KEY: [u8; 6] = [0xFF; 6];
+
+/// The card family, from SAK and ATQA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardFamily {
+    /// MIFARE Classic 1K (SAK 08).
+    MifareClassic1k,
+    /// MIFARE Classic 4K (SAK 18).
+    MifareClassic4k,
+    /// MIFARE Ultralight / NTAG (SAK 00, 7-byte UID).
+    MifareUltralight,
+    /// Any other ISO 14443-A card.
+    OtherIso14443a,
+}
+
+impl CardFamily {
+    fn of(sak: u8, uid_len: usize) -> Self {
+        match sak {
+            0x08 | 0x88 | 0x28 => Self::MifareClassic1k,
+            0x18 | 0x38 => Self::MifareClassic4k,
+            0x00 if uid_len == 7 => Self::MifareUltralight,
+            _ => Self::OtherIso14443a,
+        }
+    }
+
+    /// A stable name (`mifare_classic_1k`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MifareClassic1k => "mifare_classic_1k",
+            Self::MifareClassic4k => "mifare_classic_4k",
+            Self::MifareUltralight => "mifare_ultralight",
+            Self::OtherIso14443a => "iso14443a",
+        }
+    }
+
+    fn is_classic(self) -> bool {
+        matches!(self, Self::MifareClassic1k | Self::MifareClassic4k)
+    }
+}
+
+/// A tag as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagInfo {
+    /// 4, 7 or 10 bytes.
+    pub uid: Vec<u8>,
+    /// ATQA (SENS_RES) as the reader reports it, most significant byte first.
+    pub atqa: [u8; 2],
+    /// SAK (SEL_RES).
+    pub sak: u8,
+    /// Card family.
+    pub family: CardFamily,
+}
+
+impl TagInfo {
+    /// The UID in upper-case hex.
+    pub fn uid_hex(&self) -> String {
+        Hex(&self.uid).to_string()
+    }
+}
+
+/// What kind of magic blank took the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlankKind {
+    /// Answered the 7-bit unlock sequence.
+    Gen1a,
+    /// Took a direct write of block 0 after authentication.
+    Gen2,
+}
+
+/// Builds block 0 of a MIFARE Classic card and checks it before anything is
+/// written: a wrong block 0 bricks a Gen1a card.
+pub fn build_block0(
+    uid: &[u8],
+    sak: u8,
+    atqa: [u8; 2],
+    manufacturer: Option<[u8; 8]>,
+) -> NfcResult<[u8; 16]> {
+    if uid.len() != 4 {
+        return Err(NfcError::InvalidBlock0(format!(
+            "a {}-byte UID cannot go on a MIFARE Classic magic card (4-byte UIDs only)",
+            uid.len()
+        )));
+    }
+    if uid[0] == 0x88 {
+        return Err(NfcError::InvalidBlock0(
+            "UID starts with the cascade tag 0x88".into(),
+        ));
+    }
+    if sak & 0x04 != 0 || sak == 0 {
+        return Err(NfcError::InvalidBlock0(format!(
+            "SAK {sak:02X} is not a complete MIFARE Classic SAK"
+        )));
+    }
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(uid);
+    b[4] = uid.iter().fold(0, |a, x| a ^ x);
+    b[5] = sak;
+    b[6] = atqa[1];
+    b[7] = atqa[0];
+    b[8..]
+        .copy_from_slice(&manufacturer.unwrap_or([0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69]));
+    validate_block0(&b)?;
+    Ok(b)
+}
+
+/// Checks the BCC of a block 0.
+pub fn validate_block0(b: &[u8; 16]) -> NfcResult<()> {
+    let bcc = b[..4].iter().fold(0, |a, x| a ^ x);
+    if bcc != b[4] {
+        return Err(NfcError::InvalidBlock0(format!(
+            "BCC {:02X} does not match the UID (expected {bcc:02X})",
+            b[4]
+        )));
+    }
+    Ok(())
+}
+
+fn crc_a(data: &[u8]) -> [u8; 2] {
+    let mut crc: u16 = 0x6363;
+    for &x in data {
+        let mut b = x ^ (crc as u8);
+        b ^= b << 4;
+        crc = (crc >> 8) ^ ((b as u16) << 8) ^ ((b as u16) << 3) ^ ((b as u16) >> 4);
+    }
+    [crc as u8, (crc >> 8) as u8]
+}
+
+fn with_crc(data: &[u8]) -> Vec<u8> {
+    let mut v = data.to_vec();
+    v.extend_from_slice(&crc_a(data));
+    v
+}
+
+const ISO14443A: Modulation = Modulation {
+    modulation_type: ModulationType::Iso14443a,
+    baud_rate: BaudRate::Baud106,
+};
+
+/// Lists the readers libnfc can see (connection strings).
+pub fn list_readers() -> NfcResult<Vec<String>> {
+    let mut ctx = Context::new().map_err(|e| NfcError::NoReader(format!(" (libnfc: {e:?})")))?;
+    ctx.list_devices(8)
+        .map_err(|e| NfcError::NoReader(format!(" ({e:?})")))
+}
+
+/// An open reader.
+pub struct Reader {
+    // Declared before the context: dropped (closed) first.
+    device: Device,
+    _context: Context,
+    connstring: String,
+}
+
+impl Reader {
+    /// Opens the reader named by a libnfc connection string, or the first one.
+    pub fn open(connstring: Option<&str>) -> NfcResult<Self> {
+        let mut context =
+            Context::new().map_err(|e| NfcError::NoReader(format!(" (libnfc: {e:?})")))?;
+        let which = connstring.map(|c| format!(" at {c}")).unwrap_or_default();
+        let mut device = match connstring {
+            Some(c) => context.open_with_connstring(c),
+            None => context.open(),
+        }
+        .map_err(|_| NfcError::NoReader(which.clone()))?;
+        device
+            .initiator_init()
+            .map_err(|e| NfcError::ReaderUnplugged(format!("{e:?}")))?;
+        let _ = device.set_property_bool(Property::InfiniteSelect, false);
+        let connstring = device.connstring().to_owned();
+        Ok(Self {
+            device,
+            _context: context,
+            connstring,
+        })
+    }
+
+    /// The reader's connection string.
+    pub fn connstring(&self) -> &str {
+        &self.connstring
+    }
+
+    fn reset_framing(&mut self) -> NfcResult<()> {
+        let d = &mut self.device;
+        for (p, v) in [
+            (Property::HandleCrc, true),
+            (Property::HandleParity, true),
+            (Property::EasyFraming, true),
+        ] {
+            d.set_property_bool(p, v)
+                .map_err(|e| NfcError::ReaderUnplugged(format!("{e:?}")))?;
+        }
+        Ok(())
+    }
+
+    /// Selects the tag in the field, if any; `TwoTags` when there are several.
+    pub fn select(&mut self) -> NfcResult<Option<TagInfo>> {
+        self.reset_framing()?;
+        let targets = match self.device.initiator_list_passive_targets(&ISO14443A, 2) {
+            Ok(t) => t,
+            Err(nfc1::Error::Timeout) => return Ok(None),
+            Err(e @ (nfc1::Error::Io | nfc1::Error::NoSuchDeviceFound)) => {
+                return Err(NfcError::ReaderUnplugged(format!("{e:?}")))
+            }
+            Err(_) => return Ok(None),
+        };
+        let mut found: Vec<TagInfo> = targets
+            .into_iter()
+            .filter_map(|t| match t.target_info {
+                TargetInfo::Iso14443a(a) if a.uid_len > 0 => Some(TagInfo {
+                    uid: a.uid[..a.uid_len.min(10)].to_vec(),
+                    atqa: a.atqa,
+                    sak: a.sak,
+                    family: CardFamily::of(a.sak, a.uid_len),
+                }),
+                _ => None,
+            })
+            .collect();
+        found.dedup_by(|a, b| a.uid == b.uid);
+        match found.len() {
+            0 => Ok(None),
+            1 => {
+                let tag = found.remove(0);
+                // list_passive_targets leaves it deselected: select it again for what follows.
+                match self.device.initiator_select_passive_target(&ISO14443A) {
+                    Ok(_) => Ok(Some(tag)),
+                    Err(_) => Err(NfcError::TagRemoved),
+                }
+            }
+            _ => Err(NfcError::TwoTags),
+        }
+    }
+
+    /// Waits for a tag until `timeout`, polling; `cancel` stops the wait.
+    pub fn wait_for_tag(&mut self, timeout: Duration, cancel: &AtomicBool) -> NfcResult<TagInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(NfcError::Cancelled);
+            }
+            if let Some(tag) = self.select()? {
+                return Ok(tag);
+            }
+            if Instant::now() >= deadline {
+                return Err(NfcError::NoTag);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn exchange(&mut self, tx: &[u8], rx: usize) -> nfc1::Result<Vec<u8>> {
+        self.device
+            .initiator_transceive_bytes(tx, rx, Timeout::Default)
+    }
+
+    fn authenticate(&mut self, block: u8, uid: &[u8]) -> NfcResult<()> {
+        let mut cmd = vec![0x60, block];
+        cmd.extend_from_slice(&FACTORY_KEY);
+        cmd.extend_from_slice(&uid[..4]);
+        match self.exchange(&cmd, 0) {
+            Ok(_) => Ok(()),
+            Err(nfc1::Error::MifareAuthFailed) => Err(NfcError::AuthFailed),
+            Err(_) => Err(self.lost_or(NfcError::AuthFailed)),
+        }
+    }
+
+    /// After a failed exchange: `TagRemoved` when the card is gone, else `other`.
+    fn lost_or(&mut self, other: NfcError) -> NfcError {
+        let _ = self.device.initiator_deselect_target();
+        match self.select() {
+            Ok(Some(_)) => other,
+            Ok(None) => NfcError::TagRemoved,
+            Err(e) => e,
+        }
+    }
+
+    /// Reads block 0 with the factory key (the tag must be selected).
+    pub fn read_block0(&mut self, tag: &TagInfo) -> NfcResult<[u8; 16]> {
+        if !tag.family.is_classic() || tag.uid.len() != 4 {
+            return Err(NfcError::NotWritable(format!(
+                "{} card",
+                tag.family.as_str()
+            )));
+        }
+        self.authenticate(0, &tag.uid)?;
+        match self.exchange(&[0x30, 0x00], 16) {
+            Ok(d) if d.len() >= 16 => Ok(d[..16].try_into().expect("16 bytes")),
+            _ => Err(self.lost_or(NfcError::ReaderUnplugged("short read".into()))),
+        }
+    }
+
+    /// Tries the Gen1a backdoor; `Ok(true)` when the card answered the unlock.
+    fn gen1a_unlock(&mut self) -> NfcResult<bool> {
+        let d = &mut self.device;
+        let fail = |e: nfc1::Error| NfcError::ReaderUnplugged(format!("{e:?}"));
+        d.set_property_bool(Property::HandleCrc, false)
+            .map_err(fail)?;
+        d.set_property_bool(Property::EasyFraming, false)
+            .map_err(fail)?;
+        // HLTA: a halted card answers nothing, which libnfc reports as an error.
+        let _ = d.initiator_transceive_bytes(&[0x50, 0x00, 0x57, 0xCD], 0, Timeout::Default);
+        let a = d.initiator_transceive_bits(&[0x40], 7, 1);
+        if !matches!(a.as_deref(), Ok([0x0A, ..])) {
+            return Ok(false);
+        }
+        let b = d.initiator_transceive_bytes(&[0x43], 1, Timeout::Default);
+        Ok(matches!(b.as_deref(), Ok([0x0A, ..])))
+    }
+
+    fn gen1a_write_block0(&mut self, block0: &[u8; 16]) -> NfcResult<()> {
+        for frame in [with_crc(&[0xA0, 0x00]), with_crc(block0)] {
+            match self
+                .device
+                .initiator_transceive_bytes(&frame, 1, Timeout::Default)
+            {
+                Ok(ack) if ack.first().is_some_and(|a| a & 0x0F == 0x0A) => {}
+                _ => {
+                    return Err(self.lost_or(NfcError::NotWritable(
+                        "the Gen1a card refused the write".into(),
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `block0` onto the blank selected on the reader (Gen1a if it
+    /// answers the unlock, else a direct Gen2 write), then verifies: reads
+    /// block 0 back, releases, selects the card again and compares the UID.
+    pub fn write_block0(&mut self, blank: &TagInfo, block0: &[u8; 16]) -> NfcResult<BlankKind> {
+        validate_block0(block0)?;
+        if !blank.family.is_classic() || blank.uid.len() != 4 {
+            return Err(NfcError::NotWritable(format!(
+                "{} card, not a MIFARE Classic blank",
+                blank.family.as_str()
+            )));
+        }
+        let kind = if self.gen1a_unlock()? {
+            self.gen1a_write_block0(block0)?;
+            BlankKind::Gen1a
+        } else {
+            // Not Gen1a: select again with normal framing and try a Gen2 write.
+            let _ = self.device.initiator_deselect_target();
+            let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
+            if tag.uid != blank.uid {
+                return Err(NfcError::TwoTags);
+            }
+            self.authenticate(0, &tag.uid)?;
+            let mut cmd = vec![0xA0, 0x00];
+            cmd.extend_from_slice(block0);
+            if self.exchange(&cmd, 0).is_err() {
+                return Err(self.lost_or(NfcError::NotWritable(
+                    "block 0 is read-only: not a magic card".into(),
+                )));
+            }
+            BlankKind::Gen2
+        };
+        self.verify(block0)?;
+        Ok(kind)
+    }
+
+    fn verify(&mut self, block0: &[u8; 16]) -> NfcResult<()> {
+        self.reset_framing()?;
+        let _ = self.device.initiator_deselect_target();
+        let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
+        let expected_uid = &block0[..4];
+        if tag.uid != expected_uid {
+            return Err(NfcError::VerifyFailed {
+                expected: Hex(expected_uid).to_string(),
+                got: tag.uid_hex(),
+            });
+        }
+        let back = self.read_block0(&tag)?;
+        if &back != block0 {
+            return Err(NfcError::VerifyFailed {
+                expected: Hex(block0).to_string(),
+                got: Hex(&back).to_string(),
+            });
+        }
+        let _ = self.device.initiator_deselect_target();
+        let again = self.select()?.ok_or(NfcError::TagRemoved)?;
+        if again.uid != expected_uid {
+            return Err(NfcError::VerifyFailed {
+                expected: Hex(expected_uid).to_string(),
+                got: again.uid_hex(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases the selected tag.
+    pub fn release(&mut self) {
+        let _ = self.device.initiator_deselect_target();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block0_is_built_and_checked() {
+        let b = build_block0(&[0x04, 0xAB, 0x12, 0xCD], 0x08, [0x00, 0x04], None).unwrap();
+        assert_eq!(b[4], 0x04 ^ 0xAB ^ 0x12 ^ 0xCD);
+        assert_eq!((b[5], b[6], b[7]), (0x08, 0x04, 0x00));
+        assert!(build_block0(&[1, 2, 3, 4, 5, 6, 7], 0x08, [0, 4], None).is_err());
+        assert!(build_block0(&[0x88, 2, 3, 4], 0x08, [0, 4], None).is_err());
+        assert!(build_block0(&[1, 2, 3, 4], 0x04, [0, 4], None).is_err());
+        let mut bad = b;
+        bad[4] ^= 1;
+        assert!(validate_block0(&bad).is_err());
+    }
+
+    #[test]
+    fn crc_a_known_values() {
+        assert_eq!(crc_a(&[0x50, 0x00]), [0x57, 0xCD]);
+    }
+}

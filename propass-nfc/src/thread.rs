@@ -1,0 +1,73 @@
+//! The reader on its own OS thread: libnfc's calls block (a wait for a tag
+//! can last seconds), so they never run on the async runtime.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use crate::error::{NfcError, NfcResult};
+use crate::reader::Reader;
+
+type Job = Box<dyn FnOnce(&mut Option<Reader>, &Option<String>, &AtomicBool) + Send>;
+
+/// A handle to the reader thread. Cloneable; the thread ends when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct ReaderThread {
+    tx: mpsc::Sender<Job>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl ReaderThread {
+    /// Starts the thread; the reader (named by `connstring`, or the first
+    /// one) is opened at the first job, and again after it was unplugged.
+    pub fn spawn(connstring: Option<String>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        std::thread::Builder::new()
+            .name("nfc-reader".into())
+            .spawn(move || {
+                let mut reader: Option<Reader> = None;
+                for job in rx {
+                    flag.store(false, Ordering::SeqCst);
+                    job(&mut reader, &connstring, &flag);
+                }
+            })?;
+        Ok(Self { tx, cancel })
+    }
+
+    /// Runs `f` with the open reader on the reader thread.
+    pub async fn run<R, F>(&self, f: F) -> NfcResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Reader, &AtomicBool) -> NfcResult<R> + Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |slot, connstring, cancel| {
+            let r = (|| {
+                if slot.is_none() {
+                    *slot = Some(Reader::open(connstring.as_deref())?);
+                }
+                let reader = slot.as_mut().expect("opened");
+                let r = f(reader, cancel);
+                if matches!(r, Err(NfcError::ReaderUnplugged(_))) {
+                    *slot = None;
+                }
+                r
+            })();
+            let _ = done.send(r);
+        });
+        self.tx
+            .send(job)
+            .map_err(|_| NfcError::ReaderUnplugged("reader thread stopped".into()))?;
+        result
+            .await
+            .map_err(|_| NfcError::ReaderUnplugged("reader thread stopped".into()))?
+    }
+
+    /// Cancels the wait in progress (the job then fails with `Cancelled`).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+}
