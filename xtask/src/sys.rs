@@ -140,15 +140,49 @@ pub fn is_root() -> bool {
 /// Debian packages the project needs, with a program each provides.
 const PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config")];
 
-/// Installs missing system packages with apt-get as root, or says exactly what to run.
+/// Whether libnfc's development files are installed (pkg-config knows libnfc).
+fn has_libnfc() -> bool {
+    Command::new("pkg-config").args(["--exists", "libnfc"]).status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// Whether bindgen (run by nfc1-sys) finds libclang and clang's own headers
+/// (`stdbool.h`): Debian's `libclang1-14` and `libclang-common-14-dev`.
+fn has_libclang() -> bool {
+    let dirs = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"];
+    let lib = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+        .map(|e| e.path().join("lib"))
+        .chain(dirs.iter().map(PathBuf::from))
+        .any(|d| {
+            std::fs::read_dir(&d).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().starts_with("libclang") && e.file_name().to_string_lossy().contains(".so"))
+        });
+    let headers = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+        .any(|e| {
+            std::fs::read_dir(e.path().join("lib/clang")).into_iter().flatten().flatten().any(|v| v.path().join("include/stdbool.h").is_file())
+        });
+    lib && headers
+}
+
+/// Installs missing system packages with apt-get as root, or says exactly what to run:
+/// PostgreSQL, pkg-config, libnfc's development files and the libclang that
+/// nfc1-sys's bindgen needs.
 pub fn ensure_packages() -> Result<(), String> {
-    let mut missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, prog)| !on_path(prog))
-        .map(|(pkg, _)| *pkg)
-        .collect();
+    let mut missing: Vec<&str> = PACKAGES.iter().filter(|(_, prog)| !on_path(prog)).map(|(pkg, _)| *pkg).collect();
     if crate::pg::find_bin_dir().is_none() {
         missing.push("postgresql");
+    }
+    if !on_path("pkg-config") || !has_libnfc() {
+        missing.push("libnfc-dev");
+    }
+    if !has_libclang() {
+        missing.extend(["libclang1-14", "libclang-common-14-dev"]);
     }
     if missing.is_empty() {
         return Ok(());
@@ -156,6 +190,9 @@ pub fn ensure_packages() -> Result<(), String> {
     apt_install(&missing)?;
     if crate::pg::find_bin_dir().is_none() {
         return Err("PostgreSQL's initdb is still not found after installing postgresql".into());
+    }
+    if !has_libnfc() {
+        return Err("pkg-config still does not find libnfc after installing libnfc-dev".into());
     }
     Ok(())
 }
