@@ -53,6 +53,9 @@ pub enum ApiError {
     /// A login is needed first.
     #[error("{0}")]
     LoginRequired(String),
+    /// The reader or a card said no (the code says which).
+    #[error("{1}")]
+    Card(&'static str, String),
     /// Local failure.
     #[error("{0}")]
     Internal(String),
@@ -71,6 +74,7 @@ impl ApiError {
             Self::ServerUnreachable(_) => "server_unreachable",
             Self::ServerRefused(_) => "server_refused",
             Self::LoginRequired(_) => "login_required",
+            Self::Card(code, _) => code,
             Self::Internal(_) => "internal",
         }
     }
@@ -88,6 +92,9 @@ impl ResponseError for ApiError {
             }
             Self::ServerUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ServerRefused(_) => StatusCode::BAD_GATEWAY,
+            Self::Card("no_reader" | "reader_unplugged", _) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Card("no_tag", _) => StatusCode::REQUEST_TIMEOUT,
+            Self::Card(..) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,6 +125,35 @@ impl From<SyncError> for ApiError {
             SyncError::Server(_) => Self::ServerRefused(e.to_string()),
             SyncError::LoggedOut(_) | SyncError::NoServer => Self::LoginRequired(e.to_string()),
             SyncError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<propass_nfc::NfcError> for ApiError {
+    fn from(e: propass_nfc::NfcError) -> Self {
+        use propass_nfc::NfcError as N;
+        let code = match &e {
+            N::NoReader(_) => "no_reader",
+            N::ReaderUnplugged(_) => "reader_unplugged",
+            N::NoTag => "no_tag",
+            N::TwoTags => "two_tags",
+            N::NotWritable(_) => "card_not_writable",
+            N::AuthFailed => "auth_failed",
+            N::TagRemoved => "tag_removed",
+            N::VerifyFailed { .. } => "verify_failed",
+            N::InvalidBlock0(_) => "unsupported_badge",
+            N::Cancelled => "cancelled",
+        };
+        Self::Card(code, e.to_string())
+    }
+}
+
+impl From<crate::kiosk::KioskError> for ApiError {
+    fn from(e: crate::kiosk::KioskError) -> Self {
+        match e {
+            crate::kiosk::KioskError::Nfc(n) => n.into(),
+            crate::kiosk::KioskError::Store(s) => s.into(),
+            crate::kiosk::KioskError::Unsupported(m) => Self::Card("unsupported_badge", m),
         }
     }
 }
@@ -396,6 +432,71 @@ async fn events(agent: web::Data<Arc<Agent>>) -> HttpResponse {
         .streaming(stream.boxed_local())
 }
 
+async fn nfc_readers() -> ApiResult<HttpResponse> {
+    let readers = tokio::task::spawn_blocking(propass_nfc::list_readers)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(json!({"readers": readers})))
+}
+
+/// A tag as the API shows it.
+pub fn tag_json(t: &propass_nfc::TagInfo) -> serde_json::Value {
+    json!({"uid": t.uid_hex(), "atqa": format!("{:02X}{:02X}", t.atqa[0], t.atqa[1]), "sak": format!("{:02X}", t.sak), "family": t.family.as_str()})
+}
+
+async fn nfc_read(agent: web::Data<Arc<Agent>>) -> ApiResult<HttpResponse> {
+    let timeout = agent.config.card_timeout;
+    let tag = agent
+        .reader
+        .run(move |r, cancel| {
+            let t = r.wait_for_tag(timeout, cancel);
+            r.release();
+            t
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(tag_json(&tag)))
+}
+
+async fn nfc_cancel(agent: web::Data<Arc<Agent>>) -> HttpResponse {
+    agent.reader.cancel();
+    HttpResponse::Ok().json(json!({"success": true}))
+}
+
+/// `POST /v1/copy` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyRequest {
+    /// The client paying for the copy.
+    pub client_id: ClientId,
+}
+
+async fn copy_card(
+    agent: web::Data<Arc<Agent>>,
+    body: web::Json<CopyRequest>,
+) -> ApiResult<HttpResponse> {
+    let made = crate::kiosk::copy(&agent, body.client_id).await?;
+    Ok(HttpResponse::Created().json(json!({"success": true, "operation": made.operation, "remaining": made.remaining, "blank": made.blank})))
+}
+
+/// `POST /v1/write-card` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteCardRequest {
+    /// The client paying for the card.
+    pub client_id: ClientId,
+    /// The UID to put on the blank.
+    pub uid: BadgeUid,
+}
+
+async fn write_card(
+    agent: web::Data<Arc<Agent>>,
+    body: web::Json<WriteCardRequest>,
+) -> ApiResult<HttpResponse> {
+    let WriteCardRequest { client_id, uid } = body.into_inner();
+    let made = crate::kiosk::write(&agent, client_id, uid).await?;
+    Ok(HttpResponse::Created().json(json!({"success": true, "operation": made.operation, "remaining": made.remaining, "blank": made.blank})))
+}
+
 async fn not_found() -> ApiResult<HttpResponse> {
     Err(ApiError::NotFound)
 }
@@ -416,5 +517,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/v1/sync", web::post().to(sync_now))
     .route("/v1/login", web::post().to(login))
     .route("/v1/events", web::get().to(events))
+    .route("/v1/nfc/readers", web::get().to(nfc_readers))
+    .route("/v1/nfc/read", web::post().to(nfc_read))
+    .route("/v1/nfc/cancel", web::post().to(nfc_cancel))
+    .route("/v1/copy", web::post().to(copy_card))
+    .route("/v1/write-card", web::post().to(write_card))
     .default_service(web::to(not_found));
 }

@@ -63,6 +63,46 @@ enum Command {
     Record(RecordCmd),
     /// Stream the agent's events (NDJSON) until interrupted
     Events,
+    /// The NFC reader
+    #[command(subcommand)]
+    Nfc(NfcCmd),
+    /// Copy a customer's badge onto a blank at the reader, verify it, and record it
+    Copy {
+        /// Client paying for the copy
+        #[arg(long)]
+        client: i64,
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a UID from the records onto a blank at the reader, verify it, and record it
+    Write {
+        /// Client paying for the card
+        #[arg(long)]
+        client: i64,
+        /// The UID to write, hex (4 bytes)
+        #[arg(long)]
+        uid: String,
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NfcCmd {
+    /// Readers libnfc can see
+    List {
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a card and print it
+    Read {
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +267,54 @@ fn read_password() -> Result<String, String> {
     Ok(pw)
 }
 
+/// Prints the reader flow's steps (from the event stream) for the person at the kiosk.
+async fn print_card_progress(local: Local) {
+    let Ok(mut res) = local.http.get("http://agent/v1/events").send().await else {
+        return;
+    };
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if ev["type"] != "card_progress" {
+                continue;
+            }
+            let d = &ev["data"];
+            let uid = d["uid"].as_str().unwrap_or("");
+            match d["step"].as_str().unwrap_or("") {
+                "waiting_for_source" => eprintln!("place the customer's badge on the reader…"),
+                "source_read" => eprintln!("badge {uid} read; remove it"),
+                "waiting_for_blank" => eprintln!("place a blank card on the reader…"),
+                "writing" => eprintln!("writing {uid}…"),
+                "verified" => eprintln!("verified: the card reads back {uid}"),
+                "failed" => eprintln!("failed: {}", d["message"].as_str().unwrap_or("")),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn print_made(v: Value, as_json: bool) {
+    if as_json {
+        print_json(&v);
+    } else {
+        println!("{}", v["operation"]["id"]);
+        eprintln!(
+            "recorded {} #{} of {} for client {} on a {} blank ({} remaining)",
+            v["operation"]["type"].as_str().unwrap_or(""),
+            v["operation"]["id"],
+            v["operation"]["uid"].as_str().unwrap_or(""),
+            v["operation"]["client_id"],
+            v["blank"].as_str().unwrap_or(""),
+            v["remaining"]
+        );
+    }
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -368,6 +456,58 @@ async fn client_command(config: AgentConfig, command: Command) -> Result<(), Str
                     v["operation"]["id"], a.client, v["remaining"]
                 );
             }
+        }
+        Command::Nfc(NfcCmd::List { json: as_json }) => {
+            let v = local.call(Method::GET, "/v1/nfc/readers", None).await?;
+            if as_json {
+                print_json(&v);
+            } else {
+                for r in v["readers"].as_array().into_iter().flatten() {
+                    println!("{}", r.as_str().unwrap_or_default());
+                }
+            }
+        }
+        Command::Nfc(NfcCmd::Read { json: as_json }) => {
+            eprintln!("place a card on the reader…");
+            let v = local.call(Method::POST, "/v1/nfc/read", None).await?;
+            if as_json {
+                print_json(&v);
+            } else {
+                println!(
+                    "UID {}  ATQA {}  SAK {}  {}",
+                    v["uid"].as_str().unwrap_or(""),
+                    v["atqa"].as_str().unwrap_or(""),
+                    v["sak"].as_str().unwrap_or(""),
+                    v["family"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Command::Copy {
+            client,
+            json: as_json,
+        } => {
+            let progress = tokio::spawn(print_card_progress(Local::new(config.socket.clone())?));
+            let result = local
+                .call(Method::POST, "/v1/copy", Some(json!({"client_id": client})))
+                .await;
+            progress.abort();
+            print_made(result?, as_json);
+        }
+        Command::Write {
+            client,
+            uid,
+            json: as_json,
+        } => {
+            let progress = tokio::spawn(print_card_progress(Local::new(config.socket.clone())?));
+            let result = local
+                .call(
+                    Method::POST,
+                    "/v1/write-card",
+                    Some(json!({"client_id": client, "uid": uid})),
+                )
+                .await;
+            progress.abort();
+            print_made(result?, as_json);
         }
         Command::Events => {
             let mut res = local

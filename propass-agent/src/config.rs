@@ -35,6 +35,10 @@ pub struct AgentConfig {
     pub reconnect_max: Duration,
     /// WebSocket heartbeat. Default 20 s.
     pub ws_ping: Duration,
+    /// The NFC reader's libnfc connection string (e.g. `pn532_uart:/dev/ttyUSB0`); default: the first reader found.
+    pub reader: Option<String>,
+    /// How long the kiosk waits for a card to be placed. Default 30 s.
+    pub card_timeout: Duration,
 }
 
 /// The file's shape.
@@ -59,6 +63,10 @@ pub struct FileConfig {
     pub reconnect_max_ms: Option<u64>,
     /// See [`AgentConfig::ws_ping`].
     pub ws_ping_secs: Option<u64>,
+    /// See [`AgentConfig::reader`].
+    pub reader: Option<String>,
+    /// See [`AgentConfig::card_timeout`].
+    pub card_timeout_secs: Option<u64>,
 }
 
 impl AgentConfig {
@@ -135,6 +143,13 @@ impl AgentConfig {
                     .or(f.ws_ping_secs)
                     .unwrap_or(20)
                     .max(1),
+            ),
+            reader: env("PROPASS_READER").filter(|s| !s.is_empty()).or(f.reader),
+            card_timeout: Duration::from_secs(
+                num("PROPASS_CARD_TIMEOUT_SECS")?
+                    .or(f.card_timeout_secs)
+                    .unwrap_or(30)
+                    .clamp(1, 600),
             ),
         })
     }

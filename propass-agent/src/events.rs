@@ -38,6 +38,15 @@ pub enum AgentEvent {
         /// Why.
         reason: String,
     },
+    /// A step of the kiosk flow at the reader (copy or write).
+    CardProgress {
+        /// `waiting_for_source`, `source_read`, `waiting_for_blank`, `writing`, `verified` or `failed`.
+        step: &'static str,
+        /// The UID concerned, when known.
+        uid: Option<String>,
+        /// What went wrong, for `failed`.
+        message: Option<String>,
+    },
     /// Forwarded from the server: this kiosk's push committed.
     SyncCompleted(SyncCompleted),
     /// Forwarded from the server: a copy reached the ledger.

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod kiosk;
 pub mod store;
 pub mod sync;
 pub mod ws;

@@ -340,12 +340,40 @@ impl Store {
         uid: BadgeUid,
         occurred_at: Option<DateTime<Utc>>,
     ) -> StoreResult<(QueuedOp, i64)> {
+        self.insert_op(op_type, client, uid, occurred_at, true)
+            .await
+    }
+
+    /// Records a card the reader has already made and verified: it exists, so
+    /// it is never refused — no quota check (the caller checked before
+    /// cloning; an overdraft is flagged by the server).
+    pub async fn record_made(
+        &self,
+        op_type: OpType,
+        client: ClientId,
+        uid: BadgeUid,
+    ) -> StoreResult<(QueuedOp, i64)> {
+        self.insert_op(op_type, client, uid, None, false).await
+    }
+
+    async fn insert_op(
+        &self,
+        op_type: OpType,
+        client: ClientId,
+        uid: BadgeUid,
+        occurred_at: Option<DateTime<Utc>>,
+        enforce_quota: bool,
+    ) -> StoreResult<(QueuedOp, i64)> {
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let quota = quota_of(&tx, client)?.ok_or(StoreError::UnknownClient(client))?;
-            if quota.remaining <= 0 {
-                return Err(StoreError::QuotaExhausted { client, remaining: quota.remaining });
+            let quota = quota_of(&tx, client)?;
+            if enforce_quota {
+                let q = quota.as_ref().ok_or(StoreError::UnknownClient(client))?;
+                if q.remaining <= 0 {
+                    return Err(StoreError::QuotaExhausted { client, remaining: q.remaining });
+                }
             }
+            let remaining_before = quota.map(|q| q.remaining).unwrap_or(0);
             let op_id = OpId::new_v7();
             let created = now();
             let occurred = occurred_at.unwrap_or(created);
@@ -368,7 +396,7 @@ impl Store {
                 created_at: created,
                 synced_at: None,
             };
-            Ok((op, quota.remaining - 1))
+            Ok((op, remaining_before - 1))
         })
         .await
     }

@@ -76,6 +76,8 @@ pub struct Agent {
     pub kick: Notify,
     /// Wakes the WebSocket loop (login).
     pub ws_kick: Notify,
+    /// The NFC reader, on its own thread (opened at first use).
+    pub reader: propass_nfc::ReaderThread,
     state: Mutex<LinkState>,
     http: reqwest::Client,
     sync_lock: tokio::sync::Mutex<()>,
@@ -200,6 +202,8 @@ impl Agent {
             .build()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (events, _) = broadcast::channel(1024);
+        let reader = propass_nfc::ReaderThread::spawn(config.reader.clone())
+            .map_err(|e| StoreError::Invalid(format!("cannot start the reader thread: {e}")))?;
         Ok(Arc::new(Self {
             store,
             config,
@@ -207,6 +211,7 @@ impl Agent {
             events,
             kick: Notify::new(),
             ws_kick: Notify::new(),
+            reader,
             state: Mutex::new(LinkState {
                 login_required,
                 ..LinkState::default()

@@ -142,13 +142,21 @@ const PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config")];
 
 /// Whether libnfc's development files are installed (pkg-config knows libnfc).
 fn has_libnfc() -> bool {
-    Command::new("pkg-config").args(["--exists", "libnfc"]).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("pkg-config")
+        .args(["--exists", "libnfc"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Whether bindgen (run by nfc1-sys) finds libclang and clang's own headers
 /// (`stdbool.h`): Debian's `libclang1-14` and `libclang-common-14-dev`.
 fn has_libclang() -> bool {
-    let dirs = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"];
+    let dirs = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ];
     let lib = std::fs::read_dir("/usr/lib")
         .into_iter()
         .flatten()
@@ -157,7 +165,14 @@ fn has_libclang() -> bool {
         .map(|e| e.path().join("lib"))
         .chain(dirs.iter().map(PathBuf::from))
         .any(|d| {
-            std::fs::read_dir(&d).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().starts_with("libclang") && e.file_name().to_string_lossy().contains(".so"))
+            std::fs::read_dir(&d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    e.file_name().to_string_lossy().starts_with("libclang")
+                        && e.file_name().to_string_lossy().contains(".so")
+                })
         });
     let headers = std::fs::read_dir("/usr/lib")
         .into_iter()
@@ -165,7 +180,11 @@ fn has_libclang() -> bool {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
         .any(|e| {
-            std::fs::read_dir(e.path().join("lib/clang")).into_iter().flatten().flatten().any(|v| v.path().join("include/stdbool.h").is_file())
+            std::fs::read_dir(e.path().join("lib/clang"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|v| v.path().join("include/stdbool.h").is_file())
         });
     lib && headers
 }
@@ -174,7 +193,11 @@ fn has_libclang() -> bool {
 /// PostgreSQL, pkg-config, libnfc's development files and the libclang that
 /// nfc1-sys's bindgen needs.
 pub fn ensure_packages() -> Result<(), String> {
-    let mut missing: Vec<&str> = PACKAGES.iter().filter(|(_, prog)| !on_path(prog)).map(|(pkg, _)| *pkg).collect();
+    let mut missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, prog)| !on_path(prog))
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if crate::pg::find_bin_dir().is_none() {
         missing.push("postgresql");
     }

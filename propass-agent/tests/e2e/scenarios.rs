@@ -436,3 +436,135 @@ async fn sigterm_stops_the_agent_cleanly() {
         1
     );
 }
+
+/// Waits on the agent's event stream for a `card_progress` step.
+async fn wait_step(events: &mut reqwest::Response, step: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = String::new();
+    while Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), events.chunk())
+            .await
+            .expect("events")
+            .unwrap()
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        if buf
+            .lines()
+            .any(|l| l.contains("card_progress") && l.contains(&format!("\"step\":\"{step}\"")))
+        {
+            return;
+        }
+    }
+    panic!("no {step} step; events: {buf}");
+}
+
+/// The kiosk flow on an emulated PN532 through the real libnfc: badge read,
+/// Gen1a blank cloned and verified, copy recorded and synced; a card that is
+/// not magic fails and records nothing.
+#[tokio::test]
+async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
+    use propass_nfc::emulator::{Emulator, Tag, TagKind};
+    let server = Server::new().await;
+    let client = server.add_client("Reader Co", 5);
+    let emu = Emulator::start(Some(Tag::classic(
+        TagKind::Classic1k,
+        [0x04, 0xAB, 0x12, 0xCD],
+    )))
+    .unwrap();
+    let conn = emu.connstring();
+    let agent = Agent::new(
+        &server.url(),
+        &[
+            ("PROPASS_READER", conn.as_str()),
+            ("PROPASS_CARD_TIMEOUT_SECS", "20"),
+        ],
+    )
+    .await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200);
+
+    let (s, v) = agent.call(Method::POST, "/v1/nfc/read", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["uid"], "04AB12CD");
+    assert_eq!(v["family"], "mifare_classic_1k");
+
+    // A good copy onto a Gen1a blank.
+    let mut events = agent
+        .http
+        .get("http://agent/v1/events")
+        .send()
+        .await
+        .unwrap();
+    let http = agent.http.clone();
+    let copy = tokio::spawn(async move {
+        let res = http
+            .post("http://agent/v1/copy")
+            .json(&json!({"client_id": client}))
+            .send()
+            .await
+            .unwrap();
+        (
+            res.status().as_u16(),
+            res.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    wait_step(&mut events, "waiting_for_blank").await;
+    emu.place(Some(Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04])));
+    let (s, v) = copy.await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["blank"], "gen1a");
+    assert_eq!(v["operation"]["uid"], "04AB12CD");
+    assert_eq!(
+        emu.tag().unwrap().uid(),
+        vec![0x04, 0xAB, 0x12, 0xCD],
+        "the blank carries the badge's UID"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            server.ledger_count().await == 1
+        })
+        .await
+    );
+
+    // A plain card offered as the blank: refused, nothing recorded.
+    emu.place(Some(Tag::classic(
+        TagKind::Classic1k,
+        [0x04, 0xAB, 0x12, 0xCD],
+    )));
+    let mut events = agent
+        .http
+        .get("http://agent/v1/events")
+        .send()
+        .await
+        .unwrap();
+    let http = agent.http.clone();
+    let copy = tokio::spawn(async move {
+        let res = http
+            .post("http://agent/v1/copy")
+            .json(&json!({"client_id": client}))
+            .send()
+            .await
+            .unwrap();
+        (
+            res.status().as_u16(),
+            res.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    wait_step(&mut events, "waiting_for_blank").await;
+    emu.place(Some(Tag::classic(
+        TagKind::Classic1k,
+        [0x0A, 0x0B, 0x0C, 0x0D],
+    )));
+    let (s, v) = copy.await.unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("card_not_writable")),
+        "{v}"
+    );
+    let st = agent.status().await;
+    assert_eq!(
+        st["queue"]["pending"].as_i64().unwrap() + st["queue"]["synced"].as_i64().unwrap(),
+        1,
+        "nothing recorded for the failed copy"
+    );
+}
