@@ -256,9 +256,9 @@ pub struct PushResponse {
     pub success: bool,
     /// One result per item, in the order of the request.
     pub data: Vec<PushItemResult>,
-    /// Optional: the remaining quota, right after this batch committed, of
-    /// every client it charged. Lets a kiosk update its cache in the same
-    /// step that marks the items synced.
+    /// Optional: the remaining quota, as of this batch's commit, of every
+    /// known client the batch names (duplicates included). Lets a kiosk
+    /// update its cache in the same step that marks the items synced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaUpdated>,
 }

@@ -392,8 +392,10 @@ pub enum Outcome {
 pub struct BatchOutcome {
     /// One per input op, same order.
     pub outcomes: Vec<Outcome>,
-    /// New remaining of every client charged by this batch.
+    /// New remaining of every client charged by this batch (broadcast).
     pub quotas: Vec<QuotaUpdated>,
+    /// Remaining of every known client the batch names, charged or not (answered to the pusher).
+    pub remaining: Vec<QuotaUpdated>,
 }
 
 #[derive(QueryableByName)]
@@ -663,7 +665,31 @@ async fn record_batch_tx(
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Outcome::Failed("internal: operation not processed".into())))
         .collect();
-    Ok(BatchOutcome { outcomes, quotas })
+    // The remaining of every client the batch names — duplicates included — so
+    // that a kiosk whose retry comes back all-duplicate still learns the truth
+    // in the same answer that marks its items synced.
+    let mut named: Vec<i64> = ops.iter().map(|o| o.item.payload.client_id.get()).collect();
+    named.sort_unstable();
+    named.dedup();
+    let remaining = diesel::sql_query(
+        "SELECT client_id, total - used AS remaining FROM quotas WHERE client_id = ANY($1)",
+    )
+    .bind::<Array<BigInt>, _>(&named)
+    .load::<QuotaRow>(conn)
+    .await?
+    .into_iter()
+    .filter_map(|r| {
+        Some(QuotaUpdated {
+            client_id: ClientId::new(r.client_id).ok()?,
+            remaining: r.remaining,
+        })
+    })
+    .collect();
+    Ok(BatchOutcome {
+        outcomes,
+        quotas,
+        remaining,
+    })
 }
 
 /// A ledger row, for tests and reports.

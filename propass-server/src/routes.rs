@@ -290,7 +290,7 @@ pub async fn push(
     Ok(HttpResponse::Ok().json(PushResponse {
         success: true,
         data,
-        quotas: outcome.quotas,
+        quotas: outcome.remaining,
     }))
 }
 

@@ -86,6 +86,14 @@ impl Hub {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Open connections of one device.
+    pub fn device_connections(&self, device_id: &str) -> usize {
+        self.lock()
+            .values()
+            .filter(|c| c.device_id == device_id)
+            .count()
+    }
+
     /// Open connections.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -172,6 +180,11 @@ pub async fn upgrade(
         }
     }
     ensure_device_active(&state, &claims.device_id).await?;
+    if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
+        return Err(ApiError::RateLimited {
+            retry_after_secs: 5,
+        });
+    }
 
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::InvalidRequest(format!("expected a WebSocket upgrade: {e}")))?;
@@ -183,7 +196,7 @@ pub async fn upgrade(
     tracing::info!(conn = id, device = %claims.device_id, "websocket connected");
     let state = state.into_inner();
     actix_web::rt::spawn(async move {
-        let reason = run_session(&state, session, stream, rx).await;
+        let reason = run_session(&state, &claims, session, stream, rx).await;
         state.hub.unregister(id);
         tracing::info!(conn = id, device = %claims.device_id, reason, "websocket closed");
     });
@@ -224,8 +237,12 @@ impl RateLimit {
 /// How many queued messages are looked at together for coalescing.
 const COALESCE_WINDOW: usize = 64;
 
+/// WebSockets one device may hold open at once.
+pub const MAX_CONNECTIONS_PER_DEVICE: usize = 8;
+
 async fn run_session(
     state: &AppState,
+    claims: &crate::auth::Claims,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
     mut rx: mpsc::Receiver<Group>,
@@ -255,7 +272,7 @@ async fn run_session(
                         match serde_json::from_str::<WsMessage>(&text) {
                             Ok(WsMessage::Ping) => {
                                 let pong = serde_json::to_string(&WsMessage::Pong).unwrap_or_default();
-                                if session.text(pong).await.is_err() { break ("send failed", None) }
+                                if !send(&mut session, pong, cfg.ws_client_timeout).await { break ("send failed", None) }
                             }
                             Ok(other) => tracing::debug!(?other, "ignoring client message"),
                             Err(e) => tracing::debug!(error = %e, "ignoring unparsable client message"),
@@ -267,6 +284,9 @@ async fn run_session(
                         }
                     }
                     AggregatedMessage::Ping(bytes) => {
+                        if !limit.allow() {
+                            break ("rate limited", close(CloseCode::Policy, "rate limit exceeded"));
+                        }
                         if session.pong(&bytes).await.is_err() { break ("send failed", None) }
                     }
                     AggregatedMessage::Pong(_) => {}
@@ -288,7 +308,7 @@ async fn run_session(
                 let mut failed = false;
                 for (i, m) in batch.into_iter().enumerate() {
                     if m.quota_client.is_some_and(|c| latest.get(&c) != Some(&i)) { continue }
-                    if session.text(m.text.to_string()).await.is_err() { failed = true; break }
+                    if !send(&mut session, m.text.to_string(), cfg.ws_client_timeout).await { failed = true; break }
                 }
                 if failed { break ("send failed", None) }
             }
@@ -296,11 +316,31 @@ async fn run_session(
                 if last_heard.elapsed() > cfg.ws_client_timeout {
                     break ("heartbeat timeout", close(CloseCode::Away, "heartbeat timeout"));
                 }
+                if claims.exp < chrono::Utc::now().timestamp() {
+                    break ("token expired", close(CloseCode::Policy, "token expired: refresh it and reconnect"));
+                }
+                if matches!(ensure_device_active(state, &claims.device_id).await, Err(ApiError::DeviceRevoked(_))) {
+                    break ("device revoked", close(CloseCode::Policy, "device revoked"));
+                }
                 if session.ping(b"").await.is_err() { break ("send failed", None) }
             }
         }
     };
     let (why, close_reason) = reason;
-    let _ = session.close(close_reason).await;
+    // A bounded wait: a peer that stopped reading must not hold the session.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        session.close(close_reason),
+    )
+    .await;
     why
+}
+
+/// Sends one text frame, giving up after `limit`: a peer that stopped
+/// reading fills actix-ws's bounded buffer and must not block the session.
+async fn send(session: &mut actix_ws::Session, text: String, limit: std::time::Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, session.text(text)).await,
+        Ok(Ok(()))
+    )
 }

@@ -41,6 +41,12 @@ async fn push_records_and_counts_each_copy_once() {
         .all(|r| r["status"] == "synced" && r["duplicate"] == true));
     assert_eq!(app.ledger_count().await, 3);
     assert_eq!(app.remaining(&token, client).await, 7);
+    // Even an all-duplicate answer tells the kiosk where its quota stands.
+    let third: Value = app.push(&token, &body).await.json().await.unwrap();
+    assert_eq!(
+        third["quotas"],
+        json!([{"client_id": client, "remaining": 7}])
+    );
 }
 
 #[tokio::test]

@@ -209,3 +209,24 @@ async fn an_operator_top_up_reaches_connected_kiosks() {
     assert_eq!(q["data"]["client_id"], client);
     assert_eq!(q["data"]["remaining"], expected);
 }
+
+#[tokio::test]
+async fn a_revoked_device_loses_its_open_websocket() {
+    let app = spawn_with(|c| c.ws_heartbeat = Duration::from_millis(200)).await;
+    let token = app.token("K1").await;
+    let mut ws = app.ws("/ws", &token, "K1").await;
+    send_json(&mut ws, &json!({"type": "ping"})).await;
+    assert_eq!(
+        next_json(&mut ws, WAIT).await,
+        Some(json!({"type": "pong"}))
+    );
+    app.revoke("K1").await;
+    let closed = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected the server to close the socket, got {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(CloseCode::Policy));
+}
