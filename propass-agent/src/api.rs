@@ -44,6 +44,9 @@ pub enum ApiError {
     /// No copies left.
     #[error("{0}")]
     QuotaExhausted(String),
+    /// The request contradicts what is recorded (op_id reuse, unsynced work on a server change).
+    #[error("{0}")]
+    Conflict(String),
     /// The server is unreachable.
     #[error("{0}")]
     ServerUnreachable(String),
@@ -71,6 +74,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::UnknownClient(_) => "unknown_client",
             Self::QuotaExhausted(_) => "quota_exhausted",
+            Self::Conflict(_) => "conflict",
             Self::ServerUnreachable(_) => "server_unreachable",
             Self::ServerRefused(_) => "server_refused",
             Self::LoginRequired(_) => "login_required",
@@ -87,9 +91,10 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::UnknownClient(_) | Self::QuotaExhausted(_) | Self::LoginRequired(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::UnknownClient(_)
+            | Self::QuotaExhausted(_)
+            | Self::LoginRequired(_)
+            | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::ServerUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ServerRefused(_) => StatusCode::BAD_GATEWAY,
             Self::Card("no_reader" | "reader_unplugged", _) => StatusCode::SERVICE_UNAVAILABLE,
@@ -113,6 +118,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::UnknownClient(_) => Self::UnknownClient(e.to_string()),
             StoreError::QuotaExhausted { .. } => Self::QuotaExhausted(e.to_string()),
+            StoreError::OpIdConflict(_) => Self::Conflict(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -124,6 +130,7 @@ impl From<SyncError> for ApiError {
             SyncError::Offline(_) => Self::ServerUnreachable(e.to_string()),
             SyncError::Server(_) => Self::ServerRefused(e.to_string()),
             SyncError::LoggedOut(_) | SyncError::NoServer => Self::LoginRequired(e.to_string()),
+            SyncError::UnsyncedWork(_) => Self::Conflict(e.to_string()),
             SyncError::Store(s) => s.into(),
         }
     }
@@ -347,6 +354,8 @@ pub struct RecordRequest {
     pub uid: BadgeUid,
     /// When the card was made (default: now).
     pub occurred_at: Option<DateTime<Utc>>,
+    /// The caller's own id for this operation (a UUID): makes a retry safe.
+    pub op_id: Option<propass_protocol::OpId>,
 }
 
 async fn record(
@@ -358,11 +367,18 @@ async fn record(
         client_id,
         uid,
         occurred_at,
+        op_id,
     } = body.into_inner();
-    let (op, remaining) = agent
+    let (op, remaining, replay) = agent
         .store
-        .record(op_type, client_id, uid, occurred_at)
+        .record(op_type, client_id, uid, occurred_at, op_id)
         .await?;
+    if replay {
+        // A retry of an operation already recorded: the same answer, nothing more.
+        return Ok(HttpResponse::Ok().json(
+            json!({"success": true, "operation": op, "remaining": remaining, "duplicate": true}),
+        ));
+    }
     tracing::info!(id = op.id, op_id = %op.op_id, client = %client_id, "recorded");
     agent.emit(AgentEvent::Recorded(op.clone()));
     agent.emit(AgentEvent::QuotaUpdated {

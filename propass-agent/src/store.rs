@@ -37,7 +37,8 @@ use serde::Serialize;
 pub const APPLICATION_ID: i32 = 0x5052_5053;
 
 /// Schema migrations, applied in order; `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE queue (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     op_id       TEXT NOT NULL UNIQUE,
@@ -62,7 +63,11 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX queue_client_status ON queue (client_id, status);
+"#,
+];
 
 /// What can go wrong with the local database.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +101,9 @@ pub enum StoreError {
     /// Any other SQLite failure.
     #[error("local database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The caller's op_id is already used by a different operation.
+    #[error("op_id {0} is already used by a different operation")]
+    OpIdConflict(OpId),
     /// A stored value does not parse (the file was edited by hand).
     #[error("local database holds an invalid value: {0}")]
     Invalid(String),
@@ -333,15 +341,46 @@ impl Store {
 
     /// Records one operation: checks the local quota and enqueues the item in
     /// one transaction. Returns the item and the client's remaining after it.
+    ///
+    /// With an `op_id` chosen by the caller, recording is idempotent: a retry
+    /// (the caller never saw the answer) returns the operation already
+    /// recorded, with `true`, and records nothing more.
     pub async fn record(
         &self,
         op_type: OpType,
         client: ClientId,
         uid: BadgeUid,
         occurred_at: Option<DateTime<Utc>>,
-    ) -> StoreResult<(QueuedOp, i64)> {
-        self.insert_op(op_type, client, uid, occurred_at, true)
-            .await
+        op_id: Option<OpId>,
+    ) -> StoreResult<(QueuedOp, i64, bool)> {
+        if let Some(op) = op_id {
+            if let Some(existing) = self.find(op).await? {
+                if existing.op_type != op_type
+                    || existing.client_id != client
+                    || existing.uid != uid
+                {
+                    return Err(StoreError::OpIdConflict(op));
+                }
+                let remaining = self
+                    .quotas()
+                    .await?
+                    .into_iter()
+                    .find(|q| q.client_id == client)
+                    .map(|q| q.remaining)
+                    .unwrap_or(0);
+                return Ok((existing, remaining, true));
+            }
+        }
+        let (op, remaining) = self
+            .insert_op(op_type, client, uid, occurred_at, true, op_id)
+            .await?;
+        Ok((op, remaining, false))
+    }
+
+    /// The operation with this op_id.
+    pub async fn find(&self, op_id: OpId) -> StoreResult<Option<QueuedOp>> {
+        let all = self.list_where("op_id = ?1", op_id.to_string(), 1).await?;
+        Ok(all.into_iter().next())
     }
 
     /// Records a card the reader has already made and verified: it exists, so
@@ -353,7 +392,8 @@ impl Store {
         client: ClientId,
         uid: BadgeUid,
     ) -> StoreResult<(QueuedOp, i64)> {
-        self.insert_op(op_type, client, uid, None, false).await
+        self.insert_op(op_type, client, uid, None, false, None)
+            .await
     }
 
     async fn insert_op(
@@ -363,6 +403,7 @@ impl Store {
         uid: BadgeUid,
         occurred_at: Option<DateTime<Utc>>,
         enforce_quota: bool,
+        op_id: Option<OpId>,
     ) -> StoreResult<(QueuedOp, i64)> {
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -374,7 +415,7 @@ impl Store {
                 }
             }
             let remaining_before = quota.map(|q| q.remaining).unwrap_or(0);
-            let op_id = OpId::new_v7();
+            let op_id = op_id.unwrap_or_else(OpId::new_v7);
             let created = now();
             let occurred = occurred_at.unwrap_or(created);
             tx.execute(
@@ -412,11 +453,28 @@ impl Store {
         status: Option<ItemStatus>,
         limit: usize,
     ) -> StoreResult<Vec<QueuedOp>> {
+        match status {
+            Some(st) => {
+                self.list_where("status = ?1", st.as_str().to_owned(), limit)
+                    .await
+            }
+            None => self.list_where("?1 = ?1", String::new(), limit).await,
+        }
+    }
+
+    async fn list_where(
+        &self,
+        filter: &'static str,
+        arg: String,
+        limit: usize,
+    ) -> StoreResult<Vec<QueuedOp>> {
         self.with(move |conn| {
-            let sql = "SELECT id, op_id, type, client_id, uid, occurred_at, status, attempts, last_error, created_at, synced_at \
-                       FROM queue WHERE (?1 IS NULL OR status = ?1) ORDER BY id LIMIT ?2";
-            let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![status.map(ItemStatus::as_str), limit as i64], |r| {
+            let sql = format!(
+                "SELECT id, op_id, type, client_id, uid, occurred_at, status, attempts, last_error, created_at, synced_at \
+                 FROM queue WHERE {filter} ORDER BY id LIMIT ?2"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![arg, limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -723,7 +781,7 @@ mod tests {
         let c = ClientId::new(1).unwrap();
         let uid = BadgeUid::parse("04AB12CD").unwrap();
         assert!(matches!(
-            store.record(OpType::Copy, c, uid.clone(), None).await,
+            store.record(OpType::Copy, c, uid.clone(), None, None).await,
             Err(StoreError::UnknownClient(_))
         ));
         store
@@ -734,8 +792,8 @@ mod tests {
             }])
             .await
             .unwrap();
-        let (_, left) = store
-            .record(OpType::Copy, c, uid.clone(), None)
+        let (_, left, _) = store
+            .record(OpType::Copy, c, uid.clone(), None, None)
             .await
             .unwrap();
         assert_eq!(left, 1);
@@ -750,11 +808,11 @@ mod tests {
             .unwrap();
         assert_eq!(store.quotas().await.unwrap()[0].remaining, 1);
         store
-            .record(OpType::Copy, c, uid.clone(), None)
+            .record(OpType::Copy, c, uid.clone(), None, None)
             .await
             .unwrap();
         assert!(matches!(
-            store.record(OpType::Copy, c, uid, None).await,
+            store.record(OpType::Copy, c, uid, None, None).await,
             Err(StoreError::QuotaExhausted { .. })
         ));
         assert_eq!(store.counts().await.unwrap().pending, 2);

@@ -46,6 +46,9 @@ pub enum SyncError {
     /// The server answered with an error.
     #[error("server error: {0}")]
     Server(String),
+    /// Changing server would strand operations not yet synced with the current one.
+    #[error("{0}")]
+    UnsyncedWork(String),
     /// The local database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -282,10 +285,24 @@ impl Agent {
         username: &str,
         password: &str,
     ) -> Result<LoginResponse, SyncError> {
+        let current = self.server_url().await?;
         let server = match server {
             Some(s) => s.trim_end_matches('/').to_owned(),
-            None => self.server_url().await?.ok_or(SyncError::NoServer)?,
+            None => current.clone().ok_or(SyncError::NoServer)?,
         };
+        if current
+            .as_deref()
+            .is_some_and(|c| c.trim_end_matches('/') != server)
+        {
+            let c = self.store.counts().await?;
+            if c.pending + c.failed > 0 {
+                return Err(SyncError::UnsyncedWork(format!(
+                    "{} operation(s) are not synced with {}: sync them (or fix the failed ones) before logging in to another server",
+                    c.pending + c.failed,
+                    current.unwrap_or_default()
+                )));
+            }
+        }
         let body = serde_json::json!({"username": username, "password": password, "device_id": self.device_id});
         let res = self
             .http
@@ -469,6 +486,12 @@ impl Agent {
                 summary.synced += synced;
                 summary.failed += failed;
                 tracing::info!(items = batch.len(), synced, failed, "pushed");
+                if synced + failed == 0 {
+                    // Pushing the same batch again would loop without end.
+                    return Err(SyncError::Server(
+                        "the server's answer matched none of the pushed items".into(),
+                    ));
+                }
                 continue;
             }
             let (status, code, msg) = error_of(res).await;
@@ -543,7 +566,9 @@ impl Agent {
                     tracing::error!(error = %e, "local database error during sync");
                     backoff.next_delay().max(Duration::from_secs(1))
                 }
-                Err(SyncError::LoggedOut(_) | SyncError::NoServer) => self.config.sync_interval,
+                Err(SyncError::LoggedOut(_) | SyncError::NoServer | SyncError::UnsyncedWork(_)) => {
+                    self.config.sync_interval
+                }
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

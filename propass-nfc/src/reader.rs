@@ -260,15 +260,25 @@ impl Reader {
     /// Waits for a tag until `timeout`, polling; `cancel` stops the wait.
     pub fn wait_for_tag(&mut self, timeout: Duration, cancel: &AtomicBool) -> NfcResult<TagInfo> {
         let deadline = Instant::now() + timeout;
+        // Two cards seen at once may be one card being swapped for another:
+        // an error only if it lasts until the deadline.
+        let mut two = false;
         loop {
             if cancel.load(Ordering::SeqCst) {
                 return Err(NfcError::Cancelled);
             }
-            if let Some(tag) = self.select()? {
-                return Ok(tag);
+            match self.select() {
+                Ok(Some(tag)) => return Ok(tag),
+                Ok(None) => two = false,
+                Err(NfcError::TwoTags) => two = true,
+                Err(e) => return Err(e),
             }
             if Instant::now() >= deadline {
-                return Err(NfcError::NoTag);
+                return Err(if two {
+                    NfcError::TwoTags
+                } else {
+                    NfcError::NoTag
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -369,7 +379,8 @@ impl Reader {
             let _ = self.device.initiator_deselect_target();
             let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
             if tag.uid != blank.uid {
-                return Err(NfcError::TwoTags);
+                // Another card than the blank that was checked: it was swapped.
+                return Err(NfcError::TagRemoved);
             }
             self.authenticate(0, &tag.uid)?;
             let mut cmd = vec![0xA0, 0x00];

@@ -322,6 +322,27 @@ async fn bad_local_requests_get_clear_errors_and_change_nothing() {
         "nothing was recorded"
     );
     assert_eq!(agent.remaining(client).await, Some(10));
+
+    // A caller-chosen op_id makes recording idempotent: the retry of a lost answer.
+    let op = uuid::Uuid::now_v7().to_string();
+    let body = json!({"type": "copy", "client_id": client, "uid": "04AB12CD", "op_id": op});
+    let (s1, v1) = agent
+        .call(Method::POST, "/v1/operations", Some(body.clone()))
+        .await;
+    let (s2, v2) = agent.call(Method::POST, "/v1/operations", Some(body)).await;
+    assert_eq!((s1, s2), (201, 200), "{v1} {v2}");
+    assert_eq!(v2["duplicate"], true);
+    assert_eq!(v1["operation"]["id"], v2["operation"]["id"]);
+    let other = json!({"type": "copy", "client_id": client, "uid": "04FFFFFF", "op_id": op});
+    let (s3, v3) = agent
+        .call(Method::POST, "/v1/operations", Some(other))
+        .await;
+    assert_eq!((s3, v3["error"]["code"].as_str()), (409, Some("conflict")));
+    let st = agent.status().await;
+    assert_eq!(
+        st["queue"]["pending"].as_i64().unwrap() + st["queue"]["synced"].as_i64().unwrap(),
+        1
+    );
 }
 
 /// A corrupt or foreign database file: the agent refuses to start, says
