@@ -80,7 +80,8 @@ async function main() {
   const { WebSocketService } = loadTs(path.join(__dirname, 'seed', 'WebSocketService.ts'));
   // As the guide's ServerConfig derives them.
   const wsUrl = serverUrl.replace('http', 'ws');
-  const deviceId = `${require('os').hostname()}_${Date.now().toString(36)}`.toUpperCase().replace(/[^A-Z0-9._:-]/g, '-');
+  // As the guide's ServerConfig.generateDeviceId() builds it.
+  const deviceId = `${require('os').hostname()}_${Date.now().toString(36)}`.toUpperCase();
 
   // The guide's login handler.
   const login = await axios.post(serverUrl + '/api/auth/login', { username, password, device_id: deviceId });

@@ -239,9 +239,11 @@ impl Local {
     }
 }
 
-fn read_password() -> Result<String, String> {
+/// Reads the password: with a prompt and no echo when `prompt` and stdin is
+/// a terminal, else the first line of stdin.
+fn read_password(prompt: bool) -> Result<String, String> {
     let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
+    let tty = prompt && stdin.is_terminal();
     let stty = |arg: &str| {
         let _ = std::process::Command::new("stty")
             .arg(arg)
@@ -327,9 +329,9 @@ async fn client_command(config: AgentConfig, command: Command) -> Result<(), Str
         Command::Login {
             server,
             username,
-            password_stdin: _,
+            password_stdin,
         } => {
-            let password = read_password()?;
+            let password = read_password(!password_stdin)?;
             let v = local
                 .call(
                     Method::POST,

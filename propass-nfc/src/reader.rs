@@ -262,17 +262,16 @@ impl Reader {
         let deadline = Instant::now() + timeout;
         // Two cards seen at once may be one card being swapped for another:
         // an error only if it lasts until the deadline.
-        let mut two = false;
         loop {
             if cancel.load(Ordering::SeqCst) {
                 return Err(NfcError::Cancelled);
             }
-            match self.select() {
+            let two = match self.select() {
                 Ok(Some(tag)) => return Ok(tag),
-                Ok(None) => two = false,
-                Err(NfcError::TwoTags) => two = true,
+                Ok(None) => false,
+                Err(NfcError::TwoTags) => true,
                 Err(e) => return Err(e),
-            }
+            };
             if Instant::now() >= deadline {
                 return Err(if two {
                     NfcError::TwoTags

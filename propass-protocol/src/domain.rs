@@ -8,8 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Why a value taken from outside is not a valid domain value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    /// A device id must be 1 to 128 characters from `A-Z a-z 0-9 . _ : -`.
-    #[error("device id must be 1 to 128 characters of letters, digits, '.', '_', ':' or '-'")]
+    /// A device id must be 1 to 128 printable ASCII characters, no spaces.
+    #[error("device id must be 1 to 128 printable ASCII characters without spaces")]
     DeviceId,
     /// A badge UID must be 4 to 10 bytes written in hexadecimal.
     #[error("badge uid must be 4 to 10 bytes of hexadecimal (e.g. 04AB12CD), got {0:?}")]
@@ -30,10 +30,8 @@ impl DeviceId {
 
     /// Parses a device id.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        let ok = !s.is_empty()
-            && s.len() <= Self::MAX_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        let ok =
+            !s.is_empty() && s.len() <= Self::MAX_LEN && s.bytes().all(|b| b.is_ascii_graphic());
         if ok {
             Ok(Self(s.to_owned()))
         } else {

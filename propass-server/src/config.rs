@@ -50,9 +50,10 @@ pub struct Config {
     /// How long after expiry `/api/auth/refresh` still accepts a token
     /// (kiosks come back from long offline spells). Default 30 days.
     pub refresh_grace: Duration,
-    /// Most items in one push. Default 5000.
+    /// Most items in one push. Default 20 000 (the seed client pushes its
+    /// whole offline queue in one request).
     pub max_batch_items: usize,
-    /// Largest request body in bytes. Default 4 MiB.
+    /// Largest request body in bytes. Default 8 MiB.
     pub max_body_bytes: usize,
     /// Failed logins allowed per username and per address within `login_window`. Default 5.
     pub login_max_failures: u32,
@@ -89,8 +90,8 @@ impl Config {
             dev_mode: false,
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             refresh_grace: Duration::from_secs(30 * 24 * 3600),
-            max_batch_items: 5000,
-            max_body_bytes: 4 * 1024 * 1024,
+            max_batch_items: 20_000,
+            max_body_bytes: 8 * 1024 * 1024,
             login_max_failures: 5,
             login_window: Duration::from_secs(300),
             ws_allowed_origins: Vec::new(),

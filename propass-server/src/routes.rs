@@ -103,6 +103,11 @@ pub async fn login(
         Some(u) => (u.password_hash.clone(), true),
         None => (auth::dummy_hash().to_owned(), false),
     };
+    let _permit = state
+        .password_checks
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let ok = web::block(move || auth::verify_password(&password, &hash))
         .await
         .map_err(|e| ApiError::Internal(format!("password check failed: {e}")))?;

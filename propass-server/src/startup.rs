@@ -25,6 +25,8 @@ pub struct AppState {
     pub throttle: LoginThrottle,
     /// WebSocket connections.
     pub hub: Hub,
+    /// Bounds concurrent Argon2 checks (CPU and ~19 MiB each).
+    pub password_checks: tokio::sync::Semaphore,
 }
 
 /// A bound, not yet running server.
@@ -45,6 +47,7 @@ impl Application {
             jwt: JwtKeys::new(&config),
             throttle: LoginThrottle::new(config.login_max_failures, config.login_window),
             hub: Hub::new(config.ws_outbound_queue),
+            password_checks: tokio::sync::Semaphore::new(4),
             config,
         });
         let workers = state.config.workers;

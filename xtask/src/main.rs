@@ -141,7 +141,9 @@ fn demo() -> Result<(), String> {
     build_release_binaries()?;
     let server = sys::target_bin("release", "propass-server");
     let agent = sys::target_bin("release", "propass-agent");
-    let (_cluster, url) = database(true)?;
+    // Always a throwaway cluster: the demo resets the admin's password.
+    let cluster = Cluster::start(true)?;
+    let url = cluster.url();
 
     let cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
         let mut cmd = Command::new(&server);
