@@ -269,11 +269,14 @@ fn read_password(prompt: bool) -> Result<String, String> {
     Ok(pw)
 }
 
+/// Subscribes to the agent's events (before the flow starts, so that no step is missed).
+async fn subscribe(local: &Local) -> Option<reqwest::Response> {
+    local.http.get("http://agent/v1/events").send().await.ok()
+}
+
 /// Prints the reader flow's steps (from the event stream) for the person at the kiosk.
-async fn print_card_progress(local: Local) {
-    let Ok(mut res) = local.http.get("http://agent/v1/events").send().await else {
-        return;
-    };
+async fn print_card_progress(res: Option<reqwest::Response>) {
+    let Some(mut res) = res else { return };
     let mut buf = Vec::new();
     while let Ok(Some(chunk)) = res.chunk().await {
         buf.extend_from_slice(&chunk);
@@ -488,7 +491,7 @@ async fn client_command(config: AgentConfig, command: Command) -> Result<(), Str
             client,
             json: as_json,
         } => {
-            let progress = tokio::spawn(print_card_progress(Local::new(config.socket.clone())?));
+            let progress = tokio::spawn(print_card_progress(subscribe(&local).await));
             let result = local
                 .call(Method::POST, "/v1/copy", Some(json!({"client_id": client})))
                 .await;
@@ -500,7 +503,7 @@ async fn client_command(config: AgentConfig, command: Command) -> Result<(), Str
             uid,
             json: as_json,
         } => {
-            let progress = tokio::spawn(print_card_progress(Local::new(config.socket.clone())?));
+            let progress = tokio::spawn(print_card_progress(subscribe(&local).await));
             let result = local
                 .call(
                     Method::POST,

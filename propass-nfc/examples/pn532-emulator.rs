@@ -9,17 +9,65 @@
 //! `--tag`: `classic-1k` (a badge, block 0 read-only), `gen1a`, `gen2` (magic
 //! blanks), `ultralight` (7-byte UID), `none` (empty field). `--uid`: 4 bytes
 //! of hex (7 for `ultralight`). Runs until interrupted.
+//!
+//! `--demo-taps N` scripts a kiosk's day for the demo: N times, a customer's
+//! badge (a new UID each time) is placed; once the reader has read it, a Gen1a
+//! blank replaces it; once the blank carries the badge's UID and the reader
+//! has gone idle (verification done), the card is taken away and the next
+//! badge comes.
 
 use propass_nfc::emulator::{Emulator, Tag, TagKind};
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
         .collect()
+}
+
+/// Waits until `pred` holds for the field (polling).
+fn wait_until(emu: &Emulator, pred: impl Fn(&propass_nfc::emulator::Field) -> bool) {
+    while !emu.with_field(|f| pred(f)) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn demo_taps(emu: &Emulator, n: u32) {
+    for i in 0..n {
+        let badge = [0x04, 0xC0, 0xFF, 0xE0 + i as u8];
+        emu.place(Some(Tag::classic(TagKind::Classic1k, badge)));
+        emu.with_field(|f| f.log.clear());
+        eprintln!(
+            "emulator: badge {} placed",
+            badge.iter().map(|b| format!("{b:02X}")).collect::<String>()
+        );
+        // Read: a MIFARE exchange (authentication / block read) happened.
+        wait_until(emu, |f| f.log.contains(&0x40));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        emu.place(Some(Tag::classic(
+            TagKind::Gen1a,
+            [0x01, 0x02, 0x03, 0x04 + i as u8],
+        )));
+        emu.with_field(|f| f.log.clear());
+        eprintln!("emulator: Gen1a blank placed");
+        // Written, verified, and the reader idle again: the customer takes the card.
+        wait_until(emu, |f| f.tag.as_ref().is_some_and(|t| t.uid() == badge));
+        loop {
+            let before = emu.with_field(|f| f.commands);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if emu.with_field(|f| f.commands) == before {
+                break;
+            }
+        }
+        emu.place(None);
+        eprintln!("emulator: copy taken away");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    emu.place(None);
+    eprintln!("emulator: demo taps done");
 }
 
 fn main() {
@@ -69,6 +117,9 @@ fn main() {
         }
     };
     println!("{}", emu.path().display());
+    if let Some(n) = get("--demo-taps").and_then(|n| n.parse::<u32>().ok()) {
+        demo_taps(&emu, n);
+    }
     eprintln!(
         "PN532 emulator on {} (libnfc: {}); Ctrl-C stops it",
         emu.path().display(),

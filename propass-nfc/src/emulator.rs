@@ -127,8 +127,10 @@ pub struct Field {
     pub tag: Option<Tag>,
     /// Remove the tag after this many more tag-level commands (a card pulled away mid-operation).
     pub remove_after: Option<u32>,
-    /// Commands seen, by PN532 command code (for tests and debugging).
+    /// The latest commands seen, by PN532 command code (for tests and scripts).
     pub log: Vec<u8>,
+    /// Commands seen since the start.
+    pub commands: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +285,11 @@ fn serve(mut port: std::fs::File, field: Arc<Mutex<Field>>) {
                 continue;
             }
             let mut field = field.lock().unwrap_or_else(|p| p.into_inner());
+            if field.log.len() >= 4096 {
+                field.log.drain(..2048);
+            }
             field.log.push(data[1]);
+            field.commands += 1;
             let answer = command(data[1], &data[2..], &mut regs, &mut state, &mut field);
             drop(field);
             let _ = port.write_all(&ACK);

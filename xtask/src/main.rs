@@ -119,7 +119,7 @@ fn db() -> Result<(), String> {
 
 /// Builds `propass-server` and `propass-agent` in release mode.
 fn build_release_binaries() -> Result<(), String> {
-    eprintln!("xtask: building propass-server and propass-agent (release)…");
+    eprintln!("xtask: building propass-server, propass-agent and the PN532 emulator (release)…");
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -129,7 +129,16 @@ fn build_release_binaries() -> Result<(), String> {
         "propass-server",
         "--bin",
         "propass-agent",
-    ]);
+    ])
+    .args([
+        "-p",
+        "propass-server",
+        "-p",
+        "propass-agent",
+        "-p",
+        "propass-nfc",
+    ])
+    .args(["--example", "pn532-emulator"]);
     if !run_status(&mut cmd)? {
         return Err("build failed".into());
     }
@@ -185,7 +194,16 @@ fn demo() -> Result<(), String> {
         ));
     }
 
-    // A kiosk agent with its own state directory, logged in, recording a few copies.
+    // An emulated PN532 reader with scripted taps: badges, then Gen1a blanks.
+    let mut emulator = Command::new(sys::target_bin("release/examples", "pn532-emulator"));
+    emulator
+        .args(["--demo-taps", "3"])
+        .stdout(std::process::Stdio::piped());
+    let emulator_proc = sys::Guard::spawn(&mut emulator, "the reader emulator")?;
+    let pty = emulator_proc.first_line()?;
+    let reader = format!("pn532_uart:{pty}");
+
+    // A kiosk agent with its own state directory and that reader, logged in.
     let state = sys::TempDir::new("propass-demo-agent")?;
     let socket = state.path().join("agent.sock");
     let socket_arg = socket.to_string_lossy().into_owned();
@@ -194,6 +212,7 @@ fn demo() -> Result<(), String> {
             .args(["run", "--state-dir"])
             .arg(state.path())
             .args(["--socket", &socket_arg, "--server", &base])
+            .env("PROPASS_READER", &reader)
             .env_remove("PROPASS_AGENT_CONFIG"),
         "the agent",
     )?;
@@ -221,11 +240,12 @@ fn demo() -> Result<(), String> {
         Some("admin123\n"),
     )?;
     agent_cli(&["sync"], None)?;
-    for uid in ["04AB12CD", "04AB12CE", "04A1B2C3D4E5F6"] {
-        agent_cli(
-            &["record", "copy", "--client", &client_id, "--uid", uid],
-            None,
-        )?;
+    println!();
+    println!("the kiosk copies three badges at the emulated reader ({reader}):");
+    for _ in 0..3 {
+        agent_cli(&["copy", "--client", &client_id], None)?;
+        // The customer takes the new card; the next one steps up.
+        std::thread::sleep(Duration::from_secs(3));
     }
     agent_cli(&["sync"], None)?;
     println!();
@@ -238,7 +258,8 @@ fn demo() -> Result<(), String> {
     println!("  server      {base}   (health: {base}/health, WebSocket: ws://{bind}/ws)");
     println!("  database    {url}");
     println!("  login       admin / admin123   (role admin)");
-    println!("  client      #{client_id} \"Demo Client\" (3 copies made by the demo agent)");
+    println!("  client      #{client_id} \"Demo Client\" (3 badges copied by the demo kiosk)");
+    println!("  reader      emulated PN532 at {pty} (libnfc: {reader})");
     println!("  agent       {agent_bin} --socket {socket_arg} status");
     println!("              {agent_bin} --socket {socket_arg} record copy --client {client_id} --uid 04CAFE01");
     println!("              {agent_bin} --socket {socket_arg} events      (live events, NDJSON)");
@@ -254,6 +275,7 @@ fn demo() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(agent_proc);
+    drop(emulator_proc);
     drop(server_proc);
     eprintln!("xtask: demo stopped");
     Ok(())

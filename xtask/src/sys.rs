@@ -269,6 +269,25 @@ impl Guard {
         })
     }
 
+    /// The first line the process prints on its (piped) stdout.
+    pub fn first_line(&self) -> Result<String, String> {
+        use std::io::BufRead;
+        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let out = c
+            .stdout
+            .take()
+            .ok_or(format!("{}: stdout is not piped", self.what))?;
+        let mut line = String::new();
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let line = line.trim().to_owned();
+        if line.is_empty() {
+            return Err(format!("{} printed nothing", self.what));
+        }
+        Ok(line)
+    }
+
     /// `Some(message)` when the process has exited (unless we are stopping).
     pub fn exited(&self) -> Option<String> {
         let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
