@@ -462,6 +462,7 @@ pub fn tag_json(t: &propass_nfc::TagInfo) -> serde_json::Value {
 
 async fn nfc_read(agent: web::Data<Arc<Agent>>) -> ApiResult<HttpResponse> {
     let timeout = agent.config.card_timeout;
+    agent.reader.begin();
     let tag = agent
         .reader
         .run(move |r, cancel| {

@@ -91,7 +91,11 @@ fn blank_name(k: BlankKind) -> &'static str {
 
 /// `copy`: badge → blank → verify → record.
 pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, KioskError> {
-    precheck(agent, client).await?;
+    if let Err(e) = precheck(agent, client).await {
+        progress(agent, "failed", None, Some(e.to_string()));
+        return Err(e);
+    }
+    agent.reader.begin();
     let timeout = agent.config.card_timeout;
     progress(agent, "waiting_for_source", None, None);
     let source = agent
@@ -113,6 +117,15 @@ pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, Kios
         }
     };
     let uid_hex = source.uid_hex();
+    if !source.family.is_classic() || source.uid.len() != 4 {
+        let why = format!(
+            "badge {uid_hex} is a {} card with a {}-byte UID: only 4-byte MIFARE Classic badges can be copied onto our blanks",
+            source.family.as_str(),
+            source.uid.len()
+        );
+        progress(agent, "failed", Some(uid_hex), Some(why.clone()));
+        return Err(KioskError::Unsupported(why));
+    }
     progress(agent, "source_read", Some(uid_hex.clone()), None);
     let manufacturer = src_block0.map(|b| b[8..16].try_into().expect("8 bytes"));
     let block0 = match build_block0(&source.uid, source.sak, source.atqa, manufacturer) {
@@ -133,7 +146,11 @@ pub async fn write(
     client: ClientId,
     uid: BadgeUid,
 ) -> Result<MadeCard, KioskError> {
-    precheck(agent, client).await?;
+    if let Err(e) = precheck(agent, client).await {
+        progress(agent, "failed", None, Some(e.to_string()));
+        return Err(e);
+    }
+    agent.reader.begin();
     let block0 = build_block0(uid.as_bytes(), 0x08, [0x00, 0x04], None)
         .map_err(|e| KioskError::Unsupported(e.to_string()))?;
     write_and_record(agent, client, OpType::Write, uid, block0, None).await
@@ -172,11 +189,24 @@ async fn write_and_record(
             return Err(e.into());
         }
     };
-    // Verified: the card exists. Record it, never refusing.
-    let (operation, remaining) = agent
-        .store
-        .record_made(op_type, client, uid.clone())
-        .await?;
+    // Verified: the card exists. Record it, never refusing; retry a failing disk.
+    let mut attempt = 0;
+    let (operation, remaining) = loop {
+        attempt += 1;
+        match agent.store.record_made(op_type, client, uid.clone()).await {
+            Ok(r) => break r,
+            Err(e) if attempt < 5 => {
+                tracing::warn!(error = %e, uid = %uid, attempt, "cannot record a verified card yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, uid = %uid, client = %client, "a verified card could NOT be recorded");
+                let why = format!("card {uid} was made and verified but could not be recorded ({e}): tell an operator");
+                progress(agent, "failed", Some(uid.to_hex()), Some(why));
+                return Err(e.into());
+            }
+        }
+    };
     progress(agent, "verified", Some(uid.to_hex()), None);
     agent.emit(AgentEvent::Recorded(operation.clone()));
     agent.emit(AgentEvent::QuotaUpdated {

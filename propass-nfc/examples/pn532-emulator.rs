@@ -19,7 +19,7 @@
 use propass_nfc::emulator::{Emulator, Tag, TagKind};
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    if !s.is_ascii() || !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -37,7 +37,7 @@ fn wait_until(emu: &Emulator, pred: impl Fn(&propass_nfc::emulator::Field) -> bo
 
 fn demo_taps(emu: &Emulator, n: u32) {
     for i in 0..n {
-        let badge = [0x04, 0xC0, 0xFF, 0xE0 + i as u8];
+        let badge = [0x04, 0xC0, 0xFF, 0xE0u8.wrapping_add(i as u8)];
         emu.place(Some(Tag::classic(TagKind::Classic1k, badge)));
         emu.with_field(|f| f.log.clear());
         eprintln!(
@@ -49,7 +49,7 @@ fn demo_taps(emu: &Emulator, n: u32) {
         std::thread::sleep(std::time::Duration::from_millis(300));
         emu.place(Some(Tag::classic(
             TagKind::Gen1a,
-            [0x01, 0x02, 0x03, 0x04 + i as u8],
+            [0x01, 0x02, 0x03, 0x04u8.wrapping_add(i as u8)],
         )));
         emu.with_field(|f| f.log.clear());
         eprintln!("emulator: Gen1a blank placed");

@@ -38,9 +38,9 @@ pub enum TagKind {
 #[derive(Debug, Clone)]
 pub struct Tag {
     /// Its kind.
-    pub kind: TagKind,
+    kind: TagKind,
     /// Memory: 64 blocks of 16 bytes (Classic), or 16 pages of 4 bytes packed in blocks (Ultralight).
-    pub blocks: Vec<[u8; 16]>,
+    blocks: Vec<[u8; 16]>,
     uid7: Option<[u8; 7]>,
 }
 
@@ -87,6 +87,22 @@ impl Tag {
         }
     }
 
+    /// Its kind.
+    pub fn kind(&self) -> TagKind {
+        self.kind
+    }
+
+    /// A copy of one 16-byte block (Classic) or four pages (Ultralight).
+    pub fn block(&self, i: usize) -> Option<[u8; 16]> {
+        self.blocks.get(i).copied()
+    }
+
+    /// A Classic-family card whose block 0 BCC does not match its UID: no
+    /// reader can select it any more.
+    pub fn bricked(&self) -> bool {
+        self.uid7.is_none() && self.blocks[0][..4].iter().fold(0, |a, b| a ^ b) != self.blocks[0][4]
+    }
+
     /// The UID as the reader sees it.
     pub fn uid(&self) -> Vec<u8> {
         match self.uid7 {
@@ -131,6 +147,8 @@ pub struct Field {
     pub log: Vec<u8>,
     /// Commands seen since the start.
     pub commands: u64,
+    /// Bumped by [`Emulator::place`]: a new card starts idle.
+    generation: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +217,7 @@ impl Emulator {
         self.with_field(|f| {
             f.tag = tag;
             f.remove_after = None;
+            f.generation += 1;
         });
     }
 
@@ -267,6 +286,7 @@ fn serve(mut port: std::fs::File, field: Arc<Mutex<Field>>) {
     let mut regs = HashMap::new();
     reset_registers(&mut regs);
     let mut state = TagState::Idle;
+    let mut generation = 0;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     loop {
@@ -287,6 +307,10 @@ fn serve(mut port: std::fs::File, field: Arc<Mutex<Field>>) {
             let mut field = field.lock().unwrap_or_else(|p| p.into_inner());
             if field.log.len() >= 4096 {
                 field.log.drain(..2048);
+            }
+            if field.generation != generation {
+                generation = field.generation;
+                state = TagState::Idle;
             }
             field.log.push(data[1]);
             field.commands += 1;
@@ -340,7 +364,14 @@ fn command(
     match cmd {
         0x00 => Some(args.to_vec()),                // Diagnose: echo
         0x02 => Some(vec![0x32, 0x01, 0x06, 0x07]), // GetFirmwareVersion: PN532 v1.6
-        0x12 | 0x14 | 0x32 => Some(vec![]), // SetParameters, SAMConfiguration, RFConfiguration
+        0x32 => {
+            // RFConfiguration: item 01 with the field off powers the tag down.
+            if args.first() == Some(&0x01) && args.get(1).is_some_and(|v| v & 0x01 == 0) {
+                *state = TagState::Idle;
+            }
+            Some(vec![])
+        }
+        0x12 | 0x14 => Some(vec![]), // SetParameters, SAMConfiguration
         0x06 => Some(
             args.chunks(2)
                 .filter(|c| c.len() == 2)
@@ -367,6 +398,10 @@ fn command(
                 return Some(vec![0x00]);
             }
             let tag = field.tag.as_ref()?;
+            if tag.bricked() {
+                // Its anticollision answer fails the BCC check: the reader sees nothing.
+                return Some(vec![0x00]);
+            }
             let uid = tag.uid();
             *state = TagState::Selected;
             let mut out = vec![0x01, 0x01];
@@ -501,7 +536,12 @@ fn communicate_thru(
             (7, 0x95) => uid[3..7].to_vec(),
             _ => return vec![TIMEOUT],
         };
-        let bcc = cl.iter().fold(0, |a, b| a ^ b);
+        // A Classic card answers the BCC stored in its block 0 (a wrong one is a brick).
+        let bcc = if uid.len() == 4 {
+            tag.blocks[0][4]
+        } else {
+            cl.iter().fold(0, |a, b| a ^ b)
+        };
         if p[1] == 0x20 {
             let mut out = vec![0x00];
             out.extend_from_slice(&cl);

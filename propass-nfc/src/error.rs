@@ -22,11 +22,11 @@ pub enum NfcError {
     /// The card refused the keys.
     #[error("the card refused authentication: it is not a blank with factory keys")]
     AuthFailed,
-    /// The card left the field during an operation.
-    #[error("the card was removed during the operation: place it back and start again")]
+    /// The card left the field during an operation (before anything was written).
+    #[error("the card was removed during the operation; nothing was recorded: start again")]
     TagRemoved,
-    /// The written card does not read back as expected.
-    #[error("verification failed: the card reads back {got}, expected {expected}; the copy is NOT valid")]
+    /// The card was (or may have been) written but does not read back as expected.
+    #[error("verification failed: the card reads back {got}, expected {expected}; the copy is NOT valid and was not recorded: do not hand this card out")]
     VerifyFailed {
         /// What was written.
         expected: String,

@@ -60,7 +60,8 @@ impl CardFamily {
         }
     }
 
-    fn is_classic(self) -> bool {
+    /// MIFARE Classic 1K or 4K: a badge our blanks can copy.
+    pub fn is_classic(self) -> bool {
         matches!(self, Self::MifareClassic1k | Self::MifareClassic4k)
     }
 }
@@ -108,16 +109,6 @@ pub fn build_block0(
             uid.len()
         )));
     }
-    if uid[0] == 0x88 {
-        return Err(NfcError::InvalidBlock0(
-            "UID starts with the cascade tag 0x88".into(),
-        ));
-    }
-    if sak & 0x04 != 0 || sak == 0 {
-        return Err(NfcError::InvalidBlock0(format!(
-            "SAK {sak:02X} is not a complete MIFARE Classic SAK"
-        )));
-    }
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(uid);
     b[4] = uid.iter().fold(0, |a, x| a ^ x);
@@ -130,13 +121,36 @@ pub fn build_block0(
     Ok(b)
 }
 
-/// Checks the BCC of a block 0.
+/// SAKs of the MIFARE Classic cards our blanks can become.
+pub const CLASSIC_SAKS: [u8; 5] = [0x08, 0x18, 0x28, 0x38, 0x88];
+
+/// Checks a block 0 before it is written: a wrong one bricks a Gen1a card.
+/// The UID must not start with the cascade tag, the BCC must match, the SAK
+/// must be a MIFARE Classic one, and the ATQA a single-size-UID one.
 pub fn validate_block0(b: &[u8; 16]) -> NfcResult<()> {
+    if b[0] == 0x88 {
+        return Err(NfcError::InvalidBlock0(
+            "UID starts with the cascade tag 0x88".into(),
+        ));
+    }
     let bcc = b[..4].iter().fold(0, |a, x| a ^ x);
     if bcc != b[4] {
         return Err(NfcError::InvalidBlock0(format!(
             "BCC {:02X} does not match the UID (expected {bcc:02X})",
             b[4]
+        )));
+    }
+    if !CLASSIC_SAKS.contains(&b[5]) {
+        return Err(NfcError::InvalidBlock0(format!(
+            "SAK {:02X} is not a MIFARE Classic SAK",
+            b[5]
+        )));
+    }
+    // ATQA little-endian in block 0; bits 7-6 of its low byte: UID size (00 = single).
+    if b[6] & 0xC0 != 0 || b[6] & 0x1F == 0 {
+        return Err(NfcError::InvalidBlock0(format!(
+            "ATQA {:02X}{:02X} is not a single-size-UID MIFARE Classic ATQA",
+            b[7], b[6]
         )));
     }
     Ok(())
@@ -343,18 +357,24 @@ impl Reader {
     }
 
     fn gen1a_write_block0(&mut self, block0: &[u8; 16]) -> NfcResult<()> {
-        for frame in [with_crc(&[0xA0, 0x00]), with_crc(block0)] {
-            match self
-                .device
-                .initiator_transceive_bytes(&frame, 1, Timeout::Default)
-            {
-                Ok(ack) if ack.first().is_some_and(|a| a & 0x0F == 0x0A) => {}
-                _ => {
-                    return Err(self.lost_or(NfcError::NotWritable(
-                        "the Gen1a card refused the write".into(),
-                    )))
-                }
-            }
+        let ok = |r: nfc1::Result<Vec<u8>>| matches!(r, Ok(ack) if ack.first().is_some_and(|a| a & 0x0F == 0x0A));
+        let start =
+            self.device
+                .initiator_transceive_bytes(&with_crc(&[0xA0, 0x00]), 1, Timeout::Default);
+        if !ok(start) {
+            return Err(self.lost_or(NfcError::NotWritable(
+                "the Gen1a card refused the write".into(),
+            )));
+        }
+        // From here the card may hold the new block 0: a failure is not "nothing happened".
+        let data = self
+            .device
+            .initiator_transceive_bytes(&with_crc(block0), 1, Timeout::Default);
+        if !ok(data) {
+            return Err(NfcError::VerifyFailed {
+                expected: Hex(&block0[..4]).to_string(),
+                got: "no acknowledgement of the write".into(),
+            });
         }
         Ok(())
     }
@@ -391,7 +411,14 @@ impl Reader {
             }
             BlankKind::Gen2
         };
-        self.verify(block0)?;
+        // The card was written: any failure now means "not verified", never "nothing happened".
+        self.verify(block0).map_err(|e| match e {
+            e @ NfcError::VerifyFailed { .. } => e,
+            other => NfcError::VerifyFailed {
+                expected: Hex(&block0[..4]).to_string(),
+                got: format!("unreadable ({other})"),
+            },
+        })?;
         Ok(kind)
     }
 
@@ -442,6 +469,14 @@ mod tests {
         assert!(build_block0(&[1, 2, 3, 4, 5, 6, 7], 0x08, [0, 4], None).is_err());
         assert!(build_block0(&[0x88, 2, 3, 4], 0x08, [0, 4], None).is_err());
         assert!(build_block0(&[1, 2, 3, 4], 0x04, [0, 4], None).is_err());
+        assert!(
+            build_block0(&[1, 2, 3, 4], 0x20, [0, 4], None).is_err(),
+            "ISO-DEP SAK refused"
+        );
+        assert!(
+            build_block0(&[1, 2, 3, 4], 0x08, [0, 0x44], None).is_err(),
+            "double-size ATQA refused"
+        );
         let mut bad = b;
         bad[4] ^= 1;
         assert!(validate_block0(&bad).is_err());

@@ -30,8 +30,12 @@ impl ReaderThread {
             .spawn(move || {
                 let mut reader: Option<Reader> = None;
                 for job in rx {
-                    flag.store(false, Ordering::SeqCst);
-                    job(&mut reader, &connstring, &flag);
+                    // A panicking job (a bug) must not take the reader away for good.
+                    let run = std::panic::AssertUnwindSafe(|| job(&mut reader, &connstring, &flag));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("reader job panicked; closing the reader");
+                        reader = None;
+                    }
                 }
             })?;
         Ok(Self { tx, cancel })
@@ -66,7 +70,13 @@ impl ReaderThread {
             .map_err(|_| NfcError::ReaderUnplugged("reader thread stopped".into()))?
     }
 
-    /// Cancels the wait in progress (the job then fails with `Cancelled`).
+    /// Starts a new flow: forgets a cancel of an earlier one. A cancel then
+    /// lasts for every job of the flow, also one queued or between two steps.
+    pub fn begin(&self) {
+        self.cancel.store(false, Ordering::SeqCst);
+    }
+
+    /// Cancels the flow in progress (its waits fail with `Cancelled`).
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
     }

@@ -170,8 +170,13 @@ fn has_libclang() -> bool {
                 .flatten()
                 .flatten()
                 .any(|e| {
-                    e.file_name().to_string_lossy().starts_with("libclang")
-                        && e.file_name().to_string_lossy().contains(".so")
+                    {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        // libclang.so* or libclang-14.so*, not libclang-cpp.
+                        (n.starts_with("libclang.so") || n.starts_with("libclang-"))
+                            && !n.starts_with("libclang-cpp")
+                            && n.contains(".so")
+                    }
                 })
         });
     let headers = std::fs::read_dir("/usr/lib")
@@ -216,6 +221,9 @@ pub fn ensure_packages() -> Result<(), String> {
     }
     if !has_libnfc() {
         return Err("pkg-config still does not find libnfc after installing libnfc-dev".into());
+    }
+    if !has_libclang() {
+        return Err("libclang (for nfc1-sys's bindgen) is still not found after installing libclang1-14 libclang-common-14-dev".into());
     }
     Ok(())
 }

@@ -588,4 +588,17 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         1,
         "nothing recorded for the failed copy"
     );
+
+    // A badge our blanks cannot become (7-byte UID): refused before any blank is asked for.
+    emu.place(Some(Tag::ultralight([
+        0x04, 0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6,
+    ])));
+    let (s, v) = agent
+        .call(Method::POST, "/v1/copy", Some(json!({"client_id": client})))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("unsupported_badge")),
+        "{v}"
+    );
 }
