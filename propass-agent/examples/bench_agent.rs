@@ -62,6 +62,7 @@ async fn seed_quota(dir: &Path, remaining: i64) -> Result<Store, String> {
             client_id: ClientId::new(1).unwrap(),
             remaining,
             name: None,
+            version: None,
         }])
         .await
         .map_err(|e| e.to_string())?;
@@ -263,6 +264,7 @@ async fn main() -> Result<(), String> {
             client_id: ClientId::new(client).unwrap(),
             remaining: (backlog * 2) as i64,
             name: None,
+            version: None,
         }])
         .await
         .map_err(|e| e.to_string())?;

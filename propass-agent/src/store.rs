@@ -67,6 +67,9 @@ CREATE TABLE meta (
     r#"
 CREATE INDEX queue_client_status ON queue (client_id, status);
 "#,
+    r#"
+ALTER TABLE quotas ADD COLUMN server_version INTEGER;
+"#,
 ];
 
 /// What can go wrong with the local database.
@@ -562,7 +565,7 @@ impl Store {
                 }
             }
             for q in &quotas {
-                set_server_remaining(&tx, q.client_id, None, q.remaining, &at)?;
+                set_server_remaining(&tx, q.client_id, None, q.remaining, q.version, &at)?;
             }
             tx.commit()?;
             Ok((synced, failed))
@@ -581,7 +584,14 @@ impl Store {
                 .map(|q| q.client_id.get().to_string())
                 .collect();
             for q in &quotas {
-                set_server_remaining(&tx, q.client_id, q.name.as_deref(), q.remaining, &at)?;
+                set_server_remaining(
+                    &tx,
+                    q.client_id,
+                    q.name.as_deref(),
+                    q.remaining,
+                    q.version,
+                    &at,
+                )?;
             }
             tx.execute(
                 &format!(
@@ -605,7 +615,7 @@ impl Store {
     pub async fn apply_quota_update(&self, q: QuotaUpdated) -> StoreResult<LocalQuota> {
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            set_server_remaining(&tx, q.client_id, None, q.remaining, &ts(now()))?;
+            set_server_remaining(&tx, q.client_id, None, q.remaining, q.version, &ts(now()))?;
             let local =
                 quota_of(&tx, q.client_id)?.ok_or(StoreError::UnknownClient(q.client_id))?;
             tx.commit()?;
@@ -720,18 +730,24 @@ fn map_open_err(path: &Path, e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Stores what the server said of a client's quota, unless it is older
+/// (lower version) than what is stored: updates may arrive out of order.
 fn set_server_remaining(
     tx: &rusqlite::Transaction<'_>,
     client: ClientId,
     name: Option<&str>,
     remaining: i64,
+    version: Option<i64>,
     at: &str,
 ) -> StoreResult<()> {
     tx.execute(
-        "INSERT INTO quotas (client_id, name, server_remaining, updated_at) VALUES (?1, ?2, ?3, ?4) \
+        "INSERT INTO quotas (client_id, name, server_remaining, server_version, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (client_id) DO UPDATE SET server_remaining = excluded.server_remaining, \
-             name = coalesce(excluded.name, quotas.name), updated_at = excluded.updated_at",
-        params![client.get(), name, remaining, at],
+             server_version = coalesce(excluded.server_version, quotas.server_version), \
+             name = coalesce(excluded.name, quotas.name), updated_at = excluded.updated_at \
+         WHERE excluded.server_version IS NULL OR quotas.server_version IS NULL \
+               OR excluded.server_version >= quotas.server_version",
+        params![client.get(), name, remaining, version, at],
     )?;
     Ok(())
 }
@@ -789,6 +805,7 @@ mod tests {
                 client_id: c,
                 remaining: 2,
                 name: None,
+                version: None,
             }])
             .await
             .unwrap();
@@ -803,6 +820,7 @@ mod tests {
                 client_id: c,
                 remaining: 2,
                 name: None,
+                version: None,
             }])
             .await
             .unwrap();
@@ -816,6 +834,22 @@ mod tests {
             Err(StoreError::QuotaExhausted { .. })
         ));
         assert_eq!(store.counts().await.unwrap().pending, 2);
+    }
+
+    #[tokio::test]
+    async fn an_older_quota_update_does_not_overwrite_a_newer_one() {
+        let store = Store::open(&temp("agent.db")).unwrap();
+        let c = ClientId::new(1).unwrap();
+        let q = |remaining, version| QuotaUpdated {
+            client_id: c,
+            remaining,
+            version: Some(version),
+        };
+        store.apply_quota_update(q(10, 5)).await.unwrap();
+        store.apply_quota_update(q(12, 4)).await.unwrap(); // late, older
+        assert_eq!(store.quotas().await.unwrap()[0].remaining, 10);
+        store.apply_quota_update(q(9, 6)).await.unwrap();
+        assert_eq!(store.quotas().await.unwrap()[0].remaining, 9);
     }
 
     #[test]

@@ -273,6 +273,10 @@ pub struct QuotaEntry {
     /// The client's name, for display.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Optional: the quota row's version, bumped by every change; a kiosk
+    /// ignores a value older than one it already has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
 }
 
 /// `GET /api/sync/pull` answer.
@@ -305,6 +309,9 @@ pub struct QuotaUpdated {
     pub client_id: ClientId,
     /// Copies left now; negative after an overdraft.
     pub remaining: i64,
+    /// Optional: the quota row's version (see [`QuotaEntry::version`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
 }
 
 /// `sync_completed`: sent to the kiosk that pushed, after its push committed.

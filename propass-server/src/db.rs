@@ -54,9 +54,10 @@ pub mod schema {
     diesel::table! {
         quotas (client_id) {
             client_id -> BigInt,
-            total -> BigInt,
+                        total -> BigInt,
             used -> BigInt,
             updated_at -> Timestamptz,
+            version -> BigInt,
         }
     }
     diesel::table! {
@@ -253,6 +254,8 @@ pub struct ClientRow {
     pub total: i64,
     /// Copies made.
     pub used: i64,
+    /// Bumped by every change.
+    pub version: i64,
 }
 
 impl ClientRow {
@@ -289,7 +292,13 @@ pub async fn create_client(
 pub async fn list_clients(conn: &mut AsyncPgConnection) -> QueryResult<Vec<ClientRow>> {
     clients::table
         .inner_join(quotas::table)
-        .select((clients::id, clients::name, quotas::total, quotas::used))
+        .select((
+            clients::id,
+            clients::name,
+            quotas::total,
+            quotas::used,
+            quotas::version,
+        ))
         .order(clients::id)
         .load(conn)
         .await
@@ -306,6 +315,7 @@ pub async fn add_quota(
         let remaining = diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
             .set((
                 quotas::total.eq(quotas::total + n),
+                quotas::version.eq(quotas::version + 1),
                 quotas::updated_at.eq(diesel::dsl::now),
             ))
             .returning(quotas::total - quotas::used)
@@ -328,14 +338,14 @@ pub async fn add_quota(
 /// top-ups); the payload is the client id.
 pub const QUOTA_CHANNEL: &str = "propass_quota";
 
-/// The remaining quota of one client.
+/// The remaining quota of one client, with the row's version.
 pub async fn remaining_of(
     conn: &mut AsyncPgConnection,
     client: ClientId,
-) -> QueryResult<Option<i64>> {
+) -> QueryResult<Option<(i64, i64)>> {
     quotas::table
         .filter(quotas::client_id.eq(client.get()))
-        .select(quotas::total - quotas::used)
+        .select((quotas::total - quotas::used, quotas::version))
         .first(conn)
         .await
         .optional()
@@ -432,6 +442,8 @@ struct QuotaRow {
     client_id: i64,
     #[diesel(sql_type = BigInt)]
     remaining: i64,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
 }
 
 /// Records a batch of operations pushed by `device` in ONE transaction:
@@ -622,10 +634,10 @@ async fn record_batch_tx(
         }
         let counts: Vec<i64> = cids.iter().map(|c| new_by_client[c].len() as i64).collect();
         let rows: Vec<QuotaRow> = diesel::sql_query(
-            "UPDATE quotas AS q SET used = q.used + c.n, updated_at = now() \
+            "UPDATE quotas AS q SET used = q.used + c.n, version = q.version + 1, updated_at = now() \
              FROM unnest($1::int8[], $2::int8[]) AS c(client_id, n) \
              WHERE q.client_id = c.client_id \
-             RETURNING q.client_id, q.total - q.used AS remaining",
+             RETURNING q.client_id, q.total - q.used AS remaining, q.version",
         )
         .bind::<Array<BigInt>, _>(&cids)
         .bind::<Array<BigInt>, _>(&counts)
@@ -651,6 +663,7 @@ async fn record_batch_tx(
             quotas.push(QuotaUpdated {
                 client_id,
                 remaining: row.remaining,
+                version: Some(row.version),
             });
         }
         if !overdrawn.is_empty() {
@@ -672,16 +685,17 @@ async fn record_batch_tx(
     named.sort_unstable();
     named.dedup();
     let remaining = diesel::sql_query(
-        "SELECT client_id, total - used AS remaining FROM quotas WHERE client_id = ANY($1)",
+        "SELECT client_id, total - used AS remaining, version FROM quotas WHERE client_id = ANY($1)",
     )
     .bind::<Array<BigInt>, _>(&named)
     .load::<QuotaRow>(conn)
     .await?
     .into_iter()
     .filter_map(|r| {
-        Some(QuotaUpdated {
+                Some(QuotaUpdated {
             client_id: ClientId::new(r.client_id).ok()?,
             remaining: r.remaining,
+            version: Some(r.version),
         })
     })
     .collect();

@@ -326,6 +326,7 @@ pub async fn pull(
                 client_id: ClientId::new(r.id).ok()?,
                 remaining,
                 name: Some(r.name),
+                version: Some(r.version),
             })
         })
         .collect();

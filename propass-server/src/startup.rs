@@ -138,10 +138,11 @@ async fn listen_for_quota_changes(state: web::Data<AppState>) {
                     Ok(mut c) => db::remaining_of(&mut c, client).await.ok().flatten(),
                     Err(_) => None,
                 };
-                if let Some(remaining) = remaining {
+                if let Some((remaining, version)) = remaining {
                     state.hub.broadcast(&WsMessage::QuotaUpdated(QuotaUpdated {
                         client_id: client,
                         remaining,
+                        version: Some(version),
                     }));
                 }
             }
