@@ -43,10 +43,9 @@ async fn push_records_and_counts_each_copy_once() {
     assert_eq!(app.remaining(&token, client).await, 7);
     // Even an all-duplicate answer tells the kiosk where its quota stands.
     let third: Value = app.push(&token, &body).await.json().await.unwrap();
-    assert_eq!(
-        third["quotas"],
-        json!([{"client_id": client, "remaining": 7}])
-    );
+    assert_eq!(third["quotas"][0]["client_id"], client);
+    assert_eq!(third["quotas"][0]["remaining"], 7);
+    assert_eq!(third["quotas"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -92,7 +92,14 @@ async fn a_push_reaches_every_connection() {
         .rev()
         .find(|v| v["type"] == "quota_updated")
         .unwrap();
-    assert_eq!(quota["data"], json!({"client_id": client, "remaining": -1}));
+    assert_eq!(
+        (&quota["data"]["client_id"], &quota["data"]["remaining"]),
+        (&json!(client), &json!(-1))
+    );
+    assert!(
+        quota["data"]["version"].as_i64().is_some_and(|v| v > 0),
+        "quota updates carry a version"
+    );
     assert!(
         got.iter().all(|v| v["type"] != "sync_completed"),
         "sync_completed goes to the pusher only"
