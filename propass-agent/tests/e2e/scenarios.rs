@@ -479,6 +479,38 @@ async fn wait_step(events: &mut reqwest::Response, step: &str) {
     panic!("no {step} step; events: {buf}");
 }
 
+/// Starts a copy, waits until the agent asks for a blank, puts `blank` on
+/// the reader, and returns the copy's answer.
+async fn copy_at_reader(
+    agent: &Agent,
+    emu: &propass_nfc::emulator::Emulator,
+    client: i64,
+    blank: propass_nfc::emulator::Tag,
+) -> (u16, serde_json::Value) {
+    let mut events = agent
+        .http
+        .get("http://agent/v1/events")
+        .send()
+        .await
+        .unwrap();
+    let http = agent.http.clone();
+    let copy = tokio::spawn(async move {
+        let res = http
+            .post("http://agent/v1/copy")
+            .json(&json!({"client_id": client}))
+            .send()
+            .await
+            .unwrap();
+        (
+            res.status().as_u16(),
+            res.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    wait_step(&mut events, "waiting_for_blank").await;
+    emu.place(Some(blank));
+    copy.await.unwrap()
+}
+
 /// The kiosk flow on an emulated PN532 through the real libnfc: badge read,
 /// Gen1a blank cloned and verified, copy recorded and synced; a card that is
 /// not magic fails and records nothing.
@@ -510,28 +542,13 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
     assert_eq!(v["family"], "mifare_classic_1k");
 
     // A good copy onto a Gen1a blank.
-    let mut events = agent
-        .http
-        .get("http://agent/v1/events")
-        .send()
-        .await
-        .unwrap();
-    let http = agent.http.clone();
-    let copy = tokio::spawn(async move {
-        let res = http
-            .post("http://agent/v1/copy")
-            .json(&json!({"client_id": client}))
-            .send()
-            .await
-            .unwrap();
-        (
-            res.status().as_u16(),
-            res.json::<serde_json::Value>().await.unwrap(),
-        )
-    });
-    wait_step(&mut events, "waiting_for_blank").await;
-    emu.place(Some(Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04])));
-    let (s, v) = copy.await.unwrap();
+    let (s, v) = copy_at_reader(
+        &agent,
+        &emu,
+        client,
+        Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04]),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["blank"], "gen1a");
     assert_eq!(v["operation"]["uid"], "04AB12CD");
@@ -552,31 +569,13 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         TagKind::Classic1k,
         [0x04, 0xAB, 0x12, 0xCD],
     )));
-    let mut events = agent
-        .http
-        .get("http://agent/v1/events")
-        .send()
-        .await
-        .unwrap();
-    let http = agent.http.clone();
-    let copy = tokio::spawn(async move {
-        let res = http
-            .post("http://agent/v1/copy")
-            .json(&json!({"client_id": client}))
-            .send()
-            .await
-            .unwrap();
-        (
-            res.status().as_u16(),
-            res.json::<serde_json::Value>().await.unwrap(),
-        )
-    });
-    wait_step(&mut events, "waiting_for_blank").await;
-    emu.place(Some(Tag::classic(
-        TagKind::Classic1k,
-        [0x0A, 0x0B, 0x0C, 0x0D],
-    )));
-    let (s, v) = copy.await.unwrap();
+    let (s, v) = copy_at_reader(
+        &agent,
+        &emu,
+        client,
+        Tag::classic(TagKind::Classic1k, [0x0A, 0x0B, 0x0C, 0x0D]),
+    )
+    .await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (422, Some("card_not_writable")),
