@@ -364,20 +364,43 @@ impl Store {
                 {
                     return Err(StoreError::OpIdConflict(op));
                 }
-                let remaining = self
-                    .quotas()
-                    .await?
-                    .into_iter()
-                    .find(|q| q.client_id == client)
-                    .map(|q| q.remaining)
-                    .unwrap_or(0);
+                let remaining = self.remaining_of(client).await?;
                 return Ok((existing, remaining, true));
             }
         }
-        let (op, remaining) = self
-            .insert_op(op_type, client, uid, occurred_at, true, op_id)
-            .await?;
-        Ok((op, remaining, false))
+        match self
+            .insert_op(op_type, client, uid.clone(), occurred_at, true, op_id)
+            .await
+        {
+            Ok((op, remaining)) => Ok((op, remaining, false)),
+            // Two identical requests raced past the lookup: the second is the replay.
+            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
+                if op_id.is_some() && f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                let op = op_id.expect("checked");
+                let existing = self.find(op).await?.ok_or(StoreError::OpIdConflict(op))?;
+                if existing.op_type != op_type
+                    || existing.client_id != client
+                    || existing.uid != uid
+                {
+                    return Err(StoreError::OpIdConflict(op));
+                }
+                let remaining = self.remaining_of(client).await?;
+                Ok((existing, remaining, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The local remaining of one client (0 when unknown).
+    async fn remaining_of(&self, client: ClientId) -> StoreResult<i64> {
+        Ok(self
+            .quotas()
+            .await?
+            .into_iter()
+            .find(|q| q.client_id == client)
+            .map(|q| q.remaining)
+            .unwrap_or(0))
     }
 
     /// The operation with this op_id.

@@ -61,6 +61,9 @@ pub enum ApiError {
         /// Seconds until a new attempt is allowed.
         retry_after_secs: u64,
     },
+    /// A device opened too many WebSockets.
+    #[error("device {0} already has the most WebSockets allowed open; close one first")]
+    TooManyConnections(String),
     /// Database unreachable.
     #[error("the database is unavailable; retry later")]
     Unavailable(String),
@@ -85,7 +88,7 @@ impl ApiError {
             Self::NotFound => ErrorCode::NotFound,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
-            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::RateLimited { .. } | Self::TooManyConnections(_) => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }

@@ -181,9 +181,7 @@ pub async fn upgrade(
     }
     ensure_device_active(&state, &claims.device_id).await?;
     if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
-        return Err(ApiError::RateLimited {
-            retry_after_secs: 5,
-        });
+        return Err(ApiError::TooManyConnections(claims.device_id.clone()));
     }
 
     let (response, session, stream) = actix_ws::handle(&req, body)
