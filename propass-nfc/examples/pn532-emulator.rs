@@ -10,6 +10,9 @@
 //! blanks), `ultralight` (7-byte UID), `none` (empty field). `--uid`: 4 bytes
 //! of hex (7 for `ultralight`). Runs until interrupted.
 //!
+//! `--remove-after N` pulls the card away after N tag-level commands (a card
+//! removed in the middle of an operation).
+//!
 //! `--demo-taps N` scripts a kiosk's day for the demo: N times, a customer's
 //! badge (a new UID each time) is placed; once the reader has read it, a Gen1a
 //! blank replaces it; once the blank carries the badge's UID and the reader
@@ -116,6 +119,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(n) = get("--remove-after").and_then(|n| n.parse::<u32>().ok()) {
+        // The card is pulled away after n more tag-level commands.
+        emu.with_field(|f| f.remove_after = Some(n));
+    }
     println!("{}", emu.path().display());
     if let Some(n) = get("--demo-taps").and_then(|n| n.parse::<u32>().ok()) {
         demo_taps(&emu, n);
