@@ -814,6 +814,17 @@ mod tests {
         dir.join(name)
     }
 
+    /// A pull in which the server says the client has 2 copies left.
+    async fn pull_two(store: &Store, c: ClientId) {
+        let entry = QuotaEntry {
+            client_id: c,
+            remaining: 2,
+            name: None,
+            version: None,
+        };
+        store.apply_pull(vec![entry]).await.unwrap();
+    }
+
     #[tokio::test]
     async fn record_checks_quota_and_pull_keeps_local_work() {
         let store = Store::open(&temp("agent.db")).unwrap();
@@ -823,30 +834,14 @@ mod tests {
             store.record(OpType::Copy, c, uid.clone(), None, None).await,
             Err(StoreError::UnknownClient(_))
         ));
-        store
-            .apply_pull(vec![QuotaEntry {
-                client_id: c,
-                remaining: 2,
-                name: None,
-                version: None,
-            }])
-            .await
-            .unwrap();
+        pull_two(&store, c).await;
         let (_, left, _) = store
             .record(OpType::Copy, c, uid.clone(), None, None)
             .await
             .unwrap();
         assert_eq!(left, 1);
         // A pull from a server that has not seen the pending copy: still 1 locally.
-        store
-            .apply_pull(vec![QuotaEntry {
-                client_id: c,
-                remaining: 2,
-                name: None,
-                version: None,
-            }])
-            .await
-            .unwrap();
+        pull_two(&store, c).await;
         assert_eq!(store.quotas().await.unwrap()[0].remaining, 1);
         store
             .record(OpType::Copy, c, uid.clone(), None, None)

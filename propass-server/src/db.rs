@@ -14,7 +14,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
-use propass_protocol::{BadgeUid, ClientId, DeviceId, OpType, QueueItem, QuotaUpdated, Role};
+use propass_protocol::{ClientId, DeviceId, QueueItem, QuotaUpdated, Role};
 
 /// The connection pool.
 pub type PgPool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
@@ -507,31 +507,18 @@ async fn record_batch_tx(
     }
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
-    let valid: Vec<usize> = (0..ops.len()).collect();
-    let keys: Vec<&str> = valid.iter().map(|&i| ops[i].key.as_str()).collect();
-    let op_ids: Vec<Option<uuid::Uuid>> = valid
+    let keys: Vec<&str> = ops.iter().map(|o| o.key.as_str()).collect();
+    let op_ids: Vec<Option<uuid::Uuid>> = ops.iter().map(|o| o.item.op_id.map(|x| x.0)).collect();
+    let local_ids: Vec<i64> = ops.iter().map(|o| o.item.id).collect();
+    let client_ids: Vec<i64> = ops.iter().map(|o| o.item.payload.client_id.get()).collect();
+    let uids: Vec<String> = ops.iter().map(|o| o.item.payload.uid.to_hex()).collect();
+    let kinds: Vec<&str> = ops.iter().map(|o| o.item.op_type.as_str()).collect();
+    let occurred: Vec<DateTime<Utc>> = ops
         .iter()
-        .map(|&i| ops[i].item.op_id.map(|o| o.0))
-        .collect();
-    let local_ids: Vec<i64> = valid.iter().map(|&i| ops[i].item.id).collect();
-    let client_ids: Vec<i64> = valid
-        .iter()
-        .map(|&i| ops[i].item.payload.client_id.get())
-        .collect();
-    let uids: Vec<String> = valid
-        .iter()
-        .map(|&i| ops[i].item.payload.uid.to_hex())
-        .collect();
-    let kinds: Vec<&str> = valid
-        .iter()
-        .map(|&i| ops[i].item.op_type.as_str())
-        .collect();
-    let occurred: Vec<DateTime<Utc>> = valid
-        .iter()
-        .map(|&i| ops[i].item.payload.occurred_at.unwrap_or(now))
+        .map(|o| o.item.payload.occurred_at.unwrap_or(now))
         .collect();
 
-    let inserted: Vec<InsertedRow> = if valid.is_empty() {
+    let inserted: Vec<InsertedRow> = if ops.is_empty() {
         Vec::new()
     } else {
         diesel::sql_query(
@@ -564,8 +551,8 @@ async fn record_batch_tx(
     // other op is a duplicate of something already in the ledger.
     let mut new_by_client: HashMap<i64, Vec<(usize, i64)>> = HashMap::new();
     let mut seen_again: Vec<usize> = Vec::new();
-    for &i in &valid {
-        match fresh.remove(&ops[i].key) {
+    for (i, op) in ops.iter().enumerate() {
+        match fresh.remove(&op.key) {
             Some((ledger_id, occurred_at)) => {
                 new_by_client
                     .entry(ops[i].item.payload.client_id.get())
@@ -704,37 +691,4 @@ async fn record_batch_tx(
         quotas,
         remaining,
     })
-}
-
-/// A ledger row, for tests and reports.
-#[derive(Debug, Clone, QueryableByName)]
-pub struct CopyRow {
-    /// Ledger id.
-    #[diesel(sql_type = BigInt)]
-    pub id: i64,
-    /// Device.
-    #[diesel(sql_type = Text)]
-    pub device_id: String,
-    /// Kiosk-local id.
-    #[diesel(sql_type = BigInt)]
-    pub local_id: i64,
-    /// Client.
-    #[diesel(sql_type = BigInt)]
-    pub client_id: i64,
-    /// UID.
-    #[diesel(sql_type = Text)]
-    pub uid: String,
-    /// Flagged overdraft.
-    #[diesel(sql_type = Bool)]
-    pub overdraft: bool,
-}
-
-/// Parses a stored UID (always written by [`record_batch`] from a valid one).
-pub fn stored_uid(s: &str) -> Option<BadgeUid> {
-    BadgeUid::parse(s).ok()
-}
-
-/// Parses a stored kind.
-pub fn stored_kind(s: &str) -> Option<OpType> {
-    s.parse().ok()
 }

@@ -94,16 +94,6 @@ impl Hub {
             .count()
     }
 
-    /// Open connections.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sends to every connection allowed to see the message. Today every
     /// authenticated kiosk serves every client, so that is every connection.
     pub fn broadcast(&self, msg: &WsMessage) {

@@ -219,6 +219,15 @@ async fn a_quota_top_up_reaches_the_agent_over_the_websocket() {
     assert_eq!(agent.remaining(client).await, Some(expected));
 }
 
+/// An error answer of the local API: checks its body, returns (status, code).
+async fn code(res: reqwest::Response) -> (u16, String) {
+    let s = res.status().as_u16();
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["success"], false);
+    assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    (s, v["error"]["code"].as_str().unwrap().to_owned())
+}
+
 /// Garbage on the local API gets clear errors and changes nothing.
 #[tokio::test]
 async fn bad_local_requests_get_clear_errors_and_change_nothing() {
@@ -228,66 +237,43 @@ async fn bad_local_requests_get_clear_errors_and_change_nothing() {
     agent.login().await;
     assert_eq!(agent.sync().await.0, 200);
 
-    let post = |body: &'static str, ctype: &'static str| {
-        agent
-            .http
+    // POSTs a raw body to /v1/operations; returns (status, error code).
+    let http = &agent.http;
+    let post = |body: &'static str, ctype: &'static str| async move {
+        let req = http
             .post("http://agent/v1/operations")
             .header("content-type", ctype)
-            .body(body)
-            .send()
+            .body(body);
+        code(req.send().await.unwrap()).await
     };
-    let code = |res: reqwest::Response| async move {
-        let s = res.status().as_u16();
-        let v: serde_json::Value = res.json().await.unwrap();
-        assert_eq!(v["success"], false);
-        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
-        (s, v["error"]["code"].as_str().unwrap().to_owned())
-    };
+    let json = "application/json";
     assert_eq!(
-        code(post("{not json", "application/json").await.unwrap()).await,
+        post("{not json", json).await,
         (400, "malformed_json".into())
     );
     assert_eq!(
-        code(
-            post(
-                r#"{"type":"copy","client_id":1,"uid":"zz"}"#,
-                "application/json"
-            )
+        post(r#"{"type":"copy","client_id":1,"uid":"zz"}"#, json)
             .await
-            .unwrap()
+            .0,
+        400
+    );
+    assert_eq!(
+        post(r#"{"type":"fax","client_id":1,"uid":"04AB12CD"}"#, json)
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        post(
+            r#"{"type":"copy","client_id":1,"uid":"04AB12CD","x":1}"#,
+            json
         )
         .await
         .0,
         400
     );
     assert_eq!(
-        code(
-            post(
-                r#"{"type":"fax","client_id":1,"uid":"04AB12CD"}"#,
-                "application/json"
-            )
-            .await
-            .unwrap()
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        code(
-            post(
-                r#"{"type":"copy","client_id":1,"uid":"04AB12CD","x":1}"#,
-                "application/json"
-            )
-            .await
-            .unwrap()
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        code(post("{}", "text/plain").await.unwrap()).await,
+        post("{}", "text/plain").await,
         (415, "unsupported_media_type".into())
     );
     let huge = format!(

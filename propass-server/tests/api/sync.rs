@@ -202,36 +202,21 @@ async fn limits_and_malformed_bodies_get_clear_errors() {
         "payload_too_large"
     );
 
-    let url = format!("{}/api/sync/push", app.base);
-    let res = app
-        .http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body("{\"device_id\": \"K1\", \"queue\": [")
-        .send()
+    let raw = |ctype: &'static str, body: &'static str| {
+        app.http
+            .post(format!("{}/api/sync/push", app.base))
+            .bearer_auth(&token)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+    let res = raw("application/json", "{\"device_id\": \"K1\", \"queue\": [")
         .await
         .unwrap();
     assert_eq!(error_code(res, 400).await, "malformed_json");
-    let res = app
-        .http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body("[1,2,3]")
-        .send()
-        .await
-        .unwrap();
+    let res = raw("application/json", "[1,2,3]").await.unwrap();
     assert_eq!(error_code(res, 400).await, "malformed_json");
-    let res = app
-        .http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = raw("text/plain", "{}").await.unwrap();
     assert_eq!(error_code(res, 415).await, "unsupported_media_type");
 
     let res = app
