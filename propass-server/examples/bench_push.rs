@@ -89,7 +89,7 @@ async fn seed(url: &str, clients: usize, quota_each: i64) -> Result<Vec<i64>, St
     let mut ids = Vec::new();
     for i in 0..clients {
         ids.push(
-            db::create_client(&mut c, &format!("Bench client {i}"), quota_each)
+            db::clients::create(&mut c, &format!("Bench client {i}"), quota_each)
                 .await
                 .map_err(|e| e.to_string())?,
         );
@@ -168,8 +168,8 @@ async fn main() -> Result<(), String> {
         let mut c = AsyncPgConnection::establish(&server_url)
             .await
             .map_err(|e| e.to_string())?;
-        let hash = propass_server::auth::hash_password("bench-pass")?;
-        db::create_user(&mut c, "bench", &hash, Role::Operator)
+        let hash = propass_server::auth::password::hash_password("bench-pass")?;
+        db::users::create(&mut c, "bench", &hash, Role::Operator)
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -12,10 +12,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use propass_protocol::{ClientId, Role};
+use propass_protocol::{ClientId, DeviceId, Role};
 
 use crate::config::{Config, FileConfig};
 use crate::startup::Application;
+use crate::clock::{Clock, SystemClock};
 use crate::{auth, db};
 
 /// Where the configuration file is looked for when none is named.
@@ -136,12 +137,12 @@ enum DeviceCmd {
     /// Revoke a kiosk: its tokens stop working at once
     Revoke {
         /// Device id
-        device_id: String,
+        device_id: DeviceId,
     },
     /// Undo a revocation
     Restore {
         /// Device id
-        device_id: String,
+        device_id: DeviceId,
     },
 }
 
@@ -273,20 +274,20 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
                 return Err("username must be 1 to 128 bytes".into());
             }
             let password = read_password()?;
-            let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+            let hash = tokio::task::spawn_blocking(move || auth::password::hash_password(&password))
                 .await
                 .map_err(|e| e.to_string())??;
-            let exists = db::find_user(conn, &name).await.map_err(dberr)?.is_some();
+            let exists = db::users::find(conn, &name).await.map_err(dberr)?.is_some();
             let id = match (exists, update) {
                 (true, false) => {
                     return Err(format!(
                     "user {name:?} already exists (add --update to change its password and role)"
                 ))
                 }
-                (true, true) => db::update_user(conn, &name, &hash, role)
+                (true, true) => db::users::update(conn, &name, &hash, role)
                     .await
                     .map_err(dberr)?,
-                (false, _) => db::create_user(conn, &name, &hash, role)
+                (false, _) => db::users::create(conn, &name, &hash, role)
                     .await
                     .map_err(dberr)?,
             };
@@ -301,7 +302,7 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             if name.is_empty() {
                 return Err("client name must not be empty".into());
             }
-            let id = db::create_client(conn, &name, i64::from(quota))
+            let id = db::clients::create(conn, &name, i64::from(quota))
                 .await
                 .map_err(|e| match e {
                     diesel::result::Error::DatabaseError(
@@ -320,7 +321,7 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             }
         }
         Command::Client(ClientCmd::List { json }) => {
-            let rows = db::list_clients(conn).await.map_err(dberr)?;
+            let rows = db::clients::list(conn).await.map_err(dberr)?;
             if json {
                 let v: Vec<_> = rows
                     .iter()
@@ -345,7 +346,7 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             }
         }
         Command::Quota(QuotaCmd::Add { client_id, n, json }) => {
-            let remaining = db::add_quota(conn, client_id, n)
+            let remaining = db::clients::add_quota(conn, client_id, n)
                 .await
                 .map_err(|e| match e {
                     diesel::result::Error::DatabaseError(
@@ -368,7 +369,7 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             }
         }
         Command::Device(DeviceCmd::List { json }) => {
-            let rows = db::list_devices(conn).await.map_err(dberr)?;
+            let rows = db::devices::list(conn).await.map_err(dberr)?;
             if json {
                 print_json(&rows)?;
             } else {
@@ -389,7 +390,7 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
                 DeviceCmd::Restore { device_id } => (device_id, false),
                 DeviceCmd::List { .. } => unreachable!("handled above"),
             };
-            if !db::set_device_revoked(conn, &device_id, revoke)
+            if !db::devices::set_revoked(conn, &device_id, revoke, SystemClock.now())
                 .await
                 .map_err(dberr)?
             {

@@ -9,7 +9,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use propass_protocol::{ErrorBody, ErrorCode};
+use propass_protocol::{DeviceId, ErrorBody, ErrorCode};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +36,13 @@ pub enum ApiError {
     #[error("this token was issued to device {token_device}, not {requested}")]
     DeviceMismatch {
         /// The token's device.
-        token_device: String,
+        token_device: DeviceId,
         /// The device named by the request.
         requested: String,
     },
     /// Device revoked.
     #[error("device {0} has been revoked by an operator")]
-    DeviceRevoked(String),
+    DeviceRevoked(DeviceId),
     /// Not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -63,7 +63,7 @@ pub enum ApiError {
     },
     /// A device opened too many WebSockets.
     #[error("device {0} already has the most WebSockets allowed open; close one first")]
-    TooManyConnections(String),
+    TooManyConnections(DeviceId),
     /// Database unreachable.
     #[error("the database is unavailable; retry later")]
     Unavailable(String),
@@ -129,8 +129,8 @@ impl From<diesel::result::Error> for ApiError {
     }
 }
 
-impl From<crate::db::PoolError> for ApiError {
-    fn from(e: crate::db::PoolError) -> Self {
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
+    fn from(e: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
         Self::Unavailable(e.to_string())
     }
 }

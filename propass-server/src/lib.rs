@@ -9,18 +9,26 @@
 //! copy for lack of quota — a copy is a card that already exists; an
 //! overdraft is recorded and flagged, not rejected.
 //!
-//! Layout: [`config`] (one struct, file → env → flags), [`error`] (one error
-//! type, mapped to the wire error body), [`db`] (pool, schema, migrations and
-//! the ledger queries), [`auth`] (passwords, tokens, login throttling),
-//! [`routes`] (HTTP handlers), [`ws`] (WebSocket sessions and the broadcast
-//! hub), [`startup`] (the [`startup::Application`] used by `main` and the
-//! tests) and [`cli`] (the operator commands).
+//! Layout, from the leaves to the composition root (no module imports one
+//! below it in this list): [`clock`] and [`rng`] (time and chance, behind
+//! traits), [`config`] (one struct, file → env → flags), [`error`] (one error
+//! type, mapped to the wire error body), [`ledger`] (the ledger's vocabulary
+//! and its store trait), [`db`] (PostgreSQL, by table), [`auth`] (passwords,
+//! tokens, throttle, extractors), [`ws`] (hub, sessions, listener), [`state`]
+//! (what handlers share), [`push`] (the push use case), [`routes`] (HTTP
+//! handlers), [`startup`] (the [`startup::Application`] used by `main` and
+//! the tests) and [`cli`] (the operator commands).
 
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod ledger;
+pub mod push;
+pub mod rng;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod ws;

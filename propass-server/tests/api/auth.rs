@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use propass_protocol::Role;
+use propass_protocol::{DeviceId, Role};
 use propass_server::auth::{Claims, JwtKeys};
 use propass_server::config::{Config, Secret};
 use serde_json::{json, Value};
@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 fn keys() -> JwtKeys {
-    JwtKeys::new(&Config::new("unused", Secret::new(SECRET)))
+    let c = Config::new("unused", Secret::new(SECRET));
+    JwtKeys::new(c.jwt_secret.expose(), c.token_ttl, c.refresh_grace)
 }
 
 fn sign(claims: &Claims, secret: &str) -> String {
@@ -30,7 +31,7 @@ fn claims(device: &str, exp_offset_secs: i64) -> Claims {
         sub: "admin".into(),
         uid: 1,
         role: Role::Admin,
-        device_id: device.into(),
+        device_id: DeviceId::parse(device).unwrap(),
         iat: now - 3600,
         exp: now + exp_offset_secs,
         jti: uuid::Uuid::new_v4().to_string(),
@@ -46,8 +47,8 @@ async fn login_returns_a_token_bound_to_the_device() {
     assert_eq!(body["success"], true);
     assert_eq!(body["user"]["username"], "admin");
     assert_eq!(body["user"]["role"], "admin");
-    let claims = keys().verify(body["token"].as_str().unwrap()).unwrap();
-    assert_eq!(claims.device_id, "KIOSK_A");
+    let claims = keys().verify(body["token"].as_str().unwrap(), Utc::now()).unwrap();
+    assert_eq!(claims.device_id.as_str(), "KIOSK_A");
     assert_eq!(claims.sub, "admin");
     assert!(!claims.jti.is_empty());
     // Default lifetime leaves the seed client (refresh under one day left) days of slack.

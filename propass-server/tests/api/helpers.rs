@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::{SinkExt, StreamExt};
-use propass_protocol::{ClientId, Role};
+use propass_protocol::{ClientId, DeviceId, Role};
 use propass_server::config::{Config, Secret};
 use propass_server::db;
 use propass_server::startup::Application;
@@ -123,30 +123,30 @@ impl TestApp {
 
     pub async fn add_user(&self, name: &str, password: &str, role: Role) {
         let pw = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || propass_server::auth::hash_password(&pw))
+        let hash = tokio::task::spawn_blocking(move || propass_server::auth::password::hash_password(&pw))
             .await
             .unwrap()
             .unwrap();
-        db::create_user(&mut self.db().await, name, &hash, role)
+        db::users::create(&mut self.db().await, name, &hash, role)
             .await
             .unwrap();
     }
 
     pub async fn add_client(&self, name: &str, quota: i64) -> i64 {
-        db::create_client(&mut self.db().await, name, quota)
+        db::clients::create(&mut self.db().await, name, quota)
             .await
             .unwrap()
     }
 
     pub async fn add_quota(&self, client: i64, n: i64) -> i64 {
-        db::add_quota(&mut self.db().await, ClientId::new(client).unwrap(), n)
+        db::clients::add_quota(&mut self.db().await, ClientId::new(client).unwrap(), n)
             .await
             .unwrap()
             .unwrap()
     }
 
     pub async fn revoke(&self, device: &str) {
-        assert!(db::set_device_revoked(&mut self.db().await, device, true)
+        assert!(db::devices::set_revoked(&mut self.db().await, &DeviceId::parse(device).unwrap(), true, chrono::Utc::now())
             .await
             .unwrap());
     }

@@ -1,0 +1,112 @@
+//! Clients and their quotas.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use propass_protocol::ClientId;
+
+use super::schema::{clients, quotas};
+
+/// The NOTIFY channel announcing quota changes made outside a push (operator
+/// top-ups); the payload is the client id.
+pub const QUOTA_CHANNEL: &str = "propass_quota";
+
+/// A client with its quota.
+#[derive(Debug, Clone, Queryable, serde::Serialize)]
+pub struct ClientRow {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Copies bought.
+    pub total: i64,
+    /// Copies made.
+    pub used: i64,
+    /// Bumped by every change.
+    pub version: i64,
+}
+
+impl ClientRow {
+    /// `total - used`; negative after an overdraft.
+    pub fn remaining(&self) -> i64 {
+        self.total - self.used
+    }
+}
+
+/// Creates a client with an initial quota; returns its id.
+pub async fn create(conn: &mut AsyncPgConnection, name: &str, quota: i64) -> QueryResult<i64> {
+    let name = name.to_owned();
+    conn.transaction(async |conn| {
+        let id: i64 = diesel::insert_into(clients::table)
+            .values(clients::name.eq(&name))
+            .returning(clients::id)
+            .get_result(conn)
+            .await?;
+        diesel::insert_into(quotas::table)
+            .values((quotas::client_id.eq(id), quotas::total.eq(quota)))
+            .execute(conn)
+            .await?;
+        Ok(id)
+    })
+    .await
+}
+
+/// Every client with its quota, by id. The clients a kiosk may serve: today
+/// every kiosk of the fleet serves every client.
+pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<ClientRow>> {
+    clients::table
+        .inner_join(quotas::table)
+        .select((
+            clients::id,
+            clients::name,
+            quotas::total,
+            quotas::used,
+            quotas::version,
+        ))
+        .order(clients::id)
+        .load(conn)
+        .await
+}
+
+/// Adds `n` copies (negative to correct a mistake; the table refuses fewer
+/// than zero bought) to a client's quota; returns the new remaining, `None`
+/// for an unknown client.
+pub async fn add_quota(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+    n: i64,
+) -> QueryResult<Option<i64>> {
+    conn.transaction(async |conn| {
+        let remaining = diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
+            .set((
+                quotas::total.eq(quotas::total + n),
+                quotas::version.eq(quotas::version + 1),
+                quotas::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(quotas::total - quotas::used)
+            .get_result::<i64>(conn)
+            .await
+            .optional()?;
+        if remaining.is_some() {
+            // Delivered at COMMIT to every server listening: they push
+            // `quota_updated` to the kiosks.
+            diesel::sql_query(format!("NOTIFY {QUOTA_CHANNEL}, '{}'", client.get()))
+                .execute(conn)
+                .await?;
+        }
+        Ok(remaining)
+    })
+    .await
+}
+
+/// The remaining quota of one client, with the row's version.
+pub async fn remaining_of(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+) -> QueryResult<Option<(i64, i64)>> {
+    quotas::table
+        .filter(quotas::client_id.eq(client.get()))
+        .select((quotas::total - quotas::used, quotas::version))
+        .first(conn)
+        .await
+        .optional()
+}

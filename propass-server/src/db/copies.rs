@@ -1,0 +1,382 @@
+//! The ledger on PostgreSQL: the `copies` table and the charging of quotas.
+//!
+//! [`PgLedger::record_batch`] writes a whole push in ONE transaction with
+//! set-based statements, in named steps: note the device (refusing a revoked
+//! one), insert the new operations, resolve the others as duplicates or
+//! conflicts, charge the quotas in client-id order, flag overdrafts, read back
+//! the named quotas. Every row inserted is charged exactly once; a key already
+//! in the ledger is charged nothing. A deadlock or serialization failure
+//! reruns the whole transaction (up to [`MAX_ATTEMPTS`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use propass_protocol::{ClientId, DeviceId, QuotaUpdated};
+
+use super::devices;
+use crate::error::ApiError;
+use crate::ledger::{BatchOutcome, ItemFailure, LedgerStore, NewOp, Outcome};
+
+/// Attempts of a push transaction that keeps meeting deadlocks or serialization failures.
+pub const MAX_ATTEMPTS: u32 = 4;
+
+/// The ledger on one connection.
+pub struct PgLedger<'c>(pub &'c mut AsyncPgConnection);
+
+impl LedgerStore for PgLedger<'_> {
+    async fn record_batch(
+        &mut self,
+        device: &DeviceId,
+        ops: &[NewOp<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<BatchOutcome, ApiError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let tx = self
+                .0
+                .transaction(async |conn| record_batch_tx(conn, device, ops, now).await)
+                .await;
+            match tx {
+                Err(TxError::Db(e)) if attempt < MAX_ATTEMPTS && is_retryable(&e) => {
+                    tracing::warn!(attempt, error = %e, "push transaction conflicted; retrying");
+                }
+                Err(TxError::DeviceRevoked) => return Err(ApiError::DeviceRevoked(device.clone())),
+                Err(TxError::Db(e)) => return Err(e.into()),
+                Ok(outcome) => return Ok(outcome),
+            }
+        }
+    }
+}
+
+/// Why a push transaction rolled back.
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    #[error("device revoked")]
+    DeviceRevoked,
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+}
+
+/// Serialization failures and deadlocks: the transaction rolled back and may simply be run again.
+fn is_retryable(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        Error::DatabaseError(_, info) => info.message().contains("deadlock detected"),
+        _ => false,
+    }
+}
+
+async fn record_batch_tx(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    ops: &[NewOp<'_>],
+    now: DateTime<Utc>,
+) -> Result<BatchOutcome, TxError> {
+    // Inside the transaction, so a revocation racing the push wins.
+    if devices::touch(conn, device).await? {
+        return Err(TxError::DeviceRevoked);
+    }
+    let fresh = insert_new(conn, device, ops, now).await?;
+    let mut outcomes = resolve(conn, ops, fresh).await?;
+    let rows = charge_quotas(conn, ops, &outcomes).await?;
+    flag_overdrafts(conn, ops, &mut outcomes, &rows).await?;
+    let named = read_named_quotas(conn, ops).await?;
+    Ok(BatchOutcome {
+        outcomes,
+        charged: rows.into_iter().filter_map(QuotaRow::into_update).collect(),
+        named,
+    })
+}
+
+#[derive(QueryableByName)]
+struct InsertedRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
+    #[diesel(sql_type = Timestamptz)]
+    occurred_at: DateTime<Utc>,
+}
+
+/// Inserts every operation whose key is not in the ledger yet, in one
+/// statement: keys in sorted order, so concurrent batches take index locks in
+/// one order; joined on `clients`, so an unknown client inserts nothing.
+/// Answers the inserted keys with their row id and time.
+async fn insert_new(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    ops: &[NewOp<'_>],
+    now: DateTime<Utc>,
+) -> diesel::QueryResult<HashMap<String, (i64, DateTime<Utc>)>> {
+    if ops.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys: Vec<&str> = ops.iter().map(|o| o.key.as_str()).collect();
+    let op_ids: Vec<Option<uuid::Uuid>> = ops.iter().map(|o| o.item.op_id.map(|x| x.0)).collect();
+    let local_ids: Vec<i64> = ops.iter().map(|o| o.item.id).collect();
+    let client_ids: Vec<i64> = ops.iter().map(|o| o.item.payload.client_id.get()).collect();
+    let uids: Vec<String> = ops.iter().map(|o| o.item.payload.uid.to_hex()).collect();
+    let kinds: Vec<&str> = ops.iter().map(|o| o.item.op_type.as_str()).collect();
+    let occurred: Vec<DateTime<Utc>> = ops
+        .iter()
+        .map(|o| o.item.payload.occurred_at.unwrap_or(now))
+        .collect();
+    let inserted: Vec<InsertedRow> = diesel::sql_query(
+        "INSERT INTO copies (idempotency_key, op_id, device_id, local_id, client_id, uid, kind, occurred_at) \
+         SELECT k, o, $3, l, c, u, t, w \
+         FROM unnest($1::text[], $2::uuid[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[]) \
+              AS x(k, o, l, c, u, t, w) \
+         JOIN clients ON clients.id = x.c \
+         ORDER BY k \
+         ON CONFLICT (idempotency_key) DO NOTHING \
+         RETURNING id, idempotency_key, occurred_at",
+    )
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Nullable<diesel::sql_types::Uuid>>, _>(&op_ids)
+    .bind::<Text, _>(device.as_str())
+    .bind::<Array<BigInt>, _>(&local_ids)
+    .bind::<Array<BigInt>, _>(&client_ids)
+    .bind::<Array<Text>, _>(&uids)
+    .bind::<Array<Text>, _>(&kinds)
+    .bind::<Array<Timestamptz>, _>(&occurred)
+    .load(conn)
+    .await?;
+    Ok(inserted
+        .into_iter()
+        .map(|r| (r.idempotency_key, (r.id, r.occurred_at)))
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct ExistingRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
+    #[diesel(sql_type = BigInt)]
+    client_id: i64,
+    #[diesel(sql_type = Text)]
+    uid: String,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Timestamptz)]
+    occurred_at: DateTime<Utc>,
+    #[diesel(sql_type = Bool)]
+    overdraft: bool,
+}
+
+/// The outcome of every operation, in input order. The first operation of
+/// the batch holding a freshly inserted key is new; every other one is looked
+/// up: the same operation already in the ledger is a duplicate, another
+/// operation under its key a conflict, and a key nowhere means the insert's
+/// join found no such client.
+async fn resolve(
+    conn: &mut AsyncPgConnection,
+    ops: &[NewOp<'_>],
+    mut fresh: HashMap<String, (i64, DateTime<Utc>)>,
+) -> diesel::QueryResult<Vec<Outcome>> {
+    let first: Vec<Option<(i64, DateTime<Utc>)>> =
+        ops.iter().map(|op| fresh.remove(op.key.as_str())).collect();
+    let again: Vec<&str> = ops
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| f.is_none())
+        .map(|(op, _)| op.key.as_str())
+        .collect();
+    let existing: HashMap<String, ExistingRow> = if again.is_empty() {
+        HashMap::new()
+    } else {
+        diesel::sql_query(
+            "SELECT id, idempotency_key, client_id, uid, kind, occurred_at, overdraft \
+             FROM copies WHERE idempotency_key = ANY($1)",
+        )
+        .bind::<Array<Text>, _>(&again)
+        .load::<ExistingRow>(conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.idempotency_key.clone(), r))
+        .collect()
+    };
+    Ok(ops
+        .iter()
+        .zip(first)
+        .map(|(op, first)| match first {
+            Some((ledger_id, occurred_at)) => Outcome::Recorded {
+                ledger_id,
+                duplicate: false,
+                overdraft: false,
+                occurred_at,
+            },
+            None => judge_existing(op, existing.get(op.key.as_str())),
+        })
+        .collect())
+}
+
+fn judge_existing(op: &NewOp<'_>, row: Option<&ExistingRow>) -> Outcome {
+    let item = op.item;
+    match row {
+        Some(row)
+            if row.client_id == item.payload.client_id.get()
+                && row.uid == item.payload.uid.to_hex()
+                && row.kind == item.op_type.as_str() =>
+        {
+            Outcome::Recorded {
+                ledger_id: row.id,
+                duplicate: true,
+                overdraft: row.overdraft,
+                occurred_at: row.occurred_at,
+            }
+        }
+        Some(row) => Outcome::Failed(ItemFailure::Conflict {
+            ledger_id: row.id,
+            kind: row.kind.clone(),
+            uid: row.uid.clone(),
+            client_id: row.client_id,
+        }),
+        None => Outcome::Failed(ItemFailure::UnknownClient(item.payload.client_id)),
+    }
+}
+
+#[derive(QueryableByName)]
+struct QuotaRow {
+    #[diesel(sql_type = BigInt)]
+    client_id: i64,
+    #[diesel(sql_type = BigInt)]
+    remaining: i64,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+impl QuotaRow {
+    fn into_update(self) -> Option<QuotaUpdated> {
+        Some(QuotaUpdated {
+            client_id: ClientId::new(self.client_id).ok()?,
+            remaining: self.remaining,
+            version: Some(self.version),
+        })
+    }
+}
+
+/// The ops newly inserted by this batch (not duplicates), with their outcome.
+fn new_ops<'o, 'a>(
+    ops: &'o [NewOp<'a>],
+    outcomes: &'o [Outcome],
+) -> impl Iterator<Item = (&'o NewOp<'a>, &'o Outcome)> {
+    ops.iter().zip(outcomes).filter(|(_, o)| {
+        matches!(
+            o,
+            Outcome::Recorded {
+                duplicate: false,
+                ..
+            }
+        )
+    })
+}
+
+/// Charges each client for its newly inserted copies; answers the new
+/// remaining of every charged client, by client id.
+async fn charge_quotas(
+    conn: &mut AsyncPgConnection,
+    ops: &[NewOp<'_>],
+    outcomes: &[Outcome],
+) -> diesel::QueryResult<Vec<QuotaRow>> {
+    let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
+    for (op, _) in new_ops(ops, outcomes) {
+        *counts.entry(op.item.payload.client_id.get()).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (cids, ns): (Vec<i64>, Vec<i64>) = counts.into_iter().unzip();
+    if cids.len() > 1 {
+        // Lock the quota rows in one global order (by id) so that concurrent
+        // pushes charging several of the same clients never deadlock; the
+        // locks are held only from here to COMMIT.
+        diesel::sql_query(
+            "SELECT client_id AS id FROM quotas WHERE client_id = ANY($1) ORDER BY client_id FOR UPDATE",
+        )
+        .bind::<Array<BigInt>, _>(&cids)
+        .execute(conn)
+        .await?;
+    }
+    let mut rows: Vec<QuotaRow> = diesel::sql_query(
+        "UPDATE quotas AS q SET used = q.used + c.n, version = q.version + 1, updated_at = now() \
+         FROM unnest($1::int8[], $2::int8[]) AS c(client_id, n) \
+         WHERE q.client_id = c.client_id \
+         RETURNING q.client_id, q.total - q.used AS remaining, q.version",
+    )
+    .bind::<Array<BigInt>, _>(&cids)
+    .bind::<Array<BigInt>, _>(&ns)
+    .load(conn)
+    .await?;
+    rows.sort_unstable_by_key(|r| r.client_id);
+    Ok(rows)
+}
+
+/// A copy is never refused for lack of quota (the card exists): the copies
+/// that took their client below zero are flagged instead. Of a client's `n`
+/// new copies in input order, the k-th (1-based) left `remaining + n - k`.
+async fn flag_overdrafts(
+    conn: &mut AsyncPgConnection,
+    ops: &[NewOp<'_>],
+    outcomes: &mut [Outcome],
+    charged: &[QuotaRow],
+) -> diesel::QueryResult<()> {
+    let after: HashMap<i64, i64> = charged.iter().map(|r| (r.client_id, r.remaining)).collect();
+    let mut total: HashMap<i64, i64> = HashMap::new();
+    for (op, _) in new_ops(ops, outcomes) {
+        *total.entry(op.item.payload.client_id.get()).or_default() += 1;
+    }
+    let mut seen: HashMap<i64, i64> = HashMap::new();
+    let mut overdrawn: Vec<i64> = Vec::new();
+    for (op, outcome) in ops.iter().zip(outcomes.iter_mut()) {
+        let Outcome::Recorded { ledger_id, duplicate: false, overdraft, .. } = outcome else {
+            continue;
+        };
+        let client = op.item.payload.client_id.get();
+        let k = seen.entry(client).or_default();
+        *k += 1;
+        let (Some(remaining), Some(n)) = (after.get(&client), total.get(&client)) else {
+            continue;
+        };
+        if remaining + n - *k < 0 {
+            *overdraft = true;
+            overdrawn.push(*ledger_id);
+        }
+    }
+    if !overdrawn.is_empty() {
+        diesel::sql_query("UPDATE copies SET overdraft = TRUE WHERE id = ANY($1)")
+            .bind::<Array<BigInt>, _>(&overdrawn)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The remaining of every client the batch names — duplicates included — so
+/// that a kiosk whose retry comes back all-duplicate still learns the truth
+/// in the same answer that marks its items synced.
+async fn read_named_quotas(
+    conn: &mut AsyncPgConnection,
+    ops: &[NewOp<'_>],
+) -> diesel::QueryResult<Vec<QuotaUpdated>> {
+    let mut named: Vec<i64> = ops.iter().map(|o| o.item.payload.client_id.get()).collect();
+    named.sort_unstable();
+    named.dedup();
+    if named.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<QuotaRow> = diesel::sql_query(
+        "SELECT client_id, total - used AS remaining, version FROM quotas \
+         WHERE client_id = ANY($1) ORDER BY client_id",
+    )
+    .bind::<Array<BigInt>, _>(&named)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().filter_map(QuotaRow::into_update).collect())
+}

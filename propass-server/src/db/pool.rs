@@ -1,0 +1,69 @@
+//! The connection pool and the embedded migrations.
+
+use std::time::Duration;
+
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+/// The connection pool.
+pub type PgPool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
+/// Why no connection could be had from the pool.
+pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
+
+/// The schema's migrations, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Builds the pool. Connections are verified before reuse, so a database
+/// restart costs one failed checkout, not a dead pool.
+pub fn build_pool(database_url: &str, size: usize, timeout: Duration) -> PgPool {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    PgPool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .expect("a pool with a runtime and timeouts always builds")
+}
+
+/// Runs the pending migrations; returns the versions applied. Blocking: it
+/// runs on a thread with its own runtime, so call it outside any runtime.
+pub fn run_migrations(database_url: &str) -> Result<Vec<String>, String> {
+    let url = database_url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        // The harness blocks inside; spawning keeps it off the runtime's driver.
+        rt.block_on(async move {
+            tokio::spawn(migrate(url))
+                .await
+                .map_err(|e| e.to_string())?
+        })
+    })
+    .join()
+    .map_err(|_| "the migration thread panicked".to_string())?
+}
+
+async fn migrate(url: String) -> Result<Vec<String>, String> {
+    let conn = AsyncPgConnection::establish(&url)
+        .await
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+    let done = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| format!("migration failed: {e}"))?;
+    Ok(done.iter().map(|v| v.to_string()).collect())
+}
+
+/// Answers when the database does.
+pub async fn ping(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+    diesel::sql_query("SELECT 1")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

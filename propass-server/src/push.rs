@@ -1,0 +1,171 @@
+//! The push use case, free of HTTP: parse a batch leniently (one bad item
+//! does not sink the others), key each operation, record them through the
+//! [`LedgerStore`], answer every item in input order, and compose the live
+//! events the push causes. The handler only moves bytes in and events out.
+
+use chrono::{DateTime, Utc};
+use propass_protocol::{
+    CopyCompleted, DeviceId, OpId, PushItemResult, PushResponse, PushStatus, QueueItem,
+    SyncCompleted, WsMessage,
+};
+
+use crate::error::ApiError;
+use crate::ledger::{ItemFailure, LedgerStore, NewOp, Outcome};
+
+/// Everything a push produces.
+#[derive(Debug)]
+pub struct PushDone {
+    /// The answer to the kiosk.
+    pub response: PushResponse,
+    /// One event for every WebSocket: the new copies and the charged quotas.
+    pub broadcast: Vec<WsMessage>,
+    /// For the pushing device's own WebSockets.
+    pub to_pusher: WsMessage,
+}
+
+/// An item as read from the batch.
+enum Parsed {
+    Valid(QueueItem),
+    Invalid {
+        id: Option<i64>,
+        op_id: Option<OpId>,
+        failure: ItemFailure,
+    },
+}
+
+fn parse(value: &serde_json::Value) -> Parsed {
+    match QueueItem::from_json(value) {
+        Ok(item) => Parsed::Valid(item),
+        Err(e) => Parsed::Invalid {
+            id: e.id,
+            // Echoed when readable, so that our agent can match the failure.
+            op_id: value
+                .get("op_id")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            failure: ItemFailure::Malformed(e.message),
+        },
+    }
+}
+
+/// Records the batch `queue` pushed by `device` at `now`.
+pub async fn push(
+    ledger: &mut impl LedgerStore,
+    device: &DeviceId,
+    queue: &[serde_json::Value],
+    now: DateTime<Utc>,
+) -> Result<PushDone, ApiError> {
+    let parsed: Vec<Parsed> = queue.iter().map(parse).collect();
+    let ops: Vec<NewOp<'_>> = parsed
+        .iter()
+        .filter_map(|p| match p {
+            Parsed::Valid(item) => Some(NewOp::new(device, item)),
+            Parsed::Invalid { .. } => None,
+        })
+        .collect();
+    let batch = ledger.record_batch(device, &ops, now).await?;
+    if batch.outcomes.len() != ops.len() {
+        return Err(ApiError::Internal(format!(
+            "the ledger answered {} outcomes for {} operations",
+            batch.outcomes.len(),
+            ops.len()
+        )));
+    }
+
+    let mut new_copies = Vec::new();
+    let mut recorded = ops.iter().zip(batch.outcomes).map(|(op, outcome)| {
+        if let Some(copy) = copy_event(device, op.item, &outcome) {
+            new_copies.push(copy);
+        }
+        item_result(op.item, outcome)
+    });
+    let data: Vec<PushItemResult> = parsed
+        .iter()
+        .filter_map(|p| match p {
+            Parsed::Valid(_) => recorded.next(),
+            Parsed::Invalid { id, op_id, failure } => {
+                Some(PushItemResult::failed(*id, *op_id, failure.to_string()))
+            }
+        })
+        .collect();
+    drop(recorded);
+
+    let summary = summarize(device, &data, now);
+    let broadcast = new_copies
+        .into_iter()
+        .map(WsMessage::CopyCompleted)
+        .chain(batch.charged.into_iter().map(WsMessage::QuotaUpdated))
+        .collect();
+    Ok(PushDone {
+        response: PushResponse {
+            success: true,
+            data,
+            quotas: batch.named,
+        },
+        broadcast,
+        to_pusher: WsMessage::SyncCompleted(summary),
+    })
+}
+
+/// The wire answer for one recorded or refused operation.
+fn item_result(item: &QueueItem, outcome: Outcome) -> PushItemResult {
+    match outcome {
+        Outcome::Recorded {
+            ledger_id,
+            duplicate,
+            overdraft,
+            ..
+        } => PushItemResult {
+            id: Some(item.id),
+            status: PushStatus::Synced,
+            error: None,
+            op_id: item.op_id,
+            duplicate,
+            overdraft,
+            ledger_id: Some(ledger_id),
+        },
+        Outcome::Failed(failure) => {
+            PushItemResult::failed(Some(item.id), item.op_id, failure.to_string())
+        }
+    }
+}
+
+/// The `copy_completed` of an operation this push newly recorded; none for a
+/// duplicate (it was announced when first recorded) or a failure.
+fn copy_event(device: &DeviceId, item: &QueueItem, outcome: &Outcome) -> Option<CopyCompleted> {
+    match *outcome {
+        Outcome::Recorded {
+            ledger_id,
+            duplicate: false,
+            overdraft,
+            occurred_at,
+        } => Some(CopyCompleted {
+            ledger_id,
+            client_id: item.payload.client_id,
+            uid: item.payload.uid.clone(),
+            op_type: item.op_type,
+            device_id: device.clone(),
+            id: item.id,
+            op_id: item.op_id,
+            occurred_at,
+            overdraft,
+        }),
+        _ => None,
+    }
+}
+
+fn summarize(device: &DeviceId, data: &[PushItemResult], now: DateTime<Utc>) -> SyncCompleted {
+    let synced = data
+        .iter()
+        .filter(|r| r.status == PushStatus::Synced)
+        .count() as u32;
+    let duplicates = data.iter().filter(|r| r.duplicate).count() as u32;
+    let failed = data.len() as u32 - synced;
+    tracing::info!(device = %device, items = data.len(), synced, duplicates, failed, "push");
+    SyncCompleted {
+        device_id: device.clone(),
+        synced,
+        failed,
+        duplicates,
+        at: now,
+    }
+}

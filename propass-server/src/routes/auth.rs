@@ -1,0 +1,132 @@
+//! `POST /api/auth/login` and `POST /api/auth/refresh`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use propass_protocol::{DeviceId, LoginRequest, LoginResponse, RefreshResponse, UserInfo};
+
+use crate::auth::{self, bearer_token, ensure_device_active, Subject, ThrottleKey};
+use crate::db::{self, users::User};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Longest username or password accepted (Argon2 on megabytes is a DoS).
+const MAX_CREDENTIAL_LEN: usize = 1024;
+
+/// `POST /api/auth/login`: a token bound to the named device.
+pub async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<LoginRequest>,
+) -> ApiResult<HttpResponse> {
+    let LoginRequest {
+        username,
+        password,
+        device_id,
+    } = body.into_inner();
+    if username.len() > MAX_CREDENTIAL_LEN || password.len() > MAX_CREDENTIAL_LEN {
+        return Err(ApiError::InvalidRequest(format!(
+            "username and password are limited to {MAX_CREDENTIAL_LEN} bytes"
+        )));
+    }
+    let user = check_credentials(&req, &state, username, password).await?;
+
+    let revoked = {
+        let mut conn = state.pool.get().await?;
+        db::devices::touch(&mut conn, &device_id).await?
+    };
+    if revoked {
+        return Err(ApiError::DeviceRevoked(device_id));
+    }
+    let (token, exp) = issue(&state, &user, &device_id)?;
+    tracing::info!(user = %user.username, device = %device_id, "login");
+    Ok(HttpResponse::Ok().json(LoginResponse {
+        success: true,
+        token,
+        user: UserInfo {
+            id: user.id,
+            username: user.username,
+            role: user.role,
+        },
+        expires_at: Some(exp),
+    }))
+}
+
+/// The user, if the password is right and neither the name nor the address
+/// is throttled. A wrong name costs as long as a wrong password.
+async fn check_credentials(
+    req: &HttpRequest,
+    state: &AppState,
+    username: String,
+    password: String,
+) -> ApiResult<User> {
+    let user_key = ThrottleKey::User(username.clone());
+    let mut keys = vec![user_key.clone()];
+    if let Some(addr) = req.peer_addr() {
+        keys.push(ThrottleKey::Ip(addr.ip()));
+    }
+    state
+        .throttle
+        .check(&keys, state.clock.instant())
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+
+    let user = {
+        let mut conn = state.pool.get().await?;
+        db::users::find(&mut conn, &username).await?
+    };
+    let hash = match &user {
+        Some(u) => u.password_hash.clone(),
+        None => auth::password::dummy_hash().to_owned(),
+    };
+    let _permit = state
+        .password_checks
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ok = web::block(move || auth::password::verify_password(&password, &hash))
+        .await
+        .map_err(|e| ApiError::Internal(format!("password check failed: {e}")))?;
+    match user.filter(|_| ok) {
+        Some(user) => {
+            state.throttle.success(&user_key);
+            Ok(user)
+        }
+        None => {
+            state.throttle.failure(&keys, state.clock.instant());
+            tracing::info!(user = %username, "login failed");
+            Err(ApiError::InvalidCredentials)
+        }
+    }
+}
+
+fn issue(
+    state: &AppState,
+    user: &User,
+    device: &DeviceId,
+) -> ApiResult<(String, chrono::DateTime<chrono::Utc>)> {
+    let who = Subject {
+        uid: user.id,
+        username: &user.username,
+        role: user.role,
+        device,
+    };
+    state.jwt.issue(who, state.clock.now(), state.rng.token_id())
+}
+
+/// `POST /api/auth/refresh`: a new token for the bearer of a current one, or
+/// of one expired within the grace period.
+pub async fn refresh(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let token = bearer_token(&req).ok_or(ApiError::MissingToken)?;
+    let claims = state.jwt.verify_for_refresh(&token, state.clock.now())?;
+    ensure_device_active(&state.pool, &claims.device_id).await?;
+    let user = {
+        let mut conn = state.pool.get().await?;
+        db::users::find(&mut conn, &claims.sub).await?
+    }
+    .filter(|u| u.id == claims.uid)
+    .ok_or_else(|| ApiError::InvalidToken("the token's user no longer exists".into()))?;
+    let (token, exp) = issue(&state, &user, &claims.device_id)?;
+    Ok(HttpResponse::Ok().json(RefreshResponse {
+        success: true,
+        token,
+        expires_at: Some(exp),
+    }))
+}

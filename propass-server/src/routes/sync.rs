@@ -1,0 +1,84 @@
+//! `POST /api/sync/push` and `GET /api/sync/pull`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use propass_protocol::{ClientId, DeviceId, PullResponse, QuotaEntry};
+use serde::Deserialize;
+
+use super::extract::{ValidToken, ValidTokenOfActiveDevice};
+use crate::db::{self, copies::PgLedger};
+use crate::error::{ApiError, ApiResult};
+use crate::push;
+use crate::state::AppState;
+
+/// The push body, read leniently: items are parsed one by one by the use case.
+#[derive(Debug, Deserialize)]
+pub struct RawPush {
+    device_id: String,
+    queue: Vec<serde_json::Value>,
+}
+
+/// `POST /api/sync/push`. The device's revocation is checked inside the push
+/// transaction, hence [`ValidToken`].
+pub async fn push(
+    state: web::Data<AppState>,
+    token: ValidToken,
+    body: web::Json<RawPush>,
+) -> ApiResult<HttpResponse> {
+    let RawPush { device_id, queue } = body.into_inner();
+    let device =
+        DeviceId::parse(&device_id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    token.0.ensure_device(device.as_str())?;
+    let max = state.config.max_batch_items;
+    if queue.len() > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "batch has {} items; the limit is {max}: push in smaller batches",
+            queue.len()
+        )));
+    }
+    let done = {
+        let mut conn = state.pool.get().await?;
+        push::push(&mut PgLedger(&mut conn), &device, &queue, state.clock.now()).await?
+    };
+    state.hub.broadcast_all(&done.broadcast);
+    state.hub.send_to_device(&device, &done.to_pusher);
+    Ok(HttpResponse::Ok().json(done.response))
+}
+
+/// Optional query of `GET /api/sync/pull`.
+#[derive(Debug, Deserialize)]
+pub struct PullQuery {
+    device_id: Option<String>,
+}
+
+/// `GET /api/sync/pull`: the quotas of the clients this kiosk may serve.
+pub async fn pull(
+    state: web::Data<AppState>,
+    token: ValidTokenOfActiveDevice,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let query = web::Query::<PullQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::InvalidRequest("invalid query string".into()))?;
+    if let Some(d) = query.device_id.as_deref() {
+        token.0.ensure_device(d)?;
+    }
+    let rows = {
+        let mut conn = state.pool.get().await?;
+        db::clients::list(&mut conn).await?
+    };
+    let quotas = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(QuotaEntry {
+                remaining: r.remaining(),
+                client_id: ClientId::new(r.id).ok()?,
+                name: Some(r.name),
+                version: Some(r.version),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(PullResponse {
+        success: true,
+        quotas,
+        server_time: Some(state.clock.now()),
+    }))
+}

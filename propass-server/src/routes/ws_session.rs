@@ -1,0 +1,278 @@
+//! One WebSocket session: the upgrade (authentication, origin, per-device
+//! cap) and the actix-ws loop — one `select!` over incoming frames, the
+//! connection's hub queue, and a heartbeat tick. Inbound messages are
+//! rate-limited per connection, and a connection that sends nothing (not even
+//! a pong to the server's pings) for the configured timeout is closed.
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use propass_protocol::WsMessage;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::ws::hub::{coalesce, Group, Outbound};
+use crate::auth::{bearer_token, ensure_device_active, Claims};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How many queued events are looked at together for coalescing.
+const COALESCE_WINDOW: usize = 64;
+
+/// WebSockets one device may hold open at once. A kiosk needs one; a few more
+/// cover a reconnect racing the old socket's close and a technician's
+/// debugging session, while a leaked token cannot open thousands.
+pub const MAX_CONNECTIONS_PER_DEVICE: usize = 8;
+
+/// Largest inbound frame or message: clients only send pings.
+const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// How long a closing handshake may take: a peer that stopped reading must not hold the session.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Query parameters of the upgrade, as the seed client sends them.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+    device_id: Option<String>,
+}
+
+/// `GET /ws`, and `GET /` because the seed client's default `wsUrl` is the
+/// server's bare address (`ws://localhost:5000`): authenticates, then upgrades.
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state.config.ws_allowed_origins)?;
+    let claims = authenticate(&req, &state).await?;
+    if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
+        return Err(ApiError::TooManyConnections(claims.device_id.clone()));
+    }
+
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::InvalidRequest(format!("expected a WebSocket upgrade: {e}")))?;
+    let stream = stream
+        .max_frame_size(MAX_FRAME_BYTES)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_FRAME_BYTES);
+    let (id, rx) = state.hub.register(claims.device_id.clone());
+    tracing::info!(conn = id, device = %claims.device_id, "websocket connected");
+    let state = state.into_inner();
+    actix_web::rt::spawn(async move {
+        let reason = run_session(&state, &claims, session, stream, rx).await;
+        state.hub.unregister(id);
+        tracing::info!(conn = id, device = %claims.device_id, reason, "websocket closed");
+    });
+    Ok(response)
+}
+
+/// Browsers send an `Origin`; kiosk agents and Electron's main process do not
+/// and are always allowed.
+fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    if allowed.iter().any(|o| o == origin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "origin {origin:?} is not allowed to open the WebSocket"
+        )))
+    }
+}
+
+/// The token comes in the query (the seed client) or the `Authorization` header (our agent).
+async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Claims, ApiError> {
+    let query = web::Query::<WsQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::InvalidRequest("invalid query string".into()))?
+        .into_inner();
+    let token = query
+        .token
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer_token(req))
+        .ok_or(ApiError::MissingToken)?;
+    let claims = state.jwt.verify(&token, state.clock.now())?;
+    if let Some(requested) = query.device_id.as_deref() {
+        claims.ensure_device(requested)?;
+    }
+    ensure_device_active(&state.pool, &claims.device_id).await?;
+    Ok(claims)
+}
+
+/// A token bucket: `rate` per second, bursts of `2 * rate`.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, now: Instant) -> Self {
+        let rate = f64::from(per_sec);
+        Self {
+            rate,
+            tokens: rate * 2.0,
+            last: now,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+            .min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a session ended: a word for the log, and the close frame to send.
+type Ending = (&'static str, Option<CloseReason>);
+
+fn close(why: &'static str, code: CloseCode, description: &str) -> Ending {
+    let reason = CloseReason {
+        code,
+        description: Some(description.to_owned()),
+    };
+    (why, Some(reason))
+}
+
+/// The session loop. A state machine in one `select!`: each arm either
+/// continues or ends the session with a reason.
+async fn run_session(
+    state: &AppState,
+    claims: &Claims,
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+    mut rx: mpsc::Receiver<Group>,
+) -> &'static str {
+    let cfg = &state.config;
+    let mut heartbeat = tokio::time::interval(cfg.ws_heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = state.clock.instant();
+    let mut limit = RateLimit::new(cfg.ws_inbound_per_sec, last_heard);
+
+    let (why, close_reason) = loop {
+        let step = tokio::select! {
+            msg = stream.recv() => {
+                let Some(Ok(msg)) = msg else { break ("stream ended", None) };
+                last_heard = state.clock.instant();
+                on_inbound(&mut session, msg, &mut limit, last_heard, cfg.ws_client_timeout).await
+            }
+            out = rx.recv() => match out {
+                Some(first) => on_outbound(&mut session, first, &mut rx, cfg.ws_client_timeout).await,
+                // The hub dropped us: our queue was full.
+                None => Err(close("too slow", CloseCode::Policy, "consumer too slow: outgoing queue full")),
+            },
+            _ = heartbeat.tick() => on_heartbeat(state, claims, &mut session, last_heard).await,
+        };
+        if let Err(ending) = step {
+            break ending;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(close_reason)).await;
+    why
+}
+
+async fn on_inbound(
+    session: &mut actix_ws::Session,
+    msg: AggregatedMessage,
+    limit: &mut RateLimit,
+    now: Instant,
+    send_timeout: Duration,
+) -> Result<(), Ending> {
+    if matches!(msg, AggregatedMessage::Close(_)) {
+        return Err(("client closed", None));
+    }
+    if matches!(msg, AggregatedMessage::Pong(_)) {
+        return Ok(());
+    }
+    // Pings count too: a client flooding pings costs us a pong each.
+    if !limit.allow(now) {
+        return Err(close("rate limited", CloseCode::Policy, "rate limit exceeded"));
+    }
+    let sent = match msg {
+        AggregatedMessage::Text(text) => match serde_json::from_str::<WsMessage>(&text) {
+            Ok(WsMessage::Ping) => {
+                let pong = serde_json::to_string(&WsMessage::Pong).unwrap_or_default();
+                send(session, pong, send_timeout).await
+            }
+            Ok(other) => {
+                tracing::debug!(?other, "ignoring client message");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "ignoring unparsable client message");
+                true
+            }
+        },
+        AggregatedMessage::Ping(bytes) => session.pong(&bytes).await.is_ok(),
+        _ => true,
+    };
+    if sent {
+        Ok(())
+    } else {
+        Err(("send failed", None))
+    }
+}
+
+async fn on_outbound(
+    session: &mut actix_ws::Session,
+    first: Group,
+    rx: &mut mpsc::Receiver<Group>,
+    send_timeout: Duration,
+) -> Result<(), Ending> {
+    let mut batch: Vec<Outbound> = first.iter().cloned().collect();
+    while batch.len() < COALESCE_WINDOW {
+        match rx.try_recv() {
+            Ok(g) => batch.extend(g.iter().cloned()),
+            Err(_) => break,
+        }
+    }
+    for m in coalesce(batch) {
+        if !send(session, m.text.to_string(), send_timeout).await {
+            return Err(("send failed", None));
+        }
+    }
+    Ok(())
+}
+
+async fn on_heartbeat(
+    state: &AppState,
+    claims: &Claims,
+    session: &mut actix_ws::Session,
+    last_heard: Instant,
+) -> Result<(), Ending> {
+    if state.clock.instant().duration_since(last_heard) > state.config.ws_client_timeout {
+        return Err(close("heartbeat timeout", CloseCode::Away, "heartbeat timeout"));
+    }
+    if claims.expired_at(state.clock.now()) {
+        return Err(close("token expired", CloseCode::Policy, "token expired: refresh it and reconnect"));
+    }
+    if matches!(
+        ensure_device_active(&state.pool, &claims.device_id).await,
+        Err(ApiError::DeviceRevoked(_))
+    ) {
+        return Err(close("device revoked", CloseCode::Policy, "device revoked"));
+    }
+    if session.ping(b"").await.is_err() {
+        return Err(("send failed", None));
+    }
+    Ok(())
+}
+
+/// Sends one text frame, giving up after `limit`: a peer that stopped
+/// reading fills actix-ws's bounded buffer and must not block the session.
+async fn send(session: &mut actix_ws::Session, text: String, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, session.text(text)).await,
+        Ok(Ok(()))
+    )
+}

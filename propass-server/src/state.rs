@@ -1,0 +1,61 @@
+//! What every handler shares. A module of its own (not the composition root
+//! in `startup.rs`), so that the modules handlers use never import the code
+//! that assembles them.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::auth::{JwtKeys, LoginThrottle};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::db::{self, PgPool};
+use crate::rng::{OsRng, Rng};
+use crate::ws::Hub;
+
+/// Argon2 checks allowed at once. Each takes ~19 MiB and a core for tens of
+/// milliseconds; four keep a burst of logins (a fleet reconnecting after an
+/// outage) from exhausting memory or starving the push handlers on a small
+/// server, while queued logins still complete within a second or two.
+pub const PASSWORD_CHECKS: usize = 4;
+
+/// The shared state of one server.
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    /// Database connections.
+    pub pool: PgPool,
+    /// Token keys.
+    pub jwt: JwtKeys,
+    /// Failed-login throttle.
+    pub throttle: LoginThrottle,
+    /// WebSocket connections.
+    pub hub: Hub,
+    /// Bounds concurrent Argon2 checks (see [`PASSWORD_CHECKS`]).
+    pub password_checks: Semaphore,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Where token ids come from.
+    pub rng: Arc<dyn Rng>,
+}
+
+impl AppState {
+    /// State for `config`, on the system clock and random source.
+    pub fn new(config: Config) -> Self {
+        Self::with_world(config, Arc::new(SystemClock), Arc::new(OsRng))
+    }
+
+    /// State for `config` with the given clock and random source.
+    pub fn with_world(config: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -> Self {
+        Self {
+            pool: db::build_pool(&config.database_url, config.db_pool_size, config.db_timeout),
+            jwt: JwtKeys::new(config.jwt_secret.expose(), config.token_ttl, config.refresh_grace),
+            throttle: LoginThrottle::new(config.login_max_failures, config.login_window),
+            hub: Hub::new(config.ws_outbound_queue),
+            password_checks: Semaphore::new(PASSWORD_CHECKS),
+            clock,
+            rng,
+            config,
+        }
+    }
+}
