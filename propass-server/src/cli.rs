@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use propass_protocol::{ClientId, DeviceId, Role};
 
-use crate::config::{Config, FileConfig};
+use crate::config::{Config, Settings};
 use crate::startup::Application;
 use crate::clock::{Clock, SystemClock};
 use crate::{auth, db};
@@ -32,8 +32,8 @@ struct Cli {
     /// TOML configuration file [default: /etc/propass/server.toml if it exists]
     #[arg(long, env = "PROPASS_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// PostgreSQL URL, e.g. postgres://propass@localhost/propass
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    /// PostgreSQL URL, e.g. postgres://propass@localhost/propass [env: DATABASE_URL]
+    #[arg(long, global = true)]
     database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -61,14 +61,14 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:5000]
-    #[arg(long, env = "PROPASS_BIND")]
+    /// Address to listen on [default: 127.0.0.1:5000] [env: PROPASS_BIND]
+    #[arg(long)]
     bind: Option<SocketAddr>,
-    /// Development mode: allows running without a JWT secret (uses a well-known one)
-    #[arg(long, env = "PROPASS_DEV")]
+    /// Development mode: allows running without a JWT secret (uses a well-known one) [env: PROPASS_DEV]
+    #[arg(long)]
     dev: bool,
-    /// File holding the JWT signing secret (PROPASS_JWT_SECRET may hold it directly)
-    #[arg(long, env = "PROPASS_JWT_SECRET_FILE")]
+    /// File holding the JWT signing secret (PROPASS_JWT_SECRET may hold it directly) [env: PROPASS_JWT_SECRET_FILE]
+    #[arg(long)]
     jwt_secret_file: Option<PathBuf>,
 }
 
@@ -171,41 +171,50 @@ fn init_tracing() {
         .try_init();
 }
 
-fn load_file(path: Option<&Path>) -> Result<FileConfig, String> {
-    let mut file = match path {
-        Some(p) => FileConfig::read(p).map_err(|e| e.to_string())?,
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-            FileConfig::read(Path::new(DEFAULT_CONFIG_PATH)).map_err(|e| e.to_string())?
-        }
-        None => FileConfig::default(),
+/// The configuration file: the one named, else the default path when it exists.
+fn config_file(named: Option<PathBuf>) -> Option<PathBuf> {
+    named.or_else(|| {
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        default.exists().then(|| default.to_path_buf())
+    })
+}
+
+/// The keys given as flags, as the last configuration layer.
+fn flag_layer(database_url: Option<String>, serve: Option<&ServeArgs>) -> toml::Table {
+    let mut t = toml::Table::new();
+    let mut put = |k: &str, v: toml::Value| {
+        t.insert(k.into(), v);
     };
-    file.apply_env(|k| std::env::var(k).ok())
-        .map_err(|e| e.to_string())?;
-    Ok(file)
+    if let Some(url) = database_url {
+        put("database_url", url.into());
+    }
+    if let Some(args) = serve {
+        if let Some(bind) = args.bind {
+            put("bind", bind.to_string().into());
+        }
+        if args.dev {
+            put("dev", true.into());
+        }
+        if let Some(path) = &args.jwt_secret_file {
+            put("jwt_secret_file", path.display().to_string().into());
+        }
+    }
+    t
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let file = load_file(cli.config.as_deref())?;
+    let serve_args = match &cli.command {
+        Command::Serve(args) => Some(args),
+        _ => None,
+    };
+    let flags = flag_layer(cli.database_url.clone(), serve_args);
+    let env = |k: &str| std::env::var(k).ok();
+    let settings = Settings::load(config_file(cli.config.clone()).as_deref(), &env, flags)
+        .map_err(|e| e.to_string())?;
     match cli.command {
-        Command::Serve(args) => {
-            let secret = std::env::var("PROPASS_JWT_SECRET")
-                .ok()
-                .filter(|s| !s.is_empty());
-            let config = file
-                .into_config(
-                    cli.database_url,
-                    args.bind,
-                    secret,
-                    args.jwt_secret_file,
-                    args.dev,
-                )
-                .map_err(|e| e.to_string())?;
-            serve(config)
-        }
+        Command::Serve(_) => serve(settings.into_config().map_err(|e| e.to_string())?),
         command => {
-            let url = cli.database_url.or(file.database_url).ok_or(
-                "no database configured: set DATABASE_URL, --database-url or database_url in the config file",
-            )?;
+            let url = settings.database_url().map_err(|e| e.to_string())?;
             let applied = db::run_migrations(&url)?;
             for m in applied {
                 eprintln!("applied migration {m}");

@@ -1,5 +1,10 @@
-//! Server configuration: one struct, layered TOML file → environment →
-//! command-line flags (flags win). Secrets are never printed.
+//! Server configuration, from one source of truth: the [`settings!`] list
+//! below declares every key once — its type, default, environment variable,
+//! flag and documentation. From it come the [`Settings`] struct (deserialized
+//! from the layers TOML file → environment → flags, flags winning), the
+//! environment layer, and the table in docs/operations.md (a test fails when
+//! that table is stale). [`Settings::into_config`] checks the values and
+//! builds the runtime [`Config`]. Secrets are never printed.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -7,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::{Table, Value};
 
 /// The signing secret for tokens. Its `Debug` never shows the value.
 #[derive(Clone)]
@@ -23,6 +29,12 @@ impl Secret {
     }
 }
 
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
@@ -33,121 +45,236 @@ impl fmt::Debug for Secret {
 /// restart of a development server. Never use it in production.
 pub const DEV_JWT_SECRET: &str = "propass-development-secret-do-not-use-in-production";
 
-/// Everything the server needs to run.
+/// Everything the server needs to run: the checked form of [`Settings`]
+/// (each field is documented on its key there).
 #[derive(Debug, Clone)]
+#[allow(missing_docs)]
 pub struct Config {
-    /// PostgreSQL connection URL (`DATABASE_URL`).
     pub database_url: String,
-    /// Where to listen. Default `127.0.0.1:5000`, the seed client's default port.
     pub bind: SocketAddr,
-    /// HMAC key that signs tokens (`PROPASS_JWT_SECRET` or `jwt_secret_file`).
     pub jwt_secret: Secret,
-    /// Development mode: allows running without a configured secret.
     pub dev_mode: bool,
-    /// Lifetime of a token. Default 7 days: the seed client refreshes when less
-    /// than one day is left, and a kiosk may stay offline for days.
     pub token_ttl: Duration,
-    /// How long after expiry `/api/auth/refresh` still accepts a token
-    /// (kiosks come back from long offline spells). Default 30 days.
     pub refresh_grace: Duration,
-    /// Most items in one push. Default 20 000 (the seed client pushes its
-    /// whole offline queue in one request).
     pub max_batch_items: usize,
-    /// Largest request body in bytes. Default 8 MiB.
     pub max_body_bytes: usize,
-    /// Failed logins allowed per username and per address within `login_window`. Default 5.
     pub login_max_failures: u32,
-    /// The window of the login throttle. Default 5 minutes.
     pub login_window: Duration,
-    /// Browser origins allowed to open the WebSocket. Connections without an
-    /// `Origin` header (kiosk agents, the Electron main process) are not browsers
-    /// and are always allowed. Default: none.
     pub ws_allowed_origins: Vec<String>,
-    /// How often the server pings each WebSocket. Default 15 s.
     pub ws_heartbeat: Duration,
-    /// A WebSocket that sends nothing (not even a pong) for this long is closed. Default 75 s.
     pub ws_client_timeout: Duration,
-    /// Messages queued for one WebSocket before the server drops that slow
-    /// consumer. Default 256.
     pub ws_outbound_queue: usize,
-    /// Inbound WebSocket messages allowed per second per connection (burst: twice that). Default 10.
     pub ws_inbound_per_sec: u32,
-    /// Database connections in the pool. Default 16.
     pub db_pool_size: usize,
-    /// How long to wait for a database connection before answering 503. Default 5 s.
     pub db_timeout: Duration,
-    /// HTTP worker threads. Default: the number of CPUs.
     pub workers: Option<usize>,
 }
 
 impl Config {
-    /// A configuration with every default, for the given database and secret.
+    /// Every default, for the given database and secret.
     pub fn new(database_url: impl Into<String>, jwt_secret: Secret) -> Self {
-        Self {
-            database_url: database_url.into(),
-            bind: "127.0.0.1:5000".parse().expect("static address"),
-            jwt_secret,
-            dev_mode: false,
-            token_ttl: Duration::from_secs(7 * 24 * 3600),
-            refresh_grace: Duration::from_secs(30 * 24 * 3600),
-            max_batch_items: 20_000,
-            max_body_bytes: 8 * 1024 * 1024,
-            login_max_failures: 5,
-            login_window: Duration::from_secs(300),
-            ws_allowed_origins: Vec::new(),
-            ws_heartbeat: Duration::from_secs(15),
-            ws_client_timeout: Duration::from_secs(75),
-            ws_outbound_queue: 256,
-            ws_inbound_per_sec: 10,
-            db_pool_size: 16,
-            db_timeout: Duration::from_secs(5),
-            workers: None,
+        Settings::default().build(database_url.into(), jwt_secret)
+    }
+}
+
+/// One configuration key, as documented.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// The TOML key.
+    pub key: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// The command-line flag, if any.
+    pub flag: &'static str,
+    /// What it means.
+    pub doc: &'static str,
+}
+
+/// Declares every key once; see the module documentation.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])+ $key:ident : $ty:ty = $default:expr, env $env:literal, flag $flag:literal; )+) => {
+        /// The settings as the layers give them (file → environment → flags),
+        /// before they are checked. Every key is optional in every layer.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Settings {
+            $( $(#[doc = $doc])+ pub $key: $ty, )+
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Self { $( $key: $default, )+ }
+            }
+        }
+
+        /// Every key, in declaration order.
+        pub const KEYS: &[KeyDoc] = &[
+            $( KeyDoc { key: stringify!($key), env: $env, flag: $flag, doc: concat!($($doc),+) }, )+
+        ];
+
+        impl Settings {
+            /// The environment layer: each key's variable, when set and not
+            /// empty, parsed as the key's type.
+            fn env_layer(get: &dyn Fn(&str) -> Option<String>) -> Result<Table, ConfigError> {
+                let mut table = Table::new();
+                $(
+                    if let Some(raw) = get($env).filter(|v| !v.trim().is_empty()) {
+                        let value = <$ty as Layered>::from_env(raw.trim())
+                            .map_err(|why| ConfigError::Invalid(format!("{}={raw:?}: {why}", $env)))?;
+                        table.insert(stringify!($key).into(), value);
+                    }
+                )+
+                Ok(table)
+            }
+
+            /// Each key's default, as the docs show it.
+            fn defaults() -> Vec<String> {
+                let d = Self::default();
+                vec![ $( d.$key.doc_value(), )+ ]
+            }
+        }
+    };
+}
+
+settings! {
+    /// PostgreSQL URL, e.g. `postgres://propass@localhost/propass`. Required.
+    database_url: Option<String> = None, env "DATABASE_URL", flag "--database-url";
+    /// Listen address; the seed client's default port.
+    bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 5000)), env "PROPASS_BIND", flag "serve --bind";
+    /// HMAC key that signs tokens, 32+ bytes. Required outside `dev`; prefer `jwt_secret_file`.
+    jwt_secret: Option<Secret> = None, env "PROPASS_JWT_SECRET", flag "";
+    /// A file whose content (trimmed) is the JWT secret.
+    jwt_secret_file: Option<PathBuf> = None, env "PROPASS_JWT_SECRET_FILE", flag "serve --jwt-secret-file";
+    /// Development mode: without a secret, sign with a well-known one. Never in production.
+    dev: bool = false, env "PROPASS_DEV", flag "serve --dev";
+    /// Token lifetime (at least 60). Long, because the seed client refreshes only when less than a day is left and kiosks stay offline for days.
+    token_ttl_secs: u64 = 7 * 24 * 3600, env "PROPASS_TOKEN_TTL_SECS", flag "";
+    /// How long after expiry `/api/auth/refresh` still accepts a token (kiosks come back from long offline spells).
+    refresh_grace_secs: u64 = 30 * 24 * 3600, env "PROPASS_REFRESH_GRACE_SECS", flag "";
+    /// Items per push (413 above). The seed client pushes its whole queue at once: a seed kiosk with more unsynced items than this cannot sync until the limit is raised.
+    max_batch_items: usize = 20_000, env "PROPASS_MAX_BATCH_ITEMS", flag "";
+    /// Largest request body in bytes (413 above; at least 1024).
+    max_body_bytes: usize = 8 * 1024 * 1024, env "PROPASS_MAX_BODY_BYTES", flag "";
+    /// Failed logins allowed per username and per address within the window (429 above).
+    login_max_failures: u32 = 5, env "PROPASS_LOGIN_MAX_FAILURES", flag "";
+    /// The login throttle's window.
+    login_window_secs: u64 = 300, env "PROPASS_LOGIN_WINDOW_SECS", flag "";
+    /// Browser origins allowed to open the WebSocket (comma-separated in the environment). Clients without an `Origin` header (kiosk agents, Electron's main process) are not browsers and are always allowed.
+    ws_allowed_origins: Vec<String> = Vec::new(), env "PROPASS_WS_ALLOWED_ORIGINS", flag "";
+    /// How often the server pings each WebSocket.
+    ws_heartbeat_secs: u64 = 15, env "PROPASS_WS_HEARTBEAT_SECS", flag "";
+    /// A WebSocket silent this long (not even a pong) is closed (at least 2).
+    ws_client_timeout_secs: u64 = 75, env "PROPASS_WS_CLIENT_TIMEOUT_SECS", flag "";
+    /// Events queued for one WebSocket (one push's messages are one event) before the server drops that slow consumer.
+    ws_outbound_queue: usize = 256, env "PROPASS_WS_OUTBOUND_QUEUE", flag "";
+    /// Inbound WebSocket messages allowed per second per connection (bursts of twice that).
+    ws_inbound_per_sec: u32 = 10, env "PROPASS_WS_INBOUND_PER_SEC", flag "";
+    /// Database connections in the pool.
+    db_pool_size: usize = 16, env "PROPASS_DB_POOL_SIZE", flag "";
+    /// How long to wait for a database connection (or `/health`'s query) before answering 503.
+    db_timeout_secs: u64 = 5, env "PROPASS_DB_TIMEOUT_SECS", flag "";
+    /// HTTP worker threads; unset means one per CPU.
+    workers: Option<usize> = None, env "PROPASS_WORKERS", flag "";
+}
+
+/// How a key's type reads from the environment and shows in the docs.
+trait Layered {
+    fn from_env(raw: &str) -> Result<Value, String>;
+    fn doc_value(&self) -> String;
+}
+
+macro_rules! layered_number {
+    ($($t:ty),+) => {$(
+        impl Layered for $t {
+            fn from_env(raw: &str) -> Result<Value, String> {
+                let n: $t = raw.parse().map_err(|_| "not a valid number".to_string())?;
+                i64::try_from(n).map(Value::Integer).map_err(|_| "too large".to_string())
+            }
+            fn doc_value(&self) -> String {
+                format!("`{self}`")
+            }
+        }
+    )+};
+}
+layered_number!(u32, u64, usize);
+
+impl Layered for bool {
+    fn from_env(raw: &str) -> Result<Value, String> {
+        match raw.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Value::Boolean(true)),
+            "0" | "false" | "no" | "off" => Ok(Value::Boolean(false)),
+            _ => Err("expected true or false".into()),
+        }
+    }
+    fn doc_value(&self) -> String {
+        format!("`{self}`")
+    }
+}
+
+impl Layered for String {
+    fn from_env(raw: &str) -> Result<Value, String> {
+        Ok(Value::String(raw.to_owned()))
+    }
+    fn doc_value(&self) -> String {
+        format!("`{self}`")
+    }
+}
+
+impl Layered for Secret {
+    fn from_env(raw: &str) -> Result<Value, String> {
+        Ok(Value::String(raw.to_owned()))
+    }
+    fn doc_value(&self) -> String {
+        "***".into()
+    }
+}
+
+impl Layered for PathBuf {
+    fn from_env(raw: &str) -> Result<Value, String> {
+        Ok(Value::String(raw.to_owned()))
+    }
+    fn doc_value(&self) -> String {
+        format!("`{}`", self.display())
+    }
+}
+
+impl Layered for SocketAddr {
+    fn from_env(raw: &str) -> Result<Value, String> {
+        raw.parse::<SocketAddr>()
+            .map(|_| Value::String(raw.to_owned()))
+            .map_err(|_| "not an address like 127.0.0.1:5000".into())
+    }
+    fn doc_value(&self) -> String {
+        format!("`{self}`")
+    }
+}
+
+impl Layered for Vec<String> {
+    fn from_env(raw: &str) -> Result<Value, String> {
+        Ok(Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        ))
+    }
+    fn doc_value(&self) -> String {
+        if self.is_empty() {
+            "none".into()
+        } else {
+            format!("`{}`", self.join(","))
         }
     }
 }
 
-/// The TOML file's shape: every key optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// See [`Config::database_url`].
-    pub database_url: Option<String>,
-    /// See [`Config::bind`].
-    pub bind: Option<SocketAddr>,
-    /// See [`Config::jwt_secret`]. Prefer `jwt_secret_file`.
-    pub jwt_secret: Option<String>,
-    /// A file whose content (trimmed) is the secret.
-    pub jwt_secret_file: Option<PathBuf>,
-    /// See [`Config::dev_mode`].
-    pub dev: Option<bool>,
-    /// See [`Config::token_ttl`], in seconds.
-    pub token_ttl_secs: Option<u64>,
-    /// See [`Config::refresh_grace`], in seconds.
-    pub refresh_grace_secs: Option<u64>,
-    /// See [`Config::max_batch_items`].
-    pub max_batch_items: Option<usize>,
-    /// See [`Config::max_body_bytes`].
-    pub max_body_bytes: Option<usize>,
-    /// See [`Config::login_max_failures`].
-    pub login_max_failures: Option<u32>,
-    /// See [`Config::login_window`], in seconds.
-    pub login_window_secs: Option<u64>,
-    /// See [`Config::ws_allowed_origins`].
-    pub ws_allowed_origins: Option<Vec<String>>,
-    /// See [`Config::ws_heartbeat`], in seconds.
-    pub ws_heartbeat_secs: Option<u64>,
-    /// See [`Config::ws_client_timeout`], in seconds.
-    pub ws_client_timeout_secs: Option<u64>,
-    /// See [`Config::ws_outbound_queue`].
-    pub ws_outbound_queue: Option<usize>,
-    /// See [`Config::ws_inbound_per_sec`].
-    pub ws_inbound_per_sec: Option<u32>,
-    /// See [`Config::db_pool_size`].
-    pub db_pool_size: Option<usize>,
-    /// See [`Config::db_timeout`], in seconds.
-    pub db_timeout_secs: Option<u64>,
-    /// See [`Config::workers`].
-    pub workers: Option<usize>,
+impl<T: Layered> Layered for Option<T> {
+    fn from_env(raw: &str) -> Result<Value, String> {
+        T::from_env(raw)
+    }
+    fn doc_value(&self) -> String {
+        self.as_ref().map_or_else(|| "—".into(), T::doc_value)
+    }
 }
 
 /// What went wrong while assembling the configuration.
@@ -161,11 +288,11 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown keys.
-    #[error("invalid config file {path}: {message}")]
+    /// The file is not valid TOML, or a layer has an unknown key or a value of the wrong type.
+    #[error("invalid configuration{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
     Parse {
-        /// The file.
-        path: PathBuf,
+        /// The file, when the file is at fault.
+        path: Option<PathBuf>,
         /// What the parser said.
         message: String,
     },
@@ -177,198 +304,223 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-impl FileConfig {
-    /// Reads a TOML file.
-    pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
+impl Settings {
+    /// Reads the layers: `file` (TOML), then the environment through `get`,
+    /// then `flags` (a table of the keys given on the command line).
+    pub fn load(
+        file: Option<&Path>,
+        get: &dyn Fn(&str) -> Option<String>,
+        flags: Table,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => read_table(path)?,
+            None => Table::new(),
+        };
+        if let Some(path) = file {
+            // Checked alone first, so that an error names the file.
+            Self::deserialize(Value::Table(table.clone())).map_err(|e| ConfigError::Parse {
+                path: Some(path.into()),
+                message: e.to_string(),
+            })?;
+        }
+        table.extend(Self::env_layer(get)?);
+        table.extend(flags);
+        Self::deserialize(Value::Table(table)).map_err(|e| ConfigError::Parse {
+            path: None,
             message: e.to_string(),
         })
     }
+}
 
-    /// Applies the environment's `PROPASS_*` variables over the file's values
-    /// (`DATABASE_URL`, `PROPASS_BIND`, `PROPASS_JWT_SECRET` and
-    /// `PROPASS_JWT_SECRET_FILE` are read by the command line itself).
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn num<T: std::str::FromStr>(
-            name: &str,
-            v: Option<String>,
-        ) -> Result<Option<T>, ConfigError> {
-            v.map(|s| {
-                s.trim().parse::<T>().map_err(|_| {
-                    ConfigError::Invalid(format!("{name}={s:?} is not a valid number"))
-                })
-            })
-            .transpose()
-        }
-        macro_rules! env_num {
-            ($field:ident, $name:literal) => {
-                if let Some(v) = num($name, get($name))? {
-                    self.$field = Some(v);
-                }
-            };
-        }
-        env_num!(token_ttl_secs, "PROPASS_TOKEN_TTL_SECS");
-        env_num!(refresh_grace_secs, "PROPASS_REFRESH_GRACE_SECS");
-        env_num!(max_batch_items, "PROPASS_MAX_BATCH_ITEMS");
-        env_num!(max_body_bytes, "PROPASS_MAX_BODY_BYTES");
-        env_num!(login_max_failures, "PROPASS_LOGIN_MAX_FAILURES");
-        env_num!(login_window_secs, "PROPASS_LOGIN_WINDOW_SECS");
-        env_num!(ws_heartbeat_secs, "PROPASS_WS_HEARTBEAT_SECS");
-        env_num!(ws_client_timeout_secs, "PROPASS_WS_CLIENT_TIMEOUT_SECS");
-        env_num!(db_pool_size, "PROPASS_DB_POOL_SIZE");
-        env_num!(workers, "PROPASS_WORKERS");
-        if let Some(v) = get("PROPASS_WS_ALLOWED_ORIGINS") {
-            self.ws_allowed_origins = Some(
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect(),
-            );
-        }
-        Ok(())
+fn read_table(path: &Path) -> Result<Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    text.parse::<Table>().map_err(|e| ConfigError::Parse {
+        path: Some(path.into()),
+        message: e.to_string(),
+    })
+}
+
+impl Settings {
+    /// The database URL, or the error every command gives without one.
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        self.database_url.clone().ok_or_else(|| {
+            ConfigError::Missing(
+                "no database configured: set DATABASE_URL, --database-url or database_url in the config file".into(),
+            )
+        })
     }
 
-    /// Builds the final configuration. `database_url`, `bind`, `secret`,
-    /// `secret_file` and `dev` come from flags or their environment variables
-    /// and win over the file.
-    pub fn into_config(
-        self,
-        database_url: Option<String>,
-        bind: Option<SocketAddr>,
-        secret: Option<String>,
-        secret_file: Option<PathBuf>,
-        dev: bool,
-    ) -> Result<Config, ConfigError> {
-        let database_url = database_url.or(self.database_url).ok_or_else(|| {
-            ConfigError::Missing("no database configured: set DATABASE_URL, --database-url or database_url in the config file".into())
-        })?;
-        let dev_mode = dev || self.dev.unwrap_or(false);
-        let secret_file = secret_file.or(self.jwt_secret_file);
-        let secret = match (secret, secret_file, self.jwt_secret) {
-            (Some(s), _, _) => Some(s),
-            (None, Some(path), _) => Some(
-                std::fs::read_to_string(&path)
+    fn secret(&self) -> Result<Secret, ConfigError> {
+        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(path)) => Some(Secret::new(
+                std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read {
                         path: path.clone(),
                         source,
                     })?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None, file_secret) => file_secret,
+                    .trim(),
+            )),
+            (None, None) => None,
         };
-        let jwt_secret = match secret {
-            Some(s) if s.len() >= 32 => Secret::new(s),
-            Some(_) => return Err(ConfigError::Invalid("the JWT secret must be at least 32 bytes long".into())),
-            None if dev_mode => {
+        match secret {
+            Some(s) if s.expose().len() >= 32 => Ok(s),
+            Some(_) => Err(ConfigError::Invalid(
+                "the JWT secret must be at least 32 bytes long".into(),
+            )),
+            None if self.dev => {
                 tracing::warn!("development mode: signing tokens with the well-known development secret");
-                Secret::new(DEV_JWT_SECRET)
+                Ok(Secret::new(DEV_JWT_SECRET))
             }
-            None => {
-                return Err(ConfigError::Missing(
-                    "no JWT signing secret: set PROPASS_JWT_SECRET (32+ bytes), PROPASS_JWT_SECRET_FILE or jwt_secret_file, \
-                     or pass --dev for a development server"
-                        .into(),
-                ))
-            }
-        };
-        let mut c = Config::new(database_url, jwt_secret);
-        c.dev_mode = dev_mode;
-        if let Some(b) = bind.or(self.bind) {
-            c.bind = b;
+            None => Err(ConfigError::Missing(
+                "no JWT signing secret: set PROPASS_JWT_SECRET (32+ bytes), PROPASS_JWT_SECRET_FILE or jwt_secret_file, \
+                 or pass --dev for a development server"
+                    .into(),
+            )),
         }
-        let secs = Duration::from_secs;
-        if let Some(v) = self.token_ttl_secs {
-            c.token_ttl = secs(v.max(60));
-        }
-        if let Some(v) = self.refresh_grace_secs {
-            c.refresh_grace = secs(v);
-        }
-        if let Some(v) = self.max_batch_items {
-            c.max_batch_items = v.max(1);
-        }
-        if let Some(v) = self.max_body_bytes {
-            c.max_body_bytes = v.max(1024);
-        }
-        if let Some(v) = self.login_max_failures {
-            c.login_max_failures = v.max(1);
-        }
-        if let Some(v) = self.login_window_secs {
-            c.login_window = secs(v.max(1));
-        }
-        if let Some(v) = self.ws_allowed_origins {
-            c.ws_allowed_origins = v;
-        }
-        if let Some(v) = self.ws_heartbeat_secs {
-            c.ws_heartbeat = secs(v.max(1));
-        }
-        if let Some(v) = self.ws_client_timeout_secs {
-            c.ws_client_timeout = secs(v.max(2));
-        }
-        if let Some(v) = self.ws_outbound_queue {
-            c.ws_outbound_queue = v.max(1);
-        }
-        if let Some(v) = self.ws_inbound_per_sec {
-            c.ws_inbound_per_sec = v.max(1);
-        }
-        if let Some(v) = self.db_pool_size {
-            c.db_pool_size = v.max(1);
-        }
-        if let Some(v) = self.db_timeout_secs {
-            c.db_timeout = secs(v.max(1));
-        }
-        c.workers = self.workers;
-        Ok(c)
     }
+
+    /// Checks the values and builds the runtime configuration.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let url = self.database_url()?;
+        let secret = self.secret()?;
+        Ok(self.build(url, secret))
+    }
+
+    /// Values below a floor that keeps the server working are raised to it.
+    fn build(self, database_url: String, jwt_secret: Secret) -> Config {
+        let secs = Duration::from_secs;
+        Config {
+            database_url,
+            jwt_secret,
+            dev_mode: self.dev,
+            bind: self.bind,
+            token_ttl: secs(self.token_ttl_secs.max(60)),
+            refresh_grace: secs(self.refresh_grace_secs),
+            max_batch_items: self.max_batch_items.max(1),
+            max_body_bytes: self.max_body_bytes.max(1024),
+            login_max_failures: self.login_max_failures.max(1),
+            login_window: secs(self.login_window_secs.max(1)),
+            ws_allowed_origins: self.ws_allowed_origins,
+            ws_heartbeat: secs(self.ws_heartbeat_secs.max(1)),
+            ws_client_timeout: secs(self.ws_client_timeout_secs.max(2)),
+            ws_outbound_queue: self.ws_outbound_queue.max(1),
+            ws_inbound_per_sec: self.ws_inbound_per_sec.max(1),
+            db_pool_size: self.db_pool_size.max(1),
+            db_timeout: secs(self.db_timeout_secs.max(1)),
+            workers: self.workers,
+        }
+    }
+}
+
+/// The markdown table of every key, as docs/operations.md shows it between
+/// `<!-- config-table:begin -->` and `<!-- config-table:end -->`.
+pub fn config_table() -> String {
+    let mut out = String::from(
+        "| file key | environment | flag | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    for (k, default) in KEYS.iter().zip(Settings::defaults()) {
+        let flag = if k.flag.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", k.flag)
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {flag} | {default} | {} |\n",
+            k.key,
+            k.env,
+            k.doc.trim()
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn refuses_to_start_without_secret_outside_dev() {
-        let err = FileConfig::default()
-            .into_config(Some("postgres://x".into()), None, None, None, false)
-            .unwrap_err();
-        assert!(err.to_string().contains("PROPASS_JWT_SECRET"), "{err}");
-        let dev = FileConfig::default()
-            .into_config(Some("postgres://x".into()), None, None, None, true)
-            .unwrap();
-        assert!(dev.dev_mode);
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn settings(toml_text: &str, env: &[(&str, &str)], flags: Table) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("propass-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", toml_text.len()));
+        std::fs::write(&path, toml_text).unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Settings::load(Some(&path), &get, flags)
     }
 
     #[test]
-    fn layers_file_env_flags() {
-        let mut file: FileConfig = toml::from_str(
-            "database_url = 'postgres://file'\nbind = '0.0.0.0:1'\nmax_batch_items = 10\njwt_secret = 'ffffffffffffffffffffffffffffffffffff'",
+    fn refuses_to_start_without_secret_outside_dev() {
+        let mut s = Settings { database_url: Some("postgres://x".into()), ..Settings::default() };
+        let err = s.clone().into_config().unwrap_err();
+        assert!(err.to_string().contains("PROPASS_JWT_SECRET"), "{err}");
+        s.dev = true;
+        assert!(s.into_config().unwrap().dev_mode);
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let mut flags = Table::new();
+        flags.insert("bind".into(), Value::String("127.0.0.1:9".into()));
+        let s = settings(
+            "database_url = 'postgres://file'\nbind = '0.0.0.0:1'\nmax_batch_items = 10\ndb_timeout_secs = 3\njwt_secret = 'ffffffffffffffffffffffffffffffffffff'",
+            &[("PROPASS_MAX_BATCH_ITEMS", "20"), ("PROPASS_WS_ALLOWED_ORIGINS", "https://a, https://b"), ("PROPASS_BIND", "127.0.0.1:8")],
+            flags,
         )
         .unwrap();
-        file.apply_env(|k| (k == "PROPASS_MAX_BATCH_ITEMS").then(|| "20".to_string()))
-            .unwrap();
-        let c = file
-            .into_config(
-                None,
-                Some("127.0.0.1:9".parse().unwrap()),
-                None,
-                None,
-                false,
-            )
-            .unwrap();
+        assert!(!format!("{s:?}").contains("ffff"), "settings print the secret");
+        let c = s.into_config().unwrap();
         assert_eq!(c.database_url, "postgres://file");
         assert_eq!(c.bind.port(), 9);
         assert_eq!(c.max_batch_items, 20);
+        assert_eq!(c.db_timeout, Duration::from_secs(3));
+        assert_eq!(c.ws_allowed_origins, ["https://a", "https://b"]);
         assert_eq!(format!("{:?}", c.jwt_secret), "Secret(***)");
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
-        assert!(toml::from_str::<FileConfig>("bnid = '1.2.3.4:5'").is_err());
+    fn every_key_has_an_environment_variable_that_works() {
+        for k in KEYS {
+            assert!(!k.env.is_empty(), "{} has no environment variable", k.key);
+        }
+        let s = settings("", &[("PROPASS_WS_OUTBOUND_QUEUE", "7"), ("PROPASS_WS_INBOUND_PER_SEC", "3"), ("PROPASS_DB_TIMEOUT_SECS", "9"), ("PROPASS_DEV", "yes")], Table::new()).unwrap();
+        assert_eq!((s.ws_outbound_queue, s.ws_inbound_per_sec, s.db_timeout_secs, s.dev), (7, 3, 9, true));
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_refused_with_their_source() {
+        let err = settings("bnid = '1.2.3.4:5'", &[], Table::new()).unwrap_err().to_string();
+        assert!(err.contains("bnid") && err.contains(".toml"), "{err}");
+        let err = settings("", &[("PROPASS_DB_POOL_SIZE", "many")], Table::new()).unwrap_err().to_string();
+        assert!(err.contains("PROPASS_DB_POOL_SIZE") && err.contains("not a valid number"), "{err}");
+        let err = settings("workers = 'four'", &[], Table::new()).unwrap_err().to_string();
+        assert!(err.contains("workers"), "{err}");
+        assert!(Settings::load(None, &no_env, Table::new()).is_ok());
+    }
+
+    /// docs/operations.md shows the generated table; `PROPASS_BLESS=1 cargo
+    /// test -p propass-server --lib config` rewrites it.
+    #[test]
+    fn operations_doc_shows_the_generated_table() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let (begin, end) = ("<!-- config-table:begin -->\n", "<!-- config-table:end -->");
+        let a = doc.find(begin).expect("begin marker in docs/operations.md") + begin.len();
+        let b = doc.find(end).expect("end marker in docs/operations.md");
+        let table = config_table();
+        if doc[a..b] != table {
+            if std::env::var_os("PROPASS_BLESS").is_some() {
+                std::fs::write(&path, format!("{}{table}{}", &doc[..a], &doc[b..])).unwrap();
+            } else {
+                panic!("docs/operations.md's configuration table is stale: run PROPASS_BLESS=1 cargo test -p propass-server --lib config");
+            }
+        }
     }
 }
