@@ -96,6 +96,7 @@ impl LoginThrottle {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

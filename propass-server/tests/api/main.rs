@@ -1,6 +1,7 @@
 //! Integration tests of propass-server: the real server on a free port,
 //! against a fresh database of the real PostgreSQL named by `DATABASE_URL`
 //! (`cargo xtask test` provisions one). One binary for all of them.
+#![allow(clippy::disallowed_methods)] // tests run on the real clock
 
 mod auth;
 mod health;
