@@ -169,3 +169,74 @@ fn summarize(device: &DeviceId, data: &[PushItemResult], now: DateTime<Utc>) -> 
         at: now,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::ledger::{BatchOutcome, IdempotencyKey};
+
+    /// A ledger in memory: enough to check the use case without PostgreSQL.
+    #[derive(Default)]
+    struct MemoryLedger {
+        rows: HashMap<IdempotencyKey, i64>,
+    }
+
+    impl LedgerStore for MemoryLedger {
+        async fn record_batch(
+            &mut self,
+            _device: &DeviceId,
+            ops: &[NewOp<'_>],
+            now: DateTime<Utc>,
+        ) -> Result<BatchOutcome, ApiError> {
+            let outcomes = ops
+                .iter()
+                .map(|op| {
+                    if op.item.payload.client_id.get() != 1 {
+                        return Outcome::Failed(ItemFailure::UnknownClient(op.item.payload.client_id));
+                    }
+                    let next = self.rows.len() as i64 + 1;
+                    let duplicate = self.rows.contains_key(&op.key);
+                    let ledger_id = *self.rows.entry(op.key.clone()).or_insert(next);
+                    Outcome::Recorded { ledger_id, duplicate, overdraft: false, occurred_at: now }
+                })
+                .collect();
+            Ok(BatchOutcome { outcomes, ..BatchOutcome::default() })
+        }
+    }
+
+    fn copy(id: i64, op: &str, client: i64) -> serde_json::Value {
+        json!({"id": id, "op_id": op, "type": "copy", "payload": {"client_id": client, "uid": "04AB12CD"}})
+    }
+
+    #[tokio::test]
+    async fn answers_every_item_in_input_order_and_announces_only_new_copies() {
+        let device = DeviceId::parse("kiosk-1").unwrap();
+        let op = "0190a6b0-0000-7000-8000-000000000001";
+        let queue = vec![
+            copy(1, op, 1),
+            json!({"id": 2, "type": "teleport"}),
+            copy(3, op, 1),
+            copy(4, "0190a6b0-0000-7000-8000-000000000004", 99),
+        ];
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let done = push(&mut MemoryLedger::default(), &device, &queue, now).await.unwrap();
+        let data = &done.response.data;
+        assert_eq!(data.iter().map(|r| r.id).collect::<Vec<_>>(), [Some(1), Some(2), Some(3), Some(4)]);
+        assert_eq!((data[0].status, data[0].duplicate), (PushStatus::Synced, false));
+        assert_eq!(data[1].status, PushStatus::Failed);
+        assert!(data[1].error.as_deref().unwrap().contains("teleport"), "{:?}", data[1]);
+        assert_eq!((data[2].status, data[2].duplicate, data[2].ledger_id), (PushStatus::Synced, true, Some(1)));
+        assert_eq!(data[3].error.as_deref(), Some("unknown client 99"));
+        assert_eq!(done.broadcast.len(), 1, "one copy_completed for the one new copy");
+        match &done.to_pusher {
+            WsMessage::SyncCompleted(s) => {
+                assert_eq!((s.synced, s.failed, s.duplicates, s.at), (2, 2, 1, now));
+            }
+            other => panic!("expected sync_completed, got {other:?}"),
+        }
+    }
+}
