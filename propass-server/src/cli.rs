@@ -266,150 +266,188 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let conn = &mut conn;
-    let dberr = |e: diesel::result::Error| e.to_string();
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
-        Command::Migrate => eprintln!("database is up to date"),
+        Command::Migrate => {
+            eprintln!("database is up to date");
+            Ok(())
+        }
         Command::User(UserCmd::Add {
             name,
             role,
             password_stdin,
             update,
-        }) => {
-            if !password_stdin {
-                return Err("pass the password on standard input with --password-stdin (never on the command line)".into());
-            }
-            if name.is_empty() || name.len() > 128 {
-                return Err("username must be 1 to 128 bytes".into());
-            }
-            let password = read_password()?;
-            let hash = tokio::task::spawn_blocking(move || auth::password::hash_password(&password))
-                .await
-                .map_err(|e| e.to_string())??;
-            let exists = db::users::find(conn, &name).await.map_err(dberr)?.is_some();
-            let id = match (exists, update) {
-                (true, false) => {
-                    return Err(format!(
-                    "user {name:?} already exists (add --update to change its password and role)"
-                ))
-                }
-                (true, true) => db::users::update(conn, &name, &hash, role)
-                    .await
-                    .map_err(dberr)?,
-                (false, _) => db::users::create(conn, &name, &hash, role)
-                    .await
-                    .map_err(dberr)?,
-            };
-            eprintln!(
-                "{} user {name} (id {id}, role {})",
-                if exists { "updated" } else { "created" },
-                role.as_str()
-            );
-        }
+        }) => user_add(conn, name, role, password_stdin, update).await,
         Command::Client(ClientCmd::Add { name, quota, json }) => {
-            let name = name.trim().to_owned();
-            if name.is_empty() {
-                return Err("client name must not be empty".into());
-            }
-            let id = db::clients::create(conn, &name, i64::from(quota))
-                .await
-                .map_err(|e| match e {
-                    diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::UniqueViolation,
-                        _,
-                    ) => {
-                        format!("a client named {name:?} already exists")
-                    }
-                    other => other.to_string(),
-                })?;
-            if json {
-                print_json(&serde_json::json!({"id": id, "name": name, "quota": quota}))?;
-            } else {
-                println!("{id}");
-                eprintln!("created client {name:?} with id {id} and a quota of {quota}");
-            }
+            client_add(conn, name, quota, json).await
         }
-        Command::Client(ClientCmd::List { json }) => {
-            let rows = db::clients::list(conn).await.map_err(dberr)?;
-            if json {
-                let v: Vec<_> = rows
-                    .iter()
-                    .map(|r| serde_json::json!({"id": r.id, "name": r.name, "total": r.total, "used": r.used, "remaining": r.remaining()}))
-                    .collect();
-                print_json(&v)?;
-            } else {
-                println!(
-                    "{:>6}  {:>9}  {:>9}  {:>9}  NAME",
-                    "ID", "TOTAL", "USED", "REMAINING"
-                );
-                for r in rows {
-                    println!(
-                        "{:>6}  {:>9}  {:>9}  {:>9}  {}",
-                        r.id,
-                        r.total,
-                        r.used,
-                        r.remaining(),
-                        r.name
-                    );
-                }
-            }
-        }
+        Command::Client(ClientCmd::List { json }) => client_list(conn, json).await,
         Command::Quota(QuotaCmd::Add { client_id, n, json }) => {
-            let remaining = db::clients::add_quota(conn, client_id, n)
-                .await
-                .map_err(|e| match e {
-                    diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::CheckViolation,
-                        _,
-                    ) => {
-                        format!(
-                            "cannot remove {} copies: the client would have bought fewer than zero",
-                            -n
-                        )
-                    }
-                    other => other.to_string(),
-                })?;
-            let remaining = remaining.ok_or_else(|| format!("no client with id {client_id}"))?;
-            if json {
-                print_json(&serde_json::json!({"client_id": client_id, "remaining": remaining}))?;
-            } else {
-                println!("{remaining}");
-                eprintln!("client {client_id} now has {remaining} copies remaining");
-            }
+            quota_add(conn, client_id, n, json).await
         }
-        Command::Device(DeviceCmd::List { json }) => {
-            let rows = db::devices::list(conn).await.map_err(dberr)?;
-            if json {
-                print_json(&rows)?;
-            } else {
-                println!("{:<40}  {:<8}  LAST SEEN", "DEVICE", "STATUS");
-                for r in rows {
-                    println!(
-                        "{:<40}  {:<8}  {}",
-                        r.device_id,
-                        if r.revoked { "revoked" } else { "active" },
-                        r.last_seen.to_rfc3339()
-                    );
-                }
-            }
+        Command::Device(DeviceCmd::List { json }) => device_list(conn, json).await,
+        Command::Device(DeviceCmd::Revoke { device_id }) => {
+            device_set_revoked(conn, device_id, true).await
         }
-        Command::Device(cmd) => {
-            let (device_id, revoke) = match cmd {
-                DeviceCmd::Revoke { device_id } => (device_id, true),
-                DeviceCmd::Restore { device_id } => (device_id, false),
-                DeviceCmd::List { .. } => unreachable!("handled above"),
-            };
-            if !db::devices::set_revoked(conn, &device_id, revoke, SystemClock.now())
-                .await
-                .map_err(dberr)?
-            {
-                return Err(format!("no device {device_id:?} has ever logged in"));
-            }
-            eprintln!(
-                "device {device_id} {}",
-                if revoke { "revoked" } else { "restored" }
-            );
+        Command::Device(DeviceCmd::Restore { device_id }) => {
+            device_set_revoked(conn, device_id, false).await
         }
     }
+}
+
+fn dberr(e: diesel::result::Error) -> String {
+    e.to_string()
+}
+
+async fn user_add(
+    conn: &mut AsyncPgConnection,
+    name: String,
+    role: Role,
+    password_stdin: bool,
+    update: bool,
+) -> Result<(), String> {
+    if !password_stdin {
+        return Err("pass the password on standard input with --password-stdin (never on the command line)".into());
+    }
+    if name.is_empty() || name.len() > 128 {
+        return Err("username must be 1 to 128 bytes".into());
+    }
+    let password = read_password()?;
+    let hash = tokio::task::spawn_blocking(move || auth::password::hash_password(&password))
+        .await
+        .map_err(|e| e.to_string())??;
+    let exists = db::users::find(conn, &name).await.map_err(dberr)?.is_some();
+    let id = match (exists, update) {
+        (true, false) => {
+            return Err(format!(
+                "user {name:?} already exists (add --update to change its password and role)"
+            ))
+        }
+        (true, true) => db::users::update(conn, &name, &hash, role).await,
+        (false, _) => db::users::create(conn, &name, &hash, role).await,
+    }
+    .map_err(dberr)?;
+    eprintln!(
+        "{} user {name} (id {id}, role {})",
+        if exists { "updated" } else { "created" },
+        role.as_str()
+    );
+    Ok(())
+}
+
+async fn client_add(
+    conn: &mut AsyncPgConnection,
+    name: String,
+    quota: u32,
+    json: bool,
+) -> Result<(), String> {
+    let name = name.trim().to_owned();
+    if name.is_empty() {
+        return Err("client name must not be empty".into());
+    }
+    let id = db::clients::create(conn, &name, i64::from(quota))
+        .await
+        .map_err(|e| match e {
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ) => format!("a client named {name:?} already exists"),
+            other => other.to_string(),
+        })?;
+    if json {
+        print_json(&serde_json::json!({"id": id, "name": name, "quota": quota}))
+    } else {
+        println!("{id}");
+        eprintln!("created client {name:?} with id {id} and a quota of {quota}");
+        Ok(())
+    }
+}
+
+async fn client_list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
+    let rows = db::clients::list(conn).await.map_err(dberr)?;
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "total": r.total, "used": r.used, "remaining": r.remaining()}))
+            .collect();
+        return print_json(&v);
+    }
+    println!(
+        "{:>6}  {:>9}  {:>9}  {:>9}  NAME",
+        "ID", "TOTAL", "USED", "REMAINING"
+    );
+    for r in rows {
+        println!(
+            "{:>6}  {:>9}  {:>9}  {:>9}  {}",
+            r.id,
+            r.total,
+            r.used,
+            r.remaining(),
+            r.name
+        );
+    }
+    Ok(())
+}
+
+async fn quota_add(
+    conn: &mut AsyncPgConnection,
+    client_id: ClientId,
+    n: i64,
+    json: bool,
+) -> Result<(), String> {
+    let remaining = db::clients::add_quota(conn, client_id, n)
+        .await
+        .map_err(|e| match e {
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::CheckViolation,
+                _,
+            ) => format!(
+                "cannot remove {} copies: the client would have bought fewer than zero",
+                -n
+            ),
+            other => other.to_string(),
+        })?;
+    let remaining = remaining.ok_or_else(|| format!("no client with id {client_id}"))?;
+    if json {
+        print_json(&serde_json::json!({"client_id": client_id, "remaining": remaining}))
+    } else {
+        println!("{remaining}");
+        eprintln!("client {client_id} now has {remaining} copies remaining");
+        Ok(())
+    }
+}
+
+async fn device_list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
+    let rows = db::devices::list(conn).await.map_err(dberr)?;
+    if json {
+        return print_json(&rows);
+    }
+    println!("{:<40}  {:<8}  LAST SEEN", "DEVICE", "STATUS");
+    for r in rows {
+        println!(
+            "{:<40}  {:<8}  {}",
+            r.device_id,
+            if r.revoked { "revoked" } else { "active" },
+            r.last_seen.to_rfc3339()
+        );
+    }
+    Ok(())
+}
+
+async fn device_set_revoked(
+    conn: &mut AsyncPgConnection,
+    device_id: DeviceId,
+    revoke: bool,
+) -> Result<(), String> {
+    let found = db::devices::set_revoked(conn, &device_id, revoke, SystemClock.now())
+        .await
+        .map_err(dberr)?;
+    if !found {
+        return Err(format!("no device \"{device_id}\" has ever logged in"));
+    }
+    eprintln!(
+        "device {device_id} {}",
+        if revoke { "revoked" } else { "restored" }
+    );
     Ok(())
 }
