@@ -8,12 +8,15 @@
 //! Options: `--ops N` (2000), `--backlog N` (100000). Needs `DATABASE_URL`,
 //! `PROPASS_SERVER_BIN` and `PROPASS_AGENT_BIN` (set by xtask).
 
+// A benchmark measures real time.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use propass_agent::store::Store;
-use propass_protocol::{ClientId, OpId, QuotaEntry};
+use propass_agent::store::{ServerQuota, Store};
+use propass_protocol::{ClientId, OpId};
 use serde_json::{json, Value};
 
 struct Proc(Child);
@@ -58,12 +61,15 @@ fn opt(name: &str, default: usize) -> Result<usize, String> {
 async fn seed_quota(dir: &Path, remaining: i64) -> Result<Store, String> {
     let store = Store::open(&dir.join("agent.db")).map_err(|e| e.to_string())?;
     store
-        .apply_pull(vec![QuotaEntry {
-            client_id: ClientId::new(1).unwrap(),
-            remaining,
-            name: None,
-            version: None,
-        }])
+        .apply_pull(
+            vec![ServerQuota {
+                client: ClientId::new(1).unwrap(),
+                remaining,
+                name: None,
+                version: None,
+            }],
+            chrono::Utc::now(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(store)
@@ -260,12 +266,15 @@ async fn main() -> Result<(), String> {
     let drain_dir = temp_dir("drain");
     let store = Store::open(&drain_dir.join("agent.db")).map_err(|e| e.to_string())?;
     store
-        .apply_pull(vec![QuotaEntry {
-            client_id: ClientId::new(client).unwrap(),
-            remaining: (backlog * 2) as i64,
-            name: None,
-            version: None,
-        }])
+        .apply_pull(
+            vec![ServerQuota {
+                client: ClientId::new(client).unwrap(),
+                remaining: (backlog * 2) as i64,
+                name: None,
+                version: None,
+            }],
+            chrono::Utc::now(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     // The backlog, written straight into the queue in one transaction (a

@@ -13,9 +13,12 @@ use propass_protocol::{BadgeUid, ClientId, OpType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::agent::{Agent, LinkState};
 use crate::events::AgentEvent;
-use crate::store::{ItemStatus, LocalQuota, QueueCounts, QueuedOp, StoreError};
-use crate::sync::{keys, Agent, LinkState, SyncError};
+use crate::store::{
+    ItemStatus, LocalQuota, NewRecording, QueueCounts, QueuedOp, QuotaPolicy, StoreError,
+};
+use crate::sync::SyncError;
 
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -262,31 +265,28 @@ pub async fn status_view(agent: &Agent) -> ApiResult<StatusView> {
         failed,
         oldest_pending_at,
     } = agent.store.counts().await?;
-    let token = agent.store.meta(keys::TOKEN).await?;
-    let parse = |s: Option<String>| {
-        s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-            .map(|t| t.with_timezone(&Utc))
-    };
+    let session = agent.store.session().await?;
+    let now = agent.clock.now_utc();
     Ok(StatusView {
         device_id: agent.device_id.to_string(),
         server_url: agent.server_url().await?,
         online,
         ws_connected,
-        logged_in: token.is_some() && login_required.is_none(),
-        login_required: if token.is_none() {
+        logged_in: session.is_some() && login_required.is_none(),
+        login_required: if session.is_none() {
             Some("never logged in".into())
         } else {
             login_required
         },
-        username: agent.store.meta(keys::USERNAME).await?,
-        token_expires_at: parse(agent.store.meta(keys::TOKEN_EXP).await?),
+        username: session.as_ref().and_then(|s| s.username.clone()),
+        token_expires_at: session.and_then(|s| s.token_expires_at),
         queue: QueueCountsView {
             pending,
             synced,
             failed,
         },
-        oldest_pending_age_secs: oldest_pending_at.map(|t| (Utc::now() - t).num_seconds().max(0)),
-        last_sync_at: parse(agent.store.meta(keys::LAST_SYNC).await?),
+        oldest_pending_age_secs: oldest_pending_at.map(|t| (now - t).num_seconds().max(0)),
+        last_sync_at: agent.store.last_sync_at().await?,
         last_error,
         quotas: agent
             .store
@@ -369,11 +369,18 @@ async fn record(
         occurred_at,
         op_id,
     } = body.into_inner();
-    let (op, remaining, replay) = agent
-        .store
-        .record(op_type, client_id, uid, occurred_at, op_id)
-        .await?;
-    if replay {
+    let now = agent.clock.now_utc();
+    let new = NewRecording {
+        op_type,
+        client: client_id,
+        uid,
+        occurred_at: occurred_at.unwrap_or(now),
+        recorded_at: now,
+        op_id: op_id.unwrap_or_else(|| agent.rng.new_op_id()),
+    };
+    let recorded = agent.store.record(new, QuotaPolicy::Enforce).await?;
+    let (op, remaining) = (recorded.operation, recorded.remaining);
+    if recorded.duplicate {
         // A retry of an operation already recorded: the same answer, nothing more.
         return Ok(HttpResponse::Ok().json(
             json!({"success": true, "operation": op, "remaining": remaining, "duplicate": true}),

@@ -13,9 +13,9 @@ use actix_web::{App, HttpServer};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::agent::Agent;
 use crate::config::AgentConfig;
 use crate::store::Store;
-use crate::sync::Agent;
 use crate::{api, ws};
 
 /// Removes a socket left by a previous run; refuses to remove anything else

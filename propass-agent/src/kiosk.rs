@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use propass_nfc::{build_block0, BlankKind, NfcError, TagInfo};
 use propass_protocol::{BadgeUid, ClientId, OpType};
 
+use crate::agent::Agent;
 use crate::events::AgentEvent;
-use crate::store::{QueuedOp, StoreError};
-use crate::sync::Agent;
+use crate::store::{NewRecording, QueuedOp, QuotaPolicy, StoreError};
 
 /// Why the flow stopped.
 #[derive(Debug, thiserror::Error)]
@@ -44,10 +44,10 @@ fn progress(agent: &Agent, step: &'static str, uid: Option<String>, message: Opt
 
 /// Checks, before any card is touched, that the client may get one more card.
 async fn precheck(agent: &Agent, client: ClientId) -> Result<(), KioskError> {
-    let quotas = agent.store.quotas().await?;
-    let q = quotas
-        .iter()
-        .find(|q| q.client_id == client)
+    let q = agent
+        .store
+        .quota(client)
+        .await?
         .ok_or(StoreError::UnknownClient(client))?;
     if q.remaining <= 0 {
         return Err(StoreError::QuotaExhausted {
@@ -193,8 +193,17 @@ async fn write_and_record(
     let mut attempt = 0;
     let (operation, remaining) = loop {
         attempt += 1;
-        match agent.store.record_made(op_type, client, uid.clone()).await {
-            Ok(r) => break r,
+        let now = agent.clock.now_utc();
+        let new = NewRecording {
+            op_type,
+            client,
+            uid: uid.clone(),
+            occurred_at: now,
+            recorded_at: now,
+            op_id: agent.rng.new_op_id(),
+        };
+        match agent.store.record(new, QuotaPolicy::CardExists).await {
+            Ok(r) => break (r.operation, r.remaining),
             Err(e) if attempt < 5 => {
                 tracing::warn!(error = %e, uid = %uid, attempt, "cannot record a verified card yet; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;

@@ -16,12 +16,16 @@
 //! (push/pull/token/backoff), [`ws`] (WebSocket client), [`events`], [`api`]
 //! (local API), [`daemon`] (`run`), [`cli`].
 
+pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod kiosk;
+pub mod seams;
 pub mod store;
 pub mod sync;
+pub mod upstream;
 pub mod ws;

@@ -1,35 +1,23 @@
 //! The sync engine: pushes pending items oldest first in batches, applies the
-//! server's per-item results, pulls quotas, keeps the token fresh, and
-//! reconnects with capped, jittered exponential backoff that never gives up.
+//! server's per-item results, pulls quotas, keeps the token fresh, and runs
+//! the sync loop. It decides on the server's error codes (see [`Refusal`]),
+//! never on HTTP numbers; [`wire`] converts between wire and store types.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use propass_protocol::{
-    DeviceId, ErrorBody, ErrorCode, LoginResponse, PullResponse, PushRequest, PushResponse,
-    RefreshResponse,
-};
-use rand::Rng;
+use propass_protocol::{ErrorCode, LoginRequest, LoginResponse};
 use serde::Serialize;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::watch;
 
-use crate::config::AgentConfig;
+use crate::agent::Agent;
+use crate::backoff::Backoff;
 use crate::events::AgentEvent;
-use crate::store::{Store, StoreError};
+use crate::store::{Session, StoreError};
+use crate::upstream::UpstreamError;
 
-/// Connectivity as last observed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LinkState {
-    /// The last request to the server got an answer.
-    pub online: bool,
-    /// The WebSocket is open.
-    pub ws_connected: bool,
-    /// Set when the server refused our token: a login is needed.
-    pub login_required: Option<String>,
-    /// The last sync error.
-    pub last_error: Option<String>,
-}
+pub mod wire;
 
 /// Why a sync cycle stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,220 +53,50 @@ pub struct SyncSummary {
     pub pending: i64,
 }
 
-/// The running agent, shared by its tasks and its local API.
-pub struct Agent {
-    /// Durable state.
-    pub store: Store,
-    /// Configuration.
-    pub config: AgentConfig,
-    /// This kiosk's identity (generated once, kept in the database).
-    pub device_id: DeviceId,
-    /// Local listeners.
-    pub events: broadcast::Sender<AgentEvent>,
-    /// Wakes the sync loop (new operation, login, server reachable).
-    pub kick: Notify,
-    /// Wakes the WebSocket loop (login).
-    pub ws_kick: Notify,
-    /// The NFC reader, on its own thread (opened at first use).
-    pub reader: propass_nfc::ReaderThread,
-    state: Mutex<LinkState>,
-    http: reqwest::Client,
-    sync_lock: tokio::sync::Mutex<()>,
+/// What a server's refusal means for the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The token is missing, invalid or expired: a refresh may help.
+    Token,
+    /// This device may not use the server any more: only a login helps.
+    Device,
+    /// The batch is too big.
+    TooLarge,
+    /// The server is there but cannot work: like being offline.
+    ServerDown,
+    /// Anything else.
+    Other,
 }
 
-/// `meta` keys.
-pub mod keys {
-    /// Device id.
-    pub const DEVICE_ID: &str = "device_id";
-    /// Server URL chosen at login.
-    pub const SERVER_URL: &str = "server_url";
-    /// Current token.
-    pub const TOKEN: &str = "token";
-    /// Its expiry (RFC 3339).
-    pub const TOKEN_EXP: &str = "token_expires_at";
-    /// Who logged in.
-    pub const USERNAME: &str = "username";
-    /// Last successful sync (RFC 3339).
-    pub const LAST_SYNC: &str = "last_sync_at";
-    /// Why a login is required (persisted across restarts).
-    pub const LOGIN_REQUIRED: &str = "login_required";
-}
-
-/// Generates a device id from the hostname and random bits.
-fn new_device_id() -> DeviceId {
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    let host: String = host
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_uppercase()
-            } else {
-                '-'
+impl Refusal {
+    fn of(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::MissingToken
+            | ErrorCode::InvalidToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::InvalidCredentials => Self::Token,
+            ErrorCode::DeviceMismatch | ErrorCode::DeviceRevoked | ErrorCode::Forbidden => {
+                Self::Device
             }
-        })
-        .take(40)
-        .collect();
-    let suffix: u32 = rand::rng().random();
-    let id = format!(
-        "{}_{suffix:08X}",
-        if host.is_empty() {
-            "KIOSK".into()
-        } else {
-            host
-        }
-    );
-    DeviceId::parse(&id)
-        .unwrap_or_else(|_| DeviceId::parse(&format!("KIOSK_{suffix:08X}")).expect("valid id"))
-}
-
-/// Capped exponential backoff with full jitter; never gives up.
-pub struct Backoff {
-    attempt: u32,
-    base: Duration,
-    cap: Duration,
-}
-
-impl Backoff {
-    /// Starts at `base`, never waits more than `cap`.
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            attempt: 0,
-            base,
-            cap,
+            ErrorCode::PayloadTooLarge => Self::TooLarge,
+            ErrorCode::Unavailable | ErrorCode::Internal => Self::ServerDown,
+            _ => Self::Other,
         }
     }
-    /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = rand::rng().random_range(0..=ceiling.as_millis().max(1) as u64);
-        Duration::from_millis(ms)
-    }
-    /// After a success.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
+
+    fn ends_session(self) -> bool {
+        matches!(self, Self::Token | Self::Device)
     }
 }
 
-fn ws_url(server: &str) -> String {
-    let base = server.trim_end_matches('/');
-    let base = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        base.to_owned()
-    };
-    format!("{base}/ws")
-}
-
-/// Reads an error body's message, or the status line.
-async fn error_of(res: reqwest::Response) -> (u16, Option<ErrorCode>, String) {
-    let status = res.status().as_u16();
-    match res.json::<ErrorBody>().await {
-        Ok(body) => (status, Some(body.error.code), body.error.message),
-        Err(_) => (status, None, format!("HTTP {status}")),
-    }
+/// The server and token a cycle works with.
+struct Credentials {
+    server: String,
+    token: String,
 }
 
 impl Agent {
-    /// Opens the agent's state: the device id is generated on first start and kept.
-    pub async fn new(store: Store, config: AgentConfig) -> Result<Arc<Self>, StoreError> {
-        let device_id = match store.meta(keys::DEVICE_ID).await? {
-            Some(id) => DeviceId::parse(&id).map_err(|e| StoreError::Invalid(e.to_string()))?,
-            None => {
-                let id = new_device_id();
-                store
-                    .set_meta(vec![(keys::DEVICE_ID, Some(id.to_string()))])
-                    .await?;
-                id
-            }
-        };
-        let login_required = store.meta(keys::LOGIN_REQUIRED).await?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let (events, _) = broadcast::channel(1024);
-        let reader = propass_nfc::ReaderThread::spawn(config.reader.clone())
-            .map_err(|e| StoreError::Invalid(format!("cannot start the reader thread: {e}")))?;
-        Ok(Arc::new(Self {
-            store,
-            config,
-            device_id,
-            events,
-            kick: Notify::new(),
-            ws_kick: Notify::new(),
-            reader,
-            state: Mutex::new(LinkState {
-                login_required,
-                ..LinkState::default()
-            }),
-            http,
-            sync_lock: tokio::sync::Mutex::new(()),
-        }))
-    }
-
-    /// A copy of the connectivity state.
-    pub fn link(&self) -> LinkState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn update_link(&self, f: impl FnOnce(&mut LinkState)) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let was_online = s.online;
-        f(&mut s);
-        if s.online != was_online {
-            let _ = self
-                .events
-                .send(AgentEvent::Connectivity { online: s.online });
-            tracing::info!(online = s.online, "connectivity changed");
-        }
-    }
-
-    pub(crate) fn set_ws_connected(&self, up: bool) {
-        self.update_link(|s| {
-            s.ws_connected = up;
-            if up {
-                s.online = true;
-            }
-        });
-    }
-
-    /// Sends an event to local listeners (none listening is fine).
-    pub fn emit(&self, e: AgentEvent) {
-        let _ = self.events.send(e);
-    }
-
-    /// The server URL: the one chosen at login, else the configured one.
-    pub async fn server_url(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .store
-            .meta(keys::SERVER_URL)
-            .await?
-            .or_else(|| self.config.server_url.clone()))
-    }
-
-    /// The WebSocket URL and token, when logged in.
-    pub async fn ws_target(&self) -> Result<Option<(String, String)>, StoreError> {
-        let (Some(server), Some(token)) = (
-            self.server_url().await?,
-            self.store.meta(keys::TOKEN).await?,
-        ) else {
-            return Ok(None);
-        };
-        if self.link().login_required.is_some() {
-            return Ok(None);
-        }
-        Ok(Some((ws_url(&server), token)))
-    }
-
-    /// Logs in to `server` (or the known one) and stores the token.
+    /// Logs in to `server` (or the known one) and stores the session.
     pub async fn login(
         &self,
         server: Option<String>,
@@ -290,52 +108,33 @@ impl Agent {
             Some(s) => s.trim_end_matches('/').to_owned(),
             None => current.clone().ok_or(SyncError::NoServer)?,
         };
-        if current
-            .as_deref()
-            .is_some_and(|c| c.trim_end_matches('/') != server)
-        {
-            let c = self.store.counts().await?;
-            if c.pending + c.failed > 0 {
-                return Err(SyncError::UnsyncedWork(format!(
-                    "{} operation(s) are not synced with {}: sync them (or fix the failed ones) before logging in to another server",
-                    c.pending + c.failed,
-                    current.unwrap_or_default()
-                )));
-            }
-        }
-        let body = serde_json::json!({"username": username, "password": password, "device_id": self.device_id});
-        let res = self
-            .http
-            .post(format!("{server}/api/auth/login"))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| SyncError::Offline(e.to_string()))?;
-        if !res.status().is_success() {
-            let (status, _, msg) = error_of(res).await;
-            return Err(SyncError::Server(format!(
-                "login refused ({status}): {msg}"
-            )));
-        }
-        let login: LoginResponse = res
-            .json()
-            .await
-            .map_err(|e| SyncError::Server(format!("unreadable login answer: {e}")))?;
-        self.store
-            .set_meta(vec![
-                (keys::SERVER_URL, Some(server)),
-                (keys::TOKEN, Some(login.token.clone())),
-                (
-                    keys::TOKEN_EXP,
-                    login
-                        .expires_at
-                        .map(|t| t.to_rfc3339())
-                        .or_else(|| token_exp(&login.token).map(|t| t.to_rfc3339())),
-                ),
-                (keys::USERNAME, Some(login.user.username.clone())),
-                (keys::LOGIN_REQUIRED, None),
-            ])
+        self.check_server_change(current.as_deref(), &server)
             .await?;
+        let body = LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            device_id: self.device_id.clone(),
+        };
+        let login = self
+            .server
+            .login(&server, &body)
+            .await
+            .map_err(|e| match e {
+                UpstreamError::Unreachable(m) => SyncError::Offline(m),
+                UpstreamError::Refused {
+                    status, message, ..
+                } => SyncError::Server(format!("login refused ({status}): {message}")),
+                UpstreamError::Unreadable(m) => {
+                    SyncError::Server(format!("unreadable login answer: {m}"))
+                }
+            })?;
+        let session = Session {
+            server_url: server,
+            token: login.token.clone(),
+            token_expires_at: login.expires_at.or_else(|| token_exp(&login.token)),
+            username: Some(login.user.username.clone()),
+        };
+        self.store.save_login(session).await?;
         self.update_link(|s| s.login_required = None);
         tracing::info!(user = %login.user.username, device = %self.device_id, "logged in");
         self.kick.notify_one();
@@ -343,12 +142,28 @@ impl Agent {
         Ok(login)
     }
 
+    /// Refuses a login to another server while operations are unsynced.
+    async fn check_server_change(
+        &self,
+        current: Option<&str>,
+        next: &str,
+    ) -> Result<(), SyncError> {
+        let Some(current) = current.filter(|c| c.trim_end_matches('/') != next) else {
+            return Ok(());
+        };
+        let c = self.store.counts().await?;
+        if c.pending + c.failed > 0 {
+            return Err(SyncError::UnsyncedWork(format!(
+                "{} operation(s) are not synced with {current}: sync them (or fix the failed ones) before logging in to another server",
+                c.pending + c.failed,
+            )));
+        }
+        Ok(())
+    }
+
     async fn logged_out(&self, reason: String) -> SyncError {
         tracing::warn!(%reason, "login required");
-        let _ = self
-            .store
-            .set_meta(vec![(keys::LOGIN_REQUIRED, Some(reason.clone()))])
-            .await;
+        let _ = self.store.set_login_required(reason.clone()).await;
         self.update_link(|s| s.login_required = Some(reason.clone()));
         self.emit(AgentEvent::LoginRequired {
             reason: reason.clone(),
@@ -356,37 +171,26 @@ impl Agent {
         SyncError::LoggedOut(reason)
     }
 
-    /// Refreshes the token; `Ok(false)` when the server refused it.
+    /// Refreshes the token; `Ok(None)` when the server refused it.
     async fn refresh(&self, server: &str, token: &str) -> Result<Option<String>, SyncError> {
-        let res = self
-            .http
-            .post(format!("{server}/api/auth/refresh"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| SyncError::Offline(e.to_string()))?;
-        if res.status().is_success() {
-            let r: RefreshResponse = res
-                .json()
-                .await
-                .map_err(|e| SyncError::Server(e.to_string()))?;
-            let exp = r.expires_at.or_else(|| token_exp(&r.token));
-            self.store
-                .set_meta(vec![
-                    (keys::TOKEN, Some(r.token.clone())),
-                    (keys::TOKEN_EXP, exp.map(|t| t.to_rfc3339())),
-                ])
-                .await?;
-            tracing::info!("token refreshed");
-            return Ok(Some(r.token));
+        match self.server.refresh(server, token).await {
+            Ok(r) => {
+                let exp = r.expires_at.or_else(|| token_exp(&r.token));
+                self.store.save_token(r.token.clone(), exp).await?;
+                tracing::info!("token refreshed");
+                Ok(Some(r.token))
+            }
+            Err(UpstreamError::Refused { code, .. }) if Refusal::of(code).ends_session() => {
+                Ok(None)
+            }
+            Err(UpstreamError::Refused {
+                status, message, ..
+            }) => Err(SyncError::Server(format!(
+                "refresh failed ({status}): {message}"
+            ))),
+            Err(UpstreamError::Unreachable(m)) => Err(SyncError::Offline(m)),
+            Err(UpstreamError::Unreadable(m)) => Err(SyncError::Server(m)),
         }
-        let (status, _, msg) = error_of(res).await;
-        if status == 401 || status == 403 {
-            return Ok(None);
-        }
-        Err(SyncError::Server(format!(
-            "refresh failed ({status}): {msg}"
-        )))
     }
 
     /// One full cycle: token, push everything pending, pull. Serialized: a
@@ -396,11 +200,7 @@ impl Agent {
         let result = self.sync_inner().await;
         match &result {
             Ok(summary) => {
-                let now = Utc::now();
-                let _ = self
-                    .store
-                    .set_meta(vec![(keys::LAST_SYNC, Some(now.to_rfc3339()))])
-                    .await;
+                let _ = self.store.set_last_sync_at(self.clock.now_utc()).await;
                 self.update_link(|s| {
                     s.online = true;
                     s.last_error = None;
@@ -424,122 +224,155 @@ impl Agent {
     }
 
     async fn sync_inner(&self) -> Result<SyncSummary, SyncError> {
+        let mut creds = self.fresh_credentials().await?;
+        let mut summary = SyncSummary::default();
+        self.push_pending(&mut creds, &mut summary).await?;
+        self.pull(&creds).await?;
+        summary.pending = self.store.counts().await?.pending;
+        Ok(summary)
+    }
+
+    /// The server and a token, refreshed first when it is about to expire.
+    async fn fresh_credentials(&self) -> Result<Credentials, SyncError> {
         let server = self.server_url().await?.ok_or(SyncError::NoServer)?;
         if let Some(reason) = self.link().login_required {
             return Err(SyncError::LoggedOut(reason));
         }
-        let mut token = self
+        let session = self
             .store
-            .meta(keys::TOKEN)
+            .session()
             .await?
             .ok_or_else(|| SyncError::LoggedOut("never logged in".into()))?;
-        let exp = self
-            .store
-            .meta(keys::TOKEN_EXP)
-            .await?
-            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-            .map(|t| t.with_timezone(&Utc));
         let margin = chrono::Duration::from_std(self.config.refresh_margin)
             .unwrap_or(chrono::Duration::days(1));
-        if exp.is_some_and(|e| e - Utc::now() < margin) {
+        let now = self.clock.now_utc();
+        let mut token = session.token;
+        if session.token_expires_at.is_some_and(|e| e - now < margin) {
             match self.refresh(&server, &token).await? {
                 Some(t) => token = t,
                 None => {
-                    return Err(self
-                        .logged_out("the server refused to refresh the token".into())
-                        .await)
+                    let why = "the server refused to refresh the token".to_string();
+                    return Err(self.logged_out(why).await);
                 }
             }
         }
+        Ok(Credentials { server, token })
+    }
 
-        let mut summary = SyncSummary::default();
+    /// Pushes batches until nothing is pending.
+    async fn push_pending(
+        &self,
+        creds: &mut Credentials,
+        summary: &mut SyncSummary,
+    ) -> Result<(), SyncError> {
         let mut batch_size = self.config.batch_size;
         let mut refreshed = false;
         loop {
             let batch = self.store.pending(batch_size).await?;
             if batch.is_empty() {
-                break;
+                return Ok(());
             }
-            let ids: Vec<i64> = batch.iter().map(|o| o.id).collect();
-            self.store.note_attempt(ids).await?;
-            let body = PushRequest {
-                device_id: self.device_id.clone(),
-                queue: batch.iter().map(|o| o.to_queue_item()).collect(),
-            };
-            let res = self
-                .http
-                .post(format!("{server}/api/sync/push"))
-                .bearer_auth(&token)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| SyncError::Offline(e.to_string()))?;
-            if res.status().is_success() {
-                let answer: PushResponse = res
-                    .json()
-                    .await
-                    .map_err(|e| SyncError::Offline(format!("push answer lost: {e}")))?;
-                let (synced, failed) = self
-                    .store
-                    .apply_push(answer.data, answer.quotas.clone())
-                    .await?;
-                summary.synced += synced;
-                summary.failed += failed;
-                tracing::info!(items = batch.len(), synced, failed, "pushed");
-                if synced + failed == 0 {
-                    // Pushing the same batch again would loop without end.
-                    return Err(SyncError::Server(
-                        "the server's answer matched none of the pushed items".into(),
-                    ));
-                }
-                continue;
-            }
-            let (status, code, msg) = error_of(res).await;
-            match (status, code) {
-                (401, _) if !refreshed => {
-                    refreshed = true;
-                    match self.refresh(&server, &token).await? {
-                        Some(t) => token = t,
-                        None => {
-                            return Err(self
-                                .logged_out(format!("the server refused the token: {msg}"))
-                                .await)
+            self.store
+                .note_attempt(batch.iter().map(|o| o.id).collect())
+                .await?;
+            let body = wire::push_request(&self.device_id, &batch);
+            let answer = match self.server.push(&creds.server, &creds.token, &body).await {
+                Ok(answer) => answer,
+                Err(UpstreamError::Refused {
+                    code,
+                    status,
+                    message,
+                }) => {
+                    match Refusal::of(code) {
+                        Refusal::Token if !refreshed => {
+                            refreshed = true;
+                            creds.token = self.refreshed_token(creds, message).await?;
                         }
+                        Refusal::TooLarge if batch_size > 1 => {
+                            batch_size = (batch_size / 2).max(1);
+                            tracing::warn!(batch_size, "server refused the batch size; halving");
+                        }
+                        r => return Err(self.push_refused(r, status, message).await),
                     }
+                    continue;
                 }
-                (401, _) | (403, _) => return Err(self.logged_out(msg).await),
-                (413, _) if batch_size > 1 => {
-                    batch_size = (batch_size / 2).max(1);
-                    tracing::warn!(batch_size, "server refused the batch size; halving");
+                Err(UpstreamError::Unreachable(m)) => return Err(SyncError::Offline(m)),
+                Err(UpstreamError::Unreadable(m)) => {
+                    return Err(SyncError::Offline(format!("push answer lost: {m}")))
                 }
-                (s, Some(ErrorCode::Unavailable)) | (s @ 500..=599, _) => {
-                    return Err(SyncError::Offline(format!("server answered {s}: {msg}")))
-                }
-                (s, _) => return Err(SyncError::Server(format!("push refused ({s}): {msg}"))),
+            };
+            let applied = self
+                .store
+                .apply_push(
+                    wire::outcomes(answer.data),
+                    answer.quotas.into_iter().map(wire::updated_quota).collect(),
+                    self.clock.now_utc(),
+                )
+                .await?;
+            summary.synced += applied.synced;
+            summary.failed += applied.failed;
+            tracing::info!(
+                items = batch.len(),
+                applied.synced,
+                applied.failed,
+                "pushed"
+            );
+            if applied.synced + applied.failed == 0 {
+                // Pushing the same batch again would loop without end.
+                return Err(SyncError::Server(
+                    "the server's answer matched none of the pushed items".into(),
+                ));
             }
         }
+    }
 
-        let res = self
-            .http
-            .get(format!("{server}/api/sync/pull"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .map_err(|e| SyncError::Offline(e.to_string()))?;
-        if !res.status().is_success() {
-            let (status, _, msg) = error_of(res).await;
-            if status == 401 || status == 403 {
-                return Err(self.logged_out(msg).await);
-            }
-            return Err(SyncError::Offline(format!("pull failed ({status}): {msg}")));
+    /// A new token after the server refused ours, or the end of the session.
+    async fn refreshed_token(
+        &self,
+        creds: &Credentials,
+        message: String,
+    ) -> Result<String, SyncError> {
+        match self.refresh(&creds.server, &creds.token).await? {
+            Some(t) => Ok(t),
+            None => Err(self
+                .logged_out(format!("the server refused the token: {message}"))
+                .await),
         }
-        let pull: PullResponse = res
-            .json()
-            .await
-            .map_err(|e| SyncError::Offline(format!("pull answer lost: {e}")))?;
-        self.store.apply_pull(pull.quotas).await?;
-        summary.pending = self.store.counts().await?.pending;
-        Ok(summary)
+    }
+
+    async fn push_refused(&self, refusal: Refusal, status: u16, message: String) -> SyncError {
+        match refusal {
+            r if r.ends_session() => self.logged_out(message).await,
+            Refusal::ServerDown => {
+                SyncError::Offline(format!("server answered {status}: {message}"))
+            }
+            _ => SyncError::Server(format!("push refused ({status}): {message}")),
+        }
+    }
+
+    async fn pull(&self, creds: &Credentials) -> Result<(), SyncError> {
+        let pull = match self.server.pull(&creds.server, &creds.token).await {
+            Ok(pull) => pull,
+            Err(UpstreamError::Refused { code, message, .. })
+                if Refusal::of(code).ends_session() =>
+            {
+                return Err(self.logged_out(message).await)
+            }
+            Err(UpstreamError::Refused {
+                status, message, ..
+            }) => {
+                return Err(SyncError::Offline(format!(
+                    "pull failed ({status}): {message}"
+                )))
+            }
+            Err(UpstreamError::Unreachable(m)) => return Err(SyncError::Offline(m)),
+            Err(UpstreamError::Unreadable(m)) => {
+                return Err(SyncError::Offline(format!("pull answer lost: {m}")))
+            }
+        };
+        let listed = pull.quotas.into_iter().map(wire::listed_quota).collect();
+        self.store.apply_pull(listed, self.clock.now_utc()).await?;
+        Ok(())
     }
 
     /// The sync loop: runs a cycle on every kick, on the periodic timer, and,
@@ -556,15 +389,15 @@ impl Agent {
                 }
                 Err(SyncError::Offline(e)) => {
                     tracing::debug!(error = %e, "server unreachable");
-                    backoff.next_delay()
+                    backoff.next_delay(&*self.rng)
                 }
                 Err(SyncError::Server(e)) => {
                     tracing::warn!(error = %e, "sync failed");
-                    backoff.next_delay().max(Duration::from_secs(1))
+                    backoff.next_delay(&*self.rng).max(Duration::from_secs(1))
                 }
                 Err(SyncError::Store(e)) => {
                     tracing::error!(error = %e, "local database error during sync");
-                    backoff.next_delay().max(Duration::from_secs(1))
+                    backoff.next_delay(&*self.rng).max(Duration::from_secs(1))
                 }
                 Err(SyncError::LoggedOut(_) | SyncError::NoServer | SyncError::UnsyncedWork(_)) => {
                     self.config.sync_interval
@@ -619,19 +452,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_is_capped_and_jittered() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        for _ in 0..50 {
-            assert!(b.next_delay() <= Duration::from_secs(2));
-        }
-    }
-
-    #[test]
     fn reads_token_expiry() {
         // {"exp":1700000000}
         let t = format!("x.{}.y", "eyJleHAiOjE3MDAwMDAwMDB9");
         assert_eq!(token_exp(&t).unwrap().timestamp(), 1_700_000_000);
-        assert_eq!(ws_url("http://h:5000/"), "ws://h:5000/ws");
-        assert_eq!(ws_url("https://h"), "wss://h/ws");
+    }
+
+    #[test]
+    fn refusals_follow_the_codes() {
+        assert_eq!(Refusal::of(ErrorCode::TokenExpired), Refusal::Token);
+        assert_eq!(Refusal::of(ErrorCode::DeviceRevoked), Refusal::Device);
+        assert_eq!(Refusal::of(ErrorCode::PayloadTooLarge), Refusal::TooLarge);
+        assert_eq!(Refusal::of(ErrorCode::Unavailable), Refusal::ServerDown);
+        assert_eq!(Refusal::of(ErrorCode::RateLimited), Refusal::Other);
     }
 }

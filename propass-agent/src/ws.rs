@@ -12,14 +12,17 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::agent::Agent;
+use crate::backoff::Backoff;
 use crate::events::AgentEvent;
-use crate::sync::{Agent, Backoff};
+use crate::store::StoreError;
+use crate::sync::wire;
 
 /// Runs until shutdown.
 pub async fn run_ws_loop(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), agent.config.reconnect_max);
     loop {
-        let wait = match agent.ws_target().await {
+        let wait = match ws_target(&agent).await {
             Ok(Some((url, token))) => match session(&agent, &url, &token, &mut shutdown).await {
                 Ok(()) => {
                     backoff.reset();
@@ -27,7 +30,7 @@ pub async fn run_ws_loop(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>)
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket unavailable");
-                    backoff.next_delay()
+                    backoff.next_delay(&*agent.rng)
                 }
             },
             Ok(None) => Duration::from_secs(3600),
@@ -46,6 +49,30 @@ pub async fn run_ws_loop(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>)
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// The WebSocket URL and token, when logged in and not refused.
+async fn ws_target(agent: &Agent) -> Result<Option<(String, String)>, StoreError> {
+    let (Some(server), Some(session)) = (agent.server_url().await?, agent.store.session().await?)
+    else {
+        return Ok(None);
+    };
+    if agent.link().login_required.is_some() {
+        return Ok(None);
+    }
+    Ok(Some((ws_url(&server), session.token)))
+}
+
+fn ws_url(server: &str) -> String {
+    let base = server.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{base}/ws")
 }
 
 async fn session(
@@ -92,7 +119,7 @@ async fn session(
                     continue;
                 };
                 match serde_json::from_str::<WsMessage>(&text) {
-                    Ok(WsMessage::QuotaUpdated(q)) => match agent.store.apply_quota_update(q).await {
+                    Ok(WsMessage::QuotaUpdated(q)) => match agent.store.apply_quota_update(wire::updated_quota(q), agent.clock.now_utc()).await {
                         Ok(local) => agent.emit(AgentEvent::QuotaUpdated { client_id: local.client_id, remaining: local.remaining }),
                         Err(e) => tracing::warn!(error = %e, "cannot apply quota update"),
                     },
@@ -115,5 +142,16 @@ async fn session(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_url_of_the_server() {
+        assert_eq!(ws_url("http://h:5000/"), "ws://h:5000/ws");
+        assert_eq!(ws_url("https://h"), "wss://h/ws");
     }
 }

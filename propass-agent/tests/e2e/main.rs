@@ -3,5 +3,8 @@
 //! `cargo xtask test` / `cargo xtask e2e`), and a fault-injecting TCP proxy
 //! between them.
 
+// Tests drive real processes in real time.
+#![allow(clippy::disallowed_methods)]
+
 mod harness;
 mod scenarios;

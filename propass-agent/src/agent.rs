@@ -1,0 +1,190 @@
+//! The running agent's context, shared by its tasks and its local API: the
+//! store, the configuration, the device id, the event channel, the reader
+//! thread, the server client, and the clock and random source. It holds the
+//! connectivity state; the work itself lives in `sync`, `ws`, `kiosk` and
+//! `api`.
+
+use std::sync::{Arc, Mutex};
+
+use propass_nfc::ReaderThread;
+use propass_protocol::DeviceId;
+use serde::Serialize;
+use tokio::sync::{broadcast, Notify};
+
+use crate::config::AgentConfig;
+use crate::events::AgentEvent;
+use crate::seams::{Clock, Rng, SystemClock, SystemRng};
+use crate::store::{Store, StoreError};
+use crate::upstream::{HttpServerClient, ServerClient};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentStartError {
+    /// The local database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP client (TLS or resolver set-up).
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+    /// The reader thread.
+    #[error("cannot start the reader thread: {0}")]
+    Reader(std::io::Error),
+}
+
+/// Connectivity as last observed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkState {
+    /// The last request to the server got an answer.
+    pub online: bool,
+    pub ws_connected: bool,
+    /// Set when the server refused our token: a login is needed.
+    pub login_required: Option<String>,
+    /// The last sync error.
+    pub last_error: Option<String>,
+}
+
+/// What the agent is made of; [`Agent::new`] uses the real ones, tests and a
+/// simulation their own.
+pub struct Parts {
+    pub store: Store,
+    pub config: AgentConfig,
+    pub reader: ReaderThread,
+    pub server: Arc<dyn ServerClient>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn Rng>,
+}
+
+/// The running agent.
+pub struct Agent {
+    pub store: Store,
+    pub config: AgentConfig,
+    /// This kiosk's identity (generated once, kept in the database).
+    pub device_id: DeviceId,
+    /// Local listeners.
+    pub events: broadcast::Sender<AgentEvent>,
+    /// Wakes the sync loop (new operation, login, server reachable).
+    pub kick: Notify,
+    /// Wakes the WebSocket loop (login).
+    pub ws_kick: Notify,
+    /// The NFC reader, on its own thread (opened at first use).
+    pub reader: ReaderThread,
+    pub server: Arc<dyn ServerClient>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn Rng>,
+    link: Mutex<LinkState>,
+    pub(crate) sync_lock: tokio::sync::Mutex<()>,
+}
+
+impl Agent {
+    /// The production agent: libnfc reader, reqwest client, system clock and
+    /// random source.
+    pub async fn new(store: Store, config: AgentConfig) -> Result<Arc<Self>, AgentStartError> {
+        let reader = ReaderThread::spawn(config.reader.clone()).map_err(AgentStartError::Reader)?;
+        let server = HttpServerClient::new().map_err(|e| AgentStartError::Http(e.to_string()))?;
+        Self::from_parts(Parts {
+            store,
+            config,
+            reader,
+            server: Arc::new(server),
+            clock: Arc::new(SystemClock),
+            rng: Arc::new(SystemRng),
+        })
+        .await
+    }
+
+    /// Opens the agent's state: the device id is generated on first start and kept.
+    pub async fn from_parts(parts: Parts) -> Result<Arc<Self>, AgentStartError> {
+        let Parts {
+            store,
+            config,
+            reader,
+            server,
+            clock,
+            rng,
+        } = parts;
+        let device_id = store.device_id(new_device_id(&*rng)).await?;
+        let login_required = store.login_required().await?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Self {
+            store,
+            config,
+            device_id,
+            events,
+            kick: Notify::new(),
+            ws_kick: Notify::new(),
+            reader,
+            server,
+            clock,
+            rng,
+            link: Mutex::new(LinkState {
+                login_required,
+                ..LinkState::default()
+            }),
+            sync_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// A copy of the connectivity state.
+    pub fn link(&self) -> LinkState {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the connectivity state; a change of `online` is announced.
+    pub(crate) fn update_link(&self, f: impl FnOnce(&mut LinkState)) {
+        let mut s = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        let was_online = s.online;
+        f(&mut s);
+        if s.online != was_online {
+            self.emit(AgentEvent::Connectivity { online: s.online });
+            tracing::info!(online = s.online, "connectivity changed");
+        }
+    }
+
+    pub(crate) fn set_ws_connected(&self, up: bool) {
+        self.update_link(|s| {
+            s.ws_connected = up;
+            if up {
+                s.online = true;
+            }
+        });
+    }
+
+    /// Sends an event to local listeners (none listening is fine).
+    pub fn emit(&self, e: AgentEvent) {
+        let _ = self.events.send(e);
+    }
+
+    /// The server URL: the one chosen at login, else the configured one.
+    pub async fn server_url(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .server_url()
+            .await?
+            .or_else(|| self.config.server_url.clone()))
+    }
+}
+
+/// A device id from the hostname and random bits.
+fn new_device_id(rng: &dyn Rng) -> DeviceId {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_uppercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let suffix = rng.next_u32();
+    let host = if host.is_empty() {
+        "KIOSK".into()
+    } else {
+        host
+    };
+    DeviceId::parse(&format!("{host}_{suffix:08X}"))
+        .unwrap_or_else(|_| DeviceId::parse(&format!("KIOSK_{suffix:08X}")).expect("valid id"))
+}

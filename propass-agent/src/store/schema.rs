@@ -1,0 +1,176 @@
+//! Opening the database: the checks that refuse foreign, newer or corrupt
+//! files without writing to them, the pragmas behind "recorded means
+//! durable", and the schema migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{StoreError, StoreResult};
+
+/// `PRPS`, stored in the SQLite header to recognise our databases.
+pub const APPLICATION_ID: i32 = 0x5052_5053;
+
+/// Applied in order; `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE queue (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    op_id       TEXT NOT NULL UNIQUE,
+    type        TEXT NOT NULL CHECK (type IN ('copy', 'write')),
+    client_id   INTEGER NOT NULL,
+    uid         TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'synced', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    created_at  TEXT NOT NULL,
+    synced_at   TEXT
+);
+CREATE INDEX queue_status ON queue (status, id);
+CREATE TABLE quotas (
+    client_id        INTEGER PRIMARY KEY,
+    name             TEXT,
+    server_remaining INTEGER NOT NULL,
+    updated_at       TEXT NOT NULL
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
+    r#"
+CREATE INDEX queue_client_status ON queue (client_id, status);
+"#,
+    r#"
+ALTER TABLE quotas ADD COLUMN server_version INTEGER;
+"#,
+];
+
+/// Opens (or creates) the database at `path`, refusing foreign, newer or
+/// corrupt files without writing to them, then migrates it.
+pub fn open(path: &Path) -> StoreResult<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.into(), e.to_string()))?;
+    }
+    let existing = path.exists();
+    if existing {
+        check_header(path)?;
+    }
+    let mut conn =
+        Connection::open(path).map_err(|e| StoreError::Io(path.into(), e.to_string()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let version = check_identity(&conn, path, existing)?;
+    make_durable(&conn, path)?;
+    migrate(&mut conn, version)?;
+    Ok(conn)
+}
+
+/// A non-empty file must start with SQLite's magic string.
+fn check_header(path: &Path) -> StoreResult<()> {
+    let mut header = [0u8; 16];
+    let mut f =
+        std::fs::File::open(path).map_err(|e| StoreError::Io(path.into(), e.to_string()))?;
+    let n = std::io::Read::read(&mut f, &mut header)
+        .map_err(|e| StoreError::Io(path.into(), e.to_string()))?;
+    if n > 0 && (n < 16 || &header != b"SQLite format 3\0") {
+        return Err(StoreError::NotSqlite(path.into()));
+    }
+    Ok(())
+}
+
+/// Ours (or empty), not newer than this agent, and intact; returns the
+/// schema version.
+fn check_identity(conn: &Connection, path: &Path, existing: bool) -> StoreResult<i64> {
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| map_open_err(path, e))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| map_open_err(path, e))?;
+    if app_id != APPLICATION_ID && !(app_id == 0 && version == 0 && tables == 0) {
+        return Err(StoreError::Foreign(path.into(), app_id));
+    }
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew(path.into(), version, known));
+    }
+    if existing && tables > 0 {
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| map_open_err(path, e))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(path.into(), check));
+        }
+    }
+    Ok(version)
+}
+
+/// WAL with `synchronous=FULL`: a commit that returned survives a power cut.
+fn make_durable(conn: &Connection, path: &Path) -> StoreResult<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Io(
+            path.into(),
+            format!("cannot switch to WAL mode (got {mode})"),
+        ));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, from: i64) -> StoreResult<()> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!(
+            "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
+            i + 1
+        ))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn map_open_err(path: &Path, e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            StoreError::NotSqlite(path.into())
+        }
+        rusqlite::Error::SqliteFailure(f, msg)
+            if f.code == rusqlite::ErrorCode::DatabaseCorrupt =>
+        {
+            StoreError::Corrupt(
+                path.into(),
+                msg.unwrap_or_else(|| "database disk image is malformed".into()),
+            )
+        }
+        other => StoreError::Sqlite(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp;
+
+    #[test]
+    fn refuses_foreign_and_garbage_files() {
+        let garbage = temp("garbage.db");
+        std::fs::write(&garbage, b"this is not a database at all, not even close!").unwrap();
+        assert!(matches!(open(&garbage), Err(StoreError::NotSqlite(_))));
+        assert_eq!(
+            std::fs::read(&garbage).unwrap(),
+            b"this is not a database at all, not even close!"
+        );
+
+        let foreign = temp("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        assert!(matches!(open(&foreign), Err(StoreError::Foreign(_, 0))));
+    }
+}
