@@ -17,6 +17,7 @@ use diesel::sql_types::{Array, BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::Role;
 use propass_server::db;
+use propass_test_support::{free_port, ProcessGuard, TestDatabase};
 use serde_json::{json, Value};
 
 struct Opts {
@@ -58,29 +59,14 @@ fn parse_opts() -> Result<Opts, String> {
     Ok(o)
 }
 
-fn with_database(base: &str, name: &str) -> String {
-    let cut = base.rfind('/').unwrap_or(base.len());
-    format!("{}/{name}", &base[..cut])
-}
-
-async fn fresh_database(base: &str, name: &str) -> Result<String, String> {
-    let mut c = AsyncPgConnection::establish(base)
-        .await
-        .map_err(|e| e.to_string())?;
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut c)
-        .await
-        .map_err(|e| e.to_string())?;
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .map_err(|e| e.to_string())?;
-    let url = with_database(base, name);
-    let u = url.clone();
-    tokio::task::spawn_blocking(move || db::run_migrations(&u))
+/// A fresh database with the schema, dropped when the benchmark ends.
+async fn fresh_database(base: &str, prefix: &str) -> Result<TestDatabase, String> {
+    let database = TestDatabase::create_in(base, prefix).await?;
+    let url = database.url().to_owned();
+    tokio::task::spawn_blocking(move || db::run_migrations(&url))
         .await
         .map_err(|e| e.to_string())??;
-    Ok(url)
+    Ok(database)
 }
 
 async fn seed(url: &str, clients: usize, quota_each: i64) -> Result<Vec<i64>, String> {
@@ -119,34 +105,6 @@ fn uid(k: usize, b: usize, i: usize) -> String {
     format!("04{:06X}{:06X}", k & 0xFFFFFF, (b * 4096 + i) & 0xFFFFFF)
 }
 
-/// The server child, stopped (SIGTERM, then SIGKILL) however the benchmark ends.
-struct ServerProcess(std::process::Child);
-
-impl ServerProcess {
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.0.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let o = parse_opts()?;
@@ -163,7 +121,8 @@ async fn main() -> Result<(), String> {
     );
 
     // --- the real server -------------------------------------------------
-    let server_url = fresh_database(&base, "propass_bench_server").await?;
+    let server_db = fresh_database(&base, "propass_bench_server").await?;
+    let server_url = server_db.url().to_owned();
     let client_ids = seed(&server_url, o.clients, (total / o.clients) as i64 + 1).await?;
     {
         let mut c = AsyncPgConnection::establish(&server_url)
@@ -174,11 +133,8 @@ async fn main() -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let mut server = ServerProcess(
+    let port = free_port();
+    let mut server = ProcessGuard::spawn(
         Command::new(&server_bin)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", &server_url)
@@ -192,10 +148,9 @@ async fn main() -> Result<(), String> {
                 (o.batch_size.max(5000)).to_string(),
             )
             .env("PROPASS_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {server_bin}: {e}"))?,
-    );
+            .stdin(Stdio::null()),
+        &server_bin,
+    )?;
     let base_http = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -269,7 +224,7 @@ async fn main() -> Result<(), String> {
         latencies.extend(t.await.map_err(|e| e.to_string())??);
     }
     let server_elapsed = started.elapsed();
-    server.stop();
+    server.terminate();
     latencies.sort();
     let server_rate = total as f64 / server_elapsed.as_secs_f64();
 
@@ -291,7 +246,8 @@ async fn main() -> Result<(), String> {
     }
 
     // --- the raw ceiling: the same rows, batched SQL, straight in ---------
-    let raw_url = fresh_database(&base, "propass_bench_raw").await?;
+    let raw_db = fresh_database(&base, "propass_bench_raw").await?;
+    let raw_url = raw_db.url().to_owned();
     let raw_clients = seed(&raw_url, o.clients, 0).await?;
     {
         let mut c = AsyncPgConnection::establish(&raw_url)

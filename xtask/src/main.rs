@@ -9,6 +9,7 @@
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
 //! - `cargo xtask bench agent [--ops N] [--backlog N]`: agent recording rate and backlog drain.
 //! - `cargo xtask db`: just the throwaway cluster, for development.
+#![allow(clippy::disallowed_methods)] // a tool on the real clock, not logic under simulation
 
 mod compat;
 mod pg;
@@ -204,7 +205,7 @@ fn demo() -> Result<(), String> {
     let reader = format!("pn532_uart:{pty}");
 
     // A kiosk agent with its own state directory and that reader, logged in.
-    let state = sys::TempDir::new("propass-demo-agent")?;
+    let state = sys::TempDir::new("propass-demo-agent").map_err(|e| format!("cannot create a state directory: {e}"))?;
     let socket = state.path().join("agent.sock");
     let socket_arg = socket.to_string_lossy().into_owned();
     let agent_proc = sys::Guard::spawn(

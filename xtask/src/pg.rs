@@ -2,7 +2,6 @@
 //! a free loopback port, stopped and deleted on drop (also after a failure or
 //! Ctrl-C). As root, it runs as the `postgres` system user.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -176,8 +175,7 @@ fn path(p: &Path) -> &str {
 }
 
 fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    Ok(propass_test_support::free_port())
 }
 
 fn ensure_postgres_user() -> Result<(), String> {

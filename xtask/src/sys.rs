@@ -3,9 +3,11 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use propass_test_support::ProcessGuard;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -112,21 +114,7 @@ pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     false
 }
 
-/// SIGTERM, then SIGKILL after `grace`.
-pub fn terminate(child: &mut Child, grace: Duration) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
+pub use propass_test_support::{terminate, TempDir};
 
 /// Whether we run as root (then we may install packages and must run PostgreSQL as `postgres`).
 pub fn is_root() -> bool {
@@ -261,18 +249,15 @@ pub fn on_path(prog: &str) -> bool {
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Guard {
-    child: std::sync::Mutex<Child>,
+    child: std::sync::Mutex<ProcessGuard>,
     what: &'static str,
 }
 
 impl Guard {
     /// Starts `cmd`.
     pub fn spawn(cmd: &mut Command, what: &'static str) -> Result<Self, String> {
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
         Ok(Self {
-            child: std::sync::Mutex::new(child),
+            child: std::sync::Mutex::new(ProcessGuard::spawn(cmd, what)?),
             what,
         })
     }
@@ -282,6 +267,7 @@ impl Guard {
         use std::io::BufRead;
         let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
         let out = c
+            .child()
             .stdout
             .take()
             .ok_or(format!("{}: stdout is not piped", self.what))?;
@@ -299,46 +285,11 @@ impl Guard {
     /// `Some(message)` when the process has exited (unless we are stopping).
     pub fn exited(&self) -> Option<String> {
         let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        match c.try_wait() {
+        match c.child().try_wait() {
             Ok(Some(status)) if !interrupted() => {
                 Some(format!("{} exited unexpectedly ({status})", self.what))
             }
             _ => None,
         }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        terminate(&mut c, Duration::from_secs(15));
-    }
-}
-
-/// A temporary directory removed when dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates `$TMPDIR/<prefix>-<pid>-<nanos>`.
-    pub fn new(prefix: &str) -> Result<Self, String> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{stamp}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(Self(dir))
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -1,7 +1,5 @@
 //! Starts the real server against a fresh database, and talks to it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -11,9 +9,9 @@ use propass_protocol::{ClientId, DeviceId, Role};
 use propass_server::config::{Config, Secret};
 use propass_server::db;
 use propass_server::startup::Application;
+pub use propass_test_support::{eventually, FaultProxy, TestDatabase};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
@@ -26,28 +24,9 @@ pub struct TestApp {
     pub port: u16,
     pub db_url: String,
     pub http: reqwest::Client,
-    pub proxy: Option<ChaosProxy>,
-}
-
-fn base_url() -> String {
-    std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL is not set: run the tests with `cargo xtask test`")
-}
-
-/// `base` with its database name replaced by `name`.
-fn with_database(base: &str, name: &str) -> String {
-    let (main, query) = base
-        .split_once('?')
-        .map_or((base, None), |(m, q)| (m, Some(q)));
-    let cut = main
-        .rfind('/')
-        .filter(|&i| i > "postgres://".len())
-        .unwrap_or(main.len());
-    let mut url = format!("{}/{}", &main[..cut], name);
-    if let Some(q) = query {
-        url = format!("{url}?{q}");
-    }
-    url
+    pub proxy: Option<FaultProxy>,
+    /// Dropped (with the server's connections) when the test ends.
+    _database: TestDatabase,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -64,34 +43,21 @@ pub async fn spawn_behind_proxy() -> TestApp {
 }
 
 async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let base = base_url();
-    let name = format!("propass_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&base)
-        .await
-        .expect("connect to DATABASE_URL");
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    let db_url = with_database(&base, &name);
-    let url = db_url.clone();
+    let database = TestDatabase::create("propass_test").await;
+    let url = database.url().to_owned();
     tokio::task::spawn_blocking(move || db::run_migrations(&url))
         .await
         .unwrap()
         .expect("migrations");
 
     let (server_db_url, proxy) = if proxied {
-        let upstream = db_url
-            .split('@')
-            .nth(1)
-            .and_then(|h| h.split('/').next())
-            .expect("host:port in DATABASE_URL")
-            .to_owned();
-        let proxy = ChaosProxy::start(upstream).await;
-        let url = db_url.replacen(&proxy.upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+        let proxy = FaultProxy::start(database.host_port()).await;
+        let url = database
+            .url()
+            .replacen(database.host_port(), &format!("127.0.0.1:{}", proxy.port()), 1);
         (url, Some(proxy))
     } else {
-        (db_url.clone(), None)
+        (database.url().to_owned(), None)
     };
 
     let mut config = Config::new(server_db_url, Secret::new(SECRET));
@@ -106,9 +72,10 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let test = TestApp {
         base: format!("http://127.0.0.1:{port}"),
         port,
-        db_url,
+        db_url: database.url().to_owned(),
         http: reqwest::Client::new(),
         proxy,
+        _database: database,
     };
     test.add_user(ADMIN.0, ADMIN.1, Role::Admin).await;
     test
@@ -304,81 +271,4 @@ pub async fn collect_until(
 
 pub async fn send_json(ws: &mut Ws, v: &Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-/// A TCP proxy between the server and PostgreSQL that a test can cut and
-/// restore (after crates.io's ChaosProxy). While cut, new connections are
-/// dropped at once and existing ones are severed.
-pub struct ChaosProxy {
-    pub port: u16,
-    pub upstream: String,
-    cut: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl ChaosProxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (c, l, up) = (cut.clone(), links.clone(), upstream.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if AtomicBool::load(&c, Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let up = up.clone();
-                let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&up).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                l.lock().unwrap().push(link);
-            }
-        });
-        Self {
-            port,
-            upstream,
-            cut,
-            links,
-            accept,
-        }
-    }
-
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    pub fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for ChaosProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
-/// Polls `check` until it returns true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }

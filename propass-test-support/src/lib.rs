@@ -1,0 +1,36 @@
+//! # propass-test-support
+//!
+//! What the tests, benchmarks and xtask of PROPASS share, written once:
+//! [`TestDatabase`] (a fresh PostgreSQL database that drops itself),
+//! [`FaultProxy`] (a TCP proxy a test can cut, restore, or make swallow
+//! answers after the upstream committed), [`eventually`] (wait on a
+//! condition with a deadline, never a bare sleep), [`ProcessGuard`] (a child
+//! stopped with SIGTERM, then SIGKILL, when dropped), [`free_port`] and
+//! [`TempDir`].
+//!
+//! What it is **not**: a dependency of any shipped binary (only
+//! `[dev-dependencies]` and xtask use it), nor a mock of anything — every
+//! part is the real thing, made disposable.
+#![allow(clippy::disallowed_methods)] // the shell around real time and ids, for tests only
+
+mod net;
+mod process;
+mod temp;
+
+#[cfg(feature = "async")]
+mod database;
+#[cfg(feature = "async")]
+mod proxy;
+#[cfg(feature = "async")]
+mod wait;
+
+pub use net::free_port;
+pub use process::{terminate, ProcessGuard};
+pub use temp::TempDir;
+
+#[cfg(feature = "async")]
+pub use database::{database_url_named, TestDatabase};
+#[cfg(feature = "async")]
+pub use proxy::{FaultProxy, Mode};
+#[cfg(feature = "async")]
+pub use wait::eventually;
