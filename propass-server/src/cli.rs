@@ -14,9 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use propass_protocol::{ClientId, DeviceId, Role};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Settings};
 use crate::startup::Application;
-use crate::clock::{Clock, SystemClock};
 use crate::{auth, db};
 
 /// Where the configuration file is looked for when none is named.
@@ -307,7 +307,10 @@ async fn user_add(
     update: bool,
 ) -> Result<(), String> {
     if !password_stdin {
-        return Err("pass the password on standard input with --password-stdin (never on the command line)".into());
+        return Err(
+            "pass the password on standard input with --password-stdin (never on the command line)"
+                .into(),
+        );
     }
     if name.is_empty() || name.len() > 128 {
         return Err("username must be 1 to 128 bytes".into());

@@ -446,19 +446,29 @@ mod tests {
         None
     }
 
-    fn settings(toml_text: &str, env: &[(&str, &str)], flags: Table) -> Result<Settings, ConfigError> {
+    fn settings(
+        toml_text: &str,
+        env: &[(&str, &str)],
+        flags: Table,
+    ) -> Result<Settings, ConfigError> {
         let dir = std::env::temp_dir().join(format!("propass-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{}.toml", toml_text.len()));
         std::fs::write(&path, toml_text).unwrap();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         Settings::load(Some(&path), &get, flags)
     }
 
     #[test]
     fn refuses_to_start_without_secret_outside_dev() {
-        let mut s = Settings { database_url: Some("postgres://x".into()), ..Settings::default() };
+        let mut s = Settings {
+            database_url: Some("postgres://x".into()),
+            ..Settings::default()
+        };
         let err = s.clone().into_config().unwrap_err();
         assert!(err.to_string().contains("PROPASS_JWT_SECRET"), "{err}");
         s.dev = true;
@@ -475,7 +485,10 @@ mod tests {
             flags,
         )
         .unwrap();
-        assert!(!format!("{s:?}").contains("ffff"), "settings print the secret");
+        assert!(
+            !format!("{s:?}").contains("ffff"),
+            "settings print the secret"
+        );
         let c = s.into_config().unwrap();
         assert_eq!(c.database_url, "postgres://file");
         assert_eq!(c.bind.port(), 9);
@@ -490,17 +503,44 @@ mod tests {
         for k in KEYS {
             assert!(!k.env.is_empty(), "{} has no environment variable", k.key);
         }
-        let s = settings("", &[("PROPASS_WS_OUTBOUND_QUEUE", "7"), ("PROPASS_WS_INBOUND_PER_SEC", "3"), ("PROPASS_DB_TIMEOUT_SECS", "9"), ("PROPASS_DEV", "yes")], Table::new()).unwrap();
-        assert_eq!((s.ws_outbound_queue, s.ws_inbound_per_sec, s.db_timeout_secs, s.dev), (7, 3, 9, true));
+        let s = settings(
+            "",
+            &[
+                ("PROPASS_WS_OUTBOUND_QUEUE", "7"),
+                ("PROPASS_WS_INBOUND_PER_SEC", "3"),
+                ("PROPASS_DB_TIMEOUT_SECS", "9"),
+                ("PROPASS_DEV", "yes"),
+            ],
+            Table::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.ws_outbound_queue,
+                s.ws_inbound_per_sec,
+                s.db_timeout_secs,
+                s.dev
+            ),
+            (7, 3, 9, true)
+        );
     }
 
     #[test]
     fn bad_values_and_unknown_keys_are_refused_with_their_source() {
-        let err = settings("bnid = '1.2.3.4:5'", &[], Table::new()).unwrap_err().to_string();
+        let err = settings("bnid = '1.2.3.4:5'", &[], Table::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bnid") && err.contains(".toml"), "{err}");
-        let err = settings("", &[("PROPASS_DB_POOL_SIZE", "many")], Table::new()).unwrap_err().to_string();
-        assert!(err.contains("PROPASS_DB_POOL_SIZE") && err.contains("not a valid number"), "{err}");
-        let err = settings("workers = 'four'", &[], Table::new()).unwrap_err().to_string();
+        let err = settings("", &[("PROPASS_DB_POOL_SIZE", "many")], Table::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("PROPASS_DB_POOL_SIZE") && err.contains("not a valid number"),
+            "{err}"
+        );
+        let err = settings("workers = 'four'", &[], Table::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("workers"), "{err}");
         assert!(Settings::load(None, &no_env, Table::new()).is_ok());
     }

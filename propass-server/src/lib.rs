@@ -59,7 +59,12 @@ mod module_graph {
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for file in files {
             let rel = file.strip_prefix(&src).unwrap();
-            let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+            let first = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy();
             let module = first.trim_end_matches(".rs").to_string();
             if module == "lib" || module == "main" {
                 continue;
@@ -68,7 +73,10 @@ mod module_graph {
             let deps = graph.entry(module.clone()).or_default();
             for (i, _) in text.match_indices("crate::") {
                 let rest = &text[i + "crate::".len()..];
-                let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
                 if !name.is_empty() && name != module {
                     deps.insert(name);
                 }
@@ -77,7 +85,10 @@ mod module_graph {
             for (i, _) in text.match_indices("crate::{") {
                 let rest = &text[i + "crate::{".len()..];
                 let list = &rest[..rest.find('}').unwrap_or(0)];
-                for name in list.split(',').map(|s| s.trim().split("::").next().unwrap_or("").to_string()) {
+                for name in list
+                    .split(',')
+                    .map(|s| s.trim().split("::").next().unwrap_or("").to_string())
+                {
                     if !name.is_empty() && name != module {
                         deps.insert(name);
                     }
@@ -120,8 +131,15 @@ mod module_graph {
     #[test]
     fn has_no_cycle() {
         let graph = graph();
-        assert!(graph["state"].contains("auth"), "the scan finds edges: {graph:?}");
-        assert_eq!(find_cycle(&graph), None, "module cycle in propass-server: {graph:#?}");
+        assert!(
+            graph["state"].contains("auth"),
+            "the scan finds edges: {graph:?}"
+        );
+        assert_eq!(
+            find_cycle(&graph),
+            None,
+            "module cycle in propass-server: {graph:#?}"
+        );
     }
 
     #[test]
@@ -129,6 +147,9 @@ mod module_graph {
         let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         g.entry("a".into()).or_default().insert("b".into());
         g.entry("b".into()).or_default().insert("a".into());
-        assert_eq!(find_cycle(&g), Some(vec!["a".into(), "b".into(), "a".into()]));
+        assert_eq!(
+            find_cycle(&g),
+            Some(vec!["a".into(), "b".into(), "a".into()])
+        );
     }
 }

@@ -196,15 +196,25 @@ mod tests {
                 .iter()
                 .map(|op| {
                     if op.item.payload.client_id.get() != 1 {
-                        return Outcome::Failed(ItemFailure::UnknownClient(op.item.payload.client_id));
+                        return Outcome::Failed(ItemFailure::UnknownClient(
+                            op.item.payload.client_id,
+                        ));
                     }
                     let next = self.rows.len() as i64 + 1;
                     let duplicate = self.rows.contains_key(&op.key);
                     let ledger_id = *self.rows.entry(op.key.clone()).or_insert(next);
-                    Outcome::Recorded { ledger_id, duplicate, overdraft: false, occurred_at: now }
+                    Outcome::Recorded {
+                        ledger_id,
+                        duplicate,
+                        overdraft: false,
+                        occurred_at: now,
+                    }
                 })
                 .collect();
-            Ok(BatchOutcome { outcomes, ..BatchOutcome::default() })
+            Ok(BatchOutcome {
+                outcomes,
+                ..BatchOutcome::default()
+            })
         }
     }
 
@@ -223,15 +233,34 @@ mod tests {
             copy(4, "0190a6b0-0000-7000-8000-000000000004", 99),
         ];
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let done = push(&mut MemoryLedger::default(), &device, &queue, now).await.unwrap();
+        let done = push(&mut MemoryLedger::default(), &device, &queue, now)
+            .await
+            .unwrap();
         let data = &done.response.data;
-        assert_eq!(data.iter().map(|r| r.id).collect::<Vec<_>>(), [Some(1), Some(2), Some(3), Some(4)]);
-        assert_eq!((data[0].status, data[0].duplicate), (PushStatus::Synced, false));
+        assert_eq!(
+            data.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [Some(1), Some(2), Some(3), Some(4)]
+        );
+        assert_eq!(
+            (data[0].status, data[0].duplicate),
+            (PushStatus::Synced, false)
+        );
         assert_eq!(data[1].status, PushStatus::Failed);
-        assert!(data[1].error.as_deref().unwrap().contains("teleport"), "{:?}", data[1]);
-        assert_eq!((data[2].status, data[2].duplicate, data[2].ledger_id), (PushStatus::Synced, true, Some(1)));
+        assert!(
+            data[1].error.as_deref().unwrap().contains("teleport"),
+            "{:?}",
+            data[1]
+        );
+        assert_eq!(
+            (data[2].status, data[2].duplicate, data[2].ledger_id),
+            (PushStatus::Synced, true, Some(1))
+        );
         assert_eq!(data[3].error.as_deref(), Some("unknown client 99"));
-        assert_eq!(done.broadcast.len(), 1, "one copy_completed for the one new copy");
+        assert_eq!(
+            done.broadcast.len(),
+            1,
+            "one copy_completed for the one new copy"
+        );
         match &done.to_pusher {
             WsMessage::SyncCompleted(s) => {
                 assert_eq!((s.synced, s.failed, s.duplicates, s.at), (2, 2, 1, now));

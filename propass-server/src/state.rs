@@ -49,7 +49,11 @@ impl AppState {
     pub fn with_world(config: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -> Self {
         Self {
             pool: db::build_pool(&config.database_url, config.db_pool_size, config.db_timeout),
-            jwt: JwtKeys::new(config.jwt_secret.expose(), config.token_ttl, config.refresh_grace),
+            jwt: JwtKeys::new(
+                config.jwt_secret.expose(),
+                config.token_ttl,
+                config.refresh_grace,
+            ),
             throttle: LoginThrottle::new(config.login_max_failures, config.login_window),
             hub: Hub::new(config.ws_outbound_queue),
             password_checks: Semaphore::new(PASSWORD_CHECKS),

@@ -43,7 +43,9 @@ impl TestDatabase {
         let base = std::env::var("DATABASE_URL").expect(
             "DATABASE_URL is not set: run the tests with `cargo xtask test` (it provisions PostgreSQL)",
         );
-        Self::create_in(&base, prefix).await.unwrap_or_else(|e| panic!("{e}"))
+        Self::create_in(&base, prefix)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Creates the database in the server of `base`.

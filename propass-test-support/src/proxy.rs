@@ -45,7 +45,9 @@ impl FaultProxy {
     /// Listens on a free port of 127.0.0.1 and forwards to `upstream` (`host:port`).
     pub async fn start(upstream: impl Into<String>) -> Self {
         let upstream = upstream.into();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
@@ -89,7 +91,12 @@ impl FaultProxy {
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
         if mode == Mode::Cut {
-            for link in self.links.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            for link in self
+                .links
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+            {
                 link.abort();
             }
         }
@@ -182,18 +189,30 @@ mod tests {
         let proxy = FaultProxy::start(echo().await).await;
         assert_eq!(round_trip(&proxy).await, b"ping");
 
-        let mut open = TcpStream::connect(("127.0.0.1", proxy.port())).await.unwrap();
+        let mut open = TcpStream::connect(("127.0.0.1", proxy.port()))
+            .await
+            .unwrap();
         open.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         open.read_exact(&mut buf).await.unwrap();
         proxy.cut();
         let mut rest = Vec::new();
-        assert_eq!(open.read_to_end(&mut rest).await.unwrap_or(0), 0, "an open link is severed");
-        assert!(round_trip(&proxy).await.is_empty(), "new connections are refused");
+        assert_eq!(
+            open.read_to_end(&mut rest).await.unwrap_or(0),
+            0,
+            "an open link is severed"
+        );
+        assert!(
+            round_trip(&proxy).await.is_empty(),
+            "new connections are refused"
+        );
 
         proxy.restore();
         assert_eq!(round_trip(&proxy).await, b"ping");
         proxy.set(Mode::SwallowAnswers);
-        assert!(round_trip(&proxy).await.is_empty(), "the answer is swallowed");
+        assert!(
+            round_trip(&proxy).await.is_empty(),
+            "the answer is swallowed"
+        );
     }
 }

@@ -46,18 +46,7 @@ fn check_vendored_copy(compat: &Path) -> Result<(), String> {
 pub fn run(database_url: &str) -> Result<(), String> {
     let compat: PathBuf = root().join("compat");
     check_vendored_copy(&compat)?;
-    if !sys::on_path("node") || !sys::on_path("npm") {
-        sys::apt_install(&["nodejs", "npm"])?;
-    }
-    eprintln!("xtask: installing the seed client's npm dependencies…");
-    let npm_ok = run_status(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&compat),
-    )?;
-    if !npm_ok {
-        return Err("npm ci failed in compat/".into());
-    }
+    install_node_deps(&compat)?;
     let server = sys::target_bin("debug", "propass-server");
     if !server.is_file() {
         return Err(format!(
@@ -65,8 +54,64 @@ pub fn run(database_url: &str) -> Result<(), String> {
             server.display()
         ));
     }
+    let seed = seed_database(&server, database_url)?;
+    let bind = format!("127.0.0.1:{}", propass_test_support::free_port());
+    let _server = sys::Guard::spawn(
+        Command::new(&server)
+            .args(["serve", "--dev", "--bind", &bind])
+            .env("DATABASE_URL", database_url)
+            .env("PROPASS_LOG", "warn"),
+        "the server",
+    )?;
+    if !sys::wait_http_ok(&bind, "/health", Duration::from_secs(30)) {
+        return Err("the server did not become healthy".into());
+    }
+    let ok = run_status(
+        Command::new("node")
+            .arg("run.cjs")
+            .args([
+                &format!("http://{bind}"),
+                "seed-compat",
+                &seed.password,
+                &seed.client,
+                "10",
+            ])
+            .current_dir(&compat),
+    )?;
+    if ok {
+        Ok(())
+    } else {
+        Err("the seed client failed against the server".into())
+    }
+}
+
+fn install_node_deps(compat: &Path) -> Result<(), String> {
+    if !sys::on_path("node") || !sys::on_path("npm") {
+        sys::apt_install(&["nodejs", "npm"])?;
+    }
+    eprintln!("xtask: installing the seed client's npm dependencies…");
+    let npm_ok = run_status(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(compat),
+    )?;
+    if npm_ok {
+        Ok(())
+    } else {
+        Err("npm ci failed in compat/".into())
+    }
+}
+
+/// The account and client the seed client uses.
+struct Seed {
+    password: String,
+    client: String,
+}
+
+/// Creates (or resets) the `seed-compat` operator and a fresh client with a quota of 10.
+fn seed_database(server: &Path, database_url: &str) -> Result<Seed, String> {
     let cli = |args: &[&str], stdin: Option<&str>| {
-        let mut cmd = Command::new(&server);
+        let mut cmd = Command::new(server);
         cmd.args(args).env("DATABASE_URL", database_url);
         sys::output(&mut cmd, stdin)
     };
@@ -85,51 +130,9 @@ pub fn run(database_url: &str) -> Result<(), String> {
         ],
         Some(&format!("{password}\n")),
     )?;
-    let client = cli(
-        &[
-            "client",
-            "add",
-            &format!("Seed compat {stamp}"),
-            "--quota",
-            "10",
-        ],
-        None,
-    )?
-    .trim()
-    .to_owned();
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let bind = format!("127.0.0.1:{port}");
-    let mut child = Command::new(&server)
-        .args(["serve", "--dev", "--bind", &bind])
-        .env("DATABASE_URL", database_url)
-        .env("PROPASS_LOG", "warn")
-        .spawn()
-        .map_err(|e| format!("cannot start the server: {e}"))?;
-    let result = if sys::wait_http_ok(&bind, "/health", Duration::from_secs(30)) {
-        let ok = run_status(
-            Command::new("node")
-                .arg("run.cjs")
-                .args([
-                    &format!("http://{bind}"),
-                    "seed-compat",
-                    &password,
-                    &client,
-                    "10",
-                ])
-                .current_dir(&compat),
-        );
-        match ok {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("the seed client failed against the server".into()),
-            Err(e) => Err(e),
-        }
-    } else {
-        Err("the server did not become healthy".into())
-    };
-    sys::terminate(&mut child, Duration::from_secs(10));
-    result
+    let name = format!("Seed compat {stamp}");
+    let client = cli(&["client", "add", &name, "--quota", "10"], None)?
+        .trim()
+        .to_owned();
+    Ok(Seed { password, client })
 }

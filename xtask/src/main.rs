@@ -205,7 +205,8 @@ fn demo() -> Result<(), String> {
     let reader = format!("pn532_uart:{pty}");
 
     // A kiosk agent with its own state directory and that reader, logged in.
-    let state = sys::TempDir::new("propass-demo-agent").map_err(|e| format!("cannot create a state directory: {e}"))?;
+    let state = sys::TempDir::new("propass-demo-agent")
+        .map_err(|e| format!("cannot create a state directory: {e}"))?;
     let socket = state.path().join("agent.sock");
     let socket_arg = socket.to_string_lossy().into_owned();
     let agent_proc = sys::Guard::spawn(

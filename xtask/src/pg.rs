@@ -39,10 +39,29 @@ impl Cluster {
     /// Creates and starts a cluster. `fsync = false` is for tests only.
     pub fn start(fsync: bool) -> Result<Self, String> {
         let bin = find_bin_dir().ok_or("PostgreSQL server binaries not found (initdb)")?;
+        // PostgreSQL refuses to run as root.
         let as_postgres = is_root();
         if as_postgres {
             ensure_postgres_user()?;
         }
+        let mut cluster = Self {
+            dir: Self::make_dir(as_postgres)?,
+            bin,
+            port: 0,
+            as_postgres,
+        };
+        cluster.initdb()?;
+        cluster.port = free_port()?;
+        cluster.launch(fsync)?;
+        eprintln!(
+            "xtask: PostgreSQL running on 127.0.0.1:{} (data in {})",
+            cluster.port,
+            cluster.dir.display()
+        );
+        Ok(cluster)
+    }
+
+    fn make_dir(as_postgres: bool) -> Result<PathBuf, String> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -50,24 +69,22 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("propass-pg-{}-{stamp}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut cluster = Self {
-            dir,
-            bin,
-            port: 0,
-            as_postgres,
-        };
         if as_postgres {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
-                .arg(&cluster.dir)
+                .arg(&dir)
                 .status()
                 .map(|s| s.success());
             if !matches!(ok, Ok(true)) {
                 return Err("cannot chown the cluster directory to postgres".into());
             }
         }
-        let data = cluster.dir.join("data");
-        cluster.run(
+        Ok(dir)
+    }
+
+    fn initdb(&self) -> Result<(), String> {
+        let data = self.dir.join("data");
+        self.run(
             "initdb",
             &[
                 "-D",
@@ -80,39 +97,34 @@ impl Cluster {
                 "--no-locale",
                 "--no-sync",
             ],
-        )?;
-        cluster.port = free_port()?;
+        )
+    }
+
+    fn launch(&self, fsync: bool) -> Result<(), String> {
+        let data = self.dir.join("data");
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync={} -c max_connections=300 -c shared_buffers=128MB",
-            cluster.port,
-            path(&cluster.dir),
+            self.port,
+            path(&self.dir),
             if fsync { "on" } else { "off" }
         );
-        let log = cluster.dir.join("postgres.log");
-        if let Err(e) = cluster.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&data),
-                "-o",
-                &opts,
-                "-l",
-                path(&log),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        ) {
+        let log = self.dir.join("postgres.log");
+        let args = [
+            "-D",
+            path(&data),
+            "-o",
+            &opts,
+            "-l",
+            path(&log),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ];
+        self.run("pg_ctl", &args).map_err(|e| {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(format!("{e}\n{tail}"));
-        }
-        eprintln!(
-            "xtask: PostgreSQL running on 127.0.0.1:{} (data in {})",
-            cluster.port,
-            cluster.dir.display()
-        );
-        Ok(cluster)
+            format!("{e}\n{tail}")
+        })
     }
 
     /// The superuser URL of the cluster's `postgres` database.

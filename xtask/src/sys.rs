@@ -114,7 +114,7 @@ pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     false
 }
 
-pub use propass_test_support::{terminate, TempDir};
+pub use propass_test_support::TempDir;
 
 /// Whether we run as root (then we may install packages and must run PostgreSQL as `postgres`).
 pub fn is_root() -> bool {

@@ -58,7 +58,10 @@ impl LoginThrottle {
         let mut wait = None::<Duration>;
         for key in keys {
             let Some(q) = map.get_mut(key) else { continue };
-            while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= self.window)
+            {
                 q.pop_front();
             }
             if q.len() >= self.max_failures {

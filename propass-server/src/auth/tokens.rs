@@ -154,14 +154,25 @@ mod tests {
         let keys = JwtKeys::new(&[7; 32], Duration::from_secs(60), Duration::from_secs(30));
         let device = DeviceId::parse("kiosk-1").unwrap();
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let who = Subject { uid: 1, username: "k", role: Role::Operator, device: &device };
+        let who = Subject {
+            uid: 1,
+            username: "k",
+            role: Role::Operator,
+            device: &device,
+        };
         let (token, exp) = keys.issue(who, t0, uuid::Uuid::nil()).unwrap();
         assert_eq!(exp, t0 + chrono::Duration::seconds(60));
         assert_eq!(keys.verify(&token, t0).unwrap().device_id, device);
         let late = t0 + chrono::Duration::seconds(61);
-        assert!(matches!(keys.verify(&token, late), Err(ApiError::TokenExpired)));
+        assert!(matches!(
+            keys.verify(&token, late),
+            Err(ApiError::TokenExpired)
+        ));
         assert!(keys.verify_for_refresh(&token, late).is_ok());
         let too_late = t0 + chrono::Duration::seconds(91);
-        assert!(matches!(keys.verify_for_refresh(&token, too_late), Err(ApiError::TokenExpired)));
+        assert!(matches!(
+            keys.verify_for_refresh(&token, too_late),
+            Err(ApiError::TokenExpired)
+        ));
     }
 }

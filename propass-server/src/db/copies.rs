@@ -335,7 +335,13 @@ async fn flag_overdrafts(
     let mut seen: HashMap<i64, i64> = HashMap::new();
     let mut overdrawn: Vec<i64> = Vec::new();
     for (op, outcome) in ops.iter().zip(outcomes.iter_mut()) {
-        let Outcome::Recorded { ledger_id, duplicate: false, overdraft, .. } = outcome else {
+        let Outcome::Recorded {
+            ledger_id,
+            duplicate: false,
+            overdraft,
+            ..
+        } = outcome
+        else {
             continue;
         };
         let client = op.item.payload.client_id.get();

@@ -108,7 +108,9 @@ fn issue(
         role: user.role,
         device,
     };
-    state.jwt.issue(who, state.clock.now(), state.rng.token_id())
+    state
+        .jwt
+        .issue(who, state.clock.now(), state.rng.token_id())
 }
 
 /// `POST /api/auth/refresh`: a new token for the bearer of a current one, or

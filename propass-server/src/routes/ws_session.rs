@@ -13,10 +13,10 @@ use propass_protocol::WsMessage;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::ws::hub::{coalesce, Group, Outbound};
 use crate::auth::{bearer_token, ensure_device_active, Claims};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::ws::hub::{coalesce, Group, Outbound};
 
 /// How many queued events are looked at together for coalescing.
 const COALESCE_WINDOW: usize = 64;
@@ -196,7 +196,11 @@ async fn on_inbound(
     }
     // Pings count too: a client flooding pings costs us a pong each.
     if !limit.allow(now) {
-        return Err(close("rate limited", CloseCode::Policy, "rate limit exceeded"));
+        return Err(close(
+            "rate limited",
+            CloseCode::Policy,
+            "rate limit exceeded",
+        ));
     }
     let sent = match msg {
         AggregatedMessage::Text(text) => match serde_json::from_str::<WsMessage>(&text) {
@@ -251,10 +255,18 @@ async fn on_heartbeat(
     last_heard: Instant,
 ) -> Result<(), Ending> {
     if state.clock.instant().duration_since(last_heard) > state.config.ws_client_timeout {
-        return Err(close("heartbeat timeout", CloseCode::Away, "heartbeat timeout"));
+        return Err(close(
+            "heartbeat timeout",
+            CloseCode::Away,
+            "heartbeat timeout",
+        ));
     }
     if claims.expired_at(state.clock.now()) {
-        return Err(close("token expired", CloseCode::Policy, "token expired: refresh it and reconnect"));
+        return Err(close(
+            "token expired",
+            CloseCode::Policy,
+            "token expired: refresh it and reconnect",
+        ));
     }
     if matches!(
         ensure_device_active(&state.pool, &claims.device_id).await,

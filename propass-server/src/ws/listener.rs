@@ -42,7 +42,10 @@ async fn listen_once(database_url: &str, pool: &PgPool, hub: &Hub) -> Result<(),
             continue;
         };
         let remaining = match pool.get().await {
-            Ok(mut c) => db::clients::remaining_of(&mut c, client).await.ok().flatten(),
+            Ok(mut c) => db::clients::remaining_of(&mut c, client)
+                .await
+                .ok()
+                .flatten(),
             Err(_) => None,
         };
         if let Some((remaining, version)) = remaining {

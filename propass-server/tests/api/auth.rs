@@ -47,7 +47,9 @@ async fn login_returns_a_token_bound_to_the_device() {
     assert_eq!(body["success"], true);
     assert_eq!(body["user"]["username"], "admin");
     assert_eq!(body["user"]["role"], "admin");
-    let claims = keys().verify(body["token"].as_str().unwrap(), Utc::now()).unwrap();
+    let claims = keys()
+        .verify(body["token"].as_str().unwrap(), Utc::now())
+        .unwrap();
     assert_eq!(claims.device_id.as_str(), "KIOSK_A");
     assert_eq!(claims.sub, "admin");
     assert!(!claims.jti.is_empty());

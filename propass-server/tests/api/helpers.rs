@@ -52,9 +52,11 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
 
     let (server_db_url, proxy) = if proxied {
         let proxy = FaultProxy::start(database.host_port()).await;
-        let url = database
-            .url()
-            .replacen(database.host_port(), &format!("127.0.0.1:{}", proxy.port()), 1);
+        let url = database.url().replacen(
+            database.host_port(),
+            &format!("127.0.0.1:{}", proxy.port()),
+            1,
+        );
         (url, Some(proxy))
     } else {
         (database.url().to_owned(), None)
@@ -90,10 +92,11 @@ impl TestApp {
 
     pub async fn add_user(&self, name: &str, password: &str, role: Role) {
         let pw = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || propass_server::auth::password::hash_password(&pw))
-            .await
-            .unwrap()
-            .unwrap();
+        let hash =
+            tokio::task::spawn_blocking(move || propass_server::auth::password::hash_password(&pw))
+                .await
+                .unwrap()
+                .unwrap();
         db::users::create(&mut self.db().await, name, &hash, role)
             .await
             .unwrap();
@@ -113,9 +116,14 @@ impl TestApp {
     }
 
     pub async fn revoke(&self, device: &str) {
-        assert!(db::devices::set_revoked(&mut self.db().await, &DeviceId::parse(device).unwrap(), true, chrono::Utc::now())
-            .await
-            .unwrap());
+        assert!(db::devices::set_revoked(
+            &mut self.db().await,
+            &DeviceId::parse(device).unwrap(),
+            true,
+            chrono::Utc::now()
+        )
+        .await
+        .unwrap());
     }
 
     /// Rows in the ledger.
