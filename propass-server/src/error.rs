@@ -26,10 +26,8 @@ pub enum ApiError {
     /// No bearer token.
     #[error("this endpoint needs an Authorization: Bearer <token> header")]
     MissingToken,
-    /// Bad token.
     #[error("invalid token: {0}")]
     InvalidToken(String),
-    /// Expired token.
     #[error("the token has expired; refresh it at /api/auth/refresh or log in again")]
     TokenExpired,
     /// Token issued to another device.
@@ -40,22 +38,18 @@ pub enum ApiError {
         /// The device named by the request.
         requested: String,
     },
-    /// Device revoked.
     #[error("device {0} has been revoked by an operator")]
     DeviceRevoked(DeviceId),
-    /// Not allowed.
     #[error("{0}")]
     Forbidden(String),
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
-    /// Too large.
     #[error("{0}")]
     PayloadTooLarge(String),
     /// Not JSON.
     #[error("the body must be JSON with Content-Type: application/json")]
     UnsupportedMediaType,
-    /// Throttled.
     #[error("too many failed attempts; retry in {retry_after_secs} s")]
     RateLimited {
         /// Seconds until a new attempt is allowed.
@@ -64,7 +58,6 @@ pub enum ApiError {
     /// A device opened too many WebSockets.
     #[error("device {0} already has the most WebSockets allowed open; close one first")]
     TooManyConnections(DeviceId),
-    /// Database unreachable.
     #[error("the database is unavailable; retry later")]
     Unavailable(String),
     /// A bug or an unexpected database error.

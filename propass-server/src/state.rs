@@ -21,11 +21,8 @@ pub const PASSWORD_CHECKS: usize = 4;
 
 /// The shared state of one server.
 pub struct AppState {
-    /// The configuration.
     pub config: Config,
-    /// Database connections.
     pub pool: PgPool,
-    /// Token keys.
     pub jwt: JwtKeys,
     /// Failed-login throttle.
     pub throttle: LoginThrottle,

@@ -56,9 +56,7 @@ impl Claims {
 pub struct Subject<'a> {
     /// Server user id.
     pub uid: i64,
-    /// Username.
     pub username: &'a str,
-    /// Role.
     pub role: Role,
     /// The device it will work for.
     pub device: &'a DeviceId,

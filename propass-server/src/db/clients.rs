@@ -13,9 +13,7 @@ pub const QUOTA_CHANNEL: &str = "propass_quota";
 /// A client with its quota.
 #[derive(Debug, Clone, Queryable, serde::Serialize)]
 pub struct ClientRow {
-    /// Id.
     pub id: i64,
-    /// Name.
     pub name: String,
     /// Copies bought.
     pub total: i64,

@@ -50,7 +50,6 @@ pub async fn set_revoked(
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = devices)]
 pub struct DeviceRow {
-    /// Id.
     pub device_id: String,
     /// First contact.
     pub first_seen: DateTime<Utc>,

@@ -9,9 +9,7 @@ use super::schema::users;
 /// A user, as login needs it.
 #[derive(Debug, Clone)]
 pub struct User {
-    /// Id.
     pub id: i64,
-    /// Name.
     pub username: String,
     /// PHC string of the Argon2id hash.
     pub password_hash: String,

@@ -7,7 +7,6 @@ use propass_protocol::HealthResponse;
 use crate::db;
 use crate::state::AppState;
 
-/// The handler.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let check = async {
         let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
