@@ -2,8 +2,9 @@
 //! root and provisions what it needs (a throwaway PostgreSQL cluster, Debian
 //! packages when run as root).
 //!
-//! - `cargo xtask test [ARGS…]`: every test of the workspace against a throwaway cluster, then
-//!   the seed Electron client's own TypeScript against the real server.
+//! - `cargo xtask test [ARGS…]`: clippy (warnings are errors), every test of the workspace
+//!   against a throwaway cluster, then the seed Electron client's own TypeScript against the
+//!   real server.
 //! - `cargo xtask e2e [ARGS…]`: the end-to-end tests only (also part of `test`).
 //! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client, and an agent.
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
@@ -66,6 +67,7 @@ fn database(fsync: bool) -> Result<(Option<Cluster>, String), String> {
 
 fn test(extra: &[String]) -> Result<(), String> {
     sys::ensure_packages()?;
+    clippy()?;
     let (_cluster, url) = database(false)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--locked"])
@@ -82,6 +84,39 @@ fn test(extra: &[String]) -> Result<(), String> {
     compat::run(&url)?;
     eprintln!("xtask: all tests passed");
     Ok(())
+}
+
+/// Clippy with warnings as errors: among others it enforces `clippy.toml`'s
+/// rule that time and randomness reach the logic only through the seams.
+fn clippy() -> Result<(), String> {
+    let has_clippy = || {
+        Command::new("cargo")
+            .args(["clippy", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has_clippy() {
+        let _ = Command::new("rustup").args(["component", "add", "clippy"]).status();
+    }
+    if !has_clippy() {
+        eprintln!("xtask: WARNING: clippy is not installed (rustup component add clippy); lints not checked");
+        return Ok(());
+    }
+    eprintln!("xtask: clippy (warnings are errors)…");
+    let ok = run_status(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if ok {
+        Ok(())
+    } else {
+        Err("clippy found problems (see above)".into())
+    }
 }
 
 fn e2e(extra: &[String]) -> Result<(), String> {
