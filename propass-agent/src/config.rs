@@ -41,6 +41,24 @@ pub struct AgentConfig {
     pub card_timeout: Duration,
 }
 
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            server_url: None,
+            state_dir: DEFAULT_STATE_DIR.into(),
+            socket: DEFAULT_SOCKET.into(),
+            http_bind: None,
+            batch_size: 500,
+            sync_interval: Duration::from_secs(30),
+            refresh_margin: Duration::from_secs(86_400),
+            reconnect_max: Duration::from_millis(2000),
+            ws_ping: Duration::from_secs(20),
+            reader: None,
+            card_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The file's shape.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

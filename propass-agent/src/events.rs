@@ -6,6 +6,24 @@ use serde::Serialize;
 
 use crate::store::QueuedOp;
 
+/// A step of the kiosk flow, as `card_progress` events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CardStep {
+    /// Waiting for the customer's badge.
+    WaitingForSource,
+    /// The badge was read; it may leave the reader.
+    SourceRead,
+    /// Waiting for a blank (a card other than the badge).
+    WaitingForBlank,
+    /// Writing and verifying the blank.
+    Writing,
+    /// The card reads back as written and is recorded.
+    Verified,
+    /// The flow stopped; `message` says why. Nothing was recorded.
+    Failed,
+}
+
 /// One event.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
@@ -40,8 +58,7 @@ pub enum AgentEvent {
     },
     /// A step of the kiosk flow at the reader (copy or write).
     CardProgress {
-        /// `waiting_for_source`, `source_read`, `waiting_for_blank`, `writing`, `verified` or `failed`.
-        step: &'static str,
+        step: CardStep,
         /// The UID concerned, when known.
         uid: Option<String>,
         /// What went wrong, for `failed`.

@@ -4,13 +4,13 @@
 //! Progress goes to local listeners as `card_progress` events.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use propass_nfc::{build_block0, BlankKind, NfcError, TagInfo};
 use propass_protocol::{BadgeUid, ClientId, OpType};
 
 use crate::agent::Agent;
-use crate::events::AgentEvent;
+use crate::events::{AgentEvent, CardStep};
 use crate::store::{NewRecording, QueuedOp, QuotaPolicy, StoreError};
 
 /// Why the flow stopped.
@@ -34,12 +34,25 @@ pub struct MadeCard {
     pub operation: QueuedOp,
     /// The client's remaining after it.
     pub remaining: i64,
-    /// gen1a or gen2.
-    pub blank: &'static str,
+    pub blank: BlankKind,
 }
 
-fn progress(agent: &Agent, step: &'static str, uid: Option<String>, message: Option<String>) {
-    agent.emit(AgentEvent::CardProgress { step, uid, message });
+fn progress(agent: &Agent, step: CardStep, uid: Option<String>) {
+    agent.emit(AgentEvent::CardProgress {
+        step,
+        uid,
+        message: None,
+    });
+}
+
+/// Announces the failure and passes the error on.
+fn failed(agent: &Agent, uid: Option<String>, e: KioskError) -> KioskError {
+    agent.emit(AgentEvent::CardProgress {
+        step: CardStep::Failed,
+        uid,
+        message: Some(e.to_string()),
+    });
+    e
 }
 
 /// Checks, before any card is touched, that the client may get one more card.
@@ -59,85 +72,53 @@ async fn precheck(agent: &Agent, client: ClientId) -> Result<(), KioskError> {
     Ok(())
 }
 
-/// Waits for a card whose UID differs from `not` (the badge must leave the
-/// reader before the blank is placed).
-fn wait_for_other(
-    reader: &mut propass_nfc::Reader,
-    not: Option<&[u8]>,
-    timeout: Duration,
-    cancel: &std::sync::atomic::AtomicBool,
-) -> Result<TagInfo, NfcError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let tag = reader.wait_for_tag(left, cancel)?;
-        if not.is_none_or(|uid| tag.uid != uid) {
-            return Ok(tag);
-        }
-        reader.release();
-        if Instant::now() >= deadline {
-            return Err(NfcError::NoTag);
-        }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-}
-
-fn blank_name(k: BlankKind) -> &'static str {
-    match k {
-        BlankKind::Gen1a => "gen1a",
-        BlankKind::Gen2 => "gen2",
-    }
-}
-
 /// `copy`: badge → blank → verify → record.
 pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, KioskError> {
-    if let Err(e) = precheck(agent, client).await {
-        progress(agent, "failed", None, Some(e.to_string()));
-        return Err(e);
-    }
+    precheck(agent, client)
+        .await
+        .map_err(|e| failed(agent, None, e))?;
     agent.reader.begin();
+    progress(agent, CardStep::WaitingForSource, None);
+    let (source, src_block0) = read_source(agent)
+        .await
+        .map_err(|e| failed(agent, None, e.into()))?;
+    let uid_hex = source.uid_hex();
+    check_copyable(&source).map_err(|e| failed(agent, Some(uid_hex.clone()), e))?;
+    progress(agent, CardStep::SourceRead, Some(uid_hex.clone()));
+    let manufacturer = src_block0.map(|b| b[8..16].try_into().expect("8 bytes"));
+    let block0 = build_block0(&source.uid, source.sak, source.atqa, manufacturer)
+        .map_err(|e| failed(agent, Some(uid_hex), KioskError::Unsupported(e.to_string())))?;
+    let uid =
+        BadgeUid::from_bytes(&source.uid).map_err(|e| KioskError::Unsupported(e.to_string()))?;
+    write_and_record(agent, client, OpType::Copy, uid, block0, Some(source.uid)).await
+}
+
+/// The badge, and its own block 0 when its keys are the factory ones (else
+/// block 0 is rebuilt from UID, SAK and ATQA).
+async fn read_source(agent: &Agent) -> Result<(TagInfo, Option<[u8; 16]>), NfcError> {
     let timeout = agent.config.card_timeout;
-    progress(agent, "waiting_for_source", None, None);
-    let source = agent
+    agent
         .reader
         .run(move |r, cancel| {
             let tag = r.wait_for_tag(timeout, cancel)?;
-            // The badge's own block 0 when its keys are the factory ones; else
-            // rebuilt from UID, SAK and ATQA.
             let block0 = r.read_block0(&tag).ok();
             r.release();
             Ok((tag, block0))
         })
-        .await;
-    let (source, src_block0) = match source {
-        Ok(s) => s,
-        Err(e) => {
-            progress(agent, "failed", None, Some(e.to_string()));
-            return Err(e.into());
-        }
-    };
-    let uid_hex = source.uid_hex();
-    if !source.family.is_classic() || source.uid.len() != 4 {
-        let why = format!(
-            "badge {uid_hex} is a {} card with a {}-byte UID: only 4-byte MIFARE Classic badges can be copied onto our blanks",
-            source.family.as_str(),
-            source.uid.len()
-        );
-        progress(agent, "failed", Some(uid_hex), Some(why.clone()));
-        return Err(KioskError::Unsupported(why));
+        .await
+}
+
+/// Only 4-byte MIFARE Classic badges fit on our blanks.
+fn check_copyable(source: &TagInfo) -> Result<(), KioskError> {
+    if source.family.is_classic() && source.uid.len() == 4 {
+        return Ok(());
     }
-    progress(agent, "source_read", Some(uid_hex.clone()), None);
-    let manufacturer = src_block0.map(|b| b[8..16].try_into().expect("8 bytes"));
-    let block0 = match build_block0(&source.uid, source.sak, source.atqa, manufacturer) {
-        Ok(b) => b,
-        Err(e) => {
-            progress(agent, "failed", Some(uid_hex), Some(e.to_string()));
-            return Err(KioskError::Unsupported(e.to_string()));
-        }
-    };
-    let uid =
-        BadgeUid::from_bytes(&source.uid).map_err(|e| KioskError::Unsupported(e.to_string()))?;
-    write_and_record(agent, client, OpType::Copy, uid, block0, Some(source.uid)).await
+    Err(KioskError::Unsupported(format!(
+        "badge {} is a {} card with a {}-byte UID: only 4-byte MIFARE Classic badges can be copied onto our blanks",
+        source.uid_hex(),
+        source.family.as_str(),
+        source.uid.len()
+    )))
 }
 
 /// `write`: a UID from the records onto a blank → verify → record.
@@ -146,10 +127,9 @@ pub async fn write(
     client: ClientId,
     uid: BadgeUid,
 ) -> Result<MadeCard, KioskError> {
-    if let Err(e) = precheck(agent, client).await {
-        progress(agent, "failed", None, Some(e.to_string()));
-        return Err(e);
-    }
+    precheck(agent, client)
+        .await
+        .map_err(|e| failed(agent, None, e))?;
     agent.reader.begin();
     let block0 = build_block0(uid.as_bytes(), 0x08, [0x00, 0x04], None)
         .map_err(|e| KioskError::Unsupported(e.to_string()))?;
@@ -164,16 +144,42 @@ async fn write_and_record(
     block0: [u8; 16],
     source_uid: Option<Vec<u8>>,
 ) -> Result<MadeCard, KioskError> {
+    progress(agent, CardStep::WaitingForBlank, Some(uid.to_hex()));
+    let blank = write_blank(agent, &uid, block0, source_uid)
+        .await
+        .map_err(|e| failed(agent, Some(uid.to_hex()), e.into()))?;
+    let (operation, remaining) = record_verified(agent, client, op_type, &uid).await?;
+    progress(agent, CardStep::Verified, Some(uid.to_hex()));
+    agent.emit(AgentEvent::Recorded(operation.clone()));
+    agent.emit(AgentEvent::QuotaUpdated {
+        client_id: client,
+        remaining,
+    });
+    agent.kick.notify_one();
+    tracing::info!(uid = %uid, client = %client, ?blank, "card made and verified");
+    Ok(MadeCard {
+        operation,
+        remaining,
+        blank,
+    })
+}
+
+/// Waits for a blank (not the badge), writes and verifies it.
+async fn write_blank(
+    agent: &Agent,
+    uid: &BadgeUid,
+    block0: [u8; 16],
+    source_uid: Option<Vec<u8>>,
+) -> Result<BlankKind, NfcError> {
     let timeout = agent.config.card_timeout;
-    progress(agent, "waiting_for_blank", Some(uid.to_hex()), None);
     let events = agent.events.clone();
     let hex = uid.to_hex();
-    let written = agent
+    agent
         .reader
         .run(move |r, cancel| {
-            let blank = wait_for_other(r, source_uid.as_deref(), timeout, cancel)?;
+            let blank = r.wait_for_other_tag(source_uid.as_deref(), timeout, cancel)?;
             let _ = events.send(AgentEvent::CardProgress {
-                step: "writing",
+                step: CardStep::Writing,
                 uid: Some(hex),
                 message: None,
             });
@@ -181,17 +187,19 @@ async fn write_and_record(
             r.release();
             kind
         })
-        .await;
-    let kind = match written {
-        Ok(k) => k,
-        Err(e) => {
-            progress(agent, "failed", Some(uid.to_hex()), Some(e.to_string()));
-            return Err(e.into());
-        }
-    };
-    // Verified: the card exists. Record it, never refusing; retry a failing disk.
+        .await
+}
+
+/// Records a verified card: it exists, so it is never refused; a failing
+/// disk is retried a few times before the person is told to call an operator.
+async fn record_verified(
+    agent: &Agent,
+    client: ClientId,
+    op_type: OpType,
+    uid: &BadgeUid,
+) -> Result<(QueuedOp, i64), KioskError> {
     let mut attempt = 0;
-    let (operation, remaining) = loop {
+    loop {
         attempt += 1;
         let now = agent.clock.now_utc();
         let new = NewRecording {
@@ -203,30 +211,220 @@ async fn write_and_record(
             op_id: agent.rng.new_op_id(),
         };
         match agent.store.record(new, QuotaPolicy::CardExists).await {
-            Ok(r) => break (r.operation, r.remaining),
+            Ok(r) => return Ok((r.operation, r.remaining)),
             Err(e) if attempt < 5 => {
                 tracing::warn!(error = %e, uid = %uid, attempt, "cannot record a verified card yet; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, uid = %uid, client = %client, "a verified card could NOT be recorded");
-                let why = format!("card {uid} was made and verified but could not be recorded ({e}): tell an operator");
-                progress(agent, "failed", Some(uid.to_hex()), Some(why));
+                agent.emit(AgentEvent::CardProgress {
+                    step: CardStep::Failed,
+                    uid: Some(uid.to_hex()),
+                    message: Some(format!("card {uid} was made and verified but could not be recorded ({e}): tell an operator")),
+                });
                 return Err(e.into());
             }
         }
-    };
-    progress(agent, "verified", Some(uid.to_hex()), None);
-    agent.emit(AgentEvent::Recorded(operation.clone()));
-    agent.emit(AgentEvent::QuotaUpdated {
-        client_id: client,
-        remaining,
-    });
-    agent.kick.notify_one();
-    tracing::info!(uid = %uid, client = %client, blank = blank_name(kind), "card made and verified");
-    Ok(MadeCard {
-        operation,
-        remaining,
-        blank: blank_name(kind),
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    use propass_nfc::iso14443a::{block0, DEFAULT_MANUFACTURER};
+    use propass_nfc::{CardFamily, CardReader, NfcResult, ReaderThread};
+
+    use super::*;
+    use crate::agent::Parts;
+    use crate::config::AgentConfig;
+    use crate::seams::{Clock, SystemClock, SystemRng};
+    use crate::store::{ServerQuota, Store};
+    use crate::upstream::HttpServerClient;
+
+    const BADGE: [u8; 4] = [0x04, 0xAB, 0x12, 0xCD];
+    const BLANK: [u8; 4] = [0x01, 0x02, 0x03, 0x04];
+
+    /// What the fake reader will do, and what it was asked.
+    struct Script {
+        taps: VecDeque<TagInfo>,
+        write: NfcResult<BlankKind>,
+        waits: usize,
+    }
+
+    struct FakeReader(Arc<Mutex<Script>>);
+
+    impl CardReader for FakeReader {
+        fn wait_for_tag(&mut self, _: Duration, _: &AtomicBool) -> NfcResult<TagInfo> {
+            let mut s = self.0.lock().unwrap();
+            s.waits += 1;
+            s.taps.pop_front().ok_or(NfcError::NoTag)
+        }
+        fn read_block0(&mut self, tag: &TagInfo) -> NfcResult<[u8; 16]> {
+            let uid = tag
+                .uid
+                .clone()
+                .try_into()
+                .map_err(|_| NfcError::AuthFailed)?;
+            Ok(block0(uid, tag.sak, tag.atqa, DEFAULT_MANUFACTURER))
+        }
+        fn write_block0(&mut self, _: &TagInfo, _: &[u8; 16]) -> NfcResult<BlankKind> {
+            self.0.lock().unwrap().write.clone()
+        }
+        fn release(&mut self) {}
+    }
+
+    fn classic(uid: [u8; 4]) -> TagInfo {
+        TagInfo {
+            uid: uid.to_vec(),
+            atqa: [0x00, 0x04],
+            sak: 0x08,
+            family: CardFamily::MifareClassic1k,
+        }
+    }
+
+    /// An agent whose client 1 has `remaining` copies left, at a fake reader
+    /// that sees `taps` and answers a write with `write`.
+    async fn agent_at(
+        remaining: i64,
+        taps: Vec<TagInfo>,
+        write: NfcResult<BlankKind>,
+    ) -> (Arc<Agent>, Arc<Mutex<Script>>) {
+        let script = Arc::new(Mutex::new(Script {
+            taps: taps.into(),
+            write,
+            waits: 0,
+        }));
+        let s = script.clone();
+        let reader = ReaderThread::spawn_with(move || {
+            Ok(Box::new(FakeReader(s.clone())) as Box<dyn CardReader>)
+        })
+        .unwrap();
+        let store = Store::open(&crate::store::tests::temp("agent.db")).unwrap();
+        let quota = ServerQuota {
+            client: client(),
+            name: None,
+            remaining,
+            version: None,
+        };
+        store
+            .apply_pull(vec![quota], SystemClock.now_utc())
+            .await
+            .unwrap();
+        let parts = Parts {
+            store,
+            config: AgentConfig::default(),
+            reader,
+            server: Arc::new(HttpServerClient::new().unwrap()),
+            clock: Arc::new(SystemClock),
+            rng: Arc::new(SystemRng),
+        };
+        (Agent::from_parts(parts).await.unwrap(), script)
+    }
+
+    fn client() -> ClientId {
+        ClientId::new(1).unwrap()
+    }
+
+    fn steps(rx: &mut tokio::sync::broadcast::Receiver<AgentEvent>) -> Vec<CardStep> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|e| match e {
+                AgentEvent::CardProgress { step, .. } => Some(step),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_verified_copy_is_recorded_once() {
+        let (agent, _) = agent_at(
+            2,
+            vec![classic(BADGE), classic(BLANK)],
+            Ok(BlankKind::Gen1a),
+        )
+        .await;
+        let mut rx = agent.events.subscribe();
+        let made = copy(&agent, client()).await.unwrap();
+        assert_eq!((made.blank, made.remaining), (BlankKind::Gen1a, 1));
+        assert_eq!(made.operation.uid.to_hex(), "04AB12CD");
+        let queued = agent.store.list(None, 10).await.unwrap();
+        let ids: Vec<_> = queued.iter().map(|o| o.op_id).collect();
+        assert_eq!(ids, [made.operation.op_id]);
+        use CardStep::*;
+        assert_eq!(
+            steps(&mut rx),
+            [
+                WaitingForSource,
+                SourceRead,
+                WaitingForBlank,
+                Writing,
+                Verified
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_verification_records_nothing() {
+        let not_verified = Err(NfcError::VerifyFailed {
+            expected: "04AB12CD".into(),
+            got: "01020304".into(),
+        });
+        let (agent, _) = agent_at(2, vec![classic(BADGE), classic(BLANK)], not_verified).await;
+        let mut rx = agent.events.subscribe();
+        let err = copy(&agent, client()).await.unwrap_err();
+        assert!(matches!(
+            err,
+            KioskError::Nfc(NfcError::VerifyFailed { .. })
+        ));
+        assert_eq!(agent.store.counts().await.unwrap().pending, 0);
+        assert_eq!(steps(&mut rx).last(), Some(&CardStep::Failed));
+    }
+
+    #[tokio::test]
+    async fn no_quota_refuses_before_any_card_is_touched() {
+        let (agent, script) = agent_at(
+            0,
+            vec![classic(BADGE), classic(BLANK)],
+            Ok(BlankKind::Gen1a),
+        )
+        .await;
+        let err = copy(&agent, client()).await.unwrap_err();
+        assert!(matches!(
+            err,
+            KioskError::Store(StoreError::QuotaExhausted { .. })
+        ));
+        assert_eq!(agent.store.counts().await.unwrap().pending, 0);
+        assert_eq!(script.lock().unwrap().waits, 0, "the reader was not used");
+    }
+
+    #[tokio::test]
+    async fn an_uncopyable_badge_is_refused_before_a_blank_is_asked_for() {
+        let ultralight = TagInfo {
+            uid: vec![0x04, 0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6],
+            atqa: [0x00, 0x44],
+            sak: 0x00,
+            family: CardFamily::MifareUltralight,
+        };
+        let (agent, script) = agent_at(2, vec![ultralight], Ok(BlankKind::Gen1a)).await;
+        let err = copy(&agent, client()).await.unwrap_err();
+        assert!(matches!(err, KioskError::Unsupported(_)));
+        assert_eq!(script.lock().unwrap().waits, 1);
+        assert_eq!(agent.store.counts().await.unwrap().pending, 0);
+    }
+
+    #[test]
+    fn steps_keep_their_names_on_the_event_stream() {
+        let e = AgentEvent::CardProgress {
+            step: CardStep::WaitingForSource,
+            uid: None,
+            message: None,
+        };
+        let v = serde_json::to_value(e).unwrap();
+        assert_eq!(v["type"], "card_progress");
+        assert_eq!(v["data"]["step"], "waiting_for_source");
+        assert_eq!(serde_json::to_value(BlankKind::Gen1a).unwrap(), "gen1a");
+    }
 }

@@ -2,7 +2,7 @@
 //! kiosk without hardware. Prints the pseudo-terminal's path on its first line.
 //!
 //! ```sh
-//! cargo run -p propass-nfc --example pn532-emulator -- --tag classic-1k --uid 04AB12CD
+//! cargo run -p propass-nfc --features emulator --example pn532-emulator -- --tag classic-1k --uid 04AB12CD
 //! nfc-list -v   # with LIBNFC_DEVICE=pn532_uart:/dev/pts/N LIBNFC_AUTO_SCAN=false
 //! ```
 //!

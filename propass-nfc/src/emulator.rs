@@ -20,6 +20,10 @@ use std::thread::JoinHandle;
 use nix::pty::{openpty, OpenptyResult};
 use nix::sys::termios::{self, SetArg};
 
+use crate::iso14443a::{
+    bcc, block0, crc_a, CASCADE_TAG, DEFAULT_MANUFACTURER, FACTORY_ACCESS_BITS, FACTORY_KEY,
+};
+
 /// What kind of card sits on the reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagKind {
@@ -44,25 +48,16 @@ pub struct Tag {
     uid7: Option<[u8; 7]>,
 }
 
-/// The factory transport key of MIFARE Classic sectors.
-pub const DEFAULT_KEY: [u8; 6] = [0xFF; 6];
-
 impl Tag {
     /// A Classic-family card (badge or blank) with a 4-byte UID and factory keys.
     pub fn classic(kind: TagKind, uid: [u8; 4]) -> Self {
         let mut blocks = vec![[0u8; 16]; 64];
-        let bcc = uid.iter().fold(0, |a, b| a ^ b);
-        blocks[0][..4].copy_from_slice(&uid);
-        blocks[0][4] = bcc;
-        blocks[0][5] = 0x08; // SAK
-        blocks[0][6] = 0x04; // ATQA, little-endian 0x0004
-        blocks[0][7] = 0x00;
-        blocks[0][8..16].copy_from_slice(&[0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69]);
+        blocks[0] = block0(uid, 0x08, [0x00, 0x04], DEFAULT_MANUFACTURER);
         for s in 0..16 {
             let t = &mut blocks[s * 4 + 3];
-            t[..6].copy_from_slice(&DEFAULT_KEY);
-            t[6..10].copy_from_slice(&[0xFF, 0x07, 0x80, 0x69]);
-            t[10..].copy_from_slice(&DEFAULT_KEY);
+            t[..6].copy_from_slice(&FACTORY_KEY);
+            t[6..10].copy_from_slice(&FACTORY_ACCESS_BITS);
+            t[10..].copy_from_slice(&FACTORY_KEY);
         }
         Self {
             kind,
@@ -74,8 +69,8 @@ impl Tag {
     /// A 7-byte-UID Ultralight / NTAG.
     pub fn ultralight(uid: [u8; 7]) -> Self {
         let mut blocks = vec![[0u8; 16]; 4];
-        let bcc0 = 0x88 ^ uid[0] ^ uid[1] ^ uid[2];
-        let bcc1 = uid[3] ^ uid[4] ^ uid[5] ^ uid[6];
+        let bcc0 = bcc(&[CASCADE_TAG, uid[0], uid[1], uid[2]]);
+        let bcc1 = bcc(&uid[3..]);
         blocks[0][..3].copy_from_slice(&uid[..3]);
         blocks[0][3] = bcc0;
         blocks[0][4..8].copy_from_slice(&uid[3..]);
@@ -100,7 +95,7 @@ impl Tag {
     /// A Classic-family card whose block 0 BCC does not match its UID: no
     /// reader can select it any more.
     pub fn bricked(&self) -> bool {
-        self.uid7.is_none() && self.blocks[0][..4].iter().fold(0, |a, b| a ^ b) != self.blocks[0][4]
+        self.uid7.is_none() && bcc(&self.blocks[0][..4]) != self.blocks[0][4]
     }
 
     /// The UID as the reader sees it.
@@ -344,16 +339,6 @@ fn tag_present(field: &mut Field) -> bool {
     field.tag.is_some()
 }
 
-fn crc_a(data: &[u8]) -> [u8; 2] {
-    let mut crc: u16 = 0x6363;
-    for &b in data {
-        let mut b = b ^ (crc as u8);
-        b ^= b << 4;
-        crc = (crc >> 8) ^ ((b as u16) << 8) ^ ((b as u16) << 3) ^ ((b as u16) >> 4);
-    }
-    [crc as u8, (crc >> 8) as u8]
-}
-
 fn command(
     cmd: u8,
     args: &[u8],
@@ -532,7 +517,7 @@ fn communicate_thru(
         let uid = tag.uid();
         let cl: Vec<u8> = match (uid.len(), p[0]) {
             (4, 0x93) => uid.clone(),
-            (7, 0x93) => vec![0x88, uid[0], uid[1], uid[2]],
+            (7, 0x93) => vec![CASCADE_TAG, uid[0], uid[1], uid[2]],
             (7, 0x95) => uid[3..7].to_vec(),
             _ => return vec![TIMEOUT],
         };
@@ -540,7 +525,7 @@ fn communicate_thru(
         let bcc = if uid.len() == 4 {
             tag.blocks[0][4]
         } else {
-            cl.iter().fold(0, |a, b| a ^ b)
+            bcc(&cl)
         };
         if p[1] == 0x20 {
             let mut out = vec![0x00];
@@ -624,11 +609,5 @@ mod tests {
         buf.extend_from_slice(&f);
         assert_eq!(next_frame(&mut buf), Some(Some(vec![0xD4, 0x02])));
         assert!(buf.iter().all(|&b| b == 0), "only the postamble is left");
-    }
-
-    #[test]
-    fn crc_a_matches_the_known_hlta_frame() {
-        assert_eq!(crc_a(&[0x50, 0x00]), [0x57, 0xCD]);
-        assert_eq!(crc_a(&[0xA0, 0x00]), [0x5F, 0xB1]);
     }
 }

@@ -9,18 +9,27 @@
 //! What it is **not**: it records nothing (the agent does, after a verified
 //! clone), and it knows nothing about clients or quotas.
 //!
-//! [`emulator`] is a PN532 emulated on a pseudo-terminal, so that tests and
-//! the demo run the real libnfc driver stack without hardware.
+//! The kiosk flow sees the reader through [`CardReader`] (a fake one in its
+//! unit tests). [`iso14443a`] holds the checksums and block-0 layout shared
+//! by the reader and the emulator.
+//!
+//! `emulator` (feature `emulator`, off in the production agent) is a PN532
+//! emulated on a pseudo-terminal, so that tests and the demo run the real
+//! libnfc driver stack without hardware.
 #![forbid(unsafe_code)]
 
+mod card_reader;
+#[cfg(feature = "emulator")]
 pub mod emulator;
 mod error;
+pub mod iso14443a;
 mod reader;
 mod thread;
 
+pub use card_reader::CardReader;
 pub use error::{NfcError, NfcResult};
+pub use iso14443a::FACTORY_KEY;
 pub use reader::{
     build_block0, list_readers, validate_block0, BlankKind, CardFamily, Reader, TagInfo,
-    FACTORY_KEY,
 };
 pub use thread::ReaderThread;

@@ -9,7 +9,9 @@ use nfc1::target_info::TargetInfo;
 use nfc1::{BaudRate, Context, Device, Modulation, ModulationType, Property, Timeout};
 use serde_like::Hex;
 
+use crate::card_reader::CardReader;
 use crate::error::{NfcError, NfcResult};
+use crate::iso14443a::{bcc, block0, with_crc, CASCADE_TAG, DEFAULT_MANUFACTURER, FACTORY_KEY};
 
 mod serde_like {
     /// Upper-case hex of bytes.
@@ -23,9 +25,6 @@ mod serde_like {
         }
     }
 }
-
-/// The factory key of MIFARE Classic sectors (and of magic blanks).
-pub const FACTORY_KEY: [u8; 6] = [0xFF; 6];
 
 /// The card family, from SAK and ATQA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +85,9 @@ impl TagInfo {
     }
 }
 
-/// What kind of magic blank took the write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What kind of magic blank took the write; serialized `gen1a` / `gen2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BlankKind {
     /// Answered the 7-bit unlock sequence.
     Gen1a,
@@ -109,14 +109,8 @@ pub fn build_block0(
             uid.len()
         )));
     }
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(uid);
-    b[4] = uid.iter().fold(0, |a, x| a ^ x);
-    b[5] = sak;
-    b[6] = atqa[1];
-    b[7] = atqa[0];
-    b[8..]
-        .copy_from_slice(&manufacturer.unwrap_or([0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69]));
+    let uid: [u8; 4] = uid.try_into().expect("4 bytes, checked");
+    let b = block0(uid, sak, atqa, manufacturer.unwrap_or(DEFAULT_MANUFACTURER));
     validate_block0(&b)?;
     Ok(b)
 }
@@ -128,12 +122,12 @@ pub const CLASSIC_SAKS: [u8; 5] = [0x08, 0x18, 0x28, 0x38, 0x88];
 /// The UID must not start with the cascade tag, the BCC must match, the SAK
 /// must be a MIFARE Classic one, and the ATQA a single-size-UID one.
 pub fn validate_block0(b: &[u8; 16]) -> NfcResult<()> {
-    if b[0] == 0x88 {
+    if b[0] == CASCADE_TAG {
         return Err(NfcError::InvalidBlock0(
             "UID starts with the cascade tag 0x88".into(),
         ));
     }
-    let bcc = b[..4].iter().fold(0, |a, x| a ^ x);
+    let bcc = bcc(&b[..4]);
     if bcc != b[4] {
         return Err(NfcError::InvalidBlock0(format!(
             "BCC {:02X} does not match the UID (expected {bcc:02X})",
@@ -154,22 +148,6 @@ pub fn validate_block0(b: &[u8; 16]) -> NfcResult<()> {
         )));
     }
     Ok(())
-}
-
-fn crc_a(data: &[u8]) -> [u8; 2] {
-    let mut crc: u16 = 0x6363;
-    for &x in data {
-        let mut b = x ^ (crc as u8);
-        b ^= b << 4;
-        crc = (crc >> 8) ^ ((b as u16) << 8) ^ ((b as u16) << 3) ^ ((b as u16) >> 4);
-    }
-    [crc as u8, (crc >> 8) as u8]
-}
-
-fn with_crc(data: &[u8]) -> Vec<u8> {
-    let mut v = data.to_vec();
-    v.extend_from_slice(&crc_a(data));
-    v
 }
 
 const ISO14443A: Modulation = Modulation {
@@ -272,6 +250,8 @@ impl Reader {
     }
 
     /// Waits for a tag until `timeout`, polling; `cancel` stops the wait.
+    // Polls the hardware in real time; the agent's clock is not involved.
+    #[allow(clippy::disallowed_methods)]
     pub fn wait_for_tag(&mut self, timeout: Duration, cancel: &AtomicBool) -> NfcResult<TagInfo> {
         let deadline = Instant::now() + timeout;
         // Two cards seen at once may be one card being swapped for another:
@@ -457,6 +437,24 @@ impl Reader {
     }
 }
 
+impl CardReader for Reader {
+    fn wait_for_tag(&mut self, timeout: Duration, cancel: &AtomicBool) -> NfcResult<TagInfo> {
+        Reader::wait_for_tag(self, timeout, cancel)
+    }
+
+    fn read_block0(&mut self, tag: &TagInfo) -> NfcResult<[u8; 16]> {
+        Reader::read_block0(self, tag)
+    }
+
+    fn write_block0(&mut self, blank: &TagInfo, block0: &[u8; 16]) -> NfcResult<BlankKind> {
+        Reader::write_block0(self, blank, block0)
+    }
+
+    fn release(&mut self) {
+        Reader::release(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,10 +478,5 @@ mod tests {
         let mut bad = b;
         bad[4] ^= 1;
         assert!(validate_block0(&bad).is_err());
-    }
-
-    #[test]
-    fn crc_a_known_values() {
-        assert_eq!(crc_a(&[0x50, 0x00]), [0x57, 0xCD]);
     }
 }

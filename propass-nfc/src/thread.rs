@@ -5,10 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use crate::card_reader::CardReader;
 use crate::error::{NfcError, NfcResult};
 use crate::reader::Reader;
 
-type Job = Box<dyn FnOnce(&mut Option<Reader>, &Option<String>, &AtomicBool) + Send>;
+/// Opens the reader on the reader thread (libnfc's handles stay there).
+type Opener = Box<dyn FnMut() -> NfcResult<Box<dyn CardReader>> + Send>;
+type Slot = Option<Box<dyn CardReader>>;
+type Job = Box<dyn FnOnce(&mut Slot, &mut Opener, &AtomicBool) + Send>;
 
 /// A handle to the reader thread. Cloneable; the thread ends when the last
 /// handle is dropped.
@@ -19,19 +23,29 @@ pub struct ReaderThread {
 }
 
 impl ReaderThread {
-    /// Starts the thread; the reader (named by `connstring`, or the first
-    /// one) is opened at the first job, and again after it was unplugged.
+    /// Starts the thread for the libnfc reader named by `connstring` (or the
+    /// first one), opened at the first job and again after it was unplugged.
     pub fn spawn(connstring: Option<String>) -> std::io::Result<Self> {
+        Self::spawn_with(move || {
+            Reader::open(connstring.as_deref()).map(|r| Box::new(r) as Box<dyn CardReader>)
+        })
+    }
+
+    /// Starts the thread for the reader `open` returns (called on the thread).
+    pub fn spawn_with(
+        open: impl FnMut() -> NfcResult<Box<dyn CardReader>> + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
+        let mut open: Opener = Box::new(open);
         std::thread::Builder::new()
             .name("nfc-reader".into())
             .spawn(move || {
-                let mut reader: Option<Reader> = None;
+                let mut reader: Slot = None;
                 for job in rx {
                     // A panicking job (a bug) must not take the reader away for good.
-                    let run = std::panic::AssertUnwindSafe(|| job(&mut reader, &connstring, &flag));
+                    let run = std::panic::AssertUnwindSafe(|| job(&mut reader, &mut open, &flag));
                     if std::panic::catch_unwind(run).is_err() {
                         tracing::error!("reader job panicked; closing the reader");
                         reader = None;
@@ -45,22 +59,11 @@ impl ReaderThread {
     pub async fn run<R, F>(&self, f: F) -> NfcResult<R>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Reader, &AtomicBool) -> NfcResult<R> + Send + 'static,
+        F: FnOnce(&mut dyn CardReader, &AtomicBool) -> NfcResult<R> + Send + 'static,
     {
         let (done, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |slot, connstring, cancel| {
-            let r = (|| {
-                if slot.is_none() {
-                    *slot = Some(Reader::open(connstring.as_deref())?);
-                }
-                let reader = slot.as_mut().expect("opened");
-                let r = f(reader, cancel);
-                if matches!(r, Err(NfcError::ReaderUnplugged(_))) {
-                    *slot = None;
-                }
-                r
-            })();
-            let _ = done.send(r);
+        let job: Job = Box::new(move |slot, open, cancel| {
+            let _ = done.send(with_reader(slot, open, |r| f(r, cancel)));
         });
         self.tx
             .send(job)
@@ -80,4 +83,21 @@ impl ReaderThread {
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
     }
+}
+
+/// Opens the reader if needed, runs `f`, and forgets a reader that was unplugged.
+fn with_reader<R>(
+    slot: &mut Slot,
+    open: &mut Opener,
+    f: impl FnOnce(&mut dyn CardReader) -> NfcResult<R>,
+) -> NfcResult<R> {
+    let reader = match slot {
+        Some(r) => r,
+        None => slot.insert(open()?),
+    };
+    let r = f(reader.as_mut());
+    if matches!(r, Err(NfcError::ReaderUnplugged(_))) {
+        *slot = None;
+    }
+    r
 }

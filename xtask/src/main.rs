@@ -174,7 +174,7 @@ fn build_release_binaries() -> Result<(), String> {
         "-p",
         "propass-nfc",
     ])
-    .args(["--example", "pn532-emulator"]);
+    .args(["--example", "pn532-emulator", "--features", "propass-nfc/emulator"]);
     if !run_status(&mut cmd)? {
         return Err("build failed".into());
     }
