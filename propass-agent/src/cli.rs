@@ -6,10 +6,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
+use propass_protocol::{BadgeUid, ClientId, OpType};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::api::StatusView;
+use crate::api::{
+    CopyRequest, ErrorBody, ErrorDetail, LocalErrorCode, LoginRequest, LoginResponse, MadeResponse,
+    ReadersResponse, RecordRequest, RecordResponse, RetryResponse, StatusView, SyncResponse,
+    TagView, WriteCardRequest,
+};
 use crate::config::AgentConfig;
+use crate::events::{AgentEvent, CardStep};
+use crate::store::QueuedOp;
 
 #[derive(Debug, Parser)]
 #[command(name = "propass-agent", version, about = "PROPASS kiosk agent")]
@@ -189,12 +199,49 @@ fn run(cli: Cli) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(client_command(config, cli.command))
+        .map_err(CliError::explain)
 }
 
 struct Local {
     http: reqwest::Client,
     socket: PathBuf,
 }
+
+/// Why a command failed.
+enum CliError {
+    /// The agent answered with an error.
+    Agent(ErrorDetail),
+    /// Anything else, said for a person.
+    Other(String),
+}
+
+impl From<String> for CliError {
+    fn from(e: String) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl CliError {
+    /// The message, and what to do next where the code says.
+    fn explain(self) -> String {
+        let ErrorDetail { code, message } = match self {
+            Self::Agent(e) => e,
+            Self::Other(m) => return m,
+        };
+        let hint = match code {
+            LocalErrorCode::LoginRequired if !message.contains("propass-agent login") => {
+                "\nhint: propass-agent login --server URL --username NAME"
+            }
+            LocalErrorCode::NoReader | LocalErrorCode::ReaderUnplugged => {
+                "\nhint: `propass-agent nfc list` shows the readers libnfc can see"
+            }
+            _ => "",
+        };
+        format!("{message}{hint}")
+    }
+}
+
+type CliResult<T> = Result<T, CliError>;
 
 impl Local {
     fn new(socket: PathBuf) -> Result<Self, String> {
@@ -212,12 +259,8 @@ impl Local {
         )
     }
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, String> {
+    /// The answer as received (`--json` prints it unchanged).
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> CliResult<Value> {
         let mut req = self.http.request(method, format!("http://agent{path}"));
         if let Some(b) = body {
             req = req.json(&b);
@@ -229,14 +272,21 @@ impl Local {
             .await
             .map_err(|e| format!("unreadable answer from the agent: {e}"))?;
         if ok {
-            Ok(v)
-        } else {
-            Err(v["error"]["message"]
-                .as_str()
-                .unwrap_or("the agent refused")
-                .to_owned())
+            return Ok(v);
+        }
+        match serde_json::from_value::<ErrorBody>(v) {
+            Ok(body) => Err(CliError::Agent(body.error)),
+            Err(_) => Err(CliError::Other("the agent refused".into())),
         }
     }
+}
+
+fn body<T: Serialize>(request: &T) -> Option<Value> {
+    serde_json::to_value(request).ok()
+}
+
+fn typed<T: DeserializeOwned>(v: Value) -> CliResult<T> {
+    serde_json::from_value(v).map_err(|e| CliError::Other(format!("unexpected answer: {e}")))
 }
 
 /// Reads the password: with a prompt and no echo when `prompt` and stdin is
@@ -282,41 +332,24 @@ async fn print_card_progress(res: Option<reqwest::Response>) {
         buf.extend_from_slice(&chunk);
         while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();
-            let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            if ev["type"] != "card_progress" {
-                continue;
-            }
-            let d = &ev["data"];
-            let uid = d["uid"].as_str().unwrap_or("");
-            match d["step"].as_str().unwrap_or("") {
-                "waiting_for_source" => eprintln!("place the customer's badge on the reader…"),
-                "source_read" => eprintln!("badge {uid} read; remove it"),
-                "waiting_for_blank" => eprintln!("place a blank card on the reader…"),
-                "writing" => eprintln!("writing {uid}…"),
-                "verified" => eprintln!("verified: the card reads back {uid}"),
-                "failed" => eprintln!("failed: {}", d["message"].as_str().unwrap_or("")),
-                _ => {}
+            // Other events (and `lagged`) are not for this screen.
+            if let Ok(AgentEvent::CardProgress { step, uid, message }) =
+                serde_json::from_slice::<AgentEvent>(&line)
+            {
+                print_step(step, uid.as_deref().unwrap_or(""), message.as_deref());
             }
         }
     }
 }
 
-fn print_made(v: Value, as_json: bool) {
-    if as_json {
-        print_json(&v);
-    } else {
-        println!("{}", v["operation"]["id"]);
-        eprintln!(
-            "recorded {} #{} of {} for client {} on a {} blank ({} remaining)",
-            v["operation"]["type"].as_str().unwrap_or(""),
-            v["operation"]["id"],
-            v["operation"]["uid"].as_str().unwrap_or(""),
-            v["operation"]["client_id"],
-            v["blank"].as_str().unwrap_or(""),
-            v["remaining"]
-        );
+fn print_step(step: CardStep, uid: &str, message: Option<&str>) {
+    match step {
+        CardStep::WaitingForSource => eprintln!("place the customer's badge on the reader…"),
+        CardStep::SourceRead => eprintln!("badge {uid} read; remove it"),
+        CardStep::WaitingForBlank => eprintln!("place a blank card on the reader…"),
+        CardStep::Writing => eprintln!("writing {uid}…"),
+        CardStep::Verified => eprintln!("verified: the card reads back {uid}"),
+        CardStep::Failed => eprintln!("failed: {}", message.unwrap_or("")),
     }
 }
 
@@ -324,79 +357,28 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-async fn client_command(config: AgentConfig, command: Command) -> Result<(), String> {
+/// Prints `v` as JSON, or as `T` for a person.
+fn print_as<T: DeserializeOwned>(v: Value, as_json: bool, human: impl FnOnce(T)) -> CliResult<()> {
+    if as_json {
+        print_json(&v);
+    } else {
+        human(typed(v)?);
+    }
+    Ok(())
+}
+
+async fn client_command(config: AgentConfig, command: Command) -> CliResult<()> {
     let local = Local::new(config.socket.clone())?;
-    use reqwest::Method;
     match command {
         Command::Run { .. } => unreachable!("handled by run"),
         Command::Login {
             server,
             username,
             password_stdin,
-        } => {
-            let password = read_password(!password_stdin)?;
-            let v = local
-                .call(
-                    Method::POST,
-                    "/v1/login",
-                    Some(json!({"server_url": server, "username": username, "password": password})),
-                )
-                .await?;
-            eprintln!(
-                "logged in as {} on device {} (token expires {})",
-                v["username"].as_str().unwrap_or("?"),
-                v["device_id"].as_str().unwrap_or("?"),
-                v["expires_at"].as_str().unwrap_or("?")
-            );
-        }
+        } => login(&local, server, username, password_stdin).await,
         Command::Status { json } => {
             let v = local.call(Method::GET, "/v1/status", None).await?;
-            if json {
-                print_json(&v);
-            } else {
-                let s: StatusView = serde_json::from_value(v).map_err(|e| e.to_string())?;
-                println!("device      {}", s.device_id);
-                println!(
-                    "server      {} ({}{})",
-                    s.server_url.as_deref().unwrap_or("not set"),
-                    if s.online { "online" } else { "offline" },
-                    if s.ws_connected { ", live" } else { "" }
-                );
-                match (&s.login_required, &s.username) {
-                    (None, Some(u)) => println!(
-                        "login       {u}, token expires {}",
-                        s.token_expires_at
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_else(|| "?".into())
-                    ),
-                    (Some(why), _) => println!("login       NEEDED: {why}"),
-                    (None, None) => println!("login       NEEDED"),
-                }
-                println!(
-                    "queue       {} pending, {} synced, {} failed",
-                    s.queue.pending, s.queue.synced, s.queue.failed
-                );
-                if let Some(age) = s.oldest_pending_age_secs {
-                    println!("oldest      pending for {age} s");
-                }
-                println!(
-                    "last sync   {}",
-                    s.last_sync_at
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_else(|| "never".into())
-                );
-                if let Some(e) = s.last_error {
-                    println!("last error  {e}");
-                }
-                for q in s.quotas {
-                    println!(
-                        "client {:>4}  {:>6} remaining  {}",
-                        q.client_id,
-                        q.remaining,
-                        q.name.unwrap_or_default()
-                    );
-                }
-            }
+            print_as(v, json, print_status)
         }
         Command::Queue(QueueCmd::List {
             status,
@@ -408,125 +390,222 @@ async fn client_command(config: AgentConfig, command: Command) -> Result<(), Str
                 path.push_str(&format!("&status={s}"));
             }
             let v = local.call(Method::GET, &path, None).await?;
-            if json {
-                print_json(&v);
-            } else {
-                println!(
-                    "{:>8}  {:<8}  {:<5}  {:>6}  {:<20}  {:<8}  ERROR",
-                    "ID", "STATUS", "TYPE", "CLIENT", "UID", "ATTEMPTS"
-                );
-                for i in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{:>8}  {:<8}  {:<5}  {:>6}  {:<20}  {:<8}  {}",
-                        i["id"],
-                        i["status"].as_str().unwrap_or(""),
-                        i["type"].as_str().unwrap_or(""),
-                        i["client_id"],
-                        i["uid"].as_str().unwrap_or(""),
-                        i["attempts"],
-                        i["last_error"].as_str().unwrap_or("")
-                    );
-                }
-            }
+            print_as(v, json, print_queue)
         }
         Command::Queue(QueueCmd::Retry) => {
             let v = local.call(Method::POST, "/v1/queue/retry", None).await?;
-            eprintln!("{} failed operation(s) queued again", v["retried"]);
+            let r: RetryResponse = typed(v)?;
+            eprintln!("{} failed operation(s) queued again", r.retried);
+            Ok(())
         }
         Command::Sync => {
             let v = local.call(Method::POST, "/v1/sync", None).await?;
+            let s: SyncResponse = typed(v)?;
             eprintln!(
                 "synced {}, failed {}, still pending {}",
-                v["synced"], v["failed"], v["pending"]
+                s.synced, s.failed, s.pending
             );
+            Ok(())
         }
-        Command::Record(cmd) => {
-            let (t, a) = match cmd {
-                RecordCmd::Copy(a) => ("copy", a),
-                RecordCmd::Write(a) => ("write", a),
+        Command::Record(cmd) => record(&local, cmd).await,
+        Command::Nfc(cmd) => nfc(&local, cmd).await,
+        Command::Copy { client, json } => {
+            let req = CopyRequest {
+                client_id: client_id(client)?,
             };
-            let v = local
-                .call(
-                    Method::POST,
-                    "/v1/operations",
-                    Some(json!({"type": t, "client_id": a.client, "uid": a.uid})),
-                )
-                .await?;
-            if a.json {
-                print_json(&v);
-            } else {
-                println!("{}", v["operation"]["id"]);
-                eprintln!(
-                    "recorded {t} #{} for client {} ({} remaining)",
-                    v["operation"]["id"], a.client, v["remaining"]
-                );
-            }
+            at_the_reader(&local, "/v1/copy", body(&req), json).await
         }
-        Command::Nfc(NfcCmd::List { json: as_json }) => {
+        Command::Write { client, uid, json } => {
+            let req = WriteCardRequest {
+                client_id: client_id(client)?,
+                uid: badge_uid(&uid)?,
+            };
+            at_the_reader(&local, "/v1/write-card", body(&req), json).await
+        }
+        Command::Events => events(&local).await,
+    }
+}
+
+fn client_id(id: i64) -> CliResult<ClientId> {
+    ClientId::new(id).map_err(|e| CliError::Other(format!("--client {id}: {e}")))
+}
+
+fn badge_uid(hex: &str) -> CliResult<BadgeUid> {
+    BadgeUid::parse(hex).map_err(|e| CliError::Other(format!("--uid {hex}: {e}")))
+}
+
+async fn login(
+    local: &Local,
+    server: Option<String>,
+    username: String,
+    password_stdin: bool,
+) -> CliResult<()> {
+    let password = read_password(!password_stdin)?;
+    let req = LoginRequest {
+        server_url: server,
+        username,
+        password,
+    };
+    let v = local.call(Method::POST, "/v1/login", body(&req)).await?;
+    let r: LoginResponse = typed(v)?;
+    eprintln!(
+        "logged in as {} on device {} (token expires {})",
+        r.username,
+        r.device_id,
+        r.expires_at
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "?".into())
+    );
+    Ok(())
+}
+
+fn print_status(s: StatusView) {
+    println!("device      {}", s.device_id);
+    println!(
+        "server      {} ({}{})",
+        s.server_url.as_deref().unwrap_or("not set"),
+        if s.online { "online" } else { "offline" },
+        if s.ws_connected { ", live" } else { "" }
+    );
+    match (&s.login_required, &s.username) {
+        (None, Some(u)) => println!(
+            "login       {u}, token expires {}",
+            s.token_expires_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "?".into())
+        ),
+        (Some(why), _) => println!("login       NEEDED: {why}"),
+        (None, None) => println!("login       NEEDED"),
+    }
+    println!(
+        "queue       {} pending, {} synced, {} failed",
+        s.queue.pending, s.queue.synced, s.queue.failed
+    );
+    if let Some(age) = s.oldest_pending_age_secs {
+        println!("oldest      pending for {age} s");
+    }
+    println!(
+        "last sync   {}",
+        s.last_sync_at
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "never".into())
+    );
+    if let Some(e) = s.last_error {
+        println!("last error  {e}");
+    }
+    for q in s.quotas {
+        println!(
+            "client {:>4}  {:>6} remaining  {}",
+            q.client_id,
+            q.remaining,
+            q.name.unwrap_or_default()
+        );
+    }
+}
+
+fn print_queue(items: Vec<QueuedOp>) {
+    println!(
+        "{:>8}  {:<8}  {:<5}  {:>6}  {:<20}  {:<8}  ERROR",
+        "ID", "STATUS", "TYPE", "CLIENT", "UID", "ATTEMPTS"
+    );
+    for i in items {
+        println!(
+            "{:>8}  {:<8}  {:<5}  {:>6}  {:<20}  {:<8}  {}",
+            i.id,
+            i.status.as_str(),
+            i.op_type.as_str(),
+            i.client_id,
+            i.uid.to_hex(),
+            i.attempts,
+            i.last_error.unwrap_or_default()
+        );
+    }
+}
+
+async fn record(local: &Local, cmd: RecordCmd) -> CliResult<()> {
+    let (op_type, a) = match cmd {
+        RecordCmd::Copy(a) => (OpType::Copy, a),
+        RecordCmd::Write(a) => (OpType::Write, a),
+    };
+    let req = RecordRequest {
+        op_type,
+        client_id: client_id(a.client)?,
+        uid: badge_uid(&a.uid)?,
+        occurred_at: None,
+        op_id: None,
+    };
+    let v = local
+        .call(Method::POST, "/v1/operations", body(&req))
+        .await?;
+    print_as(v, a.json, |r: RecordResponse| {
+        println!("{}", r.operation.id);
+        eprintln!(
+            "recorded {} #{} for client {} ({} remaining)",
+            op_type.as_str(),
+            r.operation.id,
+            a.client,
+            r.remaining
+        );
+    })
+}
+
+async fn nfc(local: &Local, cmd: NfcCmd) -> CliResult<()> {
+    match cmd {
+        NfcCmd::List { json } => {
             let v = local.call(Method::GET, "/v1/nfc/readers", None).await?;
-            if as_json {
-                print_json(&v);
-            } else {
-                for r in v["readers"].as_array().into_iter().flatten() {
-                    println!("{}", r.as_str().unwrap_or_default());
-                }
-            }
+            print_as(v, json, |r: ReadersResponse| {
+                r.readers.iter().for_each(|r| println!("{r}"))
+            })
         }
-        Command::Nfc(NfcCmd::Read { json: as_json }) => {
+        NfcCmd::Read { json } => {
             eprintln!("place a card on the reader…");
             let v = local.call(Method::POST, "/v1/nfc/read", None).await?;
-            if as_json {
-                print_json(&v);
-            } else {
+            print_as(v, json, |t: TagView| {
                 println!(
                     "UID {}  ATQA {}  SAK {}  {}",
-                    v["uid"].as_str().unwrap_or(""),
-                    v["atqa"].as_str().unwrap_or(""),
-                    v["sak"].as_str().unwrap_or(""),
-                    v["family"].as_str().unwrap_or("")
-                );
-            }
-        }
-        Command::Copy {
-            client,
-            json: as_json,
-        } => {
-            let progress = tokio::spawn(print_card_progress(subscribe(&local).await));
-            let result = local
-                .call(Method::POST, "/v1/copy", Some(json!({"client_id": client})))
-                .await;
-            progress.abort();
-            print_made(result?, as_json);
-        }
-        Command::Write {
-            client,
-            uid,
-            json: as_json,
-        } => {
-            let progress = tokio::spawn(print_card_progress(subscribe(&local).await));
-            let result = local
-                .call(
-                    Method::POST,
-                    "/v1/write-card",
-                    Some(json!({"client_id": client, "uid": uid})),
+                    t.uid, t.atqa, t.sak, t.family
                 )
-                .await;
-            progress.abort();
-            print_made(result?, as_json);
+            })
         }
-        Command::Events => {
-            let mut res = local
-                .http
-                .get("http://agent/v1/events")
-                .send()
-                .await
-                .map_err(|e| local.down(e))?;
-            let mut out = std::io::stdout();
-            while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
-                out.write_all(&chunk).map_err(|e| e.to_string())?;
-                out.flush().map_err(|e| e.to_string())?;
-            }
-        }
+    }
+}
+
+/// A copy or write flow, with its progress printed while it runs.
+async fn at_the_reader(
+    local: &Local,
+    path: &str,
+    request: Option<Value>,
+    as_json: bool,
+) -> CliResult<()> {
+    let progress = tokio::spawn(print_card_progress(subscribe(local).await));
+    let result = local.call(Method::POST, path, request).await;
+    progress.abort();
+    print_as(result?, as_json, |m: MadeResponse| {
+        println!("{}", m.operation.id);
+        let blank = serde_json::to_value(m.blank).unwrap_or_default();
+        eprintln!(
+            "recorded {} #{} of {} for client {} on a {} blank ({} remaining)",
+            m.operation.op_type.as_str(),
+            m.operation.id,
+            m.operation.uid,
+            m.operation.client_id,
+            blank.as_str().unwrap_or(""),
+            m.remaining
+        );
+    })
+}
+
+async fn events(local: &Local) -> CliResult<()> {
+    let mut res = local
+        .http
+        .get("http://agent/v1/events")
+        .send()
+        .await
+        .map_err(|e| local.down(e))?;
+    let mut out = std::io::stdout();
+    while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
+        out.write_all(&chunk).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
     }
     Ok(())
 }
