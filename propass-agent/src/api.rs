@@ -202,7 +202,7 @@ async fn nfc_readers() -> ApiResult<HttpResponse> {
 }
 
 async fn nfc_read(agent: AgentData) -> ApiResult<HttpResponse> {
-    let timeout = agent.config.card_timeout;
+    let timeout = agent.config.card_timeout();
     agent.reader.begin();
     let tag = agent
         .reader

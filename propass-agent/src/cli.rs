@@ -17,7 +17,7 @@ use crate::api::{
     ReadersResponse, RecordRequest, RecordResponse, RetryResponse, StatusView, SyncResponse,
     TagView, WriteCardRequest,
 };
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ConfigLayer};
 use crate::events::{AgentEvent, CardStep};
 use crate::store::QueuedOp;
 
@@ -181,17 +181,16 @@ fn init_tracing() {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let mut config = AgentConfig::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
-    if let Some(s) = cli.socket {
-        config.socket = s;
+    let mut flags = ConfigLayer {
+        socket: cli.socket,
+        ..ConfigLayer::default()
+    };
+    if let Command::Run { state_dir, server } = &cli.command {
+        flags.state_dir = state_dir.clone();
+        flags.server_url = server.clone().map(Some);
     }
-    if let Command::Run { state_dir, server } = cli.command {
-        if let Some(d) = state_dir {
-            config.state_dir = d;
-        }
-        if server.is_some() {
-            config.server_url = server;
-        }
+    let config = AgentConfig::load(cli.config.as_deref(), |k| std::env::var(k).ok(), flags)?;
+    if let Command::Run { .. } = cli.command {
         return crate::daemon::run(config);
     }
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,5 +1,8 @@
-//! Agent configuration: `/etc/propass/agent.toml` (or `--config`), then
-//! `PROPASS_*` environment variables, then flags.
+//! Agent configuration: one typed [`AgentConfig`], read in layers —
+//! `/etc/propass/agent.toml` (or `--config`), then `PROPASS_*` environment
+//! variables, then flags. Every key is declared once below, with its
+//! environment variable, default and meaning; [`markdown_table`] renders
+//! them for docs/agent-api.md (a test keeps the doc current).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,184 +17,284 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/propass";
 /// Default local API socket (systemd `RuntimeDirectory=propass`).
 pub const DEFAULT_SOCKET: &str = "/run/propass/agent.sock";
 
-/// Everything the agent needs.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    /// The server, e.g. `http://propass.example:5000`. `login --server` overrides it and is remembered.
-    pub server_url: Option<String>,
-    /// Where the database lives (`agent.db`).
-    pub state_dir: PathBuf,
-    /// The local API's Unix socket.
-    pub socket: PathBuf,
-    /// Also serve the local API on this TCP address (must be loopback).
-    pub http_bind: Option<SocketAddr>,
-    /// Items per push. Default 500.
-    pub batch_size: usize,
-    /// Safety-net sync period. Default 30 s.
-    pub sync_interval: Duration,
-    /// Refresh the token when less than this is left. Default 24 h (as the seed client).
-    pub refresh_margin: Duration,
-    /// Longest wait between reconnection attempts (full jitter below it). Default 2 s.
-    pub reconnect_max: Duration,
-    /// WebSocket heartbeat. Default 20 s.
-    pub ws_ping: Duration,
-    /// The NFC reader's libnfc connection string (e.g. `pn532_uart:/dev/ttyUSB0`); default: the first reader found.
-    pub reader: Option<String>,
-    /// How long the kiosk waits for a card to be placed. Default 30 s.
-    pub card_timeout: Duration,
+/// One documented key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    pub key: &'static str,
+    pub env: &'static str,
+    /// As shown in the table (markdown).
+    pub default: &'static str,
+    pub meaning: &'static str,
 }
 
-impl Default for AgentConfig {
-    fn default() -> Self {
-        Self {
-            server_url: None,
-            state_dir: DEFAULT_STATE_DIR.into(),
-            socket: DEFAULT_SOCKET.into(),
-            http_bind: None,
-            batch_size: 500,
-            sync_interval: Duration::from_secs(30),
-            refresh_margin: Duration::from_secs(86_400),
-            reconnect_max: Duration::from_millis(2000),
-            ws_ping: Duration::from_secs(20),
-            reader: None,
-            card_timeout: Duration::from_secs(30),
+/// Declares every key once: the field of [`AgentConfig`], its layer field,
+/// its environment variable, its default and its documentation.
+macro_rules! agent_config {
+    ($($key:ident: $ty:ty = $default:expr, $env:literal, $shown:literal, $meaning:literal;)*) => {
+        /// Everything the agent needs; see [`KEYS`].
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct AgentConfig {
+            $(#[doc = $meaning] pub $key: $ty,)*
         }
+
+        /// One layer of configuration: a key it does not set is `None`.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct ConfigLayer {
+            $(#[doc = $meaning] pub $key: Option<$ty>,)*
+        }
+
+        /// Every key, in the order of the docs.
+        pub const KEYS: &[KeyDoc] = &[
+            $(KeyDoc { key: stringify!($key), env: $env, default: $shown, meaning: $meaning },)*
+        ];
+
+        impl Default for AgentConfig {
+            fn default() -> Self {
+                Self { $($key: $default,)* }
+            }
+        }
+
+        impl ConfigLayer {
+            /// The layer of the environment variables.
+            pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+                Ok(Self {
+                    $($key: match env($env).filter(|v| !v.is_empty()) {
+                        Some(v) => Some(EnvValue::parse_env($env, &v)?),
+                        None => None,
+                    },)*
+                })
+            }
+
+            /// `self` where it sets a key, else `under`.
+            pub fn over(self, under: Self) -> Self {
+                Self { $($key: self.$key.or(under.$key),)* }
+            }
+
+            fn or_defaults(self) -> AgentConfig {
+                let d = AgentConfig::default();
+                AgentConfig { $($key: self.$key.unwrap_or(d.$key),)* }
+            }
+        }
+    };
+}
+
+agent_config! {
+    server_url: Option<String> = None, "PROPASS_SERVER_URL", "—",
+        "the server (a login's `--server` wins and is remembered)";
+    state_dir: PathBuf = DEFAULT_STATE_DIR.into(), "PROPASS_STATE_DIR", "`/var/lib/propass`",
+        "holds `agent.db`";
+    socket: PathBuf = DEFAULT_SOCKET.into(), "PROPASS_AGENT_SOCKET", "`/run/propass/agent.sock`",
+        "local API socket";
+    http_bind: Option<SocketAddr> = None, "PROPASS_AGENT_HTTP", "—",
+        "optional loopback TCP address for the API";
+    batch_size: usize = 500, "PROPASS_BATCH_SIZE", "500",
+        "items per push (1 to 5000)";
+    sync_interval_secs: u64 = 30, "PROPASS_SYNC_INTERVAL_SECS", "30",
+        "safety-net sync period";
+    refresh_margin_secs: u64 = 86_400, "PROPASS_REFRESH_MARGIN_SECS", "86400",
+        "refresh the token when less is left";
+    reconnect_max_ms: u64 = 2000, "PROPASS_RECONNECT_MAX_MS", "2000",
+        "longest wait between reconnection attempts (full jitter below it)";
+    ws_ping_secs: u64 = 20, "PROPASS_WS_PING_SECS", "20",
+        "WebSocket heartbeat";
+    reader: Option<String> = None, "PROPASS_READER", "first reader",
+        "libnfc connection string, e.g. `pn532_uart:/dev/ttyUSB0`";
+    card_timeout_secs: u64 = 30, "PROPASS_CARD_TIMEOUT_SECS", "30",
+        "how long to wait for a card at the reader (1 to 600)";
+}
+
+/// A value given in an environment variable.
+trait EnvValue: Sized {
+    fn parse_env(name: &str, v: &str) -> Result<Self, String>;
+}
+
+macro_rules! env_value {
+    ($($ty:ty => $what:literal),*) => {$(
+        impl EnvValue for $ty {
+            fn parse_env(name: &str, v: &str) -> Result<Self, String> {
+                v.trim().parse().map_err(|_| format!("{name}={v:?} is not {}", $what))
+            }
+        }
+    )*};
+}
+
+env_value!(u64 => "a number", usize => "a number", SocketAddr => "an address");
+
+impl EnvValue for String {
+    fn parse_env(_: &str, v: &str) -> Result<Self, String> {
+        Ok(v.to_owned())
     }
 }
 
-/// The file's shape.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// See [`AgentConfig::server_url`].
-    pub server_url: Option<String>,
-    /// See [`AgentConfig::state_dir`].
-    pub state_dir: Option<PathBuf>,
-    /// See [`AgentConfig::socket`].
-    pub socket: Option<PathBuf>,
-    /// See [`AgentConfig::http_bind`].
-    pub http_bind: Option<SocketAddr>,
-    /// See [`AgentConfig::batch_size`].
-    pub batch_size: Option<usize>,
-    /// See [`AgentConfig::sync_interval`].
-    pub sync_interval_secs: Option<u64>,
-    /// See [`AgentConfig::refresh_margin`].
-    pub refresh_margin_secs: Option<u64>,
-    /// See [`AgentConfig::reconnect_max`].
-    pub reconnect_max_ms: Option<u64>,
-    /// See [`AgentConfig::ws_ping`].
-    pub ws_ping_secs: Option<u64>,
-    /// See [`AgentConfig::reader`].
-    pub reader: Option<String>,
-    /// See [`AgentConfig::card_timeout`].
-    pub card_timeout_secs: Option<u64>,
+impl EnvValue for PathBuf {
+    fn parse_env(_: &str, v: &str) -> Result<Self, String> {
+        Ok(v.into())
+    }
+}
+
+impl<T: EnvValue> EnvValue for Option<T> {
+    fn parse_env(name: &str, v: &str) -> Result<Self, String> {
+        T::parse_env(name, v).map(Some)
+    }
 }
 
 impl AgentConfig {
-    /// The database file.
-    pub fn db_path(&self) -> PathBuf {
-        self.state_dir.join("agent.db")
-    }
-
-    /// Loads file → environment; `socket` and `state_dir` flags are applied by the caller.
-    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let f: FileConfig = match file {
+    /// File (`file`, else the default one if it exists) → environment →
+    /// `flags`, then bounds and checks.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: ConfigLayer,
+    ) -> Result<Self, String> {
+        let file_layer = match file {
             Some(p) => read(p)?,
             None if Path::new(DEFAULT_CONFIG).exists() => read(Path::new(DEFAULT_CONFIG))?,
-            None => FileConfig::default(),
+            None => ConfigLayer::default(),
         };
-        let num = |name: &str| -> Result<Option<u64>, String> {
-            env(name)
-                .map(|v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .map_err(|_| format!("{name}={v:?} is not a number"))
-                })
-                .transpose()
-        };
-        let http_bind = match env("PROPASS_AGENT_HTTP") {
-            Some(v) if !v.is_empty() => Some(
-                v.parse()
-                    .map_err(|_| format!("PROPASS_AGENT_HTTP={v:?} is not an address"))?,
-            ),
-            _ => f.http_bind,
-        };
-        if let Some(a) = http_bind {
+        let layers = flags.over(ConfigLayer::from_env(env)?).over(file_layer);
+        layers.or_defaults().checked()
+    }
+
+    /// Values out of their bounds are brought in; a non-loopback API address is refused.
+    fn checked(mut self) -> Result<Self, String> {
+        if let Some(a) = self.http_bind {
             if !a.ip().is_loopback() {
                 return Err(format!(
                     "http_bind {a} must be a loopback address: the local API has no authentication"
                 ));
             }
         }
-        Ok(Self {
-            server_url: env("PROPASS_SERVER_URL").or(f.server_url),
-            state_dir: env("PROPASS_STATE_DIR")
-                .map(PathBuf::from)
-                .or(f.state_dir)
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            socket: env("PROPASS_AGENT_SOCKET")
-                .map(PathBuf::from)
-                .or(f.socket)
-                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
-            http_bind,
-            batch_size: num("PROPASS_BATCH_SIZE")?
-                .map(|n| n as usize)
-                .or(f.batch_size)
-                .unwrap_or(500)
-                .clamp(1, 5000),
-            sync_interval: Duration::from_secs(
-                num("PROPASS_SYNC_INTERVAL_SECS")?
-                    .or(f.sync_interval_secs)
-                    .unwrap_or(30)
-                    .max(1),
-            ),
-            refresh_margin: Duration::from_secs(
-                num("PROPASS_REFRESH_MARGIN_SECS")?
-                    .or(f.refresh_margin_secs)
-                    .unwrap_or(86_400),
-            ),
-            reconnect_max: Duration::from_millis(
-                num("PROPASS_RECONNECT_MAX_MS")?
-                    .or(f.reconnect_max_ms)
-                    .unwrap_or(2000)
-                    .max(50),
-            ),
-            ws_ping: Duration::from_secs(
-                num("PROPASS_WS_PING_SECS")?
-                    .or(f.ws_ping_secs)
-                    .unwrap_or(20)
-                    .max(1),
-            ),
-            reader: env("PROPASS_READER").filter(|s| !s.is_empty()).or(f.reader),
-            card_timeout: Duration::from_secs(
-                num("PROPASS_CARD_TIMEOUT_SECS")?
-                    .or(f.card_timeout_secs)
-                    .unwrap_or(30)
-                    .clamp(1, 600),
-            ),
-        })
+        self.batch_size = self.batch_size.clamp(1, 5000);
+        self.sync_interval_secs = self.sync_interval_secs.max(1);
+        self.reconnect_max_ms = self.reconnect_max_ms.max(50);
+        self.ws_ping_secs = self.ws_ping_secs.max(1);
+        self.card_timeout_secs = self.card_timeout_secs.clamp(1, 600);
+        Ok(self)
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("agent.db")
+    }
+
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_secs(self.sync_interval_secs)
+    }
+
+    pub fn refresh_margin(&self) -> Duration {
+        Duration::from_secs(self.refresh_margin_secs)
+    }
+
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_ms)
+    }
+
+    pub fn ws_ping(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_secs)
+    }
+
+    pub fn card_timeout(&self) -> Duration {
+        Duration::from_secs(self.card_timeout_secs)
     }
 }
 
-fn read(p: &Path) -> Result<FileConfig, String> {
+fn read(p: &Path) -> Result<ConfigLayer, String> {
     let text =
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     toml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", p.display()))
+}
+
+/// The table of keys in docs/agent-api.md.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| key | environment | default | meaning |\n|---|---|---|---|\n");
+    for k in KEYS {
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            k.key, k.env, k.default, k.meaning
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
     #[test]
     fn env_overrides_and_http_must_be_loopback() {
-        let c =
-            AgentConfig::load(None, |k| (k == "PROPASS_BATCH_SIZE").then(|| "7".into())).unwrap();
+        let c = AgentConfig::load(
+            None,
+            env_of(&[("PROPASS_BATCH_SIZE", "7")]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
         assert_eq!(c.batch_size, 7);
-        let err = AgentConfig::load(None, |k| {
-            (k == "PROPASS_AGENT_HTTP").then(|| "0.0.0.0:7070".into())
-        })
+        let err = AgentConfig::load(
+            None,
+            env_of(&[("PROPASS_AGENT_HTTP", "0.0.0.0:7070")]),
+            ConfigLayer::default(),
+        )
         .unwrap_err();
         assert!(err.contains("loopback"));
+        let err = AgentConfig::load(
+            None,
+            env_of(&[("PROPASS_WS_PING_SECS", "often")]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err, "PROPASS_WS_PING_SECS=\"often\" is not a number");
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let dir = crate::store::tests::temp("agent.toml");
+        std::fs::write(
+            &dir,
+            "batch_size = 10\nreader = \"file\"\nsync_interval_secs = 5\n",
+        )
+        .unwrap();
+        let flags = ConfigLayer {
+            reader: Some(Some("flag".into())),
+            ..ConfigLayer::default()
+        };
+        let env = env_of(&[("PROPASS_BATCH_SIZE", "20"), ("PROPASS_READER", "env")]);
+        let c = AgentConfig::load(Some(&dir), env, flags).unwrap();
+        assert_eq!(c.sync_interval_secs, 5, "file");
+        assert_eq!(c.batch_size, 20, "environment over file");
+        assert_eq!(c.reader.as_deref(), Some("flag"), "flag over environment");
+        assert_eq!(c.card_timeout_secs, 30, "default");
+    }
+
+    /// Regenerate with `PROPASS_BLESS=1 cargo test -p propass-agent --lib config`.
+    #[test]
+    fn the_docs_list_the_current_keys() {
+        const BEGIN: &str = "<!-- config-table:begin -->\n";
+        const END: &str = "<!-- config-table:end -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/agent-api.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let start = doc.find(BEGIN).expect("begin marker in docs/agent-api.md") + BEGIN.len();
+        let end = doc.find(END).expect("end marker in docs/agent-api.md");
+        let table = markdown_table();
+        if doc[start..end] == table {
+            return;
+        }
+        if std::env::var_os("PROPASS_BLESS").is_some_and(|v| v == "1") {
+            std::fs::write(path, format!("{}{table}{}", &doc[..start], &doc[end..])).unwrap();
+            return;
+        }
+        panic!(
+            "docs/agent-api.md's configuration table is stale; regenerate it with\n  \
+             PROPASS_BLESS=1 cargo test -p propass-agent --lib config"
+        );
     }
 }

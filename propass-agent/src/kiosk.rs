@@ -96,7 +96,7 @@ pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, Kios
 /// The badge, and its own block 0 when its keys are the factory ones (else
 /// block 0 is rebuilt from UID, SAK and ATQA).
 async fn read_source(agent: &Agent) -> Result<(TagInfo, Option<[u8; 16]>), NfcError> {
-    let timeout = agent.config.card_timeout;
+    let timeout = agent.config.card_timeout();
     agent
         .reader
         .run(move |r, cancel| {
@@ -171,7 +171,7 @@ async fn write_blank(
     block0: [u8; 16],
     source_uid: Option<Vec<u8>>,
 ) -> Result<BlankKind, NfcError> {
-    let timeout = agent.config.card_timeout;
+    let timeout = agent.config.card_timeout();
     let events = agent.events.clone();
     let hex = uid.to_hex();
     agent

@@ -243,7 +243,7 @@ impl Agent {
             .session()
             .await?
             .ok_or_else(|| SyncError::LoggedOut("never logged in".into()))?;
-        let margin = chrono::Duration::from_std(self.config.refresh_margin)
+        let margin = chrono::Duration::from_std(self.config.refresh_margin())
             .unwrap_or(chrono::Duration::days(1));
         let now = self.clock.now_utc();
         let mut token = session.token;
@@ -380,12 +380,12 @@ impl Agent {
     /// `reconnect_max` — so it resumes within a couple of seconds of the server
     /// coming back, and never gives up.
     pub async fn run_sync_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), self.config.reconnect_max);
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.config.reconnect_max());
         loop {
             let wait = match self.sync_once().await {
                 Ok(_) => {
                     backoff.reset();
-                    self.config.sync_interval
+                    self.config.sync_interval()
                 }
                 Err(SyncError::Offline(e)) => {
                     tracing::debug!(error = %e, "server unreachable");
@@ -400,7 +400,7 @@ impl Agent {
                     backoff.next_delay(&*self.rng).max(Duration::from_secs(1))
                 }
                 Err(SyncError::LoggedOut(_) | SyncError::NoServer | SyncError::UnsyncedWork(_)) => {
-                    self.config.sync_interval
+                    self.config.sync_interval()
                 }
             };
             tokio::select! {

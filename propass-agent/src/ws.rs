@@ -20,7 +20,7 @@ use crate::sync::wire;
 
 /// Runs until shutdown.
 pub async fn run_ws_loop(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), agent.config.reconnect_max);
+    let mut backoff = Backoff::new(Duration::from_millis(100), agent.config.reconnect_max());
     loop {
         let wait = match ws_target(&agent).await {
             Ok(Some((url, token))) => match session(&agent, &url, &token, &mut shutdown).await {
@@ -106,7 +106,7 @@ async fn session(
     tracing::info!("websocket connected");
     agent.set_ws_connected(true);
     agent.kick.notify_one();
-    let mut ping = tokio::time::interval(agent.config.ws_ping);
+    let mut ping = tokio::time::interval(agent.config.ws_ping());
     ping.tick().await;
     let mut silent_ticks = 0u32;
     loop {
