@@ -8,13 +8,31 @@
 //! WebSocket for live updates, and serves a local API (Unix socket) for the
 //! kiosk's screen and the `propass-agent` CLI.
 //!
-//! What it is **not**: it does not talk to the NFC reader yet (that comes
-//! with `propass-nfc`), and it never decides that a recorded copy is invalid
-//! — only the server's ledger does.
+//! At the reader (`propass-nfc`) it runs the kiosk flow: read the badge,
+//! write a magic blank, verify it, and only then record the copy.
 //!
-//! Layout: [`config`], [`store`] (the queue and its guarantees), [`sync`]
-//! (push/pull/token/backoff), [`ws`] (WebSocket client), [`events`], [`api`]
-//! (local API), [`daemon`] (`run`), [`cli`].
+//! What it is **not**: it never decides that a recorded copy is invalid —
+//! only the server's ledger does — and it never talks to the server's
+//! database.
+//!
+//! Layout (one role per module):
+//! - [`agent`]: the context shared by every task ([`agent::Agent`]), its
+//!   start-up error, the connectivity state;
+//! - [`config`]: the configuration keys, layered file → environment → flags;
+//! - [`seams`]: the [`seams::Clock`] and [`seams::Rng`] the logic reads time
+//!   and randomness from;
+//! - [`store`]: the durable queue and its guarantees — [`store::schema`]
+//!   (open checks, migrations), [`store::queue`], [`store::quotas`] (the
+//!   quota cache), [`store::session`] (device id, session, meta values);
+//! - [`upstream`]: the typed server client ([`upstream::ServerClient`]);
+//! - [`sync`]: push / pull / token refresh and the sync loop, deciding on
+//!   wire error codes; [`sync::wire`] is the one wire ↔ store conversion;
+//! - [`backoff`]: capped, jittered reconnection waits;
+//! - [`ws`]: the WebSocket client (quota updates → cache, events → listeners);
+//! - [`kiosk`]: the flow at the reader, over any [`propass_nfc::CardReader`];
+//! - [`events`]: what local listeners receive;
+//! - [`api`]: the local API (bodies in [`api::types`], codes in [`api::error`]);
+//! - [`daemon`]: `run` (systemd notify, watchdog, signals); [`cli`]: the command line.
 
 pub mod agent;
 pub mod api;

@@ -1,13 +1,13 @@
 //! The sync engine: pushes pending items oldest first in batches, applies the
 //! server's per-item results, pulls quotas, keeps the token fresh, and runs
-//! the sync loop. It decides on the server's error codes (see [`Refusal`]),
+//! the sync loop. It decides on the server's error codes (see `Refusal`),
 //! never on HTTP numbers; [`wire`] converts between wire and store types.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use propass_protocol::{ErrorCode, LoginRequest, LoginResponse};
+use propass_protocol::{ErrorCode, LoginRequest, LoginResponse, PushResponse};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -301,29 +301,31 @@ impl Agent {
                     return Err(SyncError::Offline(format!("push answer lost: {m}")))
                 }
             };
-            let applied = self
-                .store
-                .apply_push(
-                    wire::outcomes(answer.data),
-                    answer.quotas.into_iter().map(wire::updated_quota).collect(),
-                    self.clock.now_utc(),
-                )
-                .await?;
-            summary.synced += applied.synced;
-            summary.failed += applied.failed;
-            tracing::info!(
-                items = batch.len(),
-                applied.synced,
-                applied.failed,
-                "pushed"
-            );
-            if applied.synced + applied.failed == 0 {
-                // Pushing the same batch again would loop without end.
-                return Err(SyncError::Server(
-                    "the server's answer matched none of the pushed items".into(),
-                ));
-            }
+            self.apply_answer(answer, batch.len(), summary).await?;
         }
+    }
+
+    /// Settles the pushed items the answer names, and stores its quotas.
+    async fn apply_answer(
+        &self,
+        answer: PushResponse,
+        items: usize,
+        summary: &mut SyncSummary,
+    ) -> Result<(), SyncError> {
+        let quotas = answer.quotas.into_iter().map(wire::updated_quota).collect();
+        let outcomes = wire::outcomes(answer.data);
+        let now = self.clock.now_utc();
+        let applied = self.store.apply_push(outcomes, quotas, now).await?;
+        summary.synced += applied.synced;
+        summary.failed += applied.failed;
+        tracing::info!(items, applied.synced, applied.failed, "pushed");
+        if applied.synced + applied.failed == 0 {
+            // Pushing the same batch again would loop without end.
+            return Err(SyncError::Server(
+                "the server's answer matched none of the pushed items".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// A new token after the server refused ours, or the end of the session.

@@ -75,12 +75,11 @@ fn ws_url(server: &str) -> String {
     format!("{base}/ws")
 }
 
-async fn session(
-    agent: &Agent,
-    url: &str,
-    token: &str,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the WebSocket with the token in the Authorization header.
+async fn connect(agent: &Agent, url: &str, token: &str) -> Result<Socket, String> {
     let mut req = format!("{url}?device_id={}", agent.device_id)
         .into_client_request()
         .map_err(|e| e.to_string())?;
@@ -91,18 +90,30 @@ async fn session(
             .map_err(|_| "token is not a valid header".to_string())?,
     );
     let connect = tokio_tungstenite::connect_async(req);
-    let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(x)) => x,
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        // The upgrade answer has no error body: its status is all there is.
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res)))
             if matches!(res.status().as_u16(), 401 | 403) =>
         {
             // The token is refused: let the sync loop refresh it or ask for a login.
             agent.kick.notify_one();
-            return Err(format!("websocket refused ({})", res.status()));
+            Err(format!("websocket refused ({})", res.status()))
         }
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("websocket connect timed out".into()),
-    };
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("websocket connect timed out".into()),
+    }
+}
+
+/// One connection, until it fails or the agent stops: server messages in,
+/// a heartbeat out; three silent heartbeats end it.
+async fn session(
+    agent: &Agent,
+    url: &str,
+    token: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut ws = connect(agent, url, token).await?;
     tracing::info!("websocket connected");
     agent.set_ws_connected(true);
     agent.kick.notify_one();
@@ -114,19 +125,10 @@ async fn session(
             msg = ws.next() => {
                 let Some(Ok(msg)) = msg else { return Err("websocket closed".into()) };
                 silent_ticks = 0;
-                let Message::Text(text) = msg else {
-                    if let Message::Close(_) = msg { return Err("server closed the websocket".into()) }
-                    continue;
-                };
-                match serde_json::from_str::<WsMessage>(&text) {
-                    Ok(WsMessage::QuotaUpdated(q)) => match agent.store.apply_quota_update(wire::updated_quota(q), agent.clock.now_utc()).await {
-                        Ok(local) => agent.emit(AgentEvent::QuotaUpdated { client_id: local.client_id, remaining: local.remaining }),
-                        Err(e) => tracing::warn!(error = %e, "cannot apply quota update"),
-                    },
-                    Ok(WsMessage::SyncCompleted(s)) => agent.emit(AgentEvent::SyncCompleted(s)),
-                    Ok(WsMessage::CopyCompleted(c)) => agent.emit(AgentEvent::CopyCompleted(c)),
-                    Ok(WsMessage::Pong | WsMessage::Ping) => {}
-                    Err(e) => tracing::debug!(error = %e, "ignoring unknown server message"),
+                match msg {
+                    Message::Text(text) => on_message(agent, &text).await,
+                    Message::Close(_) => return Err("server closed the websocket".into()),
+                    _ => {}
                 }
             }
             _ = ping.tick() => {
@@ -142,6 +144,30 @@ async fn session(
                 return Ok(());
             }
         }
+    }
+}
+
+/// A server message: quota updates go to the cache at once, events to listeners.
+async fn on_message(agent: &Agent, text: &str) {
+    match serde_json::from_str::<WsMessage>(text) {
+        Ok(WsMessage::QuotaUpdated(q)) => {
+            let q = wire::updated_quota(q);
+            match agent
+                .store
+                .apply_quota_update(q, agent.clock.now_utc())
+                .await
+            {
+                Ok(local) => agent.emit(AgentEvent::QuotaUpdated {
+                    client_id: local.client_id,
+                    remaining: local.remaining,
+                }),
+                Err(e) => tracing::warn!(error = %e, "cannot apply quota update"),
+            }
+        }
+        Ok(WsMessage::SyncCompleted(s)) => agent.emit(AgentEvent::SyncCompleted(s)),
+        Ok(WsMessage::CopyCompleted(c)) => agent.emit(AgentEvent::CopyCompleted(c)),
+        Ok(WsMessage::Pong | WsMessage::Ping) => {}
+        Err(e) => tracing::debug!(error = %e, "ignoring unknown server message"),
     }
 }
 

@@ -377,25 +377,7 @@ fn command(
             }
             Some(vec![0x00])
         }
-        0x4A => {
-            // InListPassiveTarget (106 kbps type A only)
-            if args.len() < 2 || args[1] != 0x00 || !tag_present(field) {
-                return Some(vec![0x00]);
-            }
-            let tag = field.tag.as_ref()?;
-            if tag.bricked() {
-                // Its anticollision answer fails the BCC check: the reader sees nothing.
-                return Some(vec![0x00]);
-            }
-            let uid = tag.uid();
-            *state = TagState::Selected;
-            let mut out = vec![0x01, 0x01];
-            out.extend_from_slice(&tag.atqa());
-            out.push(tag.sak());
-            out.push(uid.len() as u8);
-            out.extend_from_slice(&uid);
-            Some(out)
-        }
+        0x4A => Some(list_passive_target(args, state, field)),
         0x40 => Some(data_exchange(args, state, field)),
         0x42 => Some(communicate_thru(args, regs, state, field)),
         _ => None,
@@ -463,6 +445,81 @@ fn data_exchange(args: &[u8], state: &mut TagState, field: &mut Field) -> Vec<u8
     }
 }
 
+/// InListPassiveTarget (106 kbps type A only): one target, or none.
+fn list_passive_target(args: &[u8], state: &mut TagState, field: &mut Field) -> Vec<u8> {
+    if args.len() < 2 || args[1] != 0x00 || !tag_present(field) {
+        return vec![0x00];
+    }
+    let Some(tag) = field.tag.as_ref() else {
+        return vec![0x00];
+    };
+    if tag.bricked() {
+        // Its anticollision answer fails the BCC check: the reader sees nothing.
+        return vec![0x00];
+    }
+    let uid = tag.uid();
+    *state = TagState::Selected;
+    let mut out = vec![0x01, 0x01];
+    out.extend_from_slice(&tag.atqa());
+    out.push(tag.sak());
+    out.push(uid.len() as u8);
+    out.extend_from_slice(&uid);
+    out
+}
+
+/// Answer when no tag answers in raw mode.
+const RAW_TIMEOUT: u8 = 0x01;
+
+/// How the CIU registers frame raw traffic.
+struct Framing {
+    /// Valid bits of the last byte sent (0 = 8).
+    bits: u8,
+    /// The PN532 adds and checks the CRC itself.
+    crc_on: bool,
+}
+
+impl Framing {
+    fn of(regs: &HashMap<u16, u8>) -> Self {
+        Self {
+            bits: regs.get(&REG_BIT_FRAMING).copied().unwrap_or(0) & 0x07,
+            crc_on: regs.get(&REG_TX_MODE).copied().unwrap_or(0x80) & 0x80 != 0,
+        }
+    }
+
+    /// The frame's CRC is right (or the PN532 checks it).
+    fn frame_ok(&self, d: &[u8]) -> bool {
+        self.crc_on || (d.len() >= 2 && crc_a(&d[..d.len() - 2]) == d[d.len() - 2..])
+    }
+
+    /// The frame without its CRC.
+    fn payload(&self, d: &[u8]) -> Vec<u8> {
+        if self.crc_on {
+            d.to_vec()
+        } else {
+            d[..d.len().saturating_sub(2)].to_vec()
+        }
+    }
+
+    /// `data`, with its CRC when the tag must send one.
+    fn answer(&self, mut data: Vec<u8>, crc_of: &[u8]) -> Vec<u8> {
+        if !self.crc_on {
+            data.extend_from_slice(&crc_a(crc_of));
+        }
+        data
+    }
+}
+
+fn set_last_bits(regs: &mut HashMap<u16, u8>, n: u8) {
+    let c = regs.get(&REG_CONTROL).copied().unwrap_or(0x10) & !0x07;
+    regs.insert(REG_CONTROL, c | (n & 0x07));
+}
+
+/// The 4-bit ACK of a MIFARE tag.
+fn ack(regs: &mut HashMap<u16, u8>) -> Vec<u8> {
+    set_last_bits(regs, 4);
+    vec![0x00, 0x0A]
+}
+
 /// InCommunicateThru: raw frames, with CRC and bit framing as the registers say.
 fn communicate_thru(
     args: &[u8],
@@ -470,127 +527,112 @@ fn communicate_thru(
     state: &mut TagState,
     field: &mut Field,
 ) -> Vec<u8> {
-    const TIMEOUT: u8 = 0x01;
-    let bits = regs.get(&REG_BIT_FRAMING).copied().unwrap_or(0) & 0x07;
-    let crc_on = regs.get(&REG_TX_MODE).copied().unwrap_or(0x80) & 0x80 != 0;
-    let set_last_bits = |regs: &mut HashMap<u16, u8>, n: u8| {
-        let c = regs.get(&REG_CONTROL).copied().unwrap_or(0x10) & !0x07;
-        regs.insert(REG_CONTROL, c | (n & 0x07));
-    };
+    let framing = Framing::of(regs);
     set_last_bits(regs, 0);
     if !tag_present(field) {
         *state = TagState::Idle;
-        return vec![TIMEOUT];
+        return vec![RAW_TIMEOUT];
     }
     let tag = field.tag.as_mut().expect("present");
-    let gen1a = tag.kind == TagKind::Gen1a;
-    let frame_ok =
-        |d: &[u8]| crc_on || (d.len() >= 2 && crc_a(&d[..d.len() - 2]) == d[d.len() - 2..]);
-    let payload = |d: &[u8]| -> Vec<u8> {
-        if crc_on {
-            d.to_vec()
-        } else {
-            d[..d.len().saturating_sub(2)].to_vec()
-        }
-    };
-    let ack = |regs: &mut HashMap<u16, u8>| {
-        set_last_bits(regs, 4);
-        vec![0x00, 0x0A]
-    };
     // HLTA
     if args.len() >= 2 && args[0] == 0x50 && args[1] == 0x00 {
         *state = TagState::Halted;
-        return vec![TIMEOUT];
+        return vec![RAW_TIMEOUT];
     }
     // REQA / WUPA (7 bits): a halted tag answers only WUPA. ATQA goes LSB first.
-    if bits == 7 && (args == [0x26] || args == [0x52]) {
+    if framing.bits == 7 && (args == [0x26] || args == [0x52]) {
         if args == [0x26] && *state == TagState::Halted {
-            return vec![TIMEOUT];
+            return vec![RAW_TIMEOUT];
         }
         *state = TagState::Selected;
         let atqa = tag.atqa();
         return vec![0x00, atqa[1], atqa[0]];
     }
-    let p = payload(args);
-    // Anticollision and select, cascade levels 1 and 2.
-    if frame_ok(args) && p.len() >= 2 && (p[0] == 0x93 || p[0] == 0x95) {
-        let uid = tag.uid();
-        let cl: Vec<u8> = match (uid.len(), p[0]) {
-            (4, 0x93) => uid.clone(),
-            (7, 0x93) => vec![CASCADE_TAG, uid[0], uid[1], uid[2]],
-            (7, 0x95) => uid[3..7].to_vec(),
-            _ => return vec![TIMEOUT],
-        };
-        // A Classic card answers the BCC stored in its block 0 (a wrong one is a brick).
-        let bcc = if uid.len() == 4 {
-            tag.blocks[0][4]
-        } else {
-            bcc(&cl)
-        };
-        if p[1] == 0x20 {
-            let mut out = vec![0x00];
-            out.extend_from_slice(&cl);
-            out.push(bcc);
-            return out;
-        }
-        if p[1] == 0x70 && p.len() >= 7 && p[2..6] == cl[..] {
-            let sak = if uid.len() == 7 && p[0] == 0x93 {
-                0x04
-            } else {
-                tag.sak()
-            };
-            *state = TagState::Selected;
-            let mut out = vec![0x00, sak];
-            if !crc_on {
-                out.extend_from_slice(&crc_a(&[sak]));
-            }
-            return out;
-        }
-        return vec![TIMEOUT];
+    let p = framing.payload(args);
+    if framing.frame_ok(args) && p.len() >= 2 && (p[0] == 0x93 || p[0] == 0x95) {
+        return anticollision(tag, &p, &framing, state);
     }
-    if bits == 7 && args == [0x40] {
-        if gen1a {
+    gen1a_backdoor(tag, args, &framing, regs, state)
+}
+
+/// Anticollision (`NVB 0x20`) and select (`0x70`), cascade levels 1 and 2.
+fn anticollision(tag: &Tag, p: &[u8], framing: &Framing, state: &mut TagState) -> Vec<u8> {
+    let uid = tag.uid();
+    let cl: Vec<u8> = match (uid.len(), p[0]) {
+        (4, 0x93) => uid.clone(),
+        (7, 0x93) => vec![CASCADE_TAG, uid[0], uid[1], uid[2]],
+        (7, 0x95) => uid[3..7].to_vec(),
+        _ => return vec![RAW_TIMEOUT],
+    };
+    // A Classic card answers the BCC stored in its block 0 (a wrong one is a brick).
+    let bcc = if uid.len() == 4 {
+        tag.blocks[0][4]
+    } else {
+        bcc(&cl)
+    };
+    if p[1] == 0x20 {
+        let mut out = vec![0x00];
+        out.extend_from_slice(&cl);
+        out.push(bcc);
+        return out;
+    }
+    if p[1] == 0x70 && p.len() >= 7 && p[2..6] == cl[..] {
+        // Cascade level 1 of a 7-byte UID: "UID not complete".
+        let sak = if uid.len() == 7 && p[0] == 0x93 {
+            0x04
+        } else {
+            tag.sak()
+        };
+        *state = TagState::Selected;
+        return framing.answer(vec![0x00, sak], &[sak]);
+    }
+    vec![RAW_TIMEOUT]
+}
+
+/// The Gen1a backdoor, a state machine: `0x40` (7 bits) → `Unlock1`, `0x43`
+/// → `Unlocked`; then `0xA0 00` → `AwaitBlock0`, whose 16 bytes are written
+/// without authentication (back to `Unlocked`), and `0x30 n` reads block n.
+/// Anything else is not answered.
+fn gen1a_backdoor(
+    tag: &mut Tag,
+    args: &[u8],
+    framing: &Framing,
+    regs: &mut HashMap<u16, u8>,
+    state: &mut TagState,
+) -> Vec<u8> {
+    if framing.bits == 7 && args == [0x40] {
+        if tag.kind == TagKind::Gen1a {
             *state = TagState::Unlock1;
             return ack(regs);
         }
-        return vec![TIMEOUT];
+        return vec![RAW_TIMEOUT];
     }
+    let ok = framing.frame_ok(args);
+    let p = framing.payload(args);
     match *state {
         TagState::Unlock1 if args == [0x43] => {
             *state = TagState::Unlocked;
             ack(regs)
         }
-        TagState::Unlocked
-            if frame_ok(args)
-                && payload(args).first() == Some(&0xA0)
-                && payload(args).len() == 2 =>
-        {
-            if payload(args)[1] == 0 {
+        TagState::Unlocked if ok && p.first() == Some(&0xA0) && p.len() == 2 => {
+            if p[1] == 0 {
                 *state = TagState::AwaitBlock0;
                 return ack(regs);
             }
-            vec![TIMEOUT]
+            vec![RAW_TIMEOUT]
         }
-        TagState::AwaitBlock0 if frame_ok(args) && payload(args).len() == 16 => {
-            tag.blocks[0].copy_from_slice(&payload(args));
+        TagState::AwaitBlock0 if ok && p.len() == 16 => {
+            tag.blocks[0].copy_from_slice(&p);
             *state = TagState::Unlocked;
             ack(regs)
         }
-        TagState::Unlocked
-            if frame_ok(args)
-                && payload(args).first() == Some(&0x30)
-                && payload(args).len() == 2 =>
-        {
-            let blk = payload(args)[1] as usize;
+        TagState::Unlocked if ok && p.first() == Some(&0x30) && p.len() == 2 => {
+            let data = tag.blocks.get(p[1] as usize).copied().unwrap_or([0; 16]);
             let mut out = vec![0x00];
-            let data = tag.blocks.get(blk).copied().unwrap_or([0; 16]);
             out.extend_from_slice(&data);
-            if !crc_on {
-                out.extend_from_slice(&crc_a(&data));
-            }
-            out
+            framing.answer(out, &data)
         }
-        _ => vec![TIMEOUT],
+        _ => vec![RAW_TIMEOUT],
     }
 }
 
