@@ -26,7 +26,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 type ApiResult<T> = Result<T, ApiError>;
 type AgentData = web::Data<Arc<Agent>>;
 
-/// Builds the status.
 pub async fn status_view(agent: &Agent) -> ApiResult<StatusView> {
     let LinkState {
         online,

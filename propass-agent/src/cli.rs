@@ -154,7 +154,6 @@ enum RecordCmd {
     Write(RecordArgs),
 }
 
-/// Entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();

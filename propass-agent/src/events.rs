@@ -32,7 +32,6 @@ pub enum AgentEvent {
     Recorded(QueuedOp),
     /// A client's remaining changed (server update, or local recording).
     QuotaUpdated {
-        /// The client.
         client_id: ClientId,
         /// What this kiosk may still make.
         remaining: i64,
@@ -47,15 +46,9 @@ pub enum AgentEvent {
         pending: i64,
     },
     /// The server became reachable or unreachable.
-    Connectivity {
-        /// Reachable.
-        online: bool,
-    },
+    Connectivity { online: bool },
     /// The server refused the token: someone must log in again.
-    LoginRequired {
-        /// Why.
-        reason: String,
-    },
+    LoginRequired { reason: String },
     /// A step of the kiosk flow at the reader (copy or write).
     CardProgress {
         step: CardStep,

@@ -30,7 +30,6 @@ pub enum KioskError {
 /// A made, verified and recorded card.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MadeCard {
-    /// The queued operation.
     pub operation: QueuedOp,
     /// The client's remaining after it.
     pub remaining: i64,

@@ -66,7 +66,6 @@ pub enum StoreError {
     /// The client's quota is used up.
     #[error("client {client} has no copies left (remaining {remaining}); ask an operator to top up the quota")]
     QuotaExhausted {
-        /// The client.
         client: ClientId,
         /// Its local remaining.
         remaining: i64,

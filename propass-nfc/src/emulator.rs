@@ -41,7 +41,6 @@ pub enum TagKind {
 /// One emulated tag.
 #[derive(Debug, Clone)]
 pub struct Tag {
-    /// Its kind.
     kind: TagKind,
     /// Memory: 64 blocks of 16 bytes (Classic), or 16 pages of 4 bytes packed in blocks (Ultralight).
     blocks: Vec<[u8; 16]>,
@@ -82,7 +81,6 @@ impl Tag {
         }
     }
 
-    /// Its kind.
     pub fn kind(&self) -> TagKind {
         self.kind
     }

@@ -74,7 +74,6 @@ pub struct TagInfo {
     pub atqa: [u8; 2],
     /// SAK (SEL_RES).
     pub sak: u8,
-    /// Card family.
     pub family: CardFamily,
 }
 
