@@ -450,22 +450,4 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_token_expiry() {
-        // {"exp":1700000000}
-        let t = format!("x.{}.y", "eyJleHAiOjE3MDAwMDAwMDB9");
-        assert_eq!(token_exp(&t).unwrap().timestamp(), 1_700_000_000);
-    }
-
-    #[test]
-    fn refusals_follow_the_codes() {
-        assert_eq!(Refusal::of(ErrorCode::TokenExpired), Refusal::Token);
-        assert_eq!(Refusal::of(ErrorCode::DeviceRevoked), Refusal::Device);
-        assert_eq!(Refusal::of(ErrorCode::PayloadTooLarge), Refusal::TooLarge);
-        assert_eq!(Refusal::of(ErrorCode::Unavailable), Refusal::ServerDown);
-        assert_eq!(Refusal::of(ErrorCode::RateLimited), Refusal::Other);
-    }
-}
+mod tests;

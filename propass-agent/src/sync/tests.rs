@@ -1,0 +1,226 @@
+//! The sync engine against a scripted server: its decisions follow the
+//! wire error codes.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use futures_util::future::BoxFuture;
+use propass_nfc::{NfcError, ReaderThread};
+use propass_protocol::{
+    BadgeUid, ClientId, LoginRequest, LoginResponse, OpType, PullResponse, PushItemResult,
+    PushRequest, PushResponse, PushStatus, QuotaEntry, RefreshResponse,
+};
+
+use super::*;
+use crate::agent::Parts;
+use crate::config::AgentConfig;
+use crate::seams::{Clock, SystemClock, SystemRng};
+use crate::store::{NewRecording, QuotaPolicy, Store};
+use crate::upstream::{ServerClient, UpstreamResult};
+
+#[test]
+fn reads_token_expiry() {
+    // {"exp":1700000000}
+    let t = format!("x.{}.y", "eyJleHAiOjE3MDAwMDAwMDB9");
+    assert_eq!(token_exp(&t).unwrap().timestamp(), 1_700_000_000);
+}
+
+#[test]
+fn refusals_follow_the_codes() {
+    assert_eq!(Refusal::of(ErrorCode::TokenExpired), Refusal::Token);
+    assert_eq!(Refusal::of(ErrorCode::DeviceRevoked), Refusal::Device);
+    assert_eq!(Refusal::of(ErrorCode::PayloadTooLarge), Refusal::TooLarge);
+    assert_eq!(Refusal::of(ErrorCode::Unavailable), Refusal::ServerDown);
+    assert_eq!(Refusal::of(ErrorCode::RateLimited), Refusal::Other);
+}
+
+/// A server that refuses pushes with the scripted codes, then accepts them.
+#[derive(Default)]
+struct ScriptedServer {
+    refusals: Mutex<VecDeque<ErrorCode>>,
+    /// (token, items) of every push.
+    pushes: Mutex<Vec<(String, usize)>>,
+}
+
+fn refused(code: ErrorCode) -> UpstreamError {
+    UpstreamError::Refused {
+        code,
+        status: code.http_status(),
+        message: format!("{code:?}"),
+    }
+}
+
+impl ServerClient for ScriptedServer {
+    fn login<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a LoginRequest,
+    ) -> BoxFuture<'a, UpstreamResult<LoginResponse>> {
+        Box::pin(async { Err(UpstreamError::Unreachable("not in this test".into())) })
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, UpstreamResult<RefreshResponse>> {
+        Box::pin(async {
+            Ok(RefreshResponse {
+                success: true,
+                token: "fresh".into(),
+                expires_at: None,
+            })
+        })
+    }
+
+    fn push<'a>(
+        &'a self,
+        _: &'a str,
+        token: &'a str,
+        body: &'a PushRequest,
+    ) -> BoxFuture<'a, UpstreamResult<PushResponse>> {
+        self.pushes
+            .lock()
+            .unwrap()
+            .push((token.to_owned(), body.queue.len()));
+        let refusal = self.refusals.lock().unwrap().pop_front();
+        let data = body.queue.iter().map(|item| PushItemResult {
+            id: Some(item.id),
+            status: PushStatus::Synced,
+            error: None,
+            op_id: item.op_id,
+            duplicate: false,
+            overdraft: false,
+            ledger_id: None,
+        });
+        let answer = match refusal {
+            Some(code) => Err(refused(code)),
+            None => Ok(PushResponse {
+                success: true,
+                data: data.collect(),
+                quotas: vec![],
+            }),
+        };
+        Box::pin(async move { answer })
+    }
+
+    fn pull<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
+        Box::pin(async {
+            Ok(PullResponse {
+                success: true,
+                quotas: vec![QuotaEntry {
+                    client_id: ClientId::new(1).unwrap(),
+                    remaining: 10,
+                    name: None,
+                    version: None,
+                }],
+                server_time: None,
+            })
+        })
+    }
+}
+
+/// A logged-in agent with `items` copies pending, talking to `server`.
+async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
+    let store = Store::open(&crate::store::tests::temp("agent.db")).unwrap();
+    let client = ClientId::new(1).unwrap();
+    for _ in 0..items {
+        let now = SystemClock.now_utc();
+        let new = NewRecording {
+            op_type: OpType::Copy,
+            client,
+            uid: BadgeUid::parse("04AB12CD").unwrap(),
+            occurred_at: now,
+            recorded_at: now,
+            op_id: crate::seams::Rng::new_op_id(&SystemRng),
+        };
+        store.record(new, QuotaPolicy::CardExists).await.unwrap();
+    }
+    let session = Session {
+        server_url: "http://server.test".into(),
+        token: "stale".into(),
+        token_expires_at: None,
+        username: Some("operator1".into()),
+    };
+    store.save_login(session).await.unwrap();
+    let reader = ReaderThread::spawn_with(|| Err(NfcError::NoReader(String::new()))).unwrap();
+    let parts = Parts {
+        store,
+        config: AgentConfig {
+            batch_size: 4,
+            ..AgentConfig::default()
+        },
+        reader,
+        server,
+        clock: Arc::new(SystemClock),
+        rng: Arc::new(SystemRng),
+    };
+    Agent::from_parts(parts).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once_and_the_push_retried() {
+    let server = Arc::new(ScriptedServer::default());
+    server
+        .refusals
+        .lock()
+        .unwrap()
+        .push_back(ErrorCode::TokenExpired);
+    let agent = agent_with(2, server.clone()).await;
+    let summary = agent.sync_once().await.unwrap();
+    assert_eq!((summary.synced, summary.pending), (2, 0));
+    let pushes = server.pushes.lock().unwrap().clone();
+    assert_eq!(pushes, [("stale".into(), 2), ("fresh".into(), 2)]);
+}
+
+#[tokio::test]
+async fn a_batch_too_large_is_halved() {
+    let server = Arc::new(ScriptedServer::default());
+    server
+        .refusals
+        .lock()
+        .unwrap()
+        .push_back(ErrorCode::PayloadTooLarge);
+    let agent = agent_with(4, server.clone()).await;
+    assert_eq!(agent.sync_once().await.unwrap().synced, 4);
+    let sizes: Vec<usize> = server.pushes.lock().unwrap().iter().map(|p| p.1).collect();
+    assert_eq!(sizes, [4, 2, 2]);
+}
+
+#[tokio::test]
+async fn a_revoked_device_needs_a_login_and_keeps_its_work() {
+    let server = Arc::new(ScriptedServer::default());
+    server
+        .refusals
+        .lock()
+        .unwrap()
+        .push_back(ErrorCode::DeviceRevoked);
+    let agent = agent_with(1, server.clone()).await;
+    assert!(matches!(
+        agent.sync_once().await,
+        Err(SyncError::LoggedOut(_))
+    ));
+    assert!(agent.link().login_required.is_some());
+    assert_eq!(
+        agent.store.login_required().await.unwrap().as_deref(),
+        Some("DeviceRevoked")
+    );
+    assert_eq!(agent.store.counts().await.unwrap().pending, 1);
+    assert_eq!(server.pushes.lock().unwrap().len(), 1, "no retry");
+}
+
+#[tokio::test]
+async fn an_unavailable_server_is_offline_not_refused() {
+    let server = Arc::new(ScriptedServer::default());
+    server
+        .refusals
+        .lock()
+        .unwrap()
+        .push_back(ErrorCode::Unavailable);
+    let agent = agent_with(1, server).await;
+    assert!(matches!(
+        agent.sync_once().await,
+        Err(SyncError::Offline(_))
+    ));
+    assert!(!agent.link().online);
+}
