@@ -11,39 +11,22 @@
 // A benchmark measures real time.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use propass_agent::store::{ServerQuota, Store};
 use propass_protocol::{ClientId, OpId};
+use propass_test_support::{free_port, ProcessGuard, TempDir, TestDatabase};
 use serde_json::{json, Value};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::current_dir()
-        .unwrap()
-        .join("target")
-        .join(format!("bench-{tag}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A directory under `target/`: on the disk the kiosk's state would be on,
+/// where `$TMPDIR` may be memory and make fsync free.
+fn bench_dir(tag: &str) -> Result<TempDir, String> {
+    let target = std::env::current_dir()
+        .map_err(|e| e.to_string())?
+        .join("target");
+    TempDir::new_in(&target, &format!("bench-{tag}")).map_err(|e| e.to_string())
 }
 
 fn opt(name: &str, default: usize) -> Result<usize, String> {
@@ -79,7 +62,7 @@ fn start_agent(
     bin: &str,
     dir: &Path,
     server: Option<&str>,
-) -> Result<(Proc, reqwest::Client), String> {
+) -> Result<(ProcessGuard, reqwest::Client), String> {
     let mut cmd = Command::new(bin);
     cmd.args(["run", "--state-dir"])
         .arg(dir)
@@ -88,18 +71,18 @@ fn start_agent(
     if let Some(s) = server {
         cmd.args(["--server", s]);
     }
-    let child = cmd
-        .env("PROPASS_LOG", "warn")
-        .env("PROPASS_RECONNECT_MAX_MS", "200")
-        .env_remove("PROPASS_AGENT_CONFIG")
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {bin}: {e}"))?;
+    let child = ProcessGuard::spawn(
+        cmd.env("PROPASS_LOG", "warn")
+            .env("PROPASS_RECONNECT_MAX_MS", "200")
+            .env_remove("PROPASS_AGENT_CONFIG")
+            .stdin(Stdio::null()),
+        bin,
+    )?;
     let http = reqwest::Client::builder()
         .unix_socket(dir.join("agent.sock"))
         .build()
         .map_err(|e| e.to_string())?;
-    Ok((Proc(child), http))
+    Ok((child, http))
 }
 
 async fn wait_status(http: &reqwest::Client) -> Result<Value, String> {
@@ -128,8 +111,8 @@ async fn main() -> Result<(), String> {
     let base = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set")?;
 
     // --- 1a. raw SQLite: one INSERT per committed transaction --------------
-    let raw_dir = temp_dir("raw");
-    let store = seed_quota(&raw_dir, i64::MAX / 2).await?;
+    let raw_dir = bench_dir("raw")?;
+    let store = seed_quota(raw_dir.path(), i64::MAX / 2).await?;
     let raw = store
         .with(move |conn| {
             let t = Instant::now();
@@ -149,9 +132,9 @@ async fn main() -> Result<(), String> {
     let raw_rate = ops as f64 / raw.as_secs_f64();
 
     // --- 1b. the agent: POST /v1/operations, one at a time, like a kiosk ----
-    let dir = temp_dir("agent");
-    drop(seed_quota(&dir, i64::MAX / 2).await?);
-    let (proc_, http) = start_agent(&agent_bin, &dir, None)?;
+    let dir = bench_dir("agent")?;
+    drop(seed_quota(dir.path(), i64::MAX / 2).await?);
+    let (proc_, http) = start_agent(&agent_bin, dir.path(), None)?;
     wait_status(&http).await?;
     let t = Instant::now();
     for i in 0..ops {
@@ -170,19 +153,8 @@ async fn main() -> Result<(), String> {
     let agent_rate = ops as f64 / agent_time.as_secs_f64();
 
     // --- 2. drain a backlog into the real server ----------------------------
-    let db_name = format!("propass_bench_agent_{}", std::process::id());
-    let (pg, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    // Two statements: CREATE DATABASE cannot run inside a multi-statement batch.
-    pg.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    pg.batch_execute(&format!("CREATE DATABASE {db_name}"))
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let db_url = format!("{}/{db_name}", &base[..base.rfind('/').unwrap()]);
+    let database = TestDatabase::create_in(&base, "propass_bench_agent").await?;
+    let db_url = database.url().to_owned();
     let cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
         let mut c = Command::new(&server_bin)
             .args(args)
@@ -230,12 +202,9 @@ async fn main() -> Result<(), String> {
     .trim()
     .parse()
     .map_err(|_| "bad client id")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = free_port();
     let server_url = format!("http://127.0.0.1:{port}");
-    let _server = Proc(
+    let _server = ProcessGuard::spawn(
         Command::new(&server_bin)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", &db_url)
@@ -244,10 +213,9 @@ async fn main() -> Result<(), String> {
                 "bench-secret-bench-secret-bench-secret-0123",
             )
             .env("PROPASS_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
+            .stdin(Stdio::null()),
+        &server_bin,
+    )?;
     let probe = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while probe
@@ -263,8 +231,8 @@ async fn main() -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let drain_dir = temp_dir("drain");
-    let store = Store::open(&drain_dir.join("agent.db")).map_err(|e| e.to_string())?;
+    let drain_dir = bench_dir("drain")?;
+    let store = Store::open(&drain_dir.path().join("agent.db")).map_err(|e| e.to_string())?;
     store
         .apply_pull(
             vec![ServerQuota {
@@ -296,7 +264,7 @@ async fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     drop(store);
 
-    let (_agent, http) = start_agent(&agent_bin, &drain_dir, Some(&server_url))?;
+    let (_agent, http) = start_agent(&agent_bin, drain_dir.path(), Some(&server_url))?;
     wait_status(&http).await?;
     let t = Instant::now();
     let res = http
@@ -345,9 +313,6 @@ async fn main() -> Result<(), String> {
         backlog as f64 / drain.as_secs_f64()
     );
     println!("ledger   {in_ledger} copies (expected {backlog})");
-    for d in [raw_dir, dir, drain_dir] {
-        let _ = std::fs::remove_dir_all(d);
-    }
     if in_ledger != backlog as i64 {
         return Err("the ledger does not hold the backlog exactly once".into());
     }

@@ -47,3 +47,21 @@ pub mod store;
 pub mod sync;
 pub mod upstream;
 pub mod ws;
+
+/// The module graph is acyclic: no top-level module reaches, through
+/// `crate::` paths, a module that reaches back to it.
+#[cfg(test)]
+#[test]
+fn module_graph_has_no_cycle() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = propass_test_support::module_graph(&src);
+    assert!(
+        graph["sync"].contains("agent"),
+        "the scan finds edges: {graph:?}"
+    );
+    assert_eq!(
+        propass_test_support::find_cycle(&graph),
+        None,
+        "module cycle: {graph:#?}"
+    );
+}

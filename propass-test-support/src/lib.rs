@@ -5,14 +5,16 @@
 //! [`FaultProxy`] (a TCP proxy a test can cut, restore, or make swallow
 //! answers after the upstream committed), [`eventually`] (wait on a
 //! condition with a deadline, never a bare sleep), [`ProcessGuard`] (a child
-//! stopped with SIGTERM, then SIGKILL, when dropped), [`free_port`] and
-//! [`TempDir`].
+//! stopped with SIGTERM, then SIGKILL, when dropped), [`free_port`],
+//! [`TempDir`], and [`module_graph`] with [`find_cycle`] (the check that a
+//! crate's modules form no cycle).
 //!
 //! What it is **not**: a dependency of any shipped binary (only
 //! `[dev-dependencies]` and xtask use it), nor a mock of anything — every
 //! part is the real thing, made disposable.
 #![allow(clippy::disallowed_methods)] // the shell around real time and ids, for tests only
 
+mod modgraph;
 mod net;
 mod process;
 mod temp;
@@ -24,6 +26,7 @@ mod proxy;
 #[cfg(feature = "async")]
 mod wait;
 
+pub use modgraph::{find_cycle, module_graph, Graph};
 pub use net::free_port;
 pub use process::{terminate, ProcessGuard};
 pub use temp::TempDir;

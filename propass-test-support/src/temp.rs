@@ -13,7 +13,13 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `$TMPDIR/<prefix>-<random>`.
     pub fn new(prefix: &str) -> std::io::Result<Self> {
-        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// Creates `<parent>/<prefix>-<random>` (a benchmark that measures
+    /// fsync wants a real disk, where `$TMPDIR` may be memory).
+    pub fn new_in(parent: &Path, prefix: &str) -> std::io::Result<Self> {
+        let path = parent.join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path)?;
         Ok(Self { path, keep: false })
     }

@@ -1,14 +1,14 @@
-//! Processes, database, proxy.
+//! The real server and agent processes, each on its own database and
+//! directory; the shared pieces (database, proxy, waiting, process guards)
+//! come from propass-test-support.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use propass_test_support::{eventually, free_port, FaultProxy, Mode};
+use propass_test_support::{ProcessGuard, TempDir, TestDatabase};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-0123456789";
 
@@ -29,82 +29,25 @@ pub fn server_bin() -> PathBuf {
     p
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "propass-e2e-{tag}-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Waits for `check` with a deadline; returns whether it became true.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
-fn sigterm_and_wait(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// A propass-server process on its own fresh database.
 pub struct Server {
     pub port: u16,
     pub db_url: String,
-    pub dir: PathBuf,
-    child: Option<Child>,
+    dir: TempDir,
+    child: Option<ProcessGuard>,
+    /// Dropped (with every connection to it) when the test ends.
+    _database: TestDatabase,
 }
 
 impl Server {
     pub async fn new() -> Self {
-        let base = std::env::var("DATABASE_URL")
-            .expect("DATABASE_URL is not set: run through cargo xtask test");
-        let name = format!("propass_e2e_{}", uuid::Uuid::new_v4().simple());
-        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .expect("connect to DATABASE_URL");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let cut = base.rfind('/').unwrap();
-        let db_url = format!("{}/{name}", &base[..cut]);
+        let database = TestDatabase::create("propass_e2e").await;
         let mut s = Self {
             port: free_port(),
-            db_url,
-            dir: temp_dir("server"),
+            db_url: database.url().to_owned(),
+            dir: TempDir::new("propass-e2e-server").unwrap(),
             child: None,
+            _database: database,
         };
         s.cli(&["migrate"], None);
         s.cli(
@@ -189,7 +132,7 @@ impl Server {
 
     pub async fn start(&mut self) {
         assert!(self.child.is_none());
-        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(server_bin())
             .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
             .env("DATABASE_URL", &self.db_url)
@@ -200,7 +143,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        self.child = Some(ProcessGuard::new(child));
         let url = format!("{}/health", self.url());
         let up = eventually(Duration::from_secs(30), || async {
             reqwest::get(&url)
@@ -214,7 +157,7 @@ impl Server {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            sigterm_and_wait(&mut c);
+            c.terminate();
         }
     }
 
@@ -243,15 +186,9 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A propass-agent process.
 pub struct Agent {
-    pub dir: PathBuf,
+    dir: TempDir,
     pub socket: PathBuf,
     server_url: String,
     extra_env: Vec<(String, String)>,
@@ -261,8 +198,8 @@ pub struct Agent {
 
 impl Agent {
     pub async fn new(server_url: &str, env: &[(&str, &str)]) -> Self {
-        let dir = temp_dir("agent");
-        let socket = dir.join("agent.sock");
+        let dir = TempDir::new("propass-e2e-agent").unwrap();
+        let socket = dir.path().join("agent.sock");
         // No pooled connections: the agent restarts under our feet, and its idle
         // keep-alive connections close.
         let http = reqwest::Client::builder()
@@ -290,11 +227,11 @@ impl Agent {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("agent.log"))
+            .open(self.dir.path().join("agent.log"))
             .unwrap();
         let mut cmd = Command::new(agent_bin());
         cmd.args(["run", "--state-dir"])
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .arg("--socket")
             .arg(&self.socket)
             .args(["--server", &self.server_url])
@@ -316,7 +253,7 @@ impl Agent {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
     pub fn kill9(&mut self) {
@@ -402,85 +339,13 @@ impl Agent {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.dir.join("agent.db")
+        self.dir.path().join("agent.db")
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
-    }
-}
-
-/// Proxy modes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
-pub enum Mode {
-    /// Forward both ways.
-    Pass = 0,
-    /// Forward requests; when the server answers, cut the connection
-    /// without delivering the answer (the server committed, the agent never knows).
-    SwallowAnswers = 1,
-}
-
-/// A fault-injecting TCP proxy between agent and server.
-pub struct Proxy {
-    pub port: u16,
-    mode: Arc<AtomicU8>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
-        let m = mode.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let m = m.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
-                        return;
-                    };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                        let _ = sw.shutdown().await;
-                    });
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if m.load(Ordering::SeqCst) == Mode::SwallowAnswers as u8 {
-                            break; // drop the answer and the connection
-                        }
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    up.abort();
-                });
-            }
-        });
-        Self { port, mode, task }
-    }
-
-    pub fn set(&self, mode: Mode) {
-        self.mode.store(mode as u8, Ordering::SeqCst);
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

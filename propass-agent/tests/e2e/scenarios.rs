@@ -6,6 +6,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::harness::*;
+use propass_test_support::TempDir;
 
 fn uid(i: usize) -> String {
     format!("04{:08X}", i)
@@ -62,7 +63,7 @@ async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
 async fn a_lost_push_answer_is_retried_without_double_counting() {
     let server = Server::new().await;
     let client = server.add_client("Lost Answer Ltd", 100);
-    let proxy = Proxy::start(server.port).await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port)).await;
     let agent = Agent::new(&proxy.url(), &[]).await;
     agent.login().await;
     assert_eq!(agent.sync().await.0, 200);
@@ -342,16 +343,13 @@ async fn the_agent_refuses_a_corrupt_or_foreign_database() {
         ),
         ("foreign", foreign_sqlite()),
     ] {
-        let dir = std::env::temp_dir().join(format!(
-            "propass-e2e-bad-{what}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = TempDir::new(&format!("propass-e2e-bad-{what}")).unwrap();
+        let dir = tmp.path();
         let db = dir.join("agent.db");
         std::fs::write(&db, &content).unwrap();
         let out = std::process::Command::new(agent_bin())
             .args(["run", "--state-dir"])
-            .arg(&dir)
+            .arg(dir)
             .arg("--socket")
             .arg(dir.join("agent.sock"))
             .env_remove("PROPASS_AGENT_CONFIG")
@@ -375,10 +373,8 @@ async fn the_agent_refuses_a_corrupt_or_foreign_database() {
 }
 
 fn foreign_sqlite() -> Vec<u8> {
-    let path = std::env::temp_dir().join(format!(
-        "propass-foreign-{}.db",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let tmp = TempDir::new("propass-foreign").unwrap();
+    let path = tmp.path().join("foreign.db");
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices (total) VALUES (9.5);").unwrap();
     drop(c);
