@@ -13,6 +13,7 @@
 #![allow(clippy::disallowed_methods)] // a tool on the real clock, not logic under simulation
 
 mod compat;
+mod demo;
 mod pg;
 mod sys;
 
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
-        Some("demo") => demo(),
+        Some("demo") => demo::run(),
         Some("bench") => bench(&args[1..]),
         Some("e2e") => e2e(&args[1..]),
         Some("db") => db(),
@@ -96,7 +97,9 @@ fn clippy() -> Result<(), String> {
             .is_ok_and(|o| o.status.success())
     };
     if !has_clippy() {
-        let _ = Command::new("rustup").args(["component", "add", "clippy"]).status();
+        let _ = Command::new("rustup")
+            .args(["component", "add", "clippy"])
+            .status();
     }
     if !has_clippy() {
         eprintln!("xtask: WARNING: clippy is not installed (rustup component add clippy); lints not checked");
@@ -154,7 +157,7 @@ fn db() -> Result<(), String> {
 }
 
 /// Builds `propass-server` and `propass-agent` in release mode.
-fn build_release_binaries() -> Result<(), String> {
+pub(crate) fn build_release_binaries() -> Result<(), String> {
     eprintln!("xtask: building propass-server, propass-agent and the PN532 emulator (release)…");
     let mut cmd = cargo();
     cmd.args([
@@ -174,147 +177,15 @@ fn build_release_binaries() -> Result<(), String> {
         "-p",
         "propass-nfc",
     ])
-    .args(["--example", "pn532-emulator", "--features", "propass-nfc/emulator"]);
+    .args([
+        "--example",
+        "pn532-emulator",
+        "--features",
+        "propass-nfc/emulator",
+    ]);
     if !run_status(&mut cmd)? {
         return Err("build failed".into());
     }
-    Ok(())
-}
-
-fn demo() -> Result<(), String> {
-    sys::ensure_packages()?;
-    build_release_binaries()?;
-    let server = sys::target_bin("release", "propass-server");
-    let agent = sys::target_bin("release", "propass-agent");
-    // Always a throwaway cluster: the demo resets the admin's password.
-    let cluster = Cluster::start(true)?;
-    let url = cluster.url();
-
-    let cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
-        let mut cmd = Command::new(&server);
-        cmd.args(args).env("DATABASE_URL", &url);
-        sys::output(&mut cmd, stdin)
-    };
-    cli(&["migrate"], None)?;
-    cli(
-        &[
-            "user",
-            "add",
-            "admin",
-            "--role",
-            "admin",
-            "--password-stdin",
-            "--update",
-        ],
-        Some("admin123\n"),
-    )?;
-    let clients = cli(&["client", "list", "--json"], None)?;
-    let client_id = match sys::json_find_id(&clients, "Demo Client") {
-        Some(id) => id,
-        None => cli(&["client", "add", "Demo Client", "--quota", "100"], None)?
-            .trim()
-            .to_owned(),
-    };
-
-    let bind = std::env::var("PROPASS_BIND").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    let base = format!("http://{bind}");
-    let server_proc = sys::Guard::spawn(
-        Command::new(&server)
-            .args(["serve", "--dev", "--bind", &bind])
-            .env("DATABASE_URL", &url),
-        "the server",
-    )?;
-    if !sys::wait_http_ok(&bind, "/health", Duration::from_secs(30)) {
-        return Err(format!(
-            "the server did not become healthy at {base}/health (is port {bind} in use?)"
-        ));
-    }
-
-    // An emulated PN532 reader with scripted taps: badges, then Gen1a blanks.
-    let mut emulator = Command::new(sys::target_bin("release/examples", "pn532-emulator"));
-    emulator
-        .args(["--demo-taps", "3"])
-        .stdout(std::process::Stdio::piped());
-    let emulator_proc = sys::Guard::spawn(&mut emulator, "the reader emulator")?;
-    let pty = emulator_proc.first_line()?;
-    let reader = format!("pn532_uart:{pty}");
-
-    // A kiosk agent with its own state directory and that reader, logged in.
-    let state = sys::TempDir::new("propass-demo-agent")
-        .map_err(|e| format!("cannot create a state directory: {e}"))?;
-    let socket = state.path().join("agent.sock");
-    let socket_arg = socket.to_string_lossy().into_owned();
-    let agent_proc = sys::Guard::spawn(
-        Command::new(&agent)
-            .args(["run", "--state-dir"])
-            .arg(state.path())
-            .args(["--socket", &socket_arg, "--server", &base])
-            .env("PROPASS_READER", &reader)
-            .env_remove("PROPASS_AGENT_CONFIG"),
-        "the agent",
-    )?;
-    let agent_cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
-        let mut cmd = Command::new(&agent);
-        cmd.args(["--socket", &socket_arg]).args(args);
-        sys::output(&mut cmd, stdin)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        if std::time::Instant::now() > deadline {
-            return Err("the agent did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    agent_cli(
-        &[
-            "login",
-            "--server",
-            &base,
-            "--username",
-            "admin",
-            "--password-stdin",
-        ],
-        Some("admin123\n"),
-    )?;
-    agent_cli(&["sync"], None)?;
-    println!();
-    println!("the kiosk copies three badges at the emulated reader ({reader}):");
-    for _ in 0..3 {
-        agent_cli(&["copy", "--client", &client_id], None)?;
-        // The customer takes the new card; the next one steps up.
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    agent_cli(&["sync"], None)?;
-    println!();
-    println!("{}", agent_cli(&["status"], None)?.trim_end());
-    println!("{}", cli(&["client", "list"], None)?.trim_end());
-
-    let agent_bin = agent.display();
-    println!();
-    println!("PROPASS demo is running");
-    println!("  server      {base}   (health: {base}/health, WebSocket: ws://{bind}/ws)");
-    println!("  database    {url}");
-    println!("  login       admin / admin123   (role admin)");
-    println!("  client      #{client_id} \"Demo Client\" (3 badges copied by the demo kiosk)");
-    println!("  reader      emulated PN532 at {pty} (libnfc: {reader})");
-    println!("  agent       {agent_bin} --socket {socket_arg} status");
-    println!("              {agent_bin} --socket {socket_arg} record copy --client {client_id} --uid 04CAFE01");
-    println!("              {agent_bin} --socket {socket_arg} events      (live events, NDJSON)");
-    println!(
-        "  operator    DATABASE_URL={url} {} quota add {client_id} 10",
-        server.display()
-    );
-    println!("Press Ctrl-C to stop everything.");
-    while !interrupted() {
-        if let Some(e) = server_proc.exited().or_else(|| agent_proc.exited()) {
-            return Err(e);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(agent_proc);
-    drop(emulator_proc);
-    drop(server_proc);
-    eprintln!("xtask: demo stopped");
     Ok(())
 }
 
