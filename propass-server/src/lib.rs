@@ -38,15 +38,5 @@ pub mod ws;
 #[cfg(test)]
 #[test]
 fn module_graph_has_no_cycle() {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let graph = propass_test_support::module_graph(&src);
-    assert!(
-        graph["state"].contains("auth"),
-        "the scan finds edges: {graph:?}"
-    );
-    assert_eq!(
-        propass_test_support::find_cycle(&graph),
-        None,
-        "module cycle: {graph:#?}"
-    );
+    propass_test_support::assert_no_module_cycle(env!("CARGO_MANIFEST_DIR"), ("state", "auth"));
 }

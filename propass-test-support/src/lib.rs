@@ -26,7 +26,7 @@ mod proxy;
 #[cfg(feature = "async")]
 mod wait;
 
-pub use modgraph::{find_cycle, module_graph, Graph};
+pub use modgraph::{assert_no_module_cycle, find_cycle, module_graph, Graph};
 pub use net::free_port;
 pub use process::{terminate, ProcessGuard};
 pub use temp::TempDir;

@@ -102,6 +102,21 @@ pub fn find_cycle(graph: &Graph) -> Option<Vec<String>> {
         .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
 }
 
+/// Panics, naming the cycle, when the modules of the crate at
+/// `manifest_dir` form one; `sample_edge` (a dependency known to exist)
+/// proves the scan read the sources at all.
+pub fn assert_no_module_cycle(manifest_dir: &str, sample_edge: (&str, &str)) {
+    let graph = module_graph(&Path::new(manifest_dir).join("src"));
+    let (from, to) = sample_edge;
+    assert!(
+        graph.get(from).is_some_and(|deps| deps.contains(to)),
+        "the scan should find {from} → {to}: {graph:#?}"
+    );
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("module cycle: {}", cycle.join(" → "));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
