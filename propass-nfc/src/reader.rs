@@ -161,6 +161,33 @@ pub fn list_readers() -> NfcResult<Vec<String>> {
         .map_err(|e| NfcError::NoReader(format!(" ({e:?})")))
 }
 
+/// How long cards get to power up after the field comes back.
+const FIELD_POWER_UP: Duration = Duration::from_millis(5);
+
+/// A target libnfc reported, if it really is one: a poll that found nothing
+/// still "succeeds", with an empty UID.
+fn tag_info(t: nfc1::Target) -> Option<TagInfo> {
+    match t.target_info {
+        TargetInfo::Iso14443a(a) if a.uid_len > 0 => Some(TagInfo {
+            uid: a.uid[..a.uid_len.min(10)].to_vec(),
+            atqa: a.atqa,
+            sak: a.sak,
+            family: CardFamily::of(a.sak, a.uid_len),
+        }),
+        _ => None,
+    }
+}
+
+/// A failed poll: the reader is gone, or there was simply no card.
+fn none_or_unplugged<T>(e: nfc1::Error) -> NfcResult<Option<T>> {
+    match e {
+        nfc1::Error::Io | nfc1::Error::NoSuchDeviceFound => {
+            Err(NfcError::ReaderUnplugged(format!("{e:?}")))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// An open reader.
 pub struct Reader {
     // Declared before the context: dropped (closed) first.
@@ -210,41 +237,53 @@ impl Reader {
         Ok(())
     }
 
-    /// Selects the tag in the field, if any; `TwoTags` when there are several.
+    /// Switches the RF field off and on: every card in it restarts IDLE (a
+    /// halted one is seen again; a Gen1a loses its unlock). The defined way
+    /// back to a known state, as libnfc's own tools do between operations.
+    fn cycle_field(&mut self) -> NfcResult<()> {
+        let d = &mut self.device;
+        let fail = |e: nfc1::Error| NfcError::ReaderUnplugged(format!("{e:?}"));
+        d.set_property_bool(Property::ActivateField, false)
+            .map_err(fail)?;
+        d.set_property_bool(Property::ActivateField, true)
+            .map_err(fail)?;
+        // Cards need a moment to power up once the field is back
+        // (ISO/IEC 14443-3 gives them up to 5 ms before the first REQA).
+        std::thread::sleep(FIELD_POWER_UP);
+        Ok(())
+    }
+
+    /// Selects the card in the field, if any; `TwoTags` when there are
+    /// several. Never trusts a select blindly: libnfc answers "success" for
+    /// a poll that found no card, so every answer is checked for a UID.
     pub fn select(&mut self) -> NfcResult<Option<TagInfo>> {
         self.reset_framing()?;
+        self.cycle_field()?;
+        // Listing selects each card and halts it (InDeselect) before the next
+        // poll, so that the next card answers: a single card ends HALTed.
         let targets = match self.device.initiator_list_passive_targets(&ISO14443A, 2) {
             Ok(t) => t,
-            Err(nfc1::Error::Timeout) => return Ok(None),
-            Err(e @ (nfc1::Error::Io | nfc1::Error::NoSuchDeviceFound)) => {
-                return Err(NfcError::ReaderUnplugged(format!("{e:?}")))
-            }
-            Err(_) => return Ok(None),
+            Err(e) => return none_or_unplugged(e),
         };
-        let mut found: Vec<TagInfo> = targets
-            .into_iter()
-            .filter_map(|t| match t.target_info {
-                TargetInfo::Iso14443a(a) if a.uid_len > 0 => Some(TagInfo {
-                    uid: a.uid[..a.uid_len.min(10)].to_vec(),
-                    atqa: a.atqa,
-                    sak: a.sak,
-                    family: CardFamily::of(a.sak, a.uid_len),
-                }),
-                _ => None,
-            })
-            .collect();
+        let mut found: Vec<TagInfo> = targets.into_iter().filter_map(tag_info).collect();
         found.dedup_by(|a, b| a.uid == b.uid);
         match found.len() {
             0 => Ok(None),
-            1 => {
-                let tag = found.remove(0);
-                // list_passive_targets leaves it deselected: select it again for what follows.
-                match self.device.initiator_select_passive_target(&ISO14443A) {
-                    Ok(_) => Ok(Some(tag)),
-                    Err(_) => Err(NfcError::TagRemoved),
-                }
-            }
+            1 => self.select_uid(&found[0].uid),
             _ => Err(NfcError::TwoTags),
+        }
+    }
+
+    /// Selects the card with `uid` whatever its state: InListPassiveTarget
+    /// with the UID sends WUPA, which wakes a halted card, then selects that
+    /// UID only. `None` when no such card answered.
+    fn select_uid(&mut self, uid: &[u8]) -> NfcResult<Option<TagInfo>> {
+        match self
+            .device
+            .initiator_select_passive_target_with_init_data(&ISO14443A, uid)
+        {
+            Ok(t) => Ok(tag_info(t).filter(|t| t.uid == uid)),
+            Err(e) => none_or_unplugged(e),
         }
     }
 
@@ -294,7 +333,6 @@ impl Reader {
 
     /// After a failed exchange: `TagRemoved` when the card is gone, else `other`.
     fn lost_or(&mut self, other: NfcError) -> NfcError {
-        let _ = self.device.initiator_deselect_target();
         match self.select() {
             Ok(Some(_)) => other,
             Ok(None) => NfcError::TagRemoved,
@@ -373,8 +411,8 @@ impl Reader {
             self.gen1a_write_block0(block0)?;
             BlankKind::Gen1a
         } else {
-            // Not Gen1a: select again with normal framing and try a Gen2 write.
-            let _ = self.device.initiator_deselect_target();
+            // Not Gen1a: the unlock attempt left it halted; a fresh field and
+            // a select with normal framing, then a Gen2 write.
             let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
             if tag.uid != blank.uid {
                 // Another card than the blank that was checked: it was swapped.
@@ -401,11 +439,13 @@ impl Reader {
         Ok(kind)
     }
 
+    /// Proves a write the way a door reader will meet the card: in a fresh
+    /// field (no Gen1a unlock, no state left from the write), selected by
+    /// REQA, block 0 read with the factory key; then once more in another
+    /// fresh field, the UID alone.
     fn verify(&mut self, block0: &[u8; 16]) -> NfcResult<()> {
-        self.reset_framing()?;
-        let _ = self.device.initiator_deselect_target();
-        let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
         let expected_uid = &block0[..4];
+        let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
         if tag.uid != expected_uid {
             return Err(NfcError::VerifyFailed {
                 expected: Hex(expected_uid).to_string(),
@@ -419,7 +459,6 @@ impl Reader {
                 got: Hex(&back).to_string(),
             });
         }
-        let _ = self.device.initiator_deselect_target();
         let again = self.select()?.ok_or(NfcError::TagRemoved)?;
         if again.uid != expected_uid {
             return Err(NfcError::VerifyFailed {

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use propass_nfc::emulator::{Emulator, Tag, TagKind};
+use propass_nfc::emulator::{CardState, Emulator, Tag, TagKind};
 use propass_nfc::{build_block0, BlankKind, CardFamily, NfcError, Reader, ReaderThread};
 
 const BADGE: [u8; 4] = [0x04, 0xAB, 0x12, 0xCD];
@@ -140,8 +140,12 @@ async fn a_wait_can_be_cancelled() {
         r2.run(|r, cancel| r.wait_for_tag(Duration::from_secs(60), cancel))
             .await
     });
-    // Let the wait begin (the reader is being opened and polled), then cancel.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the wait is polling the reader, cancel it.
+    let polling = propass_test_support::eventually(Duration::from_secs(20), || async {
+        emu.with_field(|f| f.log.contains(&0x4A))
+    })
+    .await;
+    assert!(polling, "the reader never polled");
     reader.cancel();
     let result = tokio::time::timeout(Duration::from_secs(20), waiting)
         .await
@@ -157,4 +161,59 @@ fn a_missing_reader_is_a_clear_error() {
         .unwrap();
     assert!(matches!(e, NfcError::NoReader(_)), "{e:?}");
     assert!(e.to_string().contains("plugged"));
+}
+
+/// Two cards at once are reported (a swap in progress only when it lasts),
+/// and the one left is found — although listing them halted both.
+#[test]
+fn two_cards_are_reported_and_the_one_left_is_found() {
+    let emu = Emulator::start(Some(Tag::classic(TagKind::Classic1k, BADGE))).unwrap();
+    emu.place_other(Some(Tag::classic(TagKind::Gen1a, BLANK)));
+    let mut r = open(&emu);
+    let e = r
+        .wait_for_tag(Duration::from_millis(400), &AtomicBool::new(false))
+        .unwrap_err();
+    assert_eq!(e, NfcError::TwoTags);
+    emu.place_other(None);
+    assert_eq!(wait(&mut r).unwrap().uid, BADGE);
+}
+
+/// A card the reader released (halted) is found again by the next wait, and
+/// is selected for real: its block 0 reads.
+#[test]
+fn a_released_card_is_found_and_selected_again() {
+    let emu = Emulator::start(Some(Tag::classic(TagKind::Classic1k, BADGE))).unwrap();
+    let mut r = open(&emu);
+    let t = wait(&mut r).unwrap();
+    r.release();
+    assert_eq!(emu.tag().unwrap().state(), CardState::Halt);
+    let again = wait(&mut r).unwrap();
+    assert_eq!(again, t);
+    assert_eq!(r.read_block0(&again).unwrap()[..4], BADGE);
+}
+
+/// The libnfc behaviour the reader guards against: after listing (which
+/// halts the card), a plain select "succeeds" with no card at all.
+#[test]
+fn libnfc_reports_success_for_a_select_that_found_nothing() {
+    let emu = Emulator::start(Some(Tag::classic(TagKind::Classic1k, BADGE))).unwrap();
+    let mut ctx = nfc1::Context::new().unwrap();
+    let mut dev = ctx.open_with_connstring(&emu.connstring()).unwrap();
+    dev.initiator_init().unwrap();
+    let iso = nfc1::Modulation {
+        modulation_type: nfc1::ModulationType::Iso14443a,
+        baud_rate: nfc1::BaudRate::Baud106,
+    };
+    let listed = dev.initiator_list_passive_targets(&iso, 2).unwrap();
+    assert!(listed.iter().any(
+        |t| matches!(&t.target_info, nfc1::target_info::TargetInfo::Iso14443a(a) if a.uid_len == 4)
+    ));
+    assert_eq!(emu.tag().unwrap().state(), CardState::Halt);
+    let t = dev
+        .initiator_select_passive_target(&iso)
+        .expect("libnfc says: success");
+    let nfc1::target_info::TargetInfo::Iso14443a(a) = t.target_info else {
+        panic!("a type A target");
+    };
+    assert_eq!(a.uid_len, 0, "…with no card selected");
 }
