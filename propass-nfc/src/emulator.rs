@@ -39,6 +39,8 @@ pub struct Field {
     pub other: Option<Tag>,
     /// Remove the tag after this many more tag-level commands (a card pulled away mid-operation).
     pub remove_after: Option<u32>,
+    /// Remove the tag when a write to this block reaches it (pulled away mid-copy).
+    pub remove_on_write: Option<u8>,
     /// The latest commands seen, by PN532 command code (for tests and scripts).
     pub log: Vec<u8>,
     /// Commands seen since the start.
@@ -53,6 +55,7 @@ impl Default for Field {
             tag: None,
             other: None,
             remove_after: None,
+            remove_on_write: None,
             log: Vec::new(),
             commands: 0,
             rf_on: true,
@@ -64,6 +67,17 @@ impl Field {
     /// The cards in the field, the main one first.
     fn cards(&mut self) -> impl Iterator<Item = &mut Tag> {
         self.tag.iter_mut().chain(self.other.iter_mut())
+    }
+
+    /// Takes the tag away if it is scripted to leave when `block` is written;
+    /// whether it left.
+    fn leaves_on_write(&mut self, block: u8) -> bool {
+        if self.remove_on_write == Some(block) {
+            self.tag = None;
+            self.remove_on_write = None;
+            return true;
+        }
+        false
     }
 
     /// Takes the tag away if a scripted removal is due; whether any card is left.

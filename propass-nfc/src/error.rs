@@ -36,6 +36,18 @@ pub enum NfcError {
     /// The UID or block 0 is not something we can write safely.
     #[error("refusing to write: {0}")]
     InvalidBlock0(String),
+    /// A badge our blanks cannot copy.
+    #[error("this badge cannot be copied: {0}")]
+    NotCopyable(String),
+    /// A whole-badge copy failed at a sector once writing had begun: the
+    /// blank may hold part of the badge.
+    #[error("the copy failed at sector {sector} ({what}); this blank is spoiled and the copy was NOT recorded: do not hand it out")]
+    SectorFailed {
+        /// The sector.
+        sector: u8,
+        /// What went wrong there.
+        what: String,
+    },
     /// The wait was cancelled.
     #[error("cancelled")]
     Cancelled,

@@ -53,6 +53,18 @@ pub fn block0(uid: [u8; 4], sak: u8, atqa: [u8; 2], manufacturer: [u8; 8]) -> [u
     b
 }
 
+/// Block 0 of a MIFARE Classic card with a 7-byte UID: UID, SAK, ATQA
+/// (least significant byte first), manufacturer bytes. Not checked.
+pub fn block0_7(uid: [u8; 7], sak: u8, atqa: [u8; 2], manufacturer: [u8; 6]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..7].copy_from_slice(&uid);
+    b[7] = sak;
+    b[8] = atqa[1];
+    b[9] = atqa[0];
+    b[10..].copy_from_slice(&manufacturer);
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,12 @@
 //!
 //! The kiosk's badge reader, on the system libnfc (Debian's `libnfc6`)
 //! through the `nfc1` crate: list readers, open one, wait for a tag, read its
-//! UID / ATQA / SAK / family, and clone a UID onto a magic blank (Gen1a by the
-//! unlock backdoor, Gen2/CUID by a direct block-0 write) — always verified by
-//! reading back and selecting the card again, never reported as done without.
+//! UID / ATQA / SAK / family, read every sector of a MIFARE Classic badge a
+//! key dictionary opens ([`mifare`], [`BadgeRead`]), and copy it onto a magic
+//! blank (Gen1a by the unlock backdoor, Gen2/CUID by direct writes) — 1K and
+//! 4K, 4- and 7-byte UIDs — always verified sector by sector with the badge's
+//! keys in a fresh RF field, never reported as done without. A UID alone
+//! (from the records) can be written too.
 //!
 //! What it is **not**: it records nothing (the agent does, after a verified
 //! clone), and it knows nothing about clients or quotas.
@@ -19,14 +22,17 @@
 #![forbid(unsafe_code)]
 
 mod card_reader;
+mod clone;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 mod error;
 pub mod iso14443a;
+pub mod mifare;
 mod reader;
 mod thread;
 
 pub use card_reader::CardReader;
+pub use clone::{layout_of, BadgeRead};
 pub use error::{NfcError, NfcResult};
 pub use iso14443a::FACTORY_KEY;
 pub use reader::{

@@ -161,6 +161,11 @@ pub fn list_readers() -> NfcResult<Vec<String>> {
         .map_err(|e| NfcError::NoReader(format!(" ({e:?})")))
 }
 
+/// The UID bytes a MIFARE Classic authentication carries: the last four.
+pub(crate) fn auth_uid(uid: &[u8]) -> &[u8] {
+    &uid[uid.len().saturating_sub(4)..]
+}
+
 /// How long cards get to power up after the field comes back.
 const FIELD_POWER_UP: Duration = Duration::from_millis(5);
 
@@ -219,12 +224,16 @@ impl Reader {
         })
     }
 
+    pub(crate) fn device_mut(&mut self) -> &mut Device {
+        &mut self.device
+    }
+
     /// The reader's connection string.
     pub fn connstring(&self) -> &str {
         &self.connstring
     }
 
-    fn reset_framing(&mut self) -> NfcResult<()> {
+    pub(crate) fn reset_framing(&mut self) -> NfcResult<()> {
         let d = &mut self.device;
         for (p, v) in [
             (Property::HandleCrc, true),
@@ -277,7 +286,7 @@ impl Reader {
     /// Selects the card with `uid` whatever its state: InListPassiveTarget
     /// with the UID sends WUPA, which wakes a halted card, then selects that
     /// UID only. `None` when no such card answered.
-    fn select_uid(&mut self, uid: &[u8]) -> NfcResult<Option<TagInfo>> {
+    pub(crate) fn select_uid(&mut self, uid: &[u8]) -> NfcResult<Option<TagInfo>> {
         match self
             .device
             .initiator_select_passive_target_with_init_data(&ISO14443A, uid)
@@ -315,7 +324,7 @@ impl Reader {
         }
     }
 
-    fn exchange(&mut self, tx: &[u8], rx: usize) -> nfc1::Result<Vec<u8>> {
+    pub(crate) fn exchange(&mut self, tx: &[u8], rx: usize) -> nfc1::Result<Vec<u8>> {
         self.device
             .initiator_transceive_bytes(tx, rx, Timeout::Default)
     }
@@ -323,7 +332,7 @@ impl Reader {
     fn authenticate(&mut self, block: u8, uid: &[u8]) -> NfcResult<()> {
         let mut cmd = vec![0x60, block];
         cmd.extend_from_slice(&FACTORY_KEY);
-        cmd.extend_from_slice(&uid[..4]);
+        cmd.extend_from_slice(auth_uid(uid));
         match self.exchange(&cmd, 0) {
             Ok(_) => Ok(()),
             Err(nfc1::Error::MifareAuthFailed) => Err(NfcError::AuthFailed),
@@ -332,7 +341,7 @@ impl Reader {
     }
 
     /// After a failed exchange: `TagRemoved` when the card is gone, else `other`.
-    fn lost_or(&mut self, other: NfcError) -> NfcError {
+    pub(crate) fn lost_or(&mut self, other: NfcError) -> NfcError {
         match self.select() {
             Ok(Some(_)) => other,
             Ok(None) => NfcError::TagRemoved,
@@ -356,7 +365,7 @@ impl Reader {
     }
 
     /// Tries the Gen1a backdoor; `Ok(true)` when the card answered the unlock.
-    fn gen1a_unlock(&mut self) -> NfcResult<bool> {
+    pub(crate) fn gen1a_unlock(&mut self) -> NfcResult<bool> {
         let d = &mut self.device;
         let fail = |e: nfc1::Error| NfcError::ReaderUnplugged(format!("{e:?}"));
         d.set_property_bool(Property::HandleCrc, false)

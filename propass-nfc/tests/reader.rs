@@ -5,7 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use propass_nfc::emulator::{CardState, Emulator, Tag, TagKind};
-use propass_nfc::{build_block0, BlankKind, CardFamily, NfcError, Reader, ReaderThread};
+use propass_nfc::mifare::{Key, KeyDictionary, Layout};
+use propass_nfc::{build_block0, BadgeRead, BlankKind, CardFamily, NfcError, Reader, ReaderThread};
 
 const BADGE: [u8; 4] = [0x04, 0xAB, 0x12, 0xCD];
 const BLANK: [u8; 4] = [0x01, 0x02, 0x03, 0x04];
@@ -216,4 +217,216 @@ fn libnfc_reports_success_for_a_select_that_found_nothing() {
         panic!("a type A target");
     };
     assert_eq!(a.uid_len, 0, "…with no card selected");
+}
+
+// --- whole-badge copies -----------------------------------------------------
+
+const SITE_KEY_A: Key = [0x12, 0x34, 0x56, 0x78, 0x9A, 0xBC];
+const SITE_KEY_B: Key = [0xCB, 0xA9, 0x87, 0x65, 0x43, 0x21];
+const UNKNOWN_KEY: Key = [0x5A, 0x5A, 0x5A, 0x5A, 0x5A, 0x5A];
+/// Key B secret (C1C2C3 = 011 for the trailer): a read shows zeros for it.
+const SECRET_B: [u8; 4] = [0x7F, 0x07, 0x88, 0x69];
+const TRANSPORT: [u8; 4] = [0xFF, 0x07, 0x80, 0x69];
+
+fn data(seed: u8) -> [[u8; 16]; 3] {
+    [
+        [seed; 16],
+        [seed.wrapping_add(1); 16],
+        [seed.wrapping_add(2); 16],
+    ]
+}
+
+/// A badge like a site's: a MAD-keyed sector 0 left factory, a credential in
+/// sector 1 under the site's keys (key B secret), data in sector 5 under
+/// the MAD key A with a readable key B.
+fn site_badge(kind: TagKind, uid: &[u8], layout: Layout) -> Tag {
+    Tag::classic_card(kind, uid, layout)
+        .with_sector(1, SITE_KEY_A, SECRET_B, SITE_KEY_B, &data(0x10))
+        .with_sector(
+            5,
+            [0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5],
+            TRANSPORT,
+            [0xB0, 0xB1, 0xB2, 0xB3, 0xB4, 0xB5],
+            &data(0x50),
+        )
+}
+
+fn site_keys() -> KeyDictionary {
+    KeyDictionary::with_extra(&[SITE_KEY_A, SITE_KEY_B])
+}
+
+/// Reads `badge`, then writes it onto `blank`; the emulator for a look at the copy.
+fn copy_badge(
+    badge: Tag,
+    blank: Tag,
+    keys: &KeyDictionary,
+) -> (Result<BlankKind, NfcError>, BadgeRead, Emulator) {
+    let emu = Emulator::start(Some(badge)).unwrap();
+    let mut r = open(&emu);
+    let source = wait(&mut r).unwrap();
+    let read = r.read_badge(&source, keys).unwrap();
+    r.release();
+    emu.place(Some(blank));
+    let target = wait(&mut r).unwrap();
+    let result = r.write_badge(&target, &source, &read.dump);
+    (result, read, emu)
+}
+
+#[test]
+fn a_badge_with_data_under_its_own_keys_is_copied_whole_onto_gen1a_and_gen2() {
+    for kind in [TagKind::Gen1a, TagKind::Gen2] {
+        let badge = site_badge(TagKind::Classic1k, &BADGE, Layout::Classic1k);
+        let (result, read, emu) =
+            copy_badge(badge.clone(), Tag::classic(kind, BLANK), &site_keys());
+        assert!(read.map.is_complete(), "{kind:?}: {}", read.map.summary());
+        assert_eq!(
+            result,
+            Ok(if kind == TagKind::Gen1a {
+                BlankKind::Gen1a
+            } else {
+                BlankKind::Gen2
+            })
+        );
+        assert_eq!(
+            emu.tag().unwrap().memory(),
+            badge.memory(),
+            "{kind:?}: the copy's memory is the badge's"
+        );
+    }
+}
+
+#[test]
+fn a_sector_under_an_unknown_key_is_reported_and_a_partial_copy_leaves_it_blank() {
+    let badge = site_badge(TagKind::Classic1k, &BADGE, Layout::Classic1k).with_sector(
+        3,
+        UNKNOWN_KEY,
+        SECRET_B,
+        UNKNOWN_KEY,
+        &data(0x30),
+    );
+    let (result, read, emu) = copy_badge(
+        badge.clone(),
+        Tag::classic(TagKind::Gen1a, BLANK),
+        &site_keys(),
+    );
+    assert_eq!(read.map.locked(), vec![3]);
+    assert_eq!(read.map.summary(), "AAA-AAAAAAAAAAAA");
+    assert_eq!(result, Ok(BlankKind::Gen1a));
+    let copy = emu.tag().unwrap();
+    for block in 0..64u8 {
+        let expected = if Layout::sector_of(block) == 3 {
+            Tag::classic(TagKind::Gen1a, BLANK)
+                .block(block as usize)
+                .unwrap()
+        } else {
+            badge.block(block as usize).unwrap()
+        };
+        assert_eq!(
+            copy.block(block as usize).unwrap(),
+            expected,
+            "block {block}"
+        );
+    }
+    assert!(
+        !format!("{:?}", read.dump).contains("5A"),
+        "a dump prints no data"
+    );
+}
+
+#[test]
+fn seven_byte_uid_and_4k_badges_are_copied() {
+    let uid7 = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+    let blank7 = [0x04, 0x99, 0x88, 0x77, 0x66, 0x55, 0x44];
+    for (kind, uid, blank_uid, layout) in [
+        (TagKind::Gen2, &uid7[..], &blank7[..], Layout::Classic1k),
+        (TagKind::Gen1a, &BADGE[..], &BLANK[..], Layout::Classic4k),
+    ] {
+        let badge = site_badge(TagKind::Classic1k, uid, layout).with_sector(
+            if layout == Layout::Classic4k { 35 } else { 9 },
+            SITE_KEY_A,
+            TRANSPORT,
+            SITE_KEY_B,
+            &data(0x90),
+        );
+        let blank = Tag::classic_card(kind, blank_uid, layout);
+        let (result, read, emu) = copy_badge(badge.clone(), blank, &site_keys());
+        assert!(read.map.is_complete(), "{layout:?}: {}", read.map.summary());
+        assert!(result.is_ok(), "{layout:?} onto {kind:?}: {result:?}");
+        assert_eq!(emu.tag().unwrap().uid(), uid);
+        assert_eq!(emu.tag().unwrap().memory(), badge.memory(), "{layout:?}");
+    }
+}
+
+#[test]
+fn a_blank_that_cannot_take_the_badge_is_refused_before_any_write() {
+    let uid7 = [0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66];
+    let badge = Tag::classic_card(TagKind::Classic1k, &uid7, Layout::Classic1k);
+    let (result, _, emu) = copy_badge(badge, Tag::classic(TagKind::Gen1a, BLANK), &site_keys());
+    assert!(
+        matches!(&result, Err(NfcError::NotWritable(m)) if m.contains("7-byte")),
+        "{result:?}"
+    );
+    assert_eq!(emu.tag().unwrap().uid(), BLANK, "nothing written");
+}
+
+#[test]
+fn a_gen2_blank_pulled_away_mid_copy_fails_naming_the_sector() {
+    let emu = Emulator::start(Some(site_badge(
+        TagKind::Classic1k,
+        &BADGE,
+        Layout::Classic1k,
+    )))
+    .unwrap();
+    let mut r = open(&emu);
+    let source = wait(&mut r).unwrap();
+    let read = r.read_badge(&source, &site_keys()).unwrap();
+    r.release();
+    emu.place(Some(Tag::classic(TagKind::Gen2, BLANK)));
+    let target = wait(&mut r).unwrap();
+    emu.with_field(|f| f.remove_on_write = Some(Layout::first_block(5) + 1));
+    let result = r.write_badge(&target, &source, &read.dump);
+    assert!(
+        matches!(result, Err(NfcError::SectorFailed { sector: 5, .. })),
+        "{result:?}"
+    );
+    assert!(result.unwrap_err().to_string().contains("spoiled"));
+}
+
+/// Debian's `nfc-mfclassic`, given the badge's keys, reads the copy and
+/// finds the badge's contents.
+#[test]
+fn nfc_mfclassic_reads_the_copy_as_the_badge() {
+    let badge = site_badge(TagKind::Classic1k, &BADGE, Layout::Classic1k);
+    let (result, _, emu) = copy_badge(
+        badge.clone(),
+        Tag::classic(TagKind::Gen1a, BLANK),
+        &site_keys(),
+    );
+    assert_eq!(result, Ok(BlankKind::Gen1a));
+    let dir = propass_test_support::TempDir::new("propass-mfclassic").unwrap();
+    let keys = dir.path().join("keys.mfd");
+    let out = dir.path().join("copy.mfd");
+    std::fs::write(&keys, badge.memory().concat()).unwrap();
+    let run = std::process::Command::new("nfc-mfclassic")
+        .args(["r", "a", "u"])
+        .arg(&out)
+        .arg(&keys)
+        .env("LIBNFC_AUTO_SCAN", "false")
+        .env("LIBNFC_DEVICE", emu.connstring())
+        .output()
+        .expect("nfc-mfclassic from Debian's libnfc-bin (cargo xtask test installs it)");
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "nfc-mfclassic failed: {said}");
+    let dump = std::fs::read(&out).unwrap();
+    let memory = badge.memory().concat();
+    for block in 0..64usize {
+        let (got, want) = (&dump[block * 16..][..16], &memory[block * 16..][..16]);
+        if block % 4 == 3 {
+            // nfc-mfclassic fills in the keys from the key file, and shows
+            // the access bits the card returned.
+            assert_eq!(got[6..10], want[6..10], "access bits of block {block}");
+        } else {
+            assert_eq!(got, want, "block {block}");
+        }
+    }
 }

@@ -126,7 +126,12 @@ pub fn is_root() -> bool {
 }
 
 /// Debian packages the project needs, with a program each provides.
-const PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config")];
+/// Debian packages found by a program they install. libnfc-bin's
+/// `nfc-mfclassic` reads cards copied onto the emulated reader in the tests.
+const PACKAGES: &[(&str, &str)] = &[
+    ("pkg-config", "pkg-config"),
+    ("libnfc-bin", "nfc-mfclassic"),
+];
 
 /// Whether libnfc's development files are installed (pkg-config knows libnfc).
 fn has_libnfc() -> bool {

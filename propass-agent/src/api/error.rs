@@ -189,8 +189,9 @@ impl From<propass_nfc::NfcError> for ApiError {
             N::NotWritable(_) => LocalErrorCode::CardNotWritable,
             N::AuthFailed => LocalErrorCode::AuthFailed,
             N::TagRemoved => LocalErrorCode::TagRemoved,
-            N::VerifyFailed { .. } => LocalErrorCode::VerifyFailed,
-            N::InvalidBlock0(_) => LocalErrorCode::UnsupportedBadge,
+            // The blank was (or may have been) written: not a valid copy.
+            N::VerifyFailed { .. } | N::SectorFailed { .. } => LocalErrorCode::VerifyFailed,
+            N::InvalidBlock0(_) | N::NotCopyable(_) => LocalErrorCode::UnsupportedBadge,
             N::Cancelled => LocalErrorCode::Cancelled,
         };
         Self::new(code, e.to_string())

@@ -14,8 +14,9 @@
 //! ```
 
 use crate::iso14443a::{
-    bcc, block0, CASCADE_TAG, DEFAULT_MANUFACTURER, FACTORY_ACCESS_BITS, FACTORY_KEY,
+    bcc, block0, block0_7, CASCADE_TAG, DEFAULT_MANUFACTURER, FACTORY_ACCESS_BITS, FACTORY_KEY,
 };
+use crate::mifare::{key_b_readable, Key, Layout};
 
 /// What kind of card sits on the reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,26 +66,91 @@ pub enum CardState {
 #[derive(Debug, Clone)]
 pub struct Tag {
     kind: TagKind,
-    /// Memory: 64 blocks of 16 bytes (Classic), or 16 pages of 4 bytes packed in blocks (Ultralight).
+    /// Memory: 64 or 256 blocks of 16 bytes (Classic), or 16 pages of 4
+    /// bytes packed in blocks (Ultralight).
     pub(super) blocks: Vec<[u8; 16]>,
+    /// An Ultralight's UID (a Classic card's is in its block 0).
     uid7: Option<[u8; 7]>,
+    /// A Classic card's UID length: 4, or 7 (block 0 then holds UID, SAK, ATQA).
+    uid_len: usize,
     state: CardState,
     /// Woken from HALT (the `*` states): an error sends it back to HALT, not IDLE.
     from_halt: bool,
 }
 
 impl Tag {
-    /// A Classic-family card (badge or blank) with a 4-byte UID and factory keys.
+    /// A MIFARE Classic 1K card (badge or blank) with a 4-byte UID and factory keys.
     pub fn classic(kind: TagKind, uid: [u8; 4]) -> Self {
-        let mut blocks = vec![[0u8; 16]; 64];
-        blocks[0] = block0(uid, 0x08, [0x00, 0x04], DEFAULT_MANUFACTURER);
-        for s in 0..16 {
-            let t = &mut blocks[s * 4 + 3];
+        Self::classic_card(kind, &uid, Layout::Classic1k)
+    }
+
+    /// A MIFARE Classic card of `layout` with a 4- or 7-byte `uid` and
+    /// factory keys (SAK 08 or 18; ATQA 0004 / 0002, or 0044 / 0042 for a
+    /// 7-byte UID). Panics on another UID length: a test's mistake.
+    pub fn classic_card(kind: TagKind, uid: &[u8], layout: Layout) -> Self {
+        let big = layout == Layout::Classic4k;
+        let sak = if big { 0x18 } else { 0x08 };
+        let mut blocks = vec![[0u8; 16]; layout.blocks()];
+        blocks[0] = match *uid {
+            [a, b, c, d] => block0(
+                [a, b, c, d],
+                sak,
+                [0x00, if big { 0x02 } else { 0x04 }],
+                DEFAULT_MANUFACTURER,
+            ),
+            [_, _, _, _, _, _, _] => {
+                let uid: [u8; 7] = uid.try_into().expect("7 bytes");
+                let manufacturer = [0x62, 0x63, 0x64, 0x65, 0x66, 0x67];
+                block0_7(
+                    uid,
+                    sak,
+                    [0x00, if big { 0x42 } else { 0x44 }],
+                    manufacturer,
+                )
+            }
+            _ => panic!("a MIFARE Classic UID has 4 or 7 bytes"),
+        };
+        for s in 0..layout.sectors() {
+            let t = &mut blocks[Layout::trailer(s) as usize];
             t[..6].copy_from_slice(&FACTORY_KEY);
             t[6..10].copy_from_slice(&FACTORY_ACCESS_BITS);
             t[10..].copy_from_slice(&FACTORY_KEY);
         }
-        Self::new(kind, blocks, None)
+        let mut tag = Self::new(kind, blocks, None);
+        tag.uid_len = uid.len();
+        tag
+    }
+
+    /// Gives sector `sector` its own keys and access bits, and `data` in its
+    /// data blocks (a badge whose site code lives behind a key).
+    pub fn with_sector(
+        mut self,
+        sector: u8,
+        a: Key,
+        access: [u8; 4],
+        b: Key,
+        data: &[[u8; 16]],
+    ) -> Self {
+        let first = Layout::first_block(sector) as usize;
+        for (i, d) in data
+            .iter()
+            .enumerate()
+            .take(Layout::block_count(sector) as usize - 1)
+        {
+            if first + i != 0 {
+                self.blocks[first + i] = *d;
+            }
+        }
+        let t = &mut self.blocks[Layout::trailer(sector) as usize];
+        t[..6].copy_from_slice(&a);
+        t[6..10].copy_from_slice(&access);
+        t[10..].copy_from_slice(&b);
+        self
+    }
+
+    /// The whole memory, keys included, as a card dump tool would write it.
+    pub fn memory(&self) -> Vec<[u8; 16]> {
+        self.blocks.clone()
     }
 
     /// A 7-byte-UID Ultralight / NTAG.
@@ -104,6 +170,7 @@ impl Tag {
             kind,
             blocks,
             uid7,
+            uid_len: 4,
             state: CardState::Idle,
             from_halt: false,
         }
@@ -127,28 +194,30 @@ impl Tag {
     /// A Classic-family card whose block 0 BCC does not match its UID: no
     /// reader can select it any more.
     pub fn bricked(&self) -> bool {
-        self.uid7.is_none() && bcc(&self.blocks[0][..4]) != self.blocks[0][4]
+        self.uid7.is_none() && self.uid_len == 4 && bcc(&self.blocks[0][..4]) != self.blocks[0][4]
     }
 
     /// The UID as the reader sees it.
     pub fn uid(&self) -> Vec<u8> {
         match self.uid7 {
             Some(u) => u.to_vec(),
-            None => self.blocks[0][..4].to_vec(),
+            None => self.blocks[0][..self.uid_len].to_vec(),
         }
     }
 
     /// ATQA, most significant byte first.
     pub(super) fn atqa(&self) -> [u8; 2] {
-        match self.kind {
-            TagKind::Ultralight => [0x00, 0x44],
+        match (self.kind, self.uid_len) {
+            (TagKind::Ultralight, _) => [0x00, 0x44],
+            (_, 7) => [self.blocks[0][9], self.blocks[0][8]],
             _ => [self.blocks[0][7], self.blocks[0][6]],
         }
     }
 
     pub(super) fn sak(&self) -> u8 {
-        match self.kind {
-            TagKind::Ultralight => 0x00,
+        match (self.kind, self.uid_len) {
+            (TagKind::Ultralight, _) => 0x00,
+            (_, 7) => self.blocks[0][7],
             _ => self.blocks[0][5],
         }
     }
@@ -220,7 +289,7 @@ impl Tag {
             return None;
         }
         let cl = self.cascade(level)?;
-        let check = if self.uid7.is_none() {
+        let check = if self.uid7.is_none() && self.uid_len == 4 {
             self.blocks[0][4]
         } else {
             bcc(&cl)
@@ -239,7 +308,7 @@ impl Tag {
         if cl != mine {
             return None;
         }
-        if self.uid7.is_some() && level == 1 {
+        if self.uid().len() == 7 && level == 1 {
             self.state = CardState::Ready { level: 2 };
             return Some(0x04);
         }
@@ -297,7 +366,7 @@ impl Tag {
     }
 
     fn key_ok(&self, block: u8, key_b: bool, key: &[u8]) -> bool {
-        let trailer = &self.blocks[(block as usize / 4) * 4 + 3];
+        let trailer = &self.blocks[Layout::trailer(Layout::sector_of(block)) as usize];
         let k = if key_b {
             &trailer[10..16]
         } else {
@@ -325,9 +394,13 @@ impl Tag {
             }
             (_, TagKind::Ultralight) => Err(TIMEOUT),
             (0x60 | 0x61, _) if rest.len() >= 11 && (rest[0] as usize) < blocks => {
-                if self.key_ok(rest[0], op == 0x61, &rest[1..7]) && rest[7..11] == self.uid()[..4] {
+                // The UID bytes of an authentication are the last four.
+                let uid = self.uid();
+                if self.key_ok(rest[0], op == 0x61, &rest[1..7])
+                    && rest[7..11] == uid[uid.len() - 4..]
+                {
                     self.state = CardState::Auth {
-                        sector: rest[0] / 4,
+                        sector: Layout::sector_of(rest[0]),
                     };
                     Ok(Vec::new())
                 } else {
@@ -336,8 +409,8 @@ impl Tag {
                 }
             }
             (0x30, _) if !rest.is_empty() && (rest[0] as usize) < blocks => match self.state {
-                CardState::Auth { sector } if sector == rest[0] / 4 => {
-                    Ok(self.blocks[rest[0] as usize].to_vec())
+                CardState::Auth { sector } if sector == Layout::sector_of(rest[0]) => {
+                    Ok(self.read_block(rest[0]).to_vec())
                 }
                 _ => {
                     self.fall_back();
@@ -347,7 +420,7 @@ impl Tag {
             (0xA0, _) if rest.len() >= 17 && (rest[0] as usize) < blocks => {
                 let blk = rest[0] as usize;
                 match self.state {
-                    CardState::Auth { sector } if sector as usize == blk / 4 => {
+                    CardState::Auth { sector } if sector == Layout::sector_of(rest[0]) => {
                         if blk == 0 && self.kind != TagKind::Gen2 {
                             // Block 0 is read-only: the card NAKs.
                             return Err(TIMEOUT);
@@ -363,6 +436,19 @@ impl Tag {
             }
             _ => Err(TIMEOUT),
         }
+    }
+
+    /// A block as a read shows it: a trailer never shows key A, and shows
+    /// key B only when its access bits make it data.
+    fn read_block(&self, block: u8) -> [u8; 16] {
+        let mut b = self.blocks[block as usize];
+        if block == Layout::trailer(Layout::sector_of(block)) {
+            b[..6].fill(0);
+            if !key_b_readable(&b[6..10]) {
+                b[10..].fill(0);
+            }
+        }
+        b
     }
 
     /// Puts a card that enters the field in its first state.

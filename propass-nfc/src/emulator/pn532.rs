@@ -167,6 +167,11 @@ impl Chip {
             field.cards().for_each(Tag::unexpected);
             return vec![TIMEOUT];
         }
+        if let [0xA0, block] = p[..] {
+            if field.leaves_on_write(block) {
+                return vec![TIMEOUT];
+            }
+        }
         let answer = field.cards().find_map(|c| c.backdoor(&p));
         match answer {
             Some(None) => self.ack(),
@@ -277,6 +282,9 @@ fn in_data_exchange(args: &[u8], field: &mut Field) -> Vec<u8> {
         return vec![TIMEOUT];
     }
     let (op, rest) = (args[1], &args[2..]);
+    if op == 0xA0 && rest.first().is_some_and(|b| field.leaves_on_write(*b)) {
+        return vec![TIMEOUT];
+    }
     match field.cards().find(|c| c.is_held()) {
         None => vec![TIMEOUT],
         Some(card) => match card.mifare(op, rest) {
