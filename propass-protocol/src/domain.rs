@@ -17,6 +17,9 @@ pub enum ParseError {
     /// A client id is a positive integer.
     #[error("client id must be a positive integer")]
     ClientId,
+    /// A sector map is one of `A`, `B` or `-` per sector, 16 or 40 sectors.
+    #[error("sectors must be 16 or 40 characters, each A, B or - (one per sector), got {0:?}")]
+    Sectors(String),
 }
 
 /// A kiosk's identity, chosen by the kiosk (the seed client derives it from
@@ -264,5 +267,53 @@ mod tests {
         assert!(ClientId::new(0).is_err());
         assert!(ClientId::new(-3).is_err());
         assert_eq!("42".parse::<ClientId>().unwrap().get(), 42);
+    }
+}
+
+/// Which sectors of a MIFARE Classic badge a whole-badge copy carries: one
+/// character per sector, `A` or `B` for the key that opened it, `-` for a
+/// sector the kiosk could not read and left out. 16 sectors (1K) or 40 (4K).
+/// It never holds a key or a byte of data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SectorMap(String);
+
+impl SectorMap {
+    /// Parses `AAAA-AB…`.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let ok = matches!(s.len(), 16 | 40) && s.bytes().all(|b| matches!(b, b'A' | b'B' | b'-'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ParseError::Sectors(s.chars().take(48).collect()))
+        }
+    }
+
+    /// The map as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Sectors left out of the copy.
+    pub fn locked(&self) -> usize {
+        self.0.bytes().filter(|b| *b == b'-').count()
+    }
+}
+
+impl fmt::Display for SectorMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for SectorMap {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SectorMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
     }
 }

@@ -20,6 +20,6 @@ mod domain;
 mod error;
 mod messages;
 
-pub use domain::{BadgeUid, ClientId, DeviceId, OpId, ParseError};
+pub use domain::{BadgeUid, ClientId, DeviceId, OpId, ParseError, SectorMap};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use messages::*;

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{BadgeUid, ClientId, DeviceId, OpId};
+use crate::{BadgeUid, ClientId, DeviceId, OpId, SectorMap};
 
 /// A user's role on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -131,6 +131,10 @@ pub struct OpPayload {
     /// then uses the arrival time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<DateTime<Utc>>,
+    /// A whole-badge copy: which sectors it carries (see [`SectorMap`]).
+    /// Absent for a UID-only operation and from the seed client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sectors: Option<SectorMap>,
 }
 
 /// One queued operation in a push.
@@ -277,6 +281,10 @@ pub struct QuotaEntry {
     /// ignores a value older than one it already has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
+    /// Optional: the client accepts a copy that leaves out sectors the kiosk
+    /// cannot read (absent: it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_copy: Option<bool>,
 }
 
 /// `GET /api/sync/pull` answer.

@@ -113,6 +113,7 @@ impl ServerClient for ScriptedServer {
                     remaining: 10,
                     name: None,
                     version: None,
+                    partial_copy: None,
                 }],
                 server_time: None,
             })

@@ -25,6 +25,7 @@ fn queue_item(op: &QueuedOp) -> QueueItem {
             client_id: op.client_id,
             uid: op.uid.clone(),
             occurred_at: Some(op.occurred_at),
+            sectors: None,
         },
     }
 }
