@@ -46,6 +46,7 @@ async fn seed_quota(dir: &Path, remaining: i64) -> Result<Store, String> {
     store
         .apply_pull(
             vec![ServerQuota {
+                partial_copy: None,
                 client: ClientId::new(1).unwrap(),
                 remaining,
                 name: None,
@@ -236,6 +237,7 @@ async fn main() -> Result<(), String> {
     store
         .apply_pull(
             vec![ServerQuota {
+                partial_copy: None,
                 client: ClientId::new(client).unwrap(),
                 remaining: (backlog * 2) as i64,
                 name: None,

@@ -108,6 +108,7 @@ async fn record(agent: AgentData, body: web::Json<RecordRequest>) -> ApiResult<H
     } = body.into_inner();
     let now = agent.clock.now_utc();
     let new = NewRecording {
+        sectors: None,
         op_type,
         client: client_id,
         uid,

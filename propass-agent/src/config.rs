@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use propass_nfc::mifare::{parse_key, Key};
 use serde::Deserialize;
 
 /// Default configuration file.
@@ -102,6 +103,42 @@ agent_config! {
         "libnfc connection string, e.g. `pn532_uart:/dev/ttyUSB0`";
     card_timeout_secs: u64 = 30, "PROPASS_CARD_TIMEOUT_SECS", "30",
         "how long to wait for a card at the reader (1 to 600)";
+    reader_keys: ReaderKeys = ReaderKeys::default(), "PROPASS_READER_KEYS", "none",
+        "MIFARE keys tried on a badge's sectors before the well-known ones: 12 hex digits each (a list in the file, comma-separated in the environment); never logged or shown";
+}
+
+/// The operator's MIFARE keys (see `reader_keys`). Never printed.
+#[derive(Clone, Default, PartialEq)]
+pub struct ReaderKeys(pub Vec<Key>);
+
+impl std::fmt::Debug for ReaderKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReaderKeys({} keys)", self.0.len())
+    }
+}
+
+impl ReaderKeys {
+    fn parse_list<'a>(items: impl Iterator<Item = &'a str>) -> Result<Self, String> {
+        items
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| parse_key(k).map_err(|e| format!("reader_keys: {e}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReaderKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<String>::deserialize(d)?;
+        Self::parse_list(list.iter().map(String::as_str)).map_err(serde::de::Error::custom)
+    }
+}
+
+impl EnvValue for ReaderKeys {
+    fn parse_env(name: &str, v: &str) -> Result<Self, String> {
+        Self::parse_list(v.split(',')).map_err(|e| format!("{name}: {e}"))
+    }
 }
 
 /// A value given in an environment variable.
@@ -253,6 +290,36 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, "PROPASS_WS_PING_SECS=\"often\" is not a number");
+    }
+
+    #[test]
+    fn reader_keys_parse_from_file_and_environment_and_never_print() {
+        let c = AgentConfig::load(
+            None,
+            env_of(&[("PROPASS_READER_KEYS", "A0A1A2A3A4A5, 112233445566")]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(c.reader_keys.0.len(), 2);
+        assert_eq!(c.reader_keys.0[1], [0x11, 0x22, 0x33, 0x44, 0x55, 0x66]);
+        assert!(
+            !format!("{c:?}").contains("112233"),
+            "keys never show in Debug"
+        );
+        let err = AgentConfig::load(
+            None,
+            env_of(&[("PROPASS_READER_KEYS", "A0A1A2")]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("PROPASS_READER_KEYS") && err.contains("12 hex digits"),
+            "{err}"
+        );
+        let dir = crate::store::tests::temp("keys.toml");
+        std::fs::write(&dir, "reader_keys = [\"D3F7D3F7D3F7\"]\n").unwrap();
+        let c = AgentConfig::load(Some(&dir), env_of(&[]), ConfigLayer::default()).unwrap();
+        assert_eq!(c.reader_keys.0, [[0xD3, 0xF7, 0xD3, 0xF7, 0xD3, 0xF7]]);
     }
 
     #[test]

@@ -1,17 +1,22 @@
-//! The kiosk flow at the reader: read the customer's badge, ask for a blank,
-//! clone, verify, and only then record the copy — one operation in the queue
-//! with the UID. A failed or unverified clone records nothing and says why.
+//! The kiosk flow at the reader: read the customer's badge — every sector
+//! the key dictionary opens —, decide whether it may be copied (a badge with
+//! protected sectors only for a client that accepts a partial copy), ask for
+//! a blank, write and verify it sector by sector, and only then record the
+//! copy — one operation in the queue with the UID and the sector map, never
+//! the keys or the data (the dump lives in memory for the flow and is zeroed
+//! after). A failed or unverified copy records nothing and says why.
 //! Progress goes to local listeners as `card_progress` events.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use propass_nfc::{build_block0, BlankKind, NfcError, TagInfo};
-use propass_protocol::{BadgeUid, ClientId, OpType};
+use propass_nfc::mifare::{Dump, KeyDictionary, SectorMap as ReadMap};
+use propass_nfc::{build_block0, BadgeRead, BlankKind, NfcError, TagInfo};
+use propass_protocol::{BadgeUid, ClientId, OpType, SectorMap};
 
 use crate::agent::Agent;
 use crate::events::{AgentEvent, CardStep};
-use crate::store::{NewRecording, QueuedOp, QuotaPolicy, StoreError};
+use crate::store::{LocalQuota, NewRecording, QueuedOp, QuotaPolicy, StoreError};
 
 /// Why the flow stopped.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,14 @@ pub enum KioskError {
     /// A badge that cannot be copied onto our blanks.
     #[error("{0}")]
     Unsupported(String),
+    /// Sectors no key opened, for a client that wants whole copies only.
+    #[error("this badge has {locked} protected sector(s) of {total} this kiosk cannot copy, and this client does not accept a partial copy: nothing was written (add the badge's keys to reader_keys, or ask an operator to allow partial copies for the client)")]
+    Protected {
+        /// Sectors left locked.
+        locked: usize,
+        /// Sectors on the badge.
+        total: usize,
+    },
 }
 
 /// A made, verified and recorded card.
@@ -37,11 +50,11 @@ pub struct MadeCard {
 }
 
 fn progress(agent: &Agent, step: CardStep, uid: Option<String>) {
-    agent.emit(AgentEvent::CardProgress {
-        step,
-        uid,
-        message: None,
-    });
+    progress_saying(agent, step, uid, None);
+}
+
+fn progress_saying(agent: &Agent, step: CardStep, uid: Option<String>, message: Option<String>) {
+    agent.emit(AgentEvent::CardProgress { step, uid, message });
 }
 
 /// Announces the failure and passes the error on.
@@ -54,8 +67,9 @@ fn failed(agent: &Agent, uid: Option<String>, e: KioskError) -> KioskError {
     e
 }
 
-/// Checks, before any card is touched, that the client may get one more card.
-async fn precheck(agent: &Agent, client: ClientId) -> Result<(), KioskError> {
+/// Checks, before any card is touched, that the client may get one more
+/// card; its quota (with its copy policy).
+async fn precheck(agent: &Agent, client: ClientId) -> Result<LocalQuota, KioskError> {
     let q = agent
         .store
         .quota(client)
@@ -68,56 +82,98 @@ async fn precheck(agent: &Agent, client: ClientId) -> Result<(), KioskError> {
         }
         .into());
     }
-    Ok(())
+    Ok(q)
 }
 
-/// `copy`: badge → blank → verify → record.
+/// `copy`: badge → its sectors → policy → blank → write → verify → record.
 pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, KioskError> {
-    precheck(agent, client)
+    let quota = precheck(agent, client)
         .await
         .map_err(|e| failed(agent, None, e))?;
     agent.reader.begin();
     progress(agent, CardStep::WaitingForSource, None);
-    let (source, src_block0) = read_source(agent)
+    let (source, read) = read_source(agent)
         .await
-        .map_err(|e| failed(agent, None, e.into()))?;
+        .map_err(|e| failed(agent, None, e))?;
     let uid_hex = source.uid_hex();
-    check_copyable(&source).map_err(|e| failed(agent, Some(uid_hex.clone()), e))?;
-    progress(agent, CardStep::SourceRead, Some(uid_hex.clone()));
-    let manufacturer = src_block0.map(|b| b[8..16].try_into().expect("8 bytes"));
-    let block0 = build_block0(&source.uid, source.sak, source.atqa, manufacturer)
-        .map_err(|e| failed(agent, Some(uid_hex), KioskError::Unsupported(e.to_string())))?;
+    check_sectors(&read.map, quota.partial_copy)
+        .map_err(|e| failed(agent, Some(uid_hex.clone()), e))?;
+    let note = sector_note(&read.map);
+    progress_saying(agent, CardStep::SourceRead, Some(uid_hex), Some(note));
     let uid =
         BadgeUid::from_bytes(&source.uid).map_err(|e| KioskError::Unsupported(e.to_string()))?;
-    write_and_record(agent, client, OpType::Copy, uid, block0, Some(source.uid)).await
+    let sectors = SectorMap::parse(&read.map.summary()).ok();
+    let job = Job::Badge {
+        source,
+        dump: read.dump,
+    };
+    write_and_record(agent, client, OpType::Copy, uid, job, sectors).await
 }
 
-/// The badge, and its own block 0 when its keys are the factory ones (else
-/// block 0 is rebuilt from UID, SAK and ATQA).
-async fn read_source(agent: &Agent) -> Result<(TagInfo, Option<[u8; 16]>), NfcError> {
+/// The badge and its sectors. The dump leaves the reader thread only to go
+/// back into it for the write.
+async fn read_source(agent: &Agent) -> Result<(TagInfo, BadgeRead), KioskError> {
     let timeout = agent.config.card_timeout();
-    agent
+    let keys = KeyDictionary::with_extra(&agent.config.reader_keys.0);
+    let (tag, read) = agent
         .reader
         .run(move |r, cancel| {
             let tag = r.wait_for_tag(timeout, cancel)?;
-            let block0 = r.read_block0(&tag).ok();
+            let read = match copyable(&tag) {
+                true => Some(r.read_badge(&tag, &keys)),
+                false => None,
+            };
             r.release();
-            Ok((tag, block0))
+            Ok((tag, read.transpose()?))
         })
-        .await
+        .await?;
+    match read {
+        Some(read) => Ok((tag, read)),
+        None => Err(KioskError::Unsupported(format!(
+            "badge {} is a {} card with a {}-byte UID: only MIFARE Classic badges (1K or 4K, 4- or 7-byte UID) can be copied onto our blanks",
+            tag.uid_hex(),
+            tag.family.as_str(),
+            tag.uid.len()
+        ))),
+    }
 }
 
-/// Only 4-byte MIFARE Classic badges fit on our blanks.
-fn check_copyable(source: &TagInfo) -> Result<(), KioskError> {
-    if source.family.is_classic() && source.uid.len() == 4 {
+/// MIFARE Classic 1K or 4K with a 4- or 7-byte UID: what our blanks can become.
+fn copyable(tag: &TagInfo) -> bool {
+    tag.family.is_classic() && matches!(tag.uid.len(), 4 | 7)
+}
+
+/// A badge with sectors no key opened is copied only for a client that
+/// accepts a partial copy; the person is told before a blank is touched.
+fn check_sectors(map: &ReadMap, partial_copy: bool) -> Result<(), KioskError> {
+    if map.is_complete() || partial_copy {
         return Ok(());
     }
-    Err(KioskError::Unsupported(format!(
-        "badge {} is a {} card with a {}-byte UID: only 4-byte MIFARE Classic badges can be copied onto our blanks",
-        source.uid_hex(),
-        source.family.as_str(),
-        source.uid.len()
-    )))
+    Err(KioskError::Protected {
+        locked: map.locked().len(),
+        total: map.opened.len(),
+    })
+}
+
+/// What the person at the kiosk reads once the badge is read.
+fn sector_note(map: &ReadMap) -> String {
+    let (total, locked) = (map.opened.len(), map.locked().len());
+    if locked == 0 {
+        format!("all {total} sectors read")
+    } else {
+        format!(
+            "{} of {total} sectors read; {locked} protected sector(s) will be left out (the client accepts a partial copy)",
+            total - locked
+        )
+    }
+}
+
+/// What goes onto the blank.
+enum Job {
+    /// Block 0 only (a UID from the records).
+    Uid([u8; 16]),
+    /// A whole badge as read.
+    Badge { source: TagInfo, dump: Dump },
 }
 
 /// `write`: a UID from the records onto a blank → verify → record.
@@ -132,7 +188,7 @@ pub async fn write(
     agent.reader.begin();
     let block0 = build_block0(uid.as_bytes(), 0x08, [0x00, 0x04], None)
         .map_err(|e| KioskError::Unsupported(e.to_string()))?;
-    write_and_record(agent, client, OpType::Write, uid, block0, None).await
+    write_and_record(agent, client, OpType::Write, uid, Job::Uid(block0), None).await
 }
 
 async fn write_and_record(
@@ -140,14 +196,14 @@ async fn write_and_record(
     client: ClientId,
     op_type: OpType,
     uid: BadgeUid,
-    block0: [u8; 16],
-    source_uid: Option<Vec<u8>>,
+    job: Job,
+    sectors: Option<SectorMap>,
 ) -> Result<MadeCard, KioskError> {
     progress(agent, CardStep::WaitingForBlank, Some(uid.to_hex()));
-    let blank = write_blank(agent, &uid, block0, source_uid)
+    let blank = write_blank(agent, &uid, job)
         .await
         .map_err(|e| failed(agent, Some(uid.to_hex()), e.into()))?;
-    let (operation, remaining) = record_verified(agent, client, op_type, &uid).await?;
+    let (operation, remaining) = record_verified(agent, client, op_type, &uid, sectors).await?;
     progress(agent, CardStep::Verified, Some(uid.to_hex()));
     agent.emit(AgentEvent::Recorded(operation.clone()));
     agent.emit(AgentEvent::QuotaUpdated {
@@ -163,26 +219,29 @@ async fn write_and_record(
     })
 }
 
-/// Waits for a blank (not the badge), writes and verifies it.
-async fn write_blank(
-    agent: &Agent,
-    uid: &BadgeUid,
-    block0: [u8; 16],
-    source_uid: Option<Vec<u8>>,
-) -> Result<BlankKind, NfcError> {
+/// Waits for a blank (not the badge), writes and verifies it. The dump is
+/// dropped — zeroed — with the job, on the reader thread.
+async fn write_blank(agent: &Agent, uid: &BadgeUid, job: Job) -> Result<BlankKind, NfcError> {
     let timeout = agent.config.card_timeout();
     let events = agent.events.clone();
     let hex = uid.to_hex();
     agent
         .reader
         .run(move |r, cancel| {
-            let blank = r.wait_for_other_tag(source_uid.as_deref(), timeout, cancel)?;
+            let not = match &job {
+                Job::Badge { source, .. } => Some(source.uid.clone()),
+                Job::Uid(_) => None,
+            };
+            let blank = r.wait_for_other_tag(not.as_deref(), timeout, cancel)?;
             let _ = events.send(AgentEvent::CardProgress {
                 step: CardStep::Writing,
                 uid: Some(hex),
                 message: None,
             });
-            let kind = r.write_block0(&blank, &block0);
+            let kind = match &job {
+                Job::Uid(block0) => r.write_block0(&blank, block0),
+                Job::Badge { source, dump } => r.write_badge(&blank, source, dump),
+            };
             r.release();
             kind
         })
@@ -196,12 +255,14 @@ async fn record_verified(
     client: ClientId,
     op_type: OpType,
     uid: &BadgeUid,
+    sectors: Option<SectorMap>,
 ) -> Result<(QueuedOp, i64), KioskError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let now = agent.clock.now_utc();
         let new = NewRecording {
+            sectors: sectors.clone(),
             op_type,
             client,
             uid: uid.clone(),
@@ -235,6 +296,7 @@ mod tests {
     use std::sync::Mutex;
 
     use propass_nfc::iso14443a::{block0, DEFAULT_MANUFACTURER};
+    use propass_nfc::mifare::{KeyType, Layout, SectorKeys};
     use propass_nfc::{CardFamily, CardReader, NfcResult, ReaderThread};
 
     use super::*;
@@ -252,6 +314,8 @@ mod tests {
         taps: VecDeque<TagInfo>,
         write: NfcResult<BlankKind>,
         waits: usize,
+        /// Sectors of the badge no key opens.
+        locked: Vec<u8>,
     }
 
     struct FakeReader(Arc<Mutex<Script>>);
@@ -273,6 +337,27 @@ mod tests {
         fn write_block0(&mut self, _: &TagInfo, _: &[u8; 16]) -> NfcResult<BlankKind> {
             self.0.lock().unwrap().write.clone()
         }
+        fn read_badge(&mut self, _: &TagInfo, _: &KeyDictionary) -> NfcResult<BadgeRead> {
+            let locked = self.0.lock().unwrap().locked.clone();
+            let mut dump = Dump::new(Layout::Classic1k);
+            let mut opened = Vec::new();
+            for sector in 0..16u8 {
+                let open = !locked.contains(&sector);
+                if open {
+                    let keys = SectorKeys {
+                        a: [0xFF; 6],
+                        b: [0xFF; 6],
+                    };
+                    dump.put_sector(sector, keys, &[[sector; 16]; 4]);
+                }
+                opened.push(open.then_some(KeyType::A));
+            }
+            let map = dump.map(&opened);
+            Ok(BadgeRead { dump, map })
+        }
+        fn write_badge(&mut self, _: &TagInfo, _: &TagInfo, _: &Dump) -> NfcResult<BlankKind> {
+            self.0.lock().unwrap().write.clone()
+        }
         fn release(&mut self) {}
     }
 
@@ -292,10 +377,23 @@ mod tests {
         taps: Vec<TagInfo>,
         write: NfcResult<BlankKind>,
     ) -> (Arc<Agent>, Arc<Mutex<Script>>) {
+        agent_with(remaining, taps, write, Vec::new(), None).await
+    }
+
+    /// Like [`agent_at`], with `locked` sectors on the badge and the client's
+    /// partial-copy policy.
+    async fn agent_with(
+        remaining: i64,
+        taps: Vec<TagInfo>,
+        write: NfcResult<BlankKind>,
+        locked: Vec<u8>,
+        partial_copy: Option<bool>,
+    ) -> (Arc<Agent>, Arc<Mutex<Script>>) {
         let script = Arc::new(Mutex::new(Script {
             taps: taps.into(),
             write,
             waits: 0,
+            locked,
         }));
         let s = script.clone();
         let reader = ReaderThread::spawn_with(move || {
@@ -304,6 +402,7 @@ mod tests {
         .unwrap();
         let store = Store::open(&crate::store::tests::temp("agent.db")).unwrap();
         let quota = ServerQuota {
+            partial_copy,
             client: client(),
             name: None,
             remaining,
@@ -349,6 +448,11 @@ mod tests {
         let made = copy(&agent, client()).await.unwrap();
         assert_eq!((made.blank, made.remaining), (BlankKind::Gen1a, 1));
         assert_eq!(made.operation.uid.to_hex(), "04AB12CD");
+        assert_eq!(
+            made.operation.sectors.as_ref().map(|m| m.as_str()),
+            Some("AAAAAAAAAAAAAAAA"),
+            "the record carries the sector map"
+        );
         let queued = agent.store.list(None, 10).await.unwrap();
         let ids: Vec<_> = queued.iter().map(|o| o.op_id).collect();
         assert_eq!(ids, [made.operation.op_id]);
@@ -412,6 +516,35 @@ mod tests {
         assert!(matches!(err, KioskError::Unsupported(_)));
         assert_eq!(script.lock().unwrap().waits, 1);
         assert_eq!(agent.store.counts().await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn protected_sectors_are_refused_before_a_blank_unless_the_client_accepts_a_partial_copy()
+    {
+        let taps = || vec![classic(BADGE), classic(BLANK)];
+        let (agent, script) = agent_with(2, taps(), Ok(BlankKind::Gen1a), vec![3, 7], None).await;
+        let err = copy(&agent, client()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KioskError::Protected {
+                    locked: 2,
+                    total: 16
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("2 protected sector(s)"), "{err}");
+        assert_eq!(script.lock().unwrap().waits, 1, "no blank was asked for");
+        assert_eq!(agent.store.counts().await.unwrap().pending, 0);
+
+        let (agent, _) = agent_with(2, taps(), Ok(BlankKind::Gen2), vec![3, 7], Some(true)).await;
+        let made = copy(&agent, client()).await.unwrap();
+        assert_eq!(
+            made.operation.sectors.as_ref().map(|m| m.as_str()),
+            Some("AAA-AAA-AAAAAAAA"),
+            "a partial copy is recorded with what it left out"
+        );
     }
 
     #[test]

@@ -288,6 +288,7 @@ pub(crate) mod tests {
     /// A pull in which the server says the client has 2 copies left.
     async fn pull_two(store: &Store, c: ClientId) {
         let q = ServerQuota {
+            partial_copy: None,
             client: c,
             remaining: 2,
             name: None,
@@ -298,6 +299,7 @@ pub(crate) mod tests {
 
     fn copy(c: ClientId, n: u128) -> NewRecording {
         NewRecording {
+            sectors: None,
             op_type: OpType::Copy,
             client: c,
             uid: BadgeUid::parse("04AB12CD").unwrap(),
@@ -359,6 +361,7 @@ pub(crate) mod tests {
         let store = Store::open(&temp("agent.db")).unwrap();
         let c = ClientId::new(1).unwrap();
         let q = |remaining, version| ServerQuota {
+            partial_copy: None,
             client: c,
             name: None,
             remaining,

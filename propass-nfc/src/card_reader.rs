@@ -4,7 +4,9 @@
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use crate::clone::BadgeRead;
 use crate::error::{NfcError, NfcResult};
+use crate::mifare::{Dump, KeyDictionary};
 use crate::reader::{BlankKind, TagInfo};
 
 /// What the kiosk flow needs of a reader. Blocking: run it on the reader
@@ -17,6 +19,17 @@ pub trait CardReader {
     /// Writes `block0` onto the selected blank and verifies it; an error
     /// after the write is always `VerifyFailed`.
     fn write_block0(&mut self, blank: &TagInfo, block0: &[u8; 16]) -> NfcResult<BlankKind>;
+    /// Reads every sector of the selected MIFARE Classic badge that `keys` open.
+    fn read_badge(&mut self, tag: &TagInfo, keys: &KeyDictionary) -> NfcResult<BadgeRead>;
+    /// Writes the read sectors of `dump` (from `source`) onto the selected
+    /// blank and verifies each in a fresh field; an error after the first
+    /// write names the sector (`SectorFailed`) or is `VerifyFailed`.
+    fn write_badge(
+        &mut self,
+        blank: &TagInfo,
+        source: &TagInfo,
+        dump: &Dump,
+    ) -> NfcResult<BlankKind>;
     /// Releases the selected tag.
     fn release(&mut self);
 

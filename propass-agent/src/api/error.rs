@@ -75,6 +75,8 @@ local_error_codes! {
     VerifyFailed = "verify_failed", UNPROCESSABLE_ENTITY;
     /// Not a 4-byte MIFARE Classic badge.
     UnsupportedBadge = "unsupported_badge", UNPROCESSABLE_ENTITY;
+    /// Sectors no key opened, and the client wants whole copies only.
+    ProtectedSectors = "protected_sectors", UNPROCESSABLE_ENTITY;
     Cancelled = "cancelled", UNPROCESSABLE_ENTITY;
 }
 
@@ -204,6 +206,9 @@ impl From<KioskError> for ApiError {
             KioskError::Nfc(n) => n.into(),
             KioskError::Store(s) => s.into(),
             KioskError::Unsupported(m) => Self::new(LocalErrorCode::UnsupportedBadge, m),
+            e @ KioskError::Protected { .. } => {
+                Self::new(LocalErrorCode::ProtectedSectors, e.to_string())
+            }
         }
     }
 }

@@ -187,6 +187,9 @@ pub struct QuotaView {
     pub remaining: i64,
     /// Recorded here, not yet synced.
     pub unsynced: i64,
+    /// The client accepts copies that leave out protected sectors.
+    #[serde(default)]
+    pub partial_copy: bool,
 }
 
 impl From<LocalQuota> for QuotaView {
@@ -196,6 +199,7 @@ impl From<LocalQuota> for QuotaView {
             name: q.name,
             remaining: q.remaining,
             unsynced: q.unsynced,
+            partial_copy: q.partial_copy,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! none is ever deleted.
 
 use chrono::{DateTime, Utc};
-use propass_protocol::{BadgeUid, ClientId, OpId, OpType};
+use propass_protocol::{BadgeUid, ClientId, OpId, OpType, SectorMap};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,9 @@ pub struct QueuedOp {
     pub created_at: DateTime<Utc>,
     /// When the server acknowledged it.
     pub synced_at: Option<DateTime<Utc>>,
+    /// A whole-badge copy's sector map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sectors: Option<SectorMap>,
 }
 
 /// Queue depth by status.
@@ -96,6 +99,8 @@ pub struct NewRecording {
     /// Now: the item's `created_at`.
     pub recorded_at: DateTime<Utc>,
     pub op_id: OpId,
+    /// A whole-badge copy's sector map; `None` for a UID-only operation.
+    pub sectors: Option<SectorMap>,
 }
 
 /// Whether the local quota may refuse a recording.
@@ -184,14 +189,15 @@ fn check_quota(client: ClientId, quota: Option<&LocalQuota>) -> StoreResult<()> 
 
 fn insert(tx: &Transaction<'_>, new: &NewRecording) -> StoreResult<QueuedOp> {
     tx.execute(
-        "INSERT INTO queue (op_id, type, client_id, uid, occurred_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO queue (op_id, type, client_id, uid, occurred_at, created_at, sectors) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             new.op_id.to_string(),
             new.op_type.as_str(),
             new.client.get(),
             new.uid.to_hex(),
             ts(new.occurred_at),
-            ts(new.recorded_at)
+            ts(new.recorded_at),
+            new.sectors.as_ref().map(SectorMap::as_str)
         ],
     )?;
     Ok(QueuedOp {
@@ -206,11 +212,12 @@ fn insert(tx: &Transaction<'_>, new: &NewRecording) -> StoreResult<QueuedOp> {
         last_error: None,
         created_at: new.recorded_at,
         synced_at: None,
+        sectors: new.sectors.clone(),
     })
 }
 
 const SELECT_OPS: &str = "SELECT id, op_id, type, client_id, uid, occurred_at, status, attempts, \
-                          last_error, created_at, synced_at FROM queue";
+                          last_error, created_at, synced_at, sectors FROM queue";
 
 /// The operation with this op_id.
 pub fn find(conn: &Connection, op_id: OpId) -> StoreResult<Option<QueuedOp>> {
@@ -251,6 +258,7 @@ struct Row {
     last_error: Option<String>,
     created: String,
     synced: Option<String>,
+    sectors: Option<String>,
 }
 
 fn select(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<QueuedOp>> {
@@ -268,6 +276,7 @@ fn select(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreRes
             last_error: r.get(8)?,
             created: r.get(9)?,
             synced: r.get(10)?,
+            sectors: r.get(11)?,
         })
     })?;
     rows.map(|row| parse_row(row?)).collect()
@@ -292,6 +301,12 @@ fn parse_row(row: Row) -> StoreResult<QueuedOp> {
         last_error: row.last_error,
         created_at: parse_ts(&row.created)?,
         synced_at: row.synced.as_deref().map(parse_ts).transpose()?,
+        sectors: row
+            .sectors
+            .as_deref()
+            .map(SectorMap::parse)
+            .transpose()
+            .map_err(|e| bad("sectors", e.to_string()))?,
     })
 }
 

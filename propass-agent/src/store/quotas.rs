@@ -21,6 +21,8 @@ pub struct LocalQuota {
     pub unsynced: i64,
     /// `server_remaining - unsynced`: what this kiosk may still make.
     pub remaining: i64,
+    /// The client accepts a copy that leaves out sectors this kiosk cannot read.
+    pub partial_copy: bool,
 }
 
 /// What the server said of a client's quota (a pull, a push's answer, a
@@ -33,33 +35,36 @@ pub struct ServerQuota {
     pub remaining: i64,
     /// `None` from an older server: always applied.
     pub version: Option<i64>,
+    /// Only pulls carry it; `None` keeps the stored policy.
+    pub partial_copy: Option<bool>,
 }
 
 /// Stores what the server said, unless it is older (lower version) than
 /// what is stored: updates may arrive out of order.
 pub fn set_server_remaining(conn: &Connection, q: &ServerQuota, at: &str) -> StoreResult<()> {
     conn.execute(
-        "INSERT INTO quotas (client_id, name, server_remaining, server_version, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+        "INSERT INTO quotas (client_id, name, server_remaining, server_version, updated_at, partial_copy) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (client_id) DO UPDATE SET server_remaining = excluded.server_remaining, \
              server_version = coalesce(excluded.server_version, quotas.server_version), \
-             name = coalesce(excluded.name, quotas.name), updated_at = excluded.updated_at \
+             name = coalesce(excluded.name, quotas.name), updated_at = excluded.updated_at, \
+             partial_copy = coalesce(excluded.partial_copy, quotas.partial_copy) \
          WHERE excluded.server_version IS NULL OR quotas.server_version IS NULL \
                OR excluded.server_version >= quotas.server_version",
-        params![q.client.get(), q.name, q.remaining, q.version, at],
+        params![q.client.get(), q.name, q.remaining, q.version, at, q.partial_copy],
     )?;
     Ok(())
 }
 
 /// One client's quota, `None` when the server never named it.
 pub fn quota_of(conn: &Connection, client: ClientId) -> StoreResult<Option<LocalQuota>> {
-    let row: Option<(Option<String>, i64)> = conn
+    let row: Option<(Option<String>, i64, Option<bool>)> = conn
         .query_row(
-            "SELECT name, server_remaining FROM quotas WHERE client_id = ?1",
+            "SELECT name, server_remaining, partial_copy FROM quotas WHERE client_id = ?1",
             [client.get()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let Some((name, server_remaining)) = row else {
+    let Some((name, server_remaining, partial_copy)) = row else {
         return Ok(None);
     };
     let unsynced: i64 = conn.query_row(
@@ -73,6 +78,7 @@ pub fn quota_of(conn: &Connection, client: ClientId) -> StoreResult<Option<Local
         server_remaining,
         unsynced,
         remaining: server_remaining - unsynced,
+        partial_copy: partial_copy.unwrap_or(false),
     }))
 }
 
@@ -80,7 +86,8 @@ pub fn quota_of(conn: &Connection, client: ClientId) -> StoreResult<Option<Local
 pub fn quotas(conn: &Connection) -> StoreResult<Vec<LocalQuota>> {
     let mut stmt = conn.prepare_cached(
         "SELECT q.client_id, q.name, q.server_remaining, \
-                (SELECT count(*) FROM queue WHERE client_id = q.client_id AND status != 'synced') \
+                (SELECT count(*) FROM queue WHERE client_id = q.client_id AND status != 'synced'), \
+                q.partial_copy \
          FROM quotas q ORDER BY q.client_id",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -89,17 +96,19 @@ pub fn quotas(conn: &Connection) -> StoreResult<Vec<LocalQuota>> {
             r.get::<_, Option<String>>(1)?,
             r.get::<_, i64>(2)?,
             r.get::<_, i64>(3)?,
+            r.get::<_, Option<bool>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, name, server_remaining, unsynced) = row?;
+        let (id, name, server_remaining, unsynced, partial_copy) = row?;
         out.push(LocalQuota {
             client_id: ClientId::new(id).map_err(|e| StoreError::Invalid(e.to_string()))?,
             name,
             server_remaining,
             unsynced,
             remaining: server_remaining - unsynced,
+            partial_copy: partial_copy.unwrap_or(false),
         });
     }
     Ok(out)

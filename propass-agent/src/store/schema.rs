@@ -46,6 +46,12 @@ CREATE INDEX queue_client_status ON queue (client_id, status);
     r#"
 ALTER TABLE quotas ADD COLUMN server_version INTEGER;
 "#,
+    // Whole-badge copies: the client's partial-copy policy (NULL: not said,
+    // which means no) and each copy's sector map.
+    r#"
+ALTER TABLE quotas ADD COLUMN partial_copy INTEGER;
+ALTER TABLE queue ADD COLUMN sectors TEXT;
+"#,
 ];
 
 /// Opens (or creates) the database at `path`, refusing foreign, newer or

@@ -128,6 +128,7 @@ async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
     for _ in 0..items {
         let now = SystemClock.now_utc();
         let new = NewRecording {
+            sectors: None,
             op_type: OpType::Copy,
             client,
             uid: BadgeUid::parse("04AB12CD").unwrap(),

@@ -25,7 +25,7 @@ fn queue_item(op: &QueuedOp) -> QueueItem {
             client_id: op.client_id,
             uid: op.uid.clone(),
             occurred_at: Some(op.occurred_at),
-            sectors: None,
+            sectors: op.sectors.clone(),
         },
     }
 }
@@ -56,6 +56,7 @@ pub fn listed_quota(q: QuotaEntry) -> ServerQuota {
         name: q.name,
         remaining: q.remaining,
         version: q.version,
+        partial_copy: q.partial_copy,
     }
 }
 
@@ -66,5 +67,6 @@ pub fn updated_quota(q: QuotaUpdated) -> ServerQuota {
         name: None,
         remaining: q.remaining,
         version: q.version,
+        partial_copy: None,
     }
 }

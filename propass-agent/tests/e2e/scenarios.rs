@@ -501,17 +501,24 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
     use propass_nfc::emulator::{Emulator, Tag, TagKind};
     let server = Server::new().await;
     let client = server.add_client("Reader Co", 5);
-    let emu = Emulator::start(Some(Tag::classic(
-        TagKind::Classic1k,
-        [0x04, 0xAB, 0x12, 0xCD],
-    )))
-    .unwrap();
+    // The site's credential lives in sector 1, behind the site's keys (key B secret).
+    let site_a = [0x12, 0x34, 0x56, 0x78, 0x9A, 0xBC];
+    let site_b = [0xCB, 0xA9, 0x87, 0x65, 0x43, 0x21];
+    let badge = Tag::classic(TagKind::Classic1k, [0x04, 0xAB, 0x12, 0xCD]).with_sector(
+        1,
+        site_a,
+        [0x7F, 0x07, 0x88, 0x69],
+        site_b,
+        &[[0x5C; 16], [0x01; 16], [0x02; 16]],
+    );
+    let emu = Emulator::start(Some(badge.clone())).unwrap();
     let conn = emu.connstring();
     let agent = Agent::new(
         &server.url(),
         &[
             ("PROPASS_READER", conn.as_str()),
             ("PROPASS_CARD_TIMEOUT_SECS", "20"),
+            ("PROPASS_READER_KEYS", "123456789ABC,CBA987654321"),
         ],
     )
     .await;
@@ -534,10 +541,11 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["blank"], "gen1a");
     assert_eq!(v["operation"]["uid"], "04AB12CD");
+    assert_eq!(v["operation"]["sectors"], "AAAAAAAAAAAAAAAA");
     assert_eq!(
-        emu.tag().unwrap().uid(),
-        vec![0x04, 0xAB, 0x12, 0xCD],
-        "the blank carries the badge's UID"
+        emu.tag().unwrap().memory(),
+        badge.memory(),
+        "the blank carries the whole badge: UID, the site's sector, keys and access bits"
     );
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -570,7 +578,27 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         "nothing recorded for the failed copy"
     );
 
-    // A badge our blanks cannot become (7-byte UID): refused before any blank is asked for.
+    // A sector under a key no one gave the kiosk, for a client that wants
+    // whole copies only: refused before any blank is asked for.
+    emu.place(Some(
+        Tag::classic(TagKind::Classic1k, [0x04, 0x0F, 0x0E, 0x0D]).with_sector(
+            4,
+            [0x5A; 6],
+            [0x7F, 0x07, 0x88, 0x69],
+            [0x5A; 6],
+            &[[0x44; 16]],
+        ),
+    ));
+    let (s, v) = agent
+        .call(Method::POST, "/v1/copy", Some(json!({"client_id": client})))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("protected_sectors")),
+        "{v}"
+    );
+
+    // A badge our blanks cannot become (an Ultralight): refused before any blank is asked for.
     emu.place(Some(Tag::ultralight([
         0x04, 0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6,
     ])));
