@@ -142,33 +142,53 @@ impl Reader {
             self.gen1a_write_all(&block0, dump)?;
             BlankKind::Gen1a
         } else {
-            self.gen2_write_all(blank, source, &block0, dump)?;
+            self.gen2_write_block0(blank, &block0)?;
+            self.gen2_write_sectors(source, dump)
+                .map_err(|e| spoiled(e, 0))?;
             BlankKind::Gen2
         };
-        self.verify_dump(source, &block0, dump)?;
+        // The blank was written: a failure now is never "nothing happened".
+        self.verify_dump(source, &block0, dump)
+            .map_err(|e| spoiled(e, 0))?;
         Ok(kind)
     }
 
-    /// One block through the open Gen1a backdoor.
-    fn gen1a_write(&mut self, block: u8, data: &[u8; 16]) -> bool {
+    /// One block through the open Gen1a backdoor: `Err(false)` when the
+    /// card refused the command (nothing written), `Err(true)` when the data
+    /// went unacknowledged (the block may be written).
+    fn gen1a_write(&mut self, block: u8, data: &[u8; 16]) -> Result<(), bool> {
         let ok = |r: nfc1::Result<Vec<u8>>| matches!(r, Ok(ack) if ack.first().is_some_and(|a| a & 0x0F == 0x0A));
         let d = self.device_mut();
-        ok(d.initiator_transceive_bytes(&with_crc(&[0xA0, block]), 1, nfc1::Timeout::Default))
-            && ok(d.initiator_transceive_bytes(&with_crc(data), 1, nfc1::Timeout::Default))
+        if !ok(d.initiator_transceive_bytes(&with_crc(&[0xA0, block]), 1, nfc1::Timeout::Default)) {
+            return Err(false);
+        }
+        if !ok(d.initiator_transceive_bytes(&with_crc(data), 1, nfc1::Timeout::Default)) {
+            return Err(true);
+        }
+        Ok(())
     }
 
     /// Block 0, then every block of every read sector, trailers included,
     /// through the backdoor.
     fn gen1a_write_all(&mut self, block0: &[u8; 16], dump: &Dump) -> NfcResult<()> {
-        if !self.gen1a_write(0, block0) {
-            return Err(self.lost_or(NfcError::NotWritable(
-                "the Gen1a card refused the write".into(),
-            )));
+        match self.gen1a_write(0, block0) {
+            Ok(()) => {}
+            Err(false) => {
+                return Err(self.lost_or(NfcError::NotWritable(
+                    "the Gen1a card refused the write".into(),
+                )))
+            }
+            Err(true) => {
+                return Err(NfcError::SectorFailed {
+                    sector: 0,
+                    what: "block 0 was not acknowledged".into(),
+                })
+            }
         }
         for sector in dump.read_sectors() {
             for block in (Layout::first_block(sector)..=Layout::trailer(sector)).filter(|b| *b != 0)
             {
-                if !self.gen1a_write(block, &dump.block(block)) {
+                if self.gen1a_write(block, &dump.block(block)).is_err() {
                     return Err(NfcError::SectorFailed {
                         sector,
                         what: format!("block {block} was not acknowledged"),
@@ -179,16 +199,10 @@ impl Reader {
         Ok(())
     }
 
-    /// Block 0 first (the blank's UID becomes the badge's), then in a fresh
-    /// field each sector with the blank's factory key, its trailer last, so
-    /// that a failure never leaves a sector locked under a key not yet written.
-    fn gen2_write_all(
-        &mut self,
-        blank: &TagInfo,
-        source: &TagInfo,
-        block0: &[u8; 16],
-        dump: &Dump,
-    ) -> NfcResult<()> {
+    /// Block 0 of a Gen2 blank, after a fresh select and the factory key:
+    /// the blank's UID becomes the badge's. Nothing is written before the
+    /// write itself, so errors here mean "nothing happened".
+    fn gen2_write_block0(&mut self, blank: &TagInfo, block0: &[u8; 16]) -> NfcResult<()> {
         let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
         if tag.uid != blank.uid {
             return Err(NfcError::TagRemoved);
@@ -203,6 +217,13 @@ impl Reader {
                 "block 0 is read-only: not a magic card".into(),
             )));
         }
+        Ok(())
+    }
+
+    /// Then, in a fresh field, each read sector with the blank's factory
+    /// key, data blocks first and the trailer last, so that a failure never
+    /// leaves a sector locked under a key not yet written.
+    fn gen2_write_sectors(&mut self, source: &TagInfo, dump: &Dump) -> NfcResult<()> {
         let fail = |sector, what: String| NfcError::SectorFailed { sector, what };
         let copy = self
             .select()?
@@ -214,7 +235,10 @@ impl Reader {
             ));
         }
         for sector in dump.read_sectors() {
-            if !self.try_auth(&copy, Layout::first_block(sector), KeyType::A, &FACTORY_KEY)? {
+            let opened = self
+                .try_auth(&copy, Layout::first_block(sector), KeyType::A, &FACTORY_KEY)
+                .map_err(|e| fail(sector, e.to_string()))?;
+            if !opened {
                 return Err(fail(sector, "the blank refused its factory key".into()));
             }
             let trailer = Layout::trailer(sector);
@@ -284,6 +308,17 @@ impl Reader {
             }
         }
         Ok(())
+    }
+}
+
+/// An error once the blank was written: it is spoiled, whatever went wrong.
+fn spoiled(e: NfcError, sector: u8) -> NfcError {
+    match e {
+        e @ (NfcError::SectorFailed { .. } | NfcError::VerifyFailed { .. }) => e,
+        other => NfcError::SectorFailed {
+            sector,
+            what: format!("not verified: {other}"),
+        },
     }
 }
 

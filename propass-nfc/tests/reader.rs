@@ -370,26 +370,28 @@ fn a_blank_that_cannot_take_the_badge_is_refused_before_any_write() {
 }
 
 #[test]
-fn a_gen2_blank_pulled_away_mid_copy_fails_naming_the_sector() {
-    let emu = Emulator::start(Some(site_badge(
-        TagKind::Classic1k,
-        &BADGE,
-        Layout::Classic1k,
-    )))
-    .unwrap();
-    let mut r = open(&emu);
-    let source = wait(&mut r).unwrap();
-    let read = r.read_badge(&source, &site_keys()).unwrap();
-    r.release();
-    emu.place(Some(Tag::classic(TagKind::Gen2, BLANK)));
-    let target = wait(&mut r).unwrap();
-    emu.with_field(|f| f.remove_on_write = Some(Layout::first_block(5) + 1));
-    let result = r.write_badge(&target, &source, &read.dump);
-    assert!(
-        matches!(result, Err(NfcError::SectorFailed { sector: 5, .. })),
-        "{result:?}"
-    );
-    assert!(result.unwrap_err().to_string().contains("spoiled"));
+fn a_blank_pulled_away_mid_copy_fails_naming_the_sector() {
+    for kind in [TagKind::Gen1a, TagKind::Gen2] {
+        let emu = Emulator::start(Some(site_badge(
+            TagKind::Classic1k,
+            &BADGE,
+            Layout::Classic1k,
+        )))
+        .unwrap();
+        let mut r = open(&emu);
+        let source = wait(&mut r).unwrap();
+        let read = r.read_badge(&source, &site_keys()).unwrap();
+        r.release();
+        emu.place(Some(Tag::classic(kind, BLANK)));
+        let target = wait(&mut r).unwrap();
+        emu.with_field(|f| f.remove_on_write = Some(Layout::first_block(5) + 1));
+        let result = r.write_badge(&target, &source, &read.dump);
+        assert!(
+            matches!(result, Err(NfcError::SectorFailed { sector: 5, .. })),
+            "{kind:?}: {result:?}"
+        );
+        assert!(result.unwrap_err().to_string().contains("spoiled"));
+    }
 }
 
 /// Debian's `nfc-mfclassic`, given the badge's keys, reads the copy and
