@@ -76,7 +76,7 @@ async fn seed(url: &str, clients: usize, quota_each: i64) -> Result<Vec<i64>, St
     let mut ids = Vec::new();
     for i in 0..clients {
         ids.push(
-            db::clients::create(&mut c, &format!("Bench client {i}"), quota_each)
+            db::clients::create(&mut c, &format!("Bench client {i}"), quota_each, false)
                 .await
                 .map_err(|e| e.to_string())?,
         );

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use propass_protocol::{ClientId, DeviceId, Role};
 
@@ -99,16 +99,46 @@ enum ClientCmd {
         /// Initial quota of copies
         #[arg(long, default_value_t = 0)]
         quota: u32,
-        /// Print {"id", "name", "quota"} as JSON
+        /// Accept whole-badge copies that leave out sectors the kiosk cannot read
+        #[arg(long)]
+        partial_copy: bool,
+        /// Print {"id", "name", "quota", "partial_copy"} as JSON
         #[arg(long)]
         json: bool,
     },
-    /// List clients with their quotas
+    /// List clients with their quotas and copy policy
     List {
         /// Print a JSON array
         #[arg(long)]
         json: bool,
     },
+    /// Set a client's copy policy; prints it. Kiosks learn it at their next pull
+    Policy {
+        /// Client id
+        client_id: ClientId,
+        /// allow: accept copies that leave out sectors the kiosk cannot read; deny: refuse such badges
+        #[arg(long, value_enum)]
+        partial_copy: PartialCopy,
+        /// Print {"client_id", "partial_copy", "version"} as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Whether a client accepts a whole-badge copy that leaves out sectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PartialCopy {
+    Allow,
+    Deny,
+}
+
+/// How the CLI shows a policy.
+fn policy_word(partial_copy: bool) -> &'static str {
+    if partial_copy {
+        "allow"
+    } else {
+        "deny"
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,10 +308,18 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             password_stdin,
             update,
         }) => user_add(conn, name, role, password_stdin, update).await,
-        Command::Client(ClientCmd::Add { name, quota, json }) => {
-            client_add(conn, name, quota, json).await
-        }
+        Command::Client(ClientCmd::Add {
+            name,
+            quota,
+            partial_copy,
+            json,
+        }) => client_add(conn, name, quota, partial_copy, json).await,
         Command::Client(ClientCmd::List { json }) => client_list(conn, json).await,
+        Command::Client(ClientCmd::Policy {
+            client_id,
+            partial_copy,
+            json,
+        }) => client_policy(conn, client_id, partial_copy, json).await,
         Command::Quota(QuotaCmd::Add { client_id, n, json }) => {
             quota_add(conn, client_id, n, json).await
         }
@@ -342,13 +380,14 @@ async fn client_add(
     conn: &mut AsyncPgConnection,
     name: String,
     quota: u32,
+    partial_copy: bool,
     json: bool,
 ) -> Result<(), String> {
     let name = name.trim().to_owned();
     if name.is_empty() {
         return Err("client name must not be empty".into());
     }
-    let id = db::clients::create(conn, &name, i64::from(quota))
+    let id = db::clients::create(conn, &name, i64::from(quota), partial_copy)
         .await
         .map_err(|e| match e {
             diesel::result::Error::DatabaseError(
@@ -358,10 +397,15 @@ async fn client_add(
             other => other.to_string(),
         })?;
     if json {
-        print_json(&serde_json::json!({"id": id, "name": name, "quota": quota}))
+        print_json(
+            &serde_json::json!({"id": id, "name": name, "quota": quota, "partial_copy": partial_copy}),
+        )
     } else {
         println!("{id}");
-        eprintln!("created client {name:?} with id {id} and a quota of {quota}");
+        eprintln!(
+            "created client {name:?} with id {id}, a quota of {quota} and partial copies {}",
+            if partial_copy { "allowed" } else { "denied" }
+        );
         Ok(())
     }
 }
@@ -371,25 +415,51 @@ async fn client_list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), Str
     if json {
         let v: Vec<_> = rows
             .iter()
-            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "total": r.total, "used": r.used, "remaining": r.remaining()}))
+            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "total": r.total, "used": r.used, "remaining": r.remaining(), "partial_copy": r.partial_copy}))
             .collect();
         return print_json(&v);
     }
     println!(
-        "{:>6}  {:>9}  {:>9}  {:>9}  NAME",
-        "ID", "TOTAL", "USED", "REMAINING"
+        "{:>6}  {:>9}  {:>9}  {:>9}  {:<7}  NAME",
+        "ID", "TOTAL", "USED", "REMAINING", "PARTIAL"
     );
     for r in rows {
         println!(
-            "{:>6}  {:>9}  {:>9}  {:>9}  {}",
+            "{:>6}  {:>9}  {:>9}  {:>9}  {:<7}  {}",
             r.id,
             r.total,
             r.used,
             r.remaining(),
+            policy_word(r.partial_copy),
             r.name
         );
     }
     Ok(())
+}
+
+async fn client_policy(
+    conn: &mut AsyncPgConnection,
+    client_id: ClientId,
+    partial_copy: PartialCopy,
+    json: bool,
+) -> Result<(), String> {
+    let allow = partial_copy == PartialCopy::Allow;
+    let version = db::clients::set_partial_copy(conn, client_id, allow)
+        .await
+        .map_err(dberr)?
+        .ok_or_else(|| format!("no client with id {client_id}"))?;
+    if json {
+        print_json(
+            &serde_json::json!({"client_id": client_id, "partial_copy": allow, "version": version}),
+        )
+    } else {
+        println!("{}", policy_word(allow));
+        eprintln!(
+            "client {client_id} now {} partial copies; kiosks learn it at their next pull",
+            if allow { "accepts" } else { "refuses" }
+        );
+        Ok(())
+    }
 }
 
 async fn quota_add(

@@ -19,8 +19,11 @@ pub struct ClientRow {
     pub total: i64,
     /// Copies made.
     pub used: i64,
-    /// Bumped by every change.
+    /// Bumped by every change of the quota or of the copy policy.
     pub version: i64,
+    /// The client accepts a whole-badge copy that leaves out sectors the
+    /// kiosk cannot read (told to kiosks by pull).
+    pub partial_copy: bool,
 }
 
 impl ClientRow {
@@ -30,12 +33,20 @@ impl ClientRow {
     }
 }
 
-/// Creates a client with an initial quota; returns its id.
-pub async fn create(conn: &mut AsyncPgConnection, name: &str, quota: i64) -> QueryResult<i64> {
+/// Creates a client with an initial quota and its copy policy; returns its id.
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    quota: i64,
+    partial_copy: bool,
+) -> QueryResult<i64> {
     let name = name.to_owned();
     conn.transaction(async |conn| {
         let id: i64 = diesel::insert_into(clients::table)
-            .values(clients::name.eq(&name))
+            .values((
+                clients::name.eq(&name),
+                clients::partial_copy.eq(partial_copy),
+            ))
             .returning(clients::id)
             .get_result(conn)
             .await?;
@@ -59,6 +70,7 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<ClientRow>> {
             quotas::total,
             quotas::used,
             quotas::version,
+            clients::partial_copy,
         ))
         .order(clients::id)
         .load(conn)
@@ -92,6 +104,39 @@ pub async fn add_quota(
                 .await?;
         }
         Ok(remaining)
+    })
+    .await
+}
+
+/// Sets whether a client accepts partial copies; returns the client's new
+/// version, `None` for an unknown client.
+///
+/// The version is bumped with the policy because a pull answers both under
+/// one version: a kiosk that keeps the newest answer then keeps the newest
+/// policy too. No NOTIFY: `quota_updated` carries no policy, so kiosks learn
+/// it at their next pull (on connect and every sync cycle).
+pub async fn set_partial_copy(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+    allow: bool,
+) -> QueryResult<Option<i64>> {
+    conn.transaction(async |conn| {
+        let found = diesel::update(clients::table.find(client.get()))
+            .set(clients::partial_copy.eq(allow))
+            .execute(conn)
+            .await?;
+        if found == 0 {
+            return Ok(None);
+        }
+        diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
+            .set((
+                quotas::version.eq(quotas::version + 1),
+                quotas::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(quotas::version)
+            .get_result::<i64>(conn)
+            .await
+            .optional()
     })
     .await
 }

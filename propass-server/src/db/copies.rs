@@ -126,11 +126,15 @@ async fn insert_new(
         .iter()
         .map(|o| o.item.payload.occurred_at.unwrap_or(now))
         .collect();
+    let sectors: Vec<Option<&str>> = ops
+        .iter()
+        .map(|o| o.item.payload.sectors.as_ref().map(|m| m.as_str()))
+        .collect();
     let inserted: Vec<InsertedRow> = diesel::sql_query(
-        "INSERT INTO copies (idempotency_key, op_id, device_id, local_id, client_id, uid, kind, occurred_at) \
-         SELECT k, o, $3, l, c, u, t, w \
-         FROM unnest($1::text[], $2::uuid[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[]) \
-              AS x(k, o, l, c, u, t, w) \
+        "INSERT INTO copies (idempotency_key, op_id, device_id, local_id, client_id, uid, kind, occurred_at, sectors) \
+         SELECT k, o, $3, l, c, u, t, w, s \
+         FROM unnest($1::text[], $2::uuid[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[], $9::text[]) \
+              AS x(k, o, l, c, u, t, w, s) \
          JOIN clients ON clients.id = x.c \
          ORDER BY k \
          ON CONFLICT (idempotency_key) DO NOTHING \
@@ -144,6 +148,7 @@ async fn insert_new(
     .bind::<Array<Text>, _>(&uids)
     .bind::<Array<Text>, _>(&kinds)
     .bind::<Array<Timestamptz>, _>(&occurred)
+    .bind::<Array<Nullable<Text>>, _>(&sectors)
     .load(conn)
     .await?;
     Ok(inserted
@@ -217,6 +222,9 @@ async fn resolve(
         .collect())
 }
 
+/// The same operation is judged by client, UID and kind only: a copy's
+/// sector map describes the card, it does not identify the operation, so a
+/// differing map never turns a retry into a conflict (the first one stays).
 fn judge_existing(op: &NewOp<'_>, row: Option<&ExistingRow>) -> Outcome {
     let item = op.item;
     match row {

@@ -23,6 +23,7 @@ diesel::table! {
         id -> BigInt,
         name -> Text,
         created_at -> Timestamptz,
+        partial_copy -> Bool,
     }
 }
 diesel::table! {
@@ -47,6 +48,7 @@ diesel::table! {
         occurred_at -> Timestamptz,
         received_at -> Timestamptz,
         overdraft -> Bool,
+        sectors -> Nullable<Text>,
     }
 }
 diesel::joinable!(quotas -> clients (client_id));

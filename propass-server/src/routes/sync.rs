@@ -73,7 +73,7 @@ pub async fn pull(
                 client_id: ClientId::new(r.id).ok()?,
                 name: Some(r.name),
                 version: Some(r.version),
-                partial_copy: None,
+                partial_copy: Some(r.partial_copy),
             })
         })
         .collect();

@@ -103,7 +103,7 @@ impl TestApp {
     }
 
     pub async fn add_client(&self, name: &str, quota: i64) -> i64 {
-        db::clients::create(&mut self.db().await, name, quota)
+        db::clients::create(&mut self.db().await, name, quota, false)
             .await
             .unwrap()
     }
@@ -145,6 +145,57 @@ impl TestApp {
             .get_result(&mut self.db().await)
             .await
             .unwrap()
+    }
+
+    /// Every ledger row's local id and sector map, by local id.
+    pub async fn ledger_sectors(&self) -> Vec<(i64, Option<String>)> {
+        use propass_server::db::schema::copies;
+        copies::table
+            .select((copies::local_id, copies::sectors))
+            .order(copies::local_id)
+            .load(&mut self.db().await)
+            .await
+            .unwrap()
+    }
+
+    /// `GET /api/sync/pull`'s entry for `client`.
+    pub async fn pull_entry(&self, token: &str, client: i64) -> Value {
+        let res = self
+            .http
+            .get(format!("{}/api/sync/pull", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["quotas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["client_id"] == client)
+            .expect("client in pull")
+            .clone()
+    }
+
+    /// Runs the server binary's operator command `args` against the test
+    /// database; answers (success, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_propass-server"));
+        cmd.args(args)
+            .arg("--database-url")
+            .arg(&self.db_url)
+            .env_remove("PROPASS_CONFIG")
+            .env("PROPASS_LOG", "warn");
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .expect("run propass-server");
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     }
 
     pub async fn login(&self, user: &str, password: &str, device: &str) -> reqwest::Response {

@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // tests run on the real clock
 
 mod auth;
+mod copy_policy;
 mod health;
 mod helpers;
 mod sync;

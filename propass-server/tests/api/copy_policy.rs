@@ -1,0 +1,205 @@
+//! Whole-badge copies: the sector map in the ledger, and each client's
+//! partial-copy policy (set by the operator, told to kiosks by pull).
+
+use propass_protocol::ClientId;
+use propass_server::db;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn batch(device: &str, items: Vec<Value>) -> Value {
+    json!({"device_id": device, "queue": items})
+}
+
+/// A copy the way our agent pushes it, with `sectors` when given.
+fn agent_copy(id: i64, client: i64, uid: &str, sectors: Option<&str>) -> Value {
+    let mut payload =
+        json!({"client_id": client, "uid": uid, "occurred_at": "2026-11-23T09:15:00Z"});
+    if let Some(s) = sectors {
+        payload["sectors"] = json!(s);
+    }
+    json!({"id": id, "op_id": uuid::Uuid::now_v7(), "type": "copy", "payload": payload})
+}
+
+#[tokio::test]
+async fn a_whole_badge_copy_keeps_its_sector_map_and_a_malformed_one_fails_alone() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    let one_k = "AAAAAA-AAAAAAAAA";
+    let four_k = format!("{}B-", "A".repeat(38));
+    let whole = agent_copy(1, client, "04AB12CD", Some(one_k));
+    let items = vec![
+        whole.clone(),
+        agent_copy(2, client, "04AB12CE", Some(&four_k)),
+        agent_copy(3, client, "04AB12CF", None),
+        seed_item(4, client, "04AB12D0"),
+        agent_copy(5, client, "04AB12D1", Some("AAAAAAAAAAAAAAA")),
+        agent_copy(6, client, "04AB12D2", Some("AAAAAAAAAAAAAAAX")),
+        agent_copy(7, client, "04AB12D3", Some("aaaaaaaaaaaaaaaa")),
+    ];
+    let data = app.push_ok(&token, &batch("K1", items)).await;
+    let statuses: Vec<&str> = data.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        ["synced", "synced", "synced", "synced", "failed", "failed", "failed"]
+    );
+    for r in &data[4..] {
+        let error = r["error"].as_str().unwrap();
+        assert!(error.contains("sectors must be 16 or 40 characters"), "{r}");
+        assert!(
+            r["op_id"].is_string(),
+            "the failure is matched by op_id: {r}"
+        );
+    }
+    assert_eq!(
+        app.ledger_sectors().await,
+        [
+            (1, Some(one_k.to_owned())),
+            (2, Some(four_k.clone())),
+            (3, None),
+            (4, None),
+        ]
+    );
+    assert_eq!(app.remaining(&token, client).await, 6);
+    // The table holds to the same shape, whoever writes to it.
+    let refused = diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("UPDATE copies SET sectors = 'AAAX' WHERE local_id = 3"),
+        &mut app.db().await,
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::CheckViolation,
+                _
+            ))
+        ),
+        "{refused:?}"
+    );
+
+    // A retry whose map differs is the same copy (judged by client, uid and
+    // kind): a duplicate, not a conflict, and the first map stays.
+    let mut retry = whole;
+    retry["payload"]["sectors"] = json!("BBBBBBBBBBBBBBBB");
+    let again = app.push_ok(&token, &batch("K1", vec![retry])).await;
+    assert_eq!(
+        (&again[0]["status"], &again[0]["duplicate"]),
+        (&json!("synced"), &json!(true))
+    );
+    assert_eq!(app.ledger_sectors().await[0].1.as_deref(), Some(one_k));
+    assert_eq!(app.remaining(&token, client).await, 6);
+}
+
+#[tokio::test]
+async fn pull_tells_each_clients_partial_copy_policy() {
+    let app = spawn_app().await;
+    let a = app.add_client("A", 5).await;
+    let b = app.add_client("B", 5).await;
+    let token = app.token("K1").await;
+    let before = app.pull_entry(&token, a).await;
+    assert_eq!(
+        before["partial_copy"], false,
+        "denied unless allowed: {before}"
+    );
+
+    let version =
+        db::clients::set_partial_copy(&mut app.db().await, ClientId::new(a).unwrap(), true)
+            .await
+            .unwrap()
+            .expect("known client");
+    let after = app.pull_entry(&token, a).await;
+    assert_eq!(after["partial_copy"], true);
+    assert_eq!(after["version"], version);
+    assert!(
+        version > before["version"].as_i64().unwrap(),
+        "a policy change bumps the version"
+    );
+    assert_eq!(after["remaining"], 5, "the quota is untouched");
+    assert_eq!(app.pull_entry(&token, b).await["partial_copy"], false);
+
+    let unknown =
+        db::clients::set_partial_copy(&mut app.db().await, ClientId::new(999).unwrap(), true)
+            .await
+            .unwrap();
+    assert_eq!(unknown, None);
+}
+
+#[tokio::test]
+async fn the_operator_sets_and_sees_the_policy_from_the_command_line() {
+    let app = spawn_app().await;
+    let token = app.token("K1").await;
+    let (ok, out, err) = app
+        .cli(&[
+            "client",
+            "add",
+            "Lenient",
+            "--quota",
+            "3",
+            "--partial-copy",
+            "--json",
+        ])
+        .await;
+    assert!(ok, "{err}");
+    let added: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(added["partial_copy"], true);
+    let id = added["id"].as_i64().unwrap();
+    assert_eq!(app.pull_entry(&token, id).await["partial_copy"], true);
+
+    let (ok, out, err) = app
+        .cli(&[
+            "client",
+            "policy",
+            &id.to_string(),
+            "--partial-copy",
+            "deny",
+        ])
+        .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "deny");
+    assert!(err.contains("next pull"), "{err}");
+    assert_eq!(app.pull_entry(&token, id).await["partial_copy"], false);
+
+    let (ok, out, err) = app
+        .cli(&[
+            "client",
+            "policy",
+            &id.to_string(),
+            "--partial-copy",
+            "allow",
+            "--json",
+        ])
+        .await;
+    assert!(ok, "{err}");
+    let set: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (set["client_id"].as_i64(), &set["partial_copy"]),
+        (Some(id), &json!(true))
+    );
+
+    let (ok, out, _) = app.cli(&["client", "list", "--json"]).await;
+    assert!(ok);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["partial_copy"], true);
+    let (ok, out, _) = app.cli(&["client", "list"]).await;
+    assert!(ok);
+    assert!(out.lines().next().unwrap().contains("PARTIAL"), "{out}");
+    assert!(out.lines().nth(1).unwrap().contains("allow"), "{out}");
+
+    let (ok, _, err) = app
+        .cli(&["client", "policy", "999", "--partial-copy", "allow"])
+        .await;
+    assert!(!ok);
+    assert!(err.contains("error: no client with id 999"), "{err}");
+    let (ok, _, err) = app
+        .cli(&[
+            "client",
+            "policy",
+            &id.to_string(),
+            "--partial-copy",
+            "maybe",
+        ])
+        .await;
+    assert!(!ok, "only allow or deny: {err}");
+}
