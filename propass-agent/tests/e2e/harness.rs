@@ -173,6 +173,19 @@ impl Server {
         self.query_i64("SELECT count(*) FROM copies").await
     }
 
+    /// The sector map of every copy in the ledger, oldest first.
+    pub async fn ledger_sectors(&self) -> Vec<Option<String>> {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let rows = client
+            .query("SELECT sectors FROM copies ORDER BY id", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, Option<String>>(0)).collect()
+    }
+
     pub async fn ledger_op_ids(&self) -> Vec<String> {
         let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
             .await

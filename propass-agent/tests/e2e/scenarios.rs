@@ -553,6 +553,11 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         })
         .await
     );
+    assert_eq!(
+        server.ledger_sectors().await,
+        [Some("AAAAAAAAAAAAAAAA".to_string())],
+        "the ledger knows the copy was whole"
+    );
 
     // A plain card offered as the blank: refused, nothing recorded.
     emu.place(Some(Tag::classic(
@@ -596,6 +601,36 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         (s, v["error"]["code"].as_str()),
         (422, Some("protected_sectors")),
         "{v}"
+    );
+
+    // The operator allows partial copies for the client; once the kiosk has
+    // synced, the same badge is copied without its protected sector.
+    server.cli(
+        &[
+            "client",
+            "policy",
+            &client.to_string(),
+            "--partial-copy",
+            "allow",
+        ],
+        None,
+    );
+    assert_eq!(agent.sync().await.0, 200);
+    let (s, v) = copy_at_reader(
+        &agent,
+        &emu,
+        client,
+        Tag::classic(TagKind::Gen2, [0x01, 0x02, 0x03, 0x05]),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["operation"]["sectors"], "AAAA-AAAAAAAAAAA");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            server.ledger_sectors().await.last() == Some(&Some("AAAA-AAAAAAAAAAA".into()))
+        })
+        .await,
+        "the ledger records what the partial copy left out"
     );
 
     // A badge our blanks cannot become (an Ultralight): refused before any blank is asked for.
