@@ -211,7 +211,8 @@ async fn write_and_record(
         remaining,
     });
     agent.kick.notify_one();
-    tracing::info!(uid = %uid, client = %client, ?blank, "card made and verified");
+    // No UID at info level: a badge's UID is what it takes to clone a UID-only badge.
+    tracing::info!(op_id = %operation.op_id, client = %client, ?blank, "card made and verified");
     Ok(MadeCard {
         operation,
         remaining,

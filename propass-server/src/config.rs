@@ -58,6 +58,9 @@ pub struct Config {
     pub refresh_grace: Duration,
     pub max_batch_items: usize,
     pub max_body_bytes: usize,
+    pub max_auth_body_bytes: usize,
+    pub max_future_skew: Duration,
+    pub max_backdate: Duration,
     pub login_max_failures: u32,
     pub login_window: Duration,
     pub ws_allowed_origins: Vec<String>,
@@ -155,6 +158,12 @@ settings! {
     max_batch_items: usize = 20_000, env "PROPASS_MAX_BATCH_ITEMS", flag "";
     /// Largest request body in bytes (413 above; at least 1024).
     max_body_bytes: usize = 8 * 1024 * 1024, env "PROPASS_MAX_BODY_BYTES", flag "";
+    /// Largest login body in bytes (413 above; at least 512): credentials are short, and a login is unauthenticated.
+    max_auth_body_bytes: usize = 8 * 1024, env "PROPASS_MAX_AUTH_BODY_BYTES", flag "";
+    /// How far ahead of the server's clock a copy's `occurred_at` may be; beyond, that item alone fails.
+    max_future_skew_secs: u64 = 24 * 3600, env "PROPASS_MAX_FUTURE_SKEW_SECS", flag "";
+    /// How far in the past a copy's `occurred_at` may be (kiosks offline for long still sync); beyond, that item alone fails.
+    max_backdate_days: u64 = 3650, env "PROPASS_MAX_BACKDATE_DAYS", flag "";
     /// Failed logins allowed per username and per address within the window (429 above).
     login_max_failures: u32 = 5, env "PROPASS_LOGIN_MAX_FAILURES", flag "";
     /// The login throttle's window.
@@ -400,6 +409,9 @@ impl Settings {
             refresh_grace: secs(self.refresh_grace_secs),
             max_batch_items: self.max_batch_items.max(1),
             max_body_bytes: self.max_body_bytes.max(1024),
+            max_auth_body_bytes: self.max_auth_body_bytes.max(512),
+            max_future_skew: secs(self.max_future_skew_secs),
+            max_backdate: secs(self.max_backdate_days.saturating_mul(86_400)),
             login_max_failures: self.login_max_failures.max(1),
             login_window: secs(self.login_window_secs.max(1)),
             ws_allowed_origins: self.ws_allowed_origins,

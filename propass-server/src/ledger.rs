@@ -59,10 +59,16 @@ impl<'a> NewOp<'a> {
 pub enum ItemFailure {
     /// Not a valid queue item (the parser's sentence).
     Malformed(String),
+    /// `occurred_at` outside what a kiosk's clock can plausibly say.
+    OccurredOutOfRange {
+        /// What the item said.
+        occurred_at: DateTime<Utc>,
+    },
     /// No such client.
     UnknownClient(ClientId),
     /// The key is in the ledger for another operation (a seed kiosk whose
-    /// database was rebuilt and reuses local ids).
+    /// database was rebuilt and reuses local ids). The fields are for the
+    /// server's log, never for the answer.
     Conflict {
         /// The row already holding the key.
         ledger_id: i64,
@@ -79,16 +85,17 @@ impl fmt::Display for ItemFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Malformed(why) => f.write_str(why),
-            Self::UnknownClient(c) => write!(f, "unknown client {c}"),
-            Self::Conflict {
-                ledger_id,
-                kind,
-                uid,
-                client_id,
-            } => write!(
+            Self::OccurredOutOfRange { occurred_at } => write!(
                 f,
-                "conflict: this operation's key was already recorded for another operation \
-                 (ledger #{ledger_id}: {kind} of {uid} for client {client_id}); send a unique op_id"
+                "occurred_at {} is not plausible (too far in the future or the past for this server): check the kiosk's clock",
+                occurred_at.to_rfc3339()
+            ),
+            Self::UnknownClient(c) => write!(f, "unknown client {c}"),
+            // Says nothing of the other operation: its badge UID and client
+            // are not this caller's to read.
+            Self::Conflict { .. } => f.write_str(
+                "conflict: this operation's key was already recorded for another operation; \
+                 send a unique op_id",
             ),
         }
     }

@@ -33,9 +33,45 @@ enum Parsed {
     },
 }
 
-fn parse(value: &serde_json::Value) -> Parsed {
+/// The span of plausible `occurred_at` values around the server's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct OccurredWindow {
+    /// Earliest accepted.
+    pub earliest: DateTime<Utc>,
+    /// Latest accepted.
+    pub latest: DateTime<Utc>,
+}
+
+impl OccurredWindow {
+    /// From `now`, `max_backdate` back to `max_future_skew` ahead.
+    pub fn around(
+        now: DateTime<Utc>,
+        max_backdate: std::time::Duration,
+        max_future_skew: std::time::Duration,
+    ) -> Self {
+        let span =
+            |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        Self {
+            earliest: now
+                .checked_sub_signed(span(max_backdate))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            latest: now
+                .checked_add_signed(span(max_future_skew))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        }
+    }
+}
+
+fn parse(value: &serde_json::Value, window: &OccurredWindow) -> Parsed {
     match QueueItem::from_json(value) {
-        Ok(item) => Parsed::Valid(item),
+        Ok(item) => match item.payload.occurred_at {
+            Some(t) if t < window.earliest || t > window.latest => Parsed::Invalid {
+                id: Some(item.id),
+                op_id: item.op_id,
+                failure: ItemFailure::OccurredOutOfRange { occurred_at: t },
+            },
+            _ => Parsed::Valid(item),
+        },
         Err(e) => Parsed::Invalid {
             id: e.id,
             // Echoed when readable, so that our agent can match the failure.
@@ -53,8 +89,9 @@ pub async fn push(
     device: &DeviceId,
     queue: &[serde_json::Value],
     now: DateTime<Utc>,
+    window: &OccurredWindow,
 ) -> Result<PushDone, ApiError> {
-    let parsed: Vec<Parsed> = queue.iter().map(parse).collect();
+    let parsed: Vec<Parsed> = queue.iter().map(|v| parse(v, window)).collect();
     let ops: Vec<NewOp<'_>> = parsed
         .iter()
         .filter_map(|p| match p {
@@ -233,7 +270,12 @@ mod tests {
             copy(4, "0190a6b0-0000-7000-8000-000000000004", 99),
         ];
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let done = push(&mut MemoryLedger::default(), &device, &queue, now)
+        let window = OccurredWindow::around(
+            now,
+            std::time::Duration::from_secs(86_400),
+            std::time::Duration::from_secs(3600),
+        );
+        let done = push(&mut MemoryLedger::default(), &device, &queue, now, &window)
             .await
             .unwrap();
         let data = &done.response.data;

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod extract;
 pub mod health;
+pub mod push_body;
 pub mod sync;
 pub mod ws_session;
 

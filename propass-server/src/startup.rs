@@ -27,6 +27,7 @@ impl Application {
         let state = web::Data::new(AppState::new(config));
         let workers = state.config.workers;
         let body_limit = state.config.max_body_bytes;
+        let auth_limit = state.config.max_auth_body_bytes;
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             let clock = app_state.clock.clone();
@@ -52,7 +53,11 @@ impl Application {
                     }
                 })
                 .route("/health", web::get().to(routes::health::health))
-                .route("/api/auth/login", web::post().to(routes::auth::login))
+                .service(
+                    web::resource("/api/auth/login")
+                        .app_data(web::JsonConfig::default().limit(auth_limit).error_handler(routes::json_error))
+                        .route(web::post().to(routes::auth::login)),
+                )
                 .route("/api/auth/refresh", web::post().to(routes::auth::refresh))
                 .route("/api/sync/push", web::post().to(routes::sync::push))
                 .route("/api/sync/pull", web::get().to(routes::sync::pull))
@@ -71,6 +76,11 @@ impl Application {
             server: server.run(),
             state,
         })
+    }
+
+    /// The shared state (tests read its counters).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
     }
 
     /// The port actually bound.

@@ -34,6 +34,15 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Where token ids come from.
     pub rng: Arc<dyn Rng>,
+    /// Counters of what the server did.
+    pub metrics: Metrics,
+}
+
+/// Counters of what the server did (tests read them; the metrics endpoint will).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Argon2 password checks run.
+    pub password_checks: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {
@@ -56,6 +65,7 @@ impl AppState {
             password_checks: Semaphore::new(PASSWORD_CHECKS),
             clock,
             rng,
+            metrics: Metrics::default(),
             config,
         }
     }

@@ -1,4 +1,7 @@
-//! The throttle on failed logins: a sliding window of failures per key. A
+//! The throttle on failed logins: a sliding window of attempts per key. An
+//! attempt is counted *before* its password is checked and forgiven only
+//! when it succeeds, so concurrent attempts cannot race past the limit: at
+//! most `max_failures` passwords are ever checked per key and window. A
 //! leaf: it is handed the time and never sees the application state.
 
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +30,13 @@ impl fmt::Display for ThrottleKey {
     }
 }
 
+/// A login attempt counted by [`LoginThrottle::begin`].
+#[derive(Debug)]
+pub struct Attempt {
+    keys: Vec<ThrottleKey>,
+    at: Instant,
+}
+
 /// Failed logins per key within a window.
 pub struct LoginThrottle {
     max_failures: usize,
@@ -52,9 +62,12 @@ impl LoginThrottle {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Err(seconds to wait)` when any key is over its limit at `now`.
-    pub fn check(&self, keys: &[ThrottleKey], now: Instant) -> Result<(), u64> {
-        let mut map = self.lock();
+    fn over_limit(
+        &self,
+        map: &mut HashMap<ThrottleKey, VecDeque<Instant>>,
+        keys: &[ThrottleKey],
+        now: Instant,
+    ) -> Result<(), u64> {
         let mut wait = None::<Duration>;
         for key in keys {
             let Some(q) = map.get_mut(key) else { continue };
@@ -76,25 +89,47 @@ impl LoginThrottle {
         }
     }
 
-    /// Records one failure at `now` for every key.
-    pub fn failure(&self, keys: &[ThrottleKey], now: Instant) {
-        let mut map = self.lock();
+    /// Bounds memory under a spray of made-up usernames.
+    fn prune(map: &mut HashMap<ThrottleKey, VecDeque<Instant>>, window: Duration, now: Instant) {
         if map.len() >= Self::MAX_KEYS {
-            let window = self.window;
             map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
-        }
-        for key in keys {
-            let q = map.entry(key.clone()).or_default();
-            q.push_back(now);
-            while q.len() > self.max_failures {
-                q.pop_front();
-            }
         }
     }
 
     /// Forgets the failures of a key (after a successful login).
     pub fn success(&self, key: &ThrottleKey) {
         self.lock().remove(key);
+    }
+
+    /// Counts an attempt on every key at `now`, unless one of them is over
+    /// its limit (`Err(seconds to wait)`, nothing counted). The attempt stays
+    /// counted as a failure until [`Self::succeeded`] forgives it.
+    pub fn begin(&self, keys: &[ThrottleKey], now: Instant) -> Result<Attempt, u64> {
+        // One lock for the check and the count: no attempt slips between them.
+        let mut map = self.lock();
+        self.over_limit(&mut map, keys, now)?;
+        Self::prune(&mut map, self.window, now);
+        for key in keys {
+            map.entry(key.clone()).or_default().push_back(now);
+        }
+        Ok(Attempt {
+            keys: keys.to_vec(),
+            at: now,
+        })
+    }
+
+    /// The attempt succeeded: it is forgiven on every key, and the
+    /// account's failures are forgotten.
+    pub fn succeeded(&self, attempt: Attempt, user: &ThrottleKey) {
+        let mut map = self.lock();
+        for key in &attempt.keys {
+            if let Some(q) = map.get_mut(key) {
+                if let Some(i) = q.iter().rposition(|t| *t == attempt.at) {
+                    q.remove(i);
+                }
+            }
+        }
+        map.remove(user);
     }
 }
 
@@ -104,16 +139,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn attempts_count_before_their_outcome_and_a_success_is_forgiven() {
+        let t = LoginThrottle::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        let (user, ip) = (
+            ThrottleKey::User("a".into()),
+            ThrottleKey::Ip("10.0.0.1".parse().unwrap()),
+        );
+        let keys = vec![user.clone(), ip.clone()];
+        let first = t.begin(&keys, now).unwrap();
+        let _second = t.begin(&keys, now).unwrap();
+        assert!(t.begin(&keys, now).is_err(), "two in flight: a third waits");
+        t.succeeded(first, &user);
+        let other = vec![ThrottleKey::User("b".into()), ip];
+        assert!(
+            t.begin(&other, now).is_ok(),
+            "the address got back the slot of the success"
+        );
+    }
+
+    #[test]
     fn blocks_after_max_failures_until_the_window_passes_or_a_success() {
         let t = LoginThrottle::new(2, Duration::from_secs(60));
         let start = Instant::now();
         let keys = vec![ThrottleKey::User("a".into())];
-        assert!(t.check(&keys, start).is_ok());
-        t.failure(&keys, start);
-        t.failure(&keys, start);
-        assert_eq!(t.check(&keys, start + Duration::from_secs(20)), Err(40));
-        assert!(t.check(&keys, start + Duration::from_secs(60)).is_ok());
+        let _ = t.begin(&keys, start).unwrap();
+        let _ = t.begin(&keys, start).unwrap();
+        assert_eq!(
+            t.begin(&keys, start + Duration::from_secs(20)).unwrap_err(),
+            40
+        );
+        assert!(t.begin(&keys, start + Duration::from_secs(60)).is_ok());
         t.success(&keys[0]);
-        assert!(t.check(&keys, start).is_ok());
+        assert!(t.begin(&keys, start).is_ok());
     }
 }

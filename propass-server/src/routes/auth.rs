@@ -1,5 +1,7 @@
 //! `POST /api/auth/login` and `POST /api/auth/refresh`.
 
+use std::sync::atomic::Ordering;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use propass_protocol::{DeviceId, LoginRequest, LoginResponse, RefreshResponse, UserInfo};
 
@@ -7,6 +9,13 @@ use crate::auth::{self, bearer_token, ensure_device_active, Subject, ThrottleKey
 use crate::db::{self, users::User};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+
+/// An answer carrying a credential: no cache along the way may keep it.
+fn no_store() -> actix_web::HttpResponseBuilder {
+    let mut res = HttpResponse::Ok();
+    res.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
+    res
+}
 
 /// Longest username or password accepted (Argon2 on megabytes is a DoS).
 const MAX_CREDENTIAL_LEN: usize = 1024;
@@ -37,8 +46,9 @@ pub async fn login(
         return Err(ApiError::DeviceRevoked(device_id));
     }
     let (token, exp) = issue(&state, &user, &device_id)?;
-    tracing::info!(user = %user.username, device = %device_id, "login");
-    Ok(HttpResponse::Ok().json(LoginResponse {
+    // `?`: Debug escapes whatever the user typed (no forged log lines).
+    tracing::info!(user = ?user.username, device = %device_id, "login");
+    Ok(no_store().json(LoginResponse {
         success: true,
         token,
         user: UserInfo {
@@ -63,9 +73,11 @@ async fn check_credentials(
     if let Some(addr) = req.peer_addr() {
         keys.push(ThrottleKey::Ip(addr.ip()));
     }
-    state
+    // Counted before the password is checked: concurrent attempts cannot
+    // race past the limit.
+    let attempt = state
         .throttle
-        .check(&keys, state.clock.instant())
+        .begin(&keys, state.clock.instant())
         .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
 
     let user = {
@@ -81,17 +93,21 @@ async fn check_credentials(
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state
+        .metrics
+        .password_checks
+        .fetch_add(1, Ordering::Relaxed);
     let ok = web::block(move || auth::password::verify_password(&password, &hash))
         .await
         .map_err(|e| ApiError::Internal(format!("password check failed: {e}")))?;
     match user.filter(|_| ok) {
         Some(user) => {
-            state.throttle.success(&user_key);
+            state.throttle.succeeded(attempt, &user_key);
             Ok(user)
         }
         None => {
-            state.throttle.failure(&keys, state.clock.instant());
-            tracing::info!(user = %username, "login failed");
+            // Already counted by `begin`.
+            tracing::info!(user = ?username, "login failed");
             Err(ApiError::InvalidCredentials)
         }
     }
@@ -126,7 +142,7 @@ pub async fn refresh(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<
     .filter(|u| u.id == claims.uid)
     .ok_or_else(|| ApiError::InvalidToken("the token's user no longer exists".into()))?;
     let (token, exp) = issue(&state, &user, &claims.device_id)?;
-    Ok(HttpResponse::Ok().json(RefreshResponse {
+    Ok(no_store().json(RefreshResponse {
         success: true,
         token,
         expires_at: Some(exp),

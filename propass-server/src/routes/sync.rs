@@ -5,39 +5,32 @@ use propass_protocol::{ClientId, DeviceId, PullResponse, QuotaEntry};
 use serde::Deserialize;
 
 use super::extract::{ValidToken, ValidTokenOfActiveDevice};
+use super::push_body::{self, PushBody};
 use crate::db::{self, copies::PgLedger};
 use crate::error::{ApiError, ApiResult};
 use crate::push;
 use crate::state::AppState;
 
-/// The push body, read leniently: items are parsed one by one by the use case.
-#[derive(Debug, Deserialize)]
-pub struct RawPush {
-    device_id: String,
-    queue: Vec<serde_json::Value>,
-}
-
 /// `POST /api/sync/push`. The device's revocation is checked inside the push
-/// transaction, hence [`ValidToken`].
+/// transaction, hence [`ValidToken`]. The body is read under its limits
+/// (see [`push_body`]); items are parsed one by one by the use case.
 pub async fn push(
     state: web::Data<AppState>,
     token: ValidToken,
-    body: web::Json<RawPush>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let RawPush { device_id, queue } = body.into_inner();
+    let cfg = &state.config;
+    let PushBody { device_id, queue } =
+        push_body::read(&req, payload, cfg.max_body_bytes, cfg.max_batch_items).await?;
     let device =
         DeviceId::parse(&device_id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     token.0.ensure_device(device.as_str())?;
-    let max = state.config.max_batch_items;
-    if queue.len() > max {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "batch has {} items; the limit is {max}: push in smaller batches",
-            queue.len()
-        )));
-    }
     let done = {
         let mut conn = state.pool.get().await?;
-        push::push(&mut PgLedger(&mut conn), &device, &queue, state.clock.now()).await?
+        let now = state.clock.now();
+        let window = push::OccurredWindow::around(now, cfg.max_backdate, cfg.max_future_skew);
+        push::push(&mut PgLedger(&mut conn), &device, &queue, now, &window).await?
     };
     state.hub.broadcast_all(&done.broadcast);
     state.hub.send_to_device(&device, &done.to_pusher);

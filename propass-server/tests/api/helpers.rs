@@ -25,6 +25,8 @@ pub struct TestApp {
     pub db_url: String,
     pub http: reqwest::Client,
     pub proxy: Option<FaultProxy>,
+    /// The running server's state (its counters).
+    pub state: actix_web::web::Data<propass_server::state::AppState>,
     /// Dropped (with the server's connections) when the test ends.
     _database: TestDatabase,
 }
@@ -69,6 +71,7 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
     tweak(&mut config);
     let app = Application::build(config).expect("build app");
     let port = app.port();
+    let state = app.state();
     tokio::spawn(app.run_until_stopped());
 
     let test = TestApp {
@@ -77,6 +80,7 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
         db_url: database.url().to_owned(),
         http: reqwest::Client::new(),
         proxy,
+        state,
         _database: database,
     };
     test.add_user(ADMIN.0, ADMIN.1, Role::Admin).await;

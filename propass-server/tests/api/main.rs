@@ -7,5 +7,6 @@ mod auth;
 mod copy_policy;
 mod health;
 mod helpers;
+mod hostile;
 mod sync;
 mod ws;

@@ -103,7 +103,12 @@ async fn a_reused_local_id_for_another_copy_is_not_silently_dropped() {
         .push_ok(&token, &batch("K1", vec![seed_item(1, client, "04FFFFFF")]))
         .await;
     assert_eq!(data[0]["status"], "failed");
-    assert!(data[0]["error"].as_str().unwrap().contains("conflict"));
+    let error = data[0]["error"].as_str().unwrap();
+    assert!(error.contains("conflict"), "{error}");
+    assert!(
+        !error.contains("04AB12CD"),
+        "the answer does not show the other operation's badge: {error}"
+    );
     assert_eq!(app.ledger_count().await, 1);
 }
 

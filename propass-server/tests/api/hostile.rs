@@ -1,0 +1,182 @@
+//! Hostile input: raced logins, oversized bodies, implausible times, and
+//! answers that must not be cached.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use propass_test_support::{free_port, ProcessGuard};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// 300 wrong passwords at once on one account: the throttle counts each
+/// attempt before its password is checked, so at most the configured number
+/// of checks run; the others are refused at once with `Retry-After`.
+#[tokio::test]
+async fn concurrent_bad_logins_check_at_most_the_configured_number_of_passwords() {
+    let app = spawn_with(|c| c.login_max_failures = 5).await;
+    let attempts = (0..300).map(|_| {
+        let (http, base) = (app.http.clone(), app.base.clone());
+        tokio::spawn(async move {
+            let res = http
+                .post(format!("{base}/api/auth/login"))
+                .json(&json!({"username": ADMIN.0, "password": "wrong", "device_id": "K1"}))
+                .send()
+                .await
+                .unwrap();
+            (
+                res.status().as_u16(),
+                res.headers().contains_key("retry-after"),
+            )
+        })
+    });
+    let mut refused = 0;
+    for attempt in attempts.collect::<Vec<_>>() {
+        match attempt.await.unwrap() {
+            (401, _) => {}
+            (429, true) => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    let checks = app.state.metrics.password_checks.load(Ordering::Relaxed);
+    assert!(checks <= 5, "{checks} passwords were checked");
+    assert_eq!(refused as u64, 300 - checks);
+}
+
+/// A success does not use up the address's budget: a fleet behind one NAT
+/// logs in all morning.
+#[tokio::test]
+async fn successful_logins_do_not_count_against_the_address() {
+    let app = spawn_with(|c| c.login_max_failures = 2).await;
+    for i in 0..6 {
+        let res = app.login(ADMIN.0, ADMIN.1, &format!("K{i}")).await;
+        assert_eq!(res.status(), 200, "login {i}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_are_never_cached_and_login_bodies_are_small() {
+    let app = spawn_app().await;
+    let res = app.login(ADMIN.0, ADMIN.1, "K1").await;
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let token = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .http
+        .post(format!("{}/api/auth/refresh", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+
+    let big = json!({"username": "x".repeat(20_000), "password": "y", "device_id": "K1"});
+    let res = app
+        .http
+        .post(format!("{}/api/auth/login", app.base))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res, 413).await, "payload_too_large");
+}
+
+/// A copy dated before the kiosk could have existed, or days ahead of the
+/// server, fails on its own; the rest of the batch is recorded.
+#[tokio::test]
+async fn an_implausible_occurred_at_fails_that_item_only() {
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    let item = |id: i64, at: &str| json!({"id": id, "type": "copy", "payload": {"client_id": client, "uid": "04AB12CD", "occurred_at": at}});
+    let data = app
+        .push_ok(
+            &token,
+            &json!({"device_id": "K1", "queue": [
+                item(1, "1999-01-01T00:00:00Z"),
+                item(2, "2300-01-01T00:00:00Z"),
+                seed_item(3, client, "04AB12CE"),
+            ]}),
+        )
+        .await;
+    for bad in &data[..2] {
+        assert_eq!(bad["status"], "failed");
+        assert!(
+            bad["error"].as_str().unwrap().contains("occurred_at"),
+            "{bad}"
+        );
+    }
+    assert_eq!(data[2]["status"], "synced");
+    assert_eq!(app.ledger_count().await, 1);
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// An 8 MiB push of `[0,0,0,…]` is refused while it is parsed: the real
+/// server process grows by far less than the millions of JSON values it
+/// would take to hold it.
+#[tokio::test]
+async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
+    let app = spawn_app().await;
+    let port = free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_propass-server"));
+    cmd.args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &app.db_url)
+        .env("PROPASS_JWT_SECRET", SECRET)
+        .env("PROPASS_WORKERS", "1")
+        .env("PROPASS_DB_POOL_SIZE", "2")
+        .env("PROPASS_LOG", "warn");
+    let mut server = ProcessGuard::spawn(&mut cmd, "propass-server").unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let up = eventually(Duration::from_secs(30), || async {
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(up, "the server process did not start");
+    let login: Value = http
+        .post(format!("{base}/api/auth/login"))
+        .json(&json!({"username": ADMIN.0, "password": ADMIN.1, "device_id": "K1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap();
+    let before = peak_rss_kib(server.child().id());
+
+    let mut body = String::from(r#"{"device_id": "K1", "queue": ["#);
+    while body.len() < 8 * 1024 * 1024 - 64 {
+        body.push_str("0,");
+    }
+    body.push_str("0]}");
+    let res = http
+        .post(format!("{base}/api/sync/push"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res, 413).await, "payload_too_large");
+    let grown_mib = peak_rss_kib(server.child().id()).saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 50,
+        "the server's peak memory grew by {grown_mib} MiB"
+    );
+}
