@@ -63,6 +63,7 @@ pub struct Config {
     pub max_backdate: Duration,
     pub login_max_failures: u32,
     pub login_window: Duration,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub ws_allowed_origins: Vec<String>,
     pub ws_heartbeat: Duration,
     pub ws_client_timeout: Duration,
@@ -168,6 +169,8 @@ settings! {
     login_max_failures: u32 = 5, env "PROPASS_LOGIN_MAX_FAILURES", flag "";
     /// The login throttle's window.
     login_window_secs: u64 = 300, env "PROPASS_LOGIN_WINDOW_SECS", flag "";
+    /// Addresses of reverse proxies in front of the server (comma-separated in the environment). Only a request from one of them has its client address taken from `Forwarded` / `X-Forwarded-For`; from anyone else those headers are ignored.
+    trusted_proxies: Vec<String> = Vec::new(), env "PROPASS_TRUSTED_PROXIES", flag "";
     /// Browser origins allowed to open the WebSocket (comma-separated in the environment). Clients without an `Origin` header (kiosk agents, Electron's main process) are not browsers and are always allowed.
     ws_allowed_origins: Vec<String> = Vec::new(), env "PROPASS_WS_ALLOWED_ORIGINS", flag "";
     /// How often the server pings each WebSocket.
@@ -394,7 +397,21 @@ impl Settings {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let url = self.database_url()?;
         let secret = self.secret()?;
-        Ok(self.build(url, secret))
+        let proxies = self.proxies()?;
+        let mut config = self.build(url, secret);
+        config.trusted_proxies = proxies;
+        Ok(config)
+    }
+
+    fn proxies(&self) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.trim().parse().map_err(|_| {
+                    ConfigError::Invalid(format!("trusted_proxies: {p:?} is not an IP address"))
+                })
+            })
+            .collect()
     }
 
     /// Values below a floor that keeps the server working are raised to it.
@@ -414,6 +431,7 @@ impl Settings {
             max_backdate: secs(self.max_backdate_days.saturating_mul(86_400)),
             login_max_failures: self.login_max_failures.max(1),
             login_window: secs(self.login_window_secs.max(1)),
+            trusted_proxies: Vec::new(),
             ws_allowed_origins: self.ws_allowed_origins,
             ws_heartbeat: secs(self.ws_heartbeat_secs.max(1)),
             ws_client_timeout: secs(self.ws_client_timeout_secs.max(2)),
@@ -548,6 +566,17 @@ mod tests {
             err.contains("PROPASS_DB_POOL_SIZE") && err.contains("not a valid number"),
             "{err}"
         );
+        let err = settings(
+            "database_url = 'postgres://x'\ndev = true",
+            &[("PROPASS_TRUSTED_PROXIES", "10.0.0.1, proxy.lan")],
+            Table::new(),
+        )
+        .unwrap()
+        .into_config()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("proxy.lan"), "{err}");
         let err = settings("workers = 'four'", &[], Table::new())
             .unwrap_err()
             .to_string();

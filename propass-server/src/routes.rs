@@ -5,6 +5,7 @@
 //! use case or a query, and answer: the logic lives elsewhere.
 
 pub mod auth;
+pub mod client_addr;
 pub mod extract;
 pub mod health;
 pub mod push_body;

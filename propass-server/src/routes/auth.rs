@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use actix_web::{web, HttpRequest, HttpResponse};
 use propass_protocol::{DeviceId, LoginRequest, LoginResponse, RefreshResponse, UserInfo};
 
+use super::client_addr::client_ip;
 use crate::auth::{self, bearer_token, ensure_device_active, Subject, ThrottleKey};
 use crate::db::{self, users::User};
 use crate::error::{ApiError, ApiResult};
@@ -70,8 +71,8 @@ async fn check_credentials(
 ) -> ApiResult<User> {
     let user_key = ThrottleKey::User(username.clone());
     let mut keys = vec![user_key.clone()];
-    if let Some(addr) = req.peer_addr() {
-        keys.push(ThrottleKey::Ip(addr.ip()));
+    if let Some(ip) = client_ip(req, &state.config.trusted_proxies) {
+        keys.push(ThrottleKey::Ip(ip));
     }
     // Counted before the password is checked: concurrent attempts cannot
     // race past the limit.

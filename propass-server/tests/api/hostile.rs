@@ -180,3 +180,47 @@ async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
         "the server's peak memory grew by {grown_mib} MiB"
     );
 }
+
+/// Wrong passwords for ever new usernames from one address: the address is
+/// throttled — whatever `X-Forwarded-For` claims, unless the request comes
+/// from a trusted proxy, which then tells the clients apart.
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_a_trusted_proxy() {
+    async fn guess(app: &TestApp, user: &str, forwarded_for: &str) -> u16 {
+        app.http
+            .post(format!("{}/api/auth/login", app.base))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&json!({"username": user, "password": "wrong", "device_id": "K1"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+    let app = spawn_with(|c| c.login_max_failures = 2).await;
+    assert_eq!(guess(&app, "u1", "198.51.100.1").await, 401);
+    assert_eq!(guess(&app, "u2", "198.51.100.2").await, 401);
+    assert_eq!(
+        guess(&app, "u3", "198.51.100.3").await,
+        429,
+        "a made-up address changes nothing"
+    );
+
+    let app = spawn_with(|c| {
+        c.login_max_failures = 2;
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    assert_eq!(guess(&app, "u1", "198.51.100.1").await, 401);
+    assert_eq!(guess(&app, "u2", "198.51.100.1").await, 401);
+    assert_eq!(
+        guess(&app, "u3", "198.51.100.1").await,
+        429,
+        "that client is throttled"
+    );
+    assert_eq!(
+        guess(&app, "u4", "198.51.100.2").await,
+        401,
+        "another client behind the proxy is not"
+    );
+}
