@@ -80,7 +80,8 @@ impl Agent {
     /// random source.
     pub async fn new(store: Store, config: AgentConfig) -> Result<Arc<Self>, AgentStartError> {
         let reader = ReaderThread::spawn(config.reader.clone()).map_err(AgentStartError::Reader)?;
-        let server = HttpServerClient::new().map_err(|e| AgentStartError::Http(e.to_string()))?;
+        let server = HttpServerClient::new(config.max_answer_bytes)
+            .map_err(|e| AgentStartError::Http(e.to_string()))?;
         Self::from_parts(Parts {
             store,
             config,

@@ -103,6 +103,12 @@ agent_config! {
         "libnfc connection string, e.g. `pn532_uart:/dev/ttyUSB0`";
     card_timeout_secs: u64 = 30, "PROPASS_CARD_TIMEOUT_SECS", "30",
         "how long to wait for a card at the reader (1 to 600)";
+    allow_insecure_http: bool = false, "PROPASS_ALLOW_INSECURE_HTTP", "false",
+        "allow an `http://` server that is not on this machine (passwords and tokens then cross the network in clear)";
+    max_answer_bytes: usize = 16 * 1024 * 1024, "PROPASS_MAX_ANSWER_BYTES", "16777216",
+        "largest answer read from the server; a longer one is refused";
+    socket_group: Option<String> = None, "PROPASS_SOCKET_GROUP", "—",
+        "group (name or number) given read/write access to the local API socket, for a kiosk screen running as another user";
     reader_keys: ReaderKeys = ReaderKeys::default(), "PROPASS_READER_KEYS", "none",
         "MIFARE keys tried on a badge's sectors before the well-known ones: 12 hex digits each (a list in the file, comma-separated in the environment); never logged or shown";
 }
@@ -157,6 +163,16 @@ macro_rules! env_value {
 }
 
 env_value!(u64 => "a number", usize => "a number", SocketAddr => "an address");
+
+impl EnvValue for bool {
+    fn parse_env(name: &str, v: &str) -> Result<Self, String> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(format!("{name}={v:?} is not true or false")),
+        }
+    }
+}
 
 impl EnvValue for String {
     fn parse_env(_: &str, v: &str) -> Result<Self, String> {

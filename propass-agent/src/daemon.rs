@@ -18,6 +18,38 @@ use crate::config::AgentConfig;
 use crate::store::Store;
 use crate::{api, ws};
 
+/// The local API socket is the agent user's alone (0600), or shared with
+/// `group` (0660) — the kiosk screen's — when one is configured.
+fn share_socket(path: &Path, group: Option<&str>) -> Result<(), String> {
+    let mode = match group {
+        None => 0o600,
+        Some(g) => {
+            let gid = group_id(g)?;
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(|e| format!("cannot give {} to group {g}: {e}", path.display()))?;
+            0o660
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))
+}
+
+/// A group's id, from a number or a name in /etc/group.
+fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    groups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(group)).then(|| f.nth(1)?.parse().ok())?
+        })
+        .ok_or_else(|| format!("socket_group: no group named {group:?}"))
+}
+
 /// Removes a socket left by a previous run; refuses to remove anything else
 /// or a socket some process still answers on.
 fn clear_stale_socket(path: &Path) -> Result<(), String> {
@@ -79,7 +111,7 @@ async fn serve(config: AgentConfig) -> Result<(), String> {
             .bind(addr)
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     }
-    let _ = std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660));
+    share_socket(&config.socket, config.socket_group.as_deref())?;
     let server = server.run();
     let handle = server.handle();
     let server_task = tokio::spawn(server);

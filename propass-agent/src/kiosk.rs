@@ -417,7 +417,7 @@ mod tests {
             store,
             config: AgentConfig::default(),
             reader,
-            server: Arc::new(HttpServerClient::new().unwrap()),
+            server: Arc::new(HttpServerClient::new(1 << 20).unwrap()),
             clock: Arc::new(SystemClock),
             rng: Arc::new(SystemRng),
         };

@@ -15,6 +15,7 @@ use crate::agent::Agent;
 use crate::backoff::Backoff;
 use crate::events::AgentEvent;
 use crate::store::{Session, StoreError};
+use crate::upstream::check_server_url;
 use crate::upstream::UpstreamError;
 
 pub mod wire;
@@ -37,6 +38,9 @@ pub enum SyncError {
     /// Changing server would strand operations not yet synced with the current one.
     #[error("{0}")]
     UnsyncedWork(String),
+    /// A server the agent will not talk to (plain http over the network).
+    #[error("{0}")]
+    Insecure(String),
     /// The local database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -108,6 +112,7 @@ impl Agent {
             Some(s) => s.trim_end_matches('/').to_owned(),
             None => current.clone().ok_or(SyncError::NoServer)?,
         };
+        check_server_url(&server, self.config.allow_insecure_http).map_err(SyncError::Insecure)?;
         self.check_server_change(current.as_deref(), &server)
             .await?;
         let body = LoginRequest {
@@ -235,6 +240,7 @@ impl Agent {
     /// The server and a token, refreshed first when it is about to expire.
     async fn fresh_credentials(&self) -> Result<Credentials, SyncError> {
         let server = self.server_url().await?.ok_or(SyncError::NoServer)?;
+        check_server_url(&server, self.config.allow_insecure_http).map_err(SyncError::Insecure)?;
         if let Some(reason) = self.link().login_required {
             return Err(SyncError::LoggedOut(reason));
         }
@@ -400,6 +406,10 @@ impl Agent {
                 Err(SyncError::Store(e)) => {
                     tracing::error!(error = %e, "local database error during sync");
                     backoff.next_delay(&*self.rng).max(Duration::from_secs(1))
+                }
+                Err(SyncError::Insecure(e)) => {
+                    tracing::error!(error = %e, "not syncing");
+                    self.config.sync_interval()
                 }
                 Err(SyncError::LoggedOut(_) | SyncError::NoServer | SyncError::UnsyncedWork(_)) => {
                     self.config.sync_interval()

@@ -69,16 +69,53 @@ pub trait ServerClient: Send + Sync {
 /// [`ServerClient`] over reqwest.
 pub struct HttpServerClient {
     http: reqwest::Client,
+    max_answer_bytes: usize,
 }
 
 impl HttpServerClient {
-    /// A client with the agent's timeouts (3 s to connect, 30 s per request).
-    pub fn new() -> Result<Self, reqwest::Error> {
+    /// A client with the agent's timeouts (3 s to connect, 30 s per request)
+    /// that follows no redirect and reads answers of at most `max_answer_bytes`.
+    pub fn new(max_answer_bytes: usize) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
+            // A redirect could send the password elsewhere, or downgrade to http.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            max_answer_bytes,
+        })
+    }
+}
+
+/// Whether the agent may talk to `server`: `https://` always; `http://` only
+/// to this machine (loopback) unless `allow_insecure_http`.
+pub fn check_server_url(server: &str, allow_insecure_http: bool) -> Result<(), String> {
+    if server.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = server.strip_prefix("http://") else {
+        return Err(format!(
+            "server URL {server:?} must start with https:// (or http://)"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || allow_insecure_http {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing plain http:// to {host}: passwords and tokens would cross the network in clear; \
+             use https://, or set allow_insecure_http = true (PROPASS_ALLOW_INSECURE_HTTP=true) if the network is trusted"
+        ))
     }
 }
 
@@ -92,7 +129,7 @@ impl ServerClient for HttpServerClient {
             .http
             .post(format!("{server}/api/auth/login"))
             .json(body);
-        Box::pin(answer(req))
+        Box::pin(answer(req, self.max_answer_bytes))
     }
 
     fn refresh<'a>(
@@ -104,7 +141,7 @@ impl ServerClient for HttpServerClient {
             .http
             .post(format!("{server}/api/auth/refresh"))
             .bearer_auth(token);
-        Box::pin(answer(req))
+        Box::pin(answer(req, self.max_answer_bytes))
     }
 
     fn push<'a>(
@@ -118,7 +155,7 @@ impl ServerClient for HttpServerClient {
             .post(format!("{server}/api/sync/push"))
             .bearer_auth(token)
             .json(body);
-        Box::pin(answer(req))
+        Box::pin(answer(req, self.max_answer_bytes))
     }
 
     fn pull<'a>(
@@ -130,24 +167,39 @@ impl ServerClient for HttpServerClient {
             .http
             .get(format!("{server}/api/sync/pull"))
             .bearer_auth(token);
-        Box::pin(answer(req))
+        Box::pin(answer(req, self.max_answer_bytes))
     }
 }
 
 /// Sends `req` and reads a success body as `T`, or the error body.
-async fn answer<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> UpstreamResult<T> {
-    let res = req
+async fn answer<T: DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    limit: usize,
+) -> UpstreamResult<T> {
+    let mut res = req
         .send()
         .await
         .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
-    if res.status().is_success() {
-        return res
-            .json()
-            .await
-            .map_err(|e| UpstreamError::Unreadable(e.to_string()));
-    }
     let status = res.status().as_u16();
-    let (code, message) = match res.json::<ErrorBody>().await {
+    if res.status().is_redirection() {
+        let to = res
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?");
+        return Err(UpstreamError::Refused {
+            code: ErrorCode::Unknown,
+            status,
+            message: format!(
+                "the server answered with a redirect (HTTP {status} to {to}); the agent follows none: set the server URL to the final address"
+            ),
+        });
+    }
+    let body = read_bounded(&mut res, limit).await?;
+    if res.status().is_success() {
+        return serde_json::from_slice(&body).map_err(|e| UpstreamError::Unreadable(e.to_string()));
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(body) if body.error.code != ErrorCode::Unknown => (body.error.code, body.error.message),
         Ok(body) => (code_of_status(status), body.error.message),
         Err(_) => (code_of_status(status), format!("HTTP {status}")),
@@ -159,6 +211,25 @@ async fn answer<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> UpstreamRe
     })
 }
 
+/// The body, refused past `limit` bytes (a misbehaving server cannot make
+/// the kiosk buffer without bound).
+async fn read_bounded(res: &mut reqwest::Response, limit: usize) -> UpstreamResult<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(UpstreamError::Unreadable(format!(
+                "the server's answer is larger than {limit} bytes (max_answer_bytes)"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The code for an answer without a usable one (a proxy's error page, a
 /// newer server's code): the closest code of the same status class.
 fn code_of_status(status: u16) -> ErrorCode {
@@ -168,5 +239,31 @@ fn code_of_status(status: u16) -> ErrorCode {
         413 => ErrorCode::PayloadTooLarge,
         500..=599 => ErrorCode::Unavailable,
         _ => ErrorCode::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_url;
+
+    #[test]
+    fn plain_http_is_for_this_machine_only_unless_allowed() {
+        for ok in [
+            "https://propass.example",
+            "http://127.0.0.1:5000",
+            "http://localhost:5000",
+            "http://[::1]:5000",
+        ] {
+            assert!(check_server_url(ok, false).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://192.0.2.10:5000",
+            "http://propass.lan",
+            "http://127.0.0.1.evil.example",
+            "ftp://x",
+        ] {
+            assert!(check_server_url(refused, false).is_err(), "{refused}");
+        }
+        assert!(check_server_url("http://propass.lan", true).is_ok());
     }
 }

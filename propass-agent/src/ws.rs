@@ -60,6 +60,10 @@ async fn ws_target(agent: &Agent) -> Result<Option<(String, String)>, StoreError
     if agent.link().login_required.is_some() {
         return Ok(None);
     }
+    // The token goes in the upgrade: not over plain ws:// across the network.
+    if crate::upstream::check_server_url(&server, agent.config.allow_insecure_http).is_err() {
+        return Ok(None);
+    }
     Ok(Some((ws_url(&server), session.token)))
 }
 

@@ -174,6 +174,7 @@ impl From<SyncError> for ApiError {
             SyncError::Server(_) => LocalErrorCode::ServerRefused,
             SyncError::LoggedOut(_) | SyncError::NoServer => LocalErrorCode::LoginRequired,
             SyncError::UnsyncedWork(_) => LocalErrorCode::Conflict,
+            SyncError::Insecure(_) => LocalErrorCode::InvalidRequest,
             SyncError::Store(s) => return s.into(),
         };
         Self::new(code, e.to_string())

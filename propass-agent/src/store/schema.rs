@@ -66,6 +66,7 @@ pub fn open(path: &Path) -> StoreResult<Connection> {
     }
     let mut conn =
         Connection::open(path).map_err(|e| StoreError::Io(path.into(), e.to_string()))?;
+    make_private(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let version = check_identity(&conn, path, existing)?;
     make_durable(&conn, path)?;
@@ -125,6 +126,20 @@ fn make_durable(conn: &Connection, path: &Path) -> StoreResult<()> {
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     Ok(())
+}
+
+/// The queue holds who got which badge copied: the database (and its
+/// directory) are for the agent's user alone (0600 / 0700).
+fn make_private(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| StoreError::Io(p.into(), e.to_string()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        set(dir, 0o700)?;
+    }
+    set(path, 0o600)
 }
 
 fn migrate(conn: &mut Connection, from: i64) -> StoreResult<()> {

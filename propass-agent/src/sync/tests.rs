@@ -139,7 +139,7 @@ async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
         store.record(new, QuotaPolicy::CardExists).await.unwrap();
     }
     let session = Session {
-        server_url: "http://server.test".into(),
+        server_url: "https://server.test".into(),
         token: "stale".into(),
         token_expires_at: None,
         username: Some("operator1".into()),

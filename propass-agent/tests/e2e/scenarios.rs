@@ -646,3 +646,79 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         "{v}"
     );
 }
+
+/// The agent's transport rules: no plain http:// across the network unless
+/// configured, no redirects followed, state private to its user, and the
+/// socket shared only with the configured group.
+#[tokio::test]
+async fn the_agent_guards_its_transport_and_its_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let server = Server::new().await;
+    let gid = std::fs::metadata("/proc/self").unwrap().gid();
+    let agent = Agent::new(&server.url(), &[("PROPASS_SOCKET_GROUP", &gid.to_string())]).await;
+
+    let login =
+        |url: String| json!({"server_url": url, "username": "admin", "password": "admin123"});
+    let (s, v) = agent
+        .call(
+            Method::POST,
+            "/v1/login",
+            Some(login("http://192.0.2.10:5000".into())),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_insecure_http"),
+        "{v}"
+    );
+
+    // A server URL that redirects to the real server: not followed.
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_port = redirector.local_addr().unwrap().port();
+    let target = server.url();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = redirector.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}/api/auth/login\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    let (s, v) = agent
+        .call(
+            Method::POST,
+            "/v1/login",
+            Some(login(format!("http://127.0.0.1:{redirect_port}"))),
+        )
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("redirect"),
+        "{v}"
+    );
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let db = agent.db_path();
+    assert_eq!(mode(&db), 0o600, "the database is private");
+    assert_eq!(
+        mode(db.parent().unwrap()),
+        0o700,
+        "the state directory is private"
+    );
+    assert_eq!(
+        mode(&agent.socket),
+        0o660,
+        "the socket is shared with its group only"
+    );
+    assert_eq!(std::fs::metadata(&agent.socket).unwrap().gid(), gid);
+}
