@@ -103,6 +103,7 @@ async fn wait_status(http: &reqwest::Client) -> Result<Value, String> {
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
+    propass_agent::tls::install_crypto_provider();
     let ops = opt("--ops", 2000)?;
     let backlog = opt("--backlog", 100_000)?;
     let agent_bin = std::env::var("PROPASS_AGENT_BIN")

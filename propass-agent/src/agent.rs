@@ -50,6 +50,8 @@ pub struct Parts {
     pub config: AgentConfig,
     pub reader: ReaderThread,
     pub server: Arc<dyn ServerClient>,
+    /// TLS for the WebSocket (the server client has its own copy).
+    pub tls: Arc<rustls::ClientConfig>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn Rng>,
 }
@@ -69,6 +71,8 @@ pub struct Agent {
     /// The NFC reader, on its own thread (opened at first use).
     pub reader: ReaderThread,
     pub server: Arc<dyn ServerClient>,
+    /// TLS for links to the server.
+    pub tls: Arc<rustls::ClientConfig>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn Rng>,
     link: Mutex<LinkState>,
@@ -80,12 +84,15 @@ impl Agent {
     /// random source.
     pub async fn new(store: Store, config: AgentConfig) -> Result<Arc<Self>, AgentStartError> {
         let reader = ReaderThread::spawn(config.reader.clone()).map_err(AgentStartError::Reader)?;
-        let server = HttpServerClient::new(config.max_answer_bytes)
+        let tls = crate::tls::client_config(config.server_ca_file.as_deref())
+            .map_err(AgentStartError::Http)?;
+        let server = HttpServerClient::new(config.max_answer_bytes, tls.clone())
             .map_err(|e| AgentStartError::Http(e.to_string()))?;
         Self::from_parts(Parts {
             store,
             config,
             reader,
+            tls,
             server: Arc::new(server),
             clock: Arc::new(SystemClock),
             rng: Arc::new(SystemRng),
@@ -100,6 +107,7 @@ impl Agent {
             config,
             reader,
             server,
+            tls,
             clock,
             rng,
         } = parts;
@@ -115,6 +123,7 @@ impl Agent {
             ws_kick: Notify::new(),
             reader,
             server,
+            tls,
             clock,
             rng,
             link: Mutex::new(LinkState {

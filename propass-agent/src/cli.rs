@@ -155,6 +155,7 @@ enum RecordCmd {
 }
 
 pub fn main() -> ExitCode {
+    crate::tls::install_crypto_provider();
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {

@@ -103,6 +103,8 @@ agent_config! {
         "libnfc connection string, e.g. `pn532_uart:/dev/ttyUSB0`";
     card_timeout_secs: u64 = 30, "PROPASS_CARD_TIMEOUT_SECS", "30",
         "how long to wait for a card at the reader (1 to 600)";
+    server_ca_file: Option<PathBuf> = None, "PROPASS_SERVER_CA_FILE", "—",
+        "PEM file of the CA that signed the server's certificate, trusted besides the system's (a private PKI)";
     allow_insecure_http: bool = false, "PROPASS_ALLOW_INSECURE_HTTP", "false",
         "allow an `http://` server that is not on this machine (passwords and tokens then cross the network in clear)";
     max_answer_bytes: usize = 16 * 1024 * 1024, "PROPASS_MAX_ANSWER_BYTES", "16777216",

@@ -414,10 +414,13 @@ mod tests {
             .await
             .unwrap();
         let parts = Parts {
+            tls: crate::tls::client_config(None).unwrap(),
             store,
             config: AgentConfig::default(),
             reader,
-            server: Arc::new(HttpServerClient::new(1 << 20).unwrap()),
+            server: Arc::new(
+                HttpServerClient::new(1 << 20, crate::tls::client_config(None).unwrap()).unwrap(),
+            ),
             clock: Arc::new(SystemClock),
             rng: Arc::new(SystemRng),
         };

@@ -45,6 +45,7 @@ pub mod kiosk;
 pub mod seams;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod upstream;
 pub mod ws;
 

@@ -75,8 +75,12 @@ pub struct HttpServerClient {
 impl HttpServerClient {
     /// A client with the agent's timeouts (3 s to connect, 30 s per request)
     /// that follows no redirect and reads answers of at most `max_answer_bytes`.
-    pub fn new(max_answer_bytes: usize) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        max_answer_bytes: usize,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
             // A redirect could send the password elsewhere, or downgrade to http.

@@ -93,7 +93,10 @@ async fn connect(agent: &Agent, url: &str, token: &str) -> Result<Socket, String
             .parse()
             .map_err(|_| "token is not a valid header".to_string())?,
     );
-    let connect = tokio_tungstenite::connect_async(req);
+    // The same TLS as the HTTPS client: system store plus server_ca_file.
+    let connector = tokio_tungstenite::Connector::Rustls(agent.tls.clone());
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector));
     match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(Ok((ws, _))) => Ok(ws),
         // The upgrade answer has no error body: its status is all there is.

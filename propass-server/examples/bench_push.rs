@@ -107,6 +107,7 @@ fn uid(k: usize, b: usize, i: usize) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let o = parse_opts()?;
     let base = std::env::var("DATABASE_URL")
         .map_err(|_| "DATABASE_URL is not set (run through cargo xtask bench push)")?;

@@ -54,6 +54,8 @@ pub struct Config {
     pub bind: SocketAddr,
     pub jwt_secret: Secret,
     pub dev_mode: bool,
+    /// `(certificate chain, key)` PEM files when the server speaks TLS itself.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub token_ttl: Duration,
     pub refresh_grace: Duration,
     pub max_batch_items: usize,
@@ -149,7 +151,11 @@ settings! {
     jwt_secret: Option<Secret> = None, env "PROPASS_JWT_SECRET", flag "";
     /// A file whose content (trimmed) is the JWT secret.
     jwt_secret_file: Option<PathBuf> = None, env "PROPASS_JWT_SECRET_FILE", flag "serve --jwt-secret-file";
-    /// Development mode: without a secret, sign with a well-known one. Never in production.
+    /// PEM certificate chain for serving HTTPS and WSS itself (with `tls_key_file`); unset: plain HTTP, for a TLS-terminating proxy in front.
+    tls_cert_file: Option<PathBuf> = None, env "PROPASS_TLS_CERT_FILE", flag "";
+    /// PEM private key of `tls_cert_file`.
+    tls_key_file: Option<PathBuf> = None, env "PROPASS_TLS_KEY_FILE", flag "";
+    /// Development mode: without a secret, sign with a well-known one — only on a loopback `bind`. Never in production.
     dev: bool = false, env "PROPASS_DEV", flag "serve --dev";
     /// Token lifetime (at least 60). Long, because the seed client refreshes only when less than a day is left and kiosks stay offline for days.
     token_ttl_secs: u64 = 7 * 24 * 3600, env "PROPASS_TOKEN_TTL_SECS", flag "";
@@ -381,6 +387,10 @@ impl Settings {
             Some(_) => Err(ConfigError::Invalid(
                 "the JWT secret must be at least 32 bytes long".into(),
             )),
+            None if self.dev && !self.bind.ip().is_loopback() => Err(ConfigError::Invalid(format!(
+                "--dev signs tokens with a well-known secret: it only listens on a loopback address, not {}",
+                self.bind
+            ))),
             None if self.dev => {
                 tracing::warn!("development mode: signing tokens with the well-known development secret");
                 Ok(Secret::new(DEV_JWT_SECRET))
@@ -398,8 +408,18 @@ impl Settings {
         let url = self.database_url()?;
         let secret = self.secret()?;
         let proxies = self.proxies()?;
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert_file and tls_key_file go together: set both, or neither".into(),
+                ))
+            }
+        };
         let mut config = self.build(url, secret);
         config.trusted_proxies = proxies;
+        config.tls = tls;
         Ok(config)
     }
 
@@ -421,6 +441,7 @@ impl Settings {
             database_url,
             jwt_secret,
             dev_mode: self.dev,
+            tls: None,
             bind: self.bind,
             token_ttl: secs(self.token_ttl_secs.max(60)),
             refresh_grace: secs(self.refresh_grace_secs),

@@ -2,6 +2,7 @@
 //! by `main` and by the integration tests, which bind port 0.
 
 use std::net::TcpListener;
+use std::path::Path;
 
 use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
@@ -10,6 +11,29 @@ use crate::config::Config;
 use crate::routes;
 use crate::state::AppState;
 use crate::ws;
+
+/// The TLS configuration from PEM files: rustls with the ring provider.
+fn tls_config(cert: &Path, key: &Path) -> std::io::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &Path, e: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: {e}", what.display()),
+        )
+    };
+    // One provider per process; installing it twice (tests) is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| bad(cert, &e))
+}
 
 /// A bound, not yet running server.
 pub struct Application {
@@ -29,6 +53,10 @@ impl Application {
         let body_limit = state.config.max_body_bytes;
         let auth_limit = state.config.max_auth_body_bytes;
         let app_state = state.clone();
+        let tls = match &state.config.tls {
+            Some((cert, key)) => Some(tls_config(cert, key)?),
+            None => None,
+        };
         let mut server = HttpServer::new(move || {
             let clock = app_state.clock.clone();
             App::new()
@@ -66,8 +94,11 @@ impl Application {
                 .route("/", web::get().to(routes::ws_session::upgrade))
                 .default_service(web::to(routes::not_found))
         })
-        .shutdown_timeout(10)
-        .listen(listener)?;
+        .shutdown_timeout(10);
+        server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        };
         if let Some(n) = workers {
             server = server.workers(n.max(1));
         }

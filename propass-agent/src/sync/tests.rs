@@ -147,6 +147,7 @@ async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
     store.save_login(session).await.unwrap();
     let reader = ReaderThread::spawn_with(|| Err(NfcError::NoReader(String::new()))).unwrap();
     let parts = Parts {
+        tls: crate::tls::client_config(None).unwrap(),
         store,
         config: AgentConfig {
             batch_size: 4,

@@ -41,6 +41,7 @@ pub struct Server {
 
 impl Server {
     pub async fn new() -> Self {
+        propass_agent::tls::install_crypto_provider();
         let database = TestDatabase::create("propass_e2e").await;
         let mut s = Self {
             port: free_port(),
@@ -131,25 +132,38 @@ impl Server {
     }
 
     pub async fn start(&mut self) {
+        self.start_with(&[]).await;
+    }
+
+    /// Starts the server with extra environment (TLS files, say); waits
+    /// until it answers (over TLS: until it accepts connections).
+    pub async fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none());
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(server_bin())
-            .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
+        let mut cmd = Command::new(server_bin());
+        cmd.args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
             .env("DATABASE_URL", &self.db_url)
             .env("PROPASS_JWT_SECRET", SECRET)
             .env("PROPASS_WORKERS", "2")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(ProcessGuard::new(child));
+            .stderr(log);
+        self.child = Some(ProcessGuard::new(cmd.spawn().unwrap()));
+        let tls = env.iter().any(|(k, _)| *k == "PROPASS_TLS_CERT_FILE");
         let url = format!("{}/health", self.url());
+        let port = self.port;
         let up = eventually(Duration::from_secs(30), || async {
-            reqwest::get(&url)
-                .await
-                .map(|r| r.status() == 200)
-                .unwrap_or(false)
+            if tls {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            } else {
+                reqwest::get(&url)
+                    .await
+                    .map(|r| r.status() == 200)
+                    .unwrap_or(false)
+            }
         })
         .await;
         assert!(up, "server did not start");
@@ -211,6 +225,7 @@ pub struct Agent {
 
 impl Agent {
     pub async fn new(server_url: &str, env: &[(&str, &str)]) -> Self {
+        propass_agent::tls::install_crypto_provider();
         let dir = TempDir::new("propass-e2e-agent").unwrap();
         let socket = dir.path().join("agent.sock");
         // No pooled connections: the agent restarts under our feet, and its idle

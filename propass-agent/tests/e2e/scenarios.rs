@@ -722,3 +722,77 @@ async fn the_agent_guards_its_transport_and_its_files() {
     );
     assert_eq!(std::fs::metadata(&agent.socket).unwrap().gid(), gid);
 }
+
+/// The agent syncs to the real server over HTTPS and WSS, trusting a CA made
+/// for the test (given as `server_ca_file`), and nothing else.
+#[tokio::test]
+async fn the_agent_syncs_over_tls_with_a_private_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut server = Server::new().await;
+    let client = server.add_client("TLS Ltd", 10);
+    server.stop();
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let dir = TempDir::new("propass-e2e-tls").unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    std::fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
+    server
+        .start_with(&[
+            ("PROPASS_TLS_CERT_FILE", cert_file.to_str().unwrap()),
+            ("PROPASS_TLS_KEY_FILE", key_file.to_str().unwrap()),
+        ])
+        .await;
+    let https = format!("https://localhost:{}", server.port);
+
+    // Without the CA, the server's certificate is not trusted.
+    let stranger = Agent::new(&https, &[]).await;
+    let (s, v) = stranger
+        .call(
+            Method::POST,
+            "/v1/login",
+            Some(json!({"username": "admin", "password": "admin123"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("server_unreachable")),
+        "{v}"
+    );
+
+    let agent = Agent::new(
+        &https,
+        &[("PROPASS_SERVER_CA_FILE", ca_file.to_str().unwrap())],
+    )
+    .await;
+    agent.login().await;
+    assert_eq!(agent.sync().await.0, 200, "pull over HTTPS");
+    assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            server.ledger_count().await == 1
+        })
+        .await,
+        "the copy reached the ledger over HTTPS"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            agent.status().await["ws_connected"] == true
+        })
+        .await,
+        "the WebSocket is up over WSS: {}",
+        agent.status().await
+    );
+}

@@ -45,6 +45,8 @@ pub async fn spawn_behind_proxy() -> TestApp {
 }
 
 async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    // The tests' HTTP client (reqwest with rustls) needs the process's provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let database = TestDatabase::create("propass_test").await;
     let url = database.url().to_owned();
     tokio::task::spawn_blocking(move || db::run_migrations(&url))
