@@ -186,7 +186,7 @@ async fn main() -> Result<(), String> {
             "add",
             "bench",
             "--role",
-            "operator",
+            "kiosk",
             "--password-stdin",
         ],
         Some("bench-pass\n"),

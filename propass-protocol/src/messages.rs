@@ -9,10 +9,12 @@ use crate::{BadgeUid, ClientId, DeviceId, OpId, SectorMap};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Manages users, clients and quotas; may also run a kiosk.
+    /// Everything: users, clients, quotas, kiosks; may also run a kiosk.
     Admin,
-    /// Runs kiosks.
+    /// Clients, quotas and kiosks; not users, and not a kiosk's own calls.
     Operator,
+    /// A kiosk account: log a device in, push, pull, WebSocket, refresh.
+    Kiosk,
 }
 
 impl Role {
@@ -21,7 +23,13 @@ impl Role {
         match self {
             Self::Admin => "admin",
             Self::Operator => "operator",
+            Self::Kiosk => "kiosk",
         }
+    }
+
+    /// May make a kiosk's calls (push, pull, WebSocket, refresh).
+    pub fn acts_as_kiosk(self) -> bool {
+        matches!(self, Self::Admin | Self::Kiosk)
     }
 }
 
@@ -31,8 +39,9 @@ impl std::str::FromStr for Role {
         match s {
             "admin" => Ok(Self::Admin),
             "operator" => Ok(Self::Operator),
+            "kiosk" => Ok(Self::Kiosk),
             other => Err(format!(
-                "unknown role {other:?} (expected admin or operator)"
+                "unknown role {other:?} (expected admin, operator or kiosk)"
             )),
         }
     }

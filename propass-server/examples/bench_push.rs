@@ -130,7 +130,7 @@ async fn main() -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let hash = propass_server::auth::password::hash_password("bench-pass")?;
-        db::users::create(&mut c, "bench", &hash, Role::Operator)
+        db::users::create(&mut c, "bench", &hash, Role::Kiosk)
             .await
             .map_err(|e| e.to_string())?;
     }

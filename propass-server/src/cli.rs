@@ -78,15 +78,25 @@ enum UserCmd {
     Add {
         /// Username
         name: String,
-        /// admin or operator
+        /// admin (everything), operator (clients, quotas, kiosks), or kiosk (a kiosk's account)
         #[arg(long)]
         role: Role,
         /// Read the password from the first line of standard input
         #[arg(long)]
         password_stdin: bool,
-        /// Replace the password and role if the user exists
+        /// Replace the password and role if the user exists (its tokens stop working)
         #[arg(long)]
         update: bool,
+    },
+    /// Disable a user: logins are refused and its tokens stop working at once
+    Disable {
+        /// Username
+        name: String,
+    },
+    /// Enable a disabled user again (it logs in anew)
+    Enable {
+        /// Username
+        name: String,
     },
 }
 
@@ -308,6 +318,8 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             password_stdin,
             update,
         }) => user_add(conn, name, role, password_stdin, update).await,
+        Command::User(UserCmd::Disable { name }) => user_set_disabled(conn, name, true).await,
+        Command::User(UserCmd::Enable { name }) => user_set_disabled(conn, name, false).await,
         Command::Client(ClientCmd::Add {
             name,
             quota,
@@ -372,6 +384,28 @@ async fn user_add(
         "{} user {name} (id {id}, role {})",
         if exists { "updated" } else { "created" },
         role.as_str()
+    );
+    Ok(())
+}
+
+async fn user_set_disabled(
+    conn: &mut AsyncPgConnection,
+    name: String,
+    disabled: bool,
+) -> Result<(), String> {
+    if !db::users::set_disabled(conn, &name, disabled)
+        .await
+        .map_err(dberr)?
+    {
+        return Err(format!("no user named {name:?}"));
+    }
+    eprintln!(
+        "user {name} {}",
+        if disabled {
+            "disabled: its tokens stop working"
+        } else {
+            "enabled"
+        }
     );
     Ok(())
 }

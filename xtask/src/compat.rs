@@ -108,7 +108,9 @@ struct Seed {
     client: String,
 }
 
-/// Creates (or resets) the `seed-compat` operator and a fresh client with a quota of 10.
+/// Creates (or resets) the `seed-compat` kiosk account — the documented step
+/// for a seed kiosk: it logs in with a user of role `kiosk` — and a fresh
+/// client with a quota of 10.
 fn seed_database(server: &Path, database_url: &str) -> Result<Seed, String> {
     let cli = |args: &[&str], stdin: Option<&str>| {
         let mut cmd = Command::new(server);
@@ -124,7 +126,7 @@ fn seed_database(server: &Path, database_url: &str) -> Result<Seed, String> {
             "add",
             "seed-compat",
             "--role",
-            "operator",
+            "kiosk",
             "--password-stdin",
             "--update",
         ],

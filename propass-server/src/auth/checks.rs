@@ -4,6 +4,8 @@ use actix_web::http::header;
 use actix_web::HttpRequest;
 use propass_protocol::DeviceId;
 
+use super::tokens::Claims;
+use crate::db::users::User;
 use crate::db::{self, PgPool};
 use crate::error::ApiError;
 
@@ -15,6 +17,46 @@ pub fn bearer_token(req: &HttpRequest) -> Option<String> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
         .filter(|t| !t.is_empty())
+}
+
+/// Why a kiosk call is made: what the caller's user must be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Push, pull, WebSocket: a kiosk account's (or an admin's) calls.
+    KioskCall,
+    /// Refreshing the token: any role.
+    Refresh,
+}
+
+/// Refuses a token whose user is gone, disabled, or changed its password
+/// since (its epoch moved), or whose user's role may not make this call.
+/// Returns the user as it is now.
+pub async fn ensure_standing(
+    pool: &PgPool,
+    claims: &Claims,
+    purpose: Purpose,
+) -> Result<User, ApiError> {
+    let user = {
+        let mut conn = pool.get().await?;
+        db::users::by_id(&mut conn, claims.uid).await?
+    }
+    .filter(|u| u.username == claims.sub)
+    .ok_or_else(|| ApiError::InvalidToken("the token's user no longer exists".into()))?;
+    if user.disabled {
+        return Err(ApiError::InvalidToken("this account is disabled".into()));
+    }
+    if user.token_epoch != claims.epoch {
+        return Err(ApiError::InvalidToken(
+            "this token was revoked (the account's password or role changed): log in again".into(),
+        ));
+    }
+    if purpose == Purpose::KioskCall && !user.role.acts_as_kiosk() {
+        return Err(ApiError::Forbidden(format!(
+            "a user with role {} does not make a kiosk's calls: log the kiosk in with a kiosk account",
+            user.role.as_str()
+        )));
+    }
+    Ok(user)
 }
 
 /// Refuses a revoked device (an unknown one is not revoked).

@@ -30,6 +30,10 @@ pub struct Claims {
     pub exp: i64,
     /// Unique token id.
     pub jti: String,
+    /// The user's token epoch when issued: a password change or a disable
+    /// bumps it and ends this token. (Absent from tokens issued before: 0.)
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 impl Claims {
@@ -60,6 +64,8 @@ pub struct Subject<'a> {
     pub role: Role,
     /// The device it will work for.
     pub device: &'a DeviceId,
+    /// The user's token epoch.
+    pub epoch: i64,
 }
 
 /// Signs and checks tokens.
@@ -97,6 +103,7 @@ impl JwtKeys {
             iat: now.timestamp(),
             exp: exp.timestamp(),
             jti: jti.to_string(),
+            epoch: who.epoch,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))?;
@@ -157,6 +164,7 @@ mod tests {
             username: "k",
             role: Role::Operator,
             device: &device,
+            epoch: 0,
         };
         let (token, exp) = keys.issue(who, t0, uuid::Uuid::nil()).unwrap();
         assert_eq!(exp, t0 + chrono::Duration::seconds(60));

@@ -7,6 +7,8 @@ diesel::table! {
         password_hash -> Text,
         role -> Text,
         created_at -> Timestamptz,
+        disabled -> Bool,
+        token_epoch -> BigInt,
     }
 }
 diesel::table! {

@@ -15,6 +15,10 @@ pub struct User {
     pub password_hash: String,
     /// What the user may do.
     pub role: Role,
+    /// Refused at login, its tokens dead.
+    pub disabled: bool,
+    /// Bumped by a password change or a disable: older tokens stop working.
+    pub token_epoch: i64,
 }
 
 #[derive(Queryable, Selectable)]
@@ -24,6 +28,8 @@ struct UserRow {
     username: String,
     password_hash: String,
     role: String,
+    disabled: bool,
+    token_epoch: i64,
 }
 
 impl TryFrom<UserRow> for User {
@@ -40,6 +46,8 @@ impl TryFrom<UserRow> for User {
             username: r.username,
             password_hash: r.password_hash,
             role,
+            disabled: r.disabled,
+            token_epoch: r.token_epoch,
         })
     }
 }
@@ -74,7 +82,37 @@ pub async fn create(
         .await
 }
 
-/// Replaces a user's password and role; returns the id.
+/// The user with id `uid`, as a token check needs it.
+pub async fn by_id(conn: &mut AsyncPgConnection, uid: i64) -> QueryResult<Option<User>> {
+    users::table
+        .find(uid)
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .map(User::try_from)
+        .transpose()
+}
+
+/// Disables (or enables) a user; disabling also ends its tokens. Returns
+/// whether the user exists.
+pub async fn set_disabled(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    disabled: bool,
+) -> QueryResult<bool> {
+    let epoch_bump: i64 = disabled.into();
+    let n = diesel::update(users::table.filter(users::username.eq(name)))
+        .set((
+            users::disabled.eq(disabled),
+            users::token_epoch.eq(users::token_epoch + epoch_bump),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Replaces a user's password and role — which ends its tokens; returns the id.
 pub async fn update(
     conn: &mut AsyncPgConnection,
     name: &str,
@@ -82,7 +120,11 @@ pub async fn update(
     role: Role,
 ) -> QueryResult<i64> {
     diesel::update(users::table.filter(users::username.eq(name)))
-        .set((users::password_hash.eq(hash), users::role.eq(role.as_str())))
+        .set((
+            users::password_hash.eq(hash),
+            users::role.eq(role.as_str()),
+            users::token_epoch.eq(users::token_epoch + 1),
+        ))
         .returning(users::id)
         .get_result(conn)
         .await

@@ -6,7 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use propass_protocol::{DeviceId, LoginRequest, LoginResponse, RefreshResponse, UserInfo};
 
 use super::client_addr::client_ip;
-use crate::auth::{self, bearer_token, ensure_device_active, Subject, ThrottleKey};
+use crate::auth::{
+    self, bearer_token, ensure_device_active, ensure_standing, Purpose, Subject, ThrottleKey,
+};
 use crate::db::{self, users::User};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -38,6 +40,12 @@ pub async fn login(
         )));
     }
     let user = check_credentials(&req, &state, username, password).await?;
+    if user.disabled {
+        return Err(ApiError::Forbidden(format!(
+            "account {:?} is disabled",
+            user.username
+        )));
+    }
 
     let revoked = {
         let mut conn = state.pool.get().await?;
@@ -124,6 +132,7 @@ fn issue(
         username: &user.username,
         role: user.role,
         device,
+        epoch: user.token_epoch,
     };
     state
         .jwt
@@ -136,12 +145,7 @@ pub async fn refresh(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<
     let token = bearer_token(&req).ok_or(ApiError::MissingToken)?;
     let claims = state.jwt.verify_for_refresh(&token, state.clock.now())?;
     ensure_device_active(&state.pool, &claims.device_id).await?;
-    let user = {
-        let mut conn = state.pool.get().await?;
-        db::users::find(&mut conn, &claims.sub).await?
-    }
-    .filter(|u| u.id == claims.uid)
-    .ok_or_else(|| ApiError::InvalidToken("the token's user no longer exists".into()))?;
+    let user = ensure_standing(&state.pool, &claims, Purpose::Refresh).await?;
     let (token, exp) = issue(&state, &user, &claims.device_id)?;
     Ok(no_store().json(RefreshResponse {
         success: true,

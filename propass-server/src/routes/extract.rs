@@ -1,12 +1,12 @@
 //! The request extractors: what a handler takes to say which checks its
 //! caller passed. The names say what is checked.
 
-use std::future::{ready, Future, Ready};
+use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpRequest};
 
-use crate::auth::{bearer_token, ensure_device_active, Claims};
+use crate::auth::{bearer_token, ensure_device_active, ensure_standing, Claims, Purpose};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -16,41 +16,49 @@ fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::Internal("application state missing".into()))
 }
 
-/// A token with a valid signature that has not expired. Its device's
-/// revocation is NOT checked: the handler does it itself (the push does it
-/// inside its transaction, saving a round trip).
-#[derive(Debug, Clone)]
-pub struct ValidToken(pub Claims);
+type Checked<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
 
-impl FromRequest for ValidToken {
+/// The claims of a valid, unexpired token whose user may make a kiosk's
+/// calls (exists, not disabled, same password, role kiosk or admin).
+async fn kiosk_claims(
+    state: Result<web::Data<AppState>, ApiError>,
+    token: Option<String>,
+) -> Result<(web::Data<AppState>, Claims), ApiError> {
+    let state = state?;
+    let token = token.ok_or(ApiError::MissingToken)?;
+    let claims = state.jwt.verify(&token, state.clock.now())?;
+    ensure_standing(&state.pool, &claims, Purpose::KioskCall).await?;
+    Ok((state, claims))
+}
+
+/// A kiosk's token: valid, unexpired, of a user in good standing who may
+/// make a kiosk's calls. Its device's revocation is NOT checked: the handler
+/// does it itself (the push does it inside its transaction).
+#[derive(Debug, Clone)]
+pub struct KioskToken(pub Claims);
+
+impl FromRequest for KioskToken {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Checked<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let verify = || {
-            let state = state_of(req)?;
-            let token = bearer_token(req).ok_or(ApiError::MissingToken)?;
-            Ok(Self(state.jwt.verify(&token, state.clock.now())?))
-        };
-        ready(verify())
+        let (state, token) = (state_of(req), bearer_token(req));
+        Box::pin(async move { Ok(Self(kiosk_claims(state, token).await?.1)) })
     }
 }
 
-/// A valid, unexpired token whose device is not revoked.
+/// A kiosk's token (see [`KioskToken`]) whose device is not revoked.
 #[derive(Debug, Clone)]
-pub struct ValidTokenOfActiveDevice(pub Claims);
+pub struct KioskTokenOfActiveDevice(pub Claims);
 
-impl FromRequest for ValidTokenOfActiveDevice {
+impl FromRequest for KioskTokenOfActiveDevice {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Future = Checked<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = state_of(req);
-        let token = bearer_token(req);
+        let (state, token) = (state_of(req), bearer_token(req));
         Box::pin(async move {
-            let state = state?;
-            let token = token.ok_or(ApiError::MissingToken)?;
-            let claims = state.jwt.verify(&token, state.clock.now())?;
+            let (state, claims) = kiosk_claims(state, token).await?;
             ensure_device_active(&state.pool, &claims.device_id).await?;
             Ok(Self(claims))
         })

@@ -4,7 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use propass_protocol::{ClientId, DeviceId, PullResponse, QuotaEntry};
 use serde::Deserialize;
 
-use super::extract::{ValidToken, ValidTokenOfActiveDevice};
+use super::extract::{KioskToken, KioskTokenOfActiveDevice};
 use super::push_body::{self, PushBody};
 use crate::db::{self, copies::PgLedger};
 use crate::error::{ApiError, ApiResult};
@@ -12,11 +12,11 @@ use crate::push;
 use crate::state::AppState;
 
 /// `POST /api/sync/push`. The device's revocation is checked inside the push
-/// transaction, hence [`ValidToken`]. The body is read under its limits
+/// transaction, hence [`KioskToken`]. The body is read under its limits
 /// (see [`push_body`]); items are parsed one by one by the use case.
 pub async fn push(
     state: web::Data<AppState>,
-    token: ValidToken,
+    token: KioskToken,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
@@ -46,7 +46,7 @@ pub struct PullQuery {
 /// `GET /api/sync/pull`: the quotas of the clients this kiosk may serve.
 pub async fn pull(
     state: web::Data<AppState>,
-    token: ValidTokenOfActiveDevice,
+    token: KioskTokenOfActiveDevice,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
     let query = web::Query::<PullQuery>::from_query(req.query_string())

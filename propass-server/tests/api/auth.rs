@@ -35,6 +35,7 @@ fn claims(device: &str, exp_offset_secs: i64) -> Claims {
         iat: now - 3600,
         exp: now + exp_offset_secs,
         jti: uuid::Uuid::new_v4().to_string(),
+        epoch: 0,
     }
 }
 

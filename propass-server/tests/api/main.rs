@@ -8,5 +8,6 @@ mod copy_policy;
 mod health;
 mod helpers;
 mod hostile;
+mod roles;
 mod sync;
 mod ws;
