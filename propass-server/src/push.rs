@@ -17,10 +17,12 @@ use crate::ledger::{ItemFailure, LedgerStore, NewOp, Outcome};
 pub struct PushDone {
     /// The answer to the kiosk.
     pub response: PushResponse,
-    /// One event for every WebSocket: the new copies and the charged quotas.
+    /// One event for every WebSocket: the charged quotas.
     pub broadcast: Vec<WsMessage>,
-    /// For the pushing device's own WebSockets.
-    pub to_pusher: WsMessage,
+    /// For the pushing device's own WebSockets only: its new copies (a
+    /// badge UID is what it takes to clone a UID-only badge: no other kiosk
+    /// sees it) and the push's summary.
+    pub to_pusher: Vec<WsMessage>,
 }
 
 /// An item as read from the batch.
@@ -127,10 +129,15 @@ pub async fn push(
     drop(recorded);
 
     let summary = summarize(device, &data, now);
-    let broadcast = new_copies
+    let broadcast = batch
+        .charged
+        .into_iter()
+        .map(WsMessage::QuotaUpdated)
+        .collect();
+    let to_pusher = new_copies
         .into_iter()
         .map(WsMessage::CopyCompleted)
-        .chain(batch.charged.into_iter().map(WsMessage::QuotaUpdated))
+        .chain(std::iter::once(WsMessage::SyncCompleted(summary)))
         .collect();
     Ok(PushDone {
         response: PushResponse {
@@ -139,7 +146,7 @@ pub async fn push(
             quotas: batch.named,
         },
         broadcast,
-        to_pusher: WsMessage::SyncCompleted(summary),
+        to_pusher,
     })
 }
 
@@ -298,12 +305,17 @@ mod tests {
             (PushStatus::Synced, true, Some(1))
         );
         assert_eq!(data[3].error.as_deref(), Some("unknown client 99"));
-        assert_eq!(
-            done.broadcast.len(),
-            1,
-            "one copy_completed for the one new copy"
+        assert!(
+            done.broadcast.is_empty(),
+            "the memory ledger charged no quota"
         );
-        match &done.to_pusher {
+        assert_eq!(
+            done.to_pusher.len(),
+            2,
+            "one copy_completed for the one new copy, then the summary"
+        );
+        assert!(matches!(done.to_pusher[0], WsMessage::CopyCompleted(_)));
+        match &done.to_pusher[1] {
             WsMessage::SyncCompleted(s) => {
                 assert_eq!((s.synced, s.failed, s.duplicates, s.at), (2, 2, 1, now));
             }

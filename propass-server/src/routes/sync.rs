@@ -33,7 +33,7 @@ pub async fn push(
         push::push(&mut PgLedger(&mut conn), &device, &queue, now, &window).await?
     };
     state.hub.broadcast_all(&done.broadcast);
-    state.hub.send_to_device(&device, &done.to_pusher);
+    state.hub.send_all_to_device(&device, &done.to_pusher);
     Ok(HttpResponse::Ok().json(done.response))
 }
 

@@ -7,7 +7,7 @@
 //! has stopped reading, and the hub drops it (its session closes the socket)
 //! rather than let the server's memory grow.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -64,9 +64,53 @@ struct Conn {
 /// Identifies one registered connection.
 pub type ConnId = u64;
 
+/// The open connections, and an index of them by device.
+#[derive(Default)]
+struct Conns {
+    all: BTreeMap<ConnId, Conn>,
+    /// So that a device's messages cost its own connections, not everyone's.
+    by_device: HashMap<DeviceId, BTreeSet<ConnId>>,
+}
+
+impl Conns {
+    fn remove(&mut self, id: ConnId) {
+        let Some(conn) = self.all.remove(&id) else {
+            return;
+        };
+        if let Some(ids) = self.by_device.get_mut(&conn.device_id) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_device.remove(&conn.device_id);
+            }
+        }
+    }
+
+    /// Queues the event on the connections `ids` (in id order), dropping
+    /// those whose queue is full (or whose session is gone).
+    fn deliver(&mut self, ids: &[ConnId], out: &Group) {
+        let mut dropped = Vec::new();
+        for id in ids {
+            let Some(conn) = self.all.get(id) else {
+                continue;
+            };
+            match conn.tx.try_send(out.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(conn = id, device = %conn.device_id, "websocket consumer too slow; dropping it");
+                    dropped.push(*id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => dropped.push(*id),
+            }
+        }
+        for id in dropped {
+            self.remove(id);
+        }
+    }
+}
+
 /// Every open WebSocket connection.
 pub struct Hub {
-    conns: Mutex<BTreeMap<ConnId, Conn>>,
+    conns: Mutex<Conns>,
     next_id: AtomicU64,
     queue_len: usize,
 }
@@ -75,7 +119,7 @@ impl Hub {
     /// A hub whose connections each queue at most `queue_len` events.
     pub fn new(queue_len: usize) -> Self {
         Self {
-            conns: Mutex::new(BTreeMap::new()),
+            conns: Mutex::new(Conns::default()),
             next_id: AtomicU64::new(1),
             queue_len,
         }
@@ -85,60 +129,65 @@ impl Hub {
     pub fn register(&self, device_id: DeviceId) -> (ConnId, mpsc::Receiver<Group>) {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, Conn { device_id, tx });
+        let mut conns = self.lock();
+        conns
+            .by_device
+            .entry(device_id.clone())
+            .or_default()
+            .insert(id);
+        conns.all.insert(id, Conn { device_id, tx });
         (id, rx)
     }
 
     /// Removes a connection.
     pub fn unregister(&self, id: ConnId) {
-        self.lock().remove(&id);
+        self.lock().remove(id);
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<ConnId, Conn>> {
+    fn lock(&self) -> MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Open connections of one device.
     pub fn device_connections(&self, device_id: &DeviceId) -> usize {
         self.lock()
-            .values()
-            .filter(|c| &c.device_id == device_id)
-            .count()
+            .by_device
+            .get(device_id)
+            .map_or(0, BTreeSet::len)
     }
 
     /// Sends to every connection allowed to see the message. Today every
     /// authenticated kiosk serves every client, so that is every connection.
     pub fn broadcast(&self, msg: &WsMessage) {
-        self.deliver(std::slice::from_ref(msg), |_| true);
+        self.broadcast_all(std::slice::from_ref(msg));
     }
 
-    /// Sends several messages as one event (one slot of each queue).
+    /// Sends several messages as one event (one slot of each queue),
+    /// serialized once for all connections.
     pub fn broadcast_all(&self, msgs: &[WsMessage]) {
-        if !msgs.is_empty() {
-            self.deliver(msgs, |_| true);
+        if msgs.is_empty() {
+            return;
         }
-    }
-
-    /// Sends to the connections of one device.
-    pub fn send_to_device(&self, device_id: &DeviceId, msg: &WsMessage) {
-        self.deliver(std::slice::from_ref(msg), |c| &c.device_id == device_id);
-    }
-
-    fn deliver(&self, msgs: &[WsMessage], wanted: impl Fn(&Conn) -> bool) {
         let out: Group = msgs.iter().map(Outbound::new).collect();
-        self.lock().retain(|id, conn| {
-            if !wanted(conn) {
-                return true;
-            }
-            match conn.tx.try_send(out.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(conn = id, device = %conn.device_id, "websocket consumer too slow; dropping it");
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        let mut conns = self.lock();
+        let ids: Vec<ConnId> = conns.all.keys().copied().collect();
+        conns.deliver(&ids, &out);
+    }
+
+    /// Sends several messages as one event to the connections of one device:
+    /// the cost is that device's connections, however many others are open.
+    pub fn send_all_to_device(&self, device_id: &DeviceId, msgs: &[WsMessage]) {
+        if msgs.is_empty() {
+            return;
+        }
+        let out: Group = msgs.iter().map(Outbound::new).collect();
+        let mut conns = self.lock();
+        let ids: Vec<ConnId> = conns
+            .by_device
+            .get(device_id)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        conns.deliver(&ids, &out);
     }
 }
 
@@ -166,6 +215,19 @@ mod tests {
         assert!(kept[0].contains("pong"), "{kept:?}");
         assert!(kept[1].contains("\"remaining\":5"), "{kept:?}");
         assert!(kept[2].contains("\"remaining\":9"), "{kept:?}");
+    }
+
+    #[test]
+    fn a_devices_messages_reach_its_connections_only() {
+        let hub = Hub::new(4);
+        let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+        let (id_a, mut rx_a) = hub.register(a.clone());
+        let (_, mut rx_b) = hub.register(b.clone());
+        hub.send_all_to_device(&a, &[WsMessage::Pong]);
+        assert!(rx_a.try_recv().is_ok());
+        assert!(rx_b.try_recv().is_err(), "b is not a");
+        hub.unregister(id_a);
+        assert_eq!((hub.device_connections(&a), hub.device_connections(&b)), (0, 1));
     }
 
     #[test]

@@ -52,7 +52,7 @@ async fn authorization_header_works_and_bad_tokens_are_refused() {
 }
 
 #[tokio::test]
-async fn a_push_reaches_every_connection() {
+async fn a_push_announces_its_copies_to_its_own_kiosk_and_quotas_to_all() {
     let app = spawn_app().await;
     let client = app.add_client("ACME", 2).await;
     let pusher_token = app.token("K1").await;
@@ -73,25 +73,16 @@ async fn a_push_reaches_every_connection() {
     app.push_ok(&pusher_token, &json!({"device_id": "K1", "queue": items}))
         .await;
 
+    // Another kiosk learns the new quota — and never the badges.
     let got = collect_until(&mut watcher, WAIT, |m| {
-        m.iter().filter(|v| v["type"] == "copy_completed").count() == 3
-            && m.iter().any(|v| v["type"] == "quota_updated")
+        m.iter().any(|v| v["type"] == "quota_updated")
     })
     .await;
-    let copies: Vec<_> = got
-        .iter()
-        .filter(|v| v["type"] == "copy_completed")
-        .collect();
-    assert_eq!(copies.len(), 3, "watcher got {got:?}");
-    assert_eq!(copies[0]["data"]["client_id"], client);
-    assert_eq!(copies[0]["data"]["uid"], "04AB12CD");
-    assert_eq!(copies[0]["data"]["device_id"], "K1");
-    assert_eq!(copies[2]["data"]["overdraft"], true);
     let quota = got
         .iter()
         .rev()
         .find(|v| v["type"] == "quota_updated")
-        .unwrap();
+        .expect("the other kiosk gets quota_updated");
     assert_eq!(
         (&quota["data"]["client_id"], &quota["data"]["remaining"]),
         (&json!(client), &json!(-1))
@@ -100,15 +91,32 @@ async fn a_push_reaches_every_connection() {
         quota["data"]["version"].as_i64().is_some_and(|v| v > 0),
         "quota updates carry a version"
     );
+    send_json(&mut watcher, &json!({"type": "ping"})).await;
+    let rest = collect_until(&mut watcher, WAIT, |m| {
+        m.iter().any(|v| v["type"] == "pong")
+    })
+    .await;
     assert!(
-        got.iter().all(|v| v["type"] != "sync_completed"),
-        "sync_completed goes to the pusher only"
+        got.iter()
+            .chain(&rest)
+            .all(|v| v["type"] != "copy_completed" && v["type"] != "sync_completed"),
+        "another kiosk sees no copy and no summary: {got:?} {rest:?}"
     );
 
+    // The pusher gets its own copies, then its summary.
     let mine = collect_until(&mut pusher, WAIT, |m| {
         m.iter().any(|v| v["type"] == "sync_completed")
     })
     .await;
+    let copies: Vec<_> = mine
+        .iter()
+        .filter(|v| v["type"] == "copy_completed")
+        .collect();
+    assert_eq!(copies.len(), 3, "pusher got {mine:?}");
+    assert_eq!(copies[0]["data"]["client_id"], client);
+    assert_eq!(copies[0]["data"]["uid"], "04AB12CD");
+    assert_eq!(copies[0]["data"]["device_id"], "K1");
+    assert_eq!(copies[2]["data"]["overdraft"], true);
     let done = mine
         .iter()
         .find(|v| v["type"] == "sync_completed")
