@@ -227,7 +227,10 @@ mod tests {
         assert!(rx_a.try_recv().is_ok());
         assert!(rx_b.try_recv().is_err(), "b is not a");
         hub.unregister(id_a);
-        assert_eq!((hub.device_connections(&a), hub.device_connections(&b)), (0, 1));
+        assert_eq!(
+            (hub.device_connections(&a), hub.device_connections(&b)),
+            (0, 1)
+        );
     }
 
     #[test]

@@ -164,15 +164,29 @@ impl TestApp {
             .unwrap()
     }
 
-    /// `GET /api/sync/pull`'s entry for `client`.
-    pub async fn pull_entry(&self, token: &str, client: i64) -> Value {
-        let res = self
-            .http
+    /// `GET /api/sync/pull` with `token`.
+    pub async fn pull(&self, token: &str) -> reqwest::Response {
+        self.http
             .get(format!("{}/api/sync/pull", self.base))
             .bearer_auth(token)
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `POST /api/auth/refresh` with `token`.
+    pub async fn refresh(&self, token: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/auth/refresh", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /api/sync/pull`'s entry for `client`.
+    pub async fn pull_entry(&self, token: &str, client: i64) -> Value {
+        let res = self.pull(token).await;
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
         body["quotas"]
@@ -242,21 +256,7 @@ impl TestApp {
 
     /// The remaining quota of `client` according to `GET /api/sync/pull`.
     pub async fn remaining(&self, token: &str, client: i64) -> i64 {
-        let res = self
-            .http
-            .get(format!("{}/api/sync/pull", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        let body: Value = res.json().await.unwrap();
-        body["quotas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|q| q["client_id"] == client)
-            .expect("client in pull")["remaining"]
+        self.pull_entry(token, client).await["remaining"]
             .as_i64()
             .unwrap()
     }
@@ -336,4 +336,18 @@ pub async fn collect_until(
 
 pub async fn send_json(ws: &mut Ws, v: &Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Waits for the server to close `ws`; the close code.
+pub async fn server_closes(
+    ws: &mut Ws,
+    timeout: Duration,
+) -> Option<tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode> {
+    loop {
+        match tokio::time::timeout(timeout, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected the server to close the socket, got {other:?}"),
+        }
+    }
 }

@@ -63,13 +63,7 @@ async fn credentials_are_never_cached_and_login_bodies_are_small() {
         .as_str()
         .unwrap()
         .to_owned();
-    let res = app
-        .http
-        .post(format!("{}/api/auth/refresh", app.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let res = app.refresh(&token).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["cache-control"], "no-store");
 

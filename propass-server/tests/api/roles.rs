@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use propass_protocol::Role;
 use propass_server::db;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
@@ -18,15 +16,6 @@ async fn token_of(app: &TestApp, user: &str, password: &str, device: &str) -> St
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     body["token"].as_str().unwrap().to_owned()
-}
-
-async fn pull_status(app: &TestApp, token: &str) -> reqwest::Response {
-    app.http
-        .get(format!("{}/api/sync/pull", app.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
 }
 
 /// An operator manages clients and kiosks; it does not push, pull or open a
@@ -45,7 +34,7 @@ async fn only_kiosk_accounts_and_admins_make_a_kiosks_calls() {
         "forbidden"
     );
     assert_eq!(
-        error_code(pull_status(&app, &operator).await, 403).await,
+        error_code(app.pull(&operator).await, 403).await,
         "forbidden"
     );
     let url = format!(
@@ -67,7 +56,7 @@ async fn only_kiosk_accounts_and_admins_make_a_kiosks_calls() {
     let kiosk = body["token"].as_str().unwrap();
     let push = json!({"device_id": "K2", "queue": [seed_item(1, client, "04AB12CD")]});
     assert_eq!(app.push_ok(kiosk, &push).await[0]["status"], "synced");
-    assert_eq!(pull_status(&app, kiosk).await.status(), 200);
+    assert_eq!(app.pull(kiosk).await.status(), 200);
 }
 
 /// Disabling a user ends its tokens and its open WebSockets at once, and
@@ -90,16 +79,10 @@ async fn disabling_a_user_or_changing_its_password_ends_its_tokens() {
             .unwrap()
     );
     assert_eq!(
-        error_code(pull_status(&app, &token).await, 401).await,
+        error_code(app.pull(&token).await, 401).await,
         "invalid_token"
     );
-    let closed = loop {
-        match tokio::time::timeout(WAIT, ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("expected the server to close the socket, got {other:?}"),
-        }
-    };
+    let closed = server_closes(&mut ws, WAIT).await;
     assert_eq!(closed, Some(CloseCode::Policy));
     assert_eq!(
         error_code(app.login("kiosk-7", "kiosk-pass", "K1").await, 403).await,
@@ -112,22 +95,16 @@ async fn disabling_a_user_or_changing_its_password_ends_its_tokens() {
             .unwrap()
     );
     let token = token_of(&app, "kiosk-7", "kiosk-pass", "K1").await;
-    assert_eq!(pull_status(&app, &token).await.status(), 200);
+    assert_eq!(app.pull(&token).await.status(), 200);
     let hash = propass_server::auth::password::hash_password("new-pass").unwrap();
     db::users::update(&mut app.db().await, "kiosk-7", &hash, Role::Kiosk)
         .await
         .unwrap();
     assert_eq!(
-        error_code(pull_status(&app, &token).await, 401).await,
+        error_code(app.pull(&token).await, 401).await,
         "invalid_token"
     );
-    let refresh = app
-        .http
-        .post(format!("{}/api/auth/refresh", app.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let refresh = app.refresh(&token).await;
     assert_eq!(
         error_code(refresh, 401).await,
         "invalid_token",

@@ -236,12 +236,6 @@ async fn a_revoked_device_loses_its_open_websocket() {
         Some(json!({"type": "pong"}))
     );
     app.revoke("K1").await;
-    let closed = loop {
-        match tokio::time::timeout(WAIT, ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("expected the server to close the socket, got {other:?}"),
-        }
-    };
+    let closed = server_closes(&mut ws, WAIT).await;
     assert_eq!(closed, Some(CloseCode::Policy));
 }
