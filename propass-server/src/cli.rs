@@ -88,6 +88,13 @@ enum UserCmd {
         #[arg(long)]
         update: bool,
     },
+    /// Change a user's role (its tokens stop working; it logs in anew)
+    Role {
+        /// Username
+        name: String,
+        /// admin, operator or kiosk
+        role: Role,
+    },
     /// Disable a user: logins are refused and its tokens stop working at once
     Disable {
         /// Username
@@ -318,6 +325,7 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             password_stdin,
             update,
         }) => user_add(conn, name, role, password_stdin, update).await,
+        Command::User(UserCmd::Role { name, role }) => user_set_role(conn, name, role).await,
         Command::User(UserCmd::Disable { name }) => user_set_disabled(conn, name, true).await,
         Command::User(UserCmd::Enable { name }) => user_set_disabled(conn, name, false).await,
         Command::Client(ClientCmd::Add {
@@ -383,6 +391,24 @@ async fn user_add(
     eprintln!(
         "{} user {name} (id {id}, role {})",
         if exists { "updated" } else { "created" },
+        role.as_str()
+    );
+    Ok(())
+}
+
+async fn user_set_role(
+    conn: &mut AsyncPgConnection,
+    name: String,
+    role: Role,
+) -> Result<(), String> {
+    if !db::users::set_role(conn, &name, role)
+        .await
+        .map_err(dberr)?
+    {
+        return Err(format!("no user named {name:?}"));
+    }
+    eprintln!(
+        "user {name} now has role {}; its tokens stop working",
         role.as_str()
     );
     Ok(())

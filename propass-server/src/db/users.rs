@@ -94,6 +94,18 @@ pub async fn by_id(conn: &mut AsyncPgConnection, uid: i64) -> QueryResult<Option
         .transpose()
 }
 
+/// Changes a user's role, ending its tokens; whether the user exists.
+pub async fn set_role(conn: &mut AsyncPgConnection, name: &str, role: Role) -> QueryResult<bool> {
+    let n = diesel::update(users::table.filter(users::username.eq(name)))
+        .set((
+            users::role.eq(role.as_str()),
+            users::token_epoch.eq(users::token_epoch + 1),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
 /// Disables (or enables) a user; disabling also ends its tokens. Returns
 /// whether the user exists.
 pub async fn set_disabled(
