@@ -119,10 +119,7 @@ async fn read_source(agent: &Agent) -> Result<(TagInfo, BadgeRead), KioskError> 
         .reader
         .run(move |r, cancel| {
             let tag = r.wait_for_tag(timeout, cancel)?;
-            let read = match copyable(&tag) {
-                true => Some(r.read_badge(&tag, &keys)),
-                false => None,
-            };
+            let read = copyable(&tag).then(|| r.read_badge(&tag, &keys));
             r.release();
             Ok((tag, read.transpose()?))
         })
