@@ -127,26 +127,7 @@ impl Chip {
         let p = framing.payload(args);
         let frame_ok = framing.frame_ok(args);
         if framing.bits == 7 {
-            return match args {
-                [0x26] | [0x52] => {
-                    let wupa = args == [0x52];
-                    let atqas: Vec<[u8; 2]> = field.cards().filter_map(|c| c.wake(wupa)).collect();
-                    // ATQA goes least significant byte first.
-                    atqas
-                        .first()
-                        .map_or(vec![TIMEOUT], |a| vec![0x00, a[1], a[0]])
-                }
-                [0x40] => {
-                    // Every card hears it: a held one falls back even when a Gen1a opens.
-                    let opened = field.cards().map(Tag::unlock1).collect::<Vec<_>>();
-                    if opened.contains(&true) {
-                        self.ack()
-                    } else {
-                        vec![TIMEOUT]
-                    }
-                }
-                _ => vec![TIMEOUT],
-            };
+            return self.short_frame(args, field);
         }
         if frame_ok && p == [0x50, 0x00] {
             // HLTA: the card halts and, as the standard says, does not answer.
@@ -186,6 +167,32 @@ impl Chip {
                 field.cards().for_each(Tag::unexpected);
                 vec![TIMEOUT]
             }
+        }
+    }
+}
+
+impl Chip {
+    /// A 7-bit frame: REQA / WUPA, or the Gen1a backdoor's first command.
+    fn short_frame(&mut self, args: &[u8], field: &mut Field) -> Vec<u8> {
+        match args {
+            [0x26] | [0x52] => {
+                let wupa = args == [0x52];
+                let atqas: Vec<[u8; 2]> = field.cards().filter_map(|c| c.wake(wupa)).collect();
+                // ATQA goes least significant byte first.
+                atqas
+                    .first()
+                    .map_or(vec![TIMEOUT], |a| vec![0x00, a[1], a[0]])
+            }
+            [0x40] => {
+                // Every card hears it: a held one falls back even when a Gen1a opens.
+                let opened = field.cards().map(Tag::unlock1).collect::<Vec<_>>();
+                if opened.contains(&true) {
+                    self.ack()
+                } else {
+                    vec![TIMEOUT]
+                }
+            }
+            _ => vec![TIMEOUT],
         }
     }
 }
