@@ -116,7 +116,10 @@ async fn disabling_a_user_or_changing_its_password_ends_its_tokens() {
     // An operator made a kiosk account (the upgrade step): old tokens end.
     let (ok, _, err) = app.cli(&["user", "role", "kiosk-7", "operator"]).await;
     assert!(ok, "{err}");
-    assert_eq!(error_code(app.pull(&token).await, 401).await, "invalid_token");
+    assert_eq!(
+        error_code(app.pull(&token).await, 401).await,
+        "invalid_token"
+    );
     let token = token_of(&app, "kiosk-7", "new-pass", "K1").await;
     assert_eq!(error_code(app.pull(&token).await, 403).await, "forbidden");
     let (ok, _, err) = app.cli(&["user", "role", "nobody", "kiosk"]).await;
