@@ -4,10 +4,9 @@
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::clone::BadgeRead;
 use crate::error::{NfcError, NfcResult};
-use crate::mifare::{Dump, KeyDictionary};
-use crate::reader::{BlankKind, TagInfo};
+use crate::mifare::{BadgeRead, Dump, KeyDictionary};
+use crate::reader::{BlankKind, Reader, TagInfo};
 
 /// What the kiosk flow needs of a reader. Blocking: run it on the reader
 /// thread ([`crate::ReaderThread`]).
@@ -56,5 +55,37 @@ pub trait CardReader {
             }
             std::thread::sleep(Duration::from_millis(150));
         }
+    }
+}
+
+/// The libnfc reader, as the kiosk flow sees it.
+impl CardReader for Reader {
+    fn wait_for_tag(&mut self, timeout: Duration, cancel: &AtomicBool) -> NfcResult<TagInfo> {
+        Reader::wait_for_tag(self, timeout, cancel)
+    }
+
+    fn read_block0(&mut self, tag: &TagInfo) -> NfcResult<[u8; 16]> {
+        Reader::read_block0(self, tag)
+    }
+
+    fn write_block0(&mut self, blank: &TagInfo, block0: &[u8; 16]) -> NfcResult<BlankKind> {
+        Reader::write_block0(self, blank, block0)
+    }
+
+    fn read_badge(&mut self, tag: &TagInfo, keys: &KeyDictionary) -> NfcResult<BadgeRead> {
+        Reader::read_badge(self, tag, keys)
+    }
+
+    fn write_badge(
+        &mut self,
+        blank: &TagInfo,
+        source: &TagInfo,
+        dump: &Dump,
+    ) -> NfcResult<BlankKind> {
+        Reader::write_badge(self, blank, source, dump)
+    }
+
+    fn release(&mut self) {
+        Reader::release(self)
     }
 }

@@ -7,20 +7,11 @@
 use crate::error::{NfcError, NfcResult};
 use crate::iso14443a::{block0_7, with_crc, FACTORY_KEY};
 use crate::mifare::{
-    key_b_readable, Dump, Key, KeyDictionary, KeyType, Layout, SectorKeys, SectorMap,
+    key_b_readable, BadgeRead, Dump, Key, KeyDictionary, KeyType, Layout, SectorKeys,
 };
 use crate::reader::{
     auth_uid, build_block0, validate_block0, BlankKind, Reader, TagInfo, CLASSIC_SAKS,
 };
-
-/// A badge as read: its contents and what may be recorded about them.
-#[derive(Debug)]
-pub struct BadgeRead {
-    /// The contents, for the copy only.
-    pub dump: Dump,
-    /// Which sectors opened, with which key.
-    pub map: SectorMap,
-}
 
 /// The MIFARE Classic layout of a card, if it is one.
 pub fn layout_of(tag: &TagInfo) -> Option<Layout> {

@@ -32,10 +32,19 @@ mod reader;
 mod thread;
 
 pub use card_reader::CardReader;
-pub use clone::{layout_of, BadgeRead};
+pub use clone::layout_of;
 pub use error::{NfcError, NfcResult};
 pub use iso14443a::FACTORY_KEY;
+pub use mifare::BadgeRead;
 pub use reader::{
     build_block0, list_readers, validate_block0, BlankKind, CardFamily, Reader, TagInfo,
 };
 pub use thread::ReaderThread;
+
+/// The module graph is acyclic: no top-level module reaches, through
+/// `crate::` paths, a module that reaches back to it.
+#[cfg(test)]
+#[test]
+fn module_graph_has_no_cycle() {
+    propass_test_support::assert_no_module_cycle(env!("CARGO_MANIFEST_DIR"), ("clone", "reader"));
+}

@@ -260,6 +260,15 @@ impl Dump {
     }
 }
 
+/// A badge as read: its contents and what may be recorded about them.
+#[derive(Debug)]
+pub struct BadgeRead {
+    /// The contents, for the copy only.
+    pub dump: Dump,
+    /// Which sectors opened, with which key.
+    pub map: SectorMap,
+}
+
 impl fmt::Debug for Dump {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -9,11 +9,8 @@ use nfc1::target_info::TargetInfo;
 use nfc1::{BaudRate, Context, Device, Modulation, ModulationType, Property, Timeout};
 use serde_like::Hex;
 
-use crate::card_reader::CardReader;
-use crate::clone::BadgeRead;
 use crate::error::{NfcError, NfcResult};
 use crate::iso14443a::{bcc, block0, with_crc, CASCADE_TAG, DEFAULT_MANUFACTURER, FACTORY_KEY};
-use crate::mifare::{Dump, KeyDictionary};
 
 mod serde_like {
     /// Upper-case hex of bytes.
@@ -483,37 +480,6 @@ impl Reader {
     /// Releases the selected tag.
     pub fn release(&mut self) {
         let _ = self.device.initiator_deselect_target();
-    }
-}
-
-impl CardReader for Reader {
-    fn wait_for_tag(&mut self, timeout: Duration, cancel: &AtomicBool) -> NfcResult<TagInfo> {
-        Reader::wait_for_tag(self, timeout, cancel)
-    }
-
-    fn read_block0(&mut self, tag: &TagInfo) -> NfcResult<[u8; 16]> {
-        Reader::read_block0(self, tag)
-    }
-
-    fn write_block0(&mut self, blank: &TagInfo, block0: &[u8; 16]) -> NfcResult<BlankKind> {
-        Reader::write_block0(self, blank, block0)
-    }
-
-    fn read_badge(&mut self, tag: &TagInfo, keys: &KeyDictionary) -> NfcResult<BadgeRead> {
-        Reader::read_badge(self, tag, keys)
-    }
-
-    fn write_badge(
-        &mut self,
-        blank: &TagInfo,
-        source: &TagInfo,
-        dump: &Dump,
-    ) -> NfcResult<BlankKind> {
-        Reader::write_badge(self, blank, source, dump)
-    }
-
-    fn release(&mut self) {
-        Reader::release(self)
     }
 }
 
