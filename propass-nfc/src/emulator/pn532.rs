@@ -398,9 +398,10 @@ mod tests {
         chip.command(0x42, frame, field).unwrap()
     }
 
-    /// The PN532 commands libnfc uses, and what they do to a card.
+    /// InListPassiveTarget: REQA, the chip's retries, and a frame a MIFARE
+    /// Classic does not understand.
     #[test]
-    fn the_chip_acts_out_iso14443_3_on_the_cards() {
+    fn a_poll_wakes_idle_cards_and_a_stray_frame_drops_a_selected_one() {
         let (mut chip, mut field) = (Chip::new(), field_with(TagKind::Classic1k));
         assert_eq!(
             list(&mut chip, &mut field, &[]),
@@ -431,7 +432,13 @@ mod tests {
             "a RATS to a MIFARE Classic: back to IDLE"
         );
         list(&mut chip, &mut field, &[]);
+    }
 
+    /// InDeselect / InRelease halt; only a WUPA (a UID in the poll) wakes HALT.
+    #[test]
+    fn deselect_and_release_halt_and_only_wupa_wakes_halt() {
+        let (mut chip, mut field) = (Chip::new(), field_with(TagKind::Classic1k));
+        list(&mut chip, &mut field, &[]);
         chip.command(0x44, &[0x01], &mut field);
         assert_eq!(
             state(&field),
@@ -450,7 +457,14 @@ mod tests {
         );
         chip.command(0x52, &[0x01], &mut field);
         assert_eq!(state(&field), CardState::Halt, "InRelease halts too");
+    }
 
+    /// The field off resets every card; raw HLTA, REQA and WUPA act as the standard says.
+    #[test]
+    fn the_field_resets_cards_and_raw_frames_follow_the_standard() {
+        let (mut chip, mut field) = (Chip::new(), field_with(TagKind::Classic1k));
+        list(&mut chip, &mut field, &[]);
+        chip.command(0x44, &[0x01], &mut field);
         chip.command(0x32, &[0x01, 0x00], &mut field);
         assert_eq!(
             state(&field),
