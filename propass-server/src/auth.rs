@@ -8,6 +8,6 @@ pub mod password;
 pub mod throttle;
 pub mod tokens;
 
-pub use checks::{bearer_token, ensure_device_active, ensure_standing, Purpose};
+pub use checks::{bearer_token, ensure_standing, ensure_standing_on_active_device, Purpose};
 pub use throttle::{LoginThrottle, ThrottleKey};
 pub use tokens::{Claims, JwtKeys, Subject};

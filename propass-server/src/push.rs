@@ -110,24 +110,7 @@ pub async fn push(
         )));
     }
 
-    let mut new_copies = Vec::new();
-    let mut recorded = ops.iter().zip(batch.outcomes).map(|(op, outcome)| {
-        if let Some(copy) = copy_event(device, op.item, &outcome) {
-            new_copies.push(copy);
-        }
-        item_result(op.item, outcome)
-    });
-    let data: Vec<PushItemResult> = parsed
-        .iter()
-        .filter_map(|p| match p {
-            Parsed::Valid(_) => recorded.next(),
-            Parsed::Invalid { id, op_id, failure } => {
-                Some(PushItemResult::failed(*id, *op_id, failure.to_string()))
-            }
-        })
-        .collect();
-    drop(recorded);
-
+    let (data, new_copies) = answers(device, &parsed, &ops, batch.outcomes);
     let summary = summarize(device, &data, now);
     let broadcast = batch
         .charged
@@ -148,6 +131,34 @@ pub async fn push(
         broadcast,
         to_pusher,
     })
+}
+
+/// Every item's answer, in the order of the request (the parse failures in
+/// their places), and the `copy_completed` of each newly recorded copy.
+fn answers(
+    device: &DeviceId,
+    parsed: &[Parsed],
+    ops: &[NewOp<'_>],
+    outcomes: Vec<Outcome>,
+) -> (Vec<PushItemResult>, Vec<CopyCompleted>) {
+    let mut new_copies = Vec::new();
+    let mut recorded = ops.iter().zip(outcomes).map(|(op, outcome)| {
+        if let Some(copy) = copy_event(device, op.item, &outcome) {
+            new_copies.push(copy);
+        }
+        item_result(op.item, outcome)
+    });
+    let data = parsed
+        .iter()
+        .filter_map(|p| match p {
+            Parsed::Valid(_) => recorded.next(),
+            Parsed::Invalid { id, op_id, failure } => {
+                Some(PushItemResult::failed(*id, *op_id, failure.to_string()))
+            }
+        })
+        .collect();
+    drop(recorded);
+    (data, new_copies)
 }
 
 /// The wire answer for one recorded or refused operation.

@@ -13,9 +13,29 @@ pub mod sync;
 pub mod ws_session;
 
 use actix_web::error::JsonPayloadError;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::{ApiError, ApiResult};
+
+/// The route table. Login has its own small body limit (`auth_limit`).
+pub fn configure(cfg: &mut web::ServiceConfig, auth_limit: usize) {
+    let login_json = web::JsonConfig::default()
+        .limit(auth_limit)
+        .error_handler(json_error);
+    cfg.route("/health", web::get().to(health::health))
+        .service(
+            web::resource("/api/auth/login")
+                .app_data(login_json)
+                .route(web::post().to(auth::login)),
+        )
+        .route("/api/auth/refresh", web::post().to(auth::refresh))
+        .route("/api/sync/push", web::post().to(sync::push))
+        .route("/api/sync/pull", web::get().to(sync::pull))
+        .route("/ws", web::get().to(ws_session::upgrade))
+        // The seed client's default `wsUrl` is the bare server address.
+        .route("/", web::get().to(ws_session::upgrade))
+        .default_service(web::to(not_found));
+}
 
 /// Maps body-parsing failures to the wire error body (never an HTML page).
 pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {

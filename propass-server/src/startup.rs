@@ -80,19 +80,7 @@ impl Application {
                         res
                     }
                 })
-                .route("/health", web::get().to(routes::health::health))
-                .service(
-                    web::resource("/api/auth/login")
-                        .app_data(web::JsonConfig::default().limit(auth_limit).error_handler(routes::json_error))
-                        .route(web::post().to(routes::auth::login)),
-                )
-                .route("/api/auth/refresh", web::post().to(routes::auth::refresh))
-                .route("/api/sync/push", web::post().to(routes::sync::push))
-                .route("/api/sync/pull", web::get().to(routes::sync::pull))
-                .route("/ws", web::get().to(routes::ws_session::upgrade))
-                // The seed client's default `wsUrl` is the bare server address.
-                .route("/", web::get().to(routes::ws_session::upgrade))
-                .default_service(web::to(routes::not_found))
+                .configure(|cfg| routes::configure(cfg, auth_limit))
         })
         .shutdown_timeout(10);
         server = match tls {

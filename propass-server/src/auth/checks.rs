@@ -2,10 +2,11 @@
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
-use propass_protocol::DeviceId;
 
 use super::tokens::Claims;
 use crate::db::users::User;
+use diesel_async::AsyncPgConnection;
+
 use crate::db::{self, PgPool};
 use crate::error::ApiError;
 
@@ -36,12 +37,33 @@ pub async fn ensure_standing(
     claims: &Claims,
     purpose: Purpose,
 ) -> Result<User, ApiError> {
-    let user = {
-        let mut conn = pool.get().await?;
-        db::users::by_id(&mut conn, claims.uid).await?
+    standing(&mut *pool.get().await?, claims, purpose).await
+}
+
+/// [`ensure_standing`], and the token's device not revoked (an unknown one
+/// is not), on one connection: the checks of a call made on a device (pull,
+/// refresh, a WebSocket and its heartbeat). A revoked device is reported first.
+pub async fn ensure_standing_on_active_device(
+    pool: &PgPool,
+    claims: &Claims,
+    purpose: Purpose,
+) -> Result<User, ApiError> {
+    let mut conn = pool.get().await?;
+    if db::devices::is_revoked(&mut conn, &claims.device_id).await? {
+        return Err(ApiError::DeviceRevoked(claims.device_id.clone()));
     }
-    .filter(|u| u.username == claims.sub)
-    .ok_or_else(|| ApiError::InvalidToken("the token's user no longer exists".into()))?;
+    standing(&mut conn, claims, purpose).await
+}
+
+async fn standing(
+    conn: &mut AsyncPgConnection,
+    claims: &Claims,
+    purpose: Purpose,
+) -> Result<User, ApiError> {
+    let user = db::users::by_id(conn, claims.uid)
+        .await?
+        .filter(|u| u.username == claims.sub)
+        .ok_or_else(|| ApiError::InvalidToken("the token's user no longer exists".into()))?;
     if user.disabled {
         return Err(ApiError::InvalidToken("this account is disabled".into()));
     }
@@ -57,13 +79,4 @@ pub async fn ensure_standing(
         )));
     }
     Ok(user)
-}
-
-/// Refuses a revoked device (an unknown one is not revoked).
-pub async fn ensure_device_active(pool: &PgPool, device: &DeviceId) -> Result<(), ApiError> {
-    let mut conn = pool.get().await?;
-    if db::devices::is_revoked(&mut conn, device).await? {
-        return Err(ApiError::DeviceRevoked(device.clone()));
-    }
-    Ok(())
 }

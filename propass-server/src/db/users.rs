@@ -52,16 +52,27 @@ impl TryFrom<UserRow> for User {
     }
 }
 
-/// Finds a user by name.
-pub async fn find(conn: &mut AsyncPgConnection, name: &str) -> QueryResult<Option<User>> {
-    users::table
-        .filter(users::username.eq(name))
+/// The one user `query` selects, if any.
+async fn one(
+    conn: &mut AsyncPgConnection,
+    query: users::BoxedQuery<'_, diesel::pg::Pg>,
+) -> QueryResult<Option<User>> {
+    query
         .select(UserRow::as_select())
         .first(conn)
         .await
         .optional()?
         .map(User::try_from)
         .transpose()
+}
+
+/// Finds a user by name.
+pub async fn find(conn: &mut AsyncPgConnection, name: &str) -> QueryResult<Option<User>> {
+    one(
+        conn,
+        users::table.filter(users::username.eq(name)).into_boxed(),
+    )
+    .await
 }
 
 /// Creates a user (or fails on a duplicate name); returns the id.
@@ -84,14 +95,7 @@ pub async fn create(
 
 /// The user with id `uid`, as a token check needs it.
 pub async fn by_id(conn: &mut AsyncPgConnection, uid: i64) -> QueryResult<Option<User>> {
-    users::table
-        .find(uid)
-        .select(UserRow::as_select())
-        .first(conn)
-        .await
-        .optional()?
-        .map(User::try_from)
-        .transpose()
+    one(conn, users::table.filter(users::id.eq(uid)).into_boxed()).await
 }
 
 /// Changes a user's role, ending its tokens; whether the user exists.

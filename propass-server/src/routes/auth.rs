@@ -7,7 +7,7 @@ use propass_protocol::{DeviceId, LoginRequest, LoginResponse, RefreshResponse, U
 
 use super::client_addr::client_ip;
 use crate::auth::{
-    self, bearer_token, ensure_device_active, ensure_standing, Purpose, Subject, ThrottleKey,
+    self, bearer_token, ensure_standing_on_active_device, Purpose, Subject, ThrottleKey,
 };
 use crate::db::{self, users::User};
 use crate::error::{ApiError, ApiResult};
@@ -144,8 +144,7 @@ fn issue(
 pub async fn refresh(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let token = bearer_token(&req).ok_or(ApiError::MissingToken)?;
     let claims = state.jwt.verify_for_refresh(&token, state.clock.now())?;
-    ensure_device_active(&state.pool, &claims.device_id).await?;
-    let user = ensure_standing(&state.pool, &claims, Purpose::Refresh).await?;
+    let user = ensure_standing_on_active_device(&state.pool, &claims, Purpose::Refresh).await?;
     let (token, exp) = issue(&state, &user, &claims.device_id)?;
     Ok(no_store().json(RefreshResponse {
         success: true,

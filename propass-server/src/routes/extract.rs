@@ -6,7 +6,9 @@ use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpRequest};
 
-use crate::auth::{bearer_token, ensure_device_active, ensure_standing, Claims, Purpose};
+use crate::auth::{
+    bearer_token, ensure_standing, ensure_standing_on_active_device, Claims, Purpose,
+};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -18,16 +20,11 @@ fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
 
 type Checked<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
 
-/// The claims of a valid, unexpired token whose user may make a kiosk's
-/// calls (exists, not disabled, same password, role kiosk or admin).
-async fn kiosk_claims(
-    state: Result<web::Data<AppState>, ApiError>,
-    token: Option<String>,
-) -> Result<(web::Data<AppState>, Claims), ApiError> {
-    let state = state?;
-    let token = token.ok_or(ApiError::MissingToken)?;
+/// The claims of a valid, unexpired bearer token.
+fn verified(req: &HttpRequest) -> Result<(web::Data<AppState>, Claims), ApiError> {
+    let state = state_of(req)?;
+    let token = bearer_token(req).ok_or(ApiError::MissingToken)?;
     let claims = state.jwt.verify(&token, state.clock.now())?;
-    ensure_standing(&state.pool, &claims, Purpose::KioskCall).await?;
     Ok((state, claims))
 }
 
@@ -42,8 +39,12 @@ impl FromRequest for KioskToken {
     type Future = Checked<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let (state, token) = (state_of(req), bearer_token(req));
-        Box::pin(async move { Ok(Self(kiosk_claims(state, token).await?.1)) })
+        let verified = verified(req);
+        Box::pin(async move {
+            let (state, claims) = verified?;
+            ensure_standing(&state.pool, &claims, Purpose::KioskCall).await?;
+            Ok(Self(claims))
+        })
     }
 }
 
@@ -56,10 +57,10 @@ impl FromRequest for KioskTokenOfActiveDevice {
     type Future = Checked<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let (state, token) = (state_of(req), bearer_token(req));
+        let verified = verified(req);
         Box::pin(async move {
-            let (state, claims) = kiosk_claims(state, token).await?;
-            ensure_device_active(&state.pool, &claims.device_id).await?;
+            let (state, claims) = verified?;
+            ensure_standing_on_active_device(&state.pool, &claims, Purpose::KioskCall).await?;
             Ok(Self(claims))
         })
     }

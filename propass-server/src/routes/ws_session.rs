@@ -13,7 +13,7 @@ use propass_protocol::WsMessage;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::auth::{bearer_token, ensure_device_active, ensure_standing, Claims, Purpose};
+use crate::auth::{bearer_token, ensure_standing_on_active_device, Claims, Purpose};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::ws::hub::{coalesce, Group, Outbound};
@@ -99,8 +99,7 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Claims, Api
     if let Some(requested) = query.device_id.as_deref() {
         claims.ensure_device(requested)?;
     }
-    ensure_standing(&state.pool, &claims, Purpose::KioskCall).await?;
-    ensure_device_active(&state.pool, &claims.device_id).await?;
+    ensure_standing_on_active_device(&state.pool, &claims, Purpose::KioskCall).await?;
     Ok(claims)
 }
 
@@ -269,21 +268,20 @@ async fn on_heartbeat(
             "token expired: refresh it and reconnect",
         ));
     }
-    if matches!(
-        ensure_device_active(&state.pool, &claims.device_id).await,
-        Err(ApiError::DeviceRevoked(_))
-    ) {
-        return Err(close("device revoked", CloseCode::Policy, "device revoked"));
-    }
-    if let Err(e @ (ApiError::InvalidToken(_) | ApiError::Forbidden(_))) =
-        ensure_standing(&state.pool, claims, Purpose::KioskCall).await
-    {
-        tracing::info!(device = %claims.device_id, error = %e, "closing a websocket whose token no longer stands");
-        return Err(close(
-            "token revoked",
-            CloseCode::Policy,
-            "token revoked: log in again",
-        ));
+    // A database that does not answer keeps the socket: the check runs again next tick.
+    match ensure_standing_on_active_device(&state.pool, claims, Purpose::KioskCall).await {
+        Err(ApiError::DeviceRevoked(_)) => {
+            return Err(close("device revoked", CloseCode::Policy, "device revoked"));
+        }
+        Err(e @ (ApiError::InvalidToken(_) | ApiError::Forbidden(_))) => {
+            tracing::info!(device = %claims.device_id, error = %e, "closing a websocket whose token no longer stands");
+            return Err(close(
+                "token revoked",
+                CloseCode::Policy,
+                "token revoked: log in again",
+            ));
+        }
+        _ => {}
     }
     if session.ping(b"").await.is_err() {
         return Err(("send failed", None));
