@@ -73,15 +73,16 @@ function waitFor(pred, ms) {
 }
 
 async function main() {
-  const [serverUrl, username, password, clientIdArg, quotaArg] = process.argv.slice(2);
+  const [serverUrl, username, password, clientIdArg, quotaArg, deviceIdArg] = process.argv.slice(2);
   const clientId = Number(clientIdArg);
   const quota = Number(quotaArg);
   const { SyncService } = loadTs(path.join(__dirname, 'seed', 'SyncService.ts'));
   const { WebSocketService } = loadTs(path.join(__dirname, 'seed', 'WebSocketService.ts'));
   // As the guide's ServerConfig derives them.
   const wsUrl = serverUrl.replace('http', 'ws');
-  // As the guide's ServerConfig.generateDeviceId() builds it.
-  const deviceId = `${require('os').hostname()}_${Date.now().toString(36)}`.toUpperCase();
+  // As the guide's ServerConfig.generateDeviceId() builds it — or the id the
+  // operator registered ahead (the documented step: `propass-server device add`).
+  const deviceId = deviceIdArg || `${require('os').hostname()}_${Date.now().toString(36)}`.toUpperCase();
 
   // The guide's login handler.
   const login = await axios.post(serverUrl + '/api/auth/login', { username, password, device_id: deviceId });

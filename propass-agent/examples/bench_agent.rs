@@ -180,17 +180,6 @@ async fn main() -> Result<(), String> {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
             .ok_or(format!("propass-server {args:?} failed"))
     };
-    cli(
-        &[
-            "user",
-            "add",
-            "bench",
-            "--role",
-            "kiosk",
-            "--password-stdin",
-        ],
-        Some("bench-pass\n"),
-    )?;
     let client: i64 = cli(
         &[
             "client",
@@ -204,6 +193,17 @@ async fn main() -> Result<(), String> {
     .trim()
     .parse()
     .map_err(|_| "bad client id")?;
+    let code: serde_json::Value = serde_json::from_str(&cli(
+        &[
+            "device",
+            "enroll",
+            "--clients",
+            &client.to_string(),
+            "--json",
+        ],
+        None,
+    )?)
+    .map_err(|e| e.to_string())?;
     let port = free_port();
     let server_url = format!("http://127.0.0.1:{port}");
     let _server = ProcessGuard::spawn(
@@ -271,13 +271,13 @@ async fn main() -> Result<(), String> {
     wait_status(&http).await?;
     let t = Instant::now();
     let res = http
-        .post("http://agent/v1/login")
-        .json(&json!({"username": "bench", "password": "bench-pass"}))
+        .post("http://agent/v1/enroll")
+        .json(&json!({"code": code["code"]}))
         .send()
         .await
         .map_err(|e| e.to_string())?;
     if res.status() != 200 {
-        return Err(format!("login failed: {}", res.status()));
+        return Err(format!("enrollment failed: {}", res.status()));
     }
     loop {
         let v = wait_status(&http).await?;
@@ -311,7 +311,7 @@ async fn main() -> Result<(), String> {
         agent_rate / raw_rate
     );
     println!(
-        "drain    {backlog} queued operations into the real server in {:.2} s ({:.0} copies/s, login included)",
+        "drain    {backlog} queued operations into the real server in {:.2} s ({:.0} copies/s, enrollment included)",
         drain.as_secs_f64(),
         backlog as f64 / drain.as_secs_f64()
     );

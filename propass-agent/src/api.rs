@@ -148,20 +148,37 @@ async fn sync_now(agent: AgentData) -> ApiResult<HttpResponse> {
     }))
 }
 
+fn check_url_scheme(server_url: Option<&str>) -> ApiResult<()> {
+    match server_url {
+        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            Err(ApiError::new(
+                LocalErrorCode::InvalidRequest,
+                format!("server URL {url:?} must start with http:// or https://"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn enroll(agent: AgentData, body: web::Json<EnrollRequest>) -> ApiResult<HttpResponse> {
+    let EnrollRequest { server_url, code } = body.into_inner();
+    check_url_scheme(server_url.as_deref())?;
+    let res = agent.enroll(server_url, &code).await?;
+    Ok(HttpResponse::Ok().json(EnrollResponse {
+        success: true,
+        device_id: res.device_id,
+        name: res.name,
+        credential_expires_at: res.credential_expires_at,
+    }))
+}
+
 async fn login(agent: AgentData, body: web::Json<LoginRequest>) -> ApiResult<HttpResponse> {
     let LoginRequest {
         server_url,
         username,
         password,
     } = body.into_inner();
-    if let Some(url) = &server_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ApiError::new(
-                LocalErrorCode::InvalidRequest,
-                format!("server URL {url:?} must start with http:// or https://"),
-            ));
-        }
-    }
+    check_url_scheme(server_url.as_deref())?;
     let res = agent.login(server_url, &username, &password).await?;
     Ok(HttpResponse::Ok().json(LoginResponse {
         success: true,
@@ -260,6 +277,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/v1/operations", web::post().to(record))
     .route("/v1/sync", web::post().to(sync_now))
     .route("/v1/login", web::post().to(login))
+    .route("/v1/enroll", web::post().to(enroll))
     .route("/v1/events", web::get().to(events))
     .route("/v1/nfc/readers", web::get().to(nfc_readers))
     .route("/v1/nfc/read", web::post().to(nfc_read))

@@ -13,9 +13,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::{
-    CopyRequest, ErrorBody, ErrorDetail, LocalErrorCode, LoginRequest, LoginResponse, MadeResponse,
-    ReadersResponse, RecordRequest, RecordResponse, RetryResponse, StatusView, SyncResponse,
-    TagView, WriteCardRequest,
+    CopyRequest, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, LocalErrorCode,
+    LoginRequest, LoginResponse, MadeResponse, ReadersResponse, RecordRequest, RecordResponse,
+    RetryResponse, StatusView, SyncResponse, TagView, WriteCardRequest,
 };
 use crate::config::{AgentConfig, ConfigLayer};
 use crate::events::{AgentEvent, CardStep};
@@ -45,7 +45,16 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
-    /// Log this kiosk in to the server (password from a prompt, or stdin)
+    /// Enroll this kiosk with the server, using the one-time code an operator created (`propass-server device enroll`)
+    Enroll {
+        /// Server URL, e.g. https://propass.example
+        #[arg(long)]
+        server: Option<String>,
+        /// The enrollment code (dashes, spaces and case do not matter)
+        #[arg(long)]
+        code: String,
+    },
+    /// Log this kiosk in with a kiosk account's password instead (the device then waits for an operator's approval)
     Login {
         /// Server URL, e.g. http://propass.example:5000
         #[arg(long)]
@@ -228,8 +237,8 @@ impl CliError {
             Self::Other(m) => return m,
         };
         let hint = match code {
-            LocalErrorCode::LoginRequired if !message.contains("propass-agent login") => {
-                "\nhint: propass-agent login --server URL --username NAME"
+            LocalErrorCode::LoginRequired if !message.contains("propass-agent enroll") => {
+                "\nhint: propass-agent enroll --server URL --code CODE (an operator creates the code)"
             }
             LocalErrorCode::NoReader | LocalErrorCode::ReaderUnplugged => {
                 "\nhint: `propass-agent nfc list` shows the readers libnfc can see"
@@ -370,6 +379,21 @@ async fn client_command(config: AgentConfig, command: Command) -> CliResult<()> 
     let local = Local::new(config.socket.clone())?;
     match command {
         Command::Run { .. } => unreachable!("handled by run"),
+        Command::Enroll { server, code } => {
+            let req = EnrollRequest {
+                server_url: server,
+                code,
+            };
+            let v = local.call(Method::POST, "/v1/enroll", body(&req)).await?;
+            let r: EnrollResponse = typed(v)?;
+            eprintln!(
+                "enrolled as device {}{} (enroll again before {})",
+                r.device_id,
+                r.name.map(|n| format!(" \"{n}\"")).unwrap_or_default(),
+                r.credential_expires_at.to_rfc3339()
+            );
+            Ok(())
+        }
         Command::Login {
             server,
             username,

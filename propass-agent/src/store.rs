@@ -233,13 +233,15 @@ impl Store {
         self.with(move |c| session::save_login(c, &s)).await
     }
 
-    /// Stores a refreshed token.
+    /// Stores a refreshed token (and, for an enrolled device, the next
+    /// refresh credential), atomically.
     pub async fn save_token(
         &self,
         token: String,
         expires_at: Option<DateTime<Utc>>,
+        credential: Option<String>,
     ) -> StoreResult<()> {
-        self.with(move |c| session::save_token(c, &token, expires_at))
+        self.with(move |c| session::save_token(c, &token, expires_at, credential.as_deref()))
             .await
     }
 

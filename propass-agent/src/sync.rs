@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use propass_protocol::{ErrorCode, LoginRequest, LoginResponse, PushResponse};
+use propass_protocol::{
+    DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorCode, LoginRequest, LoginResponse,
+    PushResponse,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -24,7 +27,7 @@ pub mod wire;
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// No server URL configured and no login done yet.
-    #[error("no server configured: run `propass-agent login --server URL --username NAME`")]
+    #[error("no server configured: run `propass-agent enroll --server URL --code CODE`")]
     NoServer,
     /// No usable token.
     #[error("login required: {0}")]
@@ -78,10 +81,12 @@ impl Refusal {
             ErrorCode::MissingToken
             | ErrorCode::InvalidToken
             | ErrorCode::TokenExpired
-            | ErrorCode::InvalidCredentials => Self::Token,
-            ErrorCode::DeviceMismatch | ErrorCode::DeviceRevoked | ErrorCode::Forbidden => {
-                Self::Device
-            }
+            | ErrorCode::InvalidCredentials
+            | ErrorCode::InvalidCredential => Self::Token,
+            ErrorCode::DeviceMismatch
+            | ErrorCode::DeviceRevoked
+            | ErrorCode::DeviceEnrolled
+            | ErrorCode::Forbidden => Self::Device,
             ErrorCode::PayloadTooLarge => Self::TooLarge,
             ErrorCode::Unavailable | ErrorCode::Internal => Self::ServerDown,
             _ => Self::Other,
@@ -97,6 +102,18 @@ impl Refusal {
 struct Credentials {
     server: String,
     token: String,
+    /// An enrolled device's refresh credential (a password login has none).
+    credential: Option<String>,
+}
+
+fn upstream_error(what: &str, e: UpstreamError) -> SyncError {
+    match e {
+        UpstreamError::Unreachable(m) => SyncError::Offline(m),
+        UpstreamError::Refused {
+            status, message, ..
+        } => SyncError::Server(format!("{what} refused ({status}): {message}")),
+        UpstreamError::Unreadable(m) => SyncError::Server(format!("unreadable {what} answer: {m}")),
+    }
 }
 
 impl Agent {
@@ -124,20 +141,13 @@ impl Agent {
             .server
             .login(&server, &body)
             .await
-            .map_err(|e| match e {
-                UpstreamError::Unreachable(m) => SyncError::Offline(m),
-                UpstreamError::Refused {
-                    status, message, ..
-                } => SyncError::Server(format!("login refused ({status}): {message}")),
-                UpstreamError::Unreadable(m) => {
-                    SyncError::Server(format!("unreadable login answer: {m}"))
-                }
-            })?;
+            .map_err(|e| upstream_error("login", e))?;
         let session = Session {
             server_url: server,
             token: login.token.clone(),
             token_expires_at: login.expires_at.or_else(|| token_exp(&login.token)),
             username: Some(login.user.username.clone()),
+            credential: None,
         };
         self.store.save_login(session).await?;
         self.update_link(|s| s.login_required = None);
@@ -145,6 +155,53 @@ impl Agent {
         self.kick.notify_one();
         self.ws_kick.notify_one();
         Ok(login)
+    }
+
+    /// Enrolls this device with `server` (or the known one) using an
+    /// operator's one-time code, and stores the session: from now on the
+    /// device renews its own short-lived tokens with its rotating credential.
+    pub async fn enroll(
+        &self,
+        server: Option<String>,
+        code: &str,
+    ) -> Result<DeviceTokenResponse, SyncError> {
+        let current = self.server_url().await?;
+        let server = match server {
+            Some(s) => s.trim_end_matches('/').to_owned(),
+            None => current.clone().ok_or(SyncError::NoServer)?,
+        };
+        check_server_url(&server, self.config.allow_insecure_http).map_err(SyncError::Insecure)?;
+        self.check_server_change(current.as_deref(), &server)
+            .await?;
+        let body = EnrollRequest {
+            code: code.to_owned(),
+            device_id: self.device_id.clone(),
+            agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        };
+        let enrolled = self
+            .server
+            .enroll(&server, &body)
+            .await
+            .map_err(|e| upstream_error("enrollment", e))?;
+        if enrolled.device_id != self.device_id {
+            return Err(SyncError::Server(format!(
+                "the server enrolled device {} but this agent is {}",
+                enrolled.device_id, self.device_id
+            )));
+        }
+        let session = Session {
+            server_url: server,
+            token: enrolled.token.clone(),
+            token_expires_at: Some(enrolled.expires_at),
+            username: None,
+            credential: Some(enrolled.credential.clone()),
+        };
+        self.store.save_login(session).await?;
+        self.update_link(|s| s.login_required = None);
+        tracing::info!(device = %self.device_id, name = ?enrolled.name, "enrolled");
+        self.kick.notify_one();
+        self.ws_kick.notify_one();
+        Ok(enrolled)
     }
 
     /// Refuses a login to another server while operations are unsynced.
@@ -176,14 +233,39 @@ impl Agent {
         SyncError::LoggedOut(reason)
     }
 
-    /// Refreshes the token; `Ok(None)` when the server refused it.
-    async fn refresh(&self, server: &str, token: &str) -> Result<Option<String>, SyncError> {
-        match self.server.refresh(server, token).await {
-            Ok(r) => {
-                let exp = r.expires_at.or_else(|| token_exp(&r.token));
-                self.store.save_token(r.token.clone(), exp).await?;
+    /// Refreshes the token — with the refresh credential of an enrolled
+    /// device, else the token itself — and stores the new one (and the next
+    /// credential) before using it; `Ok(None)` when the server refused.
+    async fn refresh(&self, creds: &mut Credentials) -> Result<Option<String>, SyncError> {
+        let answer = match &creds.credential {
+            Some(credential) => {
+                let body = DeviceTokenRequest {
+                    credential: credential.clone(),
+                    agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                };
+                self.server
+                    .device_token(&creds.server, &body)
+                    .await
+                    .map(|r| (r.token, Some(r.expires_at), Some(r.credential)))
+            }
+            None => self
+                .server
+                .refresh(&creds.server, &creds.token)
+                .await
+                .map(|r| (r.token, r.expires_at, None)),
+        };
+        match answer {
+            Ok((token, exp, credential)) => {
+                let exp = exp.or_else(|| token_exp(&token));
+                self.store
+                    .save_token(token.clone(), exp, credential.clone())
+                    .await?;
+                if credential.is_some() {
+                    creds.credential = credential;
+                }
+                creds.token = token.clone();
                 tracing::info!("token refreshed");
-                Ok(Some(r.token))
+                Ok(Some(token))
             }
             Err(UpstreamError::Refused { code, .. }) if Refusal::of(code).ends_session() => {
                 Ok(None)
@@ -249,20 +331,26 @@ impl Agent {
             .session()
             .await?
             .ok_or_else(|| SyncError::LoggedOut("never logged in".into()))?;
-        let margin = chrono::Duration::from_std(self.config.refresh_margin())
+        let mut margin = chrono::Duration::from_std(self.config.refresh_margin())
             .unwrap_or(chrono::Duration::days(1));
-        let now = self.clock.now_utc();
-        let mut token = session.token;
-        if session.token_expires_at.is_some_and(|e| e - now < margin) {
-            match self.refresh(&server, &token).await? {
-                Some(t) => token = t,
-                None => {
-                    let why = "the server refused to refresh the token".to_string();
-                    return Err(self.logged_out(why).await);
-                }
-            }
+        // A short-lived device token is renewed once two thirds of it are
+        // used, whatever the margin configured for long login tokens.
+        if let Some(lifetime) = token_lifetime(&session.token) {
+            margin = margin.min(lifetime / 3);
         }
-        Ok(Credentials { server, token })
+        let now = self.clock.now_utc();
+        let mut creds = Credentials {
+            server,
+            token: session.token,
+            credential: session.credential,
+        };
+        if session.token_expires_at.is_some_and(|e| e - now < margin)
+            && self.refresh(&mut creds).await?.is_none()
+        {
+            let why = "the server refused to refresh the token".to_string();
+            return Err(self.logged_out(why).await);
+        }
+        Ok(creds)
     }
 
     /// Pushes batches until nothing is pending.
@@ -292,7 +380,7 @@ impl Agent {
                     match Refusal::of(code) {
                         Refusal::Token if !refreshed => {
                             refreshed = true;
-                            creds.token = self.refreshed_token(creds, message).await?;
+                            self.refreshed_token(creds, message).await?;
                         }
                         Refusal::TooLarge if batch_size > 1 => {
                             batch_size = (batch_size / 2).max(1);
@@ -337,10 +425,10 @@ impl Agent {
     /// A new token after the server refused ours, or the end of the session.
     async fn refreshed_token(
         &self,
-        creds: &Credentials,
+        creds: &mut Credentials,
         message: String,
     ) -> Result<String, SyncError> {
-        match self.refresh(&creds.server, &creds.token).await? {
+        match self.refresh(creds).await? {
             Some(t) => Ok(t),
             None => Err(self
                 .logged_out(format!("the server refused the token: {message}"))
@@ -427,12 +515,23 @@ impl Agent {
     }
 }
 
-/// The `exp` of a JWT, read without checking it (the server checks).
-pub fn token_exp(token: &str) -> Option<DateTime<Utc>> {
+/// The claims of a JWT, read without checking them (the server checks).
+fn token_claims(token: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64url_decode(payload)?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    DateTime::from_timestamp(v.get("exp")?.as_i64()?, 0)
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The `exp` of a JWT.
+pub fn token_exp(token: &str) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(token_claims(token)?.get("exp")?.as_i64()?, 0)
+}
+
+/// How long a JWT lives (`exp - iat`).
+fn token_lifetime(token: &str) -> Option<chrono::Duration> {
+    let v = token_claims(token)?;
+    let secs = v.get("exp")?.as_i64()? - v.get("iat")?.as_i64()?;
+    (secs > 0).then(|| chrono::Duration::seconds(secs))
 }
 
 fn base64url_decode(s: &str) -> Option<Vec<u8>> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use propass_protocol::{
-    ErrorBody, ErrorCode, LoginRequest, LoginResponse, PullResponse, PushRequest, PushResponse,
-    RefreshResponse,
+    DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorBody, ErrorCode, LoginRequest,
+    LoginResponse, PullResponse, PushRequest, PushResponse, RefreshResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -51,6 +51,18 @@ pub trait ServerClient: Send + Sync {
         server: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, UpstreamResult<RefreshResponse>>;
+    /// `POST /api/devices/enroll`.
+    fn enroll<'a>(
+        &'a self,
+        server: &'a str,
+        body: &'a EnrollRequest,
+    ) -> BoxFuture<'a, UpstreamResult<DeviceTokenResponse>>;
+    /// `POST /api/devices/token`.
+    fn device_token<'a>(
+        &'a self,
+        server: &'a str,
+        body: &'a DeviceTokenRequest,
+    ) -> BoxFuture<'a, UpstreamResult<DeviceTokenResponse>>;
     /// `POST /api/sync/push`.
     fn push<'a>(
         &'a self,
@@ -145,6 +157,30 @@ impl ServerClient for HttpServerClient {
             .http
             .post(format!("{server}/api/auth/refresh"))
             .bearer_auth(token);
+        Box::pin(answer(req, self.max_answer_bytes))
+    }
+
+    fn enroll<'a>(
+        &'a self,
+        server: &'a str,
+        body: &'a EnrollRequest,
+    ) -> BoxFuture<'a, UpstreamResult<DeviceTokenResponse>> {
+        let req = self
+            .http
+            .post(format!("{server}/api/devices/enroll"))
+            .json(body);
+        Box::pin(answer(req, self.max_answer_bytes))
+    }
+
+    fn device_token<'a>(
+        &'a self,
+        server: &'a str,
+        body: &'a DeviceTokenRequest,
+    ) -> BoxFuture<'a, UpstreamResult<DeviceTokenResponse>> {
+        let req = self
+            .http
+            .post(format!("{server}/api/devices/token"))
+            .json(body);
         Box::pin(answer(req, self.max_answer_bytes))
     }
 

@@ -23,12 +23,20 @@ pub enum ErrorCode {
     DeviceMismatch,
     /// The device was revoked by an operator; its tokens no longer work (HTTP 403).
     DeviceRevoked,
+    /// The device waits for an operator's approval (`propass-server device approve`) (HTTP 403).
+    DevicePending,
+    /// The device id is enrolled with a device credential; a password login cannot use it (HTTP 403).
+    DeviceEnrolled,
+    /// The enrollment code or refresh credential is unknown, used or expired (HTTP 401).
+    InvalidCredential,
     /// Not allowed for this caller, e.g. a WebSocket from a browser origin not on the allow-list (HTTP 403).
     Forbidden,
     /// No such route (HTTP 404).
     NotFound,
     /// The method is not allowed on this route (HTTP 405).
     MethodNotAllowed,
+    /// The request body did not arrive within the server's deadline (HTTP 408).
+    RequestTimeout,
     /// Too many items or bytes in one request (HTTP 413).
     PayloadTooLarge,
     /// The body is not `application/json` (HTTP 415).
@@ -52,10 +60,16 @@ impl ErrorCode {
             Self::InvalidCredentials
             | Self::MissingToken
             | Self::InvalidToken
-            | Self::TokenExpired => 401,
-            Self::DeviceMismatch | Self::DeviceRevoked | Self::Forbidden => 403,
+            | Self::TokenExpired
+            | Self::InvalidCredential => 401,
+            Self::DeviceMismatch
+            | Self::DeviceRevoked
+            | Self::DevicePending
+            | Self::DeviceEnrolled
+            | Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,

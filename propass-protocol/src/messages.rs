@@ -47,6 +47,88 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// Where a kiosk device stands with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// Seen (a password login) but not approved by an operator: it may
+    /// refresh its token, nothing else.
+    Pending,
+    /// Approved or enrolled: it serves its assigned clients.
+    Active,
+    /// Stopped by an operator: every token and credential is dead.
+    Revoked,
+}
+
+impl DeviceStatus {
+    /// The status's wire (and database) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "active" => Ok(Self::Active),
+            "revoked" => Ok(Self::Revoked),
+            other => Err(format!(
+                "unknown device status {other:?} (expected pending, active or revoked)"
+            )),
+        }
+    }
+}
+
+/// `POST /api/devices/enroll` body: our agent trades a one-time enrollment
+/// code for a device credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The code an operator created (`propass-server device enroll`); dashes,
+    /// spaces and case do not matter.
+    pub code: String,
+    /// The id the agent chose for itself (the server keeps it as the device's id).
+    pub device_id: DeviceId,
+    /// The agent's version, shown to operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
+
+/// `POST /api/devices/token` body: a refresh credential, used once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTokenRequest {
+    /// The refresh credential of the last answer (single use).
+    pub credential: String,
+    /// The agent's version, shown to operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
+
+/// Answer of `POST /api/devices/enroll` and `POST /api/devices/token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTokenResponse {
+    /// Always `true`.
+    pub success: bool,
+    /// The device's id.
+    pub device_id: DeviceId,
+    /// The name an operator gave the device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A short-lived access token (`Authorization: Bearer …`).
+    pub token: String,
+    /// When `token` expires.
+    pub expires_at: DateTime<Utc>,
+    /// The next refresh credential: single use, replaces the one sent.
+    pub credential: String,
+    /// After this the chain ends and the device must be enrolled again.
+    pub credential_expires_at: DateTime<Utc>,
+}
+
 /// `POST /api/auth/login` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginRequest {

@@ -69,7 +69,13 @@ async fn fresh_database(base: &str, prefix: &str) -> Result<TestDatabase, String
     Ok(database)
 }
 
-async fn seed(url: &str, clients: usize, quota_each: i64) -> Result<Vec<i64>, String> {
+/// The clients, and the kiosks registered ahead (active, serving every client).
+async fn seed(
+    url: &str,
+    clients: usize,
+    kiosks: usize,
+    quota_each: i64,
+) -> Result<Vec<i64>, String> {
     let mut c = AsyncPgConnection::establish(url)
         .await
         .map_err(|e| e.to_string())?;
@@ -80,6 +86,13 @@ async fn seed(url: &str, clients: usize, quota_each: i64) -> Result<Vec<i64>, St
                 .await
                 .map_err(|e| e.to_string())?,
         );
+    }
+    for k in 0..kiosks {
+        let device =
+            propass_protocol::DeviceId::parse(&format!("BENCH-{k}")).map_err(|e| e.to_string())?;
+        db::devices::register(&mut c, &device, None, &ids)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(ids)
 }
@@ -124,7 +137,13 @@ async fn main() -> Result<(), String> {
     // --- the real server -------------------------------------------------
     let server_db = fresh_database(&base, "propass_bench_server").await?;
     let server_url = server_db.url().to_owned();
-    let client_ids = seed(&server_url, o.clients, (total / o.clients) as i64 + 1).await?;
+    let client_ids = seed(
+        &server_url,
+        o.clients,
+        o.kiosks,
+        (total / o.clients) as i64 + 1,
+    )
+    .await?;
     {
         let mut c = AsyncPgConnection::establish(&server_url)
             .await
@@ -249,7 +268,7 @@ async fn main() -> Result<(), String> {
     // --- the raw ceiling: the same rows, batched SQL, straight in ---------
     let raw_db = fresh_database(&base, "propass_bench_raw").await?;
     let raw_url = raw_db.url().to_owned();
-    let raw_clients = seed(&raw_url, o.clients, 0).await?;
+    let raw_clients = seed(&raw_url, o.clients, 0, 0).await?;
     {
         let mut c = AsyncPgConnection::establish(&raw_url)
             .await

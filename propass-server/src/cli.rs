@@ -12,12 +12,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use propass_protocol::{ClientId, DeviceId, Role};
+use propass_protocol::{ClientId, Role};
 
-use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Settings};
 use crate::startup::Application;
 use crate::{auth, db};
+
+mod device;
+use device::DeviceCmd;
 
 /// Where the configuration file is looked for when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/propass/server.toml";
@@ -173,26 +175,6 @@ enum QuotaCmd {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum DeviceCmd {
-    /// List kiosks that have logged in
-    List {
-        /// Print a JSON array
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a kiosk: its tokens stop working at once
-    Revoke {
-        /// Device id
-        device_id: DeviceId,
-    },
-    /// Undo a revocation
-    Restore {
-        /// Device id
-        device_id: DeviceId,
-    },
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -303,7 +285,7 @@ fn read_password() -> Result<String, String> {
     Ok(pw)
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     let s = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
     writeln!(std::io::stdout(), "{s}").map_err(|e| e.to_string())
 }
@@ -343,17 +325,11 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
         Command::Quota(QuotaCmd::Add { client_id, n, json }) => {
             quota_add(conn, client_id, n, json).await
         }
-        Command::Device(DeviceCmd::List { json }) => device_list(conn, json).await,
-        Command::Device(DeviceCmd::Revoke { device_id }) => {
-            device_set_revoked(conn, device_id, true).await
-        }
-        Command::Device(DeviceCmd::Restore { device_id }) => {
-            device_set_revoked(conn, device_id, false).await
-        }
+        Command::Device(cmd) => device::run(conn, cmd).await,
     }
 }
 
-fn dberr(e: diesel::result::Error) -> String {
+pub(crate) fn dberr(e: diesel::result::Error) -> String {
     e.to_string()
 }
 
@@ -548,39 +524,4 @@ async fn quota_add(
         eprintln!("client {client_id} now has {remaining} copies remaining");
         Ok(())
     }
-}
-
-async fn device_list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
-    let rows = db::devices::list(conn).await.map_err(dberr)?;
-    if json {
-        return print_json(&rows);
-    }
-    println!("{:<40}  {:<8}  LAST SEEN", "DEVICE", "STATUS");
-    for r in rows {
-        println!(
-            "{:<40}  {:<8}  {}",
-            r.device_id,
-            if r.revoked { "revoked" } else { "active" },
-            r.last_seen.to_rfc3339()
-        );
-    }
-    Ok(())
-}
-
-async fn device_set_revoked(
-    conn: &mut AsyncPgConnection,
-    device_id: DeviceId,
-    revoke: bool,
-) -> Result<(), String> {
-    let found = db::devices::set_revoked(conn, &device_id, revoke, SystemClock.now())
-        .await
-        .map_err(dberr)?;
-    if !found {
-        return Err(format!("no device \"{device_id}\" has ever logged in"));
-    }
-    eprintln!(
-        "device {device_id} {}",
-        if revoke { "revoked" } else { "restored" }
-    );
-    Ok(())
 }

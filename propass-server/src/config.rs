@@ -58,6 +58,11 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub token_ttl: Duration,
     pub refresh_grace: Duration,
+    pub device_token_ttl: Duration,
+    pub device_credential_lifetime: Duration,
+    pub device_pushes_per_minute: u32,
+    pub device_items_per_day: u64,
+    pub body_read_timeout: Duration,
     pub max_batch_items: usize,
     pub max_body_bytes: usize,
     pub max_auth_body_bytes: usize,
@@ -161,6 +166,16 @@ settings! {
     token_ttl_secs: u64 = 7 * 24 * 3600, env "PROPASS_TOKEN_TTL_SECS", flag "";
     /// How long after expiry `/api/auth/refresh` still accepts a token (kiosks come back from long offline spells).
     refresh_grace_secs: u64 = 30 * 24 * 3600, env "PROPASS_REFRESH_GRACE_SECS", flag "";
+    /// Lifetime of an enrolled device's access token (at least 60); the agent renews it with its refresh credential.
+    device_token_ttl_secs: u64 = 900, env "PROPASS_DEVICE_TOKEN_TTL_SECS", flag "";
+    /// Absolute lifetime of a device's chain of refresh credentials, from its enrollment; after it the device must be enrolled again.
+    device_credential_lifetime_days: u64 = 365, env "PROPASS_DEVICE_CREDENTIAL_LIFETIME_DAYS", flag "";
+    /// Pushes one device may make per minute (429 with `Retry-After` above, nothing recorded); 0: no limit.
+    device_pushes_per_minute: u32 = 120, env "PROPASS_DEVICE_PUSHES_PER_MINUTE", flag "";
+    /// New ledger rows one device may add per day (UTC); a push that would pass it is answered 429 with `Retry-After` and records nothing; 0: no limit.
+    device_items_per_day: u64 = 10_000, env "PROPASS_DEVICE_ITEMS_PER_DAY", flag "";
+    /// A request body must arrive within this many seconds (408 after): a body that trickles in holds a connection and a worker.
+    body_read_timeout_secs: u64 = 30, env "PROPASS_BODY_READ_TIMEOUT_SECS", flag "";
     /// Items per push (413 above). The seed client pushes its whole queue at once: a seed kiosk with more unsynced items than this cannot sync until the limit is raised.
     max_batch_items: usize = 20_000, env "PROPASS_MAX_BATCH_ITEMS", flag "";
     /// Largest request body in bytes (413 above; at least 1024).
@@ -445,6 +460,15 @@ impl Settings {
             bind: self.bind,
             token_ttl: secs(self.token_ttl_secs.max(60)),
             refresh_grace: secs(self.refresh_grace_secs),
+            device_token_ttl: secs(self.device_token_ttl_secs.max(60)),
+            device_credential_lifetime: secs(
+                self.device_credential_lifetime_days
+                    .max(1)
+                    .saturating_mul(86_400),
+            ),
+            device_pushes_per_minute: self.device_pushes_per_minute,
+            device_items_per_day: self.device_items_per_day,
+            body_read_timeout: secs(self.body_read_timeout_secs.max(1)),
             max_batch_items: self.max_batch_items.max(1),
             max_body_bytes: self.max_body_bytes.max(1024),
             max_auth_body_bytes: self.max_auth_body_bytes.max(512),

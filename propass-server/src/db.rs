@@ -1,11 +1,12 @@
 //! PostgreSQL, split by role: the [`pool`] and migrations, the [`schema`],
-//! [`users`], [`devices`], [`clients`] and their quotas, and the ledger of
+//! [`users`], [`devices`] and their [`enrollment`], [`clients`] and their quotas, and the ledger of
 //! [`copies`] (where the exactly-once invariant is enforced; see its header).
 //! Rows are this module's own types, converted by hand to and from the wire.
 
 pub mod clients;
 pub mod copies;
 pub mod devices;
+pub mod enrollment;
 pub mod pool;
 pub mod schema;
 pub mod users;

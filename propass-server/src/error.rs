@@ -40,6 +40,13 @@ pub enum ApiError {
     },
     #[error("device {0} has been revoked by an operator")]
     DeviceRevoked(DeviceId),
+    #[error("device {0} is waiting for an operator's approval (propass-server device approve {0}); it may not sync until then")]
+    DevicePending(DeviceId),
+    #[error("device id {0} is enrolled with a device credential: a password login cannot use it")]
+    DeviceEnrolled(DeviceId),
+    /// An enrollment code or a refresh credential that does not work (the sentence says why).
+    #[error("{0}")]
+    InvalidCredential(String),
     #[error("{0}")]
     Forbidden(String),
     /// No such route.
@@ -47,12 +54,23 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The body trickled in slower than `body_read_timeout_secs` allows.
+    #[error("the request body did not arrive in time (body_read_timeout_secs)")]
+    BodyTimeout,
     /// Not JSON.
     #[error("the body must be JSON with Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("too many failed attempts; retry in {retry_after_secs} s")]
     RateLimited {
         /// Seconds until a new attempt is allowed.
+        retry_after_secs: u64,
+    },
+    /// A device went over one of its limits (pushes per minute, items per day).
+    #[error("{why}; retry in {retry_after_secs} s")]
+    DeviceLimit {
+        /// Which limit, in a sentence.
+        why: String,
+        /// Seconds until the limit's window moves on.
         retry_after_secs: u64,
     },
     /// A device opened too many WebSockets.
@@ -77,11 +95,17 @@ impl ApiError {
             Self::TokenExpired => ErrorCode::TokenExpired,
             Self::DeviceMismatch { .. } => ErrorCode::DeviceMismatch,
             Self::DeviceRevoked(_) => ErrorCode::DeviceRevoked,
+            Self::DevicePending(_) => ErrorCode::DevicePending,
+            Self::DeviceEnrolled(_) => ErrorCode::DeviceEnrolled,
+            Self::InvalidCredential(_) => ErrorCode::InvalidCredential,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound => ErrorCode::NotFound,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::BodyTimeout => ErrorCode::RequestTimeout,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
-            Self::RateLimited { .. } | Self::TooManyConnections(_) => ErrorCode::RateLimited,
+            Self::RateLimited { .. } | Self::DeviceLimit { .. } | Self::TooManyConnections(_) => {
+                ErrorCode::RateLimited
+            }
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -100,7 +124,11 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut res = HttpResponse::build(self.status_code());
-        if let Self::RateLimited { retry_after_secs } = self {
+        if let Self::RateLimited { retry_after_secs }
+        | Self::DeviceLimit {
+            retry_after_secs, ..
+        } = self
+        {
             res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         res.json(ErrorBody::new(self.code(), self.to_string()))

@@ -11,6 +11,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use propass_protocol::{ClientId, DeviceId, QueueItem, QuotaUpdated};
 
+use crate::device::Caller;
 use crate::error::ApiError;
 
 /// What makes an operation unique in the ledger: `op:<op_id>` when the kiosk
@@ -66,6 +67,8 @@ pub enum ItemFailure {
     },
     /// No such client.
     UnknownClient(ClientId),
+    /// The client exists, but the pushing device is not assigned to it.
+    NotServed(ClientId),
     /// The key is in the ledger for another operation (a seed kiosk whose
     /// database was rebuilt and reuses local ids). The fields are for the
     /// server's log, never for the answer.
@@ -91,6 +94,7 @@ impl fmt::Display for ItemFailure {
                 occurred_at.to_rfc3339()
             ),
             Self::UnknownClient(c) => write!(f, "unknown client {c}"),
+            Self::NotServed(c) => write!(f, "client {c} is not served by this kiosk"),
             // Says nothing of the other operation: its badge UID and client
             // are not this caller's to read.
             Self::Conflict { .. } => f.write_str(
@@ -137,11 +141,14 @@ pub struct BatchOutcome {
 pub trait LedgerStore {
     /// Records `ops` pushed by `device` at `now` (the time of copies that
     /// carry none), all or nothing; notes the device's contact even for an
-    /// empty batch. A revoked device gets [`ApiError::DeviceRevoked`] and
-    /// records nothing.
+    /// empty batch. A device that does not admit `caller`'s push (see
+    /// [`crate::device::admit`]: revoked, pending, stale credentials) gets
+    /// that error and records nothing. An operation for a client the device
+    /// does not serve fails alone.
     async fn record_batch(
         &mut self,
         device: &DeviceId,
+        caller: Caller,
         ops: &[NewOp<'_>],
         now: DateTime<Utc>,
     ) -> Result<BatchOutcome, ApiError>;

@@ -12,7 +12,8 @@
 //! Layout, from the leaves to the composition root (no module imports one
 //! below it in this list): [`clock`] and [`rng`] (time and chance, behind
 //! traits), [`config`] (one struct, file → env → flags), [`error`] (one error
-//! type, mapped to the wire error body), [`ledger`] (the ledger's vocabulary
+//! type, mapped to the wire error body), [`device`] (what a device's
+//! standing allows), [`ledger`] (the ledger's vocabulary
 //! and its store trait), [`db`] (PostgreSQL, by table), [`auth`] (passwords,
 //! tokens, throttle, extractors), [`ws`] (hub, sessions, listener), [`state`]
 //! (what handlers share), [`push`] (the push use case), [`routes`] (HTTP
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod device;
 pub mod error;
 pub mod ledger;
 pub mod push;

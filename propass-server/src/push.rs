@@ -6,9 +6,10 @@
 use chrono::{DateTime, Utc};
 use propass_protocol::{
     CopyCompleted, DeviceId, OpId, PushItemResult, PushResponse, PushStatus, QueueItem,
-    SyncCompleted, WsMessage,
+    QuotaUpdated, SyncCompleted, WsMessage,
 };
 
+use crate::device::Caller;
 use crate::error::ApiError;
 use crate::ledger::{ItemFailure, LedgerStore, NewOp, Outcome};
 
@@ -17,8 +18,8 @@ use crate::ledger::{ItemFailure, LedgerStore, NewOp, Outcome};
 pub struct PushDone {
     /// The answer to the kiosk.
     pub response: PushResponse,
-    /// One event for every WebSocket: the charged quotas.
-    pub broadcast: Vec<WsMessage>,
+    /// The charged quotas: each for the kiosks serving its client.
+    pub quota_updates: Vec<QuotaUpdated>,
     /// For the pushing device's own WebSockets only: its new copies (a
     /// badge UID is what it takes to clone a UID-only badge: no other kiosk
     /// sees it) and the push's summary.
@@ -89,6 +90,7 @@ fn parse(value: &serde_json::Value, window: &OccurredWindow) -> Parsed {
 pub async fn push(
     ledger: &mut impl LedgerStore,
     device: &DeviceId,
+    caller: Caller,
     queue: &[serde_json::Value],
     now: DateTime<Utc>,
     window: &OccurredWindow,
@@ -101,7 +103,7 @@ pub async fn push(
             Parsed::Invalid { .. } => None,
         })
         .collect();
-    let batch = ledger.record_batch(device, &ops, now).await?;
+    let batch = ledger.record_batch(device, caller, &ops, now).await?;
     if batch.outcomes.len() != ops.len() {
         return Err(ApiError::Internal(format!(
             "the ledger answered {} outcomes for {} operations",
@@ -112,11 +114,7 @@ pub async fn push(
 
     let (data, new_copies) = answers(device, &parsed, &ops, batch.outcomes);
     let summary = summarize(device, &data, now);
-    let broadcast = batch
-        .charged
-        .into_iter()
-        .map(WsMessage::QuotaUpdated)
-        .collect();
+    let quota_updates = batch.charged;
     let to_pusher = new_copies
         .into_iter()
         .map(WsMessage::CopyCompleted)
@@ -128,7 +126,7 @@ pub async fn push(
             data,
             quotas: batch.named,
         },
-        broadcast,
+        quota_updates,
         to_pusher,
     })
 }
@@ -244,6 +242,7 @@ mod tests {
         async fn record_batch(
             &mut self,
             _device: &DeviceId,
+            _caller: Caller,
             ops: &[NewOp<'_>],
             now: DateTime<Utc>,
         ) -> Result<BatchOutcome, ApiError> {
@@ -293,9 +292,16 @@ mod tests {
             std::time::Duration::from_secs(86_400),
             std::time::Duration::from_secs(3600),
         );
-        let done = push(&mut MemoryLedger::default(), &device, &queue, now, &window)
-            .await
-            .unwrap();
+        let done = push(
+            &mut MemoryLedger::default(),
+            &device,
+            Caller::Login,
+            &queue,
+            now,
+            &window,
+        )
+        .await
+        .unwrap();
         let data = &done.response.data;
         assert_eq!(
             data.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -317,7 +323,7 @@ mod tests {
         );
         assert_eq!(data[3].error.as_deref(), Some("unknown client 99"));
         assert!(
-            done.broadcast.is_empty(),
+            done.quota_updates.is_empty(),
             "the memory ledger charged no quota"
         );
         assert_eq!(

@@ -8,6 +8,8 @@ use uuid::Uuid;
 pub trait Rng: Send + Sync + 'static {
     /// A unique, unguessable token id (`jti`).
     fn token_id(&self) -> Uuid;
+    /// 32 unguessable bytes (enrollment codes, device credentials).
+    fn secret_bytes(&self) -> [u8; 32];
 }
 
 /// The operating system's random source.
@@ -18,5 +20,13 @@ impl Rng for OsRng {
     #[allow(clippy::disallowed_methods)]
     fn token_id(&self) -> Uuid {
         Uuid::new_v4()
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn secret_bytes(&self) -> [u8; 32] {
+        use rand::RngCore;
+        let mut b = [0; 32];
+        rand::rng().fill_bytes(&mut b);
+        b
     }
 }

@@ -1,11 +1,14 @@
 //! The HTTP layer: the request [`extract`]ors, and the handlers, one module
-//! per area: [`health`], [`auth`] (login, refresh), [`sync`] (push, pull),
+//! per area: [`health`], [`auth`] (login, refresh), [`devices`] (enrollment,
+//! device tokens), [`sync`] (push, pull),
 //! [`ws_session`] (the WebSocket upgrade and session loop). Each returns [`crate::error::ApiResult`];
 //! errors become the wire error body in `error.rs`. Handlers parse, call a
 //! use case or a query, and answer: the logic lives elsewhere.
 
 pub mod auth;
+pub mod body_deadline;
 pub mod client_addr;
+pub mod devices;
 pub mod extract;
 pub mod health;
 pub mod push_body;
@@ -17,16 +20,29 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::{ApiError, ApiResult};
 
-/// The route table. Login has its own small body limit (`auth_limit`).
+/// The route table. Login, enrollment and device tokens have their own
+/// small body limit (`auth_limit`).
 pub fn configure(cfg: &mut web::ServiceConfig, auth_limit: usize) {
-    let login_json = web::JsonConfig::default()
-        .limit(auth_limit)
-        .error_handler(json_error);
+    let small_json = || {
+        web::JsonConfig::default()
+            .limit(auth_limit)
+            .error_handler(json_error)
+    };
     cfg.route("/health", web::get().to(health::health))
         .service(
             web::resource("/api/auth/login")
-                .app_data(login_json)
+                .app_data(small_json())
                 .route(web::post().to(auth::login)),
+        )
+        .service(
+            web::resource("/api/devices/enroll")
+                .app_data(small_json())
+                .route(web::post().to(devices::enroll)),
+        )
+        .service(
+            web::resource("/api/devices/token")
+                .app_data(small_json())
+                .route(web::post().to(devices::token)),
         )
         .route("/api/auth/refresh", web::post().to(auth::refresh))
         .route("/api/sync/push", web::post().to(sync::push))
@@ -45,6 +61,7 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
             format!("request body is larger than the limit of {limit} bytes"),
         ),
         JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+        JsonPayloadError::Payload(e) if body_deadline::is_timeout(e) => ApiError::BodyTimeout,
         JsonPayloadError::Deserialize(e) => {
             ApiError::MalformedJson(format!("invalid JSON body: {e}"))
         }

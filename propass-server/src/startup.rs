@@ -52,6 +52,7 @@ impl Application {
         let workers = state.config.workers;
         let body_limit = state.config.max_body_bytes;
         let auth_limit = state.config.max_auth_body_bytes;
+        let body_timeout = state.config.body_read_timeout;
         let app_state = state.clone();
         let tls = match &state.config.tls {
             Some((cert, key)) => Some(tls_config(cert, key)?),
@@ -63,7 +64,8 @@ impl Application {
                 .app_data(app_state.clone())
                 .app_data(web::JsonConfig::default().limit(body_limit).error_handler(routes::json_error))
                 .app_data(web::PayloadConfig::default().limit(body_limit))
-                .wrap_fn(move |req, srv| {
+                .wrap_fn(move |mut req, srv| {
+                    routes::body_deadline::apply(&mut req, body_timeout);
                     // Method, path (never the query string: it may hold a token), status, latency.
                     let method = req.method().clone();
                     let path = req.path().to_owned();
@@ -112,7 +114,13 @@ impl Application {
         let state = self.state.clone();
         let listener = tokio::spawn(async move {
             let url = state.config.database_url.clone();
-            ws::listener::listen_for_quota_changes(url, state.pool.clone(), &state.hub).await
+            ws::listener::listen_for_changes(
+                url,
+                state.pool.clone(),
+                &state.hub,
+                &state.metrics.listening,
+            )
+            .await
         });
         let result = self.server.await;
         listener.abort();

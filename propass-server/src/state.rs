@@ -43,6 +43,9 @@ pub struct AppState {
 pub struct Metrics {
     /// Argon2 password checks run.
     pub password_checks: std::sync::atomic::AtomicU64,
+    /// Whether the change listener is LISTENing now (changes made by other
+    /// processes reach this server's sockets only then).
+    pub listening: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
             jwt: JwtKeys::new(
                 config.jwt_secret.expose(),
                 config.token_ttl,
+                config.device_token_ttl,
                 config.refresh_grace,
             ),
             throttle: LoginThrottle::new(config.login_max_failures, config.login_window),

@@ -75,6 +75,7 @@ pub fn run(database_url: &str) -> Result<(), String> {
                 &seed.password,
                 &seed.client,
                 "10",
+                &seed.device,
             ])
             .current_dir(&compat),
     )?;
@@ -102,15 +103,18 @@ fn install_node_deps(compat: &Path) -> Result<(), String> {
     }
 }
 
-/// The account and client the seed client uses.
+/// The account, client and device the seed client uses.
 struct Seed {
     password: String,
     client: String,
+    device: String,
 }
 
-/// Creates (or resets) the `seed-compat` kiosk account — the documented step
-/// for a seed kiosk: it logs in with a user of role `kiosk` — and a fresh
-/// client with a quota of 10.
+/// The documented steps for a seed kiosk (docs/operations.md): it logs in
+/// with a user of role `kiosk` (`seed-compat`, created or reset here), and its
+/// device id is registered ahead with the clients it serves (else it waits
+/// for `device approve` after its first login). Plus a fresh client with a
+/// quota of 10.
 fn seed_database(server: &Path, database_url: &str) -> Result<Seed, String> {
     let cli = |args: &[&str], stdin: Option<&str>| {
         let mut cmd = Command::new(server);
@@ -136,5 +140,23 @@ fn seed_database(server: &Path, database_url: &str) -> Result<Seed, String> {
     let client = cli(&["client", "add", &name, "--quota", "10"], None)?
         .trim()
         .to_owned();
-    Ok(Seed { password, client })
+    // In the guide's format: HOSTNAME_<base-36 time>, upper case.
+    let device = format!("SEED-COMPAT_{stamp:X}");
+    cli(
+        &[
+            "device",
+            "add",
+            &device,
+            "--name",
+            &name,
+            "--clients",
+            &client,
+        ],
+        None,
+    )?;
+    Ok(Seed {
+        password,
+        client,
+        device,
+    })
 }

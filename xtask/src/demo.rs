@@ -32,7 +32,21 @@ pub fn run() -> Result<(), String> {
         socket: state.path().join("agent.sock"),
     };
     let agent_proc = kiosk.start(state.path(), &base, &reader)?;
-    kiosk.copy_badges(&base, &client_id, &reader)?;
+    // The operator's step for a new kiosk: a one-time enrollment code.
+    let code = server_cli(
+        &server,
+        &url,
+        &[
+            "device",
+            "enroll",
+            "--name",
+            "Demo kiosk",
+            "--clients",
+            &client_id,
+        ],
+        None,
+    )?;
+    kiosk.copy_badges(&base, code.trim(), &client_id, &reader)?;
     println!(
         "{}",
         server_cli(&server, &url, &["client", "list"], None)?.trim_end()
@@ -165,19 +179,15 @@ impl Kiosk {
         Ok(proc_)
     }
 
-    /// Logs in, copies three badges at the scripted reader, syncs.
-    fn copy_badges(&self, base: &str, client_id: &str, reader: &str) -> Result<(), String> {
-        self.cli(
-            &[
-                "login",
-                "--server",
-                base,
-                "--username",
-                "admin",
-                "--password-stdin",
-            ],
-            Some("admin123\n"),
-        )?;
+    /// Enrolls with `code`, copies three badges at the scripted reader, syncs.
+    fn copy_badges(
+        &self,
+        base: &str,
+        code: &str,
+        client_id: &str,
+        reader: &str,
+    ) -> Result<(), String> {
+        self.cli(&["enroll", "--server", base, "--code", code], None)?;
         self.cli(&["sync"], None)?;
         println!();
         println!("the kiosk copies three badges at the emulated reader ({reader}):");

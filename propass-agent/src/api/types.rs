@@ -84,6 +84,27 @@ pub struct LoginResponse {
     pub device_id: DeviceId,
 }
 
+/// `POST /v1/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// Default: the known one.
+    pub server_url: Option<String>,
+    /// The operator's one-time code.
+    pub code: String,
+}
+
+/// The answer to `POST /v1/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub success: bool,
+    pub device_id: DeviceId,
+    /// The name the operator gave this kiosk.
+    pub name: Option<String>,
+    /// When the credential chain ends (enroll again before).
+    pub credential_expires_at: DateTime<Utc>,
+}
+
 /// The answer to `POST /v1/sync`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncResponse {

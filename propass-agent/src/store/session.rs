@@ -16,6 +16,7 @@ const TOKEN_EXP: &str = "token_expires_at";
 const USERNAME: &str = "username";
 const LAST_SYNC: &str = "last_sync_at";
 const LOGIN_REQUIRED: &str = "login_required";
+const CREDENTIAL: &str = "device_credential";
 
 /// What a login leaves behind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +26,11 @@ pub struct Session {
     pub token: String,
     /// `None` when neither the server nor the token said.
     pub token_expires_at: Option<DateTime<Utc>>,
-    /// Who logged in.
+    /// Who logged in (a password login).
     pub username: Option<String>,
+    /// The device's refresh credential (an enrollment): single use, replaced
+    /// by every renewal.
+    pub credential: Option<String>,
 }
 
 fn get(conn: &Connection, key: &str) -> StoreResult<Option<String>> {
@@ -79,6 +83,7 @@ pub fn session(conn: &Connection) -> StoreResult<Option<Session>> {
         token,
         token_expires_at: get_time(conn, TOKEN_EXP)?,
         username: get(conn, USERNAME)?,
+        credential: get(conn, CREDENTIAL)?,
     }))
 }
 
@@ -96,24 +101,29 @@ pub fn save_login(conn: &mut Connection, s: &Session) -> StoreResult<()> {
             (TOKEN, Some(s.token.clone())),
             (TOKEN_EXP, s.token_expires_at.map(|t| t.to_rfc3339())),
             (USERNAME, s.username.clone()),
+            (CREDENTIAL, s.credential.clone()),
             (LOGIN_REQUIRED, None),
         ],
     )
 }
 
-/// Stores a refreshed token.
+/// Stores a refreshed token, and the credential that replaces the one just
+/// used (an enrolled device), in one transaction: a crash leaves either the
+/// old pair or the new one.
 pub fn save_token(
     conn: &mut Connection,
     token: &str,
     expires_at: Option<DateTime<Utc>>,
+    credential: Option<&str>,
 ) -> StoreResult<()> {
-    set(
-        conn,
-        &[
-            (TOKEN, Some(token.to_owned())),
-            (TOKEN_EXP, expires_at.map(|t| t.to_rfc3339())),
-        ],
-    )
+    let mut pairs = vec![
+        (TOKEN, Some(token.to_owned())),
+        (TOKEN_EXP, expires_at.map(|t| t.to_rfc3339())),
+    ];
+    if let Some(c) = credential {
+        pairs.push((CREDENTIAL, Some(c.to_owned())));
+    }
+    set(conn, &pairs)
 }
 
 /// Why a login is required, kept across restarts.

@@ -73,6 +73,22 @@ impl ServerClient for ScriptedServer {
         })
     }
 
+    fn enroll<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a EnrollRequest,
+    ) -> BoxFuture<'a, UpstreamResult<DeviceTokenResponse>> {
+        Box::pin(async { Err(UpstreamError::Unreachable("not in this test".into())) })
+    }
+
+    fn device_token<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a DeviceTokenRequest,
+    ) -> BoxFuture<'a, UpstreamResult<DeviceTokenResponse>> {
+        Box::pin(async { Err(UpstreamError::Unreachable("not in this test".into())) })
+    }
+
     fn push<'a>(
         &'a self,
         _: &'a str,
@@ -143,6 +159,7 @@ async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
         token: "stale".into(),
         token_expires_at: None,
         username: Some("operator1".into()),
+        credential: None,
     };
     store.save_login(session).await.unwrap();
     let reader = ReaderThread::spawn_with(|| Err(NfcError::NoReader(String::new()))).unwrap();

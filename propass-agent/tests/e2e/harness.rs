@@ -103,6 +103,7 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// A client, served by every kiosk known so far.
     pub fn add_client(&self, name: &str, quota: i64) -> i64 {
         let v: Value = serde_json::from_str(&self.cli(
             &[
@@ -116,7 +117,34 @@ impl Server {
             None,
         ))
         .unwrap();
-        v["id"].as_i64().unwrap()
+        let id = v["id"].as_i64().unwrap();
+        let devices: Value =
+            serde_json::from_str(&self.cli(&["device", "list", "--json"], None)).unwrap();
+        for d in devices.as_array().unwrap() {
+            let d = d["device_id"].as_str().unwrap();
+            self.cli(&["device", "assign", d, "--add", &id.to_string()], None);
+        }
+        id
+    }
+
+    /// A one-time enrollment code (what an operator gives a new kiosk) for a
+    /// kiosk serving every client so far.
+    pub fn enrollment_code(&self) -> String {
+        let clients: Value =
+            serde_json::from_str(&self.cli(&["client", "list", "--json"], None)).unwrap();
+        let ids: Vec<String> = clients
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].to_string())
+            .collect();
+        let mut args = vec!["device", "enroll", "--json"];
+        let joined = ids.join(",");
+        if !ids.is_empty() {
+            args.extend(["--clients", joined.as_str()]);
+        }
+        let v: Value = serde_json::from_str(&self.cli(&args, None)).unwrap();
+        v["code"].as_str().unwrap().to_owned()
     }
 
     pub fn remaining(&self, client: i64) -> i64 {
@@ -175,7 +203,7 @@ impl Server {
         }
     }
 
-    async fn query_i64(&self, sql: &str) -> i64 {
+    pub async fn query_i64(&self, sql: &str) -> i64 {
         let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -332,15 +360,17 @@ impl Agent {
         self.try_status().await.expect("status")
     }
 
-    pub async fn login(&self) {
+    /// Enrolls the kiosk with a code `server`'s operator created.
+    pub async fn enroll(&self, server: &Server) {
+        let code = server.enrollment_code();
         let (s, v) = self
             .call(
                 reqwest::Method::POST,
-                "/v1/login",
-                Some(json!({"username": "admin", "password": "admin123"})),
+                "/v1/enroll",
+                Some(json!({"code": code})),
             )
             .await;
-        assert_eq!(s, 200, "login failed: {v}");
+        assert_eq!(s, 200, "enrollment failed: {v}");
     }
 
     pub async fn sync(&self) -> (u16, Value) {

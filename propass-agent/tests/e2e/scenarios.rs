@@ -19,7 +19,7 @@ async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
     let mut server = Server::new().await;
     let client = server.add_client("Offline Corp", 1000);
     let agent = Agent::new(&server.url(), &[]).await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
     assert_eq!(agent.remaining(client).await, Some(1000));
 
@@ -65,7 +65,7 @@ async fn a_lost_push_answer_is_retried_without_double_counting() {
     let client = server.add_client("Lost Answer Ltd", 100);
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port)).await;
     let agent = Agent::new(&proxy.url(), &[]).await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
 
     proxy.set(Mode::SwallowAnswers);
@@ -104,7 +104,7 @@ async fn a_killed_agent_loses_nothing_and_counts_nothing_twice() {
     let mut server = Server::new().await;
     let client = server.add_client("Crash Inc", 10_000);
     let mut agent = Agent::new(&server.url(), &[]).await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
 
     // 1. Killed while recording: requests in flight when the process dies.
@@ -184,7 +184,7 @@ async fn a_quota_top_up_reaches_the_agent_over_the_websocket() {
     let server = Server::new().await;
     let client = server.add_client("Top Up SA", 3);
     let agent = Agent::new(&server.url(), &[]).await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -235,7 +235,7 @@ async fn bad_local_requests_get_clear_errors_and_change_nothing() {
     let server = Server::new().await;
     let client = server.add_client("Careful GmbH", 10);
     let agent = Agent::new(&server.url(), &[]).await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
 
     // POSTs a raw body to /v1/operations; returns (status, error code).
@@ -388,7 +388,7 @@ async fn a_refused_token_leads_to_a_logged_out_state_that_still_records() {
     let server = Server::new().await;
     let client = server.add_client("Revoked BV", 10);
     let agent = Agent::new(&server.url(), &[]).await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
     let device = agent.status().await["device_id"]
         .as_str()
@@ -425,7 +425,7 @@ async fn sigterm_stops_the_agent_cleanly() {
     let server = Server::new().await;
     let client = server.add_client("Stop Corp", 10);
     let mut agent = Agent::new(&server.url(), &[]).await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
     assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
     let (status, took) = agent.terminate();
@@ -522,7 +522,7 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         ],
     )
     .await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
 
     let (s, v) = agent.call(Method::POST, "/v1/nfc/read", None).await;
@@ -777,7 +777,7 @@ async fn the_agent_syncs_over_tls_with_a_private_ca() {
         &[("PROPASS_SERVER_CA_FILE", ca_file.to_str().unwrap())],
     )
     .await;
-    agent.login().await;
+    agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200, "pull over HTTPS");
     assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
     assert!(
@@ -795,4 +795,38 @@ async fn the_agent_syncs_over_tls_with_a_private_ca() {
         "the WebSocket is up over WSS: {}",
         agent.status().await
     );
+}
+
+/// An enrolled kiosk holds no password: when its access token stops working
+/// (here the server's signing secret changed, which voids every token but not
+/// the device's credential) it renews it with its rotating credential, and
+/// syncs on.
+#[tokio::test]
+async fn an_enrolled_agent_renews_its_token_with_its_rotating_credential() {
+    let mut server = Server::new().await;
+    let client = server.add_client("Rotate Ltd", 10);
+    let agent = Agent::new(&server.url(), &[]).await;
+    agent.enroll(&server).await;
+    assert_eq!(agent.sync().await.0, 200);
+    server.stop();
+    server
+        .start_with(&[(
+            "PROPASS_JWT_SECRET",
+            "a-rotated-secret-0123456789abcdef-0123456789",
+        )])
+        .await;
+    assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
+    let synced = eventually(Duration::from_secs(20), || async {
+        server.ledger_count().await == 1
+    })
+    .await;
+    assert!(synced, "log:\n{}", agent.log());
+    assert!(
+        server
+            .query_i64("SELECT count(*) FROM device_credentials WHERE used_at IS NOT NULL")
+            .await
+            >= 1,
+        "the credential was used and rotated"
+    );
+    assert_eq!(agent.status().await["logged_in"], true);
 }

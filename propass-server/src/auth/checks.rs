@@ -1,13 +1,14 @@
-//! Checks shared by the request extractors and the WebSocket upgrade.
+//! Checks shared by the request extractors and the WebSocket upgrade: the
+//! standing of a token's user (login tokens) and of its device.
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
+use diesel_async::AsyncPgConnection;
 
 use super::tokens::Claims;
 use crate::db::users::User;
-use diesel_async::AsyncPgConnection;
-
 use crate::db::{self, PgPool};
+use crate::device::{self, Purpose};
 use crate::error::ApiError;
 
 /// The bearer token of a request, if any.
@@ -20,37 +21,34 @@ pub fn bearer_token(req: &HttpRequest) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Why a kiosk call is made: what the caller's user must be allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// Push, pull, WebSocket: a kiosk account's (or an admin's) calls.
-    KioskCall,
-    /// Refreshing the token: any role.
-    Refresh,
-}
-
-/// Refuses a token whose user is gone, disabled, or changed its password
-/// since (its epoch moved), or whose user's role may not make this call.
-/// Returns the user as it is now.
+/// For a login token, refuses a user who is gone, disabled, or changed its
+/// password since (its epoch moved), or whose role may not make this call;
+/// returns the user as it is now. A device token names no user: `None`.
+/// The device is NOT checked (the push does it inside its transaction).
 pub async fn ensure_standing(
     pool: &PgPool,
     claims: &Claims,
     purpose: Purpose,
-) -> Result<User, ApiError> {
+) -> Result<Option<User>, ApiError> {
+    if claims.user().is_none() {
+        return Ok(None);
+    }
     standing(&mut *pool.get().await?, claims, purpose).await
 }
 
-/// [`ensure_standing`], and the token's device not revoked (an unknown one
-/// is not), on one connection: the checks of a call made on a device (pull,
-/// refresh, a WebSocket and its heartbeat). A revoked device is reported first.
+/// [`ensure_standing`], and the token's device admitted for `purpose`
+/// (see [`device::admit`]), on one connection: the checks of a call made on a
+/// device (pull, refresh, a WebSocket and its heartbeat).
 pub async fn ensure_standing_on_active_device(
     pool: &PgPool,
     claims: &Claims,
     purpose: Purpose,
-) -> Result<User, ApiError> {
+) -> Result<Option<User>, ApiError> {
     let mut conn = pool.get().await?;
-    if db::devices::is_revoked(&mut conn, &claims.device_id).await? {
-        return Err(ApiError::DeviceRevoked(claims.device_id.clone()));
+    let state = db::devices::state(&mut conn, &claims.device_id).await?;
+    device::admit(&claims.device_id, claims.caller(), state, purpose)?;
+    if claims.user().is_none() {
+        return Ok(None);
     }
     standing(&mut conn, claims, purpose).await
 }
@@ -59,10 +57,13 @@ async fn standing(
     conn: &mut AsyncPgConnection,
     claims: &Claims,
     purpose: Purpose,
-) -> Result<User, ApiError> {
-    let user = db::users::by_id(conn, claims.uid)
+) -> Result<Option<User>, ApiError> {
+    let Some((uid, username, _)) = claims.user() else {
+        return Ok(None);
+    };
+    let user = db::users::by_id(conn, uid)
         .await?
-        .filter(|u| u.username == claims.sub)
+        .filter(|u| u.username == username)
         .ok_or_else(|| ApiError::InvalidToken("the token's user no longer exists".into()))?;
     if user.disabled {
         return Err(ApiError::InvalidToken("this account is disabled".into()));
@@ -78,5 +79,5 @@ async fn standing(
             user.role.as_str()
         )));
     }
-    Ok(user)
+    Ok(Some(user))
 }

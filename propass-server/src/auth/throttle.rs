@@ -122,6 +122,17 @@ impl LoginThrottle {
     /// account's failures are forgotten.
     pub fn succeeded(&self, attempt: Attempt, user: &ThrottleKey) {
         let mut map = self.lock();
+        Self::uncount(&mut map, &attempt);
+        map.remove(user);
+    }
+
+    /// The attempt succeeded (an enrollment, a device refresh): it is
+    /// forgiven on every key; earlier failures stay counted.
+    pub fn forgive(&self, attempt: Attempt) {
+        Self::uncount(&mut self.lock(), &attempt);
+    }
+
+    fn uncount(map: &mut HashMap<ThrottleKey, VecDeque<Instant>>, attempt: &Attempt) {
         for key in &attempt.keys {
             if let Some(q) = map.get_mut(key) {
                 if let Some(i) = q.iter().rposition(|t| *t == attempt.at) {
@@ -129,7 +140,6 @@ impl LoginThrottle {
                 }
             }
         }
-        map.remove(user);
     }
 }
 

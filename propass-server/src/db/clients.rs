@@ -2,9 +2,9 @@
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use propass_protocol::ClientId;
+use propass_protocol::{ClientId, DeviceId};
 
-use super::schema::{clients, quotas};
+use super::schema::{clients, device_clients, quotas};
 
 /// The NOTIFY channel announcing quota changes made outside a push (operator
 /// top-ups); the payload is the client id.
@@ -59,22 +59,36 @@ pub async fn create(
     .await
 }
 
-/// Every client with its quota, by id. The clients a kiosk may serve: today
-/// every kiosk of the fleet serves every client.
+/// Every client with its quota, by id.
 pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<ClientRow>> {
-    clients::table
-        .inner_join(quotas::table)
-        .select((
-            clients::id,
-            clients::name,
-            quotas::total,
-            quotas::used,
-            quotas::version,
-            clients::partial_copy,
-        ))
+    with_quota().order(clients::id).load(conn).await
+}
+
+/// The clients `device` serves, with their quotas, by id.
+pub async fn served_by(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+) -> QueryResult<Vec<ClientRow>> {
+    let served = device_clients::table
+        .filter(device_clients::device_id.eq(device.as_str()))
+        .select(device_clients::client_id);
+    with_quota()
+        .filter(clients::id.eq_any(served))
         .order(clients::id)
         .load(conn)
         .await
+}
+
+#[diesel::dsl::auto_type]
+fn with_quota() -> _ {
+    clients::table.inner_join(quotas::table).select((
+        clients::id,
+        clients::name,
+        quotas::total,
+        quotas::used,
+        quotas::version,
+        clients::partial_copy,
+    ))
 }
 
 /// Adds `n` copies (negative to correct a mistake; the table refuses fewer

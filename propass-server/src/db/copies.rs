@@ -1,14 +1,15 @@
 //! The ledger on PostgreSQL: the `copies` table and the charging of quotas.
 //!
 //! [`PgLedger::record_batch`] writes a whole push in ONE transaction with
-//! set-based statements, in named steps: note the device (refusing a revoked
-//! one), insert the new operations, resolve the others as duplicates or
+//! set-based statements, in named steps: note the device (refusing one that
+//! does not admit the push), insert the new operations of the clients it
+//! serves, resolve the others as duplicates or
 //! conflicts, charge the quotas in client-id order, flag overdrafts, read back
 //! the named quotas. Every row inserted is charged exactly once; a key already
 //! in the ledger is charged nothing. A deadlock or serialization failure
 //! reruns the whole transaction (up to [`MAX_ATTEMPTS`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
@@ -17,34 +18,51 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{ClientId, DeviceId, QuotaUpdated};
 
 use super::devices;
+use crate::device::{admit, Caller, Purpose};
 use crate::error::ApiError;
 use crate::ledger::{BatchOutcome, ItemFailure, LedgerStore, NewOp, Outcome};
 
 /// Attempts of a push transaction that keeps meeting deadlocks or serialization failures.
 pub const MAX_ATTEMPTS: u32 = 4;
 
-/// The ledger on one connection.
-pub struct PgLedger<'c>(pub &'c mut AsyncPgConnection);
+/// A device's push limits; 0 means no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeviceLimits {
+    /// Pushes per clock minute.
+    pub pushes_per_minute: u32,
+    /// New ledger rows per UTC day.
+    pub items_per_day: u64,
+}
+
+/// The ledger on one connection, under the pushing device's limits.
+pub struct PgLedger<'c> {
+    pub conn: &'c mut AsyncPgConnection,
+    pub limits: DeviceLimits,
+}
 
 impl LedgerStore for PgLedger<'_> {
     async fn record_batch(
         &mut self,
         device: &DeviceId,
+        caller: Caller,
         ops: &[NewOp<'_>],
         now: DateTime<Utc>,
     ) -> Result<BatchOutcome, ApiError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let limits = self.limits;
             let tx = self
-                .0
-                .transaction(async |conn| record_batch_tx(conn, device, ops, now).await)
+                .conn
+                .transaction(async |conn| {
+                    record_batch_tx(conn, device, caller, ops, now, limits).await
+                })
                 .await;
             match tx {
                 Err(TxError::Db(e)) if attempt < MAX_ATTEMPTS && is_retryable(&e) => {
                     tracing::warn!(attempt, error = %e, "push transaction conflicted; retrying");
                 }
-                Err(TxError::DeviceRevoked) => return Err(ApiError::DeviceRevoked(device.clone())),
+                Err(TxError::Refused(e)) => return Err(e),
                 Err(TxError::Db(e)) => return Err(e.into()),
                 Ok(outcome) => return Ok(outcome),
             }
@@ -55,8 +73,8 @@ impl LedgerStore for PgLedger<'_> {
 /// Why a push transaction rolled back.
 #[derive(Debug, thiserror::Error)]
 enum TxError {
-    #[error("device revoked")]
-    DeviceRevoked,
+    #[error("{0}")]
+    Refused(ApiError),
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
 }
@@ -74,15 +92,18 @@ fn is_retryable(e: &diesel::result::Error) -> bool {
 async fn record_batch_tx(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
+    caller: Caller,
     ops: &[NewOp<'_>],
     now: DateTime<Utc>,
+    limits: DeviceLimits,
 ) -> Result<BatchOutcome, TxError> {
     // Inside the transaction, so a revocation racing the push wins.
-    if devices::touch(conn, device).await? {
-        return Err(TxError::DeviceRevoked);
-    }
+    let state = devices::touch(conn, device).await?;
+    admit(device, caller, state, Purpose::KioskCall).map_err(TxError::Refused)?;
+    let items_today = count_push(conn, device, now, limits).await?;
     let fresh = insert_new(conn, device, ops, now).await?;
-    let mut outcomes = resolve(conn, ops, fresh).await?;
+    count_items(conn, device, items_today, fresh.len(), now, limits).await?;
+    let mut outcomes = resolve(conn, device, ops, fresh).await?;
     let rows = charge_quotas(conn, ops, &outcomes).await?;
     flag_overdrafts(conn, ops, &mut outcomes, &rows).await?;
     let named = read_named_quotas(conn, ops).await?;
@@ -91,6 +112,83 @@ async fn record_batch_tx(
         charged: rows.into_iter().filter_map(QuotaRow::into_update).collect(),
         named,
     })
+}
+
+#[derive(QueryableByName)]
+struct Usage {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    minute_pushes: i32,
+    #[diesel(sql_type = BigInt)]
+    day_items: i64,
+}
+
+/// Counts this push in the device's minute (refusing it past the limit) and
+/// answers the new rows the device already added today. Rolled back with a
+/// refused push: a refusal counts nothing.
+async fn count_push(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    now: DateTime<Utc>,
+    limits: DeviceLimits,
+) -> Result<u64, TxError> {
+    let usage: Usage = diesel::sql_query(
+        "INSERT INTO device_usage AS u (device_id, minute_start, minute_pushes, day, day_items) \
+         VALUES ($1, date_trunc('minute', $2), 1, ($2 AT TIME ZONE 'UTC')::date, 0) \
+         ON CONFLICT (device_id) DO UPDATE SET \
+           minute_pushes = CASE WHEN u.minute_start = excluded.minute_start THEN u.minute_pushes + 1 ELSE 1 END, \
+           minute_start = excluded.minute_start, \
+           day_items = CASE WHEN u.day = excluded.day THEN u.day_items ELSE 0 END, \
+           day = excluded.day \
+         RETURNING minute_pushes, day_items",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<Timestamptz, _>(now)
+    .get_result(conn)
+    .await?;
+    let pushes = u32::try_from(usage.minute_pushes).unwrap_or(u32::MAX);
+    if limits.pushes_per_minute > 0 && pushes > limits.pushes_per_minute {
+        tracing::warn!(%device, limit = limits.pushes_per_minute, "device over its pushes-per-minute limit: push refused");
+        return Err(TxError::Refused(ApiError::DeviceLimit {
+            why: format!(
+                "device {device} made more than {} pushes this minute (device_pushes_per_minute)",
+                limits.pushes_per_minute
+            ),
+            retry_after_secs: 60 - now.timestamp().rem_euclid(60).unsigned_abs(),
+        }));
+    }
+    Ok(u64::try_from(usage.day_items).unwrap_or(0))
+}
+
+/// Adds the push's new rows to the device's day, refusing the whole push
+/// (the transaction rolls back) when they pass the limit.
+async fn count_items(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    before: u64,
+    new_rows: usize,
+    now: DateTime<Utc>,
+    limits: DeviceLimits,
+) -> Result<(), TxError> {
+    if new_rows == 0 {
+        return Ok(());
+    }
+    let after = before.saturating_add(u64::try_from(new_rows).unwrap_or(u64::MAX));
+    if limits.items_per_day > 0 && after > limits.items_per_day {
+        tracing::warn!(%device, limit = limits.items_per_day, today = before, pushed = new_rows, "device over its items-per-day limit: push refused; check the kiosk");
+        return Err(TxError::Refused(ApiError::DeviceLimit {
+            why: format!(
+                "device {device} would pass its limit of {} new copies per day (device_items_per_day; {before} today, {new_rows} in this push)",
+                limits.items_per_day
+            ),
+            retry_after_secs: 86_400 - now.timestamp().rem_euclid(86_400).unsigned_abs(),
+        }));
+    }
+    diesel::sql_query("UPDATE device_usage SET day_items = $2 WHERE device_id = $1")
+        .bind::<Text, _>(device.as_str())
+        .bind::<BigInt, _>(i64::try_from(after).unwrap_or(i64::MAX))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[derive(QueryableByName)]
@@ -105,7 +203,8 @@ struct InsertedRow {
 
 /// Inserts every operation whose key is not in the ledger yet, in one
 /// statement: keys in sorted order, so concurrent batches take index locks in
-/// one order; joined on `clients`, so an unknown client inserts nothing.
+/// one order; joined on the device's assigned clients, so an unknown client,
+/// or one this device does not serve, inserts nothing.
 /// Answers the inserted keys with their row id and time.
 async fn insert_new(
     conn: &mut AsyncPgConnection,
@@ -135,7 +234,7 @@ async fn insert_new(
          SELECT k, o, $3, l, c, u, t, w, s \
          FROM unnest($1::text[], $2::uuid[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[], $9::text[]) \
               AS x(k, o, l, c, u, t, w, s) \
-         JOIN clients ON clients.id = x.c \
+         JOIN device_clients dc ON dc.client_id = x.c AND dc.device_id = $3 \
          ORDER BY k \
          ON CONFLICT (idempotency_key) DO NOTHING \
          RETURNING id, idempotency_key, occurred_at",
@@ -179,9 +278,10 @@ struct ExistingRow {
 /// the batch holding a freshly inserted key is new; every other one is looked
 /// up: the same operation already in the ledger is a duplicate, another
 /// operation under its key a conflict, and a key nowhere means the insert's
-/// join found no such client.
+/// join found no such client among the device's: unknown, or not served.
 async fn resolve(
     conn: &mut AsyncPgConnection,
+    device: &DeviceId,
     ops: &[NewOp<'_>],
     mut fresh: HashMap<String, (i64, DateTime<Utc>)>,
 ) -> diesel::QueryResult<Vec<Outcome>> {
@@ -207,6 +307,13 @@ async fn resolve(
         .map(|r| (r.idempotency_key.clone(), r))
         .collect()
     };
+    let missing: Vec<i64> = ops
+        .iter()
+        .zip(&first)
+        .filter(|(op, f)| f.is_none() && !existing.contains_key(op.key.as_str()))
+        .map(|(op, _)| op.item.payload.client_id.get())
+        .collect();
+    let known = existing_clients(conn, device, &missing).await?;
     Ok(ops
         .iter()
         .zip(first)
@@ -217,15 +324,43 @@ async fn resolve(
                 overdraft: false,
                 occurred_at,
             },
-            None => judge_existing(op, existing.get(op.key.as_str())),
+            None => judge_existing(op, existing.get(op.key.as_str()), &known),
         })
         .collect())
+}
+
+/// Which of `ids` are clients at all (the others are unknown); `device` is
+/// for the log only.
+async fn existing_clients(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    ids: &[i64],
+) -> diesel::QueryResult<HashSet<i64>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let found: HashSet<i64> = diesel::sql_query("SELECT id FROM clients WHERE id = ANY($1)")
+        .bind::<Array<BigInt>, _>(ids)
+        .load::<Id>(conn)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    if ids.iter().any(|c| found.contains(c)) {
+        tracing::warn!(%device, "push for clients this kiosk does not serve; those items failed");
+    }
+    Ok(found)
 }
 
 /// The same operation is judged by client, UID and kind only: a copy's
 /// sector map describes the card, it does not identify the operation, so a
 /// differing map never turns a retry into a conflict (the first one stays).
-fn judge_existing(op: &NewOp<'_>, row: Option<&ExistingRow>) -> Outcome {
+fn judge_existing(op: &NewOp<'_>, row: Option<&ExistingRow>, clients: &HashSet<i64>) -> Outcome {
     let item = op.item;
     match row {
         Some(row)
@@ -246,6 +381,9 @@ fn judge_existing(op: &NewOp<'_>, row: Option<&ExistingRow>) -> Outcome {
             uid: row.uid.clone(),
             client_id: row.client_id,
         }),
+        None if clients.contains(&item.payload.client_id.get()) => {
+            Outcome::Failed(ItemFailure::NotServed(item.payload.client_id))
+        }
         None => Outcome::Failed(ItemFailure::UnknownClient(item.payload.client_id)),
     }
 }

@@ -1,69 +1,338 @@
-//! Kiosk devices: first and last contact, revocation.
+//! Kiosk devices as first-class records: status (pending / active /
+//! revoked), name, the clients each serves, agent version, contact times,
+//! and whether it holds a device credential. Every change that a connected
+//! kiosk must feel (status, assignment) NOTIFYs [`DEVICE_CHANNEL`] in its
+//! transaction, so that every server instance updates its open sockets.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use propass_protocol::DeviceId;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use propass_protocol::{DeviceId, DeviceStatus};
 
-use super::schema::devices;
+use super::schema::{clients, device_clients, devices};
+pub use crate::device::DeviceState;
 
-/// Records that a device was seen (creating it on first sight); returns
-/// whether it is revoked.
-pub async fn touch(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryResult<bool> {
-    diesel::insert_into(devices::table)
-        .values(devices::device_id.eq(device.as_str()))
+/// The NOTIFY channel announcing a change of a device's status or
+/// assignment; the payload is the device id.
+pub const DEVICE_CHANNEL: &str = "propass_device";
+
+type StateColumns = (devices::status, devices::enrolled, devices::token_epoch);
+const STATE: StateColumns = (devices::status, devices::enrolled, devices::token_epoch);
+
+fn state_of((status, enrolled, token_epoch): (String, bool, i64)) -> QueryResult<DeviceState> {
+    // The column has a CHECK constraint; a value outside it is a schema bug.
+    let status = status
+        .parse::<DeviceStatus>()
+        .map_err(|e| diesel::result::Error::DeserializationError(e.into()))?;
+    Ok(DeviceState {
+        status,
+        enrolled,
+        token_epoch,
+    })
+}
+
+/// Notes a contact from a device; `None` when the device is unknown.
+pub async fn touch(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+) -> QueryResult<Option<DeviceState>> {
+    diesel::update(devices::table.find(device.as_str()))
+        .set(devices::last_seen.eq(diesel::dsl::now))
+        .returning(STATE)
+        .get_result(conn)
+        .await
+        .optional()?
+        .map(state_of)
+        .transpose()
+}
+
+/// Notes a password login's device, creating it as pending on first sight:
+/// the seed client chooses its own id, and an operator approves it.
+pub async fn touch_or_register(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+) -> QueryResult<DeviceState> {
+    let row = diesel::insert_into(devices::table)
+        .values((
+            devices::device_id.eq(device.as_str()),
+            devices::status.eq(DeviceStatus::Pending.as_str()),
+        ))
         .on_conflict(devices::device_id)
         .do_update()
         .set(devices::last_seen.eq(diesel::dsl::now))
-        .returning(devices::revoked)
+        .returning(STATE)
         .get_result(conn)
-        .await
+        .await?;
+    state_of(row)
 }
 
-/// Whether a device is revoked (an unknown device is not).
-pub async fn is_revoked(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryResult<bool> {
-    Ok(devices::table
-        .filter(devices::device_id.eq(device.as_str()))
-        .select(devices::revoked)
-        .first::<bool>(conn)
-        .await
-        .optional()?
-        .unwrap_or(false))
-}
-
-/// Revokes (at `now`) or restores a device; `false` when no such device exists.
-pub async fn set_revoked(
+/// A device's state; `None` when unknown.
+pub async fn state(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
-    revoked: bool,
+) -> QueryResult<Option<DeviceState>> {
+    devices::table
+        .find(device.as_str())
+        .select(STATE)
+        .first(conn)
+        .await
+        .optional()?
+        .map(state_of)
+        .transpose()
+}
+
+async fn notify(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryResult<()> {
+    // Device ids are printable ASCII; quote doubling keeps the literal whole.
+    diesel::sql_query(format!(
+        "NOTIFY {DEVICE_CHANNEL}, '{}'",
+        device.as_str().replace('\'', "''")
+    ))
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Why a device change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceChangeError {
+    #[error("no device {0}")]
+    UnknownDevice(DeviceId),
+    #[error("device {0} already exists")]
+    Exists(DeviceId),
+    #[error("no client {0}")]
+    UnknownClient(i64),
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+}
+
+/// Registers a device ahead of its first password login (the seed client's
+/// pre-assigned state): active, named, serving `clients`.
+pub async fn register(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    name: Option<&str>,
+    clients: &[i64],
+) -> Result<(), DeviceChangeError> {
+    conn.transaction(async |conn| {
+        let n = diesel::insert_into(devices::table)
+            .values((
+                devices::device_id.eq(device.as_str()),
+                devices::status.eq(DeviceStatus::Active.as_str()),
+                devices::name.eq(name),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+        if n == 0 {
+            return Err(DeviceChangeError::Exists(device.clone()));
+        }
+        insert_assignments(conn, device, clients).await
+    })
+    .await
+}
+
+/// Adds `clients` to what `device` serves (in the caller's transaction).
+pub(crate) async fn insert_assignments(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    clients: &[i64],
+) -> Result<(), DeviceChangeError> {
+    let known: Vec<i64> = clients::table
+        .filter(clients::id.eq_any(clients))
+        .select(clients::id)
+        .load(conn)
+        .await?;
+    if let Some(missing) = clients.iter().find(|c| !known.contains(c)) {
+        return Err(DeviceChangeError::UnknownClient(*missing));
+    }
+    let rows: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            (
+                device_clients::device_id.eq(device.as_str()),
+                device_clients::client_id.eq(*c),
+            )
+        })
+        .collect();
+    diesel::insert_into(device_clients::table)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Changes what `device` serves: adds `add`, removes `remove`.
+pub async fn assign(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    add: &[i64],
+    remove: &[i64],
+) -> Result<(), DeviceChangeError> {
+    conn.transaction(async |conn| {
+        if state(conn, device).await?.is_none() {
+            return Err(DeviceChangeError::UnknownDevice(device.clone()));
+        }
+        insert_assignments(conn, device, add).await?;
+        diesel::delete(
+            device_clients::table
+                .filter(device_clients::device_id.eq(device.as_str()))
+                .filter(device_clients::client_id.eq_any(remove)),
+        )
+        .execute(conn)
+        .await?;
+        notify(conn, device).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The clients `device` serves, by id.
+pub async fn served_clients(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+) -> QueryResult<Vec<i64>> {
+    device_clients::table
+        .filter(device_clients::device_id.eq(device.as_str()))
+        .select(device_clients::client_id)
+        .order(device_clients::client_id)
+        .load(conn)
+        .await
+}
+
+/// Moves a device to `to` (at `now`) if its status is one of `from`:
+/// approve (pending → active), revoke, reinstate (revoked → active).
+/// `None` for an unknown device, `Some(Err(status))` when it was in none of
+/// `from`. A revocation stops the device's tokens at once (every call checks
+/// the status) and closes its sockets (by NOTIFY).
+pub async fn set_status(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    to: DeviceStatus,
+    from: &[DeviceStatus],
     now: DateTime<Utc>,
+) -> QueryResult<Option<Result<(), DeviceStatus>>> {
+    conn.transaction(async |conn| {
+        let Some(before) = devices::table
+            .find(device.as_str())
+            .select(STATE)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?
+            .map(state_of)
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        if !from.contains(&before.status) {
+            return Ok(Some(Err(before.status)));
+        }
+        let revoked_at = (to == DeviceStatus::Revoked).then_some(now);
+        diesel::update(devices::table.find(device.as_str()))
+            .set((
+                devices::status.eq(to.as_str()),
+                devices::revoked_at.eq(revoked_at),
+            ))
+            .execute(conn)
+            .await?;
+        notify(conn, device).await?;
+        Ok(Some(Ok(())))
+    })
+    .await
+}
+
+/// Records the agent version a device reported.
+pub async fn set_agent_version(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    version: &str,
+) -> QueryResult<()> {
+    diesel::update(devices::table.find(device.as_str()))
+        .set(devices::agent_version.eq(version))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Names a device; whether it exists.
+pub async fn rename(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    name: &str,
 ) -> QueryResult<bool> {
-    let at = revoked.then_some(now);
-    let n = diesel::update(devices::table.filter(devices::device_id.eq(device.as_str())))
-        .set((devices::revoked.eq(revoked), devices::revoked_at.eq(at)))
+    let n = diesel::update(devices::table.find(device.as_str()))
+        .set(devices::name.eq(name))
         .execute(conn)
         .await?;
     Ok(n == 1)
 }
 
-/// A device row.
-#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
-#[diesel(table_name = devices)]
+/// A device as operators see it.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceRow {
     pub device_id: String,
+    pub name: Option<String>,
+    pub status: DeviceStatus,
+    /// Holds a device credential (enrolled with a code).
+    pub enrolled: bool,
+    /// The clients it serves, by id.
+    pub clients: Vec<i64>,
+    pub agent_version: Option<String>,
     /// First contact.
     pub first_seen: DateTime<Utc>,
     /// Last contact.
     pub last_seen: DateTime<Utc>,
-    /// Revoked by an operator.
-    pub revoked: bool,
 }
 
 /// Every device, most recently seen first.
 pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
-    devices::table
-        .select(DeviceRow::as_select())
+    type Row = (
+        String,
+        Option<String>,
+        String,
+        bool,
+        Option<String>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    );
+    let rows: Vec<Row> = devices::table
+        .select((
+            devices::device_id,
+            devices::name,
+            devices::status,
+            devices::enrolled,
+            devices::agent_version,
+            devices::first_seen,
+            devices::last_seen,
+        ))
         .order(devices::last_seen.desc())
         .load(conn)
-        .await
+        .await?;
+    let pairs: Vec<(String, i64)> = device_clients::table
+        .select((device_clients::device_id, device_clients::client_id))
+        .order((device_clients::device_id, device_clients::client_id))
+        .load(conn)
+        .await?;
+    let mut served: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for (d, c) in pairs {
+        served.entry(d).or_default().push(c);
+    }
+    rows.into_iter()
+        .map(
+            |(device_id, name, status, enrolled, agent_version, first_seen, last_seen)| {
+                let status = state_of((status, enrolled, 0))?.status;
+                Ok(DeviceRow {
+                    clients: served.remove(&device_id).unwrap_or_default(),
+                    device_id,
+                    name,
+                    status,
+                    enrolled,
+                    agent_version,
+                    first_seen,
+                    last_seen,
+                })
+            },
+        )
+        .collect()
 }

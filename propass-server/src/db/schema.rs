@@ -16,8 +16,42 @@ diesel::table! {
         device_id -> Text,
         first_seen -> Timestamptz,
         last_seen -> Timestamptz,
-        revoked -> Bool,
         revoked_at -> Nullable<Timestamptz>,
+        status -> Text,
+        name -> Nullable<Text>,
+        enrolled -> Bool,
+        token_epoch -> BigInt,
+        agent_version -> Nullable<Text>,
+    }
+}
+diesel::table! {
+    device_clients (device_id, client_id) {
+        device_id -> Text,
+        client_id -> BigInt,
+    }
+}
+diesel::table! {
+    enrollment_codes (code_hash) {
+        code_hash -> Text,
+        device_name -> Nullable<Text>,
+        device_id -> Nullable<Text>,
+        client_ids -> Array<BigInt>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        used_by -> Nullable<Text>,
+    }
+}
+diesel::table! {
+    device_credentials (id) {
+        id -> BigInt,
+        device_id -> Text,
+        secret_hash -> Text,
+        issued_at -> Timestamptz,
+        chain_expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        successor -> Nullable<BigInt>,
+        revoked -> Bool,
     }
 }
 diesel::table! {
@@ -54,4 +88,15 @@ diesel::table! {
     }
 }
 diesel::joinable!(quotas -> clients (client_id));
-diesel::allow_tables_to_appear_in_same_query!(users, devices, clients, quotas, copies);
+diesel::joinable!(device_clients -> clients (client_id));
+diesel::joinable!(device_clients -> devices (device_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    devices,
+    device_clients,
+    enrollment_codes,
+    device_credentials,
+    clients,
+    quotas,
+    copies
+);

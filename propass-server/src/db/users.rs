@@ -6,6 +6,23 @@ use propass_protocol::Role;
 
 use super::schema::users;
 
+/// The NOTIFY channel announcing that a user's tokens stopped (disabled,
+/// password or role changed); the payload is the user id. Every server
+/// closes the user's open sockets.
+pub const USER_CHANNEL: &str = "propass_user";
+
+/// NOTIFYs [`USER_CHANNEL`] for the user `name` (after the caller's change,
+/// in its transaction or alone).
+async fn notify_tokens_ended(conn: &mut AsyncPgConnection, name: &str) -> QueryResult<()> {
+    diesel::sql_query(format!(
+        "SELECT pg_notify('{USER_CHANNEL}', id::text) FROM users WHERE username = $1"
+    ))
+    .bind::<diesel::sql_types::Text, _>(name)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 /// A user, as login needs it.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -107,6 +124,7 @@ pub async fn set_role(conn: &mut AsyncPgConnection, name: &str, role: Role) -> Q
         ))
         .execute(conn)
         .await?;
+    notify_tokens_ended(conn, name).await?;
     Ok(n == 1)
 }
 
@@ -125,6 +143,9 @@ pub async fn set_disabled(
         ))
         .execute(conn)
         .await?;
+    if disabled {
+        notify_tokens_ended(conn, name).await?;
+    }
     Ok(n == 1)
 }
 
@@ -135,7 +156,7 @@ pub async fn update(
     hash: &str,
     role: Role,
 ) -> QueryResult<i64> {
-    diesel::update(users::table.filter(users::username.eq(name)))
+    let id = diesel::update(users::table.filter(users::username.eq(name)))
         .set((
             users::password_hash.eq(hash),
             users::role.eq(role.as_str()),
@@ -143,5 +164,7 @@ pub async fn update(
         ))
         .returning(users::id)
         .get_result(conn)
-        .await
+        .await?;
+    notify_tokens_ended(conn, name).await?;
+    Ok(id)
 }

@@ -3,18 +3,21 @@
 use std::sync::atomic::Ordering;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use propass_protocol::{DeviceId, LoginRequest, LoginResponse, RefreshResponse, UserInfo};
+use propass_protocol::{
+    DeviceId, DeviceStatus, LoginRequest, LoginResponse, RefreshResponse, UserInfo,
+};
 
 use super::client_addr::client_ip;
 use crate::auth::{
     self, bearer_token, ensure_standing_on_active_device, Purpose, Subject, ThrottleKey,
 };
 use crate::db::{self, users::User};
+use crate::device::{self, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// An answer carrying a credential: no cache along the way may keep it.
-fn no_store() -> actix_web::HttpResponseBuilder {
+pub(super) fn no_store() -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::Ok();
     res.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
     res
@@ -47,12 +50,15 @@ pub async fn login(
         )));
     }
 
-    let revoked = {
+    let device = {
         let mut conn = state.pool.get().await?;
-        db::devices::touch(&mut conn, &device_id).await?
+        db::devices::touch_or_register(&mut conn, &device_id).await?
     };
-    if revoked {
-        return Err(ApiError::DeviceRevoked(device_id));
+    // A pending device gets its token (the seed client keeps it while an
+    // operator approves); an enrolled or revoked one gets nothing.
+    device::admit(&device_id, Caller::Login, Some(device), Purpose::Refresh)?;
+    if device.status == DeviceStatus::Pending {
+        tracing::warn!(user = ?user.username, device = %device_id, "login from a device waiting for approval: propass-server device approve");
     }
     let (token, exp) = issue(&state, &user, &device_id)?;
     // `?`: Debug escapes whatever the user typed (no forged log lines).
@@ -144,7 +150,9 @@ fn issue(
 pub async fn refresh(req: HttpRequest, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let token = bearer_token(&req).ok_or(ApiError::MissingToken)?;
     let claims = state.jwt.verify_for_refresh(&token, state.clock.now())?;
-    let user = ensure_standing_on_active_device(&state.pool, &claims, Purpose::Refresh).await?;
+    let user = ensure_standing_on_active_device(&state.pool, &claims, Purpose::Refresh)
+        .await?
+        .ok_or_else(|| ApiError::InvalidToken("a login token names its user".into()))?;
     let (token, exp) = issue(&state, &user, &claims.device_id)?;
     Ok(no_store().json(RefreshResponse {
         success: true,

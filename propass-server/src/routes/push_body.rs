@@ -47,8 +47,10 @@ pub async fn read(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::MalformedJson(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| match e {
+            e if super::body_deadline::is_timeout(&e) => ApiError::BodyTimeout,
+            e => ApiError::MalformedJson(format!("cannot read the body: {e}")),
+        })?;
         if body.len() + chunk.len() > max_bytes {
             return Err(too_large());
         }

@@ -6,7 +6,10 @@ use serde::Deserialize;
 
 use super::extract::{KioskToken, KioskTokenOfActiveDevice};
 use super::push_body::{self, PushBody};
-use crate::db::{self, copies::PgLedger};
+use crate::db::{
+    self,
+    copies::{DeviceLimits, PgLedger},
+};
 use crate::error::{ApiError, ApiResult};
 use crate::push;
 use crate::state::AppState;
@@ -30,9 +33,17 @@ pub async fn push(
         let mut conn = state.pool.get().await?;
         let now = state.clock.now();
         let window = push::OccurredWindow::around(now, cfg.max_backdate, cfg.max_future_skew);
-        push::push(&mut PgLedger(&mut conn), &device, &queue, now, &window).await?
+        let caller = token.0.caller();
+        let mut ledger = PgLedger {
+            conn: &mut conn,
+            limits: DeviceLimits {
+                pushes_per_minute: cfg.device_pushes_per_minute,
+                items_per_day: cfg.device_items_per_day,
+            },
+        };
+        push::push(&mut ledger, &device, caller, &queue, now, &window).await?
     };
-    state.hub.broadcast_all(&done.broadcast);
+    state.hub.send_quota_updates(&done.quota_updates);
     state.hub.send_all_to_device(&device, &done.to_pusher);
     Ok(HttpResponse::Ok().json(done.response))
 }
@@ -43,7 +54,7 @@ pub struct PullQuery {
     device_id: Option<String>,
 }
 
-/// `GET /api/sync/pull`: the quotas of the clients this kiosk may serve.
+/// `GET /api/sync/pull`: the quotas of the clients this kiosk serves.
 pub async fn pull(
     state: web::Data<AppState>,
     token: KioskTokenOfActiveDevice,
@@ -56,7 +67,7 @@ pub async fn pull(
     }
     let rows = {
         let mut conn = state.pool.get().await?;
-        db::clients::list(&mut conn).await?
+        db::clients::served_by(&mut conn, &token.0.device_id).await?
     };
     let quotas = rows
         .into_iter()

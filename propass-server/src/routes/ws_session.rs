@@ -14,9 +14,10 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::auth::{bearer_token, ensure_standing_on_active_device, Claims, Purpose};
+use crate::db;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::ws::hub::{coalesce, Group, Outbound};
+use crate::ws::hub::{coalesce, Delivery, Outbound};
 
 /// How many queued events are looked at together for coalescing.
 const COALESCE_WINDOW: usize = 64;
@@ -47,7 +48,7 @@ pub async fn upgrade(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state.config.ws_allowed_origins)?;
-    let claims = authenticate(&req, &state).await?;
+    let (claims, clients) = authenticate(&req, &state).await?;
     if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
         return Err(ApiError::TooManyConnections(claims.device_id.clone()));
     }
@@ -58,7 +59,8 @@ pub async fn upgrade(
         .max_frame_size(MAX_FRAME_BYTES)
         .aggregate_continuations()
         .max_continuation_size(MAX_FRAME_BYTES);
-    let (id, rx) = state.hub.register(claims.device_id.clone());
+    let user = claims.user().map(|(uid, _, _)| uid);
+    let (id, rx) = state.hub.register(claims.device_id.clone(), user, clients);
     tracing::info!(conn = id, device = %claims.device_id, "websocket connected");
     let state = state.into_inner();
     actix_web::rt::spawn(async move {
@@ -85,8 +87,9 @@ fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
     }
 }
 
-/// The token comes in the query (the seed client) or the `Authorization` header (our agent).
-async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Claims, ApiError> {
+/// The token comes in the query (the seed client) or the `Authorization`
+/// header (our agent). Answers the claims and the clients the device serves.
+async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(Claims, Vec<i64>), ApiError> {
     let query = web::Query::<WsQuery>::from_query(req.query_string())
         .map_err(|_| ApiError::InvalidRequest("invalid query string".into()))?
         .into_inner();
@@ -100,7 +103,9 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Claims, Api
         claims.ensure_device(requested)?;
     }
     ensure_standing_on_active_device(&state.pool, &claims, Purpose::KioskCall).await?;
-    Ok(claims)
+    let clients =
+        db::devices::served_clients(&mut *state.pool.get().await?, &claims.device_id).await?;
+    Ok((claims, clients))
 }
 
 /// A token bucket: `rate` per second, bursts of `2 * rate`.
@@ -151,7 +156,7 @@ async fn run_session(
     claims: &Claims,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut rx: mpsc::Receiver<Group>,
+    mut rx: mpsc::Receiver<Delivery>,
 ) -> &'static str {
     let cfg = &state.config;
     let mut heartbeat = tokio::time::interval(cfg.ws_heartbeat);
@@ -167,7 +172,8 @@ async fn run_session(
                 on_inbound(&mut session, msg, &mut limit, last_heard, cfg.ws_client_timeout).await
             }
             out = rx.recv() => match out {
-                Some(first) => on_outbound(&mut session, first, &mut rx, cfg.ws_client_timeout).await,
+                Some(Delivery::Event(first)) => on_outbound(&mut session, first, &mut rx, cfg.ws_client_timeout).await,
+                Some(Delivery::Close(why)) => Err(close(why, CloseCode::Policy, why)),
                 // The hub dropped us: our queue was full.
                 None => Err(close("too slow", CloseCode::Policy, "consumer too slow: outgoing queue full")),
             },
@@ -229,14 +235,16 @@ async fn on_inbound(
 
 async fn on_outbound(
     session: &mut actix_ws::Session,
-    first: Group,
-    rx: &mut mpsc::Receiver<Group>,
+    first: crate::ws::hub::Group,
+    rx: &mut mpsc::Receiver<Delivery>,
     send_timeout: Duration,
 ) -> Result<(), Ending> {
     let mut batch: Vec<Outbound> = first.iter().cloned().collect();
-    while batch.len() < COALESCE_WINDOW {
+    let mut closing = None;
+    while batch.len() < COALESCE_WINDOW && closing.is_none() {
         match rx.try_recv() {
-            Ok(g) => batch.extend(g.iter().cloned()),
+            Ok(Delivery::Event(g)) => batch.extend(g.iter().cloned()),
+            Ok(Delivery::Close(why)) => closing = Some(why),
             Err(_) => break,
         }
     }
@@ -245,7 +253,10 @@ async fn on_outbound(
             return Err(("send failed", None));
         }
     }
-    Ok(())
+    match closing {
+        Some(why) => Err(close(why, CloseCode::Policy, why)),
+        None => Ok(()),
+    }
 }
 
 async fn on_heartbeat(
@@ -273,7 +284,16 @@ async fn on_heartbeat(
         Err(ApiError::DeviceRevoked(_)) => {
             return Err(close("device revoked", CloseCode::Policy, "device revoked"));
         }
-        Err(e @ (ApiError::InvalidToken(_) | ApiError::Forbidden(_))) => {
+        Err(ApiError::DevicePending(_)) => {
+            return Err(close(
+                "device not active",
+                CloseCode::Policy,
+                "device not active",
+            ));
+        }
+        Err(
+            e @ (ApiError::InvalidToken(_) | ApiError::Forbidden(_) | ApiError::DeviceEnrolled(_)),
+        ) => {
             tracing::info!(device = %claims.device_id, error = %e, "closing a websocket whose token no longer stands");
             return Err(close(
                 "token revoked",

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use propass_protocol::{DeviceId, WsMessage};
+use propass_protocol::{DeviceId, QuotaUpdated, WsMessage};
 use tokio::sync::mpsc;
 
 /// A message on its way to connections, serialized once for all of them.
@@ -56,20 +56,47 @@ pub fn coalesce(batch: Vec<Outbound>) -> Vec<Outbound> {
         .collect()
 }
 
+/// What a connection's queue carries.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// One event's messages.
+    Event(Group),
+    /// The server ends the session (device revoked, user disabled): the
+    /// sentence for the close frame.
+    Close(&'static str),
+}
+
 struct Conn {
     device_id: DeviceId,
-    tx: mpsc::Sender<Group>,
+    /// The user of a login token; `None` for an enrolled device's token.
+    user: Option<i64>,
+    tx: mpsc::Sender<Delivery>,
 }
 
 /// Identifies one registered connection.
 pub type ConnId = u64;
 
-/// The open connections, and an index of them by device.
+/// The open connections, and their indexes: by device, by user, and the
+/// clients each connected device serves — so that an event costs the
+/// connections that should get it, not every open one.
 #[derive(Default)]
 struct Conns {
     all: BTreeMap<ConnId, Conn>,
-    /// So that a device's messages cost its own connections, not everyone's.
     by_device: HashMap<DeviceId, BTreeSet<ConnId>>,
+    by_user: HashMap<i64, BTreeSet<ConnId>>,
+    /// Client id → the connected devices serving it.
+    serving: HashMap<i64, BTreeSet<DeviceId>>,
+    /// Connected device → the clients it serves (the inverse of `serving`).
+    served_by: HashMap<DeviceId, Vec<i64>>,
+}
+
+fn unindex<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: &K, value: &V) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl Conns {
@@ -77,23 +104,38 @@ impl Conns {
         let Some(conn) = self.all.remove(&id) else {
             return;
         };
-        if let Some(ids) = self.by_device.get_mut(&conn.device_id) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                self.by_device.remove(&conn.device_id);
-            }
+        unindex(&mut self.by_device, &conn.device_id, &id);
+        if let Some(uid) = conn.user {
+            unindex(&mut self.by_user, &uid, &id);
+        }
+        if !self.by_device.contains_key(&conn.device_id) {
+            self.set_served(&conn.device_id, Vec::new());
         }
     }
 
-    /// Queues the event on the connections `ids` (in id order), dropping
-    /// those whose queue is full (or whose session is gone).
-    fn deliver(&mut self, ids: &[ConnId], out: &Group) {
+    /// Replaces what `device` serves in the client index.
+    fn set_served(&mut self, device: &DeviceId, clients: Vec<i64>) {
+        for c in self.served_by.remove(device).unwrap_or_default() {
+            unindex(&mut self.serving, &c, device);
+        }
+        if clients.is_empty() {
+            return;
+        }
+        for c in &clients {
+            self.serving.entry(*c).or_default().insert(device.clone());
+        }
+        self.served_by.insert(device.clone(), clients);
+    }
+
+    /// Queues `what` on the connections `ids` (in id order), dropping those
+    /// whose queue is full (or whose session is gone).
+    fn deliver(&mut self, ids: &[ConnId], what: &Delivery) {
         let mut dropped = Vec::new();
         for id in ids {
             let Some(conn) = self.all.get(id) else {
                 continue;
             };
-            match conn.tx.try_send(out.clone()) {
+            match conn.tx.try_send(what.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(conn = id, device = %conn.device_id, "websocket consumer too slow; dropping it");
@@ -103,6 +145,18 @@ impl Conns {
             }
         }
         for id in dropped {
+            self.remove(id);
+        }
+    }
+
+    /// Tells the connections `ids` to close, and forgets them.
+    fn close(&mut self, ids: Vec<ConnId>, why: &'static str) {
+        for id in ids {
+            if let Some(conn) = self.all.get(&id) {
+                // A full queue cannot take the notice: dropping the sender
+                // below still ends the session.
+                let _ = conn.tx.try_send(Delivery::Close(why));
+            }
             self.remove(id);
         }
     }
@@ -125,8 +179,15 @@ impl Hub {
         }
     }
 
-    /// Adds a connection of `device_id`; the receiver is its queue.
-    pub fn register(&self, device_id: DeviceId) -> (ConnId, mpsc::Receiver<Group>) {
+    /// Adds a connection of `device_id` (for the user `user` of a login
+    /// token), whose device serves `clients` (read when it connected; later
+    /// changes come through [`Self::set_assignment`]). The receiver is its queue.
+    pub fn register(
+        &self,
+        device_id: DeviceId,
+        user: Option<i64>,
+        clients: Vec<i64>,
+    ) -> (ConnId, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.lock();
@@ -135,7 +196,18 @@ impl Hub {
             .entry(device_id.clone())
             .or_default()
             .insert(id);
-        conns.all.insert(id, Conn { device_id, tx });
+        if let Some(uid) = user {
+            conns.by_user.entry(uid).or_default().insert(id);
+        }
+        conns.set_served(&device_id, clients);
+        conns.all.insert(
+            id,
+            Conn {
+                device_id,
+                user,
+                tx,
+            },
+        );
         (id, rx)
     }
 
@@ -156,22 +228,42 @@ impl Hub {
             .map_or(0, BTreeSet::len)
     }
 
-    /// Sends to every connection allowed to see the message. Today every
-    /// authenticated kiosk serves every client, so that is every connection.
-    pub fn broadcast(&self, msg: &WsMessage) {
-        self.broadcast_all(std::slice::from_ref(msg));
+    /// Whether `device_id` has open connections (an assignment change of a
+    /// device without any needs no database read).
+    pub fn is_connected(&self, device_id: &DeviceId) -> bool {
+        self.lock().by_device.contains_key(device_id)
     }
 
-    /// Sends several messages as one event (one slot of each queue),
-    /// serialized once for all connections.
-    pub fn broadcast_all(&self, msgs: &[WsMessage]) {
-        if msgs.is_empty() {
+    /// The clients a connected device now serves.
+    pub fn set_assignment(&self, device_id: &DeviceId, clients: Vec<i64>) {
+        let mut conns = self.lock();
+        if conns.by_device.contains_key(device_id) {
+            conns.set_served(device_id, clients);
+        }
+    }
+
+    /// Sends each quota update to the connections of the devices serving its
+    /// client, one event per connection, each message serialized once.
+    pub fn send_quota_updates(&self, updates: &[QuotaUpdated]) {
+        if updates.is_empty() {
             return;
         }
-        let out: Group = msgs.iter().map(Outbound::new).collect();
         let mut conns = self.lock();
-        let ids: Vec<ConnId> = conns.all.keys().copied().collect();
-        conns.deliver(&ids, &out);
+        let mut per_conn: BTreeMap<ConnId, Vec<Outbound>> = BTreeMap::new();
+        for u in updates {
+            let Some(devices) = conns.serving.get(&u.client_id.get()) else {
+                continue;
+            };
+            let out = Outbound::new(&WsMessage::QuotaUpdated(u.clone()));
+            for d in devices {
+                for id in conns.by_device.get(d).into_iter().flatten() {
+                    per_conn.entry(*id).or_default().push(out.clone());
+                }
+            }
+        }
+        for (id, msgs) in per_conn {
+            conns.deliver(&[id], &Delivery::Event(msgs.into()));
+        }
     }
 
     /// Sends several messages as one event to the connections of one device:
@@ -180,7 +272,7 @@ impl Hub {
         if msgs.is_empty() {
             return;
         }
-        let out: Group = msgs.iter().map(Outbound::new).collect();
+        let out = Delivery::Event(msgs.iter().map(Outbound::new).collect());
         let mut conns = self.lock();
         let ids: Vec<ConnId> = conns
             .by_device
@@ -188,6 +280,29 @@ impl Hub {
             .map(|ids| ids.iter().copied().collect())
             .unwrap_or_default();
         conns.deliver(&ids, &out);
+    }
+
+    /// Closes every connection of a device (revoked, or no longer active).
+    pub fn close_device(&self, device_id: &DeviceId, why: &'static str) {
+        let mut conns = self.lock();
+        let ids = conns
+            .by_device
+            .get(device_id)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        conns.close(ids, why);
+    }
+
+    /// Closes every connection opened with a login token of user `uid`
+    /// (disabled, password or role changed).
+    pub fn close_user(&self, uid: i64, why: &'static str) {
+        let mut conns = self.lock();
+        let ids = conns
+            .by_user
+            .get(&uid)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        conns.close(ids, why);
     }
 }
 
@@ -221,8 +336,8 @@ mod tests {
     fn a_devices_messages_reach_its_connections_only() {
         let hub = Hub::new(4);
         let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
-        let (id_a, mut rx_a) = hub.register(a.clone());
-        let (_, mut rx_b) = hub.register(b.clone());
+        let (id_a, mut rx_a) = hub.register(a.clone(), None, vec![]);
+        let (_, mut rx_b) = hub.register(b.clone(), None, vec![]);
         hub.send_all_to_device(&a, &[WsMessage::Pong]);
         assert!(rx_a.try_recv().is_ok());
         assert!(rx_b.try_recv().is_err(), "b is not a");
@@ -233,16 +348,73 @@ mod tests {
         );
     }
 
+    fn update(client: i64, remaining: i64) -> QuotaUpdated {
+        QuotaUpdated {
+            client_id: ClientId::new(client).unwrap(),
+            remaining,
+            version: Some(remaining),
+        }
+    }
+
     #[test]
     fn a_full_queue_drops_its_connection_and_spares_the_others() {
         let hub = Hub::new(1);
-        let a = DeviceId::parse("a").unwrap();
-        let (_slow, _rx_slow) = hub.register(a.clone());
-        let (_fast, mut rx_fast) = hub.register(DeviceId::parse("b").unwrap());
-        hub.broadcast(&WsMessage::Pong);
+        let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+        let (_slow, _rx_slow) = hub.register(a.clone(), None, vec![1]);
+        let (_fast, mut rx_fast) = hub.register(b.clone(), None, vec![1]);
+        hub.send_quota_updates(&[update(1, 5)]);
         assert!(rx_fast.try_recv().is_ok());
-        hub.broadcast(&WsMessage::Pong);
+        hub.send_quota_updates(&[update(1, 4)]);
         assert_eq!(hub.device_connections(&a), 0);
         assert!(rx_fast.try_recv().is_ok());
+    }
+
+    fn texts(rx: &mut mpsc::Receiver<Delivery>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            match d {
+                Delivery::Event(g) => out.extend(g.iter().map(|m| m.text.to_string())),
+                Delivery::Close(why) => out.push(format!("close: {why}")),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn quota_updates_reach_the_devices_serving_the_client_only() {
+        let hub = Hub::new(8);
+        let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+        let (_, mut rx_a) = hub.register(a.clone(), None, vec![1, 2]);
+        let (_, mut rx_b) = hub.register(b.clone(), None, vec![2]);
+        hub.send_quota_updates(&[update(1, 10), update(2, 20), update(3, 30)]);
+        let (got_a, got_b) = (texts(&mut rx_a), texts(&mut rx_b));
+        assert_eq!(got_a.len(), 2, "{got_a:?}");
+        assert!(got_a[0].contains("\"client_id\":1") && got_a[1].contains("\"client_id\":2"));
+        assert_eq!(got_b.len(), 1, "{got_b:?}");
+        assert!(got_b[0].contains("\"client_id\":2"), "{got_b:?}");
+
+        hub.set_assignment(&b, vec![1]);
+        hub.send_quota_updates(&[update(2, 19)]);
+        assert!(texts(&mut rx_b).is_empty(), "b no longer serves client 2");
+        assert_eq!(texts(&mut rx_a).len(), 1);
+    }
+
+    #[test]
+    fn closing_a_device_or_a_user_ends_their_connections_only() {
+        let hub = Hub::new(8);
+        let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+        let (_, mut rx_a) = hub.register(a.clone(), Some(7), vec![1]);
+        let (_, mut rx_b) = hub.register(b.clone(), None, vec![1]);
+        hub.close_user(7, "user disabled");
+        assert_eq!(texts(&mut rx_a), ["close: user disabled"]);
+        assert_eq!(
+            (hub.device_connections(&a), hub.device_connections(&b)),
+            (0, 1)
+        );
+        hub.send_quota_updates(&[update(1, 1)]);
+        assert_eq!(texts(&mut rx_b).len(), 1, "the index forgot a, not b");
+        hub.close_device(&b, "device revoked");
+        assert_eq!(texts(&mut rx_b), ["close: device revoked"]);
+        assert!(!hub.is_connected(&b));
     }
 }

@@ -1,14 +1,19 @@
-//! Quota changes made outside a push (the operator CLI's `quota add`
-//! NOTIFYs) reach the hub here: a dedicated PostgreSQL connection LISTENs,
-//! and each notification becomes a `quota_updated` for every WebSocket.
+//! Changes made outside this process reach the hub here: a dedicated
+//! PostgreSQL connection LISTENs on three channels —
+//! quota changes (operator top-ups) become `quota_updated` for the kiosks
+//! serving the client; device changes (status, assignment) update the hub's
+//! client index or close the device's sockets; a user whose tokens ended
+//! (disabled, password or role changed) has its sockets closed.
 //! Reconnects forever; a notification sent while it was disconnected is lost
-//! (kiosks also pull), so it is a hint, not the truth.
+//! (kiosks also pull, and each socket's heartbeat re-checks its standing), so
+//! it is a hint, not the truth.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
-use propass_protocol::{ClientId, QuotaUpdated, WsMessage};
+use propass_protocol::{ClientId, DeviceId, DeviceStatus, QuotaUpdated};
 
 use super::hub::Hub;
 use crate::db::{self, PgPool};
@@ -17,44 +22,103 @@ use crate::db::{self, PgPool};
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Listens until the task is aborted.
-pub async fn listen_for_quota_changes(database_url: String, pool: PgPool, hub: &Hub) {
+/// `listening` says whether it is LISTENing now.
+pub async fn listen_for_changes(
+    database_url: String,
+    pool: PgPool,
+    hub: &Hub,
+    listening: &AtomicBool,
+) {
     loop {
-        if let Err(e) = listen_once(&database_url, &pool, hub).await {
-            tracing::warn!(error = %e, "quota listener disconnected; reconnecting");
+        let outcome = listen_once(&database_url, &pool, hub, listening).await;
+        listening.store(false, Ordering::Relaxed);
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "change listener disconnected; reconnecting");
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }
 
-async fn listen_once(database_url: &str, pool: &PgPool, hub: &Hub) -> Result<(), String> {
+async fn listen_once(
+    database_url: &str,
+    pool: &PgPool,
+    hub: &Hub,
+    listening: &AtomicBool,
+) -> Result<(), String> {
     let mut conn = AsyncPgConnection::establish(database_url)
         .await
         .map_err(|e| e.to_string())?;
-    diesel::sql_query(format!("LISTEN {}", db::clients::QUOTA_CHANNEL))
-        .execute(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::debug!("listening for quota changes");
+    for channel in [
+        db::clients::QUOTA_CHANNEL,
+        db::devices::DEVICE_CHANNEL,
+        db::users::USER_CHANNEL,
+    ] {
+        diesel::sql_query(format!("LISTEN {channel}"))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    listening.store(true, Ordering::Relaxed);
+    tracing::debug!("listening for changes");
     let mut stream = std::pin::pin!(conn.notifications_stream());
     while let Some(n) = stream.next().await {
         let n = n.map_err(|e| e.to_string())?;
-        let Ok(client) = n.payload.parse::<ClientId>() else {
-            continue;
+        let outcome = match n.channel.as_str() {
+            db::clients::QUOTA_CHANNEL => on_quota(pool, hub, &n.payload).await,
+            db::devices::DEVICE_CHANNEL => on_device(pool, hub, &n.payload).await,
+            db::users::USER_CHANNEL => {
+                if let Ok(uid) = n.payload.parse::<i64>() {
+                    hub.close_user(uid, "token revoked: log in again");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         };
-        let remaining = match pool.get().await {
-            Ok(mut c) => db::clients::remaining_of(&mut c, client)
-                .await
-                .ok()
-                .flatten(),
-            Err(_) => None,
-        };
-        if let Some((remaining, version)) = remaining {
-            hub.broadcast(&WsMessage::QuotaUpdated(QuotaUpdated {
-                client_id: client,
-                remaining,
-                version: Some(version),
-            }));
+        if let Err(e) = outcome {
+            tracing::warn!(channel = %n.channel, error = %e, "cannot apply a change notification");
         }
+    }
+    Ok(())
+}
+
+async fn on_quota(pool: &PgPool, hub: &Hub, payload: &str) -> Result<(), String> {
+    let Ok(client) = payload.parse::<ClientId>() else {
+        return Ok(());
+    };
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    if let Some((remaining, version)) = db::clients::remaining_of(&mut conn, client)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        hub.send_quota_updates(&[QuotaUpdated {
+            client_id: client,
+            remaining,
+            version: Some(version),
+        }]);
+    }
+    Ok(())
+}
+
+async fn on_device(pool: &PgPool, hub: &Hub, payload: &str) -> Result<(), String> {
+    let Ok(device) = DeviceId::parse(payload) else {
+        return Ok(());
+    };
+    if !hub.is_connected(&device) {
+        return Ok(());
+    }
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let state = db::devices::state(&mut conn, &device)
+        .await
+        .map_err(|e| e.to_string())?;
+    match state.map(|s| s.status) {
+        Some(DeviceStatus::Active) => {
+            let clients = db::devices::served_clients(&mut conn, &device)
+                .await
+                .map_err(|e| e.to_string())?;
+            hub.set_assignment(&device, clients);
+        }
+        Some(DeviceStatus::Revoked) | None => hub.close_device(&device, "device revoked"),
+        Some(DeviceStatus::Pending) => hub.close_device(&device, "device not active"),
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use propass_protocol::{DeviceId, Role};
-use propass_server::auth::{Claims, JwtKeys};
+use propass_server::auth::tokens::{ISSUER, KIOSK_AUDIENCE};
+use propass_server::auth::{Claims, JwtKeys, TokenType};
 use propass_server::config::{Config, Secret};
 use serde_json::{json, Value};
 
@@ -13,7 +14,12 @@ use crate::helpers::*;
 
 fn keys() -> JwtKeys {
     let c = Config::new("unused", Secret::new(SECRET));
-    JwtKeys::new(c.jwt_secret.expose(), c.token_ttl, c.refresh_grace)
+    JwtKeys::new(
+        c.jwt_secret.expose(),
+        c.token_ttl,
+        c.device_token_ttl,
+        c.refresh_grace,
+    )
 }
 
 fn sign(claims: &Claims, secret: &str) -> String {
@@ -28,9 +34,12 @@ fn sign(claims: &Claims, secret: &str) -> String {
 fn claims(device: &str, exp_offset_secs: i64) -> Claims {
     let now = Utc::now().timestamp();
     Claims {
+        iss: ISSUER.into(),
+        aud: KIOSK_AUDIENCE.into(),
+        typ: TokenType::Login,
         sub: "admin".into(),
-        uid: 1,
-        role: Role::Admin,
+        uid: Some(1),
+        role: Some(Role::Admin),
         device_id: DeviceId::parse(device).unwrap(),
         iat: now - 3600,
         exp: now + exp_offset_secs,

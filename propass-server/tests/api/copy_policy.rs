@@ -145,6 +145,10 @@ async fn the_operator_sets_and_sees_the_policy_from_the_command_line() {
     let added: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(added["partial_copy"], true);
     let id = added["id"].as_i64().unwrap();
+    let (ok, _, err) = app
+        .cli(&["device", "assign", "K1", "--add", &id.to_string()])
+        .await;
+    assert!(ok, "{err}");
     assert_eq!(app.pull_entry(&token, id).await["partial_copy"], true);
 
     let (ok, out, err) = app

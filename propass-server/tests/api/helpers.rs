@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::{SinkExt, StreamExt};
-use propass_protocol::{ClientId, DeviceId, Role};
+use propass_protocol::{ClientId, DeviceId, DeviceStatus, Role};
 use propass_server::config::{Config, Secret};
 use propass_server::db;
 use propass_server::startup::Application;
@@ -108,10 +108,45 @@ impl TestApp {
             .unwrap();
     }
 
+    /// A client, served by every device known so far (as before devices had
+    /// assignments; the assignment tests narrow it).
     pub async fn add_client(&self, name: &str, quota: i64) -> i64 {
-        db::clients::create(&mut self.db().await, name, quota, false)
+        let mut conn = self.db().await;
+        let id = db::clients::create(&mut conn, name, quota, false)
+            .await
+            .unwrap();
+        for d in db::devices::list(&mut conn).await.unwrap() {
+            let d = DeviceId::parse(&d.device_id).unwrap();
+            db::devices::assign(&mut conn, &d, &[id], &[])
+                .await
+                .unwrap();
+        }
+        id
+    }
+
+    /// Makes `device` active, serving every client so far (an operator's
+    /// approval of a password-login kiosk).
+    pub async fn approve(&self, device: &str) {
+        let mut conn = self.db().await;
+        let d = DeviceId::parse(device).unwrap();
+        let all: Vec<i64> = db::clients::list(&mut conn)
             .await
             .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        db::devices::assign(&mut conn, &d, &all, &[]).await.unwrap();
+        db::devices::set_status(
+            &mut conn,
+            &d,
+            DeviceStatus::Active,
+            &[DeviceStatus::Pending, DeviceStatus::Active],
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     }
 
     pub async fn add_quota(&self, client: i64, n: i64) -> i64 {
@@ -122,14 +157,17 @@ impl TestApp {
     }
 
     pub async fn revoke(&self, device: &str) {
-        assert!(db::devices::set_revoked(
+        db::devices::set_status(
             &mut self.db().await,
             &DeviceId::parse(device).unwrap(),
-            true,
-            chrono::Utc::now()
+            DeviceStatus::Revoked,
+            &[DeviceStatus::Active, DeviceStatus::Pending],
+            chrono::Utc::now(),
         )
         .await
-        .unwrap());
+        .unwrap()
+        .expect("device exists")
+        .expect("device was not revoked");
     }
 
     /// Rows in the ledger.
@@ -227,11 +265,13 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Logs the admin in on `device` and returns the token.
+    /// Logs the admin in on `device`, approves the device (serving every
+    /// client so far) and returns the token.
     pub async fn token(&self, device: &str) -> String {
         let res = self.login(ADMIN.0, ADMIN.1, device).await;
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
+        self.approve(device).await;
         body["token"].as_str().unwrap().to_owned()
     }
 

@@ -218,3 +218,28 @@ async fn forwarded_addresses_are_believed_only_from_a_trusted_proxy() {
         "another client behind the proxy is not"
     );
 }
+
+/// A body that trickles in is cut at `body_read_timeout`: 408, and the
+/// connection does not stay with the server.
+#[tokio::test]
+async fn a_trickling_body_is_cut_after_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_with(|c| c.body_read_timeout = Duration::from_secs(1)).await;
+    let token = app.token("K1").await;
+    for path in ["/api/auth/login", "/api/sync/push"] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{\"user"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+            .await
+            .expect("the server answers a stalled body within its timeout")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+    }
+}

@@ -5,6 +5,7 @@
 
 mod auth;
 mod copy_policy;
+mod devices;
 mod health;
 mod helpers;
 mod hostile;

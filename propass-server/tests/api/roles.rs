@@ -28,6 +28,7 @@ async fn only_kiosk_accounts_and_admins_make_a_kiosks_calls() {
     app.add_user("kiosk-7", "kiosk-pass", Role::Kiosk).await;
 
     let operator = token_of(&app, "olga", "operator-pass", "K1").await;
+    app.approve("K1").await;
     let push = json!({"device_id": "K1", "queue": [seed_item(1, client, "04AB12CD")]});
     assert_eq!(
         error_code(app.push(&operator, &push).await, 403).await,
@@ -51,6 +52,7 @@ async fn only_kiosk_accounts_and_admins_make_a_kiosks_calls() {
     assert_eq!(app.ledger_count().await, 0);
 
     let res = app.login("kiosk-7", "kiosk-pass", "K2").await;
+    app.approve("K2").await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["user"]["role"], "kiosk");
     let kiosk = body["token"].as_str().unwrap();
@@ -66,6 +68,7 @@ async fn disabling_a_user_or_changing_its_password_ends_its_tokens() {
     let app = spawn_with(|c| c.ws_heartbeat = Duration::from_millis(200)).await;
     app.add_user("kiosk-7", "kiosk-pass", Role::Kiosk).await;
     let token = token_of(&app, "kiosk-7", "kiosk-pass", "K1").await;
+    app.approve("K1").await;
     let mut ws = app.ws("/ws", &token, "K1").await;
     send_json(&mut ws, &json!({"type": "ping"})).await;
     assert_eq!(

@@ -1,0 +1,11 @@
+DROP TABLE device_usage;
+DROP TABLE device_credentials;
+DROP TABLE enrollment_codes;
+DROP TABLE device_clients;
+ALTER TABLE devices ADD COLUMN revoked BOOLEAN NOT NULL DEFAULT FALSE;
+UPDATE devices SET revoked = (status = 'revoked');
+ALTER TABLE devices DROP COLUMN status;
+ALTER TABLE devices DROP COLUMN name;
+ALTER TABLE devices DROP COLUMN enrolled;
+ALTER TABLE devices DROP COLUMN token_epoch;
+ALTER TABLE devices DROP COLUMN agent_version;

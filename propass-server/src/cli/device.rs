@@ -1,0 +1,288 @@
+//! `propass-server device …`: the kiosk fleet's records — enrollment codes
+//! for our agent, approval and pre-registration for the seed client,
+//! assignment of clients, revocation.
+
+use std::io::Write;
+
+use chrono::Duration;
+use clap::Subcommand;
+use diesel_async::AsyncPgConnection;
+use propass_protocol::{DeviceId, DeviceStatus};
+
+use super::{dberr, print_json};
+use crate::auth::secrets;
+use crate::clock::{Clock, SystemClock};
+use crate::db;
+use crate::db::devices::DeviceChangeError;
+use crate::db::enrollment::NewCode;
+use crate::rng::{OsRng, Rng};
+
+/// Longest validity of an enrollment code, in hours (a code is a key to the fleet).
+const MAX_CODE_HOURS: u32 = 24 * 30;
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    /// List kiosks: status, name, clients served, agent version, last contact
+    List {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a one-time enrollment code for our agent (`propass-agent enroll --code …`)
+    Enroll {
+        /// Name of the new kiosk, shown to operators
+        #[arg(long)]
+        name: Option<String>,
+        /// Clients it will serve (comma-separated ids)
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<i64>,
+        /// Re-enroll this known device (after a revocation or a credential reuse); only it may use the code
+        #[arg(long)]
+        device: Option<DeviceId>,
+        /// Hours the code stays valid
+        #[arg(long, default_value_t = 24)]
+        valid_hours: u32,
+        /// Print {"code", "expires_at"} as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a seed-client kiosk ahead of its first login: active, serving the given clients
+    Add {
+        /// The id the kiosk logs in with
+        device_id: DeviceId,
+        /// Name shown to operators
+        #[arg(long)]
+        name: Option<String>,
+        /// Clients it serves (comma-separated ids)
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<i64>,
+    },
+    /// Approve a kiosk that logged in with a password and waits (pending → active)
+    Approve {
+        device_id: DeviceId,
+        /// Clients it serves (comma-separated ids), added to any it has
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<i64>,
+    },
+    /// Change the clients a kiosk serves
+    Assign {
+        device_id: DeviceId,
+        /// Clients to add (comma-separated ids)
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<i64>,
+        /// Clients to remove (comma-separated ids)
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<i64>,
+    },
+    /// Name a kiosk
+    Rename { device_id: DeviceId, name: String },
+    /// Revoke a kiosk: its tokens and open sockets stop at once
+    Revoke { device_id: DeviceId },
+    /// Undo a revocation (revoked → active)
+    Restore { device_id: DeviceId },
+}
+
+/// Runs one `device` command.
+pub async fn run(conn: &mut AsyncPgConnection, cmd: DeviceCmd) -> Result<(), String> {
+    match cmd {
+        DeviceCmd::List { json } => list(conn, json).await,
+        DeviceCmd::Enroll {
+            name,
+            clients,
+            device,
+            valid_hours,
+            json,
+        } => enroll(conn, name, clients, device, valid_hours, json).await,
+        DeviceCmd::Add {
+            device_id,
+            name,
+            clients,
+        } => {
+            check_name(name.as_deref())?;
+            db::devices::register(conn, &device_id, name.as_deref(), &clients)
+                .await
+                .map_err(change_err)?;
+            eprintln!("device {device_id} registered, active, serving {clients:?}");
+            Ok(())
+        }
+        DeviceCmd::Approve { device_id, clients } => approve(conn, device_id, clients).await,
+        DeviceCmd::Assign {
+            device_id,
+            add,
+            remove,
+        } => {
+            db::devices::assign(conn, &device_id, &add, &remove)
+                .await
+                .map_err(change_err)?;
+            let now = db::devices::served_clients(conn, &device_id)
+                .await
+                .map_err(dberr)?;
+            eprintln!("device {device_id} now serves {now:?}");
+            Ok(())
+        }
+        DeviceCmd::Rename { device_id, name } => {
+            check_name(Some(&name))?;
+            if !db::devices::rename(conn, &device_id, &name)
+                .await
+                .map_err(dberr)?
+            {
+                return Err(format!("no device {device_id}"));
+            }
+            eprintln!("device {device_id} is now named {name:?}");
+            Ok(())
+        }
+        DeviceCmd::Revoke { device_id } => {
+            set_status(
+                conn,
+                device_id,
+                DeviceStatus::Revoked,
+                &[DeviceStatus::Active, DeviceStatus::Pending],
+            )
+            .await
+        }
+        DeviceCmd::Restore { device_id } => {
+            set_status(
+                conn,
+                device_id,
+                DeviceStatus::Active,
+                &[DeviceStatus::Revoked],
+            )
+            .await
+        }
+    }
+}
+
+fn change_err(e: DeviceChangeError) -> String {
+    match e {
+        DeviceChangeError::Db(e) => dberr(e),
+        other => other.to_string(),
+    }
+}
+
+fn check_name(name: Option<&str>) -> Result<(), String> {
+    match name {
+        Some(n) if n.is_empty() || n.len() > 128 || n.chars().any(char::is_control) => {
+            Err("a device name is 1 to 128 printable characters".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
+    let rows = db::devices::list(conn).await.map_err(dberr)?;
+    if json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<32}  {:<20}  {:<8}  {:<8}  {:<16}  {:<10}  LAST SEEN",
+        "DEVICE", "NAME", "STATUS", "ENROLLED", "CLIENTS", "AGENT"
+    );
+    for r in rows {
+        let clients: Vec<String> = r.clients.iter().map(i64::to_string).collect();
+        println!(
+            "{:<32}  {:<20}  {:<8}  {:<8}  {:<16}  {:<10}  {}",
+            r.device_id,
+            r.name.as_deref().unwrap_or("-"),
+            r.status.as_str(),
+            if r.enrolled { "yes" } else { "no" },
+            if clients.is_empty() {
+                "-".into()
+            } else {
+                clients.join(",")
+            },
+            r.agent_version.as_deref().unwrap_or("-"),
+            r.last_seen.to_rfc3339()
+        );
+    }
+    Ok(())
+}
+
+async fn enroll(
+    conn: &mut AsyncPgConnection,
+    name: Option<String>,
+    clients: Vec<i64>,
+    device: Option<DeviceId>,
+    valid_hours: u32,
+    json: bool,
+) -> Result<(), String> {
+    check_name(name.as_deref())?;
+    if valid_hours == 0 || valid_hours > MAX_CODE_HOURS {
+        return Err(format!("--valid-hours must be 1 to {MAX_CODE_HOURS}"));
+    }
+    let code = secrets::enrollment_code(OsRng.secret_bytes());
+    let canonical = secrets::normalize_code(&code).ok_or("generated an unreadable code")?;
+    let now = SystemClock.now();
+    let expires_at = now + Duration::hours(i64::from(valid_hours));
+    db::enrollment::create_code(
+        conn,
+        NewCode {
+            code_hash: &secrets::digest(&canonical),
+            device_name: name.as_deref(),
+            device_id: device.as_ref(),
+            clients: &clients,
+            now,
+            expires_at,
+        },
+    )
+    .await
+    .map_err(change_err)?;
+    if json {
+        return print_json(&serde_json::json!({"code": code, "expires_at": expires_at}));
+    }
+    writeln!(std::io::stdout(), "{code}").map_err(|e| e.to_string())?;
+    eprintln!(
+        "one-time enrollment code, valid until {}: on the kiosk run\n  propass-agent enroll --server https://… --code {code}",
+        expires_at.to_rfc3339()
+    );
+    Ok(())
+}
+
+async fn approve(
+    conn: &mut AsyncPgConnection,
+    device_id: DeviceId,
+    clients: Vec<i64>,
+) -> Result<(), String> {
+    let Some(state) = db::devices::state(conn, &device_id).await.map_err(dberr)? else {
+        return Err(format!(
+            "no device {device_id}: it has not logged in yet (or register it ahead with `device add`)"
+        ));
+    };
+    if state.status != DeviceStatus::Pending {
+        return Err(format!(
+            "device {device_id} is {}, not pending",
+            state.status.as_str()
+        ));
+    }
+    db::devices::assign(conn, &device_id, &clients, &[])
+        .await
+        .map_err(change_err)?;
+    set_status(
+        conn,
+        device_id,
+        DeviceStatus::Active,
+        &[DeviceStatus::Pending],
+    )
+    .await
+}
+
+async fn set_status(
+    conn: &mut AsyncPgConnection,
+    device_id: DeviceId,
+    to: DeviceStatus,
+    from: &[DeviceStatus],
+) -> Result<(), String> {
+    match db::devices::set_status(conn, &device_id, to, from, SystemClock.now())
+        .await
+        .map_err(dberr)?
+    {
+        None => Err(format!("no device {device_id}")),
+        Some(Err(was)) => Err(format!(
+            "device {device_id} is {}; nothing changed",
+            was.as_str()
+        )),
+        Some(Ok(())) => {
+            eprintln!("device {device_id} is now {}", to.as_str());
+            Ok(())
+        }
+    }
+}

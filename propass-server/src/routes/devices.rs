@@ -1,0 +1,155 @@
+//! `POST /api/devices/enroll` and `POST /api/devices/token`: our agent's
+//! way in. Enrollment trades a one-time code an operator created for a device
+//! record and the first refresh credential; the token endpoint trades a
+//! refresh credential (single use, rotating) for a short-lived access token
+//! and the next credential. Callers: anyone holding a code or a credential —
+//! no bearer token, no user. Failed attempts count against the caller's
+//! address in the login throttle.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use propass_protocol::{DeviceTokenRequest, DeviceTokenResponse, EnrollRequest};
+
+use super::auth::no_store;
+use super::client_addr::client_ip;
+use crate::auth::{secrets, ThrottleKey};
+use crate::db::enrollment::{self, CredentialError, Issued, Redemption};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Longest agent version string kept.
+const MAX_VERSION_LEN: usize = 64;
+
+/// Counts the attempt against the caller's address (when known).
+fn begin(req: &HttpRequest, state: &AppState) -> ApiResult<Option<crate::auth::throttle::Attempt>> {
+    let Some(ip) = client_ip(req, &state.config.trusted_proxies) else {
+        return Ok(None);
+    };
+    state
+        .throttle
+        .begin(&[ThrottleKey::Ip(ip)], state.clock.instant())
+        .map(Some)
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })
+}
+
+fn version(v: Option<&str>) -> ApiResult<Option<&str>> {
+    match v {
+        Some(v) if v.len() > MAX_VERSION_LEN || v.chars().any(char::is_control) => {
+            Err(ApiError::InvalidRequest(format!(
+                "agent_version must be printable and at most {MAX_VERSION_LEN} bytes"
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
+fn credential_error(e: CredentialError) -> ApiError {
+    match e {
+        CredentialError::Refused(why) => ApiError::InvalidCredential(why),
+        CredentialError::Revoked(d) => ApiError::DeviceRevoked(d),
+        CredentialError::Reused(d) => {
+            // Alert-worthy: a copy of the kiosk's credential exists.
+            tracing::error!(device = %d, "refresh credential reused: the device's credentials are revoked; re-enroll it after checking the kiosk");
+            ApiError::InvalidCredential(CredentialError::Reused(d).to_string())
+        }
+        CredentialError::Db(e) => e.into(),
+    }
+}
+
+/// The answer for a newly issued credential.
+fn answer(state: &AppState, issued: Issued, credential: String) -> ApiResult<HttpResponse> {
+    let (token, expires_at) = state.jwt.issue_device(
+        &issued.device,
+        issued.token_epoch,
+        state.clock.now(),
+        state.rng.token_id(),
+    )?;
+    Ok(no_store().json(DeviceTokenResponse {
+        success: true,
+        device_id: issued.device,
+        name: issued.name,
+        token,
+        expires_at,
+        credential,
+        credential_expires_at: issued.chain_expires_at,
+    }))
+}
+
+fn chain_end(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
+    chrono::Duration::from_std(state.config.device_credential_lifetime)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `POST /api/devices/enroll`.
+pub async fn enroll(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<EnrollRequest>,
+) -> ApiResult<HttpResponse> {
+    let body = body.into_inner();
+    let agent_version = version(body.agent_version.as_deref())?;
+    let attempt = begin(&req, &state)?;
+    let code = secrets::normalize_code(&body.code).ok_or_else(|| {
+        ApiError::InvalidCredential(
+            "that is not an enrollment code (20 letters and digits, as propass-server device enroll printed it)".into(),
+        )
+    })?;
+    let credential = secrets::credential(state.rng.secret_bytes());
+    let now = state.clock.now();
+    let issued = {
+        let mut conn = state.pool.get().await?;
+        enrollment::redeem(
+            &mut conn,
+            Redemption {
+                code_hash: &secrets::digest(&code),
+                device: &body.device_id,
+                agent_version,
+                credential_hash: &secrets::digest(&credential),
+                now,
+                chain_expires_at: chain_end(&state, now),
+            },
+        )
+        .await
+        .map_err(credential_error)?
+    };
+    if let Some(a) = attempt {
+        state.throttle.forgive(a);
+    }
+    tracing::info!(device = %issued.device, "device enrolled");
+    answer(&state, issued, credential)
+}
+
+/// `POST /api/devices/token`.
+pub async fn token(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<DeviceTokenRequest>,
+) -> ApiResult<HttpResponse> {
+    let body = body.into_inner();
+    let agent_version = version(body.agent_version.as_deref())?;
+    let attempt = begin(&req, &state)?;
+    if !secrets::looks_like_credential(&body.credential) {
+        return Err(ApiError::InvalidCredential(
+            "that is not a device refresh credential".into(),
+        ));
+    }
+    let next = secrets::credential(state.rng.secret_bytes());
+    let issued = {
+        let mut conn = state.pool.get().await?;
+        enrollment::rotate(
+            &mut conn,
+            &secrets::digest(&body.credential),
+            &secrets::digest(&next),
+            agent_version,
+            state.clock.now(),
+        )
+        .await
+        .map_err(credential_error)?
+    };
+    if let Some(a) = attempt {
+        state.throttle.forgive(a);
+    }
+    answer(&state, issued, next)
+}
