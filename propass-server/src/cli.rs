@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use propass_protocol::{ClientId, Role};
 
 use crate::config::{Config, Settings};
@@ -291,7 +291,7 @@ pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
 }
 
 async fn operate(url: &str, command: Command) -> Result<(), String> {
-    let mut conn = AsyncPgConnection::establish(url)
+    let mut conn = db::connect::connect(url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let conn = &mut conn;

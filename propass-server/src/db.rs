@@ -1,9 +1,11 @@
-//! PostgreSQL, split by role: the [`pool`] and migrations, the [`schema`],
+//! PostgreSQL, split by role: [`connect`] (every connection, with the URL's
+//! TLS settings), the [`pool`] and migrations, the [`schema`],
 //! [`users`], [`devices`] and their [`enrollment`], [`clients`] and their quotas, and the ledger of
 //! [`copies`] (where the exactly-once invariant is enforced; see its header).
 //! Rows are this module's own types, converted by hand to and from the wire.
 
 pub mod clients;
+pub mod connect;
 pub mod copies;
 pub mod devices;
 pub mod enrollment;

@@ -46,6 +46,9 @@ impl Application {
     /// Binds `config.bind` (port 0 picks a free port) and builds the server.
     /// Does not run migrations: see [`crate::db::run_migrations`].
     pub fn build(config: Config) -> std::io::Result<Self> {
+        // A database URL whose TLS settings do not hold fails here, not at
+        // the first request.
+        crate::db::connect::PgTarget::parse(&config.database_url).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(config.bind)?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState::new(config));

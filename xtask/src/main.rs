@@ -55,7 +55,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Uses `DATABASE_URL` when set, else starts a throwaway cluster.
+/// Uses `DATABASE_URL` when set, else starts a throwaway cluster (whose CA
+/// goes to the tests in `PROPASS_TEST_PG_CA`, for the database TLS test).
 fn database(fsync: bool) -> Result<(Option<Cluster>, String), String> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         eprintln!("xtask: using DATABASE_URL from the environment");
@@ -66,14 +67,20 @@ fn database(fsync: bool) -> Result<(Option<Cluster>, String), String> {
     Ok((Some(cluster), url))
 }
 
+/// Where the tests find the throwaway cluster's CA.
+const PG_CA_ENV: &str = "PROPASS_TEST_PG_CA";
+
 fn test(extra: &[String]) -> Result<(), String> {
     sys::ensure_packages()?;
     clippy()?;
-    let (_cluster, url) = database(false)?;
+    let (cluster, url) = database(false)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--locked"])
         .args(extra)
         .env("DATABASE_URL", &url);
+    if let Some(c) = &cluster {
+        cmd.env(PG_CA_ENV, c.ca_file());
+    }
     let ok = run_status(&mut cmd)?;
     if interrupted() {
         return Err("interrupted".into());
@@ -149,6 +156,7 @@ fn db() -> Result<(), String> {
     sys::ensure_packages()?;
     let cluster = Cluster::start(true)?;
     println!("DATABASE_URL={}", cluster.url());
+    println!("{PG_CA_ENV}={}", cluster.ca_file().display());
     eprintln!("xtask: PostgreSQL is running; Ctrl-C stops and removes it");
     while !interrupted() {
         std::thread::sleep(Duration::from_millis(200));

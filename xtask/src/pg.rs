@@ -51,6 +51,7 @@ impl Cluster {
             as_postgres,
         };
         cluster.initdb()?;
+        cluster.write_tls_files()?;
         cluster.port = free_port()?;
         cluster.launch(fsync)?;
         eprintln!(
@@ -100,13 +101,60 @@ impl Cluster {
         )
     }
 
+    /// The CA that signed the cluster's TLS certificate (for `sslrootcert`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A throwaway CA and a certificate for 127.0.0.1 and localhost, so that
+    /// the tests can check the server's `sslmode=verify-full` link. Plain
+    /// connections keep working (`ssl=on` offers TLS, it does not force it).
+    fn write_tls_files(&self) -> Result<(), String> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let err = |e: rcgen::Error| format!("cannot make the cluster's TLS certificate: {e}");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?)
+            .map_err(err)?;
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(err)?
+            .signed_by(&key, &ca)
+            .map_err(err)?;
+        let write = |name: &str, text: String, mode: u32| -> Result<(), String> {
+            use std::os::unix::fs::PermissionsExt;
+            let file = self.dir.join(name);
+            std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            if self.as_postgres {
+                let ok = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&file)
+                    .status()
+                    .map(|s| s.success());
+                if !matches!(ok, Ok(true)) {
+                    return Err(format!("cannot chown {} to postgres", file.display()));
+                }
+            }
+            Ok(())
+        };
+        write("ca.pem", ca.pem(), 0o644)?;
+        write("server.pem", cert.pem(), 0o644)?;
+        // PostgreSQL refuses a key others can read.
+        write("server.key", key.serialize_pem(), 0o600)
+    }
+
     fn launch(&self, fsync: bool) -> Result<(), String> {
         let data = self.dir.join("data");
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync={} -c max_connections=300 -c shared_buffers=128MB",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync={} -c max_connections=300 -c shared_buffers=128MB \
+             -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
             self.port,
             path(&self.dir),
-            if fsync { "on" } else { "off" }
+            if fsync { "on" } else { "off" },
+            path(&self.dir.join("server.pem")),
+            path(&self.dir.join("server.key")),
         );
         let log = self.dir.join("postgres.log");
         let args = [

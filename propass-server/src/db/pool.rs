@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use std::sync::Arc;
+
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::connect::PgTarget;
 
 /// The connection pool.
 pub type PgPool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
@@ -17,7 +21,21 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Builds the pool. Connections are verified before reuse, so a database
 /// restart costs one failed checkout, not a dead pool.
 pub fn build_pool(database_url: &str, size: usize, timeout: Duration) -> PgPool {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    // Parsed once; a URL that does not parse fails every connection with
+    // its reason (`Application::build` refuses it before that).
+    let target = Arc::new(PgTarget::parse(database_url));
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |_url| {
+        let target = target.clone();
+        Box::pin(async move {
+            match &*target {
+                Ok(t) => t.connect().await,
+                Err(e) => Err(diesel::ConnectionError::BadConnection(e.clone())),
+            }
+        })
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     PgPool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(timeout))
@@ -50,7 +68,7 @@ pub fn run_migrations(database_url: &str) -> Result<Vec<String>, String> {
 }
 
 async fn migrate(url: String) -> Result<Vec<String>, String> {
-    let conn = AsyncPgConnection::establish(&url)
+    let conn = super::connect::connect(&url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let mut harness = diesel_async::AsyncMigrationHarness::new(conn);

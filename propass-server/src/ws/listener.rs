@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
 use propass_protocol::{ClientId, DeviceId, DeviceStatus, QuotaUpdated};
 
@@ -45,7 +45,7 @@ async fn listen_once(
     hub: &Hub,
     listening: &AtomicBool,
 ) -> Result<(), String> {
-    let mut conn = AsyncPgConnection::establish(database_url)
+    let mut conn = db::connect::connect(database_url)
         .await
         .map_err(|e| e.to_string())?;
     for channel in [

@@ -5,6 +5,7 @@
 
 mod auth;
 mod copy_policy;
+mod database_tls;
 mod devices;
 mod health;
 mod helpers;
