@@ -30,6 +30,10 @@ fn every_fixture_round_trips() {
     let login: LoginResponse = round_trip("login_response.json");
     assert_eq!(login.user.role, Role::Admin);
     round_trip::<RefreshResponse>("refresh_response.json");
+    round_trip::<EnrollRequest>("enroll_request.json");
+    round_trip::<DeviceTokenRequest>("device_token_request.json");
+    let issued: DeviceTokenResponse = round_trip("device_token_response.json");
+    assert!(issued.credential.starts_with("pdc_"));
     let push: PushRequest = round_trip("push_request_agent.json");
     assert_eq!(push.queue[1].payload.uid.as_bytes().len(), 7);
     let res: PushResponse = round_trip("push_response.json");
