@@ -215,6 +215,9 @@ async fn main() -> Result<(), String> {
                 "bench-secret-bench-secret-bench-secret-0123",
             )
             .env("PROPASS_LOG", "warn")
+            // A 100k backlog in one go: no per-device limits.
+            .env("PROPASS_DEVICE_PUSHES_PER_MINUTE", "0")
+            .env("PROPASS_DEVICE_ITEMS_PER_DAY", "0")
             .stdin(Stdio::null()),
         &server_bin,
     )?;

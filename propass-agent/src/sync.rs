@@ -38,6 +38,14 @@ pub enum SyncError {
     /// The server answered with an error.
     #[error("server error: {0}")]
     Server(String),
+    /// The server refused this device's pushes for now (its per-device
+    /// limits): wait this many seconds before the next cycle.
+    #[error("server busy: {message}")]
+    Throttled {
+        /// The server's `Retry-After`.
+        retry_after_secs: u64,
+        message: String,
+    },
     /// Changing server would strand operations not yet synced with the current one.
     #[error("{0}")]
     UnsyncedWork(String),
@@ -71,6 +79,8 @@ enum Refusal {
     TooLarge,
     /// The server is there but cannot work: like being offline.
     ServerDown,
+    /// Over a limit; retry after the seconds given.
+    Throttled(u64),
     /// Anything else.
     Other,
 }
@@ -124,14 +134,7 @@ impl Agent {
         username: &str,
         password: &str,
     ) -> Result<LoginResponse, SyncError> {
-        let current = self.server_url().await?;
-        let server = match server {
-            Some(s) => s.trim_end_matches('/').to_owned(),
-            None => current.clone().ok_or(SyncError::NoServer)?,
-        };
-        check_server_url(&server, self.config.allow_insecure_http).map_err(SyncError::Insecure)?;
-        self.check_server_change(current.as_deref(), &server)
-            .await?;
+        let server = self.next_server(server).await?;
         let body = LoginRequest {
             username: username.to_owned(),
             password: password.to_owned(),
@@ -165,14 +168,7 @@ impl Agent {
         server: Option<String>,
         code: &str,
     ) -> Result<DeviceTokenResponse, SyncError> {
-        let current = self.server_url().await?;
-        let server = match server {
-            Some(s) => s.trim_end_matches('/').to_owned(),
-            None => current.clone().ok_or(SyncError::NoServer)?,
-        };
-        check_server_url(&server, self.config.allow_insecure_http).map_err(SyncError::Insecure)?;
-        self.check_server_change(current.as_deref(), &server)
-            .await?;
+        let server = self.next_server(server).await?;
         let body = EnrollRequest {
             code: code.to_owned(),
             device_id: self.device_id.clone(),
@@ -202,6 +198,21 @@ impl Agent {
         self.kick.notify_one();
         self.ws_kick.notify_one();
         Ok(enrolled)
+    }
+
+    /// The server a login or enrollment goes to: `server`, or the known one;
+    /// refused when it is not a secure address, or another server while
+    /// operations are unsynced.
+    async fn next_server(&self, server: Option<String>) -> Result<String, SyncError> {
+        let current = self.server_url().await?;
+        let server = match server {
+            Some(s) => s.trim_end_matches('/').to_owned(),
+            None => current.clone().ok_or(SyncError::NoServer)?,
+        };
+        check_server_url(&server, self.config.allow_insecure_http).map_err(SyncError::Insecure)?;
+        self.check_server_change(current.as_deref(), &server)
+            .await?;
+        Ok(server)
     }
 
     /// Refuses a login to another server while operations are unsynced.
@@ -314,7 +325,7 @@ impl Agent {
         let mut creds = self.fresh_credentials().await?;
         let mut summary = SyncSummary::default();
         self.push_pending(&mut creds, &mut summary).await?;
-        self.pull(&creds).await?;
+        self.pull(&mut creds).await?;
         summary.pending = self.store.counts().await?.pending;
         Ok(summary)
     }
@@ -376,8 +387,13 @@ impl Agent {
                     code,
                     status,
                     message,
+                    retry_after,
                 }) => {
-                    match Refusal::of(code) {
+                    let refusal = match (code, retry_after) {
+                        (ErrorCode::RateLimited, Some(secs)) => Refusal::Throttled(secs),
+                        _ => Refusal::of(code),
+                    };
+                    match refusal {
                         Refusal::Token if !refreshed => {
                             refreshed = true;
                             self.refreshed_token(creds, message).await?;
@@ -439,6 +455,10 @@ impl Agent {
     async fn push_refused(&self, refusal: Refusal, status: u16, message: String) -> SyncError {
         match refusal {
             r if r.ends_session() => self.logged_out(message).await,
+            Refusal::Throttled(retry_after_secs) => SyncError::Throttled {
+                retry_after_secs,
+                message: format!("push refused ({status}): {message}"),
+            },
             Refusal::ServerDown => {
                 SyncError::Offline(format!("server answered {status}: {message}"))
             }
@@ -446,8 +466,19 @@ impl Agent {
         }
     }
 
-    async fn pull(&self, creds: &Credentials) -> Result<(), SyncError> {
-        let pull = match self.server.pull(&creds.server, &creds.token).await {
+    /// Reads the quotas back; a refused token is renewed once, as for a
+    /// push (a pull with nothing pushed first is how an idle kiosk learns the
+    /// server's key changed).
+    async fn pull(&self, creds: &mut Credentials) -> Result<(), SyncError> {
+        let mut answer = self.server.pull(&creds.server, &creds.token).await;
+        if let Err(UpstreamError::Refused { code, message, .. }) = &answer {
+            if Refusal::of(*code) == Refusal::Token {
+                let message = message.clone();
+                self.refreshed_token(creds, message).await?;
+                answer = self.server.pull(&creds.server, &creds.token).await;
+            }
+        }
+        let pull = match answer {
             Ok(pull) => pull,
             Err(UpstreamError::Refused { code, message, .. })
                 if Refusal::of(code).ends_session() =>
@@ -490,6 +521,14 @@ impl Agent {
                 Err(SyncError::Server(e)) => {
                     tracing::warn!(error = %e, "sync failed");
                     backoff.next_delay(&*self.rng).max(Duration::from_secs(1))
+                }
+                Err(SyncError::Throttled {
+                    retry_after_secs,
+                    message,
+                }) => {
+                    tracing::warn!(%message, retry_after_secs, "the server limits this kiosk's pushes; waiting");
+                    // At most an hour: a kick (a new operation) still wakes the loop.
+                    Duration::from_secs(retry_after_secs.clamp(1, 3600))
                 }
                 Err(SyncError::Store(e)) => {
                     tracing::error!(error = %e, "local database error during sync");

@@ -27,6 +27,8 @@ pub enum UpstreamError {
         status: u16,
         /// The server's sentence, or the status line.
         message: String,
+        /// The `Retry-After` seconds of a 429 or 503.
+        retry_after: Option<u64>,
     },
     /// A success status whose body does not parse.
     #[error("{0}")]
@@ -135,17 +137,26 @@ pub fn check_server_url(server: &str, allow_insecure_http: bool) -> Result<(), S
     }
 }
 
+impl HttpServerClient {
+    /// An unauthenticated JSON POST and its answer.
+    async fn post_json<B: serde::Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        server: &str,
+        path: &str,
+        body: &B,
+    ) -> UpstreamResult<T> {
+        let req = self.http.post(format!("{server}{path}")).json(body);
+        answer(req, self.max_answer_bytes).await
+    }
+}
+
 impl ServerClient for HttpServerClient {
     fn login<'a>(
         &'a self,
         server: &'a str,
         body: &'a LoginRequest,
     ) -> BoxFuture<'a, UpstreamResult<LoginResponse>> {
-        let req = self
-            .http
-            .post(format!("{server}/api/auth/login"))
-            .json(body);
-        Box::pin(answer(req, self.max_answer_bytes))
+        Box::pin(self.post_json(server, "/api/auth/login", body))
     }
 
     fn refresh<'a>(
@@ -165,11 +176,7 @@ impl ServerClient for HttpServerClient {
         server: &'a str,
         body: &'a EnrollRequest,
     ) -> BoxFuture<'a, UpstreamResult<DeviceTokenResponse>> {
-        let req = self
-            .http
-            .post(format!("{server}/api/devices/enroll"))
-            .json(body);
-        Box::pin(answer(req, self.max_answer_bytes))
+        Box::pin(self.post_json(server, "/api/devices/enroll", body))
     }
 
     fn device_token<'a>(
@@ -177,11 +184,7 @@ impl ServerClient for HttpServerClient {
         server: &'a str,
         body: &'a DeviceTokenRequest,
     ) -> BoxFuture<'a, UpstreamResult<DeviceTokenResponse>> {
-        let req = self
-            .http
-            .post(format!("{server}/api/devices/token"))
-            .json(body);
-        Box::pin(answer(req, self.max_answer_bytes))
+        Box::pin(self.post_json(server, "/api/devices/token", body))
     }
 
     fn push<'a>(
@@ -229,12 +232,18 @@ async fn answer<T: DeserializeOwned>(
             .unwrap_or("?");
         return Err(UpstreamError::Refused {
             code: ErrorCode::Unknown,
+            retry_after: None,
             status,
             message: format!(
                 "the server answered with a redirect (HTTP {status} to {to}); the agent follows none: set the server URL to the final address"
             ),
         });
     }
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let body = read_bounded(&mut res, limit).await?;
     if res.status().is_success() {
         return serde_json::from_slice(&body).map_err(|e| UpstreamError::Unreadable(e.to_string()));
@@ -248,6 +257,7 @@ async fn answer<T: DeserializeOwned>(
         code,
         status,
         message,
+        retry_after,
     })
 }
 

@@ -168,6 +168,9 @@ async fn main() -> Result<(), String> {
                 (o.batch_size.max(5000)).to_string(),
             )
             .env("PROPASS_LOG", "warn")
+            // A benchmark pushes far more than a kiosk: no per-device limits.
+            .env("PROPASS_DEVICE_PUSHES_PER_MINUTE", "0")
+            .env("PROPASS_DEVICE_ITEMS_PER_DAY", "0")
             .stdin(Stdio::null()),
         &server_bin,
     )?;

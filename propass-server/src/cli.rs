@@ -266,6 +266,7 @@ fn serve(config: Config) -> Result<(), String> {
         let app =
             Application::build(config).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
         tracing::info!(addr = %bind, port = app.port(), "propass-server listening");
+        app.stop_on_signals();
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })?;
     tracing::info!("propass-server stopped");

@@ -170,12 +170,12 @@ settings! {
     device_token_ttl_secs: u64 = 900, env "PROPASS_DEVICE_TOKEN_TTL_SECS", flag "";
     /// Absolute lifetime of a device's chain of refresh credentials, from its enrollment; after it the device must be enrolled again.
     device_credential_lifetime_days: u64 = 365, env "PROPASS_DEVICE_CREDENTIAL_LIFETIME_DAYS", flag "";
-    /// Pushes one device may make per minute (429 with `Retry-After` above, nothing recorded); 0: no limit.
-    device_pushes_per_minute: u32 = 120, env "PROPASS_DEVICE_PUSHES_PER_MINUTE", flag "";
-    /// New ledger rows one device may add per day (UTC); a push that would pass it is answered 429 with `Retry-After` and records nothing; 0: no limit.
-    device_items_per_day: u64 = 10_000, env "PROPASS_DEVICE_ITEMS_PER_DAY", flag "";
-    /// A request body must arrive within this many seconds (408 after): a body that trickles in holds a connection and a worker.
-    body_read_timeout_secs: u64 = 30, env "PROPASS_BODY_READ_TIMEOUT_SECS", flag "";
+    /// Pushes one device may make per clock minute (429 with `Retry-After` above, nothing recorded); 0: no limit. A guard against a runaway or stolen kiosk: an agent draining a backlog pushes a few batches a second at most.
+    device_pushes_per_minute: u32 = 600, env "PROPASS_DEVICE_PUSHES_PER_MINUTE", flag "";
+    /// New ledger rows one device may add per UTC day, by the time they reach the server; a push that would pass it is answered 429 with `Retry-After` and records nothing; 0: no limit. Leave room for a kiosk's backlog after days offline.
+    device_items_per_day: u64 = 100_000, env "PROPASS_DEVICE_ITEMS_PER_DAY", flag "";
+    /// A request body must arrive within this many seconds of the request (408 after): a body that trickles in holds a connection and a worker. The seed client gives up after 10 s and our agent after 30 s anyway.
+    body_read_timeout_secs: u64 = 60, env "PROPASS_BODY_READ_TIMEOUT_SECS", flag "";
     /// Items per push (413 above). The seed client pushes its whole queue at once: a seed kiosk with more unsynced items than this cannot sync until the limit is raised.
     max_batch_items: usize = 20_000, env "PROPASS_MAX_BATCH_ITEMS", flag "";
     /// Largest request body in bytes (413 above; at least 1024).

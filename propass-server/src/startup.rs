@@ -87,6 +87,9 @@ impl Application {
                 })
                 .configure(|cfg| routes::configure(cfg, auth_limit))
         })
+        // Signals are ours (`stop_on_signals`): WebSockets get a close frame
+        // before the graceful stop, which would otherwise wait on them.
+        .disable_signals()
         .shutdown_timeout(10);
         server = match tls {
             Some(tls) => server.listen_rustls_0_23(listener, tls)?,
@@ -112,7 +115,41 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully).
+    /// What stops this server gracefully.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            server: self.server.handle(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// SIGINT or SIGTERM stops the server gracefully. Must be called within
+    /// the runtime that serves.
+    pub fn stop_on_signals(&self) {
+        let stopper = self.stopper();
+        tokio::spawn(async move {
+            let terminate = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot watch SIGTERM");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate => {}
+            }
+            tracing::info!("stopping: closing WebSockets, finishing requests");
+            stopper.stop().await;
+        });
+    }
+
+    /// Serves until the server is stopped (see [`Self::stopper`] and
+    /// [`Self::stop_on_signals`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state.clone();
         let listener = tokio::spawn(async move {
@@ -128,5 +165,22 @@ impl Application {
         let result = self.server.await;
         listener.abort();
         result
+    }
+}
+
+/// Stops a running [`Application`]: open WebSockets are told the server is
+/// going away (kiosks reconnect at once), then requests in flight finish
+/// within the shutdown timeout.
+#[derive(Clone)]
+pub struct Stopper {
+    server: actix_web::dev::ServerHandle,
+    state: web::Data<AppState>,
+}
+
+impl Stopper {
+    /// Stops gracefully; returns once the server has stopped.
+    pub async fn stop(&self) {
+        self.state.hub.close_all();
+        self.server.stop(true).await;
     }
 }

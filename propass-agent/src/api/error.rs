@@ -171,7 +171,7 @@ impl From<SyncError> for ApiError {
     fn from(e: SyncError) -> Self {
         let code = match e {
             SyncError::Offline(_) => LocalErrorCode::ServerUnreachable,
-            SyncError::Server(_) => LocalErrorCode::ServerRefused,
+            SyncError::Server(_) | SyncError::Throttled { .. } => LocalErrorCode::ServerRefused,
             SyncError::LoggedOut(_) | SyncError::NoServer => LocalErrorCode::LoginRequired,
             SyncError::UnsyncedWork(_) => LocalErrorCode::Conflict,
             SyncError::Insecure(_) => LocalErrorCode::InvalidRequest,

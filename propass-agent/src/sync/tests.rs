@@ -40,13 +40,19 @@ struct ScriptedServer {
     refusals: Mutex<VecDeque<ErrorCode>>,
     /// (token, items) of every push.
     pushes: Mutex<Vec<(String, usize)>>,
+    /// What the next pulls are refused with, in order.
+    pull_refusals: Mutex<VecDeque<ErrorCode>>,
+    /// The token of every pull.
+    pulls: Mutex<Vec<String>>,
 }
 
+/// The server's refusal with `code` (rate limits say when to come back).
 fn refused(code: ErrorCode) -> UpstreamError {
     UpstreamError::Refused {
         code,
         status: code.http_status(),
         message: format!("{code:?}"),
+        retry_after: (code == ErrorCode::RateLimited).then_some(42),
     }
 }
 
@@ -120,8 +126,17 @@ impl ServerClient for ScriptedServer {
         Box::pin(async move { answer })
     }
 
-    fn pull<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
-        Box::pin(async {
+    fn pull<'a>(
+        &'a self,
+        _: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
+        self.pulls.lock().unwrap().push(token.to_owned());
+        let refusal = self.pull_refusals.lock().unwrap().pop_front();
+        Box::pin(async move {
+            if let Some(code) = refusal {
+                return Err(refused(code));
+            }
             Ok(PullResponse {
                 success: true,
                 quotas: vec![QuotaEntry {
@@ -194,6 +209,22 @@ async fn a_refused_token_is_refreshed_once_and_the_push_retried() {
 }
 
 #[tokio::test]
+async fn an_idle_kiosk_whose_token_is_refused_on_pull_refreshes_it() {
+    let server = Arc::new(ScriptedServer::default());
+    server
+        .pull_refusals
+        .lock()
+        .unwrap()
+        .push_back(ErrorCode::InvalidToken);
+    let agent = agent_with(0, server.clone()).await;
+    agent.sync_once().await.unwrap();
+    let pulls = server.pulls.lock().unwrap().clone();
+    assert_eq!(pulls, ["stale", "fresh"]);
+    assert_eq!(agent.link().login_required, None);
+    assert_eq!(agent.store.session().await.unwrap().unwrap().token, "fresh");
+}
+
+#[tokio::test]
 async fn a_batch_too_large_is_halved() {
     let server = Arc::new(ScriptedServer::default());
     server
@@ -227,6 +258,26 @@ async fn a_revoked_device_needs_a_login_and_keeps_its_work() {
     );
     assert_eq!(agent.store.counts().await.unwrap().pending, 1);
     assert_eq!(server.pushes.lock().unwrap().len(), 1, "no retry");
+}
+
+#[tokio::test]
+async fn a_rate_limited_push_waits_for_retry_after_and_keeps_its_work() {
+    let server = Arc::new(ScriptedServer::default());
+    server
+        .refusals
+        .lock()
+        .unwrap()
+        .push_back(ErrorCode::RateLimited);
+    let agent = agent_with(1, server.clone()).await;
+    match agent.sync_once().await {
+        Err(SyncError::Throttled {
+            retry_after_secs, ..
+        }) => assert_eq!(retry_after_secs, 42),
+        other => panic!("expected Throttled, got {other:?}"),
+    }
+    assert!(agent.link().login_required.is_none(), "still logged in");
+    assert_eq!(agent.store.counts().await.unwrap().pending, 1);
+    assert_eq!(agent.sync_once().await.unwrap().synced, 1);
 }
 
 #[tokio::test]

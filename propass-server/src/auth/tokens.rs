@@ -255,14 +255,19 @@ impl JwtKeys {
 mod tests {
     use super::*;
 
-    #[test]
-    fn expiry_and_grace_follow_the_given_time() {
-        let keys = JwtKeys::new(
+    /// Login tokens live 60 s (30 s of refresh grace), device tokens 10 s.
+    fn keys() -> JwtKeys {
+        JwtKeys::new(
             &[7; 32],
             Duration::from_secs(60),
             Duration::from_secs(10),
             Duration::from_secs(30),
-        );
+        )
+    }
+
+    #[test]
+    fn expiry_and_grace_follow_the_given_time() {
+        let keys = keys();
         let device = DeviceId::parse("kiosk-1").unwrap();
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let who = Subject {
@@ -290,12 +295,7 @@ mod tests {
 
     #[test]
     fn device_tokens_are_short_and_not_refreshed_as_logins() {
-        let keys = JwtKeys::new(
-            &[7; 32],
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            Duration::from_secs(30),
-        );
+        let keys = keys();
         let device = DeviceId::parse("kiosk-1").unwrap();
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let (token, exp) = keys
@@ -319,12 +319,7 @@ mod tests {
 
     #[test]
     fn a_token_for_another_audience_is_refused() {
-        let keys = JwtKeys::new(
-            &[7; 32],
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            Duration::from_secs(30),
-        );
+        let keys = keys();
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let mut claims = keys
             .verify(

@@ -149,6 +149,16 @@ fn close(why: &'static str, code: CloseCode, description: &str) -> Ending {
     (why, Some(reason))
 }
 
+/// How a notice from the hub ends the session: a policy close for a device
+/// or user that lost its standing, "going away" when the server stops.
+fn ending(notice: &Delivery) -> Ending {
+    match notice {
+        Delivery::Close(why) => close(why, CloseCode::Policy, why),
+        Delivery::GoingAway => close("server stopping", CloseCode::Away, "server restarting"),
+        Delivery::Event(_) => ("unexpected event", None),
+    }
+}
+
 /// The session loop. A state machine in one `select!`: each arm either
 /// continues or ends the session with a reason.
 async fn run_session(
@@ -173,7 +183,7 @@ async fn run_session(
             }
             out = rx.recv() => match out {
                 Some(Delivery::Event(first)) => on_outbound(&mut session, first, &mut rx, cfg.ws_client_timeout).await,
-                Some(Delivery::Close(why)) => Err(close(why, CloseCode::Policy, why)),
+                Some(notice @ (Delivery::Close(_) | Delivery::GoingAway)) => Err(ending(&notice)),
                 // The hub dropped us: our queue was full.
                 None => Err(close("too slow", CloseCode::Policy, "consumer too slow: outgoing queue full")),
             },
@@ -244,7 +254,7 @@ async fn on_outbound(
     while batch.len() < COALESCE_WINDOW && closing.is_none() {
         match rx.try_recv() {
             Ok(Delivery::Event(g)) => batch.extend(g.iter().cloned()),
-            Ok(Delivery::Close(why)) => closing = Some(why),
+            Ok(notice) => closing = Some(ending(&notice)),
             Err(_) => break,
         }
     }
@@ -254,7 +264,7 @@ async fn on_outbound(
         }
     }
     match closing {
-        Some(why) => Err(close(why, CloseCode::Policy, why)),
+        Some(ending) => Err(ending),
         None => Ok(()),
     }
 }

@@ -64,6 +64,9 @@ pub enum Delivery {
     /// The server ends the session (device revoked, user disabled): the
     /// sentence for the close frame.
     Close(&'static str),
+    /// The server is shutting down: the client reconnects, to this instance
+    /// once it is back or to another one.
+    GoingAway,
 }
 
 struct Conn {
@@ -150,12 +153,12 @@ impl Conns {
     }
 
     /// Tells the connections `ids` to close, and forgets them.
-    fn close(&mut self, ids: Vec<ConnId>, why: &'static str) {
+    fn close(&mut self, ids: Vec<ConnId>, notice: Delivery) {
         for id in ids {
             if let Some(conn) = self.all.get(&id) {
                 // A full queue cannot take the notice: dropping the sender
                 // below still ends the session.
-                let _ = conn.tx.try_send(Delivery::Close(why));
+                let _ = conn.tx.try_send(notice.clone());
             }
             self.remove(id);
         }
@@ -290,7 +293,7 @@ impl Hub {
             .get(device_id)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        conns.close(ids, why);
+        conns.close(ids, Delivery::Close(why));
     }
 
     /// Closes every connection opened with a login token of user `uid`
@@ -302,7 +305,15 @@ impl Hub {
             .get(&uid)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        conns.close(ids, why);
+        conns.close(ids, Delivery::Close(why));
+    }
+
+    /// Tells every connection the server is going away, so that kiosks
+    /// reconnect at once instead of holding a graceful shutdown open.
+    pub fn close_all(&self) {
+        let mut conns = self.lock();
+        let ids = conns.all.keys().copied().collect();
+        conns.close(ids, Delivery::GoingAway);
     }
 }
 
@@ -375,6 +386,7 @@ mod tests {
             match d {
                 Delivery::Event(g) => out.extend(g.iter().map(|m| m.text.to_string())),
                 Delivery::Close(why) => out.push(format!("close: {why}")),
+                Delivery::GoingAway => out.push("going away".into()),
             }
         }
         out

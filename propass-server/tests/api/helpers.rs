@@ -27,6 +27,8 @@ pub struct TestApp {
     pub proxy: Option<FaultProxy>,
     /// The running server's state (its counters).
     pub state: actix_web::web::Data<propass_server::state::AppState>,
+    /// Stops the running server gracefully.
+    pub stopper: propass_server::startup::Stopper,
     /// Dropped (with the server's connections) when the test ends.
     _database: TestDatabase,
 }
@@ -74,6 +76,7 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let app = Application::build(config).expect("build app");
     let port = app.port();
     let state = app.state();
+    let stopper = app.stopper();
     tokio::spawn(app.run_until_stopped());
 
     let test = TestApp {
@@ -83,6 +86,7 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
         http: reqwest::Client::new(),
         proxy,
         state,
+        stopper,
         _database: database,
     };
     test.add_user(ADMIN.0, ADMIN.1, Role::Admin).await;

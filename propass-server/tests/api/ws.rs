@@ -239,3 +239,31 @@ async fn a_revoked_device_loses_its_open_websocket() {
     let closed = server_closes(&mut ws, WAIT).await;
     assert_eq!(closed, Some(CloseCode::Policy));
 }
+
+#[tokio::test]
+async fn a_stopping_server_tells_its_websockets_it_is_going_away() {
+    let app = spawn_app().await;
+    let token = app.token("K1").await;
+    let mut ws = app.ws("/ws", &token, "K1").await;
+    send_json(&mut ws, &json!({"type": "ping"})).await;
+    assert_eq!(
+        next_json(&mut ws, WAIT).await,
+        Some(json!({"type": "pong"}))
+    );
+    let stopping = tokio::spawn({
+        let stopper = app.stopper.clone();
+        async move { stopper.stop().await }
+    });
+    // Before the graceful stop's timeout (10 s), and with "going away": a
+    // kiosk reconnects at once instead of treating it as a refusal.
+    assert_eq!(server_closes(&mut ws, WAIT).await, Some(CloseCode::Away));
+    drop(ws);
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the server stops without waiting out its shutdown timeout")
+        .unwrap();
+    assert!(
+        reqwest::get(format!("{}/health", app.base)).await.is_err(),
+        "a stopped server accepts no request"
+    );
+}
