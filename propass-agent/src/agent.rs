@@ -16,6 +16,7 @@ use crate::events::AgentEvent;
 use crate::seams::{Clock, Rng, SystemClock, SystemRng};
 use crate::store::{Store, StoreError};
 use crate::upstream::{HttpServerClient, ServerClient};
+use crate::write_gate::WriteGate;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,8 @@ pub struct Agent {
     pub tls: Arc<rustls::ClientConfig>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn Rng>,
+    /// Cards being written: shutdown waits for them, and refuses new ones.
+    pub writes: WriteGate,
     link: Mutex<LinkState>,
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
 }
@@ -100,7 +103,9 @@ impl Agent {
         .await
     }
 
-    /// Opens the agent's state: the device id is generated on first start and kept.
+    /// Opens the agent's state: the device id is generated on first start
+    /// and kept; the cards a crash left half made are settled first (see
+    /// [`crate::store::intents`]), so that none is left behind.
     pub async fn from_parts(parts: Parts) -> Result<Arc<Self>, AgentStartError> {
         let Parts {
             store,
@@ -113,6 +118,16 @@ impl Agent {
         } = parts;
         let device_id = store.device_id(new_device_id(&*rng)).await?;
         let login_required = store.login_required().await?;
+        for intent in store.settle_interrupted(clock.now_utc()).await? {
+            match intent.step {
+                crate::store::Step::Writing => {
+                    tracing::warn!(op_id = %intent.op_id, client = %intent.client_id, blank = ?intent.blank_uid,
+                    "a card was being written when the agent stopped: recorded as unverified (charged, flagged for an operator)")
+                }
+                _ => tracing::info!(op_id = %intent.op_id, client = %intent.client_id,
+                    "a copy had not reached the blank when the agent stopped: its unit is released"),
+            }
+        }
         let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Self {
             store,
@@ -130,6 +145,7 @@ impl Agent {
                 login_required,
                 ..LinkState::default()
             }),
+            writes: WriteGate::default(),
             sync_lock: tokio::sync::Mutex::new(()),
         }))
     }

@@ -115,6 +115,7 @@ async fn record(agent: AgentData, body: web::Json<RecordRequest>) -> ApiResult<H
         occurred_at: occurred_at.unwrap_or(now),
         recorded_at: now,
         op_id: op_id.unwrap_or_else(|| agent.rng.new_op_id()),
+        unverified: false,
     };
     let recorded = agent.store.record(new, QuotaPolicy::Enforce).await?;
     let answer = RecordResponse {
@@ -246,8 +247,27 @@ fn made(card: crate::kiosk::MadeCard) -> HttpResponse {
     })
 }
 
+/// A flow runs in its own task: a client that goes away (or a server
+/// stopping) does not cut it short between the write and its record.
+async fn in_own_task<F>(flow: F) -> ApiResult<HttpResponse>
+where
+    F: std::future::Future<Output = Result<crate::kiosk::MadeCard, crate::kiosk::KioskError>>
+        + Send
+        + 'static,
+{
+    let card = tokio::spawn(flow).await.map_err(|e| {
+        ApiError::new(
+            LocalErrorCode::Internal,
+            format!("the copy task failed: {e}"),
+        )
+    })??;
+    Ok(made(card))
+}
+
 async fn copy_card(agent: AgentData, body: web::Json<CopyRequest>) -> ApiResult<HttpResponse> {
-    Ok(made(crate::kiosk::copy(&agent, body.client_id).await?))
+    let agent = Arc::clone(&agent);
+    let client = body.client_id;
+    in_own_task(async move { crate::kiosk::copy(&agent, client).await }).await
 }
 
 async fn write_card(
@@ -255,7 +275,8 @@ async fn write_card(
     body: web::Json<WriteCardRequest>,
 ) -> ApiResult<HttpResponse> {
     let WriteCardRequest { client_id, uid } = body.into_inner();
-    Ok(made(crate::kiosk::write(&agent, client_id, uid).await?))
+    let agent = Arc::clone(&agent);
+    in_own_task(async move { crate::kiosk::write(&agent, client_id, uid).await }).await
 }
 
 async fn not_found() -> ApiResult<HttpResponse> {

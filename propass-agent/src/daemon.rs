@@ -131,6 +131,13 @@ async fn serve(config: AgentConfig) -> Result<(), String> {
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // A flow waiting for a card ends now (its unit goes back); one writing a
+    // blank finishes and records it, within the grace.
+    agent.writes.close();
+    agent.reader.cancel();
+    if !agent.writes.drained(config.stop_grace()).await {
+        tracing::error!(grace_secs = config.stop_grace_secs, "a card is still being written; stopping anyway: the next start records it as unverified");
+    }
     let _ = stop_tx.send(true);
     handle.stop(true).await;
     let _ = tokio::time::timeout(Duration::from_secs(4), async {
@@ -145,14 +152,16 @@ async fn serve(config: AgentConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Pings systemd's watchdog only while the database answers.
+/// Pings systemd's watchdog only while the database takes writes: a kiosk
+/// whose disk is full or read-only must not make cards it cannot record, so
+/// systemd restarts it (and the failure shows) instead.
 async fn watchdog(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;
     };
     let period = (timeout / 2).max(Duration::from_millis(100));
     loop {
-        if agent.store.counts().await.is_ok() {
+        if agent.store.probe_write(agent.clock.now_utc()).await.is_ok() {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
         tokio::select! {

@@ -1,10 +1,16 @@
 //! The kiosk flow at the reader: read the customer's badge — every sector
 //! the key dictionary opens —, decide whether it may be copied (a badge with
 //! protected sectors only for a client that accepts a partial copy), ask for
-//! a blank, write and verify it sector by sector, and only then record the
-//! copy — one operation in the queue with the UID and the sector map, never
-//! the keys or the data (the dump lives in memory for the flow and is zeroed
-//! after). A failed or unverified copy records nothing and says why.
+//! a blank, write and verify it sector by sector, and record the copy — one
+//! operation in the queue with the UID and the sector map, never the keys or
+//! the data (the dump lives in memory for the flow and is zeroed after).
+//!
+//! Before a blank is asked for, a write-ahead intent reserves the unit (see
+//! [`crate::store::intents`]); it is marked `writing` before the first write
+//! command. A verified card is queued; a write whose outcome is uncertain is
+//! queued as an unverified copy (the card may work: it is charged and
+//! flagged); a flow that wrote nothing releases its unit. A database that
+//! cannot take the intent stops the flow before any card is touched.
 //! Progress goes to local listeners as `card_progress` events.
 
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use propass_protocol::{BadgeUid, ClientId, OpType, SectorMap};
 
 use crate::agent::Agent;
 use crate::events::{AgentEvent, CardStep};
-use crate::store::{LocalQuota, NewRecording, QueuedOp, QuotaPolicy, StoreError};
+use crate::store::{Ending, Intent, LocalQuota, NewIntent, QueuedOp, StoreError};
 
 /// Why the flow stopped.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +36,23 @@ pub enum KioskError {
     /// A badge that cannot be copied onto our blanks.
     #[error("{0}")]
     Unsupported(String),
+    /// The local database cannot take the card's intent: nothing was touched.
+    #[error("this kiosk cannot save its records ({0}): no card was written; call an operator")]
+    CannotRecord(StoreError),
+    /// The agent is stopping: the flow ended before writing.
+    #[error("the kiosk is restarting: no card was written; try again in a moment")]
+    Stopping,
+    /// Written, not verified: recorded as an unverified copy.
+    #[error("{cause} — the card may hold the copy: it was recorded as unverified (operation {op_id}, charged, flagged for an operator who can void it); set the card aside for an operator")]
+    Unverified {
+        /// What went wrong at the reader.
+        cause: NfcError,
+        op_id: propass_protocol::OpId,
+    },
+    /// A card was written but the database refused its record even after
+    /// retries: its intent stays, and the next start records it.
+    #[error("the card was written but this kiosk cannot record it now ({0}); it will be recorded when the agent restarts: call an operator")]
+    NotRecordedYet(StoreError),
     /// Sectors no key opened, for a client that wants whole copies only.
     #[error("this badge has {locked} protected sector(s) of {total} this kiosk cannot copy, and this client does not accept a partial copy: nothing was written (add the badge's keys to reader_keys, or ask an operator to allow partial copies for the client)")]
     Protected {
@@ -85,12 +108,23 @@ async fn precheck(agent: &Agent, client: ClientId) -> Result<LocalQuota, KioskEr
     Ok(q)
 }
 
+/// Starts a flow at the reader, unless the agent is stopping. The stop
+/// closes the gate before it cancels the reader, so a flow that begins
+/// after the cancel (and would forget it) sees the closed gate.
+fn begin(agent: &Agent) -> Result<(), KioskError> {
+    agent.reader.begin();
+    if agent.writes.is_closed() {
+        return Err(KioskError::Stopping);
+    }
+    Ok(())
+}
+
 /// `copy`: badge → its sectors → policy → blank → write → verify → record.
 pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, KioskError> {
     let quota = precheck(agent, client)
         .await
         .map_err(|e| failed(agent, None, e))?;
-    agent.reader.begin();
+    begin(agent).map_err(|e| failed(agent, None, e))?;
     progress(agent, CardStep::WaitingForSource, None);
     let (source, read) = read_source(agent)
         .await
@@ -182,12 +216,15 @@ pub async fn write(
     precheck(agent, client)
         .await
         .map_err(|e| failed(agent, None, e))?;
-    agent.reader.begin();
+    begin(agent).map_err(|e| failed(agent, None, e))?;
     let block0 = build_block0(uid.as_bytes(), 0x08, [0x00, 0x04], None)
         .map_err(|e| KioskError::Unsupported(e.to_string()))?;
     write_and_record(agent, client, OpType::Write, uid, Job::Uid(block0), None).await
 }
 
+/// Reserve → wait for a blank → (point of no return) → write and verify
+/// → settle the intent. Every step that can fail says what became of the
+/// unit and of the card.
 async fn write_and_record(
     agent: &Arc<Agent>,
     client: ClientId,
@@ -196,46 +233,192 @@ async fn write_and_record(
     job: Job,
     sectors: Option<SectorMap>,
 ) -> Result<MadeCard, KioskError> {
-    progress(agent, CardStep::WaitingForBlank, Some(uid.to_hex()));
-    let blank = write_blank(agent, &uid, job)
+    let hex = uid.to_hex();
+    let intent = reserve(agent, client, op_type, &uid, sectors)
         .await
-        .map_err(|e| failed(agent, Some(uid.to_hex()), e.into()))?;
-    let (operation, remaining) = record_verified(agent, client, op_type, &uid, sectors).await?;
-    progress(agent, CardStep::Verified, Some(uid.to_hex()));
-    agent.emit(AgentEvent::Recorded(operation.clone()));
-    agent.emit(AgentEvent::QuotaUpdated {
-        client_id: client,
-        remaining,
-    });
-    agent.kick.notify_one();
-    // No UID at info level: a badge's UID is what it takes to clone a UID-only badge.
-    tracing::info!(op_id = %operation.op_id, client = %client, ?blank, "card made and verified");
-    Ok(MadeCard {
-        operation,
-        remaining,
-        blank,
+        .map_err(|e| failed(agent, Some(hex.clone()), e))?;
+    progress(agent, CardStep::WaitingForBlank, Some(hex.clone()));
+    let not = match &job {
+        Job::Badge { source, .. } => Some(source.uid.clone()),
+        Job::Uid(_) => None,
+    };
+    let blank = match wait_for_blank(agent, not).await {
+        Ok(blank) => blank,
+        // The stop cancelled the wait: say so, not "cancelled".
+        Err(NfcError::Cancelled) if agent.writes.is_closed() => {
+            return Err(void(agent, &intent, &hex, KioskError::Stopping).await)
+        }
+        Err(e) => return Err(void(agent, &intent, &hex, e.into()).await),
+    };
+    // The point of no return: shutdown waits for what is past it.
+    let Some(_writing) = agent.writes.enter() else {
+        return Err(void(agent, &intent, &hex, KioskError::Stopping).await);
+    };
+    let blank_hex = blank.uid_hex();
+    if let Err(e) = agent
+        .store
+        .begin_writing(intent.id, blank_hex, agent.clock.now_utc())
+        .await
+    {
+        return Err(void(agent, &intent, &hex, KioskError::CannotRecord(e)).await);
+    }
+    progress(agent, CardStep::Writing, Some(hex.clone()));
+    let written = write_blank(agent, blank, job).await;
+    let ending = match &written {
+        Ok(_) => Ending::Verified,
+        Err(e) if may_hold_the_copy(e) => Ending::InDoubt(e.to_string()),
+        Err(e) => Ending::Void(e.to_string()),
+    };
+    let (operation, remaining) = settle(agent, &intent, ending).await?;
+    match (written, operation) {
+        (Ok(blank), Some(operation)) => {
+            progress(agent, CardStep::Verified, Some(hex));
+            announce(agent, &operation, remaining);
+            // No UID at info level: a badge's UID is what it takes to clone a UID-only badge.
+            tracing::info!(op_id = %operation.op_id, client = %client, ?blank, "card made and verified");
+            Ok(MadeCard {
+                operation,
+                remaining,
+                blank,
+            })
+        }
+        (Err(cause), Some(operation)) => {
+            announce(agent, &operation, remaining);
+            tracing::warn!(op_id = %operation.op_id, client = %client, error = %cause, "card written but not verified: recorded as unverified");
+            Err(failed(
+                agent,
+                Some(hex),
+                KioskError::Unverified {
+                    cause,
+                    op_id: operation.op_id,
+                },
+            ))
+        }
+        (Err(cause), None) => Err(failed(agent, Some(hex), cause.into())),
+        (Ok(_), None) => Err(KioskError::Store(StoreError::Invalid(
+            "a verified card was settled without an operation".into(),
+        ))),
+    }
+}
+
+/// Whether a blank may hold (part of) the copy after this error: once a
+/// write command may have reached it, the card is in doubt, never "nothing
+/// happened". The reader reports a failure after writing began as
+/// `SectorFailed` or `VerifyFailed`; a reader lost mid-write may have
+/// written too.
+fn may_hold_the_copy(e: &NfcError) -> bool {
+    matches!(
+        e,
+        NfcError::VerifyFailed { .. }
+            | NfcError::SectorFailed { .. }
+            | NfcError::ReaderUnplugged(_)
+    )
+}
+
+/// Reserves the unit and names the card, durably, before any blank is
+/// touched: a database that cannot take it stops the flow here.
+async fn reserve(
+    agent: &Agent,
+    client: ClientId,
+    op_type: OpType,
+    uid: &BadgeUid,
+    sectors: Option<SectorMap>,
+) -> Result<Intent, KioskError> {
+    let new = NewIntent {
+        op_id: agent.rng.new_op_id(),
+        op_type,
+        client,
+        uid: uid.clone(),
+        sectors,
+        at: agent.clock.now_utc(),
+    };
+    agent.store.reserve(new).await.map_err(|e| match e {
+        e @ (StoreError::UnknownClient(_) | StoreError::QuotaExhausted { .. }) => e.into(),
+        e => {
+            tracing::error!(error = %e, "cannot write a card's intent: no card is made until the database takes writes");
+            KioskError::CannotRecord(e)
+        }
     })
 }
 
-/// Waits for a blank (not the badge), writes and verifies it. The dump is
-/// dropped — zeroed — with the job, on the reader thread.
-async fn write_blank(agent: &Agent, uid: &BadgeUid, job: Job) -> Result<BlankKind, NfcError> {
+/// Ends an intent whose blank was never written (the unit goes back), and
+/// passes the flow's error on.
+async fn void(agent: &Agent, intent: &Intent, hex: &str, e: KioskError) -> KioskError {
+    if let Err(store) = agent
+        .store
+        .settle(
+            intent.id,
+            Ending::Void(e.to_string()),
+            agent.clock.now_utc(),
+        )
+        .await
+    {
+        // Still `reserved` (or `writing` before any write): the next start
+        // settles it, as void or in doubt.
+        tracing::error!(error = %store, op_id = %intent.op_id, "cannot release a reserved unit now; the agent's next start settles it");
+    }
+    failed(agent, Some(hex.to_owned()), e)
+}
+
+/// Settles the intent, retrying a failing disk a few times: a card that
+/// exists must be recorded. If the disk never recovers, the intent stays
+/// `writing` and the next start records it as unverified.
+async fn settle(
+    agent: &Agent,
+    intent: &Intent,
+    ending: Ending,
+) -> Result<(Option<QueuedOp>, i64), KioskError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match agent
+            .store
+            .settle(intent.id, ending.clone(), agent.clock.now_utc())
+            .await
+        {
+            Ok(settled) => return Ok(settled),
+            Err(e) if attempt < 5 => {
+                tracing::warn!(error = %e, op_id = %intent.op_id, attempt, "cannot record the card yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, op_id = %intent.op_id, client = %intent.client_id, "a written card could NOT be recorded now; its intent stays for the next start");
+                return Err(failed(
+                    agent,
+                    Some(intent.uid.to_hex()),
+                    KioskError::NotRecordedYet(e),
+                ));
+            }
+        }
+    }
+}
+
+/// Tells local listeners about a queued card and the client's new remaining,
+/// and wakes the sync loop.
+fn announce(agent: &Agent, operation: &QueuedOp, remaining: i64) {
+    agent.emit(AgentEvent::Recorded(operation.clone()));
+    agent.emit(AgentEvent::QuotaUpdated {
+        client_id: operation.client_id,
+        remaining,
+    });
+    agent.kick.notify_one();
+}
+
+/// Waits for a blank (not the badge) and holds it on the reader.
+async fn wait_for_blank(agent: &Agent, not: Option<Vec<u8>>) -> Result<TagInfo, NfcError> {
     let timeout = agent.config.card_timeout();
-    let events = agent.events.clone();
-    let hex = uid.to_hex();
     agent
         .reader
-        .run(move |r, cancel| {
-            let not = match &job {
-                Job::Badge { source, .. } => Some(source.uid.clone()),
-                Job::Uid(_) => None,
-            };
-            let blank = r.wait_for_other_tag(not.as_deref(), timeout, cancel)?;
-            let _ = events.send(AgentEvent::CardProgress {
-                step: CardStep::Writing,
-                uid: Some(hex),
-                message: None,
-            });
+        .run(move |r, cancel| r.wait_for_other_tag(not.as_deref(), timeout, cancel))
+        .await
+}
+
+/// Writes and verifies the blank. The dump is dropped — zeroed — with the
+/// job, on the reader thread.
+async fn write_blank(agent: &Agent, blank: TagInfo, job: Job) -> Result<BlankKind, NfcError> {
+    agent
+        .reader
+        .run(move |r, _| {
             let kind = match &job {
                 Job::Uid(block0) => r.write_block0(&blank, block0),
                 Job::Badge { source, dump } => r.write_badge(&blank, source, dump),
@@ -244,47 +427,6 @@ async fn write_blank(agent: &Agent, uid: &BadgeUid, job: Job) -> Result<BlankKin
             kind
         })
         .await
-}
-
-/// Records a verified card: it exists, so it is never refused; a failing
-/// disk is retried a few times before the person is told to call an operator.
-async fn record_verified(
-    agent: &Agent,
-    client: ClientId,
-    op_type: OpType,
-    uid: &BadgeUid,
-    sectors: Option<SectorMap>,
-) -> Result<(QueuedOp, i64), KioskError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let now = agent.clock.now_utc();
-        let new = NewRecording {
-            sectors: sectors.clone(),
-            op_type,
-            client,
-            uid: uid.clone(),
-            occurred_at: now,
-            recorded_at: now,
-            op_id: agent.rng.new_op_id(),
-        };
-        match agent.store.record(new, QuotaPolicy::CardExists).await {
-            Ok(r) => return Ok((r.operation, r.remaining)),
-            Err(e) if attempt < 5 => {
-                tracing::warn!(error = %e, uid = %uid, attempt, "cannot record a verified card yet; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, uid = %uid, client = %client, "a verified card could NOT be recorded");
-                agent.emit(AgentEvent::CardProgress {
-                    step: CardStep::Failed,
-                    uid: Some(uid.to_hex()),
-                    message: Some(format!("card {uid} was made and verified but could not be recorded ({e}): tell an operator")),
-                });
-                return Err(e.into());
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -301,7 +443,7 @@ mod tests {
     use crate::agent::Parts;
     use crate::config::AgentConfig;
     use crate::seams::{Clock, SystemClock, SystemRng};
-    use crate::store::{ServerQuota, Store};
+    use crate::store::{ServerQuota, Step, Store};
     use crate::upstream::HttpServerClient;
 
     const BADGE: [u8; 4] = [0x04, 0xAB, 0x12, 0xCD];
@@ -312,6 +454,8 @@ mod tests {
         taps: VecDeque<TagInfo>,
         write: NfcResult<BlankKind>,
         waits: usize,
+        /// Write attempts (UID or whole badge).
+        writes: usize,
         /// Sectors of the badge no key opens.
         locked: Vec<u8>,
     }
@@ -333,7 +477,9 @@ mod tests {
             Ok(block0(uid, tag.sak, tag.atqa, DEFAULT_MANUFACTURER))
         }
         fn write_block0(&mut self, _: &TagInfo, _: &[u8; 16]) -> NfcResult<BlankKind> {
-            self.0.lock().unwrap().write.clone()
+            let mut s = self.0.lock().unwrap();
+            s.writes += 1;
+            s.write.clone()
         }
         fn read_badge(&mut self, _: &TagInfo, _: &KeyDictionary) -> NfcResult<BadgeRead> {
             let locked = self.0.lock().unwrap().locked.clone();
@@ -354,7 +500,9 @@ mod tests {
             Ok(BadgeRead { dump, map })
         }
         fn write_badge(&mut self, _: &TagInfo, _: &TagInfo, _: &Dump) -> NfcResult<BlankKind> {
-            self.0.lock().unwrap().write.clone()
+            let mut s = self.0.lock().unwrap();
+            s.writes += 1;
+            s.write.clone()
         }
         fn release(&mut self) {}
     }
@@ -391,6 +539,7 @@ mod tests {
             taps: taps.into(),
             write,
             waits: 0,
+            writes: 0,
             locked,
         }));
         let s = script.clone();
@@ -457,6 +606,8 @@ mod tests {
         let queued = agent.store.list(None, 10).await.unwrap();
         let ids: Vec<_> = queued.iter().map(|o| o.op_id).collect();
         assert_eq!(ids, [made.operation.op_id]);
+        assert!(!queued[0].unverified);
+        assert_eq!(intent_steps(&agent).await, [Step::Recorded]);
         use CardStep::*;
         assert_eq!(
             steps(&mut rx),
@@ -471,20 +622,124 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_verification_records_nothing() {
+    async fn a_failed_verification_is_recorded_as_unverified_and_charged() {
+        // A Gen1a blank lifted right after its write: it may work, so it is
+        // never a free copy.
         let not_verified = Err(NfcError::VerifyFailed {
             expected: "04AB12CD".into(),
-            got: "01020304".into(),
+            got: "unreadable (the card left)".into(),
         });
         let (agent, _) = agent_at(2, vec![classic(BADGE), classic(BLANK)], not_verified).await;
         let mut rx = agent.events.subscribe();
         let err = copy(&agent, client()).await.unwrap_err();
-        assert!(matches!(
-            err,
-            KioskError::Nfc(NfcError::VerifyFailed { .. })
-        ));
-        assert_eq!(agent.store.counts().await.unwrap().pending, 0);
+        let KioskError::Unverified { op_id, .. } = err else {
+            panic!("expected an unverified copy, got {err:?}");
+        };
+        assert!(intent_reason_names_the_cause(&agent).await);
+        let queued = agent.store.list(None, 10).await.unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].op_id, op_id);
+        assert!(queued[0].unverified, "flagged for the ledger");
+        assert_eq!(remaining(&agent).await, 1, "charged");
+        assert_eq!(intent_steps(&agent).await, [Step::InDoubt]);
         assert_eq!(steps(&mut rx).last(), Some(&CardStep::Failed));
+    }
+
+    /// The latest intent's reason is the reader's failure.
+    async fn intent_reason_names_the_cause(agent: &Agent) -> bool {
+        let intents = agent.store.recent_intents(1).await.unwrap();
+        intents[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("verification failed"))
+    }
+
+    async fn remaining(agent: &Agent) -> i64 {
+        agent
+            .store
+            .quota(client())
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining
+    }
+
+    async fn intent_steps(agent: &Agent) -> Vec<Step> {
+        let mut all = agent.store.recent_intents(100).await.unwrap();
+        all.reverse();
+        all.into_iter().map(|i| i.step).collect()
+    }
+
+    #[tokio::test]
+    async fn a_write_that_wrote_nothing_releases_its_unit() {
+        let refused = Err(NfcError::NotWritable("block 0 is read-only".into()));
+        let (agent, script) = agent_at(2, vec![classic(BADGE), classic(BLANK)], refused).await;
+        let err = copy(&agent, client()).await.unwrap_err();
+        assert!(
+            matches!(err, KioskError::Nfc(NfcError::NotWritable(_))),
+            "{err:?}"
+        );
+        assert_eq!(script.lock().unwrap().writes, 1);
+        assert_eq!(agent.store.counts().await.unwrap().pending, 0);
+        assert_eq!(remaining(&agent).await, 2, "the reserved unit went back");
+        assert_eq!(intent_steps(&agent).await, [Step::Void]);
+    }
+
+    #[tokio::test]
+    async fn no_blank_in_time_releases_the_unit_and_writes_nothing() {
+        let (agent, script) = agent_at(2, vec![classic(BADGE)], Ok(BlankKind::Gen1a)).await;
+        let err = copy(&agent, client()).await.unwrap_err();
+        assert!(matches!(err, KioskError::Nfc(NfcError::NoTag)), "{err:?}");
+        assert_eq!(script.lock().unwrap().writes, 0);
+        assert_eq!(remaining(&agent).await, 2);
+        assert_eq!(intent_steps(&agent).await, [Step::Void]);
+    }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_take_the_intent_touches_no_blank() {
+        let (agent, script) = agent_at(
+            2,
+            vec![classic(BADGE), classic(BLANK)],
+            Ok(BlankKind::Gen1a),
+        )
+        .await;
+        // As a read-only or full disk answers: every write fails.
+        agent
+            .store
+            .with(|c| Ok(c.execute_batch("PRAGMA query_only = ON")?))
+            .await
+            .unwrap();
+        let err = copy(&agent, client()).await.unwrap_err();
+        assert!(matches!(err, KioskError::CannotRecord(_)), "{err:?}");
+        assert!(err.to_string().contains("call an operator"), "{err}");
+        let touched = {
+            let s = script.lock().unwrap();
+            (s.waits, s.writes)
+        };
+        assert_eq!(touched, (1, 0), "only the badge was read");
+        assert!(
+            agent
+                .store
+                .probe_write(SystemClock.now_utc())
+                .await
+                .is_err(),
+            "the health probe fails too"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopping_agent_starts_no_flow() {
+        let (agent, script) = agent_at(
+            2,
+            vec![classic(BADGE), classic(BLANK)],
+            Ok(BlankKind::Gen1a),
+        )
+        .await;
+        agent.writes.close();
+        let err = copy(&agent, client()).await.unwrap_err();
+        assert!(matches!(err, KioskError::Stopping), "{err:?}");
+        assert_eq!(script.lock().unwrap().waits, 0);
+        assert_eq!(remaining(&agent).await, 2);
     }
 
     #[tokio::test]

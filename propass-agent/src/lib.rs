@@ -9,7 +9,9 @@
 //! kiosk's screen and the `propass-agent` CLI.
 //!
 //! At the reader (`propass-nfc`) it runs the kiosk flow: read the badge,
-//! write a magic blank, verify it, and only then record the copy.
+//! reserve a unit and write the card's intent, write a magic blank, verify
+//! it, and record the copy — or, when the write's outcome is uncertain,
+//! record it as unverified: a card that may exist is never left out.
 //!
 //! What it is **not**: it never decides that a recorded copy is invalid —
 //! only the server's ledger does — and it never talks to the server's
@@ -23,13 +25,15 @@
 //!   and randomness from;
 //! - [`store`]: the durable queue and its guarantees — [`store::schema`]
 //!   (open checks, migrations), [`store::queue`], [`store::quotas`] (the
-//!   quota cache), [`store::session`] (device id, session, meta values);
+//!   quota cache), [`store::intents`] (the write-ahead intent of each card),
+//!   [`store::session`] (device id, session, meta values);
 //! - [`upstream`]: the typed server client ([`upstream::ServerClient`]);
 //! - [`sync`]: push / pull / token refresh and the sync loop, deciding on
 //!   wire error codes; [`sync::wire`] is the one wire ↔ store conversion;
 //! - [`backoff`]: capped, jittered reconnection waits;
 //! - [`ws`]: the WebSocket client (quota updates → cache, events → listeners);
 //! - [`kiosk`]: the flow at the reader, over any [`propass_nfc::CardReader`];
+//! - [`write_gate`]: the point of no return shutdown waits for;
 //! - [`events`]: what local listeners receive;
 //! - [`api`]: the local API (bodies in [`api::types`], codes in [`api::error`]);
 //! - [`daemon`]: `run` (systemd notify, watchdog, signals); [`cli`]: the command line.
@@ -47,6 +51,7 @@ pub mod store;
 pub mod sync;
 pub mod tls;
 pub mod upstream;
+pub mod write_gate;
 pub mod ws;
 
 /// The module graph is acyclic: no top-level module reaches, through

@@ -29,11 +29,13 @@ use chrono::{DateTime, Utc};
 use propass_protocol::{ClientId, DeviceId, OpId};
 use rusqlite::Connection;
 
+pub mod intents;
 pub mod queue;
 pub mod quotas;
 pub mod schema;
 pub mod session;
 
+pub use intents::{Ending, Intent, NewIntent, Step};
 pub use queue::{
     ItemOutcome, ItemStatus, NewRecording, PushApplied, QueueCounts, QueuedOp, QuotaPolicy,
     Recorded,
@@ -137,6 +139,49 @@ impl Store {
     /// Records one operation, durably, before returning (see [`queue::record`]).
     pub async fn record(&self, new: NewRecording, policy: QuotaPolicy) -> StoreResult<Recorded> {
         self.with(move |c| queue::record(c, &new, policy)).await
+    }
+
+    /// Reserves a unit and names the card before any blank is touched
+    /// (see [`intents`]).
+    pub async fn reserve(&self, new: NewIntent) -> StoreResult<Intent> {
+        self.with(move |c| intents::reserve(c, &new)).await
+    }
+
+    /// Notes, durably, that the write to the blank begins.
+    pub async fn begin_writing(
+        &self,
+        id: i64,
+        blank_uid: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.with(move |c| intents::begin_writing(c, id, &blank_uid, at))
+            .await
+    }
+
+    /// Ends an open intent (see [`intents::settle`]).
+    pub async fn settle(
+        &self,
+        id: i64,
+        ending: Ending,
+        at: DateTime<Utc>,
+    ) -> StoreResult<(Option<QueuedOp>, i64)> {
+        self.with(move |c| intents::settle(c, id, &ending, at))
+            .await
+    }
+
+    /// Settles the intents a crash left open; returns them as found.
+    pub async fn settle_interrupted(&self, at: DateTime<Utc>) -> StoreResult<Vec<Intent>> {
+        self.with(move |c| intents::settle_interrupted(c, at)).await
+    }
+
+    /// The latest intents, newest first.
+    pub async fn recent_intents(&self, limit: usize) -> StoreResult<Vec<Intent>> {
+        self.with(move |c| intents::recent(c, limit)).await
+    }
+
+    /// Whether the database takes a write (see [`intents::probe_write`]).
+    pub async fn probe_write(&self, at: DateTime<Utc>) -> StoreResult<()> {
+        self.with(move |c| intents::probe_write(c, at)).await
     }
 
     /// The operation with this op_id.
@@ -308,6 +353,7 @@ pub(crate) mod tests {
             occurred_at: at(1),
             recorded_at: at(1),
             op_id: OpId(uuid::Uuid::from_u128(n)),
+            unverified: false,
         }
     }
 
@@ -374,5 +420,72 @@ pub(crate) mod tests {
         assert_eq!(store.quotas().await.unwrap()[0].remaining, 10);
         store.apply_quota_update(q(9, 6), at(2)).await.unwrap();
         assert_eq!(store.quotas().await.unwrap()[0].remaining, 9);
+    }
+
+    fn intent(c: ClientId, n: u128) -> NewIntent {
+        NewIntent {
+            op_id: OpId(uuid::Uuid::from_u128(n)),
+            op_type: OpType::Copy,
+            client: c,
+            uid: BadgeUid::parse("04AB12CD").unwrap(),
+            sectors: None,
+            at: at(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reservation_holds_a_unit_until_it_is_settled() {
+        let store = Store::open(&temp("agent.db")).unwrap();
+        let c = ClientId::new(1).unwrap();
+        pull_two(&store, c).await;
+        let first = store.reserve(intent(c, 1)).await.unwrap();
+        store.reserve(intent(c, 2)).await.unwrap();
+        assert!(
+            matches!(
+                store.reserve(intent(c, 3)).await,
+                Err(StoreError::QuotaExhausted { .. })
+            ),
+            "two units, two reservations"
+        );
+        assert_eq!(store.quota(c).await.unwrap().unwrap().reserved, 2);
+        let (op, remaining) = store
+            .settle(first.id, Ending::Void("no blank".into()), at(2))
+            .await
+            .unwrap();
+        assert!(op.is_none());
+        assert_eq!(remaining, 1, "a void intent gives its unit back");
+        assert!(
+            store
+                .settle(first.id, Ending::Verified, at(3))
+                .await
+                .is_err(),
+            "an intent ends once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_settles_what_a_crash_left_open() {
+        let path = temp("agent.db");
+        let c = ClientId::new(1).unwrap();
+        {
+            let store = Store::open(&path).unwrap();
+            pull_two(&store, c).await;
+            let writing = store.reserve(intent(c, 1)).await.unwrap();
+            store
+                .begin_writing(writing.id, "01020304".into(), at(2))
+                .await
+                .unwrap();
+            store.reserve(intent(c, 2)).await.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let found = store.settle_interrupted(at(3)).await.unwrap();
+        assert_eq!(found.len(), 2);
+        let queued = store.list(None, 10).await.unwrap();
+        assert_eq!(queued.len(), 1, "the card being written is recorded");
+        assert!(queued[0].unverified);
+        assert_eq!(queued[0].op_id, OpId(uuid::Uuid::from_u128(1)));
+        let q = store.quota(c).await.unwrap().unwrap();
+        assert_eq!((q.remaining, q.reserved), (1, 0));
+        assert!(store.settle_interrupted(at(4)).await.unwrap().is_empty());
     }
 }

@@ -192,7 +192,8 @@ impl Reader {
 
     /// Block 0 of a Gen2 blank, after a fresh select and the factory key:
     /// the blank's UID becomes the badge's. Nothing is written before the
-    /// write itself, so errors here mean "nothing happened".
+    /// write itself, so errors before it mean "nothing happened"; a write
+    /// left unanswered by a card that then left may have happened.
     fn gen2_write_block0(&mut self, blank: &TagInfo, block0: &[u8; 16]) -> NfcResult<()> {
         let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
         if tag.uid != blank.uid {
@@ -204,7 +205,7 @@ impl Reader {
         let mut cmd = vec![0xA0, 0x00];
         cmd.extend_from_slice(block0);
         if self.exchange(&cmd, 0).is_err() {
-            return Err(self.lost_or(NfcError::NotWritable(
+            return Err(self.block0_write_failed(NfcError::NotWritable(
                 "block 0 is read-only: not a magic card".into(),
             )));
         }

@@ -21,7 +21,7 @@ pub mod pn532;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use nix::pty::{openpty, OpenptyResult};
@@ -41,6 +41,11 @@ pub struct Field {
     pub remove_after: Option<u32>,
     /// Remove the tag when a write to this block reaches it (pulled away mid-copy).
     pub remove_on_write: Option<u8>,
+    /// Stop answering when a write to this block reaches it, until
+    /// [`Emulator::thaw`]: the host is left mid-write (to kill it there).
+    pub freeze_on_write: Option<u8>,
+    /// Frozen by `freeze_on_write`: the write was not applied, nothing answers.
+    pub frozen: bool,
     /// The latest commands seen, by PN532 command code (for tests and scripts).
     pub log: Vec<u8>,
     /// Commands seen since the start.
@@ -56,6 +61,8 @@ impl Default for Field {
             other: None,
             remove_after: None,
             remove_on_write: None,
+            freeze_on_write: None,
+            frozen: false,
             log: Vec::new(),
             commands: 0,
             rf_on: true,
@@ -72,6 +79,11 @@ impl Field {
     /// Takes the tag away if it is scripted to leave when `block` is written;
     /// whether it left.
     fn leaves_on_write(&mut self, block: u8) -> bool {
+        if self.freeze_on_write == Some(block) {
+            self.freeze_on_write = None;
+            self.frozen = true;
+            return true;
+        }
         if self.remove_on_write == Some(block) {
             self.tag = None;
             self.remove_on_write = None;
@@ -98,6 +110,7 @@ impl Field {
 pub struct Emulator {
     path: PathBuf,
     field: Arc<Mutex<Field>>,
+    thawed: Arc<Condvar>,
     _slave: OwnedFd,
     _thread: JoinHandle<()>,
 }
@@ -118,12 +131,15 @@ impl Emulator {
             ..Field::default()
         }));
         let f = field.clone();
+        let thawed = Arc::new(Condvar::new());
+        let t = thawed.clone();
         let thread = std::thread::Builder::new()
             .name("pn532-emulator".into())
-            .spawn(move || serve(std::fs::File::from(master), f))?;
+            .spawn(move || serve(std::fs::File::from(master), f, &t))?;
         Ok(Self {
             path,
             field,
+            thawed,
             _slave: slave,
             _thread: thread,
         })
@@ -156,6 +172,13 @@ impl Emulator {
     /// Puts a second card in the field beside the first (or takes it away).
     pub fn place_other(&self, tag: Option<Tag>) {
         self.with_field(|f| f.other = tag.map(Tag::entering_field));
+    }
+
+    /// Answers again after a `freeze_on_write`; the frozen command and any
+    /// bytes that arrived meanwhile are dropped (a new host starts afresh).
+    pub fn thaw(&self) {
+        self.with_field(|f| f.frozen = false);
+        self.thawed.notify_all();
     }
 
     /// A copy of the tag on the reader.
@@ -203,7 +226,7 @@ fn next_frame(buf: &mut Vec<u8>) -> Option<Option<Vec<u8>>> {
     }
 }
 
-fn serve(mut port: std::fs::File, field: Arc<Mutex<Field>>) {
+fn serve(mut port: std::fs::File, field: Arc<Mutex<Field>>, thawed: &Condvar) {
     let mut chip = Chip::new();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
@@ -229,6 +252,15 @@ fn serve(mut port: std::fs::File, field: Arc<Mutex<Field>>) {
             field.log.push(data[1]);
             field.commands += 1;
             let answer = chip.command(data[1], &data[2..], &mut field);
+            if field.frozen {
+                let field = thawed
+                    .wait_while(field, |f| f.frozen)
+                    .unwrap_or_else(|p| p.into_inner());
+                drop(field);
+                // What the host sent before and while frozen is stale.
+                buf.clear();
+                continue;
+            }
             drop(field);
             let _ = port.write_all(&ACK);
             match answer {

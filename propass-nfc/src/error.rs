@@ -26,7 +26,7 @@ pub enum NfcError {
     #[error("the card was removed during the operation; nothing was recorded: start again")]
     TagRemoved,
     /// The card was (or may have been) written but does not read back as expected.
-    #[error("verification failed: the card reads back {got}, expected {expected}; the copy is NOT valid and was not recorded: do not hand this card out")]
+    #[error("verification failed: the card reads back {got}, expected {expected}")]
     VerifyFailed {
         /// What was written.
         expected: String,
@@ -41,7 +41,7 @@ pub enum NfcError {
     NotCopyable(String),
     /// A whole-badge copy failed at a sector once writing had begun: the
     /// blank may hold part of the badge.
-    #[error("the copy failed at sector {sector} ({what}); this blank is spoiled and the copy was NOT recorded: do not hand it out")]
+    #[error("the copy failed at sector {sector} ({what}); the blank may hold part of the badge")]
     SectorFailed {
         /// The sector.
         sector: u8,

@@ -339,6 +339,23 @@ impl Reader {
         }
     }
 
+    /// After a write command of block 0 went unanswered: a card still there
+    /// refused it (nothing written, `refused`); a card that left, or a reader
+    /// that failed, may have written it — never "nothing happened".
+    pub(crate) fn block0_write_failed(&mut self, refused: NfcError) -> NfcError {
+        match self.lost_or(refused) {
+            NfcError::TagRemoved => NfcError::SectorFailed {
+                sector: 0,
+                what: "the card left the field during the write of block 0".into(),
+            },
+            e @ NfcError::ReaderUnplugged(_) => NfcError::SectorFailed {
+                sector: 0,
+                what: format!("the reader failed during the write of block 0: {e}"),
+            },
+            e => e,
+        }
+    }
+
     /// After a failed exchange: `TagRemoved` when the card is gone, else `other`.
     pub(crate) fn lost_or(&mut self, other: NfcError) -> NfcError {
         match self.select() {
@@ -430,7 +447,7 @@ impl Reader {
             let mut cmd = vec![0xA0, 0x00];
             cmd.extend_from_slice(block0);
             if self.exchange(&cmd, 0).is_err() {
-                return Err(self.lost_or(NfcError::NotWritable(
+                return Err(self.block0_write_failed(NfcError::NotWritable(
                     "block 0 is read-only: not a magic card".into(),
                 )));
             }

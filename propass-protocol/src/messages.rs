@@ -226,6 +226,13 @@ pub struct OpPayload {
     /// Absent for a UID-only operation and from the seed client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sectors: Option<SectorMap>,
+    /// `true`: the kiosk wrote the card but could not verify it (the card
+    /// was lifted, the reader failed, the kiosk crashed mid-write): the card
+    /// may work, so it is charged like any copy and flagged in the ledger
+    /// for an operator. Absent (or false) for a verified card and from the
+    /// seed client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<bool>,
 }
 
 /// One queued operation in a push.

@@ -36,6 +36,13 @@ fn every_fixture_round_trips() {
     assert!(issued.credential.starts_with("pdc_"));
     let push: PushRequest = round_trip("push_request_agent.json");
     assert_eq!(push.queue[1].payload.uid.as_bytes().len(), 7);
+    assert_eq!(
+        (
+            push.queue[0].payload.unverified,
+            push.queue[1].payload.unverified
+        ),
+        (None, Some(true))
+    );
     let res: PushResponse = round_trip("push_response.json");
     assert_eq!(res.data[3].status, PushStatus::Failed);
     assert!(res.data[2].overdraft && res.data[1].duplicate);

@@ -78,6 +78,14 @@ local_error_codes! {
     /// Sectors no key opened, and the client wants whole copies only.
     ProtectedSectors = "protected_sectors", UNPROCESSABLE_ENTITY;
     Cancelled = "cancelled", UNPROCESSABLE_ENTITY;
+    /// The local database cannot take a card's intent (read-only, full,
+    /// failing): no card was touched; an operator must look.
+    RecordingUnavailable = "recording_unavailable", SERVICE_UNAVAILABLE;
+    /// The agent is stopping: no card was written.
+    Stopping = "stopping", SERVICE_UNAVAILABLE;
+    /// Written but not verified: recorded as an unverified copy (charged,
+    /// flagged for an operator).
+    CopyUnverified = "copy_unverified", UNPROCESSABLE_ENTITY;
 }
 
 impl std::fmt::Display for LocalErrorCode {
@@ -207,6 +215,13 @@ impl From<KioskError> for ApiError {
             KioskError::Nfc(n) => n.into(),
             KioskError::Store(s) => s.into(),
             KioskError::Unsupported(m) => Self::new(LocalErrorCode::UnsupportedBadge, m),
+            e @ (KioskError::CannotRecord(_) | KioskError::NotRecordedYet(_)) => {
+                Self::new(LocalErrorCode::RecordingUnavailable, e.to_string())
+            }
+            e @ KioskError::Stopping => Self::new(LocalErrorCode::Stopping, e.to_string()),
+            e @ KioskError::Unverified { .. } => {
+                Self::new(LocalErrorCode::CopyUnverified, e.to_string())
+            }
             e @ KioskError::Protected { .. } => {
                 Self::new(LocalErrorCode::ProtectedSectors, e.to_string())
             }

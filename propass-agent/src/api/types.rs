@@ -208,6 +208,9 @@ pub struct QuotaView {
     pub remaining: i64,
     /// Recorded here, not yet synced.
     pub unsynced: i64,
+    /// Held by cards being made right now.
+    #[serde(default)]
+    pub reserved: i64,
     /// The client accepts copies that leave out protected sectors.
     #[serde(default)]
     pub partial_copy: bool,
@@ -220,6 +223,7 @@ impl From<LocalQuota> for QuotaView {
             name: q.name,
             remaining: q.remaining,
             unsynced: q.unsynced,
+            reserved: q.reserved,
             partial_copy: q.partial_copy,
         }
     }

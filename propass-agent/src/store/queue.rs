@@ -75,6 +75,10 @@ pub struct QueuedOp {
     /// A whole-badge copy's sector map.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sectors: Option<SectorMap>,
+    /// Written but not verified (an in-doubt card): charged, and flagged
+    /// for an operator.
+    #[serde(default)]
+    pub unverified: bool,
 }
 
 /// Queue depth by status.
@@ -101,6 +105,8 @@ pub struct NewRecording {
     pub op_id: OpId,
     /// A whole-badge copy's sector map; `None` for a UID-only operation.
     pub sectors: Option<SectorMap>,
+    /// Written but not verified (see [`QueuedOp::unverified`]).
+    pub unverified: bool,
 }
 
 /// Whether the local quota may refuse a recording.
@@ -176,7 +182,7 @@ pub fn record(
     })
 }
 
-fn check_quota(client: ClientId, quota: Option<&LocalQuota>) -> StoreResult<()> {
+pub(super) fn check_quota(client: ClientId, quota: Option<&LocalQuota>) -> StoreResult<()> {
     let q = quota.ok_or(StoreError::UnknownClient(client))?;
     if q.remaining <= 0 {
         return Err(StoreError::QuotaExhausted {
@@ -187,9 +193,9 @@ fn check_quota(client: ClientId, quota: Option<&LocalQuota>) -> StoreResult<()> 
     Ok(())
 }
 
-fn insert(tx: &Transaction<'_>, new: &NewRecording) -> StoreResult<QueuedOp> {
+pub(super) fn insert(tx: &Transaction<'_>, new: &NewRecording) -> StoreResult<QueuedOp> {
     tx.execute(
-        "INSERT INTO queue (op_id, type, client_id, uid, occurred_at, created_at, sectors) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO queue (op_id, type, client_id, uid, occurred_at, created_at, sectors, unverified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             new.op_id.to_string(),
             new.op_type.as_str(),
@@ -197,7 +203,8 @@ fn insert(tx: &Transaction<'_>, new: &NewRecording) -> StoreResult<QueuedOp> {
             new.uid.to_hex(),
             ts(new.occurred_at),
             ts(new.recorded_at),
-            new.sectors.as_ref().map(SectorMap::as_str)
+            new.sectors.as_ref().map(SectorMap::as_str),
+            new.unverified
         ],
     )?;
     Ok(QueuedOp {
@@ -213,11 +220,12 @@ fn insert(tx: &Transaction<'_>, new: &NewRecording) -> StoreResult<QueuedOp> {
         created_at: new.recorded_at,
         synced_at: None,
         sectors: new.sectors.clone(),
+        unverified: new.unverified,
     })
 }
 
 const SELECT_OPS: &str = "SELECT id, op_id, type, client_id, uid, occurred_at, status, attempts, \
-                          last_error, created_at, synced_at, sectors FROM queue";
+                          last_error, created_at, synced_at, sectors, unverified FROM queue";
 
 /// The operation with this op_id.
 pub fn find(conn: &Connection, op_id: OpId) -> StoreResult<Option<QueuedOp>> {
@@ -259,6 +267,7 @@ struct Row {
     created: String,
     synced: Option<String>,
     sectors: Option<String>,
+    unverified: bool,
 }
 
 fn select(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<QueuedOp>> {
@@ -277,6 +286,7 @@ fn select(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreRes
             created: r.get(9)?,
             synced: r.get(10)?,
             sectors: r.get(11)?,
+            unverified: r.get(12)?,
         })
     })?;
     rows.map(|row| parse_row(row?)).collect()
@@ -307,6 +317,7 @@ fn parse_row(row: Row) -> StoreResult<QueuedOp> {
             .map(SectorMap::parse)
             .transpose()
             .map_err(|e| bad("sectors", e.to_string()))?,
+        unverified: row.unverified,
     })
 }
 

@@ -1,6 +1,8 @@
 //! The quota cache: what the server last said of each client (with its
 //! version), and the local remaining derived from it — the server's value
-//! minus the items not yet synced, so a pull never erases local work.
+//! minus the items not yet synced and the units reserved by open intents, so
+//! a pull never erases local work. Both counts go through partial or
+//! status indexes: their cost does not grow with a kiosk's history.
 
 use chrono::{DateTime, Utc};
 use propass_protocol::ClientId;
@@ -19,7 +21,9 @@ pub struct LocalQuota {
     pub server_remaining: i64,
     /// Operations recorded here and not yet synced (pending or failed).
     pub unsynced: i64,
-    /// `server_remaining - unsynced`: what this kiosk may still make.
+    /// Units reserved by cards being made right now (open intents).
+    pub reserved: i64,
+    /// `server_remaining - unsynced - reserved`: what this kiosk may still make.
     pub remaining: i64,
     /// The client accepts a copy that leaves out sectors this kiosk cannot read.
     pub partial_copy: bool,
@@ -67,29 +71,36 @@ pub fn quota_of(conn: &Connection, client: ClientId) -> StoreResult<Option<Local
     let Some((name, server_remaining, partial_copy)) = row else {
         return Ok(None);
     };
-    let unsynced: i64 = conn.query_row(
-        "SELECT count(*) FROM queue WHERE client_id = ?1 AND status != 'synced'",
+    let (unsynced, reserved): (i64, i64) = conn.query_row(
+        &format!("SELECT {UNSYNCED}, {RESERVED} FROM (SELECT ?1 AS client_id) q"),
         [client.get()],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     Ok(Some(LocalQuota {
         client_id: client,
         name,
         server_remaining,
         unsynced,
-        remaining: server_remaining - unsynced,
+        reserved,
+        remaining: server_remaining - unsynced - reserved,
         partial_copy: partial_copy.unwrap_or(false),
     }))
 }
 
+/// Items of `q.client_id` not yet synced: the (client_id, status) index
+/// answers it without walking the synced history.
+const UNSYNCED: &str =
+    "(SELECT count(*) FROM queue WHERE client_id = q.client_id AND status IN ('pending', 'failed'))";
+
+/// Units of `q.client_id` held by open intents (the partial index).
+const RESERVED: &str = "(SELECT count(*) FROM intents WHERE client_id = q.client_id AND step IN ('reserved', 'writing'))";
+
 /// Every known client's quota.
 pub fn quotas(conn: &Connection) -> StoreResult<Vec<LocalQuota>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT q.client_id, q.name, q.server_remaining, \
-                (SELECT count(*) FROM queue WHERE client_id = q.client_id AND status != 'synced'), \
-                q.partial_copy \
-         FROM quotas q ORDER BY q.client_id",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT q.client_id, q.name, q.server_remaining, {UNSYNCED}, q.partial_copy, {RESERVED} \
+         FROM quotas q ORDER BY q.client_id"
+    ))?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -97,17 +108,19 @@ pub fn quotas(conn: &Connection) -> StoreResult<Vec<LocalQuota>> {
             r.get::<_, i64>(2)?,
             r.get::<_, i64>(3)?,
             r.get::<_, Option<bool>>(4)?,
+            r.get::<_, i64>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, name, server_remaining, unsynced, partial_copy) = row?;
+        let (id, name, server_remaining, unsynced, partial_copy, reserved) = row?;
         out.push(LocalQuota {
             client_id: ClientId::new(id).map_err(|e| StoreError::Invalid(e.to_string()))?,
             name,
             server_remaining,
             unsynced,
-            remaining: server_remaining - unsynced,
+            reserved,
+            remaining: server_remaining - unsynced - reserved,
             partial_copy: partial_copy.unwrap_or(false),
         });
     }

@@ -52,6 +52,27 @@ ALTER TABLE quotas ADD COLUMN server_version INTEGER;
 ALTER TABLE quotas ADD COLUMN partial_copy INTEGER;
 ALTER TABLE queue ADD COLUMN sectors TEXT;
 "#,
+    // Write-ahead intents: a unit is reserved and the card named before any
+    // blank is touched; `writing` is durable before the first write command,
+    // so a crash leaves an intent that start-up settles (see `intents`).
+    // An in-doubt card is queued with `unverified`.
+    r#"
+CREATE TABLE intents (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    op_id       TEXT NOT NULL UNIQUE,
+    type        TEXT NOT NULL CHECK (type IN ('copy', 'write')),
+    client_id   INTEGER NOT NULL,
+    uid         TEXT NOT NULL,
+    sectors     TEXT,
+    blank_uid   TEXT,
+    step        TEXT NOT NULL CHECK (step IN ('reserved', 'writing', 'recorded', 'in_doubt', 'void')),
+    reason      TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX intents_open ON intents (client_id) WHERE step IN ('reserved', 'writing');
+ALTER TABLE queue ADD COLUMN unverified INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Opens (or creates) the database at `path`, refusing foreign, newer or

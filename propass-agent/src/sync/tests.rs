@@ -166,6 +166,7 @@ async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
             occurred_at: now,
             recorded_at: now,
             op_id: crate::seams::Rng::new_op_id(&SystemRng),
+            unverified: false,
         };
         store.record(new, QuotaPolicy::CardExists).await.unwrap();
     }

@@ -26,6 +26,7 @@ fn queue_item(op: &QueuedOp) -> QueueItem {
             uid: op.uid.clone(),
             occurred_at: Some(op.occurred_at),
             sectors: op.sectors.clone(),
+            unverified: op.unverified.then_some(true),
         },
     }
 }

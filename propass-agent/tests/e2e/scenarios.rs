@@ -461,14 +461,12 @@ async fn wait_step(events: &mut reqwest::Response, step: &str) {
     panic!("no {step} step; events: {buf}");
 }
 
-/// Starts a copy, waits until the agent asks for a blank, puts `blank` on
-/// the reader, and returns the copy's answer.
-async fn copy_at_reader(
-    agent: &Agent,
-    emu: &propass_nfc::emulator::Emulator,
-    client: i64,
-    blank: propass_nfc::emulator::Tag,
-) -> (u16, serde_json::Value) {
+/// The answer to a copy started with [`begin_copy`].
+type CopyAnswer = tokio::task::JoinHandle<Option<(u16, serde_json::Value)>>;
+
+/// Starts a copy and returns once the agent asks for a blank; the answer
+/// (`None` when the agent went away first) comes from the handle.
+async fn begin_copy(agent: &Agent, client: i64) -> CopyAnswer {
     let mut events = agent
         .http
         .get("http://agent/v1/events")
@@ -482,15 +480,124 @@ async fn copy_at_reader(
             .json(&json!({"client_id": client}))
             .send()
             .await
-            .unwrap();
-        (
+            .ok()?;
+        Some((
             res.status().as_u16(),
-            res.json::<serde_json::Value>().await.unwrap(),
-        )
+            res.json::<serde_json::Value>().await.ok()?,
+        ))
     });
     wait_step(&mut events, "waiting_for_blank").await;
+    copy
+}
+
+/// Starts a copy, waits until the agent asks for a blank, puts `blank` on
+/// the reader, and returns the copy's answer.
+async fn copy_at_reader(
+    agent: &Agent,
+    emu: &propass_nfc::emulator::Emulator,
+    client: i64,
+    blank: propass_nfc::emulator::Tag,
+) -> (u16, serde_json::Value) {
+    let copy = begin_copy(agent, client).await;
     emu.place(Some(blank));
-    copy.await.unwrap()
+    copy.await.unwrap().expect("the agent answered")
+}
+
+/// An agent at an emulated reader holding `badge`, enrolled and synced.
+async fn agent_at_reader(
+    server: &Server,
+    badge: propass_nfc::emulator::Tag,
+) -> (Agent, propass_nfc::emulator::Emulator) {
+    let emu = propass_nfc::emulator::Emulator::start(Some(badge)).unwrap();
+    let conn = emu.connstring();
+    let agent = Agent::new(
+        &server.url(),
+        &[
+            ("PROPASS_READER", conn.as_str()),
+            ("PROPASS_CARD_TIMEOUT_SECS", "20"),
+        ],
+    )
+    .await;
+    agent.enroll(server).await;
+    assert_eq!(agent.sync().await.0, 200);
+    (agent, emu)
+}
+
+/// SIGKILL while the blank is being written: the card may exist, so the next
+/// start records it — as unverified, charged, once — and syncs it.
+#[tokio::test]
+async fn a_kiosk_killed_while_writing_records_the_card_as_unverified_at_its_next_start() {
+    use propass_nfc::emulator::{Tag, TagKind};
+    let server = Server::new().await;
+    let client = server.add_client("Crash Co", 5);
+    let badge = Tag::classic(TagKind::Classic1k, [0x04, 0xAB, 0x12, 0xCD]);
+    let (mut agent, emu) = agent_at_reader(&server, badge).await;
+    // The reader goes silent when block 0 of the blank is written: the
+    // agent is left mid-write, where it is killed.
+    emu.with_field(|f| f.freeze_on_write = Some(0));
+    let copy = begin_copy(&agent, client).await;
+    emu.place(Some(Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04])));
+    let frozen = eventually(Duration::from_secs(20), || async {
+        emu.with_field(|f| f.frozen)
+    })
+    .await;
+    assert!(frozen, "the write never started: {}", agent.log());
+    agent.kill9();
+    assert_eq!(copy.await.unwrap(), None, "the kiosk died before answering");
+    emu.thaw();
+
+    agent.start().await;
+    let (_, queue) = agent.call(Method::GET, "/v1/queue", None).await;
+    let items = queue.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{queue}");
+    assert_eq!(items[0]["unverified"], true);
+    assert_eq!(items[0]["uid"], "04AB12CD");
+    assert_eq!(agent.remaining(client).await, Some(4), "charged");
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(server.ledger_count().await, 1);
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM copies WHERE unverified")
+            .await,
+        1,
+        "flagged for an operator"
+    );
+    assert_eq!(server.remaining(client), 4);
+    // Started again: nothing is settled twice.
+    agent.kill9();
+    agent.start().await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(server.ledger_count().await, 1);
+}
+
+/// SIGTERM while the kiosk waits for a blank: the flow ends (its unit goes
+/// back), the agent exits cleanly, and no blank is written afterwards.
+#[tokio::test]
+async fn a_kiosk_stopped_while_waiting_for_a_blank_writes_nothing() {
+    use propass_nfc::emulator::{Tag, TagKind};
+    let server = Server::new().await;
+    let client = server.add_client("Stop Co", 5);
+    let badge = Tag::classic(TagKind::Classic1k, [0x04, 0xAB, 0x12, 0xCD]);
+    let (mut agent, emu) = agent_at_reader(&server, badge).await;
+    let copy = begin_copy(&agent, client).await;
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.log());
+    let answer = copy
+        .await
+        .unwrap()
+        .expect("the flow answered before the agent stopped");
+    assert_eq!(
+        (answer.0, answer.1["error"]["code"].as_str()),
+        (503, Some("stopping")),
+        "{answer:?}"
+    );
+    // The blank arrives after the stop: nothing touches it.
+    let blank = Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04]);
+    emu.place(Some(blank.clone()));
+    agent.start().await;
+    assert_eq!(emu.tag().unwrap().memory(), blank.memory());
+    assert_eq!(agent.pending().await, 0);
+    assert_eq!(agent.remaining(client).await, Some(5), "the unit went back");
 }
 
 /// The kiosk flow on an emulated PN532 through the real libnfc: badge read,

@@ -229,11 +229,15 @@ async fn insert_new(
         .iter()
         .map(|o| o.item.payload.sectors.as_ref().map(|m| m.as_str()))
         .collect();
+    let unverified: Vec<bool> = ops
+        .iter()
+        .map(|o| o.item.payload.unverified == Some(true))
+        .collect();
     let inserted: Vec<InsertedRow> = diesel::sql_query(
-        "INSERT INTO copies (idempotency_key, op_id, device_id, local_id, client_id, uid, kind, occurred_at, sectors) \
-         SELECT k, o, $3, l, c, u, t, w, s \
-         FROM unnest($1::text[], $2::uuid[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[], $9::text[]) \
-              AS x(k, o, l, c, u, t, w, s) \
+        "INSERT INTO copies (idempotency_key, op_id, device_id, local_id, client_id, uid, kind, occurred_at, sectors, unverified) \
+         SELECT k, o, $3, l, c, u, t, w, s, v \
+         FROM unnest($1::text[], $2::uuid[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[], $9::text[], $10::bool[]) \
+              AS x(k, o, l, c, u, t, w, s, v) \
          JOIN device_clients dc ON dc.client_id = x.c AND dc.device_id = $3 \
          ORDER BY k \
          ON CONFLICT (idempotency_key) DO NOTHING \
@@ -248,6 +252,7 @@ async fn insert_new(
     .bind::<Array<Text>, _>(&kinds)
     .bind::<Array<Timestamptz>, _>(&occurred)
     .bind::<Array<Nullable<Text>>, _>(&sectors)
+    .bind::<Array<diesel::sql_types::Bool>, _>(&unverified)
     .load(conn)
     .await?;
     Ok(inserted

@@ -85,6 +85,7 @@ diesel::table! {
         received_at -> Timestamptz,
         overdraft -> Bool,
         sectors -> Nullable<Text>,
+        unverified -> Bool,
     }
 }
 diesel::joinable!(quotas -> clients (client_id));

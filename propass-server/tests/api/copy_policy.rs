@@ -1,6 +1,9 @@
-//! Whole-badge copies: the sector map in the ledger, and each client's
-//! partial-copy policy (set by the operator, told to kiosks by pull).
+//! Whole-badge copies: the sector map in the ledger, each client's
+//! partial-copy policy (set by the operator, told to kiosks by pull), and
+//! unverified copies (charged and flagged).
 
+use diesel::QueryDsl;
+use diesel_async::RunQueryDsl;
 use propass_protocol::ClientId;
 use propass_server::db;
 use serde_json::{json, Value};
@@ -19,6 +22,38 @@ fn agent_copy(id: i64, client: i64, uid: &str, sectors: Option<&str>) -> Value {
         payload["sectors"] = json!(s);
     }
     json!({"id": id, "op_id": uuid::Uuid::now_v7(), "type": "copy", "payload": payload})
+}
+
+#[tokio::test]
+async fn an_unverified_copy_is_charged_and_flagged_in_the_ledger() {
+    use propass_server::db::schema::copies;
+    let app = spawn_app().await;
+    let client = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    let mut unverified = agent_copy(1, client, "04AB12CD", None);
+    unverified["payload"]["unverified"] = json!(true);
+    let mut verified = agent_copy(2, client, "04AB12CE", None);
+    verified["payload"]["unverified"] = json!(false);
+    let items = vec![
+        unverified,
+        verified,
+        agent_copy(3, client, "04AB12CF", None),
+        seed_item(4, client, "04AB12D0"),
+    ];
+    let data = app.push_ok(&token, &batch("K1", items)).await;
+    assert!(data.iter().all(|r| r["status"] == "synced"), "{data:?}");
+    let flags: Vec<(i64, bool)> = copies::table
+        .select((copies::local_id, copies::unverified))
+        .order(copies::local_id)
+        .load(&mut app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(flags, [(1, true), (2, false), (3, false), (4, false)]);
+    assert_eq!(
+        app.remaining(&token, client).await,
+        6,
+        "all four are charged"
+    );
 }
 
 #[tokio::test]
