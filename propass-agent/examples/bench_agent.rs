@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use propass_agent::store::{ServerQuota, Store};
+use propass_agent::store::{LeaseWord, ServerQuota, Store};
 use propass_protocol::{ClientId, OpId};
 use propass_test_support::{free_port, ProcessGuard, TempDir, TestDatabase};
 use serde_json::{json, Value};
@@ -51,6 +51,7 @@ async fn seed_quota(dir: &Path, remaining: i64) -> Result<Store, String> {
                 remaining,
                 name: None,
                 version: None,
+                lease: LeaseWord::NoLease,
             }],
             chrono::Utc::now(),
         )
@@ -246,6 +247,7 @@ async fn main() -> Result<(), String> {
                 remaining: (backlog * 2) as i64,
                 name: None,
                 version: None,
+                lease: LeaseWord::NoLease,
             }],
             chrono::Utc::now(),
         )

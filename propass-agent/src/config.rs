@@ -103,8 +103,8 @@ agent_config! {
         "libnfc connection string, e.g. `pn532_uart:/dev/ttyUSB0`";
     card_timeout_secs: u64 = 30, "PROPASS_CARD_TIMEOUT_SECS", "30",
         "how long to wait for a card at the reader (1 to 600)";
-    stop_grace_secs: u64 = 15, "PROPASS_STOP_GRACE_SECS", "15",
-        "on SIGTERM, how long a card already being written may take to finish and be recorded (a flow still waiting for a card is cancelled at once); keep it below the unit's `TimeoutStopSec` (20 s)";
+    stop_grace_secs: u64 = 10, "PROPASS_STOP_GRACE_SECS", "10",
+        "on SIGTERM, how long a card already being written may take to finish and be recorded (a flow still waiting for a card is cancelled at once); the rest of the stop takes up to 10 s more (answers, giving the lease back), so keep the sum below the unit's `TimeoutStopSec` (20 s)";
     server_ca_file: Option<PathBuf> = None, "PROPASS_SERVER_CA_FILE", "—",
         "PEM file of the CA that signed the server's certificate, trusted besides the system's (a private PKI)";
     allow_insecure_http: bool = false, "PROPASS_ALLOW_INSECURE_HTTP", "false",

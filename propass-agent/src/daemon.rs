@@ -140,6 +140,17 @@ async fn serve(config: AgentConfig) -> Result<(), String> {
     }
     let _ = stop_tx.send(true);
     handle.stop(true).await;
+    // Units set aside for this kiosk go back for other kiosks to spend —
+    // once the flows have answered, only when everything is pushed, and
+    // without holding the stop up.
+    match tokio::time::timeout(Duration::from_secs(3), agent.release_leases()).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => tracing::info!("leases kept: work is still queued (or none is held)"),
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "leases kept: the server will have them back when an operator reclaims them or this kiosk returns")
+        }
+        Err(_) => tracing::info!("leases kept: the server did not answer in time"),
+    }
     let _ = tokio::time::timeout(Duration::from_secs(4), async {
         let _ = sync_task.await;
         let _ = ws_task.await;

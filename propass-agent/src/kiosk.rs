@@ -91,21 +91,29 @@ fn failed(agent: &Agent, uid: Option<String>, e: KioskError) -> KioskError {
 }
 
 /// Checks, before any card is touched, that the client may get one more
-/// card; its quota (with its copy policy).
+/// card; its quota (with its copy policy). A kiosk whose lease is spent asks
+/// the server for more first when it can reach it.
 async fn precheck(agent: &Agent, client: ClientId) -> Result<LocalQuota, KioskError> {
-    let q = agent
-        .store
-        .quota(client)
-        .await?
-        .ok_or(StoreError::UnknownClient(client))?;
-    if q.remaining <= 0 {
-        return Err(StoreError::QuotaExhausted {
-            client,
-            remaining: q.remaining,
+    match agent.store.spendable(client).await {
+        Err(StoreError::LeaseExhausted { .. }) if agent.link().online => {
+            if let Err(e) = agent.sync_once().await {
+                tracing::info!(error = %e, "could not ask the server for more units");
+            }
+            match agent.store.spendable(client).await {
+                // The server was asked and had nothing to set aside.
+                Err(StoreError::LeaseExhausted { .. }) if agent.link().online => {
+                    let q = agent.store.quota(client).await?;
+                    Err(StoreError::QuotaExhausted {
+                        client,
+                        remaining: q.map_or(0, |q| q.server_remaining.min(0)),
+                    }
+                    .into())
+                }
+                other => Ok(other?),
+            }
         }
-        .into());
+        other => Ok(other?),
     }
-    Ok(q)
 }
 
 /// Starts a flow at the reader, unless the agent is stopping. The stop
@@ -554,6 +562,7 @@ mod tests {
             name: None,
             remaining,
             version: None,
+            lease: crate::store::LeaseWord::NoLease,
         };
         store
             .apply_pull(vec![quota], SystemClock.now_utc())

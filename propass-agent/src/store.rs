@@ -40,7 +40,7 @@ pub use queue::{
     ItemOutcome, ItemStatus, NewRecording, PushApplied, QueueCounts, QueuedOp, QuotaPolicy,
     Recorded,
 };
-pub use quotas::{LocalQuota, ServerQuota};
+pub use quotas::{LeaseWord, LocalQuota, ServerQuota};
 pub use schema::APPLICATION_ID;
 pub use session::Session;
 
@@ -71,6 +71,14 @@ pub enum StoreError {
         client: ClientId,
         /// Its local remaining.
         remaining: i64,
+    },
+    /// The units the server set aside for this kiosk are spent: refused
+    /// before any card is touched, until the server sets more aside.
+    #[error("no copies left for {name} at this kiosk until it reconnects to the server (it may spend only the units the server set aside for it)")]
+    LeaseExhausted {
+        client: ClientId,
+        /// The client's name, or "client N".
+        name: String,
     },
     /// Any other SQLite failure.
     #[error("local database error: {0}")]
@@ -229,6 +237,11 @@ impl Store {
             .await
     }
 
+    /// Notes that the kiosk gave its leases back (see [`quotas::leases_returned`]).
+    pub async fn leases_returned(&self) -> StoreResult<()> {
+        self.with(|c| quotas::leases_returned(c)).await
+    }
+
     /// A live update of one client's quota.
     pub async fn apply_quota_update(
         &self,
@@ -241,6 +254,17 @@ impl Store {
     /// Every known client's quota.
     pub async fn quotas(&self) -> StoreResult<Vec<LocalQuota>> {
         self.with(|c| quotas::quotas(c)).await
+    }
+
+    /// One client's quota if it may get one more card here; else why not
+    /// (unknown, quota or lease exhausted).
+    pub async fn spendable(&self, client: ClientId) -> StoreResult<LocalQuota> {
+        self.with(move |c| {
+            let q = quotas::quota_of(c, client)?;
+            queue::check_quota(client, q.as_ref())?;
+            q.ok_or(StoreError::UnknownClient(client))
+        })
+        .await
     }
 
     /// One client's quota, `None` when unknown here.
@@ -340,6 +364,7 @@ pub(crate) mod tests {
             remaining: 2,
             name: None,
             version: None,
+            lease: LeaseWord::NoLease,
         };
         store.apply_pull(vec![q], at(0)).await.unwrap();
     }
@@ -414,6 +439,7 @@ pub(crate) mod tests {
             name: None,
             remaining,
             version: Some(version),
+            lease: LeaseWord::Unsaid,
         };
         store.apply_quota_update(q(10, 5), at(0)).await.unwrap();
         store.apply_quota_update(q(12, 4), at(1)).await.unwrap(); // late, older
@@ -487,5 +513,66 @@ pub(crate) mod tests {
         let q = store.quota(c).await.unwrap().unwrap();
         assert_eq!((q.remaining, q.reserved), (1, 0));
         assert!(store.settle_interrupted(at(4)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn with_a_lease_the_kiosk_spends_only_its_own_units() {
+        let store = Store::open(&temp("agent.db")).unwrap();
+        let c = ClientId::new(1).unwrap();
+        let said = |remaining, lease| ServerQuota {
+            partial_copy: None,
+            client: c,
+            remaining,
+            name: Some("ACME".into()),
+            version: None,
+            lease,
+        };
+        store
+            .apply_pull(vec![said(100, LeaseWord::Units(2))], at(0))
+            .await
+            .unwrap();
+        assert_eq!(store.quota(c).await.unwrap().unwrap().remaining, 2);
+        store
+            .record(copy(c, 1), QuotaPolicy::Enforce)
+            .await
+            .unwrap();
+        store
+            .record(copy(c, 2), QuotaPolicy::Enforce)
+            .await
+            .unwrap();
+        let refused = store.record(copy(c, 3), QuotaPolicy::Enforce).await;
+        let Err(e @ StoreError::LeaseExhausted { .. }) = refused else {
+            panic!("expected the lease to be spent: {refused:?}");
+        };
+        assert!(e.to_string().contains("ACME"), "{e}");
+        assert!(e.to_string().contains("until it reconnects"), "{e}");
+
+        // The push that syncs both says the lease is spent; a live update
+        // (no word on the lease) leaves it.
+        let pushed = store.pending(10).await.unwrap();
+        let outcomes = pushed
+            .iter()
+            .map(|o| ItemOutcome {
+                id: o.id,
+                op_id: Some(o.op_id),
+                result: Ok(()),
+            })
+            .collect();
+        store
+            .apply_push(outcomes, vec![said(100, LeaseWord::Units(0))], at(2))
+            .await
+            .unwrap();
+        store
+            .apply_quota_update(said(120, LeaseWord::Unsaid), at(3))
+            .await
+            .unwrap();
+        let q = store.quota(c).await.unwrap().unwrap();
+        assert_eq!((q.lease, q.remaining), (Some(0), 0));
+        // A server without leases: the kiosk spends the free units again.
+        store
+            .apply_pull(vec![said(120, LeaseWord::NoLease)], at(4))
+            .await
+            .unwrap();
+        assert_eq!(store.quota(c).await.unwrap().unwrap().remaining, 120);
     }
 }

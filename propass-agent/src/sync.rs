@@ -321,6 +321,41 @@ impl Agent {
         result
     }
 
+    /// On a clean shutdown: once everything is pushed, gives the units the
+    /// server set aside for this kiosk back, so other kiosks can spend them;
+    /// the kiosk then holds none until its next pull. With work still queued
+    /// the lease stays (the queued copies were made from it).
+    pub async fn release_leases(&self) -> Result<bool, SyncError> {
+        let _guard = self.sync_lock.lock().await;
+        let counts = self.store.counts().await?;
+        let quotas = self.store.quotas().await?;
+        let held = quotas.iter().any(|q| q.lease.is_some_and(|l| l > 0));
+        let making = quotas.iter().any(|q| q.reserved > 0);
+        if counts.pending > 0 || making || !held {
+            return Ok(false);
+        }
+        let creds = self.fresh_credentials().await?;
+        match self
+            .server
+            .release_leases(&creds.server, &creds.token)
+            .await
+        {
+            Ok(answer) => {
+                self.store.leases_returned().await?;
+                let units: i64 = answer.released.iter().map(|l| l.units).sum();
+                tracing::info!(units, "leases given back to the server");
+                Ok(true)
+            }
+            Err(UpstreamError::Unreachable(m)) => Err(SyncError::Offline(m)),
+            Err(UpstreamError::Refused {
+                status, message, ..
+            }) => Err(SyncError::Server(format!(
+                "lease release refused ({status}): {message}"
+            ))),
+            Err(UpstreamError::Unreadable(m)) => Err(SyncError::Server(m)),
+        }
+    }
+
     async fn sync_inner(&self) -> Result<SyncSummary, SyncError> {
         let mut creds = self.fresh_credentials().await?;
         let mut summary = SyncSummary::default();
@@ -422,7 +457,7 @@ impl Agent {
         items: usize,
         summary: &mut SyncSummary,
     ) -> Result<(), SyncError> {
-        let quotas = answer.quotas.into_iter().map(wire::updated_quota).collect();
+        let quotas = wire::pushed_quotas(answer.quotas, &answer.leases);
         let outcomes = wire::outcomes(answer.data);
         let now = self.clock.now_utc();
         let applied = self.store.apply_push(outcomes, quotas, now).await?;

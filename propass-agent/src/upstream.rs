@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use propass_protocol::{
-    DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorBody, ErrorCode, LoginRequest,
-    LoginResponse, PullResponse, PushRequest, PushResponse, RefreshResponse,
+    DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorBody, ErrorCode,
+    LeaseReleaseResponse, LoginRequest, LoginResponse, PullResponse, PushRequest, PushResponse,
+    RefreshResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -78,6 +79,13 @@ pub trait ServerClient: Send + Sync {
         server: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>>;
+
+    /// `DELETE /api/sync/lease`: gives this kiosk's unused units back.
+    fn release_leases<'a>(
+        &'a self,
+        server: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, UpstreamResult<LeaseReleaseResponse>>;
 }
 
 /// [`ServerClient`] over reqwest.
@@ -206,9 +214,23 @@ impl ServerClient for HttpServerClient {
         server: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
+        // Always with leases: units set aside for this kiosk are what it
+        // may spend offline (a server without leases ignores the query).
         let req = self
             .http
-            .get(format!("{server}/api/sync/pull"))
+            .get(format!("{server}/api/sync/pull?lease=true"))
+            .bearer_auth(token);
+        Box::pin(answer(req, self.max_answer_bytes))
+    }
+
+    fn release_leases<'a>(
+        &'a self,
+        server: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, UpstreamResult<LeaseReleaseResponse>> {
+        let req = self
+            .http
+            .delete(format!("{server}/api/sync/lease"))
             .bearer_auth(token);
         Box::pin(answer(req, self.max_answer_bytes))
     }

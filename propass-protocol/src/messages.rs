@@ -363,6 +363,30 @@ pub struct PushResponse {
     /// update its cache in the same step that marks the items synced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaUpdated>,
+    /// Optional: the units the pushing kiosk still holds in lease for each
+    /// client the batch names, after this batch consumed its copies. Only
+    /// for a kiosk that holds leases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<LeaseEntry>,
+}
+
+/// `DELETE /api/sync/lease` answer: the units given back, by client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReleaseResponse {
+    /// Always `true`.
+    pub success: bool,
+    /// What the kiosk held and gave back.
+    pub released: Vec<LeaseEntry>,
+}
+
+/// The units of a client's quota set aside for one kiosk: it may make that
+/// many copies with no server in reach, and no other kiosk can spend them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseEntry {
+    /// The client whose units they are.
+    pub client_id: ClientId,
+    /// Units the kiosk holds (0: none).
+    pub units: i64,
 }
 
 /// One client's quota as a kiosk sees it.
@@ -370,7 +394,8 @@ pub struct PushResponse {
 pub struct QuotaEntry {
     /// The client.
     pub client_id: ClientId,
-    /// Copies left; negative after an overdraft.
+    /// Copies left that no kiosk holds in lease (what a kiosk without a
+    /// lease may spend); negative after an overdraft.
     pub remaining: i64,
     /// The client's name, for display.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -383,6 +408,11 @@ pub struct QuotaEntry {
     /// cannot read (absent: it does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial_copy: Option<bool>,
+    /// Optional: the units this kiosk holds in lease for the client (asked
+    /// for with `?lease=true`, refilled in the same answer when low). A
+    /// kiosk with a lease spends only from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
 }
 
 /// `GET /api/sync/pull` answer.

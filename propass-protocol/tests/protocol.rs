@@ -46,8 +46,13 @@ fn every_fixture_round_trips() {
     let res: PushResponse = round_trip("push_response.json");
     assert_eq!(res.data[3].status, PushStatus::Failed);
     assert!(res.data[2].overdraft && res.data[1].duplicate);
+    assert_eq!(res.leases[0].units, 7);
     let pull: PullResponse = round_trip("pull_response.json");
     assert_eq!(pull.quotas[1].remaining, -1);
+    assert_eq!(
+        (pull.quotas[0].lease, pull.quotas[1].lease),
+        (Some(10), None)
+    );
     round_trip::<HealthResponse>("health_response.json");
     let err: ErrorBody = round_trip("error_body.json");
     assert_eq!(err.error.code, ErrorCode::PayloadTooLarge);

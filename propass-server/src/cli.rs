@@ -131,6 +131,20 @@ enum ClientCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set how many units each kiosk holds in lease for a client (spendable offline)
+    Lease {
+        /// Client id
+        client_id: ClientId,
+        /// Units a kiosk's lease is refilled up to (0: no leases for this client)
+        #[arg(long, required_unless_present = "default")]
+        target: Option<u32>,
+        /// Refill once a lease holds fewer units than this [default: half the target]
+        #[arg(long)]
+        low_water: Option<u32>,
+        /// Use the server's lease_target and lease_low_water again
+        #[arg(long, conflicts_with_all = ["target", "low_water"])]
+        default: bool,
+    },
     /// Set a client's copy policy; prints it. Kiosks learn it at their next pull
     Policy {
         /// Client id
@@ -318,6 +332,12 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             json,
         }) => client_add(conn, name, quota, partial_copy, json).await,
         Command::Client(ClientCmd::List { json }) => client_list(conn, json).await,
+        Command::Client(ClientCmd::Lease {
+            client_id,
+            target,
+            low_water,
+            default: _,
+        }) => client_lease(conn, client_id, target, low_water).await,
         Command::Client(ClientCmd::Policy {
             client_id,
             partial_copy,
@@ -452,24 +472,61 @@ async fn client_list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), Str
     if json {
         let v: Vec<_> = rows
             .iter()
-            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "total": r.total, "used": r.used, "remaining": r.remaining(), "partial_copy": r.partial_copy}))
+            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "total": r.total, "used": r.used, "leased": r.leased, "remaining": r.remaining(), "partial_copy": r.partial_copy}))
             .collect();
         return print_json(&v);
     }
     println!(
-        "{:>6}  {:>9}  {:>9}  {:>9}  {:<7}  NAME",
-        "ID", "TOTAL", "USED", "REMAINING", "PARTIAL"
+        "{:>6}  {:>9}  {:>9}  {:>9}  {:>9}  {:<7}  NAME",
+        "ID", "TOTAL", "USED", "LEASED", "REMAINING", "PARTIAL"
     );
     for r in rows {
         println!(
-            "{:>6}  {:>9}  {:>9}  {:>9}  {:<7}  {}",
+            "{:>6}  {:>9}  {:>9}  {:>9}  {:>9}  {:<7}  {}",
             r.id,
             r.total,
             r.used,
+            r.leased,
             r.remaining(),
             policy_word(r.partial_copy),
             r.name
         );
+    }
+    Ok(())
+}
+
+async fn client_lease(
+    conn: &mut AsyncPgConnection,
+    client_id: ClientId,
+    target: Option<u32>,
+    low_water: Option<u32>,
+) -> Result<(), String> {
+    let low_water = match (target, low_water) {
+        (Some(t), Some(l)) if l > t => {
+            return Err(format!(
+                "--low-water {l} is above --target {t}: a lease would be refilled at every sync"
+            ))
+        }
+        (Some(t), None) => Some(t.div_ceil(2)),
+        (_, l) => l,
+    };
+    if !db::leases::set_policy(
+        conn,
+        client_id,
+        target.map(i64::from),
+        low_water.map(i64::from),
+    )
+    .await
+    .map_err(dberr)?
+    {
+        return Err(format!("no client with id {client_id}"));
+    }
+    match target {
+        Some(t) => eprintln!(
+            "client {client_id}: kiosks hold up to {t} unit(s) each, refilled below {}; a smaller lease shrinks as it is spent (`device reclaim` takes it back now)",
+            low_water.unwrap_or(0)
+        ),
+        None => eprintln!("client {client_id}: the server's default lease sizes"),
     }
     Ok(())
 }

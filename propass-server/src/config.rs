@@ -62,6 +62,8 @@ pub struct Config {
     pub device_credential_lifetime: Duration,
     pub device_pushes_per_minute: u32,
     pub device_items_per_day: u64,
+    /// Lease sizes for clients that set none.
+    pub lease: crate::db::leases::LeasePolicy,
     pub body_read_timeout: Duration,
     pub max_batch_items: usize,
     pub max_body_bytes: usize,
@@ -174,6 +176,10 @@ settings! {
     device_pushes_per_minute: u32 = 600, env "PROPASS_DEVICE_PUSHES_PER_MINUTE", flag "";
     /// New ledger rows one device may add per UTC day, by the time they reach the server; a push that would pass it is answered 429 with `Retry-After` and records nothing; 0: no limit. Leave room for a kiosk's backlog after days offline.
     device_items_per_day: u64 = 100_000, env "PROPASS_DEVICE_ITEMS_PER_DAY", flag "";
+    /// Units of a client's quota a kiosk holds in lease (spendable offline), unless the client sets its own (`client lease`); 0: no leases (kiosks spend the free units optimistically, and the server flags overdrafts).
+    lease_target: u64 = 10, env "PROPASS_LEASE_TARGET", flag "";
+    /// A kiosk's lease is refilled to the target at its next sync once it holds fewer units than this (at most the target), unless the client sets its own.
+    lease_low_water: u64 = 5, env "PROPASS_LEASE_LOW_WATER", flag "";
     /// A request body must arrive within this many seconds of the request (408 after): a body that trickles in holds a connection and a worker. The seed client gives up after 10 s and our agent after 30 s anyway.
     body_read_timeout_secs: u64 = 60, env "PROPASS_BODY_READ_TIMEOUT_SECS", flag "";
     /// Items per push (413 above). The seed client pushes its whole queue at once: a seed kiosk with more unsynced items than this cannot sync until the limit is raised.
@@ -468,6 +474,11 @@ impl Settings {
             ),
             device_pushes_per_minute: self.device_pushes_per_minute,
             device_items_per_day: self.device_items_per_day,
+            lease: crate::db::leases::LeasePolicy {
+                target: i64::try_from(self.lease_target).unwrap_or(i64::MAX),
+                low_water: i64::try_from(self.lease_low_water.min(self.lease_target))
+                    .unwrap_or(i64::MAX),
+            },
             body_read_timeout: secs(self.body_read_timeout_secs.max(1)),
             max_batch_items: self.max_batch_items.max(1),
             max_body_bytes: self.max_body_bytes.max(1024),

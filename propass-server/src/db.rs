@@ -9,6 +9,7 @@ pub mod connect;
 pub mod copies;
 pub mod devices;
 pub mod enrollment;
+pub mod leases;
 pub mod pool;
 pub mod schema;
 pub mod users;

@@ -133,6 +133,9 @@ pub struct BatchOutcome {
     /// Remaining of every known client the batch names, charged or not, by
     /// client id (answered to the pusher).
     pub named: Vec<QuotaUpdated>,
+    /// `(client id, units)` the pushing device still holds in lease for the
+    /// named clients it holds one of, after this batch (answered to the pusher).
+    pub leases: Vec<(i64, i64)>,
 }
 
 /// Where pushes are recorded.

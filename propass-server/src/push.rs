@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use propass_protocol::{
-    CopyCompleted, DeviceId, OpId, PushItemResult, PushResponse, PushStatus, QueueItem,
-    QuotaUpdated, SyncCompleted, WsMessage,
+    ClientId, CopyCompleted, DeviceId, LeaseEntry, OpId, PushItemResult, PushResponse, PushStatus,
+    QueueItem, QuotaUpdated, SyncCompleted, WsMessage,
 };
 
 use crate::device::Caller;
@@ -125,6 +125,16 @@ pub async fn push(
             success: true,
             data,
             quotas: batch.named,
+            leases: batch
+                .leases
+                .into_iter()
+                .filter_map(|(c, units)| {
+                    Some(LeaseEntry {
+                        client_id: ClientId::new(c).ok()?,
+                        units,
+                    })
+                })
+                .collect(),
         },
         quota_updates,
         to_pusher,

@@ -47,6 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth_limit: usize) {
         .route("/api/auth/refresh", web::post().to(auth::refresh))
         .route("/api/sync/push", web::post().to(sync::push))
         .route("/api/sync/pull", web::get().to(sync::pull))
+        .route("/api/sync/lease", web::delete().to(sync::release_leases))
         .route("/ws", web::get().to(ws_session::upgrade))
         // The seed client's default `wsUrl` is the bare server address.
         .route("/", web::get().to(ws_session::upgrade))

@@ -167,7 +167,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let code = match e {
             StoreError::UnknownClient(_) => LocalErrorCode::UnknownClient,
-            StoreError::QuotaExhausted { .. } => LocalErrorCode::QuotaExhausted,
+            StoreError::QuotaExhausted { .. } | StoreError::LeaseExhausted { .. } => {
+                LocalErrorCode::QuotaExhausted
+            }
             StoreError::OpIdConflict(_) => LocalErrorCode::Conflict,
             _ => LocalErrorCode::Internal,
         };

@@ -211,6 +211,10 @@ pub struct QuotaView {
     /// Held by cards being made right now.
     #[serde(default)]
     pub reserved: i64,
+    /// The units the server set aside for this kiosk, as of its last answer
+    /// (`null`: no lease; the kiosk spends the free units optimistically).
+    #[serde(default)]
+    pub lease: Option<i64>,
     /// The client accepts copies that leave out protected sectors.
     #[serde(default)]
     pub partial_copy: bool,
@@ -224,6 +228,7 @@ impl From<LocalQuota> for QuotaView {
             remaining: q.remaining,
             unsynced: q.unsynced,
             reserved: q.reserved,
+            lease: q.lease,
             partial_copy: q.partial_copy,
         }
     }

@@ -184,13 +184,19 @@ pub fn record(
 
 pub(super) fn check_quota(client: ClientId, quota: Option<&LocalQuota>) -> StoreResult<()> {
     let q = quota.ok_or(StoreError::UnknownClient(client))?;
-    if q.remaining <= 0 {
-        return Err(StoreError::QuotaExhausted {
+    if q.remaining > 0 {
+        return Ok(());
+    }
+    if q.lease.is_some() {
+        return Err(StoreError::LeaseExhausted {
             client,
-            remaining: q.remaining,
+            name: q.name.clone().unwrap_or_else(|| format!("client {client}")),
         });
     }
-    Ok(())
+    Err(StoreError::QuotaExhausted {
+        client,
+        remaining: q.remaining,
+    })
 }
 
 pub(super) fn insert(tx: &Transaction<'_>, new: &NewRecording) -> StoreResult<QueuedOp> {
@@ -377,7 +383,7 @@ pub fn apply_push(
         }
     }
     for q in server_quotas {
-        quotas::set_server_remaining(&tx, q, &at)?;
+        quotas::apply_server_quota(&tx, q, &at)?;
     }
     tx.commit()?;
     Ok(applied)

@@ -6,10 +6,23 @@
 
 use chrono::{DateTime, Utc};
 use propass_protocol::ClientId;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 use serde::Serialize;
 
 use super::{ts, StoreError, StoreResult};
+
+/// What an answer said of this kiosk's lease of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseWord {
+    /// Nothing (a live update; a push's quota without a lease entry): the
+    /// stored lease stands.
+    Unsaid,
+    /// No lease: the kiosk spends the client's free units optimistically
+    /// (an older server, or leases turned off).
+    NoLease,
+    /// The kiosk holds this many units, as of the answer.
+    Units(i64),
+}
 
 /// A client's quota as this kiosk sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -17,13 +30,17 @@ pub struct LocalQuota {
     pub client_id: ClientId,
     /// Its name, when the server gave one.
     pub name: Option<String>,
-    /// What the server last said.
+    /// What the server last said: the units no kiosk holds in lease.
     pub server_remaining: i64,
+    /// The units the server set aside for this kiosk, as of its last answer
+    /// (`None`: no lease).
+    pub lease: Option<i64>,
     /// Operations recorded here and not yet synced (pending or failed).
     pub unsynced: i64,
     /// Units reserved by cards being made right now (open intents).
     pub reserved: i64,
-    /// `server_remaining - unsynced - reserved`: what this kiosk may still make.
+    /// What this kiosk may still make: its lease (else the server's
+    /// remaining) minus the operations not yet synced and the reservations.
     pub remaining: i64,
     /// The client accepts a copy that leaves out sectors this kiosk cannot read.
     pub partial_copy: bool,
@@ -41,6 +58,8 @@ pub struct ServerQuota {
     pub version: Option<i64>,
     /// Only pulls carry it; `None` keeps the stored policy.
     pub partial_copy: Option<bool>,
+    /// Pulls and pushes of a kiosk with a lease carry it.
+    pub lease: LeaseWord,
 }
 
 /// Stores what the server said, unless it is older (lower version) than
@@ -61,70 +80,93 @@ pub fn set_server_remaining(conn: &Connection, q: &ServerQuota, at: &str) -> Sto
 
 /// One client's quota, `None` when the server never named it.
 pub fn quota_of(conn: &Connection, client: ClientId) -> StoreResult<Option<LocalQuota>> {
-    let row: Option<(Option<String>, i64, Option<bool>)> = conn
-        .query_row(
-            "SELECT name, server_remaining, partial_copy FROM quotas WHERE client_id = ?1",
-            [client.get()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let Some((name, server_remaining, partial_copy)) = row else {
-        return Ok(None);
-    };
-    let (unsynced, reserved): (i64, i64) = conn.query_row(
-        &format!("SELECT {UNSYNCED}, {RESERVED} FROM (SELECT ?1 AS client_id) q"),
-        [client.get()],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok(Some(LocalQuota {
-        client_id: client,
-        name,
-        server_remaining,
-        unsynced,
-        reserved,
-        remaining: server_remaining - unsynced - reserved,
-        partial_copy: partial_copy.unwrap_or(false),
-    }))
+    let sql = format!("{SELECT_LOCAL} WHERE q.client_id = ?1");
+    Ok(select(conn, &sql, [client.get()])?.pop())
 }
-
-/// Items of `q.client_id` not yet synced: the (client_id, status) index
-/// answers it without walking the synced history.
-const UNSYNCED: &str =
-    "(SELECT count(*) FROM queue WHERE client_id = q.client_id AND status IN ('pending', 'failed'))";
-
-/// Units of `q.client_id` held by open intents (the partial index).
-const RESERVED: &str = "(SELECT count(*) FROM intents WHERE client_id = q.client_id AND step IN ('reserved', 'writing'))";
 
 /// Every known client's quota.
 pub fn quotas(conn: &Connection) -> StoreResult<Vec<LocalQuota>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT q.client_id, q.name, q.server_remaining, {UNSYNCED}, q.partial_copy, {RESERVED} \
-         FROM quotas q ORDER BY q.client_id"
-    ))?;
-    let rows = stmt.query_map([], |r| {
+    let sql = format!("{SELECT_LOCAL} ORDER BY q.client_id");
+    select(conn, &sql, [])
+}
+
+/// A client's row with the counts its local remaining is derived from: the
+/// items not yet synced (the (client_id, status) index answers it without
+/// walking the synced history) and the units held by open intents (a
+/// partial index).
+const SELECT_LOCAL: &str = "SELECT q.client_id, q.name, q.server_remaining, q.partial_copy, q.server_lease, \
+       (SELECT count(*) FROM queue WHERE client_id = q.client_id AND status IN ('pending', 'failed')), \
+       (SELECT count(*) FROM intents WHERE client_id = q.client_id AND step IN ('reserved', 'writing')) \
+     FROM quotas q";
+
+fn select(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> StoreResult<Vec<LocalQuota>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(args, |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, Option<String>>(1)?,
             r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, Option<bool>>(4)?,
+            r.get::<_, Option<bool>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
             r.get::<_, i64>(5)?,
+            r.get::<_, i64>(6)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, name, server_remaining, unsynced, partial_copy, reserved) = row?;
+        let (id, name, server_remaining, partial_copy, lease, unsynced, reserved) = row?;
         out.push(LocalQuota {
             client_id: ClientId::new(id).map_err(|e| StoreError::Invalid(e.to_string()))?,
             name,
             server_remaining,
+            lease,
             unsynced,
             reserved,
-            remaining: server_remaining - unsynced - reserved,
+            // With a lease the kiosk spends only its own units: what the
+            // server set aside, less what it made since the server counted.
+            remaining: lease.unwrap_or(server_remaining) - unsynced - reserved,
             partial_copy: partial_copy.unwrap_or(false),
         });
     }
     Ok(out)
+}
+
+/// Stores what an answer said of the kiosk's lease of `q.client` (the row
+/// exists: [`set_server_remaining`] ran first). Not versioned: leases change
+/// only in this kiosk's own pushes and pulls, which run one at a time, or
+/// by an operator, which the next answer tells.
+fn set_lease(conn: &Connection, q: &ServerQuota) -> StoreResult<()> {
+    let units = match q.lease {
+        LeaseWord::Unsaid => return Ok(()),
+        LeaseWord::NoLease => None,
+        LeaseWord::Units(n) => Some(n),
+    };
+    conn.execute(
+        "UPDATE quotas SET server_lease = ?2 WHERE client_id = ?1",
+        params![q.client.get(), units],
+    )?;
+    Ok(())
+}
+
+/// Stores one answer's word on a client: its remaining (unless older than
+/// what is stored) and this kiosk's lease.
+pub fn apply_server_quota(conn: &Connection, q: &ServerQuota, at: &str) -> StoreResult<()> {
+    set_server_remaining(conn, q, at)?;
+    set_lease(conn, q)
+}
+
+/// After a clean shutdown gave the leases back: nothing is held, and
+/// nothing may be spent offline until the server sets units aside again.
+pub fn leases_returned(conn: &Connection) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE quotas SET server_lease = 0 WHERE server_lease IS NOT NULL",
+        [],
+    )?;
+    Ok(())
 }
 
 /// Stores a pull: the server's remaining for every client it listed;
@@ -137,7 +179,7 @@ pub fn apply_pull(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let at = ts(now);
     for q in listed {
-        set_server_remaining(&tx, q, &at)?;
+        apply_server_quota(&tx, q, &at)?;
     }
     let ids: Vec<String> = listed.iter().map(|q| q.client.get().to_string()).collect();
     let ids = if ids.is_empty() {
@@ -148,7 +190,8 @@ pub fn apply_pull(
     tx.execute(
         &format!(
             "DELETE FROM quotas WHERE client_id NOT IN ({ids}) \
-             AND client_id NOT IN (SELECT client_id FROM queue WHERE status != 'synced')"
+             AND client_id NOT IN (SELECT client_id FROM queue WHERE status IN ('pending', 'failed')) \
+             AND client_id NOT IN (SELECT client_id FROM intents WHERE step IN ('reserved', 'writing'))"
         ),
         [],
     )?;

@@ -73,6 +73,11 @@ CREATE TABLE intents (
 CREATE INDEX intents_open ON intents (client_id) WHERE step IN ('reserved', 'writing');
 ALTER TABLE queue ADD COLUMN unverified INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Leases: the units the server set aside for this kiosk, by client
+    // (NULL: no lease; the kiosk spends the free units optimistically).
+    r#"
+ALTER TABLE quotas ADD COLUMN server_lease INTEGER;
+"#,
 ];
 
 /// Opens (or creates) the database at `path`, refusing foreign, newer or

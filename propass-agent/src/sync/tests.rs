@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use futures_util::future::BoxFuture;
 use propass_nfc::{NfcError, ReaderThread};
 use propass_protocol::{
-    BadgeUid, ClientId, LoginRequest, LoginResponse, OpType, PullResponse, PushItemResult,
-    PushRequest, PushResponse, PushStatus, QuotaEntry, RefreshResponse,
+    BadgeUid, ClientId, LeaseReleaseResponse, LoginRequest, LoginResponse, OpType, PullResponse,
+    PushItemResult, PushRequest, PushResponse, PushStatus, QuotaEntry, RefreshResponse,
 };
 
 use super::*;
@@ -57,6 +57,14 @@ fn refused(code: ErrorCode) -> UpstreamError {
 }
 
 impl ServerClient for ScriptedServer {
+    fn release_leases<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, UpstreamResult<LeaseReleaseResponse>> {
+        Box::pin(async { Err(UpstreamError::Unreachable("not in this test".into())) })
+    }
+
     fn login<'a>(
         &'a self,
         _: &'a str,
@@ -121,6 +129,7 @@ impl ServerClient for ScriptedServer {
                 success: true,
                 data: data.collect(),
                 quotas: vec![],
+                leases: vec![],
             }),
         };
         Box::pin(async move { answer })
@@ -145,6 +154,7 @@ impl ServerClient for ScriptedServer {
                     name: None,
                     version: None,
                     partial_copy: None,
+                    lease: None,
                 }],
                 server_time: None,
             })

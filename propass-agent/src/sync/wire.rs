@@ -2,11 +2,11 @@
 //! store's local types and back.
 
 use propass_protocol::{
-    DeviceId, OpPayload, PushItemResult, PushRequest, PushStatus, QueueItem, QuotaEntry,
-    QuotaUpdated,
+    DeviceId, LeaseEntry, OpPayload, PushItemResult, PushRequest, PushStatus, QueueItem,
+    QuotaEntry, QuotaUpdated,
 };
 
-use crate::store::{ItemOutcome, QueuedOp, ServerQuota};
+use crate::store::{ItemOutcome, LeaseWord, QueuedOp, ServerQuota};
 
 /// A push of `batch`, oldest first.
 pub fn push_request(device_id: &DeviceId, batch: &[QueuedOp]) -> PushRequest {
@@ -50,7 +50,7 @@ pub fn outcomes(results: Vec<PushItemResult>) -> Vec<ItemOutcome> {
         .collect()
 }
 
-/// A pull's entry.
+/// A pull's entry (with the kiosk's lease, or the word that it holds none).
 pub fn listed_quota(q: QuotaEntry) -> ServerQuota {
     ServerQuota {
         client: q.client_id,
@@ -58,7 +58,28 @@ pub fn listed_quota(q: QuotaEntry) -> ServerQuota {
         remaining: q.remaining,
         version: q.version,
         partial_copy: q.partial_copy,
+        lease: match q.lease {
+            Some(units) => LeaseWord::Units(units),
+            None => LeaseWord::NoLease,
+        },
     }
+}
+
+/// A push's quotas, each with the kiosk's lease when the answer gives one.
+pub fn pushed_quotas(quotas: Vec<QuotaUpdated>, leases: &[LeaseEntry]) -> Vec<ServerQuota> {
+    quotas
+        .into_iter()
+        .map(|q| {
+            let lease = leases
+                .iter()
+                .find(|l| l.client_id == q.client_id)
+                .map_or(LeaseWord::Unsaid, |l| LeaseWord::Units(l.units));
+            ServerQuota {
+                lease,
+                ..updated_quota(q)
+            }
+        })
+        .collect()
 }
 
 /// A push's quota or a live `quota_updated`.
@@ -69,5 +90,6 @@ pub fn updated_quota(q: QuotaUpdated) -> ServerQuota {
         remaining: q.remaining,
         version: q.version,
         partial_copy: None,
+        lease: LeaseWord::Unsaid,
     }
 }

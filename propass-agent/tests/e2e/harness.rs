@@ -147,6 +147,39 @@ impl Server {
         v["code"].as_str().unwrap().to_owned()
     }
 
+    /// The client's row of `client list --json` (total, used, leased, remaining).
+    pub fn client_row(&self, client: i64) -> Value {
+        let v: Value =
+            serde_json::from_str(&self.cli(&["client", "list", "--json"], None)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == client)
+            .unwrap()
+            .clone()
+    }
+
+    /// Sets how many units each kiosk holds in lease for `client` (0: none,
+    /// the kiosks spend the free units optimistically).
+    pub fn lease(&self, client: i64, target: u32) {
+        self.cli(
+            &[
+                "client",
+                "lease",
+                &client.to_string(),
+                "--target",
+                &target.to_string(),
+            ],
+            None,
+        );
+    }
+
+    /// Copies charged to `client`.
+    pub fn used(&self, client: i64) -> i64 {
+        self.client_row(client)["used"].as_i64().unwrap()
+    }
+
+    /// The units no kiosk holds in lease.
     pub fn remaining(&self, client: i64) -> i64 {
         let v: Value =
             serde_json::from_str(&self.cli(&["client", "list", "--json"], None)).unwrap();

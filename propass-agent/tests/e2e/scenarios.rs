@@ -18,6 +18,8 @@ fn uid(i: usize) -> String {
 async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
     let mut server = Server::new().await;
     let client = server.add_client("Offline Corp", 1000);
+    // Kiosks of this client may spend everything offline.
+    server.lease(client, 1000);
     let agent = Agent::new(&server.url(), &[]).await;
     agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
@@ -53,7 +55,7 @@ async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
         back.elapsed().as_secs_f64()
     );
     assert_eq!(server.ledger_count().await, 500);
-    assert_eq!(server.remaining(client), 500);
+    assert_eq!(server.used(client), 500);
     assert_eq!(agent.remaining(client).await, Some(500));
 }
 
@@ -63,6 +65,7 @@ async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
 async fn a_lost_push_answer_is_retried_without_double_counting() {
     let server = Server::new().await;
     let client = server.add_client("Lost Answer Ltd", 100);
+    server.lease(client, 100);
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port)).await;
     let agent = Agent::new(&proxy.url(), &[]).await;
     agent.enroll(&server).await;
@@ -94,7 +97,7 @@ async fn a_lost_push_answer_is_retried_without_double_counting() {
         50,
         "each copy is in the ledger once"
     );
-    assert_eq!(server.remaining(client), 50, "and charged once");
+    assert_eq!(server.used(client), 50, "and charged once");
 }
 
 /// SIGKILL while recording and while pushing: nothing acknowledged is lost,
@@ -103,6 +106,7 @@ async fn a_lost_push_answer_is_retried_without_double_counting() {
 async fn a_killed_agent_loses_nothing_and_counts_nothing_twice() {
     let mut server = Server::new().await;
     let client = server.add_client("Crash Inc", 10_000);
+    server.lease(client, 10_000);
     let mut agent = Agent::new(&server.url(), &[]).await;
     agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
@@ -170,11 +174,7 @@ async fn a_killed_agent_loses_nothing_and_counts_nothing_twice() {
     for op in &acked {
         assert!(in_ledger.contains(op), "acknowledged operation {op} lost");
     }
-    assert_eq!(
-        server.remaining(client),
-        10_000 - recorded,
-        "charged once each"
-    );
+    assert_eq!(server.used(client), recorded, "charged once each");
 }
 
 /// An operator's top-up reaches the agent's cache over the WebSocket (the
@@ -183,6 +183,9 @@ async fn a_killed_agent_loses_nothing_and_counts_nothing_twice() {
 async fn a_quota_top_up_reaches_the_agent_over_the_websocket() {
     let server = Server::new().await;
     let client = server.add_client("Top Up SA", 3);
+    // No leases for this client: the kiosk spends what the server says is
+    // left, so a top-up shows at once.
+    server.lease(client, 0);
     let agent = Agent::new(&server.url(), &[]).await;
     agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
@@ -562,12 +565,77 @@ async fn a_kiosk_killed_while_writing_records_the_card_as_unverified_at_its_next
         1,
         "flagged for an operator"
     );
-    assert_eq!(server.remaining(client), 4);
+    assert_eq!(server.used(client), 1);
     // Started again: nothing is settled twice.
     agent.kill9();
     agent.start().await;
     assert_eq!(agent.sync().await.0, 200);
     assert_eq!(server.ledger_count().await, 1);
+}
+
+/// Three kiosks cut off together, one client with 30 units, 20 tries each:
+/// each spends only the units the server set aside for it, so together they
+/// make at most 30, the rest refused clearly; after reconnecting, the ledger
+/// and the quota agree to the unit.
+#[tokio::test]
+async fn kiosks_offline_together_never_spend_more_than_the_client_paid_for() {
+    let mut server = Server::new().await;
+    let mut agents = Vec::new();
+    for _ in 0..3 {
+        let a = Agent::new(&server.url(), &[]).await;
+        a.enroll(&server).await;
+        agents.push(a);
+    }
+    let client = server.add_client("Escrow Co", 30);
+    for a in &agents {
+        assert_eq!(a.sync().await.0, 200);
+        assert_eq!(
+            a.remaining(client).await,
+            Some(10),
+            "a lease of the server's lease_target"
+        );
+    }
+    assert_eq!(server.client_row(client)["leased"], 30);
+    assert_eq!(server.remaining(client), 0, "every unit is in a kiosk's lease");
+    server.stop();
+
+    let mut made = 0;
+    for (k, a) in agents.iter().enumerate() {
+        for i in 0..20 {
+            let (status, v) = a.record(client, &format!("04{k:02X}{i:04X}")).await;
+            match status {
+                201 => made += 1,
+                409 => {
+                    assert_eq!(v["error"]["code"], "quota_exhausted", "{v}");
+                    let m = v["error"]["message"].as_str().unwrap();
+                    assert!(m.contains("until it reconnects"), "{m}");
+                }
+                other => panic!("unexpected {other}: {v}"),
+            }
+        }
+    }
+    assert_eq!(made, 30, "each kiosk made exactly its lease");
+
+    server.start().await;
+    for a in &agents {
+        assert_eq!(a.sync().await.0, 200);
+    }
+    assert_eq!(server.ledger_count().await, 30);
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM copies WHERE overdraft")
+            .await,
+        0
+    );
+    let row = server.client_row(client);
+    assert_eq!(
+        (
+            row["used"].as_i64(),
+            row["leased"].as_i64(),
+            row["remaining"].as_i64()
+        ),
+        (Some(30), Some(0), Some(0))
+    );
 }
 
 /// SIGTERM while the kiosk waits for a blank: the flow ends (its unit goes
@@ -591,13 +659,21 @@ async fn a_kiosk_stopped_while_waiting_for_a_blank_writes_nothing() {
         (503, Some("stopping")),
         "{answer:?}"
     );
+    assert_eq!(
+        server.client_row(client)["leased"],
+        0,
+        "a clean stop with nothing to push gives the lease back: {}",
+        agent.log()
+    );
     // The blank arrives after the stop: nothing touches it.
     let blank = Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04]);
     emu.place(Some(blank.clone()));
     agent.start().await;
     assert_eq!(emu.tag().unwrap().memory(), blank.memory());
     assert_eq!(agent.pending().await, 0);
+    assert_eq!(agent.sync().await.0, 200);
     assert_eq!(agent.remaining(client).await, Some(5), "the unit went back");
+    assert_eq!(server.used(client), 0);
 }
 
 /// The kiosk flow on an emulated PN532 through the real libnfc: badge read,

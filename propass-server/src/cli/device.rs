@@ -6,8 +6,8 @@ use std::io::Write;
 
 use chrono::Duration;
 use clap::Subcommand;
-use diesel_async::AsyncPgConnection;
-use propass_protocol::{DeviceId, DeviceStatus};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use propass_protocol::{ClientId, DeviceId, DeviceStatus};
 
 use super::{dberr, print_json};
 use crate::auth::secrets;
@@ -80,6 +80,21 @@ pub enum DeviceCmd {
     Revoke { device_id: DeviceId },
     /// Undo a revocation (revoked → active)
     Restore { device_id: DeviceId },
+    /// List the units each kiosk holds in lease, by client
+    Leases {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take back a kiosk's unused lease (one client, or all): for a kiosk that
+    /// will not come back. Copies it still makes offline are charged to the
+    /// free units when they arrive, and flagged if there are none
+    Reclaim {
+        device_id: DeviceId,
+        /// Only this client's lease
+        #[arg(long)]
+        client: Option<ClientId>,
+    },
 }
 
 /// Runs one `device` command.
@@ -139,6 +154,24 @@ pub async fn run(conn: &mut AsyncPgConnection, cmd: DeviceCmd) -> Result<(), Str
                 &[DeviceStatus::Active, DeviceStatus::Pending],
             )
             .await
+        }
+        DeviceCmd::Leases { json } => leases(conn, json).await,
+        DeviceCmd::Reclaim { device_id, client } => {
+            if db::devices::state(conn, &device_id)
+                .await
+                .map_err(dberr)?
+                .is_none()
+            {
+                return Err(format!("no device {device_id}"));
+            }
+            let returned = conn
+                .transaction(async |conn| db::leases::release(conn, &device_id, client).await)
+                .await
+                .map_err(dberr)?;
+            let units: i64 = returned.iter().map(|(_, u)| u).sum();
+            println!("{units}");
+            eprintln!("took back {units} unit(s) from {device_id}: {returned:?} (client, units)");
+            Ok(())
         }
         DeviceCmd::Restore { device_id } => {
             set_status(
@@ -285,4 +318,23 @@ async fn set_status(
             Ok(())
         }
     }
+}
+
+async fn leases(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
+    let rows = db::leases::list(conn).await.map_err(dberr)?;
+    if json {
+        return print_json(&rows);
+    }
+    println!("{:<30}  {:>6}  {:>6}  UPDATED", "DEVICE", "CLIENT", "UNITS");
+    for r in rows {
+        println!(
+            "{:<30}  {:>6}  {:>6}  {}",
+            r.device_id,
+            r.client_id,
+            r.units,
+            r.updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    Ok(())
 }

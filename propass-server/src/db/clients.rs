@@ -19,17 +19,22 @@ pub struct ClientRow {
     pub total: i64,
     /// Copies made.
     pub used: i64,
+    /// Units set aside in kiosks' leases.
+    pub leased: i64,
     /// Bumped by every change of the quota or of the copy policy.
     pub version: i64,
     /// The client accepts a whole-badge copy that leaves out sectors the
     /// kiosk cannot read (told to kiosks by pull).
     pub partial_copy: bool,
+    /// Its own lease size (`None`: the server's `lease_target`).
+    pub lease_target: Option<i64>,
 }
 
 impl ClientRow {
-    /// `total - used`; negative after an overdraft.
+    /// `total - used - leased`: the units no kiosk holds; negative after
+    /// an overdraft.
     pub fn remaining(&self) -> i64 {
-        self.total - self.used
+        self.total - self.used - self.leased
     }
 }
 
@@ -86,8 +91,10 @@ fn with_quota() -> _ {
         clients::name,
         quotas::total,
         quotas::used,
+        quotas::leased,
         quotas::version,
         clients::partial_copy,
+        clients::lease_target,
     ))
 }
 
@@ -106,7 +113,7 @@ pub async fn add_quota(
                 quotas::version.eq(quotas::version + 1),
                 quotas::updated_at.eq(diesel::dsl::now),
             ))
-            .returning(quotas::total - quotas::used)
+            .returning(quotas::total - quotas::used - quotas::leased)
             .get_result::<i64>(conn)
             .await
             .optional()?;
@@ -162,7 +169,10 @@ pub async fn remaining_of(
 ) -> QueryResult<Option<(i64, i64)>> {
     quotas::table
         .filter(quotas::client_id.eq(client.get()))
-        .select((quotas::total - quotas::used, quotas::version))
+        .select((
+            quotas::total - quotas::used - quotas::leased,
+            quotas::version,
+        ))
         .first(conn)
         .await
         .optional()

@@ -17,7 +17,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{ClientId, DeviceId, QuotaUpdated};
 
-use super::devices;
+use super::{devices, leases};
 use crate::device::{admit, Caller, Purpose};
 use crate::error::ApiError;
 use crate::ledger::{BatchOutcome, ItemFailure, LedgerStore, NewOp, Outcome};
@@ -104,13 +104,20 @@ async fn record_batch_tx(
     let fresh = insert_new(conn, device, ops, now).await?;
     count_items(conn, device, items_today, fresh.len(), now, limits).await?;
     let mut outcomes = resolve(conn, device, ops, fresh).await?;
-    let rows = charge_quotas(conn, ops, &outcomes).await?;
+    let rows = charge_quotas(conn, device, ops, &outcomes).await?;
     flag_overdrafts(conn, ops, &mut outcomes, &rows).await?;
     let named = read_named_quotas(conn, ops).await?;
+    let named_ids: Vec<i64> = named.iter().map(|q| q.client_id.get()).collect();
+    let mut leases: Vec<(i64, i64)> = leases::held(conn, device, Some(&named_ids))
+        .await?
+        .into_iter()
+        .collect();
+    leases.sort_unstable();
     Ok(BatchOutcome {
         outcomes,
         charged: rows.into_iter().filter_map(QuotaRow::into_update).collect(),
         named,
+        leases,
     })
 }
 
@@ -401,6 +408,10 @@ struct QuotaRow {
     remaining: i64,
     #[diesel(sql_type = BigInt)]
     version: i64,
+    /// Of the batch's new copies of this client, how many the pushing
+    /// device's lease covered (never overdrafts).
+    #[diesel(sql_type = BigInt)]
+    covered: i64,
 }
 
 impl QuotaRow {
@@ -429,10 +440,12 @@ fn new_ops<'o, 'a>(
     })
 }
 
-/// Charges each client for its newly inserted copies; answers the new
-/// remaining of every charged client, by client id.
+/// Charges each client for its newly inserted copies, from the pushing
+/// device's lease first; answers the new remaining (the free units) of every
+/// charged client, by client id.
 async fn charge_quotas(
     conn: &mut AsyncPgConnection,
+    device: &DeviceId,
     ops: &[NewOp<'_>],
     outcomes: &[Outcome],
 ) -> diesel::QueryResult<Vec<QuotaRow>> {
@@ -444,25 +457,25 @@ async fn charge_quotas(
         return Ok(Vec::new());
     }
     let (cids, ns): (Vec<i64>, Vec<i64>) = counts.into_iter().unzip();
-    if cids.len() > 1 {
-        // Lock the quota rows in one global order (by id) so that concurrent
-        // pushes charging several of the same clients never deadlock; the
-        // locks are held only from here to COMMIT.
-        diesel::sql_query(
-            "SELECT client_id AS id FROM quotas WHERE client_id = ANY($1) ORDER BY client_id FOR UPDATE",
-        )
-        .bind::<Array<BigInt>, _>(&cids)
-        .execute(conn)
-        .await?;
-    }
+    // Lock the quota rows in one global order (by id) so that concurrent
+    // pushes and lease grants never deadlock and the leases read below stay
+    // as read; the locks are held only from here to COMMIT.
+    leases::lock_quotas(conn, &cids).await?;
+    let taken = leases::consume(conn, device, &cids, &ns).await?;
+    let takes: Vec<i64> = cids
+        .iter()
+        .map(|c| taken.get(c).copied().unwrap_or(0))
+        .collect();
     let mut rows: Vec<QuotaRow> = diesel::sql_query(
-        "UPDATE quotas AS q SET used = q.used + c.n, version = q.version + 1, updated_at = now() \
-         FROM unnest($1::int8[], $2::int8[]) AS c(client_id, n) \
+        "UPDATE quotas AS q SET used = q.used + c.n, leased = q.leased - c.take, \
+                version = q.version + 1, updated_at = now() \
+         FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS c(client_id, n, take) \
          WHERE q.client_id = c.client_id \
-         RETURNING q.client_id, q.total - q.used AS remaining, q.version",
+         RETURNING q.client_id, q.total - q.used - q.leased AS remaining, q.version, c.take AS covered",
     )
     .bind::<Array<BigInt>, _>(&cids)
     .bind::<Array<BigInt>, _>(&ns)
+    .bind::<Array<BigInt>, _>(&takes)
     .load(conn)
     .await?;
     rows.sort_unstable_by_key(|r| r.client_id);
@@ -471,14 +484,19 @@ async fn charge_quotas(
 
 /// A copy is never refused for lack of quota (the card exists): the copies
 /// that took their client below zero are flagged instead. Of a client's `n`
-/// new copies in input order, the k-th (1-based) left `remaining + n - k`.
+/// new copies in input order, the first `covered` spent the device's lease
+/// (set aside for them: never an overdraft); the k-th (1-based) after them
+/// left `remaining + n - k` free units.
 async fn flag_overdrafts(
     conn: &mut AsyncPgConnection,
     ops: &[NewOp<'_>],
     outcomes: &mut [Outcome],
     charged: &[QuotaRow],
 ) -> diesel::QueryResult<()> {
-    let after: HashMap<i64, i64> = charged.iter().map(|r| (r.client_id, r.remaining)).collect();
+    let after: HashMap<i64, (i64, i64)> = charged
+        .iter()
+        .map(|r| (r.client_id, (r.remaining, r.covered)))
+        .collect();
     let mut total: HashMap<i64, i64> = HashMap::new();
     for (op, _) in new_ops(ops, outcomes) {
         *total.entry(op.item.payload.client_id.get()).or_default() += 1;
@@ -498,10 +516,10 @@ async fn flag_overdrafts(
         let client = op.item.payload.client_id.get();
         let k = seen.entry(client).or_default();
         *k += 1;
-        let (Some(remaining), Some(n)) = (after.get(&client), total.get(&client)) else {
+        let (Some((remaining, covered)), Some(n)) = (after.get(&client), total.get(&client)) else {
             continue;
         };
-        if remaining + n - *k < 0 {
+        if *k > *covered && remaining + n - *k < 0 {
             *overdraft = true;
             overdrawn.push(*ledger_id);
         }
@@ -529,7 +547,7 @@ async fn read_named_quotas(
         return Ok(Vec::new());
     }
     let rows: Vec<QuotaRow> = diesel::sql_query(
-        "SELECT client_id, total - used AS remaining, version FROM quotas \
+        "SELECT client_id, total - used - leased AS remaining, version, 0::int8 AS covered FROM quotas \
          WHERE client_id = ANY($1) ORDER BY client_id",
     )
     .bind::<Array<BigInt>, _>(&named)

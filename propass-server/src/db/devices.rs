@@ -181,6 +181,12 @@ pub async fn assign(
         )
         .execute(conn)
         .await?;
+        // A client the kiosk no longer serves gets its unused units back.
+        for c in remove {
+            if let Ok(c) = propass_protocol::ClientId::new(*c) {
+                super::leases::release(conn, device, Some(c)).await?;
+            }
+        }
         notify(conn, device).await?;
         Ok(())
     })
@@ -236,6 +242,10 @@ pub async fn set_status(
             ))
             .execute(conn)
             .await?;
+        if to == DeviceStatus::Revoked {
+            // A revoked kiosk spends nothing more: its unused units go back.
+            super::leases::release(conn, device, None).await?;
+        }
         notify(conn, device).await?;
         Ok(Some(Ok(())))
     })

@@ -60,6 +60,8 @@ diesel::table! {
         name -> Text,
         created_at -> Timestamptz,
         partial_copy -> Bool,
+        lease_target -> Nullable<BigInt>,
+        lease_low_water -> Nullable<BigInt>,
     }
 }
 diesel::table! {
@@ -69,6 +71,15 @@ diesel::table! {
         used -> BigInt,
         updated_at -> Timestamptz,
         version -> BigInt,
+        leased -> BigInt,
+    }
+}
+diesel::table! {
+    leases (device_id, client_id) {
+        device_id -> Text,
+        client_id -> BigInt,
+        units -> BigInt,
+        updated_at -> Timestamptz,
     }
 }
 diesel::table! {
@@ -91,8 +102,10 @@ diesel::table! {
 diesel::joinable!(quotas -> clients (client_id));
 diesel::joinable!(device_clients -> clients (client_id));
 diesel::joinable!(device_clients -> devices (device_id));
+diesel::joinable!(leases -> clients (client_id));
 diesel::allow_tables_to_appear_in_same_query!(
     users,
+    leases,
     devices,
     device_clients,
     enrollment_codes,

@@ -1,7 +1,10 @@
 //! `POST /api/sync/push` and `GET /api/sync/pull`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use propass_protocol::{ClientId, DeviceId, PullResponse, QuotaEntry};
+use diesel_async::AsyncConnection;
+use propass_protocol::{
+    ClientId, DeviceId, LeaseEntry, LeaseReleaseResponse, PullResponse, QuotaEntry,
+};
 use serde::Deserialize;
 
 use super::extract::{KioskToken, KioskTokenOfActiveDevice};
@@ -52,9 +55,12 @@ pub async fn push(
 #[derive(Debug, Deserialize)]
 pub struct PullQuery {
     device_id: Option<String>,
+    /// `true`: hold leases, refilled in this answer when low.
+    lease: Option<bool>,
 }
 
-/// `GET /api/sync/pull`: the quotas of the clients this kiosk serves.
+/// `GET /api/sync/pull`: the quotas of the clients this kiosk serves, and
+/// (with `?lease=true`) the units it holds in lease, refilled first.
 pub async fn pull(
     state: web::Data<AppState>,
     token: KioskTokenOfActiveDevice,
@@ -65,9 +71,25 @@ pub async fn pull(
     if let Some(d) = query.device_id.as_deref() {
         token.0.ensure_device(d)?;
     }
-    let rows = {
+    let device = token.0.device_id.clone();
+    let policy = state.config.lease;
+    let leasing = query.lease == Some(true);
+    let (rows, leases) = {
         let mut conn = state.pool.get().await?;
-        db::clients::served_by(&mut conn, &token.0.device_id).await?
+        conn.transaction(async |conn| {
+            if leasing {
+                let served: Vec<i64> = db::clients::served_by(conn, &device)
+                    .await?
+                    .iter()
+                    .map(|r| r.id)
+                    .collect();
+                db::leases::refill(conn, &device, &served, policy).await?;
+            }
+            let rows = db::clients::served_by(conn, &device).await?;
+            let leases = db::leases::held(conn, &device, None).await?;
+            Ok::<_, diesel::result::Error>((rows, leases))
+        })
+        .await?
     };
     let quotas = rows
         .into_iter()
@@ -78,6 +100,17 @@ pub async fn pull(
                 name: Some(r.name),
                 version: Some(r.version),
                 partial_copy: Some(r.partial_copy),
+                // A kiosk that asked holds a lease of every client with a
+                // lease size (0 when none is free); otherwise only what it
+                // still holds. None: it spends the free units optimistically.
+                lease: match (
+                    leases.get(&r.id).copied(),
+                    r.lease_target.unwrap_or(policy.target),
+                ) {
+                    (Some(units), target) if units > 0 || (leasing && target > 0) => Some(units),
+                    (None, target) if leasing && target > 0 => Some(0),
+                    _ => None,
+                },
             })
         })
         .collect();
@@ -85,5 +118,34 @@ pub async fn pull(
         success: true,
         quotas,
         server_time: Some(state.clock.now()),
+    }))
+}
+
+/// `DELETE /api/sync/lease`: a kiosk shutting down cleanly, with nothing
+/// left to push, gives its unused units back. Kiosk calls only (a kiosk
+/// or admin user's login token, or a device token), for the caller's own
+/// device.
+pub async fn release_leases(
+    state: web::Data<AppState>,
+    token: KioskTokenOfActiveDevice,
+) -> ApiResult<HttpResponse> {
+    let device = token.0.device_id.clone();
+    let released = {
+        let mut conn = state.pool.get().await?;
+        conn.transaction(async |conn| db::leases::release(conn, &device, None).await)
+            .await?
+    };
+    let released = released
+        .into_iter()
+        .filter_map(|(c, units)| {
+            Some(LeaseEntry {
+                client_id: ClientId::new(c).ok()?,
+                units,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(LeaseReleaseResponse {
+        success: true,
+        released,
     }))
 }

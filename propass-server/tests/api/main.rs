@@ -10,6 +10,7 @@ mod devices;
 mod health;
 mod helpers;
 mod hostile;
+mod leases;
 mod roles;
 mod sync;
 mod ws;

@@ -1,0 +1,255 @@
+//! Leases: units of a client's quota set aside for one kiosk (escrow), so
+//! that kiosks cut off from the server together can never spend the same
+//! units twice.
+//!
+//! Every change of a lease locks the client's quota row first, in client-id
+//! order (as pushes do), and keeps `quotas.leased` equal to the sum of the
+//! client's leases in the same statement. A grant takes at most the free
+//! units, `total - used - leased`, read after the lock: concurrent grants
+//! queue on the row, so none is ever granted twice. Pushed copies of a kiosk
+//! consume its lease first (`consume`, called by the ledger); what a lease
+//! does not cover is charged to the free units and may be an overdraft.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use propass_protocol::{ClientId, DeviceId};
+
+use super::clients::QUOTA_CHANNEL;
+
+/// Lease sizes for a client that sets none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeasePolicy {
+    /// A lease is refilled up to this many units.
+    pub target: i64,
+    /// ... when it holds fewer than this.
+    pub low_water: i64,
+}
+
+/// Locks the quota rows of `clients`, in id order: the one order every
+/// writer of quotas and leases takes them in.
+pub async fn lock_quotas(conn: &mut AsyncPgConnection, clients: &[i64]) -> diesel::QueryResult<()> {
+    if clients.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "SELECT client_id FROM quotas WHERE client_id = ANY($1) ORDER BY client_id FOR UPDATE",
+    )
+    .bind::<Array<BigInt>, _>(clients)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Tells every server that these clients' free units changed (their
+/// kiosks get `quota_updated`). Delivered at COMMIT.
+async fn announce(conn: &mut AsyncPgConnection, clients: &[i64]) -> diesel::QueryResult<()> {
+    for c in clients {
+        diesel::sql_query(format!("NOTIFY {QUOTA_CHANNEL}, '{c}'"))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Granted {
+    #[diesel(sql_type = BigInt)]
+    client_id: i64,
+}
+
+/// Refills `device`'s lease of each of `clients` that holds fewer than its
+/// low-water mark, up to its target, from the free units. Run inside the
+/// caller's transaction.
+pub async fn refill(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    clients: &[i64],
+    policy: LeasePolicy,
+) -> diesel::QueryResult<()> {
+    let mut clients = clients.to_vec();
+    clients.sort_unstable();
+    clients.dedup();
+    lock_quotas(conn, &clients).await?;
+    // A new statement after the lock: its snapshot sees every grant and
+    // charge committed before the lock was ours.
+    let granted: Vec<Granted> = diesel::sql_query(
+        "WITH want AS ( \
+           SELECT q.client_id, COALESCE(l.units, 0) AS units, \
+                  LEAST(COALESCE(c.lease_target, $2) - COALESCE(l.units, 0), q.total - q.used - q.leased) AS g \
+           FROM quotas q JOIN clients c ON c.id = q.client_id \
+           LEFT JOIN leases l ON l.client_id = q.client_id AND l.device_id = $1 \
+           WHERE q.client_id = ANY($4) AND COALESCE(l.units, 0) < COALESCE(c.lease_low_water, $3) \
+         ), given AS ( \
+           INSERT INTO leases (device_id, client_id, units) \
+           SELECT $1, client_id, units + g FROM want WHERE g > 0 \
+           ON CONFLICT (device_id, client_id) DO UPDATE SET units = excluded.units, updated_at = now() \
+           RETURNING client_id \
+         ) \
+         UPDATE quotas q SET leased = q.leased + w.g, version = q.version + 1, updated_at = now() \
+         FROM want w WHERE q.client_id = w.client_id AND w.g > 0 \
+         RETURNING q.client_id",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<BigInt, _>(policy.target)
+    .bind::<BigInt, _>(policy.low_water)
+    .bind::<Array<BigInt>, _>(&clients)
+    .load(conn)
+    .await?;
+    let granted: Vec<i64> = granted.into_iter().map(|g| g.client_id).collect();
+    if !granted.is_empty() {
+        tracing::info!(%device, clients = ?granted, "leases refilled");
+    }
+    announce(conn, &granted).await
+}
+
+#[derive(QueryableByName)]
+struct Held {
+    #[diesel(sql_type = BigInt)]
+    client_id: i64,
+    #[diesel(sql_type = BigInt)]
+    units: i64,
+}
+
+/// The units `device` holds, by client (only the clients with a lease row;
+/// `clients` narrows it).
+pub async fn held(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    clients: Option<&[i64]>,
+) -> diesel::QueryResult<HashMap<i64, i64>> {
+    let rows: Vec<Held> = diesel::sql_query(
+        "SELECT client_id, units FROM leases WHERE device_id = $1 \
+         AND ($2::int8[] IS NULL OR client_id = ANY($2))",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<Nullable<Array<BigInt>>, _>(clients)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.client_id, r.units)).collect())
+}
+
+#[derive(QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = BigInt)]
+    client_id: i64,
+    #[diesel(sql_type = BigInt)]
+    take: i64,
+}
+
+/// Consumes `device`'s leases for its newly recorded copies (`counts`:
+/// client → copies); answers the units each lease covered. The caller holds
+/// the quota rows' locks and moves `quotas.leased` by the same amounts.
+pub async fn consume(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    cids: &[i64],
+    ns: &[i64],
+) -> diesel::QueryResult<HashMap<i64, i64>> {
+    let taken: Vec<Taken> = diesel::sql_query(
+        "WITH old AS ( \
+           SELECT l.client_id, LEAST(l.units, c.n) AS take \
+           FROM leases l JOIN unnest($2::int8[], $3::int8[]) AS c(client_id, n) ON c.client_id = l.client_id \
+           WHERE l.device_id = $1 AND l.units > 0 \
+         ) \
+         UPDATE leases l SET units = l.units - old.take, updated_at = now() \
+         FROM old WHERE l.device_id = $1 AND l.client_id = old.client_id \
+         RETURNING l.client_id, old.take",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<Array<BigInt>, _>(cids)
+    .bind::<Array<BigInt>, _>(ns)
+    .load(conn)
+    .await?;
+    Ok(taken.into_iter().map(|t| (t.client_id, t.take)).collect())
+}
+
+#[derive(QueryableByName)]
+struct Returned {
+    #[diesel(sql_type = BigInt)]
+    client_id: i64,
+    #[diesel(sql_type = BigInt)]
+    units: i64,
+}
+
+/// Gives `device`'s unused units back to the free pool — of one client, or
+/// of all — and forgets the lease: a revoked device, a client no longer
+/// assigned, an operator's reclaim, a kiosk shutting down cleanly. Answers
+/// the units returned, by client. Run inside the caller's transaction.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    client: Option<ClientId>,
+) -> diesel::QueryResult<Vec<(i64, i64)>> {
+    let only = client.map(ClientId::get);
+    let mut clients: Vec<i64> = held(conn, device, None)
+        .await?
+        .into_keys()
+        .filter(|c| only.is_none_or(|o| o == *c))
+        .collect();
+    clients.sort_unstable();
+    lock_quotas(conn, &clients).await?;
+    let rows: Vec<Returned> = diesel::sql_query(
+        "WITH gone AS ( \
+           DELETE FROM leases WHERE device_id = $1 AND client_id = ANY($2) RETURNING client_id, units \
+         ) \
+         UPDATE quotas q SET leased = q.leased - g.units, version = q.version + 1, updated_at = now() \
+         FROM gone g WHERE q.client_id = g.client_id \
+         RETURNING g.client_id, g.units",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<Array<BigInt>, _>(&clients)
+    .load(conn)
+    .await?;
+    let changed: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.units > 0)
+        .map(|r| r.client_id)
+        .collect();
+    announce(conn, &changed).await?;
+    Ok(rows.into_iter().map(|r| (r.client_id, r.units)).collect())
+}
+
+/// One lease, for operators.
+#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+pub struct LeaseRow {
+    #[diesel(sql_type = Text)]
+    pub device_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub client_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub units: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every lease with units, by device then client.
+pub async fn list(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<LeaseRow>> {
+    diesel::sql_query(
+        "SELECT device_id, client_id, units, updated_at FROM leases ORDER BY device_id, client_id",
+    )
+    .load(conn)
+    .await
+}
+
+/// Sets a client's lease sizes (`None`: the server's defaults); whether the
+/// client exists.
+pub async fn set_policy(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+    target: Option<i64>,
+    low_water: Option<i64>,
+) -> diesel::QueryResult<bool> {
+    let n = diesel::sql_query(
+        "UPDATE clients SET lease_target = $2, lease_low_water = $3 WHERE id = $1",
+    )
+    .bind::<BigInt, _>(client.get())
+    .bind::<Nullable<BigInt>, _>(target)
+    .bind::<Nullable<BigInt>, _>(low_water)
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
