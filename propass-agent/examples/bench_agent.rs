@@ -2,10 +2,13 @@
 //! 1. durable operations recorded per second through the agent's local API,
 //!    against raw SQLite commits with the same settings (WAL,
 //!    `synchronous=FULL`, the same table) on the same disk, in the same run;
-//! 2. the time the agent takes to drain a backlog of queued operations into
+//! 2. the same on a kiosk with a year of history (`--history` synced
+//!    operations already in its queue), against the fresh kiosk of part 1:
+//!    what a recording costs must not grow with every card ever made;
+//! 3. the time the agent takes to drain a backlog of queued operations into
 //!    the real server after it comes online.
 //!
-//! Options: `--ops N` (2000), `--backlog N` (100000). Needs `DATABASE_URL`,
+//! Options: `--ops N` (2000), `--history N` (1000000), `--backlog N` (100000). Needs `DATABASE_URL`,
 //! `PROPASS_SERVER_BIN` and `PROPASS_AGENT_BIN` (set by xtask).
 
 // A benchmark measures real time.
@@ -107,6 +110,7 @@ async fn main() -> Result<(), String> {
     propass_agent::tls::install_crypto_provider();
     let ops = opt("--ops", 2000)?;
     let backlog = opt("--backlog", 100_000)?;
+    let history = opt("--history", 1_000_000)?;
     let agent_bin = std::env::var("PROPASS_AGENT_BIN")
         .map_err(|_| "PROPASS_AGENT_BIN is not set (run cargo xtask bench agent)")?;
     let server_bin =
@@ -154,6 +158,45 @@ async fn main() -> Result<(), String> {
     let agent_time = t.elapsed();
     drop(proc_);
     let agent_rate = ops as f64 / agent_time.as_secs_f64();
+
+    // --- 2. the same on a kiosk with a year of synced history --------------
+    let old_dir = bench_dir("history")?;
+    let store = seed_quota(old_dir.path(), i64::MAX / 2).await?;
+    store
+        .with(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT INTO queue (op_id, type, client_id, uid, occurred_at, created_at, status, synced_at) \
+                     VALUES (?1, 'copy', 1, ?2, ?3, ?3, 'synced', ?3)",
+                )?;
+                let at = chrono::Utc::now().to_rfc3339();
+                for i in 0..history {
+                    stmt.execute(rusqlite::params![OpId::new_v7().to_string(), format!("05{i:08X}"), at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(store);
+    let (proc_, http) = start_agent(&agent_bin, old_dir.path(), None)?;
+    wait_status(&http).await?;
+    let t = Instant::now();
+    for i in 0..ops {
+        let res = http
+            .post("http://agent/v1/operations")
+            .json(&json!({"type": "copy", "client_id": 1, "uid": format!("04{i:08X}")}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if res.status() != 201 {
+            return Err(format!("record answered {}", res.status()));
+        }
+    }
+    let history_rate = ops as f64 / t.elapsed().as_secs_f64();
+    drop(proc_);
 
     // --- 2. drain a backlog into the real server ----------------------------
     let database = TestDatabase::create_in(&base, "propass_bench_agent").await?;
@@ -314,6 +357,11 @@ async fn main() -> Result<(), String> {
     println!(
         "         ratio   {:.2} of the raw SQLite ceiling",
         agent_rate / raw_rate
+    );
+    println!("history  agent   {history_rate:>8.0} durable operations/s   (the same, on a kiosk with {history} synced operations)");
+    println!(
+        "         ratio   {:.2} of the fresh kiosk's rate",
+        history_rate / agent_rate
     );
     println!(
         "drain    {backlog} queued operations into the real server in {:.2} s ({:.0} copies/s, enrollment included)",

@@ -446,6 +446,12 @@ pub(crate) mod tests {
         assert_eq!(store.quotas().await.unwrap()[0].remaining, 10);
         store.apply_quota_update(q(9, 6), at(2)).await.unwrap();
         assert_eq!(store.quotas().await.unwrap()[0].remaining, 9);
+        // A server restored from a backup counts versions anew: its pull
+        // is the truth, and its live updates apply from there.
+        store.apply_pull(vec![q(30, 2)], at(3)).await.unwrap();
+        assert_eq!(store.quotas().await.unwrap()[0].remaining, 30);
+        store.apply_quota_update(q(29, 3), at(4)).await.unwrap();
+        assert_eq!(store.quotas().await.unwrap()[0].remaining, 29);
     }
 
     fn intent(c: ClientId, n: u128) -> NewIntent {

@@ -8,7 +8,8 @@
 //! - `cargo xtask e2e [ARGS…]`: the end-to-end tests only (also part of `test`).
 //! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client, and an agent.
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
-//! - `cargo xtask bench agent [--ops N] [--backlog N]`: agent recording rate and backlog drain.
+//! - `cargo xtask bench agent [--ops N] [--history N] [--backlog N]`: agent recording rate
+//!   (fresh, and with a year of history) and backlog drain.
 //! - `cargo xtask db`: just the throwaway cluster, for development.
 #![allow(clippy::disallowed_methods)] // a tool on the real clock, not logic under simulation
 
@@ -201,7 +202,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     let (package, example) = match args.first().map(String::as_str) {
         Some("push") => ("propass-server", "bench_push"),
         Some("agent") => ("propass-agent", "bench_agent"),
-        _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--backlog N]".into()),
+        _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]".into()),
     };
     sys::ensure_packages()?;
     build_release_binaries()?;

@@ -65,15 +65,28 @@ pub struct ServerQuota {
 /// Stores what the server said, unless it is older (lower version) than
 /// what is stored: updates may arrive out of order.
 pub fn set_server_remaining(conn: &Connection, q: &ServerQuota, at: &str) -> StoreResult<()> {
+    set_remaining(conn, q, at, false)
+}
+
+/// Like [`set_server_remaining`]; `authoritative` (a pull: a fresh read of
+/// the server's rows) replaces whatever is stored, older version included —
+/// a server restored from a backup, or another server, counts versions
+/// anew, and a kiosk that kept the highest one would ignore it forever.
+fn set_remaining(
+    conn: &Connection,
+    q: &ServerQuota,
+    at: &str,
+    authoritative: bool,
+) -> StoreResult<()> {
     conn.execute(
         "INSERT INTO quotas (client_id, name, server_remaining, server_version, updated_at, partial_copy) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (client_id) DO UPDATE SET server_remaining = excluded.server_remaining, \
              server_version = coalesce(excluded.server_version, quotas.server_version), \
              name = coalesce(excluded.name, quotas.name), updated_at = excluded.updated_at, \
              partial_copy = coalesce(excluded.partial_copy, quotas.partial_copy) \
-         WHERE excluded.server_version IS NULL OR quotas.server_version IS NULL \
+         WHERE ?7 OR excluded.server_version IS NULL OR quotas.server_version IS NULL \
                OR excluded.server_version >= quotas.server_version",
-        params![q.client.get(), q.name, q.remaining, q.version, at, q.partial_copy],
+        params![q.client.get(), q.name, q.remaining, q.version, at, q.partial_copy, authoritative],
     )?;
     Ok(())
 }
@@ -152,8 +165,8 @@ fn set_lease(conn: &Connection, q: &ServerQuota) -> StoreResult<()> {
     Ok(())
 }
 
-/// Stores one answer's word on a client: its remaining (unless older than
-/// what is stored) and this kiosk's lease.
+/// Stores a push answer's word on a client: its remaining (unless older
+/// than what is stored) and this kiosk's lease.
 pub fn apply_server_quota(conn: &Connection, q: &ServerQuota, at: &str) -> StoreResult<()> {
     set_server_remaining(conn, q, at)?;
     set_lease(conn, q)
@@ -169,7 +182,8 @@ pub fn leases_returned(conn: &Connection) -> StoreResult<()> {
     Ok(())
 }
 
-/// Stores a pull: the server's remaining for every client it listed;
+/// Stores a pull — authoritative, whatever its versions say (see
+/// [`set_remaining`]): the server's remaining for every client it listed;
 /// clients it no longer lists are forgotten unless work is queued for them.
 pub fn apply_pull(
     conn: &mut Connection,
@@ -179,7 +193,8 @@ pub fn apply_pull(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let at = ts(now);
     for q in listed {
-        apply_server_quota(&tx, q, &at)?;
+        set_remaining(&tx, q, &at, true)?;
+        set_lease(&tx, q)?;
     }
     let ids: Vec<String> = listed.iter().map(|q| q.client.get().to_string()).collect();
     let ids = if ids.is_empty() {

@@ -573,6 +573,62 @@ async fn a_kiosk_killed_while_writing_records_the_card_as_unverified_at_its_next
     assert_eq!(server.ledger_count().await, 1);
 }
 
+/// A blank lifted in the middle of its write: it may hold part of the badge,
+/// so it is recorded as an unverified copy, charged and flagged — never a
+/// free copy. SIGKILL while waiting for the blank: the next start releases
+/// the unit, and the blank placed afterwards is never touched.
+#[tokio::test]
+async fn a_blank_lifted_mid_write_is_charged_and_a_kill_before_the_write_is_not() {
+    use propass_nfc::emulator::{Tag, TagKind};
+    let server = Server::new().await;
+    let client = server.add_client("Lift Co", 5);
+    let badge = Tag::classic(TagKind::Classic1k, [0x04, 0xAB, 0x12, 0xCD]);
+    let (mut agent, emu) = agent_at_reader(&server, badge.clone()).await;
+
+    emu.with_field(|f| f.remove_on_write = Some(4));
+    let (s, v) = copy_at_reader(
+        &agent,
+        &emu,
+        client,
+        Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04]),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("copy_unverified")),
+        "{v}"
+    );
+    assert_eq!(agent.remaining(client).await, Some(4), "charged");
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM copies WHERE unverified")
+            .await,
+        1
+    );
+
+    // Killed while it waits for a blank: nothing was written, the unit goes back.
+    emu.place(Some(badge));
+    let copy = begin_copy(&agent, client).await;
+    agent.kill9();
+    assert_eq!(copy.await.unwrap(), None);
+    let blank = Tag::classic(TagKind::Gen1a, [0x05, 0x06, 0x07, 0x08]);
+    emu.place(Some(blank.clone()));
+    agent.start().await;
+    assert_eq!(agent.pending().await, 0);
+    assert_eq!(
+        agent.remaining(client).await,
+        Some(4),
+        "the reserved unit went back"
+    );
+    assert_eq!(
+        emu.tag().unwrap().memory(),
+        blank.memory(),
+        "the blank is untouched"
+    );
+    assert_eq!(server.ledger_count().await, 1);
+}
+
 /// Three kiosks cut off together, one client with 30 units, 20 tries each:
 /// each spends only the units the server set aside for it, so together they
 /// make at most 30, the rest refused clearly; after reconnecting, the ledger
@@ -596,7 +652,11 @@ async fn kiosks_offline_together_never_spend_more_than_the_client_paid_for() {
         );
     }
     assert_eq!(server.client_row(client)["leased"], 30);
-    assert_eq!(server.remaining(client), 0, "every unit is in a kiosk's lease");
+    assert_eq!(
+        server.remaining(client),
+        0,
+        "every unit is in a kiosk's lease"
+    );
     server.stop();
 
     let mut made = 0;
