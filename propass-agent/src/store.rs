@@ -30,6 +30,8 @@ use propass_protocol::{ClientId, DeviceId, OpId};
 use rusqlite::Connection;
 
 pub mod intents;
+#[cfg(test)]
+mod model_tests;
 pub mod queue;
 pub mod quotas;
 pub mod schema;
