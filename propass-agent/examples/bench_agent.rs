@@ -198,7 +198,7 @@ async fn main() -> Result<(), String> {
     let history_rate = ops as f64 / t.elapsed().as_secs_f64();
     drop(proc_);
 
-    // --- 2. drain a backlog into the real server ----------------------------
+    // --- 3. drain a backlog into the real server ----------------------------
     let database = TestDatabase::create_in(&base, "propass_bench_agent").await?;
     let db_url = database.url().to_owned();
     let cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {

@@ -10,6 +10,8 @@
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
 //! - `cargo xtask bench agent [--ops N] [--history N] [--backlog N]`: agent recording rate
 //!   (fresh, and with a year of history) and backlog drain.
+//! - `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server and agents at
+//!   emulated readers under seeded faults, the ledger's invariants checked after every round.
 //! - `cargo xtask db`: just the throwaway cluster, for development.
 #![allow(clippy::disallowed_methods)] // a tool on the real clock, not logic under simulation
 
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::run(),
         Some("bench") => bench(&args[1..]),
+        Some("chaos") => run_example("propass-agent", "chaos", &args[1..], "chaos run"),
         Some("e2e") => e2e(&args[1..]),
         Some("db") => db(),
         _ => {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
                  demo           run the server on 127.0.0.1:5000 with a demo admin and client\n  \
                  bench push     measure push throughput against the raw PostgreSQL ceiling\n  \
                  bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
+                 chaos          seeded faults against the real server and agents; invariants after every round\n  \
                  db             start a throwaway PostgreSQL and print its DATABASE_URL"
             );
             Err("unknown command".into())
@@ -204,6 +208,13 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some("agent") => ("propass-agent", "bench_agent"),
         _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]".into()),
     };
+    run_example(package, example, &args[1..], "benchmark")
+}
+
+/// Builds the release binaries and `example` of `package`, then runs it
+/// with `args` against a throwaway cluster, the binaries named in its
+/// environment.
+fn run_example(package: &str, example: &str, args: &[String], what: &str) -> Result<(), String> {
     sys::ensure_packages()?;
     build_release_binaries()?;
     if !run_status(cargo().args([
@@ -219,7 +230,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     }
     let (_cluster, url) = database(true)?;
     let mut cmd = Command::new(sys::target_bin("release/examples", example));
-    cmd.args(&args[1..])
+    cmd.args(args)
         .current_dir(sys::root())
         .env("DATABASE_URL", &url)
         .env(
@@ -231,7 +242,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             sys::target_bin("release", "propass-agent"),
         );
     if !run_status(&mut cmd)? {
-        return Err("benchmark failed".into());
+        return Err(format!("{what} failed"));
     }
     Ok(())
 }

@@ -1,0 +1,642 @@
+//! `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server
+//! and K real agents (each at an emulated PN532 through the real libnfc)
+//! making copies and recording operations while each round injects a fault
+//! picked from the seed: an agent killed mid-write or at rest, the server
+//! restarted, answers lost after the server committed, the network cut, a
+//! card lifted mid-write, an operator top-up or lease reclaim. After every
+//! round, with the faults healed and every agent synced, it checks:
+//!
+//! - every operation a kiosk acknowledged, and every card that may exist, is
+//!   in the ledger exactly once (unverified cards flagged);
+//! - the client was charged once per ledger row;
+//! - `quotas.leased` is the sum of the leases, and `used + leased <= total`
+//!   unless a copy had to be recorded without a unit (flagged overdraft).
+//!
+//! A violation prints the seed and round that reproduce it and exits 1.
+//! Needs `DATABASE_URL`, `PROPASS_SERVER_BIN` and `PROPASS_AGENT_BIN` (set
+//! by xtask).
+
+// Chaos runs on the real clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use propass_nfc::emulator::{Emulator, Tag, TagKind};
+use propass_test_support::{free_port, FaultProxy, Mode, ProcessGuard, TempDir, TestDatabase};
+use serde_json::{json, Value};
+
+const SECRET: &str = "chaos-secret-chaos-secret-chaos-secret-0123";
+const BADGE: [u8; 4] = [0x04, 0xAB, 0x12, 0xCD];
+
+/// SplitMix64: the seed decides every choice.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    None,
+    KillMidWrite,
+    KillAtRest,
+    RestartServer,
+    LoseAnswers,
+    CutNetwork,
+    LiftCard,
+    TopUp,
+    ReclaimLease,
+}
+
+const FAULTS: [Fault; 9] = [
+    Fault::None,
+    Fault::KillMidWrite,
+    Fault::KillAtRest,
+    Fault::RestartServer,
+    Fault::LoseAnswers,
+    Fault::CutNetwork,
+    Fault::LiftCard,
+    Fault::TopUp,
+    Fault::ReclaimLease,
+];
+
+fn opt(name: &str, default: u64) -> Result<u64, String> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{name} needs a number")),
+        None => Ok(default),
+    }
+}
+
+struct Server {
+    bin: String,
+    db_url: String,
+    port: u16,
+    proc_: Option<ProcessGuard>,
+}
+
+impl Server {
+    fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("DATABASE_URL", &self.db_url)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "propass-server {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn start(&mut self) -> Result<(), String> {
+        let proc_ = ProcessGuard::spawn(
+            Command::new(&self.bin)
+                .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
+                .env("DATABASE_URL", &self.db_url)
+                .env("PROPASS_JWT_SECRET", SECRET)
+                .env("PROPASS_LOG", "warn")
+                .env("PROPASS_LEASE_TARGET", "5")
+                .env("PROPASS_LEASE_LOW_WATER", "3")
+                .env("PROPASS_DEVICE_PUSHES_PER_MINUTE", "0")
+                .env("PROPASS_DEVICE_ITEMS_PER_DAY", "0")
+                .stdin(Stdio::null()),
+            &self.bin,
+        )?;
+        self.proc_ = Some(proc_);
+        let url = format!("http://127.0.0.1:{}/health", self.port);
+        until(Duration::from_secs(30), "the server to start", || async {
+            reqwest::get(&url)
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        })
+        .await
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc_.take() {
+            p.terminate();
+        }
+    }
+}
+
+/// Polls `check` until it holds, at most `limit`.
+async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("timed out waiting for {what}"))
+}
+
+struct Kiosk {
+    dir: TempDir,
+    bin: String,
+    server_url: String,
+    emu: Emulator,
+    proc_: Option<ProcessGuard>,
+    http: reqwest::Client,
+    /// op_ids the kiosk acknowledged (recorded operations, made cards).
+    acked: Vec<String>,
+}
+
+impl Kiosk {
+    async fn start(&mut self) -> Result<(), String> {
+        let sock = self.dir.path().join("agent.sock");
+        let proc_ = ProcessGuard::spawn(
+            Command::new(&self.bin)
+                .args(["run", "--state-dir"])
+                .arg(self.dir.path())
+                .arg("--socket")
+                .arg(&sock)
+                .args(["--server", &self.server_url])
+                .env("PROPASS_LOG", "warn")
+                .env("PROPASS_READER", self.emu.connstring())
+                .env("PROPASS_CARD_TIMEOUT_SECS", "10")
+                .env("PROPASS_RECONNECT_MAX_MS", "200")
+                .env("PROPASS_SYNC_INTERVAL_SECS", "3600")
+                .env_remove("PROPASS_AGENT_CONFIG")
+                .stdin(Stdio::null()),
+            &self.bin,
+        )?;
+        self.proc_ = Some(proc_);
+        let http = self.http.clone();
+        until(Duration::from_secs(30), "an agent to start", || async {
+            http.get("http://agent/v1/status").send().await.is_ok()
+        })
+        .await
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc_.take() {
+            p.kill();
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
+        let mut req = self.http.request(method, format!("http://agent{path}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.ok()?;
+        let status = res.status().as_u16();
+        Some((status, res.json().await.ok()?))
+    }
+
+    async fn pending(&self) -> Option<i64> {
+        let (_, v) = self.call(reqwest::Method::GET, "/v1/status", None).await?;
+        v["queue"]["pending"].as_i64()
+    }
+
+    /// A UI-reported operation; acknowledged ones are remembered.
+    async fn record(&mut self, client: i64, n: u64) -> Result<(), String> {
+        let body = json!({"type": "copy", "client_id": client, "uid": format!("05{n:08X}")});
+        match self
+            .call(reqwest::Method::POST, "/v1/operations", Some(body))
+            .await
+        {
+            Some((201, v)) => {
+                self.acked.push(
+                    v["operation"]["op_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+                Ok(())
+            }
+            Some((409, v)) if v["error"]["code"] == "quota_exhausted" => Ok(()),
+            None => Ok(()), // the agent died under the request: nothing acknowledged
+            Some((s, v)) => Err(format!("record answered {s}: {v}")),
+        }
+    }
+}
+
+/// A copy under way: whether it asks for a blank (else it was refused
+/// first), and its answer to come.
+struct Started {
+    wants_blank: bool,
+    answer: tokio::task::JoinHandle<Option<(u16, Value)>>,
+}
+
+/// Starts a copy and returns once the agent asks for a blank or refused.
+async fn begin_copy(k: &Kiosk, client: i64) -> Result<Started, String> {
+    let mut events = k
+        .http
+        .get("http://agent/v1/events")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let http = k.http.clone();
+    let copy = tokio::spawn(async move {
+        let res = http
+            .post("http://agent/v1/copy")
+            .json(&json!({"client_id": client}))
+            .send()
+            .await
+            .ok()?;
+        Some((res.status().as_u16(), res.json::<Value>().await.ok()?))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no waiting_for_blank step: {buf}"));
+        }
+        match tokio::time::timeout(left, events.chunk()).await {
+            Ok(Ok(Some(chunk))) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => return Err(format!("the event stream ended: {buf}")),
+        }
+        for (step, wants_blank) in [("waiting_for_blank", true), ("failed", false)] {
+            if buf.contains(&format!("\"step\":\"{step}\"")) {
+                return Ok(Started {
+                    wants_blank,
+                    answer: copy,
+                });
+            }
+        }
+    }
+}
+
+/// What a round's copy at the reader came to.
+enum Copied {
+    /// Answered: the op_id of a card that may exist (made or unverified).
+    Card(String),
+    /// Refused or failed with nothing written.
+    Nothing,
+}
+
+async fn copy_at_reader(k: &Kiosk, client: i64, blank: u32) -> Result<Copied, String> {
+    k.emu.place(Some(Tag::classic(TagKind::Classic1k, BADGE)));
+    let copy = begin_copy(k, client).await?;
+    if copy.wants_blank {
+        k.emu
+            .place(Some(Tag::classic(TagKind::Gen1a, blank.to_be_bytes())));
+    }
+    match copy.answer.await.map_err(|e| e.to_string())? {
+        Some((201, v)) => Ok(Copied::Card(
+            v["operation"]["op_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )),
+        Some((422, v)) if v["error"]["code"] == "copy_unverified" => {
+            // The message names the operation: "(operation <uuid>, …".
+            let m = v["error"]["message"].as_str().unwrap_or_default();
+            let op = m
+                .split("operation ")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .unwrap_or_default()
+                .to_owned();
+            Ok(Copied::Card(op))
+        }
+        Some((409, _)) => Ok(Copied::Nothing),
+        Some((s, v)) => Err(format!("copy answered {s}: {v}")),
+        None => Err("the agent died under a copy".into()),
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    faults: BTreeMap<String, u64>,
+    cards: u64,
+    operations: u64,
+    unverified_expected: u64,
+    killed_mid_write: u64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), String> {
+    propass_agent::tls::install_crypto_provider();
+    let rounds = opt("--rounds", 100)?;
+    let seed = opt("--seed", 1)?;
+    let kiosks_n = opt("--kiosks", 3)?.clamp(1, 8);
+    let agent_bin = std::env::var("PROPASS_AGENT_BIN")
+        .map_err(|_| "PROPASS_AGENT_BIN is not set (run cargo xtask chaos)")?;
+    let server_bin =
+        std::env::var("PROPASS_SERVER_BIN").map_err(|_| "PROPASS_SERVER_BIN is not set")?;
+    let base = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set")?;
+
+    let database = TestDatabase::create_in(&base, "propass_chaos").await?;
+    let mut server = Server {
+        bin: server_bin,
+        db_url: database.url().to_owned(),
+        port: free_port(),
+        proc_: None,
+    };
+    server.cli(&["migrate"])?;
+    let client: i64 = server
+        // Enough for most rounds; leases of 5 still run out between syncs.
+        .cli(&[
+            "client",
+            "add",
+            "Chaos",
+            "--quota",
+            &(rounds * kiosks_n * 2 + 20).to_string(),
+        ])?
+        .trim()
+        .parse()
+        .map_err(|_| "bad client id")?;
+    server.start().await?;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", server.port)).await;
+
+    let mut kiosks = Vec::new();
+    for i in 0..kiosks_n {
+        let dir = TempDir::new(&format!("propass-chaos-{i}")).map_err(|e| e.to_string())?;
+        let http = reqwest::Client::builder()
+            .unix_socket(dir.path().join("agent.sock"))
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut k = Kiosk {
+            dir,
+            bin: agent_bin.clone(),
+            server_url: proxy.url(),
+            emu: Emulator::start(None).map_err(|e| e.to_string())?,
+            proc_: None,
+            http,
+            acked: Vec::new(),
+        };
+        k.start().await?;
+        let code: Value = serde_json::from_str(&server.cli(&[
+            "device",
+            "enroll",
+            "--clients",
+            &client.to_string(),
+            "--json",
+        ])?)
+        .map_err(|e| e.to_string())?;
+        match k
+            .call(
+                reqwest::Method::POST,
+                "/v1/enroll",
+                Some(json!({"code": code["code"]})),
+            )
+            .await
+        {
+            Some((200, _)) => {}
+            other => return Err(format!("enrollment failed: {other:?}")),
+        }
+        match k.call(reqwest::Method::POST, "/v1/sync", None).await {
+            Some((200, _)) => {}
+            other => return Err(format!("first sync failed: {other:?}")),
+        }
+        kiosks.push(k);
+    }
+
+    let mut rng = Rng(seed);
+    let mut tally = Tally::default();
+    let mut serial: u64 = 0;
+    let started = Instant::now();
+    for round in 1..=rounds {
+        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        let victim = rng.below(kiosks_n) as usize;
+        *tally.faults.entry(format!("{fault:?}")).or_default() += 1;
+        let fail = |e: String| {
+            format!("round {round} (seed {seed}, fault {fault:?} on kiosk {victim}): {e}")
+        };
+
+        match fault {
+            Fault::LoseAnswers => proxy.set(Mode::SwallowAnswers),
+            Fault::CutNetwork => proxy.set(Mode::Cut),
+            Fault::RestartServer => server.stop(),
+            Fault::TopUp => {
+                server
+                    .cli(&["quota", "add", &client.to_string(), "10"])
+                    .map_err(fail)?;
+            }
+            Fault::ReclaimLease => {
+                let (_, st) = kiosks[victim]
+                    .call(reqwest::Method::GET, "/v1/status", None)
+                    .await
+                    .ok_or_else(|| fail("no status".into()))?;
+                let device = st["device_id"].as_str().unwrap_or_default().to_owned();
+                server.cli(&["device", "reclaim", &device]).map_err(fail)?;
+            }
+            _ => {}
+        }
+
+        for (i, k) in kiosks.iter_mut().enumerate() {
+            // A UI-reported operation, then a copy at the reader.
+            serial += 1;
+            k.record(client, serial).await.map_err(fail)?;
+            tally.operations += 1;
+            serial += 1;
+            let blank = 0x1000_0000 | serial as u32;
+            if i == victim && fault == Fault::KillMidWrite {
+                k.emu.place(Some(Tag::classic(TagKind::Classic1k, BADGE)));
+                k.emu.with_field(|f| f.freeze_on_write = Some(0));
+                let copy = begin_copy(k, client).await.map_err(fail)?;
+                if !copy.wants_blank {
+                    k.emu.with_field(|f| f.freeze_on_write = None);
+                    let _ = copy.answer.await;
+                    continue; // refused before a blank: no units left
+                }
+                k.emu
+                    .place(Some(Tag::classic(TagKind::Gen1a, blank.to_be_bytes())));
+                let emu = &k.emu;
+                until(Duration::from_secs(20), "the write to start", || async {
+                    emu.with_field(|f| f.frozen)
+                })
+                .await
+                .map_err(fail)?;
+                k.kill();
+                k.emu.thaw();
+                let _ = copy.answer.await;
+                tally.unverified_expected += 1;
+                tally.killed_mid_write += 1;
+                tally.cards += 1;
+                k.start().await.map_err(fail)?;
+                continue;
+            }
+            if i == victim && fault == Fault::LiftCard {
+                k.emu.with_field(|f| f.remove_on_write = Some(4));
+            }
+            match copy_at_reader(k, client, blank).await.map_err(fail)? {
+                Copied::Card(op) => {
+                    if i == victim && fault == Fault::LiftCard {
+                        tally.unverified_expected += 1;
+                    }
+                    k.acked.push(op);
+                    tally.cards += 1;
+                }
+                Copied::Nothing => {}
+            }
+            k.emu.with_field(|f| f.remove_on_write = None);
+            if i == victim && fault == Fault::KillAtRest {
+                k.kill();
+                k.start().await.map_err(fail)?;
+            }
+        }
+
+        // Heal, then let every kiosk sync.
+        proxy.set(Mode::Pass);
+        if fault == Fault::RestartServer {
+            server.start().await.map_err(fail)?;
+        }
+        for k in &kiosks {
+            until(Duration::from_secs(60), "a kiosk to sync", || async {
+                let _ = k.call(reqwest::Method::POST, "/v1/sync", None).await;
+                k.pending().await == Some(0)
+            })
+            .await
+            .map_err(fail)?;
+        }
+        check(&server.db_url, client, &kiosks, &tally)
+            .await
+            .map_err(fail)?;
+        if round % 10 == 0 || round == rounds {
+            eprintln!(
+                "chaos: round {round}/{rounds}: {} operations, {} cards, {:.0} s",
+                tally.operations,
+                tally.cards,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    for k in &mut kiosks {
+        k.kill();
+    }
+    server.stop();
+    println!();
+    println!(
+        "chaos    seed {seed}, {rounds} rounds, {kiosks_n} kiosks, {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "         {} operations tried, {} cards made ({} unverified: {} kiosks killed mid-write, {} cards lifted mid-write)",
+        tally.operations,
+        tally.cards,
+        tally.unverified_expected,
+        tally.killed_mid_write,
+        tally.unverified_expected - tally.killed_mid_write
+    );
+    let faults: Vec<String> = tally
+        .faults
+        .iter()
+        .map(|(f, n)| format!("{f} {n}"))
+        .collect();
+    println!("rounds   by fault picked: {}", faults.join(", "));
+    println!("checks   after every round: ledger == every acknowledged operation and card, once; charged once; leases == quotas.leased; used + leased <= total or flagged");
+    println!("         0 violations");
+    Ok(())
+}
+
+/// The invariants, read from PostgreSQL.
+async fn check(db_url: &str, client: i64, kiosks: &[Kiosk], tally: &Tally) -> Result<(), String> {
+    let (pg, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let q = |sql: &'static str| {
+        let pg = &pg;
+        async move {
+            pg.query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .map_err(|e| format!("{sql}: {e}"))
+        }
+    };
+    let rows = pg
+        .query(
+            "SELECT op_id::text FROM copies WHERE op_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let ledger: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    let unique: HashSet<&String> = ledger.iter().collect();
+    if unique.len() != ledger.len() {
+        return Err("an operation is in the ledger twice".into());
+    }
+    for k in kiosks {
+        for op in &k.acked {
+            if !unique.contains(op) {
+                return Err(format!("acknowledged operation {op} is not in the ledger"));
+            }
+        }
+    }
+    // Every acknowledged operation and card, and every card whose kiosk was
+    // killed mid-write (recorded at its next start, acknowledged to no one).
+    let acked: usize = kiosks.iter().map(|k| k.acked.len()).sum();
+    let expected = acked as u64 + tally.killed_mid_write;
+    if ledger.len() as u64 != expected {
+        return Err(format!(
+            "the ledger holds {} rows; the kiosks acknowledged {acked} and {} were killed mid-write",
+            ledger.len(),
+            tally.killed_mid_write
+        ));
+    }
+    let unverified = q("SELECT count(*) FROM copies WHERE unverified").await?;
+    if unverified != tally.unverified_expected as i64 {
+        return Err(format!(
+            "{unverified} unverified copies in the ledger, {} cards in doubt made",
+            tally.unverified_expected
+        ));
+    }
+    let row = pg
+        .query_one(
+            "SELECT total, used, leased, (SELECT count(*) FROM copies WHERE client_id = $1), \
+                    (SELECT coalesce(sum(units), 0)::int8 FROM leases WHERE client_id = $1), \
+                    (SELECT count(*) FROM copies WHERE client_id = $1 AND overdraft) \
+             FROM quotas WHERE client_id = $1",
+            &[&client],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let (total, used, leased, copies, held, overdrafts): (i64, i64, i64, i64, i64, i64) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    if used != copies {
+        return Err(format!("charged {used} for {copies} ledger rows"));
+    }
+    if leased != held {
+        return Err(format!("quotas.leased {leased} but the leases hold {held}"));
+    }
+    if used + leased > total && overdrafts == 0 {
+        return Err(format!(
+            "used {used} + leased {leased} > total {total} with no overdraft flagged"
+        ));
+    }
+    if copies != ledger.len() as i64 {
+        return Err("a ledger row has no op_id".into());
+    }
+    Ok(())
+}
