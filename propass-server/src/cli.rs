@@ -59,6 +59,27 @@ enum Command {
     /// Manage kiosk devices
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Review the ledger: unverified copies, and voiding one that did not work
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCmd {
+    /// List the unverified copies not voided (cards a kiosk wrote but could not verify)
+    Unverified {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Void an unverified copy that did not work: its unit goes back to the client; audited
+    Void {
+        /// The copy's ledger id
+        copy_id: i64,
+        /// Why (kept in the audit log)
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +368,21 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
             quota_add(conn, client_id, n, json).await
         }
         Command::Device(cmd) => device::run(conn, cmd).await,
+        Command::Ledger(LedgerCmd::Unverified { json }) => ledger_unverified(conn, json).await,
+        Command::Ledger(LedgerCmd::Void { copy_id, reason }) => {
+            let actor = format!(
+                "cli:{}",
+                std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| "unknown".into())
+            );
+            let (client, remaining) = db::corrections::void(conn, copy_id, &actor, &reason)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{remaining}");
+            eprintln!("copy {copy_id} void; client {client} has its unit back ({remaining} free); audited as {actor}");
+            Ok(())
+        }
     }
 }
 
@@ -490,6 +526,25 @@ async fn client_list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), Str
             r.remaining(),
             policy_word(r.partial_copy),
             r.name
+        );
+    }
+    Ok(())
+}
+
+async fn ledger_unverified(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
+    let rows = db::corrections::unverified(conn).await.map_err(dberr)?;
+    if json {
+        return print_json(&rows);
+    }
+    println!("{:>8}  {:<30}  {:>6}  OCCURRED", "COPY", "DEVICE", "CLIENT");
+    for r in rows {
+        println!(
+            "{:>8}  {:<30}  {:>6}  {}",
+            r.id,
+            r.device_id,
+            r.client_id,
+            r.occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
     }
     Ok(())

@@ -7,6 +7,7 @@
 pub mod clients;
 pub mod connect;
 pub mod copies;
+pub mod corrections;
 pub mod devices;
 pub mod enrollment;
 pub mod leases;

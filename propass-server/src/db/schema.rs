@@ -102,6 +102,24 @@ diesel::table! {
 diesel::joinable!(quotas -> clients (client_id));
 diesel::joinable!(device_clients -> clients (client_id));
 diesel::joinable!(device_clients -> devices (device_id));
+diesel::table! {
+    copy_voids (copy_id) {
+        copy_id -> BigInt,
+        voided_at -> Timestamptz,
+        actor -> Text,
+        reason -> Text,
+    }
+}
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        at -> Timestamptz,
+        actor -> Text,
+        action -> Text,
+        subject -> Text,
+        detail -> Jsonb,
+    }
+}
 diesel::joinable!(leases -> clients (client_id));
 diesel::allow_tables_to_appear_in_same_query!(
     users,

@@ -2,7 +2,7 @@
 //! partial-copy policy (set by the operator, told to kiosks by pull), and
 //! unverified copies (charged and flagged).
 
-use diesel::QueryDsl;
+use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
 use propass_protocol::ClientId;
 use propass_server::db;
@@ -54,6 +54,52 @@ async fn an_unverified_copy_is_charged_and_flagged_in_the_ledger() {
         6,
         "all four are charged"
     );
+
+    // An operator sees it, and voids it with a reason: the unit comes back,
+    // once, and the audit log says who and why.
+    let (ok, out, err) = app.cli(&["ledger", "unverified", "--json"]).await;
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let copy = listed[0]["id"].as_i64().unwrap().to_string();
+    let (ok, _, err) = app.cli(&["ledger", "void", &copy, "--reason", " "]).await;
+    assert!(!ok && err.contains("needs a reason"), "{err}");
+    let why = "customer says the card does not open the door";
+    let (ok, out, err) = app.cli(&["ledger", "void", &copy, "--reason", why]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "7");
+    assert_eq!(app.remaining(&token, client).await, 7);
+    let (ok, _, err) = app
+        .cli(&["ledger", "void", &copy, "--reason", "again"])
+        .await;
+    assert!(!ok && err.contains("already void"), "{err}");
+    let verified: i64 = copies::table
+        .filter(copies::local_id.eq(2))
+        .select(copies::id)
+        .first(&mut app.db().await)
+        .await
+        .unwrap();
+    let (ok, _, err) = app
+        .cli(&["ledger", "void", &verified.to_string(), "--reason", "no"])
+        .await;
+    assert!(!ok && err.contains("only an unverified copy"), "{err}");
+    assert_eq!(
+        app.remaining(&token, client).await,
+        7,
+        "refused voids change nothing"
+    );
+    let (ok, out, _) = app.cli(&["ledger", "unverified", "--json"]).await;
+    assert!(ok && out.trim() == "[]", "{out}");
+    use propass_server::db::schema::audit_log;
+    let audited: Vec<(String, String, serde_json::Value)> = audit_log::table
+        .select((audit_log::action, audit_log::subject, audit_log::detail))
+        .load(&mut app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(audited.len(), 1);
+    assert_eq!(audited[0].0, "copy.void");
+    assert_eq!(audited[0].1, format!("copy:{copy}"));
+    assert_eq!(audited[0].2["reason"], why);
 }
 
 #[tokio::test]
