@@ -235,7 +235,20 @@ impl Store {
         listed: Vec<ServerQuota>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        self.with(move |c| quotas::apply_pull(c, &listed, now))
+        self.with(move |c| quotas::apply_pull(c, &listed, None, now).map(|_| ()))
+            .await
+    }
+
+    /// Stores a pull that says how far the server's ledger holds this
+    /// kiosk's operations; returns how many synced ones it lost and are
+    /// pending again (see [`quotas::apply_pull`]).
+    pub async fn apply_pull_through(
+        &self,
+        listed: Vec<ServerQuota>,
+        recorded_through: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<usize> {
+        self.with(move |c| quotas::apply_pull(c, &listed, recorded_through, now))
             .await
     }
 

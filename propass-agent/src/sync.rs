@@ -533,7 +533,18 @@ impl Agent {
             }
         };
         let listed = pull.quotas.into_iter().map(wire::listed_quota).collect();
-        self.store.apply_pull(listed, self.clock.now_utc()).await?;
+        let lost = self
+            .store
+            .apply_pull_through(listed, pull.recorded_through, self.clock.now_utc())
+            .await?;
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                recorded_through = ?pull.recorded_through,
+                "the server's ledger does not hold operations this kiosk synced (restored from a backup, or another server): sending them again"
+            );
+            self.kick.notify_one();
+        }
         Ok(())
     }
 

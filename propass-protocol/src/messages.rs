@@ -425,6 +425,12 @@ pub struct PullResponse {
     /// The server's clock when the quotas were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_time: Option<DateTime<Utc>>,
+    /// Optional: the highest local `id` of this device's operations in the
+    /// ledger (0: none). A kiosk sends again the operations it holds as
+    /// synced above it: the server was restored from a backup, or is
+    /// another server (retries are deduplicated on `op_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_through: Option<i64>,
 }
 
 /// `GET /health` answer.

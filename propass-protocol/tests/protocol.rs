@@ -53,6 +53,7 @@ fn every_fixture_round_trips() {
         (pull.quotas[0].lease, pull.quotas[1].lease),
         (Some(10), None)
     );
+    assert_eq!(pull.recorded_through, Some(41));
     round_trip::<HealthResponse>("health_response.json");
     let err: ErrorBody = round_trip("error_body.json");
     assert_eq!(err.error.code, ErrorCode::PayloadTooLarge);

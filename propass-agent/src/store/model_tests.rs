@@ -131,7 +131,7 @@ fn step(conn: &mut Connection, path: &std::path::Path, m: &mut Model, op: &Op) {
                 partial_copy: None,
                 lease: lease.map_or(LeaseWord::NoLease, LeaseWord::Units),
             };
-            quotas::apply_pull(conn, &[q], at()).unwrap();
+            quotas::apply_pull(conn, &[q], None, at()).unwrap();
             m.server_remaining = Some(*remaining);
             m.lease = *lease;
         }

@@ -185,12 +185,25 @@ pub fn leases_returned(conn: &Connection) -> StoreResult<()> {
 /// Stores a pull — authoritative, whatever its versions say (see
 /// [`set_remaining`]): the server's remaining for every client it listed;
 /// clients it no longer lists are forgotten unless work is queued for them.
+///
+/// `recorded_through` (the highest local id of this kiosk's operations the
+/// server's ledger holds) makes the operations held as synced above it
+/// pending again: the server lost them (restored from a backup, or another
+/// server). Returns how many.
 pub fn apply_pull(
     conn: &mut Connection,
     listed: &[ServerQuota],
+    recorded_through: Option<i64>,
     now: DateTime<Utc>,
-) -> StoreResult<()> {
+) -> StoreResult<usize> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let resent = match recorded_through {
+        Some(through) => tx.execute(
+            "UPDATE queue SET status = 'pending', synced_at = NULL WHERE status = 'synced' AND id > ?1",
+            [through],
+        )?,
+        None => 0,
+    };
     let at = ts(now);
     for q in listed {
         set_remaining(&tx, q, &at, true)?;
@@ -211,7 +224,7 @@ pub fn apply_pull(
         [],
     )?;
     tx.commit()?;
-    Ok(())
+    Ok(resent)
 }
 
 /// A live update of one client's quota; returns its local view.

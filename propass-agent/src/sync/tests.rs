@@ -44,6 +44,8 @@ struct ScriptedServer {
     pull_refusals: Mutex<VecDeque<ErrorCode>>,
     /// The token of every pull.
     pulls: Mutex<Vec<String>>,
+    /// What pulls say the ledger holds of this kiosk.
+    recorded_through: Mutex<Option<i64>>,
 }
 
 /// The server's refusal with `code` (rate limits say when to come back).
@@ -142,6 +144,7 @@ impl ServerClient for ScriptedServer {
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
         self.pulls.lock().unwrap().push(token.to_owned());
         let refusal = self.pull_refusals.lock().unwrap().pop_front();
+        let recorded_through = *self.recorded_through.lock().unwrap();
         Box::pin(async move {
             if let Some(code) = refusal {
                 return Err(refused(code));
@@ -157,6 +160,7 @@ impl ServerClient for ScriptedServer {
                     lease: None,
                 }],
                 server_time: None,
+                recorded_through,
             })
         })
     }
@@ -233,6 +237,22 @@ async fn an_idle_kiosk_whose_token_is_refused_on_pull_refreshes_it() {
     assert_eq!(pulls, ["stale", "fresh"]);
     assert_eq!(agent.link().login_required, None);
     assert_eq!(agent.store.session().await.unwrap().unwrap().token, "fresh");
+}
+
+#[tokio::test]
+async fn operations_the_server_lost_are_sent_again() {
+    let server = Arc::new(ScriptedServer::default());
+    let agent = agent_with(2, server.clone()).await;
+    assert_eq!(agent.sync_once().await.unwrap().synced, 2);
+    // The server comes back from a backup older than both.
+    *server.recorded_through.lock().unwrap() = Some(0);
+    assert_eq!(agent.sync_once().await.unwrap().pending, 2);
+    *server.recorded_through.lock().unwrap() = Some(2);
+    assert_eq!(agent.sync_once().await.unwrap().synced, 2);
+    let pushes = server.pushes.lock().unwrap().clone();
+    let sizes: Vec<usize> = pushes.iter().map(|p| p.1).collect();
+    assert_eq!(sizes, [2, 2], "sent once, then once again");
+    assert_eq!(agent.store.counts().await.unwrap().pending, 0);
 }
 
 #[tokio::test]

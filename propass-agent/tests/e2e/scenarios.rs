@@ -59,6 +59,41 @@ async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
     assert_eq!(agent.remaining(client).await, Some(500));
 }
 
+/// The server is restored from a backup taken before a kiosk's last pushes:
+/// the kiosk learns at its next pull that the ledger lost them, and sends
+/// them again — counted once.
+#[tokio::test]
+async fn a_server_restored_from_a_backup_gets_back_what_it_lost() {
+    let server = Server::new().await;
+    let client = server.add_client("Restore AG", 100);
+    let agent = Agent::new(&server.url(), &[]).await;
+    agent.enroll(&server).await;
+    assert_eq!(agent.sync().await.0, 200);
+    for i in 0..3 {
+        assert_eq!(agent.record(client, &uid(i)).await.0, 201);
+    }
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(server.ledger_count().await, 3);
+    // The restore: the copies and their charge are gone.
+    server
+        .query_i64("WITH d AS (DELETE FROM copies RETURNING 1) SELECT count(*) FROM d")
+        .await;
+    server
+        .query_i64("WITH u AS (UPDATE quotas SET used = 0 RETURNING 1) SELECT count(*) FROM u")
+        .await;
+    assert_eq!(agent.sync().await.0, 200);
+    let back = eventually(Duration::from_secs(20), || async {
+        server.ledger_count().await == 3 && agent.pending().await == 0
+    })
+    .await;
+    assert!(
+        back,
+        "the kiosk sent its lost copies again: {}",
+        agent.log()
+    );
+    assert_eq!(server.used(client), 3, "charged once each");
+}
+
 /// The answer to a push is lost after the server committed it: the retry
 /// must not count anything twice.
 #[tokio::test]

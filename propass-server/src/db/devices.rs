@@ -252,6 +252,18 @@ pub async fn set_status(
     .await
 }
 
+/// The highest local id of `device`'s operations in the ledger (0: none);
+/// the (device_id, local_id) index answers it.
+pub async fn recorded_through(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryResult<i64> {
+    use super::schema::copies;
+    copies::table
+        .filter(copies::device_id.eq(device.as_str()))
+        .select(diesel::dsl::max(copies::local_id))
+        .first::<Option<i64>>(conn)
+        .await
+        .map(|m| m.unwrap_or(0))
+}
+
 /// Records the agent version a device reported.
 pub async fn set_agent_version(
     conn: &mut AsyncPgConnection,

@@ -74,7 +74,7 @@ pub async fn pull(
     let device = token.0.device_id.clone();
     let policy = state.config.lease;
     let leasing = query.lease == Some(true);
-    let (rows, leases) = {
+    let (rows, leases, recorded_through) = {
         let mut conn = state.pool.get().await?;
         conn.transaction(async |conn| {
             if leasing {
@@ -87,7 +87,8 @@ pub async fn pull(
             }
             let rows = db::clients::served_by(conn, &device).await?;
             let leases = db::leases::held(conn, &device, None).await?;
-            Ok::<_, diesel::result::Error>((rows, leases))
+            let through = db::devices::recorded_through(conn, &device).await?;
+            Ok::<_, diesel::result::Error>((rows, leases, through))
         })
         .await?
     };
@@ -118,6 +119,7 @@ pub async fn pull(
         success: true,
         quotas,
         server_time: Some(state.clock.now()),
+        recorded_through: Some(recorded_through),
     }))
 }
 
