@@ -90,6 +90,24 @@ fn start_agent(
     Ok((child, http))
 }
 
+/// Records `ops` operations through the local API, one at a time like a
+/// kiosk; answers the rate per second.
+async fn record_ops(http: &reqwest::Client, ops: usize) -> Result<f64, String> {
+    let t = Instant::now();
+    for i in 0..ops {
+        let res = http
+            .post("http://agent/v1/operations")
+            .json(&json!({"type": "copy", "client_id": 1, "uid": format!("04{i:08X}")}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if res.status() != 201 {
+            return Err(format!("record answered {}", res.status()));
+        }
+    }
+    Ok(ops as f64 / t.elapsed().as_secs_f64())
+}
+
 async fn wait_status(http: &reqwest::Client) -> Result<Value, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -143,21 +161,8 @@ async fn main() -> Result<(), String> {
     drop(seed_quota(dir.path(), i64::MAX / 2).await?);
     let (proc_, http) = start_agent(&agent_bin, dir.path(), None)?;
     wait_status(&http).await?;
-    let t = Instant::now();
-    for i in 0..ops {
-        let res = http
-            .post("http://agent/v1/operations")
-            .json(&json!({"type": "copy", "client_id": 1, "uid": format!("04{i:08X}")}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if res.status() != 201 {
-            return Err(format!("record answered {}", res.status()));
-        }
-    }
-    let agent_time = t.elapsed();
+    let agent_rate = record_ops(&http, ops).await?;
     drop(proc_);
-    let agent_rate = ops as f64 / agent_time.as_secs_f64();
 
     // --- 2. the same on a kiosk with a year of synced history --------------
     let old_dir = bench_dir("history")?;
@@ -183,19 +188,7 @@ async fn main() -> Result<(), String> {
     drop(store);
     let (proc_, http) = start_agent(&agent_bin, old_dir.path(), None)?;
     wait_status(&http).await?;
-    let t = Instant::now();
-    for i in 0..ops {
-        let res = http
-            .post("http://agent/v1/operations")
-            .json(&json!({"type": "copy", "client_id": 1, "uid": format!("04{i:08X}")}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if res.status() != 201 {
-            return Err(format!("record answered {}", res.status()));
-        }
-    }
-    let history_rate = ops as f64 / t.elapsed().as_secs_f64();
+    let history_rate = record_ops(&http, ops).await?;
     drop(proc_);
 
     // --- 3. drain a backlog into the real server ----------------------------

@@ -2,8 +2,9 @@
 //! and K real agents (each at an emulated PN532 through the real libnfc)
 //! making copies and recording operations while each round injects a fault
 //! picked from the seed: an agent killed mid-write or at rest, the server
-//! restarted, answers lost after the server committed, the network cut, a
-//! card lifted mid-write, an operator top-up or lease reclaim. After every
+//! restarted, PostgreSQL restarted, answers lost after the server
+//! committed, the network cut, a card lifted mid-write, an operator top-up
+//! or lease reclaim. After every
 //! round, with the faults healed and every agent synced, it checks:
 //!
 //! - every operation a kiosk acknowledged, and every card that may exist, is
@@ -13,8 +14,10 @@
 //!   unless a copy had to be recorded without a unit (flagged overdraft).
 //!
 //! A violation prints the seed and round that reproduce it and exits 1.
-//! Needs `DATABASE_URL`, `PROPASS_SERVER_BIN` and `PROPASS_AGENT_BIN` (set
-//! by xtask).
+//! Needs `DATABASE_URL`, `PROPASS_SERVER_BIN` and `PROPASS_AGENT_BIN`, and
+//! for the PostgreSQL restarts `PROPASS_PG_RESTART` (the command, one
+//! argument per line) — all set by xtask (with an outside `DATABASE_URL`,
+//! PostgreSQL is not restarted).
 
 // Chaos runs on the real clock.
 #![allow(clippy::disallowed_methods)]
@@ -53,6 +56,7 @@ enum Fault {
     KillMidWrite,
     KillAtRest,
     RestartServer,
+    RestartDatabase,
     LoseAnswers,
     CutNetwork,
     LiftCard,
@@ -60,11 +64,12 @@ enum Fault {
     ReclaimLease,
 }
 
-const FAULTS: [Fault; 9] = [
+const FAULTS: [Fault; 10] = [
     Fault::None,
     Fault::KillMidWrite,
     Fault::KillAtRest,
     Fault::RestartServer,
+    Fault::RestartDatabase,
     Fault::LoseAnswers,
     Fault::CutNetwork,
     Fault::LiftCard,
@@ -348,6 +353,9 @@ async fn main() -> Result<(), String> {
     let server_bin =
         std::env::var("PROPASS_SERVER_BIN").map_err(|_| "PROPASS_SERVER_BIN is not set")?;
     let base = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set")?;
+    let pg_restart: Option<Vec<String>> = std::env::var("PROPASS_PG_RESTART")
+        .ok()
+        .map(|v| v.lines().map(str::to_owned).collect());
 
     let database = TestDatabase::create_in(&base, "propass_chaos").await?;
     let mut server = Server {
@@ -428,7 +436,23 @@ async fn main() -> Result<(), String> {
             format!("round {round} (seed {seed}, fault {fault:?} on kiosk {victim}): {e}")
         };
 
+        // PostgreSQL restarts while the kiosks work (the server answers 503
+        // meanwhile and must recover by itself).
+        let mut pg_restarting = None;
         match fault {
+            Fault::RestartDatabase => {
+                if let Some(argv) = pg_restart.clone() {
+                    pg_restarting = Some(tokio::task::spawn_blocking(move || {
+                        Command::new(&argv[0])
+                            .args(&argv[1..])
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .map(|s| s.success())
+                    }));
+                }
+            }
             Fault::LoseAnswers => proxy.set(Mode::SwallowAnswers),
             Fault::CutNetwork => proxy.set(Mode::Cut),
             Fault::RestartServer => server.stop(),
@@ -502,6 +526,12 @@ async fn main() -> Result<(), String> {
         }
 
         // Heal, then let every kiosk sync.
+        if let Some(r) = pg_restarting {
+            match r.await {
+                Ok(Ok(true)) => {}
+                other => return Err(fail(format!("PostgreSQL did not restart: {other:?}"))),
+            }
+        }
         proxy.set(Mode::Pass);
         if fault == Fault::RestartServer {
             server.start().await.map_err(fail)?;

@@ -156,6 +156,19 @@ impl HttpServerClient {
         let req = self.http.post(format!("{server}{path}")).json(body);
         answer(req, self.max_answer_bytes).await
     }
+
+    /// A request to `path` with the bearer token.
+    fn authed(
+        &self,
+        method: reqwest::Method,
+        server: &str,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{server}{path}"))
+            .bearer_auth(token)
+    }
 }
 
 impl ServerClient for HttpServerClient {
@@ -172,10 +185,7 @@ impl ServerClient for HttpServerClient {
         server: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, UpstreamResult<RefreshResponse>> {
-        let req = self
-            .http
-            .post(format!("{server}/api/auth/refresh"))
-            .bearer_auth(token);
+        let req = self.authed(reqwest::Method::POST, server, "/api/auth/refresh", token);
         Box::pin(answer(req, self.max_answer_bytes))
     }
 
@@ -202,9 +212,7 @@ impl ServerClient for HttpServerClient {
         body: &'a PushRequest,
     ) -> BoxFuture<'a, UpstreamResult<PushResponse>> {
         let req = self
-            .http
-            .post(format!("{server}/api/sync/push"))
-            .bearer_auth(token)
+            .authed(reqwest::Method::POST, server, "/api/sync/push", token)
             .json(body);
         Box::pin(answer(req, self.max_answer_bytes))
     }
@@ -216,10 +224,12 @@ impl ServerClient for HttpServerClient {
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
         // Always with leases: units set aside for this kiosk are what it
         // may spend offline (a server without leases ignores the query).
-        let req = self
-            .http
-            .get(format!("{server}/api/sync/pull?lease=true"))
-            .bearer_auth(token);
+        let req = self.authed(
+            reqwest::Method::GET,
+            server,
+            "/api/sync/pull?lease=true",
+            token,
+        );
         Box::pin(answer(req, self.max_answer_bytes))
     }
 
@@ -228,10 +238,7 @@ impl ServerClient for HttpServerClient {
         server: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, UpstreamResult<LeaseReleaseResponse>> {
-        let req = self
-            .http
-            .delete(format!("{server}/api/sync/lease"))
-            .bearer_auth(token);
+        let req = self.authed(reqwest::Method::DELETE, server, "/api/sync/lease", token);
         Box::pin(answer(req, self.max_answer_bytes))
     }
 }

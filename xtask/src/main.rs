@@ -228,8 +228,12 @@ fn run_example(package: &str, example: &str, args: &[String], what: &str) -> Res
     ]))? {
         return Err("build failed".into());
     }
-    let (_cluster, url) = database(true)?;
+    let (cluster, url) = database(true)?;
     let mut cmd = Command::new(sys::target_bin("release/examples", example));
+    if let Some(c) = &cluster {
+        // The chaos run restarts PostgreSQL with it: one argument per line.
+        cmd.env("PROPASS_PG_RESTART", c.restart_command().join("\n"));
+    }
     cmd.args(args)
         .current_dir(sys::root())
         .env("DATABASE_URL", &url)

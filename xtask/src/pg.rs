@@ -175,6 +175,31 @@ impl Cluster {
         })
     }
 
+    /// The command (program and arguments) that restarts the cluster with
+    /// its options, waiting until it accepts connections again: for the
+    /// chaos run's "PostgreSQL restarts" fault.
+    pub fn restart_command(&self) -> Vec<String> {
+        let data = self.dir.join("data");
+        let pg_ctl = self.bin.join("pg_ctl").display().to_string();
+        let mut argv: Vec<String> = if self.as_postgres {
+            vec![
+                "runuser".into(),
+                "-u".into(),
+                "postgres".into(),
+                "--".into(),
+                pg_ctl,
+            ]
+        } else {
+            vec![pg_ctl]
+        };
+        argv.extend(
+            ["-D", path(&data), "-m", "fast", "-w", "-t", "60", "restart"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        argv
+    }
+
     /// The superuser URL of the cluster's `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

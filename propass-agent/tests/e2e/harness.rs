@@ -181,15 +181,7 @@ impl Server {
 
     /// The units no kiosk holds in lease.
     pub fn remaining(&self, client: i64) -> i64 {
-        let v: Value =
-            serde_json::from_str(&self.cli(&["client", "list", "--json"], None)).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == client)
-            .unwrap()["remaining"]
-            .as_i64()
-            .unwrap()
+        self.client_row(client)["remaining"].as_i64().unwrap()
     }
 
     pub async fn start(&mut self) {

@@ -228,7 +228,18 @@ impl TestApp {
 
     /// `GET /api/sync/pull`'s entry for `client`.
     pub async fn pull_entry(&self, token: &str, client: i64) -> Value {
-        let res = self.pull(token).await;
+        self.pull_entry_asking(token, client, "").await
+    }
+
+    /// Like [`Self::pull_entry`], with a query string (`?lease=true`).
+    pub async fn pull_entry_asking(&self, token: &str, client: i64, query: &str) -> Value {
+        let res = self
+            .http
+            .get(format!("{}/api/sync/pull{query}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         let body: Value = res.json().await.unwrap();
         body["quotas"]

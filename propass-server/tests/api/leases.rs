@@ -10,22 +10,7 @@ use crate::helpers::*;
 
 /// `GET /api/sync/pull?lease=true`: the entry of `client`.
 async fn lease_pull(app: &TestApp, token: &str, client: i64) -> Value {
-    let res = app
-        .http
-        .get(format!("{}/api/sync/pull?lease=true", app.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
-    body["quotas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["client_id"] == client)
-        .expect("client in pull")
-        .clone()
+    app.pull_entry_asking(token, client, "?lease=true").await
 }
 
 fn copies(device: &str, client: i64, from: i64, n: i64) -> Value {
