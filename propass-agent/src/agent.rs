@@ -4,10 +4,11 @@
 //! connectivity state; the work itself lives in `sync`, `ws`, `kiosk` and
 //! `api`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use propass_nfc::ReaderThread;
-use propass_protocol::DeviceId;
+use propass_protocol::{DeviceId, ReaderHealth};
 use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 
@@ -44,6 +45,35 @@ pub struct LinkState {
     pub last_error: Option<String>,
 }
 
+/// The reader as the kiosk last met it, and its writes since the agent
+/// started (for the heartbeat).
+#[derive(Default)]
+pub struct ReaderStats {
+    health: Mutex<Option<ReaderHealth>>,
+    pub written: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl ReaderStats {
+    /// Notes how a reader operation went.
+    pub fn saw<T>(&self, result: &Result<T, propass_nfc::NfcError>) {
+        use propass_nfc::NfcError;
+        let health = match result {
+            Err(NfcError::NoReader(_)) => ReaderHealth::Absent,
+            Err(NfcError::ReaderUnplugged(_)) => ReaderHealth::Failing,
+            _ => ReaderHealth::Ok,
+        };
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = Some(health);
+    }
+
+    pub fn health(&self) -> ReaderHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(ReaderHealth::Unknown)
+    }
+}
+
 /// What the agent is made of; [`Agent::new`] uses the real ones, tests and a
 /// simulation their own.
 pub struct Parts {
@@ -78,6 +108,8 @@ pub struct Agent {
     pub rng: Arc<dyn Rng>,
     /// Cards being written: shutdown waits for them, and refuses new ones.
     pub writes: WriteGate,
+    /// What the heartbeat says of the reader and the writes since start.
+    pub reader_stats: ReaderStats,
     link: Mutex<LinkState>,
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
 }
@@ -146,6 +178,7 @@ impl Agent {
                 ..LinkState::default()
             }),
             writes: WriteGate::default(),
+            reader_stats: ReaderStats::default(),
             sync_lock: tokio::sync::Mutex::new(()),
         }))
     }

@@ -229,8 +229,9 @@ async fn nfc_read(agent: AgentData) -> ApiResult<HttpResponse> {
             r.release();
             t
         })
-        .await?;
-    Ok(HttpResponse::Ok().json(TagView::from(&tag)))
+        .await;
+    agent.reader_stats.saw(&tag);
+    Ok(HttpResponse::Ok().json(TagView::from(&tag?)))
 }
 
 async fn nfc_cancel(agent: AgentData) -> HttpResponse {

@@ -103,6 +103,8 @@ agent_config! {
         "libnfc connection string, e.g. `pn532_uart:/dev/ttyUSB0`";
     card_timeout_secs: u64 = 30, "PROPASS_CARD_TIMEOUT_SECS", "30",
         "how long to wait for a card at the reader (1 to 600)";
+    heartbeat_secs: u64 = 30, "PROPASS_HEARTBEAT_SECS", "30",
+        "how often the agent tells the server how it is doing (over the WebSocket; with each sync while the socket is down); 5 to 3600";
     stop_grace_secs: u64 = 10, "PROPASS_STOP_GRACE_SECS", "10",
         "on SIGTERM, how long a card already being written may take to finish and be recorded (a flow still waiting for a card is cancelled at once); the rest of the stop takes up to 10 s more (answers, giving the lease back), so keep the sum below the unit's `TimeoutStopSec` (20 s)";
     server_ca_file: Option<PathBuf> = None, "PROPASS_SERVER_CA_FILE", "—",
@@ -227,6 +229,7 @@ impl AgentConfig {
         self.reconnect_max_ms = self.reconnect_max_ms.max(50);
         self.ws_ping_secs = self.ws_ping_secs.max(1);
         self.card_timeout_secs = self.card_timeout_secs.clamp(1, 600);
+        self.heartbeat_secs = self.heartbeat_secs.clamp(5, 3600);
         Ok(self)
     }
 
@@ -253,6 +256,10 @@ impl AgentConfig {
 
     pub fn card_timeout(&self) -> Duration {
         Duration::from_secs(self.card_timeout_secs)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
     }
 
     pub fn stop_grace(&self) -> Duration {

@@ -157,7 +157,7 @@ pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, Kios
 async fn read_source(agent: &Agent) -> Result<(TagInfo, BadgeRead), KioskError> {
     let timeout = agent.config.card_timeout();
     let keys = KeyDictionary::with_extra(&agent.config.reader_keys.0);
-    let (tag, read) = agent
+    let result = agent
         .reader
         .run(move |r, cancel| {
             let tag = r.wait_for_tag(timeout, cancel)?;
@@ -165,7 +165,9 @@ async fn read_source(agent: &Agent) -> Result<(TagInfo, BadgeRead), KioskError> 
             r.release();
             Ok((tag, read.transpose()?))
         })
-        .await?;
+        .await;
+    agent.reader_stats.saw(&result);
+    let (tag, read) = result?;
     match read {
         Some(read) => Ok((tag, read)),
         None => Err(KioskError::Unsupported(format!(
@@ -415,16 +417,18 @@ fn announce(agent: &Agent, operation: &QueuedOp, remaining: i64) {
 /// Waits for a blank (not the badge) and holds it on the reader.
 async fn wait_for_blank(agent: &Agent, not: Option<Vec<u8>>) -> Result<TagInfo, NfcError> {
     let timeout = agent.config.card_timeout();
-    agent
+    let blank = agent
         .reader
         .run(move |r, cancel| r.wait_for_other_tag(not.as_deref(), timeout, cancel))
-        .await
+        .await;
+    agent.reader_stats.saw(&blank);
+    blank
 }
 
 /// Writes and verifies the blank. The dump is dropped — zeroed — with the
 /// job, on the reader thread.
 async fn write_blank(agent: &Agent, blank: TagInfo, job: Job) -> Result<BlankKind, NfcError> {
-    agent
+    let kind = agent
         .reader
         .run(move |r, _| {
             let kind = match &job {
@@ -434,7 +438,14 @@ async fn write_blank(agent: &Agent, blank: TagInfo, job: Job) -> Result<BlankKin
             r.release();
             kind
         })
-        .await
+        .await;
+    agent.reader_stats.saw(&kind);
+    let counter = match kind {
+        Ok(_) => &agent.reader_stats.written,
+        Err(_) => &agent.reader_stats.failed,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    kind
 }
 
 #[cfg(test)]

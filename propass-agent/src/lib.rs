@@ -31,7 +31,8 @@
 //! - [`sync`]: push / pull / token refresh and the sync loop, deciding on
 //!   wire error codes; [`sync::wire`] is the one wire ↔ store conversion;
 //! - [`backoff`]: capped, jittered reconnection waits;
-//! - [`ws`]: the WebSocket client (quota updates → cache, events → listeners);
+//! - [`ws`]: the WebSocket client (quota updates → cache, events → listeners,
+//!   the [`heartbeat`] out);
 //! - [`kiosk`]: the flow at the reader, over any [`propass_nfc::CardReader`];
 //! - [`write_gate`]: the point of no return shutdown waits for;
 //! - [`events`]: what local listeners receive;
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod heartbeat;
 pub mod kiosk;
 pub mod seams;
 pub mod store;

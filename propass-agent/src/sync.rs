@@ -321,6 +321,24 @@ impl Agent {
         result
     }
 
+    /// The heartbeat over HTTP, for a kiosk whose WebSocket is down: best
+    /// effort (operators then see a stale view, the sync goes on).
+    async fn send_heartbeat(&self, creds: &Credentials) {
+        let hb = match crate::heartbeat::heartbeat(self).await {
+            Ok(hb) => hb,
+            Err(e) => {
+                return tracing::warn!(error = %e, "cannot read the kiosk's state for its heartbeat")
+            }
+        };
+        if let Err(e) = self
+            .server
+            .heartbeat(&creds.server, &creds.token, &hb)
+            .await
+        {
+            tracing::debug!(error = %e, "heartbeat not delivered");
+        }
+    }
+
     /// On a clean shutdown: once everything is pushed, gives the units the
     /// server set aside for this kiosk back, so other kiosks can spend them;
     /// the kiosk then holds none until its next pull. With work still queued
@@ -361,6 +379,9 @@ impl Agent {
         let mut summary = SyncSummary::default();
         self.push_pending(&mut creds, &mut summary).await?;
         self.pull(&mut creds).await?;
+        if !self.link().ws_connected {
+            self.send_heartbeat(&creds).await;
+        }
         summary.pending = self.store.counts().await?.pending;
         Ok(summary)
     }

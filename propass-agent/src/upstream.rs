@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use propass_protocol::{
-    DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorBody, ErrorCode,
+    DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorBody, ErrorCode, KioskHeartbeat,
     LeaseReleaseResponse, LoginRequest, LoginResponse, PullResponse, PushRequest, PushResponse,
     RefreshResponse,
 };
@@ -79,6 +79,15 @@ pub trait ServerClient: Send + Sync {
         server: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>>;
+
+    /// `POST /api/devices/heartbeat`: how the kiosk is doing, while its
+    /// WebSocket is down.
+    fn heartbeat<'a>(
+        &'a self,
+        server: &'a str,
+        token: &'a str,
+        body: &'a KioskHeartbeat,
+    ) -> BoxFuture<'a, UpstreamResult<serde_json::Value>>;
 
     /// `DELETE /api/sync/lease`: gives this kiosk's unused units back.
     fn release_leases<'a>(
@@ -230,6 +239,23 @@ impl ServerClient for HttpServerClient {
             "/api/sync/pull?lease=true",
             token,
         );
+        Box::pin(answer(req, self.max_answer_bytes))
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        server: &'a str,
+        token: &'a str,
+        body: &'a KioskHeartbeat,
+    ) -> BoxFuture<'a, UpstreamResult<serde_json::Value>> {
+        let req = self
+            .authed(
+                reqwest::Method::POST,
+                server,
+                "/api/devices/heartbeat",
+                token,
+            )
+            .json(body);
         Box::pin(answer(req, self.max_answer_bytes))
     }
 

@@ -126,6 +126,8 @@ async fn session(
     agent.kick.notify_one();
     let mut ping = tokio::time::interval(agent.config.ws_ping());
     ping.tick().await;
+    // The first tick is now: the server learns how the kiosk is at once.
+    let mut heartbeat = tokio::time::interval(agent.config.heartbeat());
     let mut silent_ticks = 0u32;
     loop {
         tokio::select! {
@@ -145,6 +147,15 @@ async fn session(
                 }
                 let ping = serde_json::to_string(&WsMessage::Ping).unwrap_or_default();
                 ws.send(Message::Text(ping.into())).await.map_err(|e| e.to_string())?;
+            }
+            _ = heartbeat.tick() => {
+                match crate::heartbeat::heartbeat(agent).await {
+                    Ok(hb) => {
+                        let text = serde_json::to_string(&WsMessage::Heartbeat(hb)).unwrap_or_default();
+                        ws.send(Message::Text(text.into())).await.map_err(|e| e.to_string())?;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the kiosk's state for its heartbeat"),
+                }
             }
             _ = shutdown.changed() => {
                 let _ = ws.close(None).await;
@@ -173,7 +184,7 @@ async fn on_message(agent: &Agent, text: &str) {
         }
         Ok(WsMessage::SyncCompleted(s)) => agent.emit(AgentEvent::SyncCompleted(s)),
         Ok(WsMessage::CopyCompleted(c)) => agent.emit(AgentEvent::CopyCompleted(c)),
-        Ok(WsMessage::Pong | WsMessage::Ping) => {}
+        Ok(WsMessage::Pong | WsMessage::Ping | WsMessage::Heartbeat(_)) => {}
         Err(e) => tracing::debug!(error = %e, "ignoring unknown server message"),
     }
 }

@@ -500,7 +500,7 @@ pub struct CopyCompleted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum WsMessage {
-    /// Client → server heartbeat.
+    /// Client → server liveness probe (answered `pong`).
     Ping,
     /// Server → client answer to `ping`.
     Pong,
@@ -510,4 +510,49 @@ pub enum WsMessage {
     SyncCompleted(SyncCompleted),
     /// A new operation reached the ledger.
     CopyCompleted(CopyCompleted),
+    /// Kiosk → server: how the kiosk is doing (also `POST
+    /// /api/devices/heartbeat` while its socket is down).
+    Heartbeat(KioskHeartbeat),
+}
+
+/// What the reader looked like at the kiosk's last use of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReaderHealth {
+    /// Not used since the agent started.
+    Unknown,
+    /// Answered.
+    Ok,
+    /// Not found (unplugged, or the driver holds it).
+    Absent,
+    /// Found, but it stopped answering.
+    Failing,
+}
+
+/// A kiosk's heartbeat: the server keeps the latest of each device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KioskHeartbeat {
+    /// The agent's version.
+    pub agent_version: String,
+    /// Operations waiting to be pushed.
+    pub pending: i64,
+    /// Operations the server refused (waiting for `queue retry`).
+    pub failed: i64,
+    /// When the oldest pending operation was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// The last successful sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<DateTime<Utc>>,
+    /// The last sync error, if the last sync failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The reader.
+    pub reader: ReaderHealth,
+    /// Blanks written and verified since the agent started.
+    pub blanks_written: u64,
+    /// Writes that failed since the agent started (nothing written, or in doubt).
+    pub blanks_failed: u64,
+    /// The kiosk's clock when it sent this.
+    pub clock: DateTime<Utc>,
 }

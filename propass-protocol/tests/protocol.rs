@@ -69,6 +69,9 @@ fn every_fixture_round_trips() {
     assert!(
         matches!(round_trip::<WsMessage>("ws_copy_completed.json"), WsMessage::CopyCompleted(c) if c.id == 41)
     );
+    assert!(
+        matches!(round_trip::<WsMessage>("ws_heartbeat.json"), WsMessage::Heartbeat(h) if h.pending == 3 && h.reader == ReaderHealth::Ok)
+    );
 }
 
 #[test]

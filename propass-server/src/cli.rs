@@ -287,7 +287,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(operate(&url, command))
+            rt.block_on(operate(&url, command, settings.fleet()))
         }
     }
 }
@@ -326,7 +326,7 @@ pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     writeln!(std::io::stdout(), "{s}").map_err(|e| e.to_string())
 }
 
-async fn operate(url: &str, command: Command) -> Result<(), String> {
+async fn operate(url: &str, command: Command, fleet: db::fleet::FleetPolicy) -> Result<(), String> {
     let mut conn = db::connect::connect(url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
@@ -367,7 +367,7 @@ async fn operate(url: &str, command: Command) -> Result<(), String> {
         Command::Quota(QuotaCmd::Add { client_id, n, json }) => {
             quota_add(conn, client_id, n, json).await
         }
-        Command::Device(cmd) => device::run(conn, cmd).await,
+        Command::Device(cmd) => device::run(conn, cmd, fleet).await,
         Command::Ledger(LedgerCmd::Unverified { json }) => ledger_unverified(conn, json).await,
         Command::Ledger(LedgerCmd::Void { copy_id, reason }) => {
             let actor = format!(

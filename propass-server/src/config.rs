@@ -64,6 +64,8 @@ pub struct Config {
     pub device_items_per_day: u64,
     /// Lease sizes for clients that set none.
     pub lease: crate::db::leases::LeasePolicy,
+    /// When a kiosk counts as offline, and what flags it.
+    pub fleet: crate::db::fleet::FleetPolicy,
     pub body_read_timeout: Duration,
     pub max_batch_items: usize,
     pub max_body_bytes: usize,
@@ -176,6 +178,14 @@ settings! {
     device_pushes_per_minute: u32 = 600, env "PROPASS_DEVICE_PUSHES_PER_MINUTE", flag "";
     /// New ledger rows one device may add per UTC day, by the time they reach the server; a push that would pass it is answered 429 with `Retry-After` and records nothing; 0: no limit. Leave room for a kiosk's backlog after days offline.
     device_items_per_day: u64 = 100_000, env "PROPASS_DEVICE_ITEMS_PER_DAY", flag "";
+    /// A kiosk is shown offline once nothing was heard from it (heartbeat or any call) for this long; agents send a heartbeat every 30 s.
+    device_offline_after_secs: u64 = 90, env "PROPASS_DEVICE_OFFLINE_AFTER_SECS", flag "";
+    /// A kiosk whose clock is off the server's by more than this is flagged `clock_skew`.
+    device_clock_skew_secs: u64 = 120, env "PROPASS_DEVICE_CLOCK_SKEW_SECS", flag "";
+    /// A kiosk whose oldest unsynced operation is older than this is flagged `backlog`.
+    device_backlog_age_secs: u64 = 3600, env "PROPASS_DEVICE_BACKLOG_AGE_SECS", flag "";
+    /// A kiosk with this many failed writes since its agent started is flagged `write_failures`.
+    device_write_failures: u64 = 3, env "PROPASS_DEVICE_WRITE_FAILURES", flag "";
     /// Units of a client's quota a kiosk holds in lease (spendable offline), unless the client sets its own (`client lease`); 0: no leases (kiosks spend the free units optimistically, and the server flags overdrafts).
     lease_target: u64 = 10, env "PROPASS_LEASE_TARGET", flag "";
     /// A kiosk's lease is refilled to the target at its next sync once it holds fewer units than this (at most the target), unless the client sets its own.
@@ -342,6 +352,19 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// What makes a kiosk offline or flagged (also for `device list`).
+    pub fn fleet(&self) -> crate::db::fleet::FleetPolicy {
+        let secs = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
+        crate::db::fleet::FleetPolicy {
+            offline_after: secs(self.device_offline_after_secs.max(1)),
+            clock_skew: secs(self.device_clock_skew_secs),
+            backlog_age: secs(self.device_backlog_age_secs),
+            write_failures: i64::try_from(self.device_write_failures.max(1)).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl Settings {
     /// Reads the layers: `file` (TOML), then the environment through `get`,
     /// then `flags` (a table of the keys given on the command line).
     pub fn load(
@@ -474,6 +497,7 @@ impl Settings {
             ),
             device_pushes_per_minute: self.device_pushes_per_minute,
             device_items_per_day: self.device_items_per_day,
+            fleet: self.fleet(),
             lease: crate::db::leases::LeasePolicy {
                 target: i64::try_from(self.lease_target).unwrap_or(i64::MAX),
                 low_water: i64::try_from(self.lease_low_water.min(self.lease_target))

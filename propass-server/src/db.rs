@@ -10,6 +10,7 @@ pub mod copies;
 pub mod corrections;
 pub mod devices;
 pub mod enrollment;
+pub mod fleet;
 pub mod leases;
 pub mod pool;
 pub mod schema;

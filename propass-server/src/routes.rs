@@ -44,6 +44,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth_limit: usize) {
                 .app_data(small_json())
                 .route(web::post().to(devices::token)),
         )
+        .service(
+            web::resource("/api/devices/heartbeat")
+                .app_data(small_json())
+                .route(web::post().to(devices::heartbeat)),
+        )
         .route("/api/auth/refresh", web::post().to(auth::refresh))
         .route("/api/sync/push", web::post().to(sync::push))
         .route("/api/sync/pull", web::get().to(sync::pull))

@@ -59,6 +59,15 @@ fn refused(code: ErrorCode) -> UpstreamError {
 }
 
 impl ServerClient for ScriptedServer {
+    fn heartbeat<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a propass_protocol::KioskHeartbeat,
+    ) -> BoxFuture<'a, UpstreamResult<serde_json::Value>> {
+        Box::pin(async { Ok(serde_json::json!({"success": true})) })
+    }
+
     fn release_leases<'a>(
         &'a self,
         _: &'a str,

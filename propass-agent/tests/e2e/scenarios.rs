@@ -94,6 +94,46 @@ async fn a_server_restored_from_a_backup_gets_back_what_it_lost() {
     assert_eq!(server.used(client), 3, "charged once each");
 }
 
+/// The agent's heartbeat reaches the operators' fleet view: its version,
+/// its queue, its reader, online.
+#[tokio::test]
+async fn the_fleet_view_shows_the_agent_heartbeat() {
+    let server = Server::new().await;
+    let client = server.add_client("Fleet BV", 10);
+    let agent = Agent::new(&server.url(), &[]).await;
+    agent.enroll(&server).await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(agent.record(client, &uid(1)).await.0, 201);
+    let device = agent.status().await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let row = || {
+        let rows: serde_json::Value =
+            serde_json::from_str(&server.cli(&["device", "list", "--json"], None)).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["device_id"] == device.as_str())
+            .cloned()
+            .unwrap()
+    };
+    let seen = eventually(Duration::from_secs(20), || async {
+        let r = row();
+        !r["health"]["heartbeat_at"].is_null() && r["health"]["pending"] == 0
+    })
+    .await;
+    let r = row();
+    assert!(seen, "{r}\n{}", agent.log());
+    assert_eq!(r["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(r["health"]["online"], true);
+    assert_eq!(
+        r["health"]["reader"], "unknown",
+        "no card was asked for yet"
+    );
+    assert_eq!(r["health"]["flags"], json!([]), "{r}");
+}
+
 /// The answer to a push is lost after the server committed it: the retry
 /// must not count anything twice.
 #[tokio::test]

@@ -22,7 +22,7 @@ const MAX_CODE_HOURS: u32 = 24 * 30;
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCmd {
-    /// List kiosks: status, name, clients served, agent version, last contact
+    /// List kiosks: status, online, name, clients served, agent version, backlog, flags, last contact
     List {
         /// Print a JSON array
         #[arg(long)]
@@ -97,10 +97,14 @@ pub enum DeviceCmd {
     },
 }
 
-/// Runs one `device` command.
-pub async fn run(conn: &mut AsyncPgConnection, cmd: DeviceCmd) -> Result<(), String> {
+/// Runs one `device` command; `fleet` says when a kiosk is offline or flagged.
+pub async fn run(
+    conn: &mut AsyncPgConnection,
+    cmd: DeviceCmd,
+    fleet: db::fleet::FleetPolicy,
+) -> Result<(), String> {
     match cmd {
-        DeviceCmd::List { json } => list(conn, json).await,
+        DeviceCmd::List { json } => list(conn, json, fleet).await,
         DeviceCmd::Enroll {
             name,
             clients,
@@ -201,22 +205,44 @@ fn check_name(name: Option<&str>) -> Result<(), String> {
     }
 }
 
-async fn list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
+async fn list(
+    conn: &mut AsyncPgConnection,
+    json: bool,
+    fleet: db::fleet::FleetPolicy,
+) -> Result<(), String> {
     let rows = db::devices::list(conn).await.map_err(dberr)?;
+    let mut health = db::fleet::health(conn, fleet, SystemClock.now())
+        .await
+        .map_err(dberr)?;
     if json {
-        return print_json(&rows);
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["health"] = serde_json::to_value(health.remove(&r.device_id)).unwrap_or_default();
+                v
+            })
+            .collect();
+        return print_json(&v);
     }
     println!(
-        "{:<32}  {:<20}  {:<8}  {:<8}  {:<16}  {:<10}  LAST SEEN",
-        "DEVICE", "NAME", "STATUS", "ENROLLED", "CLIENTS", "AGENT"
+        "{:<32}  {:<20}  {:<8}  {:<7}  {:<8}  {:<16}  {:<10}  {:>7}  {:<24}  LAST SEEN",
+        "DEVICE", "NAME", "STATUS", "ONLINE", "ENROLLED", "CLIENTS", "AGENT", "PENDING", "FLAGS"
     );
     for r in rows {
         let clients: Vec<String> = r.clients.iter().map(i64::to_string).collect();
+        let h = health.remove(&r.device_id);
+        let flags = h.as_ref().map(|h| h.flags.join(",")).unwrap_or_default();
         println!(
-            "{:<32}  {:<20}  {:<8}  {:<8}  {:<16}  {:<10}  {}",
+            "{:<32}  {:<20}  {:<8}  {:<7}  {:<8}  {:<16}  {:<10}  {:>7}  {:<24}  {}",
             r.device_id,
             r.name.as_deref().unwrap_or("-"),
             r.status.as_str(),
+            if h.as_ref().is_some_and(|h| h.online) {
+                "yes"
+            } else {
+                "no"
+            },
             if r.enrolled { "yes" } else { "no" },
             if clients.is_empty() {
                 "-".into()
@@ -224,6 +250,10 @@ async fn list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
                 clients.join(",")
             },
             r.agent_version.as_deref().unwrap_or("-"),
+            h.as_ref()
+                .and_then(|h| h.pending)
+                .map_or("-".to_string(), |p| p.to_string()),
+            if flags.is_empty() { "-".into() } else { flags },
             r.last_seen.to_rfc3339()
         );
     }

@@ -120,6 +120,22 @@ diesel::table! {
         detail -> Jsonb,
     }
 }
+diesel::table! {
+    device_heartbeats (device_id) {
+        device_id -> Text,
+        received_at -> Timestamptz,
+        clock_skew_ms -> BigInt,
+        agent_version -> Text,
+        pending -> BigInt,
+        failed -> BigInt,
+        oldest_pending_at -> Nullable<Timestamptz>,
+        last_sync_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        reader -> Text,
+        blanks_written -> BigInt,
+        blanks_failed -> BigInt,
+    }
+}
 diesel::joinable!(leases -> clients (client_id));
 diesel::allow_tables_to_appear_in_same_query!(
     users,

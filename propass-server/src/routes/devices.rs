@@ -153,3 +153,20 @@ pub async fn token(
     }
     answer(&state, issued, next)
 }
+
+/// `POST /api/devices/heartbeat`: a kiosk's heartbeat while its WebSocket is
+/// down (its sync loop sends it with each pull). Kiosk calls only, for the
+/// caller's own device; `{"success": true}`, or 503 when it could not be
+/// stored.
+pub async fn heartbeat(
+    state: web::Data<AppState>,
+    token: super::extract::KioskTokenOfActiveDevice,
+    body: web::Json<propass_protocol::KioskHeartbeat>,
+) -> ApiResult<HttpResponse> {
+    if !super::ws_session::record_heartbeat(&state, &token.0.device_id, &body).await {
+        return Err(ApiError::Unavailable(
+            "the heartbeat could not be stored".into(),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"success": true})))
+}

@@ -159,6 +159,26 @@ fn ending(notice: &Delivery) -> Ending {
     }
 }
 
+/// Keeps a kiosk's heartbeat; a database that cannot take it costs the
+/// operators a stale view, not the kiosk its socket.
+pub async fn record_heartbeat(
+    state: &AppState,
+    device: &propass_protocol::DeviceId,
+    hb: &propass_protocol::KioskHeartbeat,
+) -> bool {
+    let now = state.clock.now();
+    let stored = match state.pool.get().await {
+        Ok(mut conn) => db::fleet::record(&mut conn, device, hb, now)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &stored {
+        tracing::warn!(%device, error = %e, "heartbeat not stored");
+    }
+    stored.is_ok()
+}
+
 /// The session loop. A state machine in one `select!`: each arm either
 /// continues or ends the session with a reason.
 async fn run_session(
@@ -179,7 +199,7 @@ async fn run_session(
             msg = stream.recv() => {
                 let Some(Ok(msg)) = msg else { break ("stream ended", None) };
                 last_heard = state.clock.instant();
-                on_inbound(&mut session, msg, &mut limit, last_heard, cfg.ws_client_timeout).await
+                on_inbound(state, claims, &mut session, msg, &mut limit, last_heard).await
             }
             out = rx.recv() => match out {
                 Some(Delivery::Event(first)) => on_outbound(&mut session, first, &mut rx, cfg.ws_client_timeout).await,
@@ -198,12 +218,14 @@ async fn run_session(
 }
 
 async fn on_inbound(
+    state: &AppState,
+    claims: &Claims,
     session: &mut actix_ws::Session,
     msg: AggregatedMessage,
     limit: &mut RateLimit,
     now: Instant,
-    send_timeout: Duration,
 ) -> Result<(), Ending> {
+    let send_timeout = state.config.ws_client_timeout;
     if matches!(msg, AggregatedMessage::Close(_)) {
         return Err(("client closed", None));
     }
@@ -223,6 +245,10 @@ async fn on_inbound(
             Ok(WsMessage::Ping) => {
                 let pong = serde_json::to_string(&WsMessage::Pong).unwrap_or_default();
                 send(session, pong, send_timeout).await
+            }
+            Ok(WsMessage::Heartbeat(hb)) => {
+                record_heartbeat(state, &claims.device_id, &hb).await;
+                true
             }
             Ok(other) => {
                 tracing::debug!(?other, "ignoring client message");

@@ -7,6 +7,7 @@ mod auth;
 mod copy_policy;
 mod database_tls;
 mod devices;
+mod fleet;
 mod health;
 mod helpers;
 mod hostile;

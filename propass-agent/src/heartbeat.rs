@@ -1,0 +1,27 @@
+//! What the kiosk tells the server about itself, every `heartbeat_secs`:
+//! over the WebSocket (`ws`), or with each sync while the socket is down
+//! (`sync`). Operators see the latest in the fleet view.
+
+use propass_protocol::KioskHeartbeat;
+
+use crate::agent::Agent;
+use crate::store::StoreError;
+
+/// The kiosk now: its queue, last sync, reader, writes since start, clock.
+pub async fn heartbeat(agent: &Agent) -> Result<KioskHeartbeat, StoreError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counts = agent.store.counts().await?;
+    let link = agent.link();
+    Ok(KioskHeartbeat {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        pending: counts.pending,
+        failed: counts.failed,
+        oldest_pending_at: counts.oldest_pending_at,
+        last_sync_at: agent.store.last_sync_at().await?,
+        last_error: link.last_error,
+        reader: agent.reader_stats.health(),
+        blanks_written: agent.reader_stats.written.load(Relaxed),
+        blanks_failed: agent.reader_stats.failed.load(Relaxed),
+        clock: agent.clock.now_utc(),
+    })
+}

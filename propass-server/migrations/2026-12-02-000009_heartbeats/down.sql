@@ -1,0 +1,2 @@
+DROP INDEX copies_device_overdraft;
+DROP TABLE device_heartbeats;

@@ -1,0 +1,197 @@
+//! The fleet as operators see it: each kiosk's latest heartbeat, whether it
+//! is online (heard from recently — a heartbeat or any call — so it holds
+//! across server restarts and instances), and what needs a look.
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use propass_protocol::{DeviceId, KioskHeartbeat, ReaderHealth};
+
+/// When a kiosk is offline, and what flags it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetPolicy {
+    pub offline_after: Duration,
+    pub clock_skew: Duration,
+    pub backlog_age: Duration,
+    pub write_failures: i64,
+}
+
+/// The longest `last_error` kept (the rest is cut).
+const MAX_ERROR_CHARS: usize = 500;
+
+/// Keeps `hb` as the device's latest heartbeat, received at `now`, and
+/// counts it as contact (with the agent version it reports).
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    hb: &KioskHeartbeat,
+    now: DateTime<Utc>,
+) -> diesel::QueryResult<()> {
+    let skew_ms = (hb.clock - now).num_milliseconds();
+    let version: String = hb.agent_version.chars().take(64).collect();
+    let error: Option<String> = hb
+        .last_error
+        .as_ref()
+        .map(|e| e.chars().take(MAX_ERROR_CHARS).collect());
+    let reader = match hb.reader {
+        ReaderHealth::Unknown => "unknown",
+        ReaderHealth::Ok => "ok",
+        ReaderHealth::Absent => "absent",
+        ReaderHealth::Failing => "failing",
+    };
+    let sat = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    diesel::sql_query(
+        "INSERT INTO device_heartbeats AS h (device_id, received_at, clock_skew_ms, agent_version, pending, failed, \
+             oldest_pending_at, last_sync_at, last_error, reader, blanks_written, blanks_failed) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (device_id) DO UPDATE SET received_at = excluded.received_at, \
+             clock_skew_ms = excluded.clock_skew_ms, agent_version = excluded.agent_version, \
+             pending = excluded.pending, failed = excluded.failed, oldest_pending_at = excluded.oldest_pending_at, \
+             last_sync_at = excluded.last_sync_at, last_error = excluded.last_error, reader = excluded.reader, \
+             blanks_written = excluded.blanks_written, blanks_failed = excluded.blanks_failed",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<Timestamptz, _>(now)
+    .bind::<BigInt, _>(skew_ms)
+    .bind::<Text, _>(&version)
+    .bind::<BigInt, _>(hb.pending.max(0))
+    .bind::<BigInt, _>(hb.failed.max(0))
+    .bind::<Nullable<Timestamptz>, _>(hb.oldest_pending_at)
+    .bind::<Nullable<Timestamptz>, _>(hb.last_sync_at)
+    .bind::<Nullable<Text>, _>(error)
+    .bind::<Text, _>(reader)
+    .bind::<BigInt, _>(sat(hb.blanks_written))
+    .bind::<BigInt, _>(sat(hb.blanks_failed))
+    .execute(conn)
+    .await?;
+    diesel::sql_query(
+        "UPDATE devices SET last_seen = greatest(last_seen, $2), agent_version = $3 WHERE device_id = $1",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<Timestamptz, _>(now)
+    .bind::<Text, _>(&version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One kiosk's health, for operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    pub online: bool,
+    /// When its last heartbeat arrived.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub pending: Option<i64>,
+    pub failed: Option<i64>,
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    pub last_sync_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub reader: Option<String>,
+    pub blanks_written: Option<i64>,
+    pub blanks_failed: Option<i64>,
+    /// Its clock minus the server's, in milliseconds, at its last heartbeat.
+    pub clock_skew_ms: Option<i64>,
+    /// Overdrafts its copies caused in the last 24 hours.
+    pub overdrafts_24h: i64,
+    /// What needs a look: `offline`, `clock_skew`, `backlog`,
+    /// `reader_unplugged`, `write_failures`, `overdrafts`.
+    pub flags: Vec<&'static str>,
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    device_id: String,
+    #[diesel(sql_type = Timestamptz)]
+    last_seen: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    received_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    clock_skew_ms: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pending: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    failed: Option<i64>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    oldest_pending_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    last_sync_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    reader: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    blanks_written: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    blanks_failed: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    overdrafts_24h: i64,
+}
+
+/// Every device's health at `now`, by device id.
+pub async fn health(
+    conn: &mut AsyncPgConnection,
+    policy: FleetPolicy,
+    now: DateTime<Utc>,
+) -> diesel::QueryResult<std::collections::HashMap<String, Health>> {
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT d.device_id, d.last_seen, h.received_at, h.clock_skew_ms, h.pending, h.failed, \
+                h.oldest_pending_at, h.last_sync_at, h.last_error, h.reader, h.blanks_written, h.blanks_failed, \
+                (SELECT count(*) FROM copies c WHERE c.device_id = d.device_id AND c.overdraft \
+                   AND c.received_at > $1 - interval '24 hours') AS overdrafts_24h \
+         FROM devices d LEFT JOIN device_heartbeats h ON h.device_id = d.device_id",
+    )
+    .bind::<Timestamptz, _>(now)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let h = judge(&r, policy, now);
+            (r.device_id, h)
+        })
+        .collect())
+}
+
+/// Online and the flags, from what was stored.
+fn judge(r: &Row, p: FleetPolicy, now: DateTime<Utc>) -> Health {
+    let heard = r.received_at.map_or(r.last_seen, |h| h.max(r.last_seen));
+    let online = now - heard <= p.offline_after;
+    let mut flags = Vec::new();
+    if !online {
+        flags.push("offline");
+    }
+    if r.clock_skew_ms
+        .is_some_and(|ms| ms.abs() > p.clock_skew.num_milliseconds())
+    {
+        flags.push("clock_skew");
+    }
+    if r.pending.unwrap_or(0) > 0 && r.oldest_pending_at.is_some_and(|t| now - t > p.backlog_age) {
+        flags.push("backlog");
+    }
+    if matches!(r.reader.as_deref(), Some("absent" | "failing")) {
+        flags.push("reader_unplugged");
+    }
+    if r.blanks_failed.unwrap_or(0) >= p.write_failures {
+        flags.push("write_failures");
+    }
+    if r.overdrafts_24h > 0 {
+        flags.push("overdrafts");
+    }
+    Health {
+        online,
+        heartbeat_at: r.received_at,
+        pending: r.pending,
+        failed: r.failed,
+        oldest_pending_at: r.oldest_pending_at,
+        last_sync_at: r.last_sync_at,
+        last_error: r.last_error.clone(),
+        reader: r.reader.clone(),
+        blanks_written: r.blanks_written,
+        blanks_failed: r.blanks_failed,
+        clock_skew_ms: r.clock_skew_ms,
+        overdrafts_24h: r.overdrafts_24h,
+        flags,
+    }
+}

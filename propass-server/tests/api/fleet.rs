@@ -1,0 +1,141 @@
+//! Fleet visibility: a kiosk's heartbeat (over its WebSocket, or over HTTP
+//! while the socket is down) shows in `device list`, with online and the
+//! flags that need an operator's look.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use propass_protocol::Role;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// K1's row of `device list --json`.
+async fn fleet_row(app: &TestApp, device: &str) -> Value {
+    let (ok, out, err) = app.cli(&["device", "list", "--json"]).await;
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["device_id"] == device)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn heartbeat(
+    clock: chrono::DateTime<Utc>,
+    reader: &str,
+    pending: i64,
+    failed_writes: u64,
+) -> Value {
+    json!({
+        "agent_version": "9.8.7",
+        "pending": pending,
+        "failed": 0,
+        "oldest_pending_at": (Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
+        "last_sync_at": null,
+        "last_error": "server unreachable: connection refused",
+        "reader": reader,
+        "blanks_written": 12,
+        "blanks_failed": failed_writes,
+        "clock": clock.to_rfc3339(),
+    })
+}
+
+#[tokio::test]
+async fn a_kiosk_heartbeat_shows_in_the_fleet_view_with_what_needs_a_look() {
+    let app = spawn_app().await;
+    let token = app.token("K1").await;
+    let mut ws = app.ws("/ws", &token, "K1").await;
+    let skewed = Utc::now() - chrono::Duration::minutes(10);
+    let msg = json!({"type": "heartbeat", "data": heartbeat(skewed, "absent", 3, 5)});
+    send_json(&mut ws, &msg).await;
+    let arrived = eventually(Duration::from_secs(10), || async {
+        fleet_row(&app, "K1").await["health"]["pending"] == 3
+    })
+    .await;
+    let row = fleet_row(&app, "K1").await;
+    assert!(arrived, "{row}");
+    let h = &row["health"];
+    assert_eq!(h["online"], true);
+    assert_eq!(row["agent_version"], "9.8.7");
+    assert_eq!(h["reader"], "absent");
+    assert_eq!(
+        h["flags"],
+        json!([
+            "clock_skew",
+            "backlog",
+            "reader_unplugged",
+            "write_failures"
+        ]),
+        "{row}"
+    );
+
+    // Its socket down, the kiosk reports over HTTP: all well now.
+    let res = app
+        .http
+        .post(format!("{}/api/devices/heartbeat", app.base))
+        .bearer_auth(&token)
+        .json(&heartbeat(Utc::now(), "ok", 0, 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let row = fleet_row(&app, "K1").await;
+    assert_eq!(row["health"]["flags"], json!([]), "{row}");
+
+    // Not heard from for an hour (as after a server restart): offline.
+    let stale = "WITH h AS (UPDATE device_heartbeats SET received_at = now() - interval '1 hour' RETURNING 1), \
+                 d AS (UPDATE devices SET last_seen = now() - interval '1 hour' RETURNING 1) \
+                 SELECT (SELECT count(*) FROM h) + (SELECT count(*) FROM d)";
+    diesel_async::RunQueryDsl::execute(diesel::sql_query(stale), &mut app.db().await)
+        .await
+        .unwrap();
+    let row = fleet_row(&app, "K1").await;
+    assert_eq!(row["health"]["online"], false);
+    assert_eq!(row["health"]["flags"], json!(["offline"]), "{row}");
+}
+
+/// Only a kiosk reports its health: an operator's token is refused, and a
+/// heartbeat that does not parse changes nothing.
+#[tokio::test]
+async fn only_a_kiosk_sends_heartbeats_and_bad_ones_change_nothing() {
+    let app = spawn_app().await;
+    app.token("K1").await;
+    app.add_user("olga", "operator-pass", Role::Operator).await;
+    let operator = app
+        .login("olga", "operator-pass", "K1")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let post = |token: Option<String>, body: Value| {
+        let mut req = app
+            .http
+            .post(format!("{}/api/devices/heartbeat", app.base))
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let good = heartbeat(Utc::now(), "ok", 0, 0);
+    assert_eq!(
+        error_code(post(Some(operator), good.clone()).await.unwrap(), 403).await,
+        "forbidden"
+    );
+    assert_eq!(
+        error_code(post(None, good).await.unwrap(), 401).await,
+        "missing_token"
+    );
+    let kiosk = app.token("K1").await;
+    let res = post(Some(kiosk), json!({"agent_version": 7}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(fleet_row(&app, "K1").await["health"]["heartbeat_at"].is_null());
+}
