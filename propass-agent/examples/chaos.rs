@@ -458,7 +458,14 @@ async fn main() -> Result<(), String> {
             Fault::RestartServer => server.stop(),
             Fault::TopUp => {
                 server
-                    .cli(&["quota", "add", &client.to_string(), "10"])
+                    .cli(&[
+                        "quota",
+                        "add",
+                        &client.to_string(),
+                        "10",
+                        "--reason",
+                        "chaos top-up",
+                    ])
                     .map_err(fail)?;
             }
             Fault::ReclaimLease => {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use diesel_async::AsyncPgConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use propass_protocol::{ClientId, Role};
 
 use crate::config::{Config, Settings};
@@ -62,6 +62,18 @@ enum Command {
     /// Review the ledger: unverified copies, and voiding one that did not work
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// The audit log: every change made with these commands, newest first
+    Audit {
+        /// Only this action (quota.add, device.revoke, copy.void, …)
+        #[arg(long)]
+        action: Option<String>,
+        /// How many entries
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +216,9 @@ enum QuotaCmd {
         /// Copies to add
         #[arg(allow_negative_numbers = true)]
         n: i64,
+        /// Why (an order number, a correction): kept in the audit log
+        #[arg(long)]
+        reason: String,
         /// Print {"client_id", "remaining"} as JSON
         #[arg(long)]
         json: bool,
@@ -326,11 +341,88 @@ pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     writeln!(std::io::stdout(), "{s}").map_err(|e| e.to_string())
 }
 
+/// Who runs the command, for the audit log.
+fn cli_actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// The audit entry of a command that changes something: (action, subject,
+/// detail); `None` for reads, and for `ledger void`, which writes its own.
+fn audit_entry(c: &Command) -> Option<(String, String, serde_json::Value)> {
+    let args = serde_json::json!({"command": format!("{c:?}")});
+    let (action, subject) = match c {
+        Command::User(UserCmd::Add { name, .. }) => ("user.add", format!("user:{name}")),
+        Command::User(UserCmd::Role { name, .. }) => ("user.role", format!("user:{name}")),
+        Command::User(UserCmd::Disable { name }) => ("user.disable", format!("user:{name}")),
+        Command::User(UserCmd::Enable { name }) => ("user.enable", format!("user:{name}")),
+        Command::Client(ClientCmd::Add { name, .. }) => ("client.add", format!("client:{name}")),
+        Command::Client(ClientCmd::Lease { client_id, .. }) => {
+            ("client.lease", format!("client:{client_id}"))
+        }
+        Command::Client(ClientCmd::Policy { client_id, .. }) => {
+            ("client.policy", format!("client:{client_id}"))
+        }
+        Command::Quota(QuotaCmd::Add {
+            client_id,
+            n,
+            reason,
+            ..
+        }) => {
+            let detail = serde_json::json!({"delta": n, "reason": reason});
+            return Some(("quota.add".into(), format!("client:{client_id}"), detail));
+        }
+        Command::Device(cmd) => {
+            let (action, subject) = device::audited(cmd)?;
+            (action, subject)
+        }
+        _ => return None,
+    };
+    Some((action.to_owned(), subject, args))
+}
+
+/// Why an audited command's transaction rolled back.
+enum Failed {
+    Command(String),
+    Db(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for Failed {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
 async fn operate(url: &str, command: Command, fleet: db::fleet::FleetPolicy) -> Result<(), String> {
     let mut conn = db::connect::connect(url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
-    let conn = &mut conn;
+    let Some((action, subject, detail)) = audit_entry(&command) else {
+        return dispatch(&mut conn, command, fleet).await;
+    };
+    // The change and its audit entry commit together, or neither does.
+    let actor = cli_actor();
+    conn.transaction(async |conn| {
+        dispatch(conn, command, fleet)
+            .await
+            .map_err(Failed::Command)?;
+        db::audit::record(conn, &actor, &action, &subject, detail).await?;
+        Ok::<_, Failed>(())
+    })
+    .await
+    .map_err(|e| match e {
+        Failed::Command(e) => e,
+        Failed::Db(e) => format!("not done: {e}"),
+    })
+}
+
+async fn dispatch(
+    conn: &mut AsyncPgConnection,
+    command: Command,
+    fleet: db::fleet::FleetPolicy,
+) -> Result<(), String> {
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
         Command::Migrate => {
@@ -364,18 +456,26 @@ async fn operate(url: &str, command: Command, fleet: db::fleet::FleetPolicy) -> 
             partial_copy,
             json,
         }) => client_policy(conn, client_id, partial_copy, json).await,
-        Command::Quota(QuotaCmd::Add { client_id, n, json }) => {
+        Command::Quota(QuotaCmd::Add {
+            client_id,
+            n,
+            json,
+            reason,
+        }) => {
+            if reason.trim().is_empty() {
+                return Err("a quota change needs a --reason".into());
+            }
             quota_add(conn, client_id, n, json).await
         }
         Command::Device(cmd) => device::run(conn, cmd, fleet).await,
         Command::Ledger(LedgerCmd::Unverified { json }) => ledger_unverified(conn, json).await,
+        Command::Audit {
+            action,
+            limit,
+            json,
+        } => audit_list(conn, action.as_deref(), limit, json).await,
         Command::Ledger(LedgerCmd::Void { copy_id, reason }) => {
-            let actor = format!(
-                "cli:{}",
-                std::env::var("SUDO_USER")
-                    .or_else(|_| std::env::var("USER"))
-                    .unwrap_or_else(|_| "unknown".into())
-            );
+            let actor = cli_actor();
             let (client, remaining) = db::corrections::void(conn, copy_id, &actor, &reason)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -526,6 +626,35 @@ async fn client_list(conn: &mut AsyncPgConnection, json: bool) -> Result<(), Str
             r.remaining(),
             policy_word(r.partial_copy),
             r.name
+        );
+    }
+    Ok(())
+}
+
+async fn audit_list(
+    conn: &mut AsyncPgConnection,
+    action: Option<&str>,
+    limit: u32,
+    json: bool,
+) -> Result<(), String> {
+    let rows = db::audit::list(conn, action, i64::from(limit.clamp(1, 100_000)))
+        .await
+        .map_err(dberr)?;
+    if json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<25}  {:<20}  {:<16}  {:<24}  DETAIL",
+        "AT", "ACTOR", "ACTION", "SUBJECT"
+    );
+    for r in rows {
+        println!(
+            "{:<25}  {:<20}  {:<16}  {:<24}  {}",
+            r.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.actor,
+            r.action,
+            r.subject,
+            r.detail
         );
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! [`copies`] (where the exactly-once invariant is enforced; see its header).
 //! Rows are this module's own types, converted by hand to and from the wire.
 
+pub mod audit;
 pub mod clients;
 pub mod connect;
 pub mod copies;

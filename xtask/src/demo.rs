@@ -235,7 +235,7 @@ fn print_summary(s: &Summary<'_>) {
     println!("              {agent_bin} --socket {socket} record copy --client {client_id} --uid 04CAFE01");
     println!("              {agent_bin} --socket {socket} events      (live events, NDJSON)");
     println!(
-        "  operator    DATABASE_URL={} {} quota add {client_id} 10",
+        "  operator    DATABASE_URL={} {} quota add {client_id} 10 --reason \"order 42\"",
         s.url,
         s.server.display()
     );

@@ -276,7 +276,17 @@ async fn a_quota_top_up_reaches_the_agent_over_the_websocket() {
     let mut expected = 3;
     for _ in 0..10 {
         expected = server
-            .cli(&["quota", "add", &client.to_string(), "7"], None)
+            .cli(
+                &[
+                    "quota",
+                    "add",
+                    &client.to_string(),
+                    "7",
+                    "--reason",
+                    "order 7",
+                ],
+                None,
+            )
             .trim()
             .parse::<i64>()
             .unwrap();

@@ -97,6 +97,28 @@ pub enum DeviceCmd {
     },
 }
 
+/// The audit action and subject of a command that changes something.
+pub fn audited(cmd: &DeviceCmd) -> Option<(&'static str, String)> {
+    Some(match cmd {
+        DeviceCmd::List { .. } | DeviceCmd::Leases { .. } => return None,
+        DeviceCmd::Enroll { name, device, .. } => (
+            "device.enroll",
+            match (device, name) {
+                (Some(d), _) => format!("device:{d}"),
+                (None, Some(n)) => format!("device-name:{n}"),
+                (None, None) => "device:new".into(),
+            },
+        ),
+        DeviceCmd::Add { device_id, .. } => ("device.add", format!("device:{device_id}")),
+        DeviceCmd::Approve { device_id, .. } => ("device.approve", format!("device:{device_id}")),
+        DeviceCmd::Assign { device_id, .. } => ("device.assign", format!("device:{device_id}")),
+        DeviceCmd::Rename { device_id, .. } => ("device.rename", format!("device:{device_id}")),
+        DeviceCmd::Revoke { device_id } => ("device.revoke", format!("device:{device_id}")),
+        DeviceCmd::Restore { device_id } => ("device.restore", format!("device:{device_id}")),
+        DeviceCmd::Reclaim { device_id, .. } => ("device.reclaim", format!("device:{device_id}")),
+    })
+}
+
 /// Runs one `device` command; `fleet` says when a kiosk is offline or flagged.
 pub async fn run(
     conn: &mut AsyncPgConnection,

@@ -4,7 +4,7 @@
 //! copy's row itself never changes.
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{BigInt, Jsonb, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
@@ -114,14 +114,7 @@ pub async fn void(
         .get_result(conn)
         .await?;
         let detail = serde_json::json!({"reason": reason, "client_id": row.client_id, "refunded": 1});
-        diesel::sql_query(
-            "INSERT INTO audit_log (actor, action, subject, detail) VALUES ($1, 'copy.void', $2, $3)",
-        )
-        .bind::<Text, _>(&actor)
-        .bind::<Text, _>(format!("copy:{copy_id}"))
-        .bind::<Jsonb, _>(detail)
-        .execute(conn)
-        .await?;
+        super::audit::record(conn, &actor, "copy.void", &format!("copy:{copy_id}"), detail).await?;
         diesel::sql_query(format!("NOTIFY {QUOTA_CHANNEL}, '{}'", row.client_id))
             .execute(conn)
             .await?;
