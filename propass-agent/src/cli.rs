@@ -490,15 +490,16 @@ fn print_status(s: StatusView) {
         if s.online { "online" } else { "offline" },
         if s.ws_connected { ", live" } else { "" }
     );
+    let expires = s
+        .token_expires_at
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| "?".into());
     match (&s.login_required, &s.username) {
-        (None, Some(u)) => println!(
-            "login       {u}, token expires {}",
-            s.token_expires_at
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_else(|| "?".into())
-        ),
         (Some(why), _) => println!("login       NEEDED: {why}"),
-        (None, None) => println!("login       NEEDED"),
+        (None, _) if !s.logged_in => println!("login       NEEDED"),
+        (None, Some(u)) => println!("login       {u}, token expires {expires}"),
+        // An enrolled kiosk: no person's account, a device credential.
+        (None, None) => println!("login       enrolled device, token expires {expires}"),
     }
     println!(
         "queue       {} pending, {} synced, {} failed",
@@ -517,8 +518,12 @@ fn print_status(s: StatusView) {
         println!("last error  {e}");
     }
     for q in s.quotas {
+        let lease = q
+            .lease
+            .map(|l| format!("  (this kiosk's lease: {l} units)"))
+            .unwrap_or_default();
         println!(
-            "client {:>4}  {:>6} remaining  {}",
+            "client {:>4}  {:>6} remaining  {}{lease}",
             q.client_id,
             q.remaining,
             q.name.unwrap_or_default()
