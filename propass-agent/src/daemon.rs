@@ -93,6 +93,38 @@ async fn serve(config: AgentConfig) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
 
+    let server = local_api(&agent, &config)?;
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sync_task = tokio::spawn(agent.clone().run_sync_loop(stop_rx.clone()));
+    let ws_task = tokio::spawn(ws::run_ws_loop(agent.clone(), stop_rx.clone()));
+    let watchdog_task = tokio::spawn(watchdog(agent.clone(), stop_rx));
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(device = %agent.device_id, socket = %config.socket.display(), http = ?config.http_bind, "propass-agent ready");
+
+    wait_for_signal().await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    finish_cards(&agent, &config).await;
+    let _ = stop_tx.send(true);
+    handle.stop(true).await;
+    give_leases_back(&agent).await;
+    let _ = tokio::time::timeout(Duration::from_secs(4), async {
+        let _ = sync_task.await;
+        let _ = ws_task.await;
+        let _ = watchdog_task.await;
+        let _ = server_task.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("propass-agent stopped");
+    Ok(())
+}
+
+/// The local API on the Unix socket (and `http_bind`), not yet running.
+fn local_api(agent: &Arc<Agent>, config: &AgentConfig) -> Result<actix_web::dev::Server, String> {
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -112,37 +144,33 @@ async fn serve(config: AgentConfig) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     }
     share_socket(&config.socket, config.socket_group.as_deref())?;
-    let server = server.run();
-    let handle = server.handle();
-    let server_task = tokio::spawn(server);
+    Ok(server.run())
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let sync_task = tokio::spawn(agent.clone().run_sync_loop(stop_rx.clone()));
-    let ws_task = tokio::spawn(ws::run_ws_loop(agent.clone(), stop_rx.clone()));
-    let watchdog_task = tokio::spawn(watchdog(agent.clone(), stop_rx));
-
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!(device = %agent.device_id, socket = %config.socket.display(), http = ?config.http_bind, "propass-agent ready");
-
+async fn wait_for_signal() -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    // A flow waiting for a card ends now (its unit goes back); one writing a
-    // blank finishes and records it, within the grace.
+    Ok(())
+}
+
+/// A flow waiting for a card ends now (its unit goes back); one writing a
+/// blank finishes and records it, within the grace.
+async fn finish_cards(agent: &Agent, config: &AgentConfig) {
     agent.writes.close();
     agent.reader.cancel();
     if !agent.writes.drained(config.stop_grace()).await {
         tracing::error!(grace_secs = config.stop_grace_secs, "a card is still being written; stopping anyway: the next start records it as unverified");
     }
-    let _ = stop_tx.send(true);
-    handle.stop(true).await;
-    // Units set aside for this kiosk go back for other kiosks to spend —
-    // once the flows have answered, only when everything is pushed, and
-    // without holding the stop up.
+}
+
+/// Units set aside for this kiosk go back for other kiosks to spend — once
+/// the flows have answered, only when everything is pushed, and without
+/// holding the stop up.
+async fn give_leases_back(agent: &Agent) {
     match tokio::time::timeout(Duration::from_secs(3), agent.release_leases()).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => tracing::info!("leases kept: work is still queued (or none is held)"),
@@ -151,16 +179,6 @@ async fn serve(config: AgentConfig) -> Result<(), String> {
         }
         Err(_) => tracing::info!("leases kept: the server did not answer in time"),
     }
-    let _ = tokio::time::timeout(Duration::from_secs(4), async {
-        let _ = sync_task.await;
-        let _ = ws_task.await;
-        let _ = watchdog_task.await;
-        let _ = server_task.await;
-    })
-    .await;
-    let _ = std::fs::remove_file(&config.socket);
-    tracing::info!("propass-agent stopped");
-    Ok(())
 }
 
 /// Pings systemd's watchdog only while the database takes writes: a kiosk

@@ -82,6 +82,12 @@ impl Model {
             .collect()
     }
 
+    /// The n-th open intent (mod their count), if any is open.
+    fn pick_open(&self, n: usize) -> Option<usize> {
+        let open = self.open_intents();
+        (!open.is_empty()).then(|| open[n % open.len()])
+    }
+
     fn count(&self, status: ItemStatus) -> i64 {
         self.items.iter().filter(|i| i.1 == status).count() as i64
     }
@@ -122,167 +128,179 @@ fn expect_refusal(m: &Model, e: &StoreError) {
 
 fn step(conn: &mut Connection, path: &std::path::Path, m: &mut Model, op: &Op) {
     match op {
-        Op::Pull { remaining, lease } => {
-            let q = ServerQuota {
-                client: client(),
-                name: None,
-                remaining: *remaining,
-                version: None,
-                partial_copy: None,
-                lease: lease.map_or(LeaseWord::NoLease, LeaseWord::Units),
-            };
-            quotas::apply_pull(conn, &[q], None, at()).unwrap();
-            m.server_remaining = Some(*remaining);
-            m.lease = *lease;
-        }
-        Op::Record => {
-            let op_id = m.op_id();
-            let new = NewRecording {
-                op_type: OpType::Copy,
-                client: client(),
-                uid: uid(),
-                occurred_at: at(),
-                recorded_at: at(),
-                op_id,
-                sectors: None,
-                unverified: false,
-            };
-            let allowed = m.remaining().is_some_and(|r| r > 0);
-            match queue::record(conn, &new, QuotaPolicy::Enforce) {
-                Ok(_) => {
-                    assert!(allowed, "recorded beyond what may be made: {m:?}");
-                    m.items.push((op_id, ItemStatus::Pending, false));
-                }
-                Err(e) => {
-                    assert!(!allowed, "refused although allowed: {e:?}");
-                    expect_refusal(m, &e);
-                }
-            }
-        }
-        Op::Reserve => {
-            let op_id = m.op_id();
-            let new = NewIntent {
-                op_id,
-                op_type: OpType::Copy,
-                client: client(),
-                uid: uid(),
-                sectors: None,
-                at: at(),
-            };
-            let allowed = m.remaining().is_some_and(|r| r > 0);
-            match intents::reserve(conn, &new) {
-                Ok(intent) => {
-                    assert!(allowed, "reserved beyond what may be made: {m:?}");
-                    m.intents.push((intent.id, op_id, Step::Reserved));
-                }
-                Err(e) => {
-                    assert!(!allowed, "refused although allowed: {e:?}");
-                    expect_refusal(m, &e);
-                }
-            }
-        }
-        Op::BeginWriting(n) => {
-            let open = m.open_intents();
-            if open.is_empty() {
-                return;
-            }
-            let i = open[n % open.len()];
-            let (id, _, step) = m.intents[i];
-            let r = intents::begin_writing(conn, id, "01020304", at());
-            if step == Step::Reserved {
-                r.unwrap();
-                m.intents[i].2 = Step::Writing;
-            } else {
-                assert!(r.is_err(), "an intent begins writing once");
-            }
-        }
-        Op::Settle(n, outcome) => {
-            let open = m.open_intents();
-            if open.is_empty() {
-                return;
-            }
-            let i = open[n % open.len()];
-            let (id, op_id, _) = m.intents[i];
-            let (ending, step, queued) = match outcome {
-                Outcome::Verified => (Ending::Verified, Step::Recorded, Some(false)),
-                Outcome::InDoubt => (Ending::InDoubt("lifted".into()), Step::InDoubt, Some(true)),
-                Outcome::Void => (Ending::Void("no blank".into()), Step::Void, None),
-            };
-            let (operation, _) = intents::settle(conn, id, &ending, at()).unwrap();
-            assert_eq!(operation.as_ref().map(|o| o.op_id), queued.map(|_| op_id));
-            if let Some(unverified) = queued {
-                m.items.push((op_id, ItemStatus::Pending, unverified));
-            }
-            m.intents[i].2 = step;
-            assert!(
-                intents::settle(conn, id, &ending, at()).is_err(),
-                "an intent ends once"
-            );
-        }
+        Op::Pull { remaining, lease } => pull(conn, m, *remaining, *lease),
+        Op::Record => record(conn, m),
+        Op::Reserve => reserve(conn, m),
+        Op::BeginWriting(n) => begin_writing(conn, m, *n),
+        Op::Settle(n, outcome) => settle(conn, m, *n, *outcome),
         Op::Push {
             accepted,
             lease_after,
-        } => {
-            let pending = queue::list(conn, Some(ItemStatus::Pending), 10_000).unwrap();
-            let outcomes: Vec<ItemOutcome> = pending
-                .iter()
-                .map(|o| ItemOutcome {
-                    id: o.id,
-                    op_id: Some(o.op_id),
-                    result: if *accepted {
-                        Ok(())
-                    } else {
-                        Err("refused".into())
-                    },
-                })
-                .collect();
-            let lease = match (lease_after, m.lease) {
-                (Some(units), Some(_)) if *accepted => LeaseWord::Units(*units),
-                _ => LeaseWord::Unsaid,
-            };
-            let quotas = m
-                .server_remaining
-                .map(|remaining| ServerQuota {
-                    client: client(),
-                    name: None,
-                    remaining,
-                    version: None,
-                    partial_copy: None,
-                    lease,
-                })
-                .into_iter()
-                .collect::<Vec<_>>();
-            queue::apply_push(conn, &outcomes, &quotas, at()).unwrap();
-            for item in m.items.iter_mut().filter(|i| i.1 == ItemStatus::Pending) {
-                item.1 = if *accepted {
-                    ItemStatus::Synced
-                } else {
-                    ItemStatus::Failed
-                };
-            }
-            if let LeaseWord::Units(units) = lease {
-                m.lease = Some(units);
-            }
-        }
+        } => push(conn, m, *accepted, *lease_after),
         Op::RetryFailed => {
             queue::retry_failed(conn).unwrap();
             for item in m.items.iter_mut().filter(|i| i.1 == ItemStatus::Failed) {
                 item.1 = ItemStatus::Pending;
             }
         }
-        Op::Crash => {
-            *conn = schema::open(path).unwrap();
-            let found = intents::settle_interrupted(conn, at()).unwrap();
-            assert_eq!(found.len(), m.open_intents().len());
-            for i in m.open_intents() {
-                let (_, op_id, step) = m.intents[i];
-                if step == Step::Writing {
-                    m.items.push((op_id, ItemStatus::Pending, true));
-                    m.intents[i].2 = Step::InDoubt;
-                } else {
-                    m.intents[i].2 = Step::Void;
-                }
-            }
+        Op::Crash => crash(conn, path, m),
+    }
+}
+
+fn pull(conn: &mut Connection, m: &mut Model, remaining: i64, lease: Option<i64>) {
+    let q = ServerQuota {
+        client: client(),
+        name: None,
+        remaining,
+        version: None,
+        partial_copy: None,
+        lease: lease.map_or(LeaseWord::NoLease, LeaseWord::Units),
+    };
+    quotas::apply_pull(conn, &[q], None, at()).unwrap();
+    m.server_remaining = Some(remaining);
+    m.lease = lease;
+}
+
+/// A recording or a reservation is admitted exactly when the model has a
+/// unit left, and refused for the model's reason otherwise.
+fn admitted<T>(m: &Model, result: Result<T, StoreError>) -> Option<T> {
+    let allowed = m.remaining().is_some_and(|r| r > 0);
+    match result {
+        Ok(t) => {
+            assert!(allowed, "admitted beyond what may be made: {m:?}");
+            Some(t)
+        }
+        Err(e) => {
+            assert!(!allowed, "refused although allowed: {e:?}");
+            expect_refusal(m, &e);
+            None
+        }
+    }
+}
+
+fn record(conn: &mut Connection, m: &mut Model) {
+    let op_id = m.op_id();
+    let new = NewRecording {
+        op_type: OpType::Copy,
+        client: client(),
+        uid: uid(),
+        occurred_at: at(),
+        recorded_at: at(),
+        op_id,
+        sectors: None,
+        unverified: false,
+    };
+    if admitted(m, queue::record(conn, &new, QuotaPolicy::Enforce)).is_some() {
+        m.items.push((op_id, ItemStatus::Pending, false));
+    }
+}
+
+fn reserve(conn: &mut Connection, m: &mut Model) {
+    let op_id = m.op_id();
+    let new = NewIntent {
+        op_id,
+        op_type: OpType::Copy,
+        client: client(),
+        uid: uid(),
+        sectors: None,
+        at: at(),
+    };
+    if let Some(intent) = admitted(m, intents::reserve(conn, &new)) {
+        m.intents.push((intent.id, op_id, Step::Reserved));
+    }
+}
+
+fn begin_writing(conn: &mut Connection, m: &mut Model, n: usize) {
+    let Some(i) = m.pick_open(n) else { return };
+    let (id, _, step) = m.intents[i];
+    let r = intents::begin_writing(conn, id, "01020304", at());
+    if step == Step::Reserved {
+        r.unwrap();
+        m.intents[i].2 = Step::Writing;
+    } else {
+        assert!(r.is_err(), "an intent begins writing once");
+    }
+}
+
+fn settle(conn: &mut Connection, m: &mut Model, n: usize, outcome: Outcome) {
+    let Some(i) = m.pick_open(n) else { return };
+    let (id, op_id, _) = m.intents[i];
+    let (ending, step, queued) = match outcome {
+        Outcome::Verified => (Ending::Verified, Step::Recorded, Some(false)),
+        Outcome::InDoubt => (Ending::InDoubt("lifted".into()), Step::InDoubt, Some(true)),
+        Outcome::Void => (Ending::Void("no blank".into()), Step::Void, None),
+    };
+    let (operation, _) = intents::settle(conn, id, &ending, at()).unwrap();
+    assert_eq!(operation.as_ref().map(|o| o.op_id), queued.map(|_| op_id));
+    if let Some(unverified) = queued {
+        m.items.push((op_id, ItemStatus::Pending, unverified));
+    }
+    m.intents[i].2 = step;
+    assert!(
+        intents::settle(conn, id, &ending, at()).is_err(),
+        "an intent ends once"
+    );
+}
+
+/// Every pending item pushed: accepted (with the server's new lease for a
+/// kiosk that holds one) or refused.
+fn push(conn: &mut Connection, m: &mut Model, accepted: bool, lease_after: Option<i64>) {
+    let pending = queue::list(conn, Some(ItemStatus::Pending), 10_000).unwrap();
+    let outcomes: Vec<ItemOutcome> = pending
+        .iter()
+        .map(|o| ItemOutcome {
+            id: o.id,
+            op_id: Some(o.op_id),
+            result: if accepted {
+                Ok(())
+            } else {
+                Err("refused".into())
+            },
+        })
+        .collect();
+    let lease = match (lease_after, m.lease) {
+        (Some(units), Some(_)) if accepted => LeaseWord::Units(units),
+        _ => LeaseWord::Unsaid,
+    };
+    let quotas: Vec<ServerQuota> = m
+        .server_remaining
+        .map(|remaining| ServerQuota {
+            client: client(),
+            name: None,
+            remaining,
+            version: None,
+            partial_copy: None,
+            lease,
+        })
+        .into_iter()
+        .collect();
+    queue::apply_push(conn, &outcomes, &quotas, at()).unwrap();
+    let to = if accepted {
+        ItemStatus::Synced
+    } else {
+        ItemStatus::Failed
+    };
+    for item in m.items.iter_mut().filter(|i| i.1 == ItemStatus::Pending) {
+        item.1 = to;
+    }
+    if let LeaseWord::Units(units) = lease {
+        m.lease = Some(units);
+    }
+}
+
+/// The process dies and starts again: what was writing is in doubt, what
+/// was only reserved is void.
+fn crash(conn: &mut Connection, path: &std::path::Path, m: &mut Model) {
+    *conn = schema::open(path).unwrap();
+    let found = intents::settle_interrupted(conn, at()).unwrap();
+    assert_eq!(found.len(), m.open_intents().len());
+    for i in m.open_intents() {
+        let (_, op_id, step) = m.intents[i];
+        if step == Step::Writing {
+            m.items.push((op_id, ItemStatus::Pending, true));
+            m.intents[i].2 = Step::InDoubt;
+        } else {
+            m.intents[i].2 = Step::Void;
         }
     }
 }

@@ -138,40 +138,14 @@ pub async fn run(
             device_id,
             name,
             clients,
-        } => {
-            check_name(name.as_deref())?;
-            db::devices::register(conn, &device_id, name.as_deref(), &clients)
-                .await
-                .map_err(change_err)?;
-            eprintln!("device {device_id} registered, active, serving {clients:?}");
-            Ok(())
-        }
+        } => add(conn, device_id, name, clients).await,
         DeviceCmd::Approve { device_id, clients } => approve(conn, device_id, clients).await,
         DeviceCmd::Assign {
             device_id,
             add,
             remove,
-        } => {
-            db::devices::assign(conn, &device_id, &add, &remove)
-                .await
-                .map_err(change_err)?;
-            let now = db::devices::served_clients(conn, &device_id)
-                .await
-                .map_err(dberr)?;
-            eprintln!("device {device_id} now serves {now:?}");
-            Ok(())
-        }
-        DeviceCmd::Rename { device_id, name } => {
-            check_name(Some(&name))?;
-            if !db::devices::rename(conn, &device_id, &name)
-                .await
-                .map_err(dberr)?
-            {
-                return Err(format!("no device {device_id}"));
-            }
-            eprintln!("device {device_id} is now named {name:?}");
-            Ok(())
-        }
+        } => assign(conn, device_id, add, remove).await,
+        DeviceCmd::Rename { device_id, name } => rename(conn, device_id, name).await,
         DeviceCmd::Revoke { device_id } => {
             set_status(
                 conn,
@@ -182,23 +156,7 @@ pub async fn run(
             .await
         }
         DeviceCmd::Leases { json } => leases(conn, json).await,
-        DeviceCmd::Reclaim { device_id, client } => {
-            if db::devices::state(conn, &device_id)
-                .await
-                .map_err(dberr)?
-                .is_none()
-            {
-                return Err(format!("no device {device_id}"));
-            }
-            let returned = conn
-                .transaction(async |conn| db::leases::release(conn, &device_id, client).await)
-                .await
-                .map_err(dberr)?;
-            let units: i64 = returned.iter().map(|(_, u)| u).sum();
-            println!("{units}");
-            eprintln!("took back {units} unit(s) from {device_id}: {returned:?} (client, units)");
-            Ok(())
-        }
+        DeviceCmd::Reclaim { device_id, client } => reclaim(conn, device_id, client).await,
         DeviceCmd::Restore { device_id } => {
             set_status(
                 conn,
@@ -209,6 +167,75 @@ pub async fn run(
             .await
         }
     }
+}
+
+async fn add(
+    conn: &mut AsyncPgConnection,
+    device_id: DeviceId,
+    name: Option<String>,
+    clients: Vec<i64>,
+) -> Result<(), String> {
+    check_name(name.as_deref())?;
+    db::devices::register(conn, &device_id, name.as_deref(), &clients)
+        .await
+        .map_err(change_err)?;
+    eprintln!("device {device_id} registered, active, serving {clients:?}");
+    Ok(())
+}
+
+async fn assign(
+    conn: &mut AsyncPgConnection,
+    device_id: DeviceId,
+    add: Vec<i64>,
+    remove: Vec<i64>,
+) -> Result<(), String> {
+    db::devices::assign(conn, &device_id, &add, &remove)
+        .await
+        .map_err(change_err)?;
+    let now = db::devices::served_clients(conn, &device_id)
+        .await
+        .map_err(dberr)?;
+    eprintln!("device {device_id} now serves {now:?}");
+    Ok(())
+}
+
+async fn rename(
+    conn: &mut AsyncPgConnection,
+    device_id: DeviceId,
+    name: String,
+) -> Result<(), String> {
+    check_name(Some(&name))?;
+    if !db::devices::rename(conn, &device_id, &name)
+        .await
+        .map_err(dberr)?
+    {
+        return Err(format!("no device {device_id}"));
+    }
+    eprintln!("device {device_id} is now named {name:?}");
+    Ok(())
+}
+
+/// Takes a kiosk's unused lease back; prints the units.
+async fn reclaim(
+    conn: &mut AsyncPgConnection,
+    device_id: DeviceId,
+    client: Option<ClientId>,
+) -> Result<(), String> {
+    if db::devices::state(conn, &device_id)
+        .await
+        .map_err(dberr)?
+        .is_none()
+    {
+        return Err(format!("no device {device_id}"));
+    }
+    let returned = conn
+        .transaction(async |conn| db::leases::release(conn, &device_id, client).await)
+        .await
+        .map_err(dberr)?;
+    let units: i64 = returned.iter().map(|(_, u)| u).sum();
+    println!("{units}");
+    eprintln!("took back {units} unit(s) from {device_id}: {returned:?} (client, units)");
+    Ok(())
 }
 
 fn change_err(e: DeviceChangeError) -> String {

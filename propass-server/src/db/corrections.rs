@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{BigInt, Text, Timestamptz};
-use diesel::QueryableByName;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::clients::QUOTA_CHANNEL;
@@ -83,11 +83,7 @@ pub async fn void(
         .bind::<BigInt, _>(copy_id)
         .get_result(conn)
         .await
-        .map(Some)
-        .or_else(|e| match e {
-            diesel::result::Error::NotFound => Ok(None),
-            e => Err(e),
-        })?;
+        .optional()?;
         let row = row.ok_or(VoidError::NoSuchCopy(copy_id))?;
         if !row.unverified {
             return Err(VoidError::Verified(copy_id));

@@ -133,99 +133,9 @@ pub async fn redeem(
     r: Redemption<'_>,
 ) -> Result<Issued, CredentialError> {
     conn.transaction(async |conn| {
-        let code: Option<CodeRow> = enrollment_codes::table
-            .find(r.code_hash)
-            .select((
-                enrollment_codes::device_name,
-                enrollment_codes::device_id,
-                enrollment_codes::client_ids,
-                enrollment_codes::expires_at,
-                enrollment_codes::used_at,
-            ))
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?;
-        let refused = |why: &str| Err(CredentialError::Refused(why.to_owned()));
-        let Some(code) = code else {
-            return refused("unknown enrollment code: check it, or ask an operator for a new one");
-        };
-        if code.used_at.is_some() {
-            return refused("this enrollment code was already used: ask an operator for a new one");
-        }
-        if code.expires_at <= r.now {
-            return refused("this enrollment code has expired: ask an operator for a new one");
-        }
-        let existing = device_rows::state(conn, r.device).await?;
-        match (&code.device_id, existing) {
-            (Some(for_device), _) if for_device != r.device.as_str() => {
-                return refused(&format!(
-                    "this enrollment code is for device {for_device}, not {}",
-                    r.device
-                ));
-            }
-            // A new code for a known id would let anyone take a kiosk's
-            // place: re-enrolling names the device in the code.
-            (None, Some(_)) => {
-                return refused(&format!(
-                    "device id {} is already known: an operator re-enrolls it with `propass-server device enroll --device {}`",
-                    r.device, r.device
-                ));
-            }
-            _ => {}
-        }
-        diesel::update(enrollment_codes::table.find(r.code_hash))
-            .set((
-                enrollment_codes::used_at.eq(r.now),
-                enrollment_codes::used_by.eq(r.device.as_str()),
-            ))
-            .execute(conn)
-            .await?;
-        let name = code.device_name.clone();
-        let token_epoch: i64 = if existing.is_some() {
-            // Re-enrollment: a fresh chain, the old one and its tokens end.
-            revoke_chain(conn, r.device).await?;
-            diesel::update(devices::table.find(r.device.as_str()))
-                .set((
-                    devices::status.eq(DeviceStatus::Active.as_str()),
-                    devices::enrolled.eq(true),
-                    devices::revoked_at.eq(None::<DateTime<Utc>>),
-                    devices::last_seen.eq(r.now),
-                    devices::token_epoch.eq(devices::token_epoch + 1),
-                ))
-                .returning(devices::token_epoch)
-                .get_result(conn)
-                .await?
-        } else {
-            diesel::insert_into(devices::table)
-                .values((
-                    devices::device_id.eq(r.device.as_str()),
-                    devices::status.eq(DeviceStatus::Active.as_str()),
-                    devices::enrolled.eq(true),
-                ))
-                .returning(devices::token_epoch)
-                .get_result(conn)
-                .await?
-        };
-        if let Some(n) = &name {
-            device_rows::rename(conn, r.device, n).await?;
-        }
-        if let Some(v) = r.agent_version {
-            device_rows::set_agent_version(conn, r.device, v).await?;
-        }
-        if !code.client_ids.is_empty() {
-            diesel::delete(
-                device_clients::table.filter(device_clients::device_id.eq(r.device.as_str())),
-            )
-            .execute(conn)
-            .await?;
-            device_rows::insert_assignments(conn, r.device, &code.client_ids)
-                .await
-                .map_err(|e| match e {
-                    DeviceChangeError::Db(e) => CredentialError::Db(e),
-                    other => CredentialError::Refused(other.to_string()),
-                })?;
-        }
+        let (code, known) = claim_code(conn, &r).await?;
+        let token_epoch = activate(conn, &r, known).await?;
+        apply_code(conn, &r, &code).await?;
         insert_credential(conn, r.device, r.credential_hash, r.now, r.chain_expires_at).await?;
         Ok(Issued {
             device: r.device.clone(),
@@ -235,6 +145,124 @@ pub async fn redeem(
         })
     })
     .await
+}
+
+/// Locks the code, checks it may enroll this device, and marks it used;
+/// answers it and whether the device is already known.
+async fn claim_code(
+    conn: &mut AsyncPgConnection,
+    r: &Redemption<'_>,
+) -> Result<(CodeRow, bool), CredentialError> {
+    let code: Option<CodeRow> = enrollment_codes::table
+        .find(r.code_hash)
+        .select((
+            enrollment_codes::device_name,
+            enrollment_codes::device_id,
+            enrollment_codes::client_ids,
+            enrollment_codes::expires_at,
+            enrollment_codes::used_at,
+        ))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    let refused = |why: &str| Err(CredentialError::Refused(why.to_owned()));
+    let Some(code) = code else {
+        return refused("unknown enrollment code: check it, or ask an operator for a new one");
+    };
+    if code.used_at.is_some() {
+        return refused("this enrollment code was already used: ask an operator for a new one");
+    }
+    if code.expires_at <= r.now {
+        return refused("this enrollment code has expired: ask an operator for a new one");
+    }
+    let known = device_rows::state(conn, r.device).await?.is_some();
+    match (&code.device_id, known) {
+        (Some(for_device), _) if for_device != r.device.as_str() => {
+            return refused(&format!(
+                "this enrollment code is for device {for_device}, not {}",
+                r.device
+            ));
+        }
+        // A new code for a known id would let anyone take a kiosk's
+        // place: re-enrolling names the device in the code.
+        (None, true) => {
+            return refused(&format!(
+                "device id {} is already known: an operator re-enrolls it with `propass-server device enroll --device {}`",
+                r.device, r.device
+            ));
+        }
+        _ => {}
+    }
+    diesel::update(enrollment_codes::table.find(r.code_hash))
+        .set((
+            enrollment_codes::used_at.eq(r.now),
+            enrollment_codes::used_by.eq(r.device.as_str()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok((code, known))
+}
+
+/// The device, active and enrolled: a new record, or — re-enrollment — a
+/// fresh chain, the old one and its tokens ended. Answers its token epoch.
+async fn activate(
+    conn: &mut AsyncPgConnection,
+    r: &Redemption<'_>,
+    known: bool,
+) -> Result<i64, CredentialError> {
+    if !known {
+        return Ok(diesel::insert_into(devices::table)
+            .values((
+                devices::device_id.eq(r.device.as_str()),
+                devices::status.eq(DeviceStatus::Active.as_str()),
+                devices::enrolled.eq(true),
+            ))
+            .returning(devices::token_epoch)
+            .get_result(conn)
+            .await?);
+    }
+    revoke_chain(conn, r.device).await?;
+    Ok(diesel::update(devices::table.find(r.device.as_str()))
+        .set((
+            devices::status.eq(DeviceStatus::Active.as_str()),
+            devices::enrolled.eq(true),
+            devices::revoked_at.eq(None::<DateTime<Utc>>),
+            devices::last_seen.eq(r.now),
+            devices::token_epoch.eq(devices::token_epoch + 1),
+        ))
+        .returning(devices::token_epoch)
+        .get_result(conn)
+        .await?)
+}
+
+/// What the code says of the device: its name, its clients (replacing
+/// any it had); and the agent version it reported.
+async fn apply_code(
+    conn: &mut AsyncPgConnection,
+    r: &Redemption<'_>,
+    code: &CodeRow,
+) -> Result<(), CredentialError> {
+    if let Some(n) = &code.device_name {
+        device_rows::rename(conn, r.device, n).await?;
+    }
+    if let Some(v) = r.agent_version {
+        device_rows::set_agent_version(conn, r.device, v).await?;
+    }
+    if !code.client_ids.is_empty() {
+        diesel::delete(
+            device_clients::table.filter(device_clients::device_id.eq(r.device.as_str())),
+        )
+        .execute(conn)
+        .await?;
+        device_rows::insert_assignments(conn, r.device, &code.client_ids)
+            .await
+            .map_err(|e| match e {
+                DeviceChangeError::Db(e) => CredentialError::Db(e),
+                other => CredentialError::Refused(other.to_string()),
+            })?;
+    }
+    Ok(())
 }
 
 async fn devices_name(
@@ -358,16 +386,7 @@ async fn rotate_tx(
     if state.0 == DeviceStatus::Revoked.as_str() {
         return Ok(Err(CredentialError::Revoked(device)));
     }
-    let judged = if row.revoked {
-        Judged::Reuse
-    } else if row.used_at.is_none() {
-        Judged::Fresh
-    } else {
-        match row.successor {
-            Some(next) if !successor_used(conn, next).await? => Judged::Retry(next),
-            _ => Judged::Reuse,
-        }
-    };
+    let judged = judge(conn, &row).await?;
     if matches!(judged, Judged::Reuse) {
         revoke_chain(conn, &device).await?;
         diesel::update(devices::table.find(device.as_str()))
@@ -382,20 +401,7 @@ async fn rotate_tx(
                 .into(),
         )));
     }
-    if let Judged::Retry(replaced) = judged {
-        diesel::update(device_credentials::table.find(replaced))
-            .set(device_credentials::revoked.eq(true))
-            .execute(conn)
-            .await?;
-    }
-    let next = insert_credential(conn, &device, next_hash, now, row.chain_expires_at).await?;
-    diesel::update(device_credentials::table.find(row.id))
-        .set((
-            device_credentials::used_at.eq(row.used_at.unwrap_or(now)),
-            device_credentials::successor.eq(next),
-        ))
-        .execute(conn)
-        .await?;
+    advance_chain(conn, &row, &device, judged, next_hash, now).await?;
     diesel::update(devices::table.find(device.as_str()))
         .set(devices::last_seen.eq(now))
         .execute(conn)
@@ -409,6 +415,48 @@ async fn rotate_tx(
         token_epoch: state.2,
         chain_expires_at: row.chain_expires_at,
     }))
+}
+
+/// A credential presented: its first use, the retry of a use whose answer
+/// was lost (its successor never used), or a reuse.
+async fn judge(conn: &mut AsyncPgConnection, row: &CredentialRow) -> QueryResult<Judged> {
+    if row.revoked {
+        return Ok(Judged::Reuse);
+    }
+    if row.used_at.is_none() {
+        return Ok(Judged::Fresh);
+    }
+    Ok(match row.successor {
+        Some(next) if !successor_used(conn, next).await? => Judged::Retry(next),
+        _ => Judged::Reuse,
+    })
+}
+
+/// The next link: a retry replaces the successor it never used; the
+/// presented credential is used and points at the new one.
+async fn advance_chain(
+    conn: &mut AsyncPgConnection,
+    row: &CredentialRow,
+    device: &DeviceId,
+    judged: Judged,
+    next_hash: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    if let Judged::Retry(replaced) = judged {
+        diesel::update(device_credentials::table.find(replaced))
+            .set(device_credentials::revoked.eq(true))
+            .execute(conn)
+            .await?;
+    }
+    let next = insert_credential(conn, device, next_hash, now, row.chain_expires_at).await?;
+    diesel::update(device_credentials::table.find(row.id))
+        .set((
+            device_credentials::used_at.eq(row.used_at.unwrap_or(now)),
+            device_credentials::successor.eq(next),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 async fn successor_used(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<bool> {

@@ -78,11 +78,7 @@ pub async fn pull(
         let mut conn = state.pool.get().await?;
         conn.transaction(async |conn| {
             if leasing {
-                let served: Vec<i64> = db::clients::served_by(conn, &device)
-                    .await?
-                    .iter()
-                    .map(|r| r.id)
-                    .collect();
+                let served = db::devices::served_clients(conn, &device).await?;
                 db::leases::refill(conn, &device, &served, policy).await?;
             }
             let rows = db::clients::served_by(conn, &device).await?;
