@@ -31,12 +31,19 @@ pub enum ErrorCode {
     InvalidCredential,
     /// Not allowed for this caller, e.g. a WebSocket from a browser origin not on the allow-list (HTTP 403).
     Forbidden,
-    /// No such route (HTTP 404).
+    /// An operator route without a live browser session: log in (HTTP 401).
+    SessionRequired,
+    /// A changing operator request without the session's `X-CSRF-Token` (HTTP 403).
+    CsrfRejected,
+    /// No such route, or no such record (HTTP 404).
     NotFound,
     /// The method is not allowed on this route (HTTP 405).
     MethodNotAllowed,
     /// The request body did not arrive within the server's deadline (HTTP 408).
     RequestTimeout,
+    /// The change contradicts the record's state, e.g. archiving a client
+    /// that kiosks still serve (HTTP 409).
+    Conflict,
     /// Too many items or bytes in one request (HTTP 413).
     PayloadTooLarge,
     /// The body is not `application/json` (HTTP 415).
@@ -61,15 +68,18 @@ impl ErrorCode {
             | Self::MissingToken
             | Self::InvalidToken
             | Self::TokenExpired
-            | Self::InvalidCredential => 401,
+            | Self::InvalidCredential
+            | Self::SessionRequired => 401,
             Self::DeviceMismatch
             | Self::DeviceRevoked
             | Self::DevicePending
             | Self::DeviceEnrolled
-            | Self::Forbidden => 403,
+            | Self::Forbidden
+            | Self::CsrfRejected => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
+            Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,

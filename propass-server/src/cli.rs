@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use propass_protocol::{ClientId, Role};
 
+use crate::admin::{self, Actor};
 use crate::config::{Config, Settings};
 use crate::startup::Application;
 use crate::{auth, db};
@@ -105,6 +106,9 @@ struct ServeArgs {
     /// File holding the JWT signing secret (PROPASS_JWT_SECRET may hold it directly) [env: PROPASS_JWT_SECRET_FILE]
     #[arg(long)]
     jwt_secret_file: Option<PathBuf>,
+    /// Address to serve /metrics on (Prometheus text format) [env: PROPASS_METRICS_BIND]
+    #[arg(long)]
+    metrics_bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +281,9 @@ fn flag_layer(database_url: Option<String>, serve: Option<&ServeArgs>) -> toml::
         if let Some(path) = &args.jwt_secret_file {
             put("jwt_secret_file", path.display().to_string().into());
         }
+        if let Some(addr) = args.metrics_bind {
+            put("metrics_bind", addr.to_string().into());
+        }
     }
     t
 }
@@ -342,15 +349,16 @@ pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
 }
 
 /// Who runs the command, for the audit log.
-fn cli_actor() -> String {
+fn cli_actor() -> Actor {
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
+    Actor::cli(&user)
 }
 
-/// The audit entry of a command that changes something: (action, subject,
-/// detail); `None` for reads, and for `ledger void`, which writes its own.
+/// The audit entry of a command that changes something and is not one of
+/// the `admin` use cases (which audit themselves): (action, subject,
+/// detail); `None` for reads and for those.
 fn audit_entry(c: &Command) -> Option<(String, String, serde_json::Value)> {
     let args = serde_json::json!({"command": format!("{c:?}")});
     let (action, subject) = match c {
@@ -358,25 +366,11 @@ fn audit_entry(c: &Command) -> Option<(String, String, serde_json::Value)> {
         Command::User(UserCmd::Role { name, .. }) => ("user.role", format!("user:{name}")),
         Command::User(UserCmd::Disable { name }) => ("user.disable", format!("user:{name}")),
         Command::User(UserCmd::Enable { name }) => ("user.enable", format!("user:{name}")),
-        Command::Client(ClientCmd::Add { name, .. }) => ("client.add", format!("client:{name}")),
         Command::Client(ClientCmd::Lease { client_id, .. }) => {
             ("client.lease", format!("client:{client_id}"))
         }
         Command::Client(ClientCmd::Policy { client_id, .. }) => {
             ("client.policy", format!("client:{client_id}"))
-        }
-        Command::Quota(QuotaCmd::Add {
-            client_id,
-            n,
-            reason,
-            ..
-        }) => {
-            let detail = serde_json::json!({"delta": n, "reason": reason});
-            return Some(("quota.add".into(), format!("client:{client_id}"), detail));
-        }
-        Command::Device(cmd) => {
-            let (action, subject) = device::audited(cmd)?;
-            (action, subject)
         }
         _ => return None,
     };
@@ -408,7 +402,7 @@ async fn operate(url: &str, command: Command, fleet: db::fleet::FleetPolicy) -> 
         dispatch(conn, command, fleet)
             .await
             .map_err(Failed::Command)?;
-        db::audit::record(conn, &actor, &action, &subject, detail).await?;
+        db::audit::record(conn, actor.as_str(), &action, &subject, detail).await?;
         Ok::<_, Failed>(())
     })
     .await
@@ -443,7 +437,7 @@ async fn dispatch(
             quota,
             partial_copy,
             json,
-        }) => client_add(conn, name, quota, partial_copy, json).await,
+        }) => client_add(conn, &name, quota, partial_copy, json).await,
         Command::Client(ClientCmd::List { json }) => client_list(conn, json).await,
         Command::Client(ClientCmd::Lease {
             client_id,
@@ -462,12 +456,21 @@ async fn dispatch(
             json,
             reason,
         }) => {
-            if reason.trim().is_empty() {
-                return Err("a quota change needs a --reason".into());
+            let client = admin::adjust_quota(conn, &cli_actor(), client_id, n, &reason).await?;
+            if json {
+                print_json(
+                    &serde_json::json!({"client_id": client_id, "remaining": client.remaining}),
+                )
+            } else {
+                println!("{}", client.remaining);
+                eprintln!(
+                    "client {client_id} now has {} copies remaining",
+                    client.remaining
+                );
+                Ok(())
             }
-            quota_add(conn, client_id, n, json).await
         }
-        Command::Device(cmd) => device::run(conn, cmd, fleet).await,
+        Command::Device(cmd) => device::run(conn, cmd, fleet, &cli_actor()).await,
         Command::Ledger(LedgerCmd::Unverified { json }) => ledger_unverified(conn, json).await,
         Command::Audit {
             action,
@@ -476,11 +479,9 @@ async fn dispatch(
         } => audit_list(conn, action.as_deref(), limit, json).await,
         Command::Ledger(LedgerCmd::Void { copy_id, reason }) => {
             let actor = cli_actor();
-            let (client, remaining) = db::corrections::void(conn, copy_id, &actor, &reason)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (client, remaining) = admin::void_copy(conn, &actor, copy_id, &reason).await?;
             println!("{remaining}");
-            eprintln!("copy {copy_id} void; client {client} has its unit back ({remaining} free); audited as {actor}");
+            eprintln!("copy {copy_id} void; client {client} has its unit back ({remaining} free); audited as {}", actor.as_str());
             Ok(())
         }
     }
@@ -571,32 +572,22 @@ async fn user_set_disabled(
 
 async fn client_add(
     conn: &mut AsyncPgConnection,
-    name: String,
+    name: &str,
     quota: u32,
     partial_copy: bool,
     json: bool,
 ) -> Result<(), String> {
-    let name = name.trim().to_owned();
-    if name.is_empty() {
-        return Err("client name must not be empty".into());
-    }
-    let id = db::clients::create(conn, &name, i64::from(quota), partial_copy)
-        .await
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => format!("a client named {name:?} already exists"),
-            other => other.to_string(),
-        })?;
+    let c = admin::create_client(conn, &cli_actor(), name, i64::from(quota), partial_copy).await?;
     if json {
         print_json(
-            &serde_json::json!({"id": id, "name": name, "quota": quota, "partial_copy": partial_copy}),
+            &serde_json::json!({"id": c.id, "name": c.name, "quota": quota, "partial_copy": partial_copy}),
         )
     } else {
-        println!("{id}");
+        println!("{}", c.id);
         eprintln!(
-            "created client {name:?} with id {id}, a quota of {quota} and partial copies {}",
+            "created client {:?} with id {}, a quota of {quota} and partial copies {}",
+            c.name,
+            c.id,
             if partial_copy { "allowed" } else { "denied" }
         );
         Ok(())
@@ -637,7 +628,11 @@ async fn audit_list(
     limit: u32,
     json: bool,
 ) -> Result<(), String> {
-    let rows = db::audit::list(conn, action, i64::from(limit.clamp(1, 100_000)))
+    let filter = db::audit::Filter {
+        action,
+        ..Default::default()
+    };
+    let rows = db::audit::list(conn, filter, i64::from(limit.clamp(1, 100_000)))
         .await
         .map_err(dberr)?;
     if json {
@@ -736,34 +731,6 @@ async fn client_policy(
             "client {client_id} now {} partial copies; kiosks learn it at their next pull",
             if allow { "accepts" } else { "refuses" }
         );
-        Ok(())
-    }
-}
-
-async fn quota_add(
-    conn: &mut AsyncPgConnection,
-    client_id: ClientId,
-    n: i64,
-    json: bool,
-) -> Result<(), String> {
-    let remaining = db::clients::add_quota(conn, client_id, n)
-        .await
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::CheckViolation,
-                _,
-            ) => format!(
-                "cannot remove {} copies: the client would have bought fewer than zero",
-                -n
-            ),
-            other => other.to_string(),
-        })?;
-    let remaining = remaining.ok_or_else(|| format!("no client with id {client_id}"))?;
-    if json {
-        print_json(&serde_json::json!({"client_id": client_id, "remaining": remaining}))
-    } else {
-        println!("{remaining}");
-        eprintln!("client {client_id} now has {remaining} copies remaining");
         Ok(())
     }
 }

@@ -83,6 +83,12 @@ pub struct Config {
     pub db_pool_size: usize,
     pub db_timeout: Duration,
     pub workers: Option<usize>,
+    pub admin_session_ttl: Duration,
+    pub admin_session_idle: Duration,
+    pub admin_page_max: usize,
+    pub csv_chunk_rows: usize,
+    pub admin_events_queue: usize,
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl Config {
@@ -224,6 +230,18 @@ settings! {
     db_timeout_secs: u64 = 5, env "PROPASS_DB_TIMEOUT_SECS", flag "";
     /// HTTP worker threads; unset means one per CPU.
     workers: Option<usize> = None, env "PROPASS_WORKERS", flag "";
+    /// An operator's browser session ends this long after its login, whatever it does (at least 60).
+    admin_session_ttl_secs: u64 = 12 * 3600, env "PROPASS_ADMIN_SESSION_TTL_SECS", flag "";
+    /// An operator's browser session ends after this long without a request (at least 60; an open dashboard's live stream counts as activity).
+    admin_session_idle_secs: u64 = 3600, env "PROPASS_ADMIN_SESSION_IDLE_SECS", flag "";
+    /// Most rows one page of the ledger or the audit log may ask for (`limit`).
+    admin_page_max: usize = 500, env "PROPASS_ADMIN_PAGE_MAX", flag "";
+    /// Rows read from PostgreSQL per step of a CSV export: the export's memory is bounded by this, whatever the ledger's size.
+    csv_chunk_rows: usize = 2000, env "PROPASS_CSV_CHUNK_ROWS", flag "";
+    /// Live events queued for one dashboard before that slow page is dropped (it reconnects and refetches).
+    admin_events_queue: usize = 1024, env "PROPASS_ADMIN_EVENTS_QUEUE", flag "";
+    /// Where `/metrics` (Prometheus text format) is served, apart from the API so that it can stay on a private address; unset: not served.
+    metrics_bind: Option<SocketAddr> = None, env "PROPASS_METRICS_BIND", flag "serve --metrics-bind";
 }
 
 /// How a key's type reads from the environment and shows in the docs.
@@ -520,6 +538,12 @@ impl Settings {
             db_pool_size: self.db_pool_size.max(1),
             db_timeout: secs(self.db_timeout_secs.max(1)),
             workers: self.workers,
+            admin_session_ttl: secs(self.admin_session_ttl_secs.max(60)),
+            admin_session_idle: secs(self.admin_session_idle_secs.max(60)),
+            admin_page_max: self.admin_page_max.max(1),
+            csv_chunk_rows: self.csv_chunk_rows.max(1),
+            admin_events_queue: self.admin_events_queue.max(16),
+            metrics_bind: self.metrics_bind,
         }
     }
 }

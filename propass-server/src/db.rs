@@ -13,8 +13,10 @@ pub mod devices;
 pub mod enrollment;
 pub mod fleet;
 pub mod leases;
+pub mod ledger_view;
 pub mod pool;
 pub mod schema;
+pub mod sessions;
 pub mod users;
 
 pub use pool::{build_pool, ping, run_migrations, PgPool, PoolError, MIGRATIONS};

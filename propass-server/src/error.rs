@@ -52,6 +52,18 @@ pub enum ApiError {
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
+    /// No such record (operator routes); the sentence names it.
+    #[error("{0}")]
+    NoSuchRecord(String),
+    /// The change contradicts the record's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// An operator route without a live session; the sentence says why.
+    #[error("{0}")]
+    SessionRequired(String),
+    /// A changing operator request without the session's CSRF token.
+    #[error("this request needs the X-CSRF-Token header of your session (reload the page)")]
+    CsrfRejected,
     #[error("{0}")]
     PayloadTooLarge(String),
     /// The body trickled in slower than `body_read_timeout_secs` allows.
@@ -99,7 +111,10 @@ impl ApiError {
             Self::DeviceEnrolled(_) => ErrorCode::DeviceEnrolled,
             Self::InvalidCredential(_) => ErrorCode::InvalidCredential,
             Self::Forbidden(_) => ErrorCode::Forbidden,
-            Self::NotFound => ErrorCode::NotFound,
+            Self::NotFound | Self::NoSuchRecord(_) => ErrorCode::NotFound,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::SessionRequired(_) => ErrorCode::SessionRequired,
+            Self::CsrfRejected => ErrorCode::CsrfRejected,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::BodyTimeout => ErrorCode::RequestTimeout,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,

@@ -15,12 +15,16 @@
 //! type, mapped to the wire error body), [`device`] (what a device's
 //! standing allows), [`ledger`] (the ledger's vocabulary
 //! and its store trait), [`db`] (PostgreSQL, by table), [`auth`] (passwords,
-//! tokens, throttle, extractors), [`ws`] (hub, sessions, listener), [`state`]
-//! (what handlers share), [`push`] (the push use case), [`routes`] (HTTP
-//! handlers), [`startup`] (the [`startup::Application`] used by `main` and
+//! tokens, throttle, extractors), [`ws`] (the kiosks' hub), [`live`] (the
+//! dashboards' stream), [`metrics`] (counters and their text format),
+//! [`admin`] (operators' changes, each audited), [`state`] (what handlers
+//! share), [`changes`] (PostgreSQL notifications to hub and dashboards),
+//! [`push`] (the push use case), [`routes`] (HTTP handlers), [`startup`] (the [`startup::Application`] used by `main` and
 //! the tests) and [`cli`] (the operator commands).
 
+pub mod admin;
 pub mod auth;
+pub mod changes;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -28,6 +32,8 @@ pub mod db;
 pub mod device;
 pub mod error;
 pub mod ledger;
+pub mod live;
+pub mod metrics;
 pub mod push;
 pub mod rng;
 pub mod routes;

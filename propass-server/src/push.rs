@@ -24,6 +24,8 @@ pub struct PushDone {
     /// badge UID is what it takes to clone a UID-only badge: no other kiosk
     /// sees it) and the push's summary.
     pub to_pusher: Vec<WsMessage>,
+    /// The ledger ids of the new copies the kiosk could not verify.
+    pub unverified: Vec<i64>,
 }
 
 /// An item as read from the batch.
@@ -112,7 +114,7 @@ pub async fn push(
         )));
     }
 
-    let (data, new_copies) = answers(device, &parsed, &ops, batch.outcomes);
+    let (data, new_copies, unverified) = answers(device, &parsed, &ops, batch.outcomes);
     let summary = summarize(device, &data, now);
     let quota_updates = batch.charged;
     let to_pusher = new_copies
@@ -138,20 +140,26 @@ pub async fn push(
         },
         quota_updates,
         to_pusher,
+        unverified,
     })
 }
 
 /// Every item's answer, in the order of the request (the parse failures in
-/// their places), and the `copy_completed` of each newly recorded copy.
+/// their places), the `copy_completed` of each newly recorded copy, and the
+/// ledger ids of those among them that are unverified.
 fn answers(
     device: &DeviceId,
     parsed: &[Parsed],
     ops: &[NewOp<'_>],
     outcomes: Vec<Outcome>,
-) -> (Vec<PushItemResult>, Vec<CopyCompleted>) {
+) -> (Vec<PushItemResult>, Vec<CopyCompleted>, Vec<i64>) {
     let mut new_copies = Vec::new();
+    let mut unverified = Vec::new();
     let mut recorded = ops.iter().zip(outcomes).map(|(op, outcome)| {
         if let Some(copy) = copy_event(device, op.item, &outcome) {
+            if op.item.payload.unverified == Some(true) {
+                unverified.push(copy.ledger_id);
+            }
             new_copies.push(copy);
         }
         item_result(op.item, outcome)
@@ -166,7 +174,7 @@ fn answers(
         })
         .collect();
     drop(recorded);
-    (data, new_copies)
+    (data, new_copies, unverified)
 }
 
 /// The wire answer for one recorded or refused operation.

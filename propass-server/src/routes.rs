@@ -1,16 +1,20 @@
 //! The HTTP layer: the request [`extract`]ors, and the handlers, one module
 //! per area: [`health`], [`auth`] (login, refresh), [`devices`] (enrollment,
 //! device tokens), [`sync`] (push, pull),
-//! [`ws_session`] (the WebSocket upgrade and session loop). Each returns [`crate::error::ApiResult`];
+//! [`ws_session`] (the WebSocket upgrade and session loop), [`admin`] (the
+//! operator plane: dashboard, sessions, admin API), and [`metrics`] (served
+//! on its own address). Each returns [`crate::error::ApiResult`];
 //! errors become the wire error body in `error.rs`. Handlers parse, call a
 //! use case or a query, and answer: the logic lives elsewhere.
 
+pub mod admin;
 pub mod auth;
 pub mod body_deadline;
 pub mod client_addr;
 pub mod devices;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod push_body;
 pub mod sync;
 pub mod ws_session;
@@ -56,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth_limit: usize) {
         .route("/ws", web::get().to(ws_session::upgrade))
         // The seed client's default `wsUrl` is the bare server address.
         .route("/", web::get().to(ws_session::upgrade))
+        .configure(admin::configure)
         .default_service(web::to(not_found));
 }
 
@@ -74,6 +79,19 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
         other => ApiError::MalformedJson(format!("cannot read the JSON body: {other}")),
     };
     api.into()
+}
+
+/// Maps query-string and path failures to the wire error body.
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &HttpRequest,
+) -> actix_web::Error {
+    ApiError::InvalidRequest(format!("invalid query string: {err}")).into()
+}
+
+/// Maps path-segment failures to the wire error body.
+pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::InvalidRequest(format!("invalid path: {err}")).into()
 }
 
 /// Unknown routes.

@@ -10,7 +10,6 @@ use actix_web::{web, App, HttpServer};
 use crate::config::Config;
 use crate::routes;
 use crate::state::AppState;
-use crate::ws;
 
 /// The TLS configuration from PEM files: rustls with the ring provider.
 fn tls_config(cert: &Path, key: &Path) -> std::io::Result<rustls::ServerConfig> {
@@ -39,7 +38,30 @@ fn tls_config(cert: &Path, key: &Path) -> std::io::Result<rustls::ServerConfig> 
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics` on its own address, when `metrics_bind` is set: its port and server.
+    metrics: Option<(u16, Server)>,
     state: web::Data<AppState>,
+}
+
+/// The `/metrics` server on `addr`: one worker, nothing else routed.
+fn metrics_server(
+    addr: std::net::SocketAddr,
+    state: web::Data<AppState>,
+) -> std::io::Result<(u16, Server)> {
+    let listener = TcpListener::bind(addr)?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(routes::metrics::metrics))
+            .default_service(web::to(routes::not_found))
+    })
+    .disable_signals()
+    .workers(1)
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok((port, server))
 }
 
 impl Application {
@@ -67,6 +89,8 @@ impl Application {
                 .app_data(app_state.clone())
                 .app_data(web::JsonConfig::default().limit(body_limit).error_handler(routes::json_error))
                 .app_data(web::PayloadConfig::default().limit(body_limit))
+                .app_data(web::QueryConfig::default().error_handler(routes::query_error))
+                .app_data(web::PathConfig::default().error_handler(routes::path_error))
                 .wrap_fn(move |mut req, srv| {
                     routes::body_deadline::apply(&mut req, body_timeout);
                     // Method, path (never the query string: it may hold a token), status, latency.
@@ -74,12 +98,20 @@ impl Application {
                     let path = req.path().to_owned();
                     let start = clock.instant();
                     let clock = clock.clone();
+                    let state = req.app_data::<web::Data<AppState>>().cloned();
                     let fut = srv.call(req);
                     async move {
                         let res = fut.await;
-                        let ms = clock.instant().duration_since(start).as_secs_f64() * 1000.0;
+                        let secs = clock.instant().duration_since(start).as_secs_f64();
+                        let ms = secs * 1000.0;
                         match &res {
-                            Ok(r) => tracing::info!(%method, %path, status = r.status().as_u16(), latency_ms = format_args!("{ms:.1}"), "request"),
+                            Ok(r) => {
+                                let route = r.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+                                if let Some(state) = &state {
+                                    state.metrics.request(&route, method.as_str(), r.status().as_u16(), secs);
+                                }
+                                tracing::info!(%method, %path, status = r.status().as_u16(), latency_ms = format_args!("{ms:.1}"), "request");
+                            }
                             Err(e) => tracing::warn!(%method, %path, error = %e, latency_ms = format_args!("{ms:.1}"), "request failed"),
                         }
                         res
@@ -98,11 +130,21 @@ impl Application {
         if let Some(n) = workers {
             server = server.workers(n.max(1));
         }
+        let metrics = match state.config.metrics_bind {
+            Some(addr) => Some(metrics_server(addr, state.clone())?),
+            None => None,
+        };
         Ok(Self {
             port,
             server: server.run(),
+            metrics,
             state,
         })
+    }
+
+    /// The port `/metrics` is served on, when it is.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(port, _)| *port)
     }
 
     /// The shared state (tests read its counters).
@@ -119,6 +161,7 @@ impl Application {
     pub fn stopper(&self) -> Stopper {
         Stopper {
             server: self.server.handle(),
+            metrics: self.metrics.as_ref().map(|(_, s)| s.handle()),
             state: self.state.clone(),
         }
     }
@@ -154,16 +197,14 @@ impl Application {
         let state = self.state.clone();
         let listener = tokio::spawn(async move {
             let url = state.config.database_url.clone();
-            ws::listener::listen_for_changes(
-                url,
-                state.pool.clone(),
-                &state.hub,
-                &state.metrics.listening,
-            )
-            .await
+            crate::changes::listen_for_changes(url, &state).await
         });
+        let metrics = self.metrics.map(|(_, server)| tokio::spawn(server));
         let result = self.server.await;
         listener.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         result
     }
 }
@@ -174,6 +215,7 @@ impl Application {
 #[derive(Clone)]
 pub struct Stopper {
     server: actix_web::dev::ServerHandle,
+    metrics: Option<actix_web::dev::ServerHandle>,
     state: web::Data<AppState>,
 }
 
@@ -181,6 +223,10 @@ impl Stopper {
     /// Stops gracefully; returns once the server has stopped.
     pub async fn stop(&self) {
         self.state.hub.close_all();
+        self.state.live.close_all();
+        if let Some(m) = &self.metrics {
+            m.stop(true).await;
+        }
         self.server.stop(true).await;
     }
 }

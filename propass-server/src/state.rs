@@ -10,6 +10,8 @@ use crate::auth::{JwtKeys, LoginThrottle};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::db::{self, PgPool};
+use crate::live::LiveFeed;
+use crate::metrics::Metrics;
 use crate::rng::{OsRng, Rng};
 use crate::ws::Hub;
 
@@ -36,16 +38,8 @@ pub struct AppState {
     pub rng: Arc<dyn Rng>,
     /// Counters of what the server did.
     pub metrics: Metrics,
-}
-
-/// Counters of what the server did (tests read them; the metrics endpoint will).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Argon2 password checks run.
-    pub password_checks: std::sync::atomic::AtomicU64,
-    /// Whether the change listener is LISTENing now (changes made by other
-    /// processes reach this server's sockets only then).
-    pub listening: std::sync::atomic::AtomicBool,
+    /// The operators' open dashboards.
+    pub live: LiveFeed,
 }
 
 impl AppState {
@@ -70,6 +64,7 @@ impl AppState {
             clock,
             rng,
             metrics: Metrics::default(),
+            live: LiveFeed::new(config.admin_events_queue),
             config,
         }
     }

@@ -4,21 +4,15 @@
 
 use std::io::Write;
 
-use chrono::Duration;
 use clap::Subcommand;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
-use propass_protocol::{ClientId, DeviceId, DeviceStatus};
+use diesel_async::AsyncPgConnection;
+use propass_protocol::{ClientId, DeviceId};
 
 use super::{dberr, print_json};
-use crate::auth::secrets;
+use crate::admin::{self, Actor, StatusChange};
 use crate::clock::{Clock, SystemClock};
 use crate::db;
-use crate::db::devices::DeviceChangeError;
-use crate::db::enrollment::NewCode;
 use crate::rng::{OsRng, Rng};
-
-/// Longest validity of an enrollment code, in hours (a code is a key to the fleet).
-const MAX_CODE_HOURS: u32 = 24 * 30;
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCmd {
@@ -97,34 +91,15 @@ pub enum DeviceCmd {
     },
 }
 
-/// The audit action and subject of a command that changes something.
-pub fn audited(cmd: &DeviceCmd) -> Option<(&'static str, String)> {
-    Some(match cmd {
-        DeviceCmd::List { .. } | DeviceCmd::Leases { .. } => return None,
-        DeviceCmd::Enroll { name, device, .. } => (
-            "device.enroll",
-            match (device, name) {
-                (Some(d), _) => format!("device:{d}"),
-                (None, Some(n)) => format!("device-name:{n}"),
-                (None, None) => "device:new".into(),
-            },
-        ),
-        DeviceCmd::Add { device_id, .. } => ("device.add", format!("device:{device_id}")),
-        DeviceCmd::Approve { device_id, .. } => ("device.approve", format!("device:{device_id}")),
-        DeviceCmd::Assign { device_id, .. } => ("device.assign", format!("device:{device_id}")),
-        DeviceCmd::Rename { device_id, .. } => ("device.rename", format!("device:{device_id}")),
-        DeviceCmd::Revoke { device_id } => ("device.revoke", format!("device:{device_id}")),
-        DeviceCmd::Restore { device_id } => ("device.restore", format!("device:{device_id}")),
-        DeviceCmd::Reclaim { device_id, .. } => ("device.reclaim", format!("device:{device_id}")),
-    })
-}
-
-/// Runs one `device` command; `fleet` says when a kiosk is offline or flagged.
+/// Runs one `device` command as `actor`; `fleet` says when a kiosk is
+/// offline or flagged. Every change is audited by its use case (`admin`).
 pub async fn run(
     conn: &mut AsyncPgConnection,
     cmd: DeviceCmd,
     fleet: db::fleet::FleetPolicy,
+    actor: &Actor,
 ) -> Result<(), String> {
+    let now = SystemClock.now();
     match cmd {
         DeviceCmd::List { json } => list(conn, json, fleet).await,
         DeviceCmd::Enroll {
@@ -133,124 +108,61 @@ pub async fn run(
             device,
             valid_hours,
             json,
-        } => enroll(conn, name, clients, device, valid_hours, json).await,
+        } => {
+            let req = admin::CodeRequest {
+                name: name.as_deref(),
+                clients: &clients,
+                device: device.as_ref(),
+                valid_hours,
+            };
+            enroll(conn, actor, req, json).await
+        }
         DeviceCmd::Add {
             device_id,
             name,
             clients,
-        } => add(conn, device_id, name, clients).await,
-        DeviceCmd::Approve { device_id, clients } => approve(conn, device_id, clients).await,
+        } => {
+            admin::add_device(conn, actor, &device_id, name.as_deref(), &clients).await?;
+            eprintln!("device {device_id} registered, active, serving {clients:?}");
+            Ok(())
+        }
+        DeviceCmd::Approve { device_id, clients } => {
+            admin::approve_device(conn, actor, &device_id, &clients, now).await?;
+            eprintln!("device {device_id} is now active");
+            Ok(())
+        }
         DeviceCmd::Assign {
             device_id,
             add,
             remove,
-        } => assign(conn, device_id, add, remove).await,
-        DeviceCmd::Rename { device_id, name } => rename(conn, device_id, name).await,
+        } => {
+            let serves = admin::assign_device(conn, actor, &device_id, &add, &remove).await?;
+            eprintln!("device {device_id} now serves {serves:?}");
+            Ok(())
+        }
+        DeviceCmd::Rename { device_id, name } => {
+            admin::rename_device(conn, actor, &device_id, &name).await?;
+            eprintln!("device {device_id} is now named {:?}", name.trim());
+            Ok(())
+        }
         DeviceCmd::Revoke { device_id } => {
-            set_status(
-                conn,
-                device_id,
-                DeviceStatus::Revoked,
-                &[DeviceStatus::Active, DeviceStatus::Pending],
-            )
-            .await
+            admin::set_device_status(conn, actor, &device_id, StatusChange::Revoke, now).await?;
+            eprintln!("device {device_id} is now revoked");
+            Ok(())
+        }
+        DeviceCmd::Restore { device_id } => {
+            admin::set_device_status(conn, actor, &device_id, StatusChange::Reinstate, now).await?;
+            eprintln!("device {device_id} is now active");
+            Ok(())
         }
         DeviceCmd::Leases { json } => leases(conn, json).await,
-        DeviceCmd::Reclaim { device_id, client } => reclaim(conn, device_id, client).await,
-        DeviceCmd::Restore { device_id } => {
-            set_status(
-                conn,
-                device_id,
-                DeviceStatus::Active,
-                &[DeviceStatus::Revoked],
-            )
-            .await
+        DeviceCmd::Reclaim { device_id, client } => {
+            let returned = admin::reclaim_leases(conn, actor, &device_id, client).await?;
+            let units: i64 = returned.iter().map(|(_, u)| u).sum();
+            println!("{units}");
+            eprintln!("took back {units} unit(s) from {device_id}: {returned:?} (client, units)");
+            Ok(())
         }
-    }
-}
-
-async fn add(
-    conn: &mut AsyncPgConnection,
-    device_id: DeviceId,
-    name: Option<String>,
-    clients: Vec<i64>,
-) -> Result<(), String> {
-    check_name(name.as_deref())?;
-    db::devices::register(conn, &device_id, name.as_deref(), &clients)
-        .await
-        .map_err(change_err)?;
-    eprintln!("device {device_id} registered, active, serving {clients:?}");
-    Ok(())
-}
-
-async fn assign(
-    conn: &mut AsyncPgConnection,
-    device_id: DeviceId,
-    add: Vec<i64>,
-    remove: Vec<i64>,
-) -> Result<(), String> {
-    db::devices::assign(conn, &device_id, &add, &remove)
-        .await
-        .map_err(change_err)?;
-    let now = db::devices::served_clients(conn, &device_id)
-        .await
-        .map_err(dberr)?;
-    eprintln!("device {device_id} now serves {now:?}");
-    Ok(())
-}
-
-async fn rename(
-    conn: &mut AsyncPgConnection,
-    device_id: DeviceId,
-    name: String,
-) -> Result<(), String> {
-    check_name(Some(&name))?;
-    if !db::devices::rename(conn, &device_id, &name)
-        .await
-        .map_err(dberr)?
-    {
-        return Err(format!("no device {device_id}"));
-    }
-    eprintln!("device {device_id} is now named {name:?}");
-    Ok(())
-}
-
-/// Takes a kiosk's unused lease back; prints the units.
-async fn reclaim(
-    conn: &mut AsyncPgConnection,
-    device_id: DeviceId,
-    client: Option<ClientId>,
-) -> Result<(), String> {
-    if db::devices::state(conn, &device_id)
-        .await
-        .map_err(dberr)?
-        .is_none()
-    {
-        return Err(format!("no device {device_id}"));
-    }
-    let returned = conn
-        .transaction(async |conn| db::leases::release(conn, &device_id, client).await)
-        .await
-        .map_err(dberr)?;
-    let units: i64 = returned.iter().map(|(_, u)| u).sum();
-    println!("{units}");
-    eprintln!("took back {units} unit(s) from {device_id}: {returned:?} (client, units)");
-    Ok(())
-}
-
-fn change_err(e: DeviceChangeError) -> String {
-    match e {
-        DeviceChangeError::Db(e) => dberr(e),
-        other => other.to_string(),
-    }
-}
-
-fn check_name(name: Option<&str>) -> Result<(), String> {
-    match name {
-        Some(n) if n.is_empty() || n.len() > 128 || n.chars().any(char::is_control) => {
-            Err("a device name is 1 to 128 printable characters".into())
-        }
-        _ => Ok(()),
     }
 }
 
@@ -311,33 +223,13 @@ async fn list(
 
 async fn enroll(
     conn: &mut AsyncPgConnection,
-    name: Option<String>,
-    clients: Vec<i64>,
-    device: Option<DeviceId>,
-    valid_hours: u32,
+    actor: &Actor,
+    req: admin::CodeRequest<'_>,
     json: bool,
 ) -> Result<(), String> {
-    check_name(name.as_deref())?;
-    if valid_hours == 0 || valid_hours > MAX_CODE_HOURS {
-        return Err(format!("--valid-hours must be 1 to {MAX_CODE_HOURS}"));
-    }
-    let code = secrets::enrollment_code(OsRng.secret_bytes());
-    let canonical = secrets::normalize_code(&code).ok_or("generated an unreadable code")?;
-    let now = SystemClock.now();
-    let expires_at = now + Duration::hours(i64::from(valid_hours));
-    db::enrollment::create_code(
-        conn,
-        NewCode {
-            code_hash: &secrets::digest(&canonical),
-            device_name: name.as_deref(),
-            device_id: device.as_ref(),
-            clients: &clients,
-            now,
-            expires_at,
-        },
-    )
-    .await
-    .map_err(change_err)?;
+    let admin::EnrollmentCode { code, expires_at } =
+        admin::create_enrollment_code(conn, actor, req, OsRng.secret_bytes(), SystemClock.now())
+            .await?;
     if json {
         return print_json(&serde_json::json!({"code": code, "expires_at": expires_at}));
     }
@@ -347,56 +239,6 @@ async fn enroll(
         expires_at.to_rfc3339()
     );
     Ok(())
-}
-
-async fn approve(
-    conn: &mut AsyncPgConnection,
-    device_id: DeviceId,
-    clients: Vec<i64>,
-) -> Result<(), String> {
-    let Some(state) = db::devices::state(conn, &device_id).await.map_err(dberr)? else {
-        return Err(format!(
-            "no device {device_id}: it has not logged in yet (or register it ahead with `device add`)"
-        ));
-    };
-    if state.status != DeviceStatus::Pending {
-        return Err(format!(
-            "device {device_id} is {}, not pending",
-            state.status.as_str()
-        ));
-    }
-    db::devices::assign(conn, &device_id, &clients, &[])
-        .await
-        .map_err(change_err)?;
-    set_status(
-        conn,
-        device_id,
-        DeviceStatus::Active,
-        &[DeviceStatus::Pending],
-    )
-    .await
-}
-
-async fn set_status(
-    conn: &mut AsyncPgConnection,
-    device_id: DeviceId,
-    to: DeviceStatus,
-    from: &[DeviceStatus],
-) -> Result<(), String> {
-    match db::devices::set_status(conn, &device_id, to, from, SystemClock.now())
-        .await
-        .map_err(dberr)?
-    {
-        None => Err(format!("no device {device_id}")),
-        Some(Err(was)) => Err(format!(
-            "device {device_id} is {}; nothing changed",
-            was.as_str()
-        )),
-        Some(Ok(())) => {
-            eprintln!("device {device_id} is now {}", to.as_str());
-            Ok(())
-        }
-    }
 }
 
 async fn leases(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {

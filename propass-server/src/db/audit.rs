@@ -7,7 +7,11 @@ use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-/// Appends one entry.
+/// The NOTIFY channel announcing a new entry (payload: its id): every
+/// server shows it on its open dashboards.
+pub const AUDIT_CHANNEL: &str = "propass_audit";
+
+/// Appends one entry (announced at commit on [`AUDIT_CHANNEL`]).
 pub async fn record(
     conn: &mut AsyncPgConnection,
     actor: &str,
@@ -16,7 +20,8 @@ pub async fn record(
     detail: serde_json::Value,
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
-        "INSERT INTO audit_log (actor, action, subject, detail) VALUES ($1, $2, $3, $4)",
+        "WITH e AS (INSERT INTO audit_log (actor, action, subject, detail) VALUES ($1, $2, $3, $4) RETURNING id) \
+         SELECT pg_notify('propass_audit', e.id::text) FROM e", // AUDIT_CHANNEL
     )
     .bind::<Text, _>(actor)
     .bind::<Text, _>(action)
@@ -44,18 +49,44 @@ pub struct Entry {
     pub detail: serde_json::Value,
 }
 
-/// The latest `limit` entries, newest first, of one action when given.
+/// Which entries, all optional.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter<'a> {
+    /// Only this action (`quota.add`, …).
+    pub action: Option<&'a str>,
+    /// Only this subject (`client:7`, …).
+    pub subject: Option<&'a str>,
+    /// Only entries older than this id (the previous page's last).
+    pub before: Option<i64>,
+}
+
+/// The latest `limit` entries matching `filter`, newest first.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    action: Option<&str>,
+    filter: Filter<'_>,
     limit: i64,
 ) -> diesel::QueryResult<Vec<Entry>> {
     diesel::sql_query(
         "SELECT id, at, actor, action, subject, detail FROM audit_log \
-         WHERE ($1::text IS NULL OR action = $1) ORDER BY id DESC LIMIT $2",
+         WHERE ($1::text IS NULL OR action = $1) AND ($2::text IS NULL OR subject = $2) \
+           AND ($3::bigint IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4",
     )
-    .bind::<Nullable<Text>, _>(action)
+    .bind::<Nullable<Text>, _>(filter.action)
+    .bind::<Nullable<Text>, _>(filter.subject)
+    .bind::<Nullable<BigInt>, _>(filter.before)
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await
+}
+
+/// One entry by id.
+pub async fn get(conn: &mut AsyncPgConnection, id: i64) -> diesel::QueryResult<Option<Entry>> {
+    let mut rows: Vec<Entry> = diesel::sql_query(
+        "SELECT id, at, actor, action, subject, detail FROM audit_log WHERE id = $1",
+    )
+    .bind::<BigInt, _>(id)
+    .load(conn)
+    .await?;
+    Ok(rows.pop())
 }

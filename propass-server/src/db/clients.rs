@@ -177,3 +177,98 @@ pub async fn remaining_of(
         .await
         .optional()
 }
+
+/// A client as operators see it.
+#[derive(Debug, Clone, diesel::QueryableByName, serde::Serialize)]
+pub struct ClientOverview {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub name: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub total: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub used: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub leased: i64,
+    /// `total - used - leased`; negative after an overdraft.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub remaining: i64,
+    /// Copies recorded beyond what was paid for.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub overdrafts: i64,
+    /// The kiosks serving it.
+    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Text>)]
+    pub kiosks: Vec<String>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub partial_copy: bool,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub archived: bool,
+}
+
+/// Clients with their quotas, overdrafts and kiosks, by id: one client
+/// (`only`), or all (archived ones when asked).
+pub async fn overview(
+    conn: &mut AsyncPgConnection,
+    only: Option<i64>,
+    include_archived: bool,
+) -> QueryResult<Vec<ClientOverview>> {
+    diesel::sql_query(
+        "SELECT c.id, c.name, q.total, q.used, q.leased, q.total - q.used - q.leased AS remaining, \
+                coalesce(o.n, 0) AS overdrafts, \
+                coalesce((SELECT array_agg(dc.device_id ORDER BY dc.device_id) FROM device_clients dc \
+                          WHERE dc.client_id = c.id), '{}') AS kiosks, \
+                c.partial_copy, c.archived_at IS NOT NULL AS archived \
+         FROM clients c JOIN quotas q ON q.client_id = c.id \
+         LEFT JOIN (SELECT client_id, count(*) AS n FROM copies WHERE overdraft GROUP BY client_id) o \
+                ON o.client_id = c.id \
+         WHERE ($1::bigint IS NULL OR c.id = $1) AND ($2 OR c.archived_at IS NULL) \
+         ORDER BY c.id",
+    )
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>, _>(only)
+    .bind::<diesel::sql_types::Bool, _>(include_archived)
+    .load(conn)
+    .await
+}
+
+/// Renames a client; whether it exists. A name taken by another client is
+/// a unique violation.
+pub async fn rename(conn: &mut AsyncPgConnection, client: i64, name: &str) -> QueryResult<bool> {
+    let n = diesel::update(clients::table.find(client))
+        .set(clients::name.eq(name))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Archives a client (or takes it out of the archive); whether it exists.
+pub async fn set_archived(
+    conn: &mut AsyncPgConnection,
+    client: i64,
+    archived: bool,
+) -> QueryResult<bool> {
+    let n = diesel::sql_query(
+        "UPDATE clients SET archived_at = CASE WHEN $2 THEN coalesce(archived_at, now()) END WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(client)
+    .bind::<diesel::sql_types::Bool, _>(archived)
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Clients of `ids` that are archived (a kiosk may not be given one).
+pub async fn archived_among(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<Vec<i64>> {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Id> = diesel::sql_query(
+        "SELECT id FROM clients WHERE id = ANY($1) AND archived_at IS NOT NULL ORDER BY id",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}

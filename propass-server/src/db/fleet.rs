@@ -76,6 +76,28 @@ pub async fn record(
     Ok(())
 }
 
+/// Marks a kiosk's WebSocket as open (`connected`) or its last one as
+/// closed, at `now`: a kiosk whose socket closed is offline until it is
+/// heard from again.
+pub async fn socket(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    connected: bool,
+    now: DateTime<Utc>,
+) -> diesel::QueryResult<()> {
+    let sql = if connected {
+        "UPDATE devices SET last_seen = greatest(last_seen, $2), disconnected_at = NULL WHERE device_id = $1"
+    } else {
+        "UPDATE devices SET disconnected_at = greatest(last_seen, $2) WHERE device_id = $1"
+    };
+    diesel::sql_query(sql)
+        .bind::<Text, _>(device.as_str())
+        .bind::<Timestamptz, _>(now)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// One kiosk's health, for operators.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Health {
@@ -105,6 +127,8 @@ struct Row {
     device_id: String,
     #[diesel(sql_type = Timestamptz)]
     last_seen: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    disconnected_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     received_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -136,7 +160,7 @@ pub async fn health(
     now: DateTime<Utc>,
 ) -> diesel::QueryResult<std::collections::HashMap<String, Health>> {
     let rows: Vec<Row> = diesel::sql_query(
-        "SELECT d.device_id, d.last_seen, h.received_at, h.clock_skew_ms, h.pending, h.failed, \
+        "SELECT d.device_id, d.last_seen, d.disconnected_at, h.received_at, h.clock_skew_ms, h.pending, h.failed, \
                 h.oldest_pending_at, h.last_sync_at, h.last_error, h.reader, h.blanks_written, h.blanks_failed, \
                 (SELECT count(*) FROM copies c WHERE c.device_id = d.device_id AND c.overdraft \
                    AND c.received_at > $1 - interval '24 hours') AS overdrafts_24h \
@@ -157,7 +181,8 @@ pub async fn health(
 /// Online and the flags, from what was stored.
 fn judge(r: &Row, p: FleetPolicy, now: DateTime<Utc>) -> Health {
     let heard = r.received_at.map_or(r.last_seen, |h| h.max(r.last_seen));
-    let online = now - heard <= p.offline_after;
+    // A kiosk whose socket closed and that said nothing since is gone now.
+    let online = now - heard <= p.offline_after && r.disconnected_at.is_none_or(|d| heard > d);
     let mut flags = Vec::new();
     if !online {
         flags.push("offline");

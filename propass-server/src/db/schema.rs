@@ -62,6 +62,7 @@ diesel::table! {
         partial_copy -> Bool,
         lease_target -> Nullable<BigInt>,
         lease_low_water -> Nullable<BigInt>,
+        archived_at -> Nullable<Timestamptz>,
     }
 }
 diesel::table! {

@@ -168,3 +168,49 @@ pub async fn update(
     notify_tokens_ended(conn, name).await?;
     Ok(id)
 }
+
+/// A user as admins see it (never the hash).
+#[derive(Debug, Clone, diesel::QueryableByName, serde::Serialize)]
+pub struct UserSummary {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub username: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub role: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub disabled: bool,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every user (or the one named), by name.
+pub async fn summaries(
+    conn: &mut AsyncPgConnection,
+    only: Option<&str>,
+) -> QueryResult<Vec<UserSummary>> {
+    diesel::sql_query(
+        "SELECT id, username, role, disabled, created_at FROM users \
+         WHERE ($1::text IS NULL OR username = $1) ORDER BY username",
+    )
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(only)
+    .load(conn)
+    .await
+}
+
+/// Replaces a user's password, ending its tokens and sessions; whether it exists.
+pub async fn set_password(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    hash: &str,
+) -> QueryResult<bool> {
+    let n = diesel::update(users::table.filter(users::username.eq(name)))
+        .set((
+            users::password_hash.eq(hash),
+            users::token_epoch.eq(users::token_epoch + 1),
+        ))
+        .execute(conn)
+        .await?;
+    notify_tokens_ended(conn, name).await?;
+    Ok(n == 1)
+}

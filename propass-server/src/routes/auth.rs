@@ -77,7 +77,7 @@ pub async fn login(
 
 /// The user, if the password is right and neither the name nor the address
 /// is throttled. A wrong name costs as long as a wrong password.
-async fn check_credentials(
+pub(super) async fn check_credentials(
     req: &HttpRequest,
     state: &AppState,
     username: String,
@@ -122,6 +122,7 @@ async fn check_credentials(
         }
         None => {
             // Already counted by `begin`.
+            state.metrics.login_failures.fetch_add(1, Ordering::Relaxed);
             tracing::info!(user = ?username, "login failed");
             Err(ApiError::InvalidCredentials)
         }

@@ -48,7 +48,63 @@ pub async fn push(
     };
     state.hub.send_quota_updates(&done.quota_updates);
     state.hub.send_all_to_device(&device, &done.to_pusher);
+    count_items(&state, &done.response);
+    show_on_dashboards(&state, &done).await;
     Ok(HttpResponse::Ok().json(done.response))
+}
+
+/// Counts the push's items by outcome for `/metrics`.
+fn count_items(state: &AppState, response: &propass_protocol::PushResponse) {
+    use crate::metrics::PushOutcome;
+    use propass_protocol::PushStatus;
+    let (mut new, mut duplicate, mut failed, mut overdraft) = (0, 0, 0, 0);
+    for r in &response.data {
+        match (r.status, r.duplicate) {
+            (PushStatus::Synced, true) => duplicate += 1,
+            (PushStatus::Synced, false) => {
+                new += 1;
+                overdraft += u64::from(r.overdraft);
+            }
+            _ => failed += 1,
+        }
+    }
+    let m = &state.metrics;
+    m.push_items(PushOutcome::New, new);
+    m.push_items(PushOutcome::Duplicate, duplicate);
+    m.push_items(PushOutcome::Failed, failed);
+    m.push_items(PushOutcome::Overdraft, overdraft);
+}
+
+/// The push's new copies and the clients it charged, on open dashboards
+/// (they see the badge UID in the ledger, not in the feed).
+async fn show_on_dashboards(state: &AppState, done: &push::PushDone) {
+    if state.live.is_empty() {
+        return;
+    }
+    let received_at = state.clock.now();
+    for m in &done.to_pusher {
+        if let propass_protocol::WsMessage::CopyCompleted(c) = m {
+            let event = serde_json::json!({
+                "id": c.ledger_id,
+                "device_id": c.device_id,
+                "client_id": c.client_id,
+                "kind": c.op_type,
+                "occurred_at": c.occurred_at,
+                "received_at": received_at,
+                "overdraft": c.overdraft,
+                "unverified": done.unverified.contains(&c.ledger_id),
+            });
+            state.live.publish(&crate::live::frame("copy", &event));
+        }
+    }
+    let clients: Vec<i64> = done
+        .quota_updates
+        .iter()
+        .map(|q| q.client_id.get())
+        .collect();
+    if let Err(e) = crate::changes::publish_clients(state, &clients).await {
+        tracing::debug!(error = %e, "cannot show charged clients on dashboards");
+    }
 }
 
 /// Optional query of `GET /api/sync/pull`.

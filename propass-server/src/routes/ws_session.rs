@@ -63,9 +63,13 @@ pub async fn upgrade(
     let (id, rx) = state.hub.register(claims.device_id.clone(), user, clients);
     tracing::info!(conn = id, device = %claims.device_id, "websocket connected");
     let state = state.into_inner();
+    mark_socket(&state, &claims.device_id, true).await;
     actix_web::rt::spawn(async move {
         let reason = run_session(&state, &claims, session, stream, rx).await;
         state.hub.unregister(id);
+        if !state.hub.is_connected(&claims.device_id) {
+            mark_socket(&state, &claims.device_id, false).await;
+        }
         tracing::info!(conn = id, device = %claims.device_id, reason, "websocket closed");
     });
     Ok(response)
@@ -159,6 +163,21 @@ fn ending(notice: &Delivery) -> Ending {
     }
 }
 
+/// Records that a kiosk's socket opened or its last one closed, and tells
+/// dashboards; a database that cannot take it costs operators a stale view only.
+async fn mark_socket(state: &AppState, device: &propass_protocol::DeviceId, connected: bool) {
+    let stored = match state.pool.get().await {
+        Ok(mut conn) => db::fleet::socket(&mut conn, device, connected, state.clock.now())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = stored {
+        tracing::warn!(%device, error = %e, "socket state not stored");
+    }
+    crate::changes::publish_device(state, device);
+}
+
 /// Keeps a kiosk's heartbeat; a database that cannot take it costs the
 /// operators a stale view, not the kiosk its socket.
 pub async fn record_heartbeat(
@@ -176,6 +195,7 @@ pub async fn record_heartbeat(
     if let Err(e) = &stored {
         tracing::warn!(%device, error = %e, "heartbeat not stored");
     }
+    crate::changes::publish_device(state, device);
     stored.is_ok()
 }
 

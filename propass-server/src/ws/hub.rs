@@ -223,6 +223,11 @@ impl Hub {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Open connections in all.
+    pub fn connections(&self) -> usize {
+        self.lock().all.len()
+    }
+
     /// Open connections of one device.
     pub fn device_connections(&self, device_id: &DeviceId) -> usize {
         self.lock()

@@ -26,7 +26,7 @@ async fn every_change_is_audited_with_who_and_why_and_refusals_leave_nothing() {
     let (ok, _, err) = app.cli(&["quota", "add", &id, "5"]).await;
     assert!(!ok && err.contains("--reason"), "{err}");
     let (ok, _, err) = app.cli(&["quota", "add", &id, "5", "--reason", "  "]).await;
-    assert!(!ok && err.contains("needs a --reason"), "{err}");
+    assert!(!ok && err.contains("reason is required"), "{err}");
     assert_eq!(app.remaining(&token, client).await, 10);
     assert!(audit(&app).await.is_empty());
 

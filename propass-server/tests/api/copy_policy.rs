@@ -63,7 +63,7 @@ async fn an_unverified_copy_is_charged_and_flagged_in_the_ledger() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     let copy = listed[0]["id"].as_i64().unwrap().to_string();
     let (ok, _, err) = app.cli(&["ledger", "void", &copy, "--reason", " "]).await;
-    assert!(!ok && err.contains("needs a reason"), "{err}");
+    assert!(!ok && err.contains("reason is required"), "{err}");
     let why = "customer says the card does not open the door";
     let (ok, out, err) = app.cli(&["ledger", "void", &copy, "--reason", why]).await;
     assert!(ok, "{err}");

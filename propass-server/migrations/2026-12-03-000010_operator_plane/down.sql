@@ -1,0 +1,10 @@
+ALTER TABLE devices DROP COLUMN disconnected_at;
+DROP INDEX audit_log_subject;
+CREATE INDEX copies_client_received ON copies (client_id, received_at);
+DROP INDEX copies_unverified_keyset;
+DROP INDEX copies_overdraft_keyset;
+DROP INDEX copies_device_keyset;
+DROP INDEX copies_client_keyset;
+DROP INDEX copies_received_keyset;
+ALTER TABLE clients DROP COLUMN archived_at;
+DROP TABLE admin_sessions;

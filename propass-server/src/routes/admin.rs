@@ -1,0 +1,212 @@
+//! The operator plane over HTTP: the dashboard's assets, browser sessions,
+//! and the admin API under `/api/admin`, one module per area — [`session`]
+//! (login, logout, who am I), [`access`] (the session extractors: who may
+//! call what), [`clients`], [`devices`], [`users`], [`ledger`] (copies,
+//! CSV, voids, hourly counts, the audit log), [`events`] (the live stream)
+//! and [`dashboard`] (the embedded page).
+//!
+//! Every route is declared once in [`operations`]: the router is built from
+//! that list and so is the OpenAPI document served at
+//! `/api/admin/openapi.json`, with who may call each route (`x-access`) —
+//! the API tests walk the document and check every route's denials.
+
+mod access;
+mod clients;
+mod dashboard;
+mod devices;
+mod events;
+mod ledger;
+mod session;
+mod users;
+
+pub use access::{AdminSession, OperatorSession, SESSION_COOKIE};
+
+use actix_web::http::Method;
+use actix_web::web;
+use serde_json::{json, Value};
+
+use crate::admin::AdminError;
+use crate::error::ApiError;
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Invalid(m) => Self::InvalidRequest(m),
+            AdminError::NotFound(m) => Self::NoSuchRecord(m),
+            AdminError::Conflict(m) => Self::Conflict(m),
+            AdminError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (the page, the login, the document).
+    Public,
+    /// A logged-in admin or operator.
+    Operator,
+    /// A logged-in admin.
+    Admin,
+}
+
+impl Access {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// One route, as documented.
+#[derive(Debug, Clone, Copy)]
+pub struct Operation {
+    pub method: &'static str,
+    /// The actix pattern, which is also the OpenAPI path (`{id}`).
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+    /// What the response is: `json`, `csv`, `html`, `event-stream`, ….
+    pub produces: &'static str,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    produces: &'static str,
+    summary: &'static str,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        access,
+        summary,
+        produces,
+    }
+}
+
+/// Every operator-plane route with its handler: the one list the router and
+/// the OpenAPI document are built from.
+pub fn operations() -> Vec<(Operation, actix_web::Route)> {
+    use Access::{Admin, Operator, Public};
+    vec![
+        (op("GET", "/admin", Public, "text/html", "The dashboard page"), web::get().to(dashboard::page)),
+        (op("GET", "/admin/app.js", Public, "text/javascript", "The dashboard's script"), web::get().to(dashboard::script)),
+        (op("GET", "/admin/app.css", Public, "text/css", "The dashboard's style sheet"), web::get().to(dashboard::style)),
+        (op("GET", "/api/admin/openapi.json", Public, "application/json", "This document"), web::get().to(openapi_json)),
+        (op("POST", "/api/admin/login", Public, "application/json", "Open a browser session (sets the HttpOnly session cookie; answers the CSRF token). Kiosk accounts are refused"), web::post().to(session::login)),
+        (op("GET", "/api/admin/session", Operator, "application/json", "The session's user and CSRF token"), web::get().to(session::current)),
+        (op("POST", "/api/admin/logout", Operator, "application/json", "End the session"), web::post().to(session::logout)),
+        (op("GET", "/api/admin/events", Operator, "text/event-stream", "Live events (server-sent events): hello, copy, client, device, audit, session_ended"), web::get().to(events::stream)),
+        (op("GET", "/api/admin/clients", Operator, "application/json", "Clients with total, used, leased, remaining, overdrafts and the kiosks serving each (?archived=true includes archived ones)"), web::get().to(clients::list)),
+        (op("POST", "/api/admin/clients", Operator, "application/json", "Create a client: {name, quota, partial_copy}"), web::post().to(clients::create)),
+        (op("PATCH", "/api/admin/clients/{id}", Operator, "application/json", "Rename or archive a client: {name?, archived?}"), web::patch().to(clients::update)),
+        (op("POST", "/api/admin/clients/{id}/quota", Operator, "application/json", "Top up or adjust a quota: {delta, reason}; the kiosks serving the client hear of it"), web::post().to(clients::adjust_quota)),
+        (op("GET", "/api/admin/clients/{id}/quota-history", Operator, "application/json", "A client's quota changes: who, when, delta, reason"), web::get().to(clients::quota_history)),
+        (op("GET", "/api/admin/devices", Operator, "application/json", "Kiosks with status, online, last contact, version, backlog and flags"), web::get().to(devices::list)),
+        (op("PATCH", "/api/admin/devices/{id}", Operator, "application/json", "Rename a kiosk: {name}"), web::patch().to(devices::rename)),
+        (op("POST", "/api/admin/devices/{id}/approve", Operator, "application/json", "Approve a pending kiosk: {clients}"), web::post().to(devices::approve)),
+        (op("POST", "/api/admin/devices/{id}/revoke", Operator, "application/json", "Revoke a kiosk: its tokens and sockets stop at once"), web::post().to(devices::revoke)),
+        (op("POST", "/api/admin/devices/{id}/reinstate", Operator, "application/json", "Undo a revocation"), web::post().to(devices::reinstate)),
+        (op("POST", "/api/admin/devices/{id}/clients", Operator, "application/json", "Change the clients a kiosk serves: {add, remove}"), web::post().to(devices::assign)),
+        (op("POST", "/api/admin/enrollment-codes", Operator, "application/json", "Create a one-time enrollment code: {name?, clients?, device_id?, valid_hours?}"), web::post().to(devices::enrollment_code)),
+        (op("GET", "/api/admin/users", Admin, "application/json", "Users with role and state"), web::get().to(users::list)),
+        (op("POST", "/api/admin/users", Admin, "application/json", "Create a user: {username, password, role}"), web::post().to(users::create)),
+        (op("PATCH", "/api/admin/users/{name}", Admin, "application/json", "Change a user's role, disable or enable it, reset its password: {role?, disabled?, password?}"), web::patch().to(users::update)),
+        (op("GET", "/api/admin/copies", Operator, "application/json", "The ledger, newest first, keyset-paginated: ?client, device, from, to, overdraft, unverified, limit, cursor"), web::get().to(ledger::copies)),
+        (op("GET", "/api/admin/copies.csv", Operator, "text/csv", "The ledger as CSV, streamed (same filters)"), web::get().to(ledger::copies_csv)),
+        (op("POST", "/api/admin/copies/{id}/void", Operator, "application/json", "Void an unverified copy that did not work: {reason}; its unit goes back"), web::post().to(ledger::void)),
+        (op("GET", "/api/admin/stats/hourly", Operator, "application/json", "Copies per client and hour: ?hours (1 to 720)"), web::get().to(ledger::hourly)),
+        (op("GET", "/api/admin/audit", Operator, "application/json", "The audit log, newest first: ?action, subject, limit, cursor"), web::get().to(ledger::audit)),
+        (op("GET", "/api/admin/audit.csv", Operator, "text/csv", "The audit log as CSV, streamed (same filters)"), web::get().to(ledger::audit_csv)),
+    ]
+}
+
+/// Registers every route of [`operations`].
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for (op, route) in operations() {
+        cfg.route(op.path, route);
+    }
+}
+
+/// The OpenAPI 3.1 document of [`operations`].
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (op, _) in operations() {
+        let mut parameters = Vec::new();
+        for name in op
+            .path
+            .split('{')
+            .skip(1)
+            .filter_map(|s| s.split('}').next())
+        {
+            parameters.push(
+                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),
+            );
+        }
+        let mut operation = json!({
+            "summary": op.summary,
+            "x-access": op.access.as_str(),
+            "parameters": parameters,
+            "responses": {
+                "200": {"description": "OK", "content": {op.produces: {}}},
+                "4XX": {"description": "The error body: {success: false, error: {code, message}}"}
+            }
+        });
+        if op.access != Access::Public {
+            operation["security"] = json!([{"session": []}]);
+        }
+        if op.method != "GET" && op.access != Access::Public {
+            operation["parameters"]
+                .as_array_mut()
+                .map(|p| p.push(json!({"name": "X-CSRF-Token", "in": "header", "required": true, "schema": {"type": "string"}})));
+        }
+        let entry = paths.entry(op.path).or_insert_with(|| json!({}));
+        entry[op.method.to_ascii_lowercase()] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "PROPASS operator API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The dashboard's API. A browser session (POST /api/admin/login) sets an HttpOnly, Secure, SameSite=Strict cookie; every request that changes something also sends the session's X-CSRF-Token. Kiosk tokens are refused (403) on every route here. x-access says who may call each route: public, operator (operators and admins) or admin."
+        },
+        "components": {"securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE}}},
+        "paths": paths
+    })
+}
+
+async fn openapi_json() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(openapi())
+}
+
+/// Whether `method` changes something (and so needs the CSRF token).
+fn changes(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_route_once_with_its_access() {
+        let doc = openapi();
+        let ops = operations();
+        let mut listed = 0;
+        for (path, methods) in doc["paths"].as_object().unwrap() {
+            for (method, o) in methods.as_object().unwrap() {
+                listed += 1;
+                let (want, _) = ops
+                    .iter()
+                    .find(|(op, _)| op.path == path && op.method.eq_ignore_ascii_case(method))
+                    .unwrap_or_else(|| panic!("{method} {path} documented but not routed"));
+                assert_eq!(o["x-access"], want.access.as_str());
+            }
+        }
+        assert_eq!(listed, ops.len(), "a route registered twice");
+    }
+}

@@ -1,0 +1,123 @@
+//! `/api/admin/clients…`: clients, their quotas and quota history.
+
+use actix_web::{web, HttpResponse};
+use propass_protocol::ClientId;
+use serde::Deserialize;
+
+use super::access::OperatorSession;
+use crate::admin;
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    archived: Option<bool>,
+}
+
+/// `GET /api/admin/clients`.
+pub async fn list(
+    _: OperatorSession,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let mut conn = state.pool.get().await?;
+    let clients = db::clients::overview(&mut conn, None, query.archived.unwrap_or(false)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "clients": clients })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    name: String,
+    #[serde(default)]
+    quota: i64,
+    #[serde(default)]
+    partial_copy: bool,
+}
+
+/// `POST /api/admin/clients`.
+pub async fn create(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    body: web::Json<CreateBody>,
+) -> ApiResult<HttpResponse> {
+    let mut conn = state.pool.get().await?;
+    let client = admin::create_client(
+        &mut conn,
+        &session.actor(),
+        &body.name,
+        body.quota,
+        body.partial_copy,
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(client))
+}
+
+/// A client id from the path.
+fn client_id(raw: &str) -> ApiResult<ClientId> {
+    raw.parse::<ClientId>()
+        .map_err(|_| ApiError::InvalidRequest(format!("{raw:?} is not a client id")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    name: Option<String>,
+    archived: Option<bool>,
+}
+
+/// `PATCH /api/admin/clients/{id}`.
+pub async fn update(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<UpdateBody>,
+) -> ApiResult<HttpResponse> {
+    let id = client_id(&id)?;
+    let mut conn = state.pool.get().await?;
+    let client = admin::update_client(
+        &mut conn,
+        &session.actor(),
+        id.get(),
+        body.name.as_deref(),
+        body.archived,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(client))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaBody {
+    delta: i64,
+    reason: String,
+}
+
+/// `POST /api/admin/clients/{id}/quota`.
+pub async fn adjust_quota(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<QuotaBody>,
+) -> ApiResult<HttpResponse> {
+    let id = client_id(&id)?;
+    let mut conn = state.pool.get().await?;
+    let client =
+        admin::adjust_quota(&mut conn, &session.actor(), id, body.delta, &body.reason).await?;
+    Ok(HttpResponse::Ok().json(client))
+}
+
+/// `GET /api/admin/clients/{id}/quota-history`.
+pub async fn quota_history(
+    _: OperatorSession,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = client_id(&id)?;
+    let mut conn = state.pool.get().await?;
+    let limit = i64::try_from(state.config.admin_page_max).unwrap_or(500);
+    let entries = admin::quota_history(&mut conn, id.get(), limit).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
+}

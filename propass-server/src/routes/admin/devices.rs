@@ -1,0 +1,171 @@
+//! `/api/admin/devices…` and `/api/admin/enrollment-codes`: the kiosk fleet.
+
+use actix_web::{web, HttpResponse};
+use propass_protocol::DeviceId;
+use serde::Deserialize;
+
+use super::access::OperatorSession;
+use crate::admin::{self, StatusChange};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// `GET /api/admin/devices`.
+pub async fn list(_: OperatorSession, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let mut conn = state.pool.get().await?;
+    let devices = admin::devices(&mut conn, None, state.config.fleet, state.clock.now()).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "devices": devices })))
+}
+
+fn device_id(raw: &str) -> ApiResult<DeviceId> {
+    DeviceId::parse(raw).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+/// The kiosk as it is now, as the answer to a change.
+async fn answer(state: &AppState, id: &DeviceId) -> ApiResult<HttpResponse> {
+    let mut conn = state.pool.get().await?;
+    let device = admin::device(&mut conn, id, state.config.fleet, state.clock.now()).await?;
+    Ok(HttpResponse::Ok().json(device))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameBody {
+    name: String,
+}
+
+/// `PATCH /api/admin/devices/{id}`.
+pub async fn rename(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<RenameBody>,
+) -> ApiResult<HttpResponse> {
+    let id = device_id(&id)?;
+    {
+        let mut conn = state.pool.get().await?;
+        admin::rename_device(&mut conn, &session.actor(), &id, &body.name).await?;
+    }
+    answer(&state, &id).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    #[serde(default)]
+    clients: Vec<i64>,
+}
+
+/// `POST /api/admin/devices/{id}/approve`.
+pub async fn approve(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: Option<web::Json<ApproveBody>>,
+) -> ApiResult<HttpResponse> {
+    let id = device_id(&id)?;
+    let clients = body.map(|b| b.into_inner().clients).unwrap_or_default();
+    {
+        let mut conn = state.pool.get().await?;
+        admin::approve_device(
+            &mut conn,
+            &session.actor(),
+            &id,
+            &clients,
+            state.clock.now(),
+        )
+        .await?;
+    }
+    answer(&state, &id).await
+}
+
+async fn status(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    id: &str,
+    change: StatusChange,
+) -> ApiResult<HttpResponse> {
+    let id = device_id(id)?;
+    {
+        let mut conn = state.pool.get().await?;
+        admin::set_device_status(&mut conn, &session.actor(), &id, change, state.clock.now())
+            .await?;
+    }
+    answer(&state, &id).await
+}
+
+/// `POST /api/admin/devices/{id}/revoke`.
+pub async fn revoke(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    status(session, state, &id, StatusChange::Revoke).await
+}
+
+/// `POST /api/admin/devices/{id}/reinstate`.
+pub async fn reinstate(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    status(session, state, &id, StatusChange::Reinstate).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    #[serde(default)]
+    add: Vec<i64>,
+    #[serde(default)]
+    remove: Vec<i64>,
+}
+
+/// `POST /api/admin/devices/{id}/clients`.
+pub async fn assign(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<AssignBody>,
+) -> ApiResult<HttpResponse> {
+    let id = device_id(&id)?;
+    {
+        let mut conn = state.pool.get().await?;
+        admin::assign_device(&mut conn, &session.actor(), &id, &body.add, &body.remove).await?;
+    }
+    answer(&state, &id).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeBody {
+    name: Option<String>,
+    #[serde(default)]
+    clients: Vec<i64>,
+    device_id: Option<String>,
+    valid_hours: Option<u32>,
+}
+
+/// `POST /api/admin/enrollment-codes`.
+pub async fn enrollment_code(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    body: web::Json<CodeBody>,
+) -> ApiResult<HttpResponse> {
+    let device = body.device_id.as_deref().map(device_id).transpose()?;
+    let req = admin::CodeRequest {
+        name: body.name.as_deref(),
+        clients: &body.clients,
+        device: device.as_ref(),
+        valid_hours: body.valid_hours.unwrap_or(24),
+    };
+    let mut conn = state.pool.get().await?;
+    let code = admin::create_enrollment_code(
+        &mut conn,
+        &session.actor(),
+        req,
+        state.rng.secret_bytes(),
+        state.clock.now(),
+    )
+    .await?;
+    Ok(crate::routes::auth::no_store().json(code))
+}

@@ -1,0 +1,134 @@
+//! `GET /metrics` on the metrics address (`metrics_bind`): the counters,
+//! and gauges read now — connections, the pool, each kiosk's last heartbeat
+//! and each client's quota, for alerting (docs/operations.md has rules).
+
+use actix_web::{web, HttpResponse};
+
+use crate::db;
+use crate::error::ApiResult;
+use crate::metrics::{render, Gauge};
+use crate::state::AppState;
+
+fn gauge(
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+) -> Gauge {
+    Gauge {
+        name,
+        help,
+        samples,
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn f(n: i64) -> f64 {
+    n as f64
+}
+
+/// `GET /metrics`.
+pub async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let now = state.clock.now();
+    let pool = state.pool.status();
+    let mut gauges = vec![
+        gauge(
+            "propass_ws_connections",
+            "Open kiosk WebSockets.",
+            vec![(vec![], state.hub.connections() as f64)],
+        ),
+        gauge(
+            "propass_admin_streams",
+            "Open dashboard live streams.",
+            vec![(vec![], state.live.len() as f64)],
+        ),
+        gauge(
+            "propass_db_pool_connections",
+            "Database pool connections: max, open, idle, and requests waiting for one.",
+            vec![
+                (vec![("state", "max".into())], pool.max_size as f64),
+                (vec![("state", "open".into())], pool.size as f64),
+                (vec![("state", "idle".into())], pool.available as f64),
+                (vec![("state", "waiting".into())], pool.waiting as f64),
+            ],
+        ),
+    ];
+    let (health, clients) = {
+        let mut conn = state.pool.get().await?;
+        (
+            db::fleet::health(&mut conn, state.config.fleet, now).await?,
+            db::clients::overview(&mut conn, None, false).await?,
+        )
+    };
+    let mut health: Vec<_> = health.into_iter().collect();
+    health.sort_by(|a, b| a.0.cmp(&b.0));
+    let per_device = |value: &dyn Fn(&db::fleet::Health) -> Option<f64>| {
+        health
+            .iter()
+            .filter_map(|(d, h)| Some((vec![("device", d.clone())], value(h)?)))
+            .collect::<Vec<_>>()
+    };
+    gauges.push(gauge(
+        "propass_device_online",
+        "1 when the kiosk was heard from recently.",
+        per_device(&|h| Some(f64::from(u8::from(h.online)))),
+    ));
+    gauges.push(gauge(
+        "propass_device_backlog",
+        "Operations the kiosk has not synced yet (its last heartbeat).",
+        per_device(&|h| h.pending.map(f)),
+    ));
+    gauges.push(gauge(
+        "propass_device_oldest_pending_age_seconds",
+        "Age of the kiosk's oldest unsynced operation (0: none).",
+        per_device(&|h| {
+            Some(
+                h.oldest_pending_at
+                    .map_or(0.0, |t| f((now - t).num_seconds().max(0))),
+            )
+        }),
+    ));
+    gauges.push(gauge(
+        "propass_device_reader_ok",
+        "1 when the kiosk's last heartbeat said its reader is present and healthy.",
+        per_device(&|h| h.reader.as_deref().map(|r| f64::from(u8::from(r == "ok")))),
+    ));
+    gauges.push(gauge(
+        "propass_device_write_failures",
+        "Failed blank writes since the kiosk's agent started.",
+        per_device(&|h| h.blanks_failed.map(f)),
+    ));
+    gauges.push(gauge(
+        "propass_device_clock_skew_seconds",
+        "The kiosk's clock minus the server's at its last heartbeat.",
+        per_device(&|h| h.clock_skew_ms.map(|ms| f(ms) / 1000.0)),
+    ));
+    let per_client = |value: &dyn Fn(&db::clients::ClientOverview) -> f64| {
+        clients
+            .iter()
+            .map(|c| {
+                (
+                    vec![("client", c.id.to_string()), ("name", c.name.clone())],
+                    value(c),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    gauges.push(gauge(
+        "propass_client_remaining",
+        "Units of the client's quota no kiosk holds (negative after an overdraft).",
+        per_client(&|c| f(c.remaining)),
+    ));
+    gauges.push(gauge(
+        "propass_client_leased",
+        "Units of the client's quota held by kiosks in lease.",
+        per_client(&|c| f(c.leased)),
+    ));
+    gauges.push(gauge(
+        "propass_client_overdrafts",
+        "Copies recorded past the client's quota.",
+        per_client(&|c| f(c.overdrafts)),
+    ));
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(render(&state.metrics, &gauges)))
+}
