@@ -15,6 +15,7 @@ mod clients;
 mod dashboard;
 mod devices;
 mod events;
+mod input;
 mod ledger;
 mod session;
 mod users;

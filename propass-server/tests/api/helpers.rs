@@ -25,6 +25,8 @@ pub struct TestApp {
     pub db_url: String,
     pub http: reqwest::Client,
     pub proxy: Option<FaultProxy>,
+    /// Where `/metrics` is served, when the test asked for it.
+    pub metrics_port: Option<u16>,
     /// The running server's state (its counters).
     pub state: actix_web::web::Data<propass_server::state::AppState>,
     /// Stops the running server gracefully.
@@ -75,6 +77,7 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
     tweak(&mut config);
     let app = Application::build(config).expect("build app");
     let port = app.port();
+    let metrics_port = app.metrics_port();
     let state = app.state();
     let stopper = app.stopper();
     tokio::spawn(app.run_until_stopped());
@@ -85,6 +88,7 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
         db_url: database.url().to_owned(),
         http: reqwest::Client::new(),
         proxy,
+        metrics_port,
         state,
         stopper,
         _database: database,

@@ -3,6 +3,7 @@
 //! (`cargo xtask test` provisions one). One binary for all of them.
 #![allow(clippy::disallowed_methods)] // tests run on the real clock
 
+mod admin;
 mod audit;
 mod auth;
 mod copy_policy;

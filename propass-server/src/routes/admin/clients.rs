@@ -1,10 +1,12 @@
 //! `/api/admin/clients…`: clients, their quotas and quota history.
 
-use actix_web::{web, HttpResponse};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
 use propass_protocol::ClientId;
 use serde::Deserialize;
 
 use super::access::OperatorSession;
+use super::input;
 use crate::admin;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
@@ -20,8 +22,9 @@ pub struct ListQuery {
 pub async fn list(
     _: OperatorSession,
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
+    let query: ListQuery = input::query(&req)?;
     let mut conn = state.pool.get().await?;
     let clients = db::clients::overview(&mut conn, None, query.archived.unwrap_or(false)).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "clients": clients })))
@@ -41,8 +44,10 @@ pub struct CreateBody {
 pub async fn create(
     session: OperatorSession,
     state: web::Data<AppState>,
-    body: web::Json<CreateBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
+    let body: CreateBody = input::json(&req, &body)?;
     let mut conn = state.pool.get().await?;
     let client = admin::create_client(
         &mut conn,
@@ -72,10 +77,11 @@ pub struct UpdateBody {
 pub async fn update(
     session: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
-    body: web::Json<UpdateBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
-    let id = client_id(&id)?;
+    let id = client_id(input::param(&req, "id"))?;
+    let body: UpdateBody = input::json(&req, &body)?;
     let mut conn = state.pool.get().await?;
     let client = admin::update_client(
         &mut conn,
@@ -99,10 +105,11 @@ pub struct QuotaBody {
 pub async fn adjust_quota(
     session: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
-    body: web::Json<QuotaBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
-    let id = client_id(&id)?;
+    let id = client_id(input::param(&req, "id"))?;
+    let body: QuotaBody = input::json(&req, &body)?;
     let mut conn = state.pool.get().await?;
     let client =
         admin::adjust_quota(&mut conn, &session.actor(), id, body.delta, &body.reason).await?;
@@ -113,9 +120,9 @@ pub async fn adjust_quota(
 pub async fn quota_history(
     _: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let id = client_id(&id)?;
+    let id = client_id(input::param(&req, "id"))?;
     let mut conn = state.pool.get().await?;
     let limit = i64::try_from(state.config.admin_page_max).unwrap_or(500);
     let entries = admin::quota_history(&mut conn, id.get(), limit).await?;

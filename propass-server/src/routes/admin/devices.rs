@@ -1,10 +1,12 @@
 //! `/api/admin/devices…` and `/api/admin/enrollment-codes`: the kiosk fleet.
 
-use actix_web::{web, HttpResponse};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
 use propass_protocol::DeviceId;
 use serde::Deserialize;
 
 use super::access::OperatorSession;
+use super::input;
 use crate::admin::{self, StatusChange};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -37,10 +39,11 @@ pub struct RenameBody {
 pub async fn rename(
     session: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
-    body: web::Json<RenameBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
-    let id = device_id(&id)?;
+    let id = device_id(input::param(&req, "id"))?;
+    let body: RenameBody = input::json(&req, &body)?;
     {
         let mut conn = state.pool.get().await?;
         admin::rename_device(&mut conn, &session.actor(), &id, &body.name).await?;
@@ -59,11 +62,11 @@ pub struct ApproveBody {
 pub async fn approve(
     session: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
-    body: Option<web::Json<ApproveBody>>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
-    let id = device_id(&id)?;
-    let clients = body.map(|b| b.into_inner().clients).unwrap_or_default();
+    let id = device_id(input::param(&req, "id"))?;
+    let clients = input::json_or_default::<ApproveBody>(&req, &body)?.clients;
     {
         let mut conn = state.pool.get().await?;
         admin::approve_device(
@@ -97,18 +100,30 @@ async fn status(
 pub async fn revoke(
     session: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    status(session, state, &id, StatusChange::Revoke).await
+    status(
+        session,
+        state,
+        input::param(&req, "id"),
+        StatusChange::Revoke,
+    )
+    .await
 }
 
 /// `POST /api/admin/devices/{id}/reinstate`.
 pub async fn reinstate(
     session: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    status(session, state, &id, StatusChange::Reinstate).await
+    status(
+        session,
+        state,
+        input::param(&req, "id"),
+        StatusChange::Reinstate,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,10 +139,11 @@ pub struct AssignBody {
 pub async fn assign(
     session: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
-    body: web::Json<AssignBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
-    let id = device_id(&id)?;
+    let id = device_id(input::param(&req, "id"))?;
+    let body: AssignBody = input::json(&req, &body)?;
     {
         let mut conn = state.pool.get().await?;
         admin::assign_device(&mut conn, &session.actor(), &id, &body.add, &body.remove).await?;
@@ -149,8 +165,10 @@ pub struct CodeBody {
 pub async fn enrollment_code(
     session: OperatorSession,
     state: web::Data<AppState>,
-    body: web::Json<CodeBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
+    let body: CodeBody = input::json(&req, &body)?;
     let device = body.device_id.as_deref().map(device_id).transpose()?;
     let req = admin::CodeRequest {
         name: body.name.as_deref(),

@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 
 use actix_web::web::Bytes;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 
 use super::access::OperatorSession;
+use super::input;
 use crate::admin;
 use crate::db::{self, audit, ledger_view};
 use crate::error::{ApiError, ApiResult};
@@ -71,8 +72,9 @@ fn page_size(state: &AppState, asked: Option<usize>) -> ApiResult<i64> {
 pub async fn copies(
     _: OperatorSession,
     state: web::Data<AppState>,
-    query: web::Query<CopiesQuery>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
+    let query: CopiesQuery = input::query(&req)?;
     let limit = page_size(&state, query.limit)?;
     let after = query.cursor()?;
     let rows = {
@@ -108,8 +110,9 @@ fn cut(e: ApiError) -> ApiError {
 pub async fn copies_csv(
     _: OperatorSession,
     state: web::Data<AppState>,
-    query: web::Query<CopiesQuery>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
+    let query: CopiesQuery = input::query(&req)?;
     let filter = query.filter();
     let first = query.cursor()?;
     let chunk = i64::try_from(state.config.csv_chunk_rows).unwrap_or(2000);
@@ -147,9 +150,11 @@ pub struct VoidBody {
 pub async fn void(
     session: OperatorSession,
     state: web::Data<AppState>,
-    id: web::Path<String>,
-    body: web::Json<VoidBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
+    let body: VoidBody = input::json(&req, &body)?;
+    let id = input::param(&req, "id");
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::InvalidRequest(format!("{id:?} is not a copy id")))?;
@@ -172,8 +177,9 @@ const MAX_HOURS: u32 = 720;
 pub async fn hourly(
     _: OperatorSession,
     state: web::Data<AppState>,
-    query: web::Query<HourlyQuery>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
+    let query: HourlyQuery = input::query(&req)?;
     let hours = query.hours.unwrap_or(72);
     if !(1..=MAX_HOURS).contains(&hours) {
         return Err(ApiError::InvalidRequest(format!(
@@ -243,8 +249,9 @@ impl AuditQuery {
 pub async fn audit(
     _: OperatorSession,
     state: web::Data<AppState>,
-    query: web::Query<AuditQuery>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
+    let query: AuditQuery = input::query(&req)?;
     let limit = page_size(&state, query.limit)?;
     let before = query.before()?;
     let entries = {
@@ -273,10 +280,10 @@ fn audit_line(e: &audit::Entry) -> String {
 pub async fn audit_csv(
     _: OperatorSession,
     state: web::Data<AppState>,
-    query: web::Query<AuditQuery>,
+    req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
+    let query: AuditQuery = input::query(&req)?;
     let first = query.before()?;
-    let query = query.into_inner();
     let chunk = i64::try_from(state.config.csv_chunk_rows).unwrap_or(2000);
     let rows = stream::unfold(Some(first), move |before| {
         let state = state.clone();

@@ -1,10 +1,12 @@
 //! `/api/admin/users…`: people's accounts. Admins only.
 
-use actix_web::{web, HttpResponse};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
 use propass_protocol::Role;
 use serde::Deserialize;
 
 use super::access::AdminSession;
+use super::input;
 use crate::admin::{self, UserChange};
 use crate::auth;
 use crate::db;
@@ -45,13 +47,14 @@ pub struct CreateBody {
 pub async fn create(
     session: AdminSession,
     state: web::Data<AppState>,
-    body: web::Json<CreateBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
     let CreateBody {
         username,
         password,
         role,
-    } = body.into_inner();
+    } = input::json(&req, &body)?;
     let hash = hash(&state, password).await?;
     let mut conn = state.pool.get().await?;
     let user = admin::create_user(&mut conn, &session.0.actor(), &username, &hash, role).await?;
@@ -71,14 +74,15 @@ pub struct UpdateBody {
 pub async fn update(
     session: AdminSession,
     state: web::Data<AppState>,
-    name: web::Path<String>,
-    body: web::Json<UpdateBody>,
+    req: HttpRequest,
+    body: Bytes,
 ) -> ApiResult<HttpResponse> {
+    let name = input::param(&req, "name");
     let UpdateBody {
         role,
         disabled,
         password,
-    } = body.into_inner();
+    } = input::json(&req, &body)?;
     let hash = match password {
         Some(p) => Some(hash(&state, p).await?),
         None => None,
@@ -89,6 +93,6 @@ pub async fn update(
         password_hash: hash.as_deref(),
     };
     let mut conn = state.pool.get().await?;
-    let user = admin::update_user(&mut conn, &session.0.actor(), &name, change).await?;
+    let user = admin::update_user(&mut conn, &session.0.actor(), name, change).await?;
     Ok(HttpResponse::Ok().json(user))
 }
