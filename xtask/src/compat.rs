@@ -46,7 +46,7 @@ fn check_vendored_copy(compat: &Path) -> Result<(), String> {
 pub fn run(database_url: &str) -> Result<(), String> {
     let compat: PathBuf = root().join("compat");
     check_vendored_copy(&compat)?;
-    install_node_deps(&compat)?;
+    sys::npm_ci(&compat, "the seed client's")?;
     let server = sys::target_bin("debug", "propass-server");
     if !server.is_file() {
         return Err(format!(
@@ -83,23 +83,6 @@ pub fn run(database_url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("the seed client failed against the server".into())
-    }
-}
-
-fn install_node_deps(compat: &Path) -> Result<(), String> {
-    if !sys::on_path("node") || !sys::on_path("npm") {
-        sys::apt_install(&["nodejs", "npm"])?;
-    }
-    eprintln!("xtask: installing the seed client's npm dependencies…");
-    let npm_ok = run_status(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(compat),
-    )?;
-    if npm_ok {
-        Ok(())
-    } else {
-        Err("npm ci failed in compat/".into())
     }
 }
 

@@ -3,8 +3,8 @@
 //! packages when run as root).
 //!
 //! - `cargo xtask test [ARGS…]`: clippy (warnings are errors), every test of the workspace
-//!   against a throwaway cluster, then the seed Electron client's own TypeScript against the
-//!   real server.
+//!   against a throwaway cluster (the dashboard's in Debian's Chromium, installed when
+//!   missing), then the seed Electron client's own TypeScript against the real server.
 //! - `cargo xtask e2e [ARGS…]`: the end-to-end tests only (also part of `test`).
 //! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client, and an agent.
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
@@ -15,6 +15,7 @@
 //! - `cargo xtask db`: just the throwaway cluster, for development.
 #![allow(clippy::disallowed_methods)] // a tool on the real clock, not logic under simulation
 
+mod browser;
 mod compat;
 mod demo;
 mod pg;
@@ -77,6 +78,7 @@ const PG_CA_ENV: &str = "PROPASS_TEST_PG_CA";
 
 fn test(extra: &[String]) -> Result<(), String> {
     sys::ensure_packages()?;
+    browser::ensure()?;
     clippy()?;
     let (cluster, url) = database(false)?;
     let mut cmd = cargo();
@@ -136,6 +138,7 @@ fn clippy() -> Result<(), String> {
 
 fn e2e(extra: &[String]) -> Result<(), String> {
     sys::ensure_packages()?;
+    browser::ensure()?;
     if !run_status(cargo().args([
         "build",
         "--locked",

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -244,6 +244,25 @@ pub fn apt_install(pkgs: &[&str]) -> Result<(), String> {
         return Err(format!("apt-get install {list} failed"));
     }
     Ok(())
+}
+
+/// Node.js and npm (from Debian when missing), then `npm ci` in `dir`: the
+/// exact versions of its lock file, from the npm registry.
+pub fn npm_ci(dir: &Path, whose: &str) -> Result<(), String> {
+    if !on_path("node") || !on_path("npm") {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    eprintln!("xtask: installing {whose} npm dependencies…");
+    let ok = run_status(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir),
+    )?;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("npm ci failed in {}", dir.display()))
+    }
 }
 
 /// Whether a program is on PATH.

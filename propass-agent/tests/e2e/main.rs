@@ -6,5 +6,6 @@
 // Tests drive real processes in real time.
 #![allow(clippy::disallowed_methods)]
 
+mod dashboard;
 mod harness;
 mod scenarios;

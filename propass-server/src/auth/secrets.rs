@@ -68,6 +68,17 @@ pub fn digest(secret: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A new operator session id (the cookie's value) or CSRF token from `bytes`:
+/// 64 hex digits, which a cookie and a header carry unescaped.
+pub fn session_token(bytes: [u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `s` has the shape of [`session_token`] (checked before any lookup).
+pub fn looks_like_session_token(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,15 +116,4 @@ mod tests {
         assert!(!looks_like_credential("pdc_zz"));
         assert_eq!(digest(&c).len(), 64);
     }
-}
-
-/// A new operator session id (the cookie's value) or CSRF token from `bytes`:
-/// 64 hex digits, which a cookie and a header carry unescaped.
-pub fn session_token(bytes: [u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether `s` has the shape of [`session_token`] (checked before any lookup).
-pub fn looks_like_session_token(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

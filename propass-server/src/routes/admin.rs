@@ -161,9 +161,9 @@ pub fn openapi() -> Value {
             operation["security"] = json!([{"session": []}]);
         }
         if op.method != "GET" && op.access != Access::Public {
-            operation["parameters"]
-                .as_array_mut()
-                .map(|p| p.push(json!({"name": "X-CSRF-Token", "in": "header", "required": true, "schema": {"type": "string"}})));
+            if let Some(p) = operation["parameters"].as_array_mut() {
+                p.push(json!({"name": "X-CSRF-Token", "in": "header", "required": true, "schema": {"type": "string"}}));
+            }
         }
         let entry = paths.entry(op.path).or_insert_with(|| json!({}));
         entry[op.method.to_ascii_lowercase()] = operation;
