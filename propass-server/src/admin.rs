@@ -156,6 +156,30 @@ pub fn reason(text: &str) -> AdminResult<String> {
     Ok(text.to_owned())
 }
 
+/// A client with what needs an operator's look: `overdrafts` (copies past
+/// what it paid for were recorded), `low_quota` (at most `low_quota` units
+/// left that no kiosk holds), `exhausted` (none left).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientView {
+    #[serde(flatten)]
+    pub client: ClientOverview,
+    pub flags: Vec<&'static str>,
+}
+
+/// `client` with its flags, `low_quota` being the threshold.
+pub fn flagged(client: ClientOverview, low_quota: i64) -> ClientView {
+    let mut flags = Vec::new();
+    if client.overdrafts > 0 {
+        flags.push("overdrafts");
+    }
+    if client.remaining <= 0 {
+        flags.push("exhausted");
+    } else if client.remaining <= low_quota {
+        flags.push("low_quota");
+    }
+    ClientView { client, flags }
+}
+
 /// One client as operators see it.
 pub async fn client(conn: &mut AsyncPgConnection, id: i64) -> AdminResult<ClientOverview> {
     db::clients::overview(conn, Some(id), true)

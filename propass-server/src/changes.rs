@@ -110,6 +110,7 @@ pub async fn publish_clients(state: &AppState, clients: &[i64]) -> Result<(), Ap
             .await?
             .pop()
         {
+            let c = crate::admin::flagged(c, state.config.client_low_quota);
             state.live.publish(&live::frame("client", &c));
         }
     }

@@ -66,6 +66,7 @@ pub struct Config {
     pub lease: crate::db::leases::LeasePolicy,
     /// When a kiosk counts as offline, and what flags it.
     pub fleet: crate::db::fleet::FleetPolicy,
+    pub client_low_quota: i64,
     pub body_read_timeout: Duration,
     pub max_batch_items: usize,
     pub max_body_bytes: usize,
@@ -192,6 +193,8 @@ settings! {
     device_backlog_age_secs: u64 = 3600, env "PROPASS_DEVICE_BACKLOG_AGE_SECS", flag "";
     /// A kiosk with this many failed writes since its agent started is flagged `write_failures`.
     device_write_failures: u64 = 3, env "PROPASS_DEVICE_WRITE_FAILURES", flag "";
+    /// A client with this many free units or fewer is flagged `low_quota` in the dashboard (and the metric `propass_client_low_quota` is 1).
+    client_low_quota: u64 = 10, env "PROPASS_CLIENT_LOW_QUOTA", flag "";
     /// Units of a client's quota a kiosk holds in lease (spendable offline), unless the client sets its own (`client lease`); 0: no leases (kiosks spend the free units optimistically, and the server flags overdrafts).
     lease_target: u64 = 10, env "PROPASS_LEASE_TARGET", flag "";
     /// A kiosk's lease is refilled to the target at its next sync once it holds fewer units than this (at most the target), unless the client sets its own.
@@ -516,6 +519,7 @@ impl Settings {
             device_pushes_per_minute: self.device_pushes_per_minute,
             device_items_per_day: self.device_items_per_day,
             fleet: self.fleet(),
+            client_low_quota: i64::try_from(self.client_low_quota).unwrap_or(i64::MAX),
             lease: crate::db::leases::LeasePolicy {
                 target: i64::try_from(self.lease_target).unwrap_or(i64::MAX),
                 low_water: i64::try_from(self.lease_low_water.min(self.lease_target))

@@ -345,6 +345,11 @@ async fn operators_run_clients_quotas_and_kiosks_and_every_change_is_audited() {
         (acme["total"].clone(), acme["remaining"].clone()),
         (json!(10), json!(10))
     );
+    assert_eq!(
+        acme["flags"],
+        json!(["low_quota"]),
+        "10 left is the default threshold"
+    );
     let (status, dup) = app
         .page_json(
             &op,
@@ -410,6 +415,7 @@ async fn operators_run_clients_quotas_and_kiosks_and_every_change_is_audited() {
         (200, json!(15)),
         "{after}"
     );
+    assert_eq!(after["flags"], json!([]), "15 left is above the threshold");
     let fifteen = |m: &Value| m["type"] == "quota_updated" && m["data"]["remaining"] == 15;
     let heard = collect_until(&mut ws, Duration::from_secs(10), |got| {
         got.iter().any(fifteen)

@@ -26,7 +26,12 @@ pub async fn list(
 ) -> ApiResult<HttpResponse> {
     let query: ListQuery = input::query(&req)?;
     let mut conn = state.pool.get().await?;
-    let clients = db::clients::overview(&mut conn, None, query.archived.unwrap_or(false)).await?;
+    let low = state.config.client_low_quota;
+    let clients: Vec<_> = db::clients::overview(&mut conn, None, query.archived.unwrap_or(false))
+        .await?
+        .into_iter()
+        .map(|c| admin::flagged(c, low))
+        .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "clients": clients })))
 }
 
@@ -57,7 +62,7 @@ pub async fn create(
         body.partial_copy,
     )
     .await?;
-    Ok(HttpResponse::Created().json(client))
+    Ok(HttpResponse::Created().json(admin::flagged(client, state.config.client_low_quota)))
 }
 
 /// A client id from the path.
@@ -91,7 +96,7 @@ pub async fn update(
         body.archived,
     )
     .await?;
-    Ok(HttpResponse::Ok().json(client))
+    Ok(HttpResponse::Ok().json(admin::flagged(client, state.config.client_low_quota)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,7 +118,7 @@ pub async fn adjust_quota(
     let mut conn = state.pool.get().await?;
     let client =
         admin::adjust_quota(&mut conn, &session.actor(), id, body.delta, &body.reason).await?;
-    Ok(HttpResponse::Ok().json(client))
+    Ok(HttpResponse::Ok().json(admin::flagged(client, state.config.client_low_quota)))
 }
 
 /// `GET /api/admin/clients/{id}/quota-history`.

@@ -160,7 +160,10 @@ pub async fn void(
         .map_err(|_| ApiError::InvalidRequest(format!("{id:?} is not a copy id")))?;
     let mut conn = state.pool.get().await?;
     let (client, _) = admin::void_copy(&mut conn, &session.actor(), id, &body.reason).await?;
-    let client = admin::client(&mut conn, client).await?;
+    let client = admin::flagged(
+        admin::client(&mut conn, client).await?,
+        state.config.client_low_quota,
+    );
     Ok(HttpResponse::Ok().json(serde_json::json!({ "copy_id": id, "client": client })))
 }
 
