@@ -52,6 +52,23 @@ pub fn run() -> Result<(), String> {
         server_cli(&server, &url, &["client", "list"], None)?.trim_end()
     );
 
+    // What the dashboard's Fleet view will show: the demo kiosk, online.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let online = loop {
+        let list = server_cli(&server, &url, &["device", "list", "--json"], None)?;
+        let fleet: serde_json::Value = serde_json::from_str(&list).map_err(|e| e.to_string())?;
+        let up = fleet.as_array().is_some_and(|ds| {
+            ds.iter()
+                .any(|d| d["name"] == "Demo kiosk" && d["health"]["online"] == true)
+        });
+        if up || std::time::Instant::now() > deadline || interrupted() {
+            break up;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !online {
+        eprintln!("xtask: WARNING: the demo kiosk is not online yet; the dashboard will show it once it connects");
+    }
     print_summary(&Summary {
         base: &base,
         bind: &bind,
@@ -224,6 +241,8 @@ fn print_summary(s: &Summary<'_>) {
         "  server      {base}   (health: {base}/health, WebSocket: ws://{}/ws)",
         s.bind
     );
+    println!("  dashboard   {base}/admin   (open it in a browser; log in as admin / admin123:");
+    println!("              the demo kiosk is on the Fleet view, its copies in the Live feed)");
     println!("  database    {}", s.url);
     println!("  login       admin / admin123   (role admin)");
     println!("  client      #{client_id} \"Demo Client\" (3 badges copied by the demo kiosk)");
