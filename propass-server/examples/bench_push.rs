@@ -17,7 +17,7 @@ use diesel::sql_types::{Array, BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::Role;
 use propass_server::db;
-use propass_test_support::{free_port, ProcessGuard, TestDatabase};
+use propass_test_support::{free_port, percentile, ProcessGuard, TestDatabase};
 use serde_json::{json, Value};
 
 struct Opts {
@@ -95,14 +95,6 @@ async fn seed(
             .map_err(|e| e.to_string())?;
     }
     Ok(ids)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Which client pays for copy `i` of batch `b` of kiosk `k`.

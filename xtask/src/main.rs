@@ -10,6 +10,8 @@
 //! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
 //! - `cargo xtask bench agent [--ops N] [--history N] [--backlog N]`: agent recording rate
 //!   (fresh, and with a year of history) and backlog drain.
+//! - `cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]`: the dashboard's ledger
+//!   pages (page 1 and 10,000), fleet list and CSV export on a bulk-loaded ledger, against psql.
 //! - `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server and agents at
 //!   emulated readers under seeded faults, the ledger's invariants checked after every round.
 //! - `cargo xtask db`: just the throwaway cluster, for development.
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
                  demo           run the server on 127.0.0.1:5000 with a demo admin and client\n  \
                  bench push     measure push throughput against the raw PostgreSQL ceiling\n  \
                  bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
+                 bench ledger   the dashboard's ledger pages, fleet list and CSV export on ten million copies\n  \
                  chaos          seeded faults against the real server and agents; invariants after every round\n  \
                  db             start a throwaway PostgreSQL and print its DATABASE_URL"
             );
@@ -209,7 +212,8 @@ fn bench(args: &[String]) -> Result<(), String> {
     let (package, example) = match args.first().map(String::as_str) {
         Some("push") => ("propass-server", "bench_push"),
         Some("agent") => ("propass-agent", "bench_agent"),
-        _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]".into()),
+        Some("ledger") => ("propass-server", "bench_ledger"),
+        _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]\n       cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]".into()),
     };
     run_example(package, example, &args[1..], "benchmark")
 }
@@ -236,6 +240,9 @@ fn run_example(package: &str, example: &str, args: &[String], what: &str) -> Res
     if let Some(c) = &cluster {
         // The chaos run restarts PostgreSQL with it: one argument per line.
         cmd.env("PROPASS_PG_RESTART", c.restart_command().join("\n"));
+    }
+    if let Some(bin) = pg::find_bin_dir() {
+        cmd.env("PROPASS_PG_BIN", bin);
     }
     cmd.args(args)
         .current_dir(sys::root())

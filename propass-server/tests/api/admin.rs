@@ -848,15 +848,8 @@ async fn ledger_pages_hold_still_under_concurrent_pushes_and_filters_narrow_them
     assert_eq!(total, 100 + 3 * pushed);
 }
 
-/// The resident set of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    propass_test_support::rss_kib(pid).expect("the server runs")
 }
 
 /// The real server binary serving `db_url` on a free port, as its own
