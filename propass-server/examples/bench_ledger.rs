@@ -10,15 +10,15 @@
 //!   memory growth, against a plain `psql … COPY … TO STDOUT` of the same
 //!   rows in the same run (the ceiling).
 //!
-//! Needs `DATABASE_URL` (a superuser URL), `PROPASS_SERVER_BIN` and
-//! `PROPASS_PG_BIN` (the directory of `psql`), all set by xtask.
+//! Needs `DATABASE_URL` (a superuser URL) and `PROPASS_SERVER_BIN`, set by
+//! xtask, and `psql` (in `PROPASS_PG_BIN`, or on PATH).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use propass_protocol::Role;
 use propass_server::db;
 use propass_test_support::{free_port, percentile, rss_kib, ProcessGuard, TestDatabase};
@@ -47,11 +47,10 @@ async fn connect(url: &str) -> Result<AsyncPgConnection, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Runs `sql` (several statements allowed; no parameters).
 async fn exec(c: &mut AsyncPgConnection, sql: &str) -> Result<(), String> {
-    diesel::sql_query(sql)
-        .execute(c)
+    c.batch_execute(sql)
         .await
-        .map(drop)
         .map_err(|e| format!("{e}: {sql}"))
 }
 
@@ -206,10 +205,11 @@ async fn main() -> Result<(), String> {
         .map_err(|_| "DATABASE_URL is not set (run through cargo xtask bench ledger)")?;
     let server_bin =
         std::env::var("PROPASS_SERVER_BIN").map_err(|_| "PROPASS_SERVER_BIN is not set")?;
-    let psql = std::path::Path::new(
-        &std::env::var("PROPASS_PG_BIN").map_err(|_| "PROPASS_PG_BIN is not set")?,
-    )
-    .join("psql");
+    // The cluster's own psql when its directory has one, else the one on PATH.
+    let psql = std::env::var_os("PROPASS_PG_BIN")
+        .map(|d| std::path::PathBuf::from(d).join("psql"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "psql".into());
     if copies < (DEEP_PAGE * PAGE) * 10 {
         return Err(format!(
             "--copies must be at least {} for page {DEEP_PAGE} of the overdraft filter",

@@ -89,6 +89,7 @@ pub struct Config {
     pub admin_page_max: usize,
     pub csv_chunk_rows: usize,
     pub admin_events_queue: usize,
+    pub admin_streams_max: usize,
     pub metrics_bind: Option<SocketAddr>,
 }
 
@@ -243,6 +244,8 @@ settings! {
     csv_chunk_rows: usize = 2000, env "PROPASS_CSV_CHUNK_ROWS", flag "";
     /// Live events queued for one dashboard before that slow page is dropped (it reconnects and refetches).
     admin_events_queue: usize = 1024, env "PROPASS_ADMIN_EVENTS_QUEUE", flag "";
+    /// Dashboard live streams open at once on this server (503 with `Retry-After` above; the page retries).
+    admin_streams_max: usize = 256, env "PROPASS_ADMIN_STREAMS_MAX", flag "";
     /// Where `/metrics` (Prometheus text format) is served, apart from the API so that it can stay on a private address; unset: not served.
     metrics_bind: Option<SocketAddr> = None, env "PROPASS_METRICS_BIND", flag "serve --metrics-bind";
 }
@@ -547,6 +550,7 @@ impl Settings {
             admin_page_max: self.admin_page_max.max(1),
             csv_chunk_rows: self.csv_chunk_rows.max(1),
             admin_events_queue: self.admin_events_queue.max(16),
+            admin_streams_max: self.admin_streams_max.max(1),
             metrics_bind: self.metrics_bind,
         }
     }

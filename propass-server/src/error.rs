@@ -52,6 +52,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
+    /// The route exists, not with this method.
+    #[error("this endpoint does not take that method")]
+    MethodNotAllowed,
     /// No such record (operator routes); the sentence names it.
     #[error("{0}")]
     NoSuchRecord(String),
@@ -90,6 +93,14 @@ pub enum ApiError {
     TooManyConnections(DeviceId),
     #[error("the database is unavailable; retry later")]
     Unavailable(String),
+    /// A capacity of this server is used up; retry later.
+    #[error("{why}; retry in {retry_after_secs} s")]
+    Busy {
+        /// Which capacity, in a sentence.
+        why: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
     /// A bug or an unexpected database error.
     #[error("internal error; it has been logged")]
     Internal(String),
@@ -112,6 +123,7 @@ impl ApiError {
             Self::InvalidCredential(_) => ErrorCode::InvalidCredential,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound | Self::NoSuchRecord(_) => ErrorCode::NotFound,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::SessionRequired(_) => ErrorCode::SessionRequired,
             Self::CsrfRejected => ErrorCode::CsrfRejected,
@@ -121,7 +133,7 @@ impl ApiError {
             Self::RateLimited { .. } | Self::DeviceLimit { .. } | Self::TooManyConnections(_) => {
                 ErrorCode::RateLimited
             }
-            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::Busy { .. } => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -141,6 +153,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if let Self::RateLimited { retry_after_secs }
         | Self::DeviceLimit {
+            retry_after_secs, ..
+        }
+        | Self::Busy {
             retry_after_secs, ..
         } = self
         {

@@ -32,6 +32,8 @@ struct Subscriber {
 /// The open dashboards.
 pub struct LiveFeed {
     queue_len: usize,
+    /// Most streams open at once.
+    max: usize,
     next_id: AtomicU64,
     subscribers: Mutex<BTreeMap<u64, Subscriber>>,
 }
@@ -43,10 +45,12 @@ pub struct Subscription {
 }
 
 impl LiveFeed {
-    /// A feed whose dashboards each queue at most `queue_len` frames.
-    pub fn new(queue_len: usize) -> Self {
+    /// A feed of at most `max` dashboards, each queueing at most
+    /// `queue_len` frames.
+    pub fn new(queue_len: usize, max: usize) -> Self {
         Self {
             queue_len: queue_len.max(1),
+            max: max.max(1),
             next_id: AtomicU64::new(1),
             subscribers: Mutex::new(BTreeMap::new()),
         }
@@ -59,11 +63,16 @@ impl LiveFeed {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a dashboard's stream for `user_id`'s session `session`.
-    pub fn subscribe(&self, user_id: i64, session: &str) -> Subscription {
+    /// Opens a dashboard's stream for `user_id`'s session `session`;
+    /// `None` when the most streams allowed are open.
+    pub fn subscribe(&self, user_id: i64, session: &str) -> Option<Subscription> {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subscribers().insert(
+        let mut subscribers = self.subscribers();
+        if subscribers.len() >= self.max {
+            return None;
+        }
+        subscribers.insert(
             id,
             Subscriber {
                 user_id,
@@ -71,7 +80,7 @@ impl LiveFeed {
                 tx,
             },
         );
-        Subscription { id, rx }
+        Some(Subscription { id, rx })
     }
 
     /// Closes a dashboard's stream.
@@ -130,10 +139,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn streams_past_the_cap_are_refused_until_one_closes() {
+        let feed = LiveFeed::new(4, 2);
+        let first = feed.subscribe(1, "a").unwrap();
+        let _second = feed.subscribe(1, "a").unwrap();
+        assert!(feed.subscribe(2, "b").is_none());
+        feed.unsubscribe(first.id);
+        assert!(feed.subscribe(2, "b").is_some());
+    }
+
+    #[test]
     fn a_full_queue_drops_that_dashboard_only() {
-        let feed = LiveFeed::new(1);
-        let mut slow = feed.subscribe(1, "a");
-        let mut fast = feed.subscribe(2, "b");
+        let feed = LiveFeed::new(1, 10);
+        let mut slow = feed.subscribe(1, "a").unwrap();
+        let mut fast = feed.subscribe(2, "b").unwrap();
         feed.publish(&frame("copy", &1));
         assert!(fast.rx.try_recv().is_ok());
         feed.publish(&frame("copy", &2));
@@ -144,9 +163,9 @@ mod tests {
 
     #[test]
     fn ending_a_user_tells_its_pages_and_closes_them() {
-        let feed = LiveFeed::new(4);
-        let mut gone = feed.subscribe(1, "a");
-        let mut kept = feed.subscribe(2, "b");
+        let feed = LiveFeed::new(4, 10);
+        let mut gone = feed.subscribe(1, "a").unwrap();
+        let mut kept = feed.subscribe(2, "b").unwrap();
         feed.end_user(1, "disabled");
         let last = gone.rx.try_recv().expect("a last frame");
         assert!(last.starts_with("event: session_ended\n"), "{last}");

@@ -64,7 +64,7 @@ impl AppState {
             clock,
             rng,
             metrics: Metrics::default(),
-            live: LiveFeed::new(config.admin_events_queue),
+            live: LiveFeed::new(config.admin_events_queue, config.admin_streams_max),
             config,
         }
     }

@@ -126,10 +126,34 @@ pub fn operations() -> Vec<(Operation, actix_web::Route)> {
     ]
 }
 
-/// Registers every route of [`operations`].
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers every route of [`operations`], one resource per path (a
+/// path's methods must share it: actix answers 405 from the first resource
+/// matching a path). The public ones that take a body (the login) get the
+/// small body limit of unauthenticated calls.
+pub fn configure(cfg: &mut web::ServiceConfig, auth_limit: usize) {
+    let mut by_path: Vec<(&'static str, Vec<(Operation, actix_web::Route)>)> = Vec::new();
     for (op, route) in operations() {
-        cfg.route(op.path, route);
+        match by_path.iter_mut().find(|(p, _)| *p == op.path) {
+            Some((_, routes)) => routes.push((op, route)),
+            None => by_path.push((op.path, vec![(op, route)])),
+        }
+    }
+    for (path, routes) in by_path {
+        let mut resource = web::resource(path);
+        if routes
+            .iter()
+            .any(|(op, _)| op.access == Access::Public && op.method == "POST")
+        {
+            resource = resource.app_data(
+                web::JsonConfig::default()
+                    .limit(auth_limit)
+                    .error_handler(crate::routes::json_error),
+            );
+        }
+        for (_, route) in routes {
+            resource = resource.route(route);
+        }
+        cfg.service(resource.default_service(web::to(method_not_allowed)));
     }
 }
 
@@ -178,6 +202,10 @@ pub fn openapi() -> Value {
         "components": {"securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE}}},
         "paths": paths
     })
+}
+
+async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
 }
 
 async fn openapi_json() -> actix_web::HttpResponse {

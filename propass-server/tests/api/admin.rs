@@ -215,6 +215,13 @@ async fn every_documented_route_refuses_whoever_may_not_call_it() {
         }
     }
     assert!(checked >= 20, "only {checked} operations documented");
+    // A documented path with another method: the wire error, 405.
+    let res = app
+        .as_page(&admin, Method::DELETE, "/api/admin/clients")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res, 405).await, "method_not_allowed");
     // What is not documented is not there.
     let res = app
         .as_page(&admin, Method::GET, "/api/admin/secrets")
@@ -231,6 +238,9 @@ async fn a_session_is_an_http_only_cookie_and_ends_with_logout_idleness_or_its_u
 
     let res = app.admin_login(OPERATOR.0, "wrong").await;
     assert_eq!(error_code(res, 401).await, "invalid_credentials");
+    // An unauthenticated body is small.
+    let res = app.admin_login(OPERATOR.0, &"x".repeat(20_000)).await;
+    assert_eq!(error_code(res, 413).await, "payload_too_large");
     let res = app.admin_login(OPERATOR.0, OPERATOR.1).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["cache-control"], "no-store");

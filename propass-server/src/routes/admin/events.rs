@@ -75,8 +75,17 @@ async fn next(mut open: Open) -> Option<(Result<Bytes, ApiError>, Open)> {
 }
 
 /// `GET /api/admin/events`.
-pub async fn stream(session: OperatorSession, state: web::Data<AppState>) -> HttpResponse {
-    let sub = state.live.subscribe(session.user_id, &session.id_hash);
+pub async fn stream(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let sub = state
+        .live
+        .subscribe(session.user_id, &session.id_hash)
+        .ok_or(ApiError::Busy {
+            why: "too many dashboards are open on this server (admin_streams_max)".into(),
+            retry_after_secs: 5,
+        })?;
     let mut ticker = tokio::time::interval(KEEPALIVE);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.reset();
@@ -90,7 +99,7 @@ pub async fn stream(session: OperatorSession, state: web::Data<AppState>) -> Htt
     let hello = live::frame("hello", &serde_json::json!({}));
     let first =
         stream::once(async move { Ok::<_, ApiError>(Bytes::copy_from_slice(hello.as_bytes())) });
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
         // nginx buffers responses unless told not to.
@@ -98,5 +107,5 @@ pub async fn stream(session: OperatorSession, state: web::Data<AppState>) -> Htt
         .streaming(futures_util::StreamExt::chain(
             first,
             stream::unfold(open, next),
-        ))
+        )))
 }
