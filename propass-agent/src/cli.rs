@@ -77,6 +77,20 @@ enum Command {
     Queue(QueueCmd),
     /// Push and pull now
     Sync,
+    /// Write every operation the server has not recorded (pending or failed) as JSON lines,
+    /// read straight from the database (the agent may be stopped): before re-imaging a kiosk.
+    /// Run it as the agent's user (sudo -u propass …)
+    ExportUnsynced {
+        /// State directory holding agent.db [default: /var/lib/propass]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Write to this file instead of standard output
+        #[arg(long, conflicts_with = "count")]
+        output: Option<PathBuf>,
+        /// Only print how many there are (with interrupted card writes not yet settled)
+        #[arg(long)]
+        count: bool,
+    },
     /// Record an operation done outside the reader
     #[command(subcommand)]
     Record(RecordCmd),
@@ -202,12 +216,73 @@ fn run(cli: Cli) -> Result<(), String> {
     if let Command::Run { .. } = cli.command {
         return crate::daemon::run(config);
     }
+    if let Command::ExportUnsynced {
+        state_dir,
+        output,
+        count,
+    } = cli.command
+    {
+        let dir = state_dir.unwrap_or(config.state_dir);
+        return export_unsynced(&dir.join("agent.db"), output.as_deref(), count);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(client_command(config, cli.command))
         .map_err(CliError::explain)
+}
+
+/// `export-unsynced`: JSON lines of the operations not synced, or their
+/// count. A kiosk without a database holds nothing.
+fn export_unsynced(
+    db: &std::path::Path,
+    output: Option<&std::path::Path>,
+    count: bool,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !db.exists() {
+        if count {
+            println!("0");
+            return Ok(());
+        }
+        return Err(format!(
+            "{} does not exist: this kiosk holds nothing",
+            db.display()
+        ));
+    }
+    // root reading the agent's WAL database would leave root-owned files the
+    // agent cannot open; /proc/self is owned by the effective user.
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    let owner = std::fs::metadata(db).map_err(|e| e.to_string())?.uid();
+    if me == 0 && owner != 0 {
+        return Err(format!(
+            "{} belongs to uid {owner}: run this as the agent's user (sudo -u propass propass-agent export-unsynced …)",
+            db.display()
+        ));
+    }
+    let conn = crate::store::schema::open_read_only(db).map_err(|e| e.to_string())?;
+    let (ops, writing) = crate::store::queue::unsynced(&conn).map_err(|e| e.to_string())?;
+    if count {
+        println!("{}", ops.len() as i64 + writing);
+        return Ok(());
+    }
+    let mut text = String::new();
+    for op in &ops {
+        text.push_str(&serde_json::to_string(op).map_err(|e| e.to_string())?);
+        text.push('\n');
+    }
+    match output {
+        Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    eprintln!("{} unsynced operation(s) exported", ops.len());
+    if writing > 0 {
+        eprintln!("warning: {writing} card write(s) were interrupted and are not settled yet: start the agent once (it records them as unverified), then export again");
+    }
+    Ok(())
 }
 
 struct Local {
@@ -301,26 +376,16 @@ fn typed<T: DeserializeOwned>(v: Value) -> CliResult<T> {
 /// a terminal, else the first line of stdin.
 fn read_password(prompt: bool) -> Result<String, String> {
     let stdin = std::io::stdin();
-    let tty = prompt && stdin.is_terminal();
-    let stty = |arg: &str| {
-        let _ = std::process::Command::new("stty")
-            .arg(arg)
-            .stdin(std::process::Stdio::inherit())
-            .status();
+    let pw = if prompt && stdin.is_terminal() {
+        rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?
+    } else {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
     };
-    if tty {
-        eprint!("Password: ");
-        let _ = std::io::stderr().flush();
-        stty("-echo");
-    }
-    let mut line = String::new();
-    let read = stdin.lock().read_line(&mut line);
-    if tty {
-        stty("echo");
-        eprintln!();
-    }
-    read.map_err(|e| e.to_string())?;
-    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
     if pw.is_empty() {
         return Err("empty password".into());
     }
@@ -378,7 +443,7 @@ fn print_as<T: DeserializeOwned>(v: Value, as_json: bool, human: impl FnOnce(T))
 async fn client_command(config: AgentConfig, command: Command) -> CliResult<()> {
     let local = Local::new(config.socket.clone())?;
     match command {
-        Command::Run { .. } => unreachable!("handled by run"),
+        Command::Run { .. } | Command::ExportUnsynced { .. } => unreachable!("handled by run"),
         Command::Enroll { server, code } => {
             let req = EnrollRequest {
                 server_url: server,

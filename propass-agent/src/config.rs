@@ -285,6 +285,39 @@ pub fn markdown_table() -> String {
     out
 }
 
+/// The sample configuration file (`deploy/agent.toml`, the package's
+/// `/etc/propass/agent.toml`): every key, commented out at its default,
+/// with its meaning and environment variable.
+pub fn sample_toml() -> String {
+    let mut out = String::from(
+        "# PROPASS kiosk agent configuration. Generated from the agent's own list of\n\
+         # keys (propass-agent/src/config.rs; docs/agent-api.md has the same table):\n\
+         # every key at its default, commented out. Set server_url, then start the\n\
+         # service and enroll the kiosk. An environment variable wins over this file.\n",
+    );
+    for k in KEYS {
+        out.push('\n');
+        out.push_str(&format!(
+            "# {}\n# Environment: {}\n",
+            k.meaning.replace('`', ""),
+            k.env
+        ));
+        let shown = k.default.trim_matches('`');
+        match shown {
+            "—" | "none" => out.push_str(&format!("# (not set by default)\n#{} =\n", k.key)),
+            "first reader" => out.push_str(&format!(
+                "# (not set by default: the first reader libnfc finds)\n#{} =\n",
+                k.key
+            )),
+            v if v.parse::<f64>().is_ok() || v == "true" || v == "false" => {
+                out.push_str(&format!("#{} = {v}\n", k.key));
+            }
+            v => out.push_str(&format!("#{} = \"{v}\"\n", k.key)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,23 +409,34 @@ mod tests {
     /// Regenerate with `PROPASS_BLESS=1 cargo test -p propass-agent --lib config`.
     #[test]
     fn the_docs_list_the_current_keys() {
-        const BEGIN: &str = "<!-- config-table:begin -->\n";
-        const END: &str = "<!-- config-table:end -->";
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/agent-api.md");
-        let doc = std::fs::read_to_string(path).unwrap();
-        let start = doc.find(BEGIN).expect("begin marker in docs/agent-api.md") + BEGIN.len();
-        let end = doc.find(END).expect("end marker in docs/agent-api.md");
-        let table = markdown_table();
-        if doc[start..end] == table {
-            return;
-        }
-        if std::env::var_os("PROPASS_BLESS").is_some_and(|v| v == "1") {
-            std::fs::write(path, format!("{}{table}{}", &doc[..start], &doc[end..])).unwrap();
-            return;
-        }
-        panic!(
-            "docs/agent-api.md's configuration table is stale; regenerate it with\n  \
-             PROPASS_BLESS=1 cargo test -p propass-agent --lib config"
+        propass_test_support::assert_generated(
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/agent-api.md")),
+            Some(("<!-- config-table:begin -->\n", "<!-- config-table:end -->")),
+            &markdown_table(),
+            "PROPASS_BLESS=1 cargo test -p propass-agent --lib config",
         );
+    }
+
+    /// The package's conffile is this generated file, and uncommented it
+    /// gives the defaults.
+    #[test]
+    fn the_sample_config_file_is_generated_and_parses_to_the_defaults() {
+        let sample = sample_toml();
+        propass_test_support::assert_generated(
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.toml")),
+            None,
+            &sample,
+            "PROPASS_BLESS=1 cargo test -p propass-agent --lib config",
+        );
+        let uncommented: String = sample
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix('#')
+                    .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let layer: ConfigLayer = toml::from_str(&uncommented).expect("the sample parses");
+        assert_eq!(layer.or_defaults(), AgentConfig::default());
     }
 }

@@ -44,7 +44,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (applies pending migrations first)
+    /// Run the server (applies pending migrations first, under a lock, unless --no-migrate)
     Serve(ServeArgs),
     /// Apply pending database migrations
     Migrate,
@@ -109,6 +109,10 @@ struct ServeArgs {
     /// Address to serve /metrics on (Prometheus text format) [env: PROPASS_METRICS_BIND]
     #[arg(long)]
     metrics_bind: Option<SocketAddr>,
+    /// Do not migrate at start (rolling upgrades: run `propass-server migrate` once, then
+    /// restart each instance); refuses to start while the database lacks a migration
+    #[arg(long)]
+    no_migrate: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,8 +301,12 @@ fn run(cli: Cli) -> Result<(), String> {
     let env = |k: &str| std::env::var(k).ok();
     let settings = Settings::load(config_file(cli.config.clone()).as_deref(), &env, flags)
         .map_err(|e| e.to_string())?;
+    let no_migrate = serve_args.is_some_and(|a| a.no_migrate);
     match cli.command {
-        Command::Serve(_) => serve(settings.into_config().map_err(|e| e.to_string())?),
+        Command::Serve(_) => serve(
+            settings.into_config().map_err(|e| e.to_string())?,
+            no_migrate,
+        ),
         command => {
             let url = settings.database_url().map_err(|e| e.to_string())?;
             let applied = db::run_migrations(&url)?;
@@ -314,9 +322,20 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn serve(config: Config) -> Result<(), String> {
-    for m in db::run_migrations(&config.database_url)? {
-        tracing::info!(migration = %m, "applied migration");
+fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
+    if no_migrate {
+        let pending = db::pending_migrations(&config.database_url)?;
+        if !pending.is_empty() {
+            return Err(format!(
+                "the database lacks {} migration(s) this server needs ({}): run `propass-server migrate` first",
+                pending.len(),
+                pending.join(", ")
+            ));
+        }
+    } else {
+        for m in db::run_migrations(&config.database_url)? {
+            tracing::info!(migration = %m, "applied migration");
+        }
     }
     let bind = config.bind;
     actix_web::rt::System::new().block_on(async move {

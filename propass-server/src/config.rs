@@ -155,13 +155,21 @@ macro_rules! settings {
                 let d = Self::default();
                 vec![ $( d.$key.doc_value(), )+ ]
             }
+
+            /// Each key's default as a TOML value; `None` for no default.
+            fn toml_defaults() -> Vec<Option<String>> {
+                let d = Self::default();
+                vec![ $( d.$key.toml_value(), )+ ]
+            }
         }
     };
 }
 
 settings! {
-    /// PostgreSQL URL, e.g. `postgres://propass@localhost/propass`. Required.
+    /// PostgreSQL URL, e.g. `postgres://propass@localhost/propass`. Required (or `database_url_file`).
     database_url: Option<String> = None, env "DATABASE_URL", flag "--database-url";
+    /// A file whose content (trimmed) is the PostgreSQL URL: keeps its password out of the config file and the environment (the package's unit passes it as a systemd credential).
+    database_url_file: Option<PathBuf> = None, env "PROPASS_DATABASE_URL_FILE", flag "";
     /// Listen address; the seed client's default port.
     bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 5000)), env "PROPASS_BIND", flag "serve --bind";
     /// HMAC key that signs tokens, 32+ bytes. Required outside `dev`; prefer `jwt_secret_file`.
@@ -250,10 +258,13 @@ settings! {
     metrics_bind: Option<SocketAddr> = None, env "PROPASS_METRICS_BIND", flag "serve --metrics-bind";
 }
 
-/// How a key's type reads from the environment and shows in the docs.
+/// How a key's type reads from the environment and shows in the docs and
+/// in the sample configuration file.
 trait Layered {
     fn from_env(raw: &str) -> Result<Value, String>;
     fn doc_value(&self) -> String;
+    /// The value as TOML; `None` when there is none to show (unset, secret).
+    fn toml_value(&self) -> Option<String>;
 }
 
 macro_rules! layered_number {
@@ -266,10 +277,18 @@ macro_rules! layered_number {
             fn doc_value(&self) -> String {
                 format!("`{self}`")
             }
+            fn toml_value(&self) -> Option<String> {
+                Some(self.to_string())
+            }
         }
     )+};
 }
 layered_number!(u32, u64, usize);
+
+/// `s` as a TOML string.
+fn toml_string(s: &str) -> Option<String> {
+    Some(Value::String(s.to_owned()).to_string())
+}
 
 impl Layered for bool {
     fn from_env(raw: &str) -> Result<Value, String> {
@@ -282,6 +301,9 @@ impl Layered for bool {
     fn doc_value(&self) -> String {
         format!("`{self}`")
     }
+    fn toml_value(&self) -> Option<String> {
+        Some(self.to_string())
+    }
 }
 
 impl Layered for String {
@@ -290,6 +312,9 @@ impl Layered for String {
     }
     fn doc_value(&self) -> String {
         format!("`{self}`")
+    }
+    fn toml_value(&self) -> Option<String> {
+        toml_string(self)
     }
 }
 
@@ -300,6 +325,9 @@ impl Layered for Secret {
     fn doc_value(&self) -> String {
         "***".into()
     }
+    fn toml_value(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Layered for PathBuf {
@@ -308,6 +336,9 @@ impl Layered for PathBuf {
     }
     fn doc_value(&self) -> String {
         format!("`{}`", self.display())
+    }
+    fn toml_value(&self) -> Option<String> {
+        toml_string(&self.display().to_string())
     }
 }
 
@@ -319,6 +350,9 @@ impl Layered for SocketAddr {
     }
     fn doc_value(&self) -> String {
         format!("`{self}`")
+    }
+    fn toml_value(&self) -> Option<String> {
+        toml_string(&self.to_string())
     }
 }
 
@@ -339,6 +373,9 @@ impl Layered for Vec<String> {
             format!("`{}`", self.join(","))
         }
     }
+    fn toml_value(&self) -> Option<String> {
+        Some(Value::Array(self.iter().map(|s| Value::String(s.clone())).collect()).to_string())
+    }
 }
 
 impl<T: Layered> Layered for Option<T> {
@@ -347,6 +384,9 @@ impl<T: Layered> Layered for Option<T> {
     }
     fn doc_value(&self) -> String {
         self.as_ref().map_or_else(|| "—".into(), T::doc_value)
+    }
+    fn toml_value(&self) -> Option<String> {
+        self.as_ref().and_then(T::toml_value)
     }
 }
 
@@ -428,13 +468,31 @@ fn read_table(path: &Path) -> Result<Table, ConfigError> {
 }
 
 impl Settings {
-    /// The database URL, or the error every command gives without one.
+    /// The database URL (given, or read from `database_url_file`), or the
+    /// error every command gives without one.
     pub fn database_url(&self) -> Result<String, ConfigError> {
-        self.database_url.clone().ok_or_else(|| {
-            ConfigError::Missing(
-                "no database configured: set DATABASE_URL, --database-url or database_url in the config file".into(),
-            )
-        })
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        if let Some(path) = &self.database_url_file {
+            let url = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned();
+            if url.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "{} is empty: write the PostgreSQL URL in it",
+                    path.display()
+                )));
+            }
+            return Ok(url);
+        }
+        Err(ConfigError::Missing(
+            "no database configured: set DATABASE_URL, --database-url, database_url or database_url_file".into(),
+        ))
     }
 
     fn secret(&self) -> Result<Secret, ConfigError> {
@@ -578,6 +636,54 @@ pub fn config_table() -> String {
     out
 }
 
+/// The sample configuration file (`deploy/server.toml`, the package's
+/// `/etc/propass/server.toml`): every key, commented out at its default,
+/// with its meaning and environment variable.
+pub fn sample_toml() -> String {
+    let mut out = String::from(
+        "# PROPASS server configuration. Generated from the server's own list of keys\n\
+         # (propass-server/src/config.rs; docs/operations.md has the same table): every\n\
+         # key at its default, commented out. Uncomment to change one. An environment\n\
+         # variable wins over this file, a command-line flag over both.\n\
+         # The packaged unit passes the database URL and the JWT secret as systemd\n\
+         # credentials from /etc/propass/database-url and /etc/propass/jwt-secret:\n\
+         # keep them out of this file.\n",
+    );
+    for (k, default) in KEYS.iter().zip(Settings::toml_defaults()) {
+        out.push('\n');
+        for line in wrap(k.doc.trim(), 76) {
+            out.push_str(&format!("# {line}\n"));
+        }
+        out.push_str(&format!("# Environment: {}", k.env));
+        if !k.flag.is_empty() {
+            out.push_str(&format!("; flag: {}", k.flag));
+        }
+        out.push('\n');
+        match default {
+            Some(v) => out.push_str(&format!("#{} = {v}\n", k.key)),
+            None => out.push_str(&format!("# (no default)\n#{} =\n", k.key)),
+        }
+    }
+    out
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,17 +807,35 @@ mod tests {
     #[test]
     fn operations_doc_shows_the_generated_table() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
-        let doc = std::fs::read_to_string(&path).unwrap();
-        let (begin, end) = ("<!-- config-table:begin -->\n", "<!-- config-table:end -->");
-        let a = doc.find(begin).expect("begin marker in docs/operations.md") + begin.len();
-        let b = doc.find(end).expect("end marker in docs/operations.md");
-        let table = config_table();
-        if doc[a..b] != table {
-            if std::env::var_os("PROPASS_BLESS").is_some() {
-                std::fs::write(&path, format!("{}{table}{}", &doc[..a], &doc[b..])).unwrap();
-            } else {
-                panic!("docs/operations.md's configuration table is stale: run PROPASS_BLESS=1 cargo test -p propass-server --lib config");
-            }
-        }
+        propass_test_support::assert_generated(
+            &path,
+            Some(("<!-- config-table:begin -->\n", "<!-- config-table:end -->")),
+            &config_table(),
+            "PROPASS_BLESS=1 cargo test -p propass-server --lib config",
+        );
+    }
+
+    /// The package's conffile is this generated file.
+    #[test]
+    fn the_sample_config_file_is_generated_and_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/server.toml");
+        let sample = sample_toml();
+        propass_test_support::assert_generated(
+            &path,
+            None,
+            &sample,
+            "PROPASS_BLESS=1 cargo test -p propass-server --lib config",
+        );
+        // Every assignment uncommented is a valid file giving the defaults.
+        let uncommented: String = sample
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix('#')
+                    .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: Settings = toml::from_str(&uncommented).expect("the sample parses");
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Settings::default()));
     }
 }

@@ -19,4 +19,6 @@ pub mod schema;
 pub mod sessions;
 pub mod users;
 
-pub use pool::{build_pool, ping, run_migrations, PgPool, PoolError, MIGRATIONS};
+pub use pool::{
+    build_pool, pending_migrations, ping, run_migrations, PgPool, PoolError, MIGRATIONS,
+};

@@ -7,7 +7,7 @@
 //! condition with a deadline, never a bare sleep), [`ProcessGuard`] (a child
 //! stopped with SIGTERM, then SIGKILL, when dropped), [`free_port`],
 //! [`TempDir`], [`percentile`] and [`rss_kib`] (what benchmarks
-//! read), and [`module_graph`] with [`find_cycle`] (the check that a
+//! read), [`assert_generated`] (generated docs and files kept current), and [`module_graph`] with [`find_cycle`] (the check that a
 //! crate's modules form no cycle).
 //!
 //! What it is **not**: a dependency of any shipped binary (only
@@ -15,6 +15,7 @@
 //! part is the real thing, made disposable.
 #![allow(clippy::disallowed_methods)] // the shell around real time and ids, for tests only
 
+mod generated;
 mod measure;
 mod modgraph;
 mod net;
@@ -28,6 +29,7 @@ mod proxy;
 #[cfg(feature = "async")]
 mod wait;
 
+pub use generated::assert_generated;
 pub use measure::{percentile, rss_kib};
 pub use modgraph::{assert_no_module_cycle, find_cycle, module_graph, Graph};
 pub use net::free_port;

@@ -259,6 +259,23 @@ pub fn list(
     }
 }
 
+/// What a kiosk holds that the server has not recorded: every operation not
+/// synced (pending or failed), oldest first, and how many card writes were
+/// interrupted and not settled yet (the next start records them).
+pub fn unsynced(conn: &Connection) -> StoreResult<(Vec<QueuedOp>, i64)> {
+    let ops = select(
+        conn,
+        &format!("{SELECT_OPS} WHERE status <> 'synced' ORDER BY id"),
+        [],
+    )?;
+    let open: i64 = conn.query_row(
+        "SELECT count(*) FROM intents WHERE step = 'writing'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((ops, open))
+}
+
 /// A queue row as SQLite holds it, before its values are parsed.
 struct Row {
     id: i64,

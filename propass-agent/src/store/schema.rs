@@ -100,6 +100,32 @@ pub fn open(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Opens an existing database read-only, without migrating it (what
+/// `export-unsynced` reads while the agent may be stopped or running).
+/// Refuses a file an older agent left at an older schema: the running agent
+/// upgrades it at its next start.
+pub fn open_read_only(path: &Path) -> StoreResult<Connection> {
+    if !path.is_file() {
+        return Err(StoreError::Io(path.into(), "no such database".into()));
+    }
+    check_header(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Io(path.into(), e.to_string()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let version = check_identity(&conn, path, true)?;
+    let known = MIGRATIONS.len() as i64;
+    if version != known {
+        return Err(StoreError::Io(
+            path.into(),
+            format!("its schema is version {version}, this agent's {known}: start the agent once so that it upgrades it"),
+        ));
+    }
+    Ok(conn)
+}
+
 /// A non-empty file must start with SQLite's magic string.
 fn check_header(path: &Path) -> StoreResult<()> {
     let mut header = [0u8; 16];

@@ -1158,3 +1158,73 @@ async fn an_enrolled_agent_renews_its_token_with_its_rotating_credential() {
     );
     assert_eq!(agent.status().await["logged_in"], true);
 }
+
+/// Before a kiosk is re-imaged: what the server has not recorded can be read
+/// out of the agent's database, running or stopped, and the package's
+/// removal check counts it.
+#[tokio::test]
+async fn unsynced_work_is_exported_from_a_stopped_kiosk() {
+    let mut server = Server::new().await;
+    let client = server.add_client("Reimage BV", 100);
+    server.lease(client, 100);
+    let mut agent = Agent::new(&server.url(), &[]).await;
+    agent.enroll(&server).await;
+    assert_eq!(agent.sync().await.0, 200);
+    server.stop();
+    for i in 0..3 {
+        assert_eq!(agent.record(client, &uid(i)).await.0, 201);
+    }
+    let (status, _) = agent.terminate();
+    assert!(status.success());
+
+    let dir = agent.db_path().parent().unwrap().to_owned();
+    let export = |args: &[&str]| {
+        let out = std::process::Command::new(agent_bin())
+            .arg("export-unsynced")
+            .arg("--state-dir")
+            .arg(&dir)
+            .args(args)
+            .env_remove("PROPASS_AGENT_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(export(&["--count"]).trim(), "3");
+    let lines: Vec<serde_json::Value> = export(&[])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines
+        .iter()
+        .all(|l| l["status"] == "pending" && l["client_id"] == client));
+    let uids: Vec<&str> = lines.iter().map(|l| l["uid"].as_str().unwrap()).collect();
+    assert_eq!(uids, [uid(0), uid(1), uid(2)]);
+
+    // Back online, the agent syncs them: nothing is left to export.
+    server.start().await;
+    agent.start().await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            agent.pending().await == 0
+        })
+        .await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(export(&["--count"]).trim(), "0");
+    // A state directory without a database holds nothing.
+    let empty = TempDir::new("propass-e2e-empty").unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .args(["export-unsynced", "--count", "--state-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    assert!(!empty.path().join("agent.db").exists(), "nothing created");
+}

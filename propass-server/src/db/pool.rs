@@ -67,15 +67,56 @@ pub fn run_migrations(database_url: &str) -> Result<Vec<String>, String> {
     .map_err(|_| "the migration thread panicked".to_string())?
 }
 
+/// The advisory lock key migrations run under ("PROPASS" in ASCII): two
+/// servers starting together migrate one after the other, and the second
+/// finds nothing left to do.
+const MIGRATION_LOCK: i64 = 0x0050_524F_5041_5353;
+
 async fn migrate(url: String) -> Result<Vec<String>, String> {
-    let conn = super::connect::connect(&url)
+    let mut conn = super::connect::connect(&url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    // Session-level: released when this connection closes, even if a
+    // migration fails half-way.
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("cannot take the migration lock: {e}"))?;
     let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
     let done = harness
         .run_pending_migrations(MIGRATIONS)
         .map_err(|e| format!("migration failed: {e}"))?;
     Ok(done.iter().map(|v| v.to_string()).collect())
+}
+
+/// The migrations this binary knows that the database has not run (for
+/// `serve --no-migrate`, which refuses to start on a schema behind it).
+/// Blocking, like [`run_migrations`].
+pub fn pending_migrations(database_url: &str) -> Result<Vec<String>, String> {
+    let url = database_url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                let conn = super::connect::connect(&url)
+                    .await
+                    .map_err(|e| format!("cannot connect to the database: {e}"))?;
+                let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+                let pending = harness
+                    .pending_migrations(MIGRATIONS)
+                    .map_err(|e| format!("cannot read the applied migrations: {e}"))?;
+                Ok(pending.iter().map(|m| m.name().to_string()).collect())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    })
+    .join()
+    .map_err(|_| "the migration thread panicked".to_string())?
 }
 
 /// Answers when the database does.

@@ -14,6 +14,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod leases;
+mod migrations;
 mod roles;
 mod sync;
 mod ws;
