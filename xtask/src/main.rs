@@ -14,12 +14,15 @@
 //!   pages (page 1 and 10,000), fleet list and CSV export on a bulk-loaded ledger, against psql.
 //! - `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server and agents at
 //!   emulated readers under seeded faults, the ledger's invariants checked after every round.
+//! - `cargo xtask package [--check]`: Debian packages of propass-server and propass-agent
+//!   (cargo-deb) in `target/debian/`; `--check` verifies them (as root: install, units, purge).
 //! - `cargo xtask db`: just the throwaway cluster, for development.
 #![allow(clippy::disallowed_methods)] // a tool on the real clock, not logic under simulation
 
 mod browser;
 mod compat;
 mod demo;
+mod package;
 mod pg;
 mod sys;
 
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Some("chaos") => run_example("propass-agent", "chaos", &args[1..], "chaos run"),
         Some("e2e") => e2e(&args[1..]),
         Some("db") => db(),
+        Some("package") => package::run(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
                  bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
                  bench ledger   the dashboard's ledger pages, fleet list and CSV export on ten million copies\n  \
                  chaos          seeded faults against the real server and agents; invariants after every round\n  \
+                 package        Debian packages of the server and the agent in target/debian (--check: verify them)\n  \
                  db             start a throwaway PostgreSQL and print its DATABASE_URL"
             );
             Err("unknown command".into())
@@ -100,6 +105,8 @@ fn test(extra: &[String]) -> Result<(), String> {
     }
     eprintln!("xtask: seed client compatibility check…");
     compat::run(&url)?;
+    eprintln!("xtask: packages…");
+    package::run(&["--check".to_owned()])?;
     eprintln!("xtask: all tests passed");
     Ok(())
 }

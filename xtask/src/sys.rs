@@ -95,6 +95,18 @@ pub fn json_find_id(json: &str, name: &str) -> Option<String> {
 }
 
 /// Polls `GET path` on `addr` until it answers 200 or the deadline passes.
+/// Polls `ready` until it holds or `timeout` passes (or Ctrl-C).
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !interrupted() {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ready()
+}
+
 pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline && !interrupted() {

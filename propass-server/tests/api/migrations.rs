@@ -33,9 +33,16 @@ async fn servers_starting_together_migrate_once_and_no_migrate_waits_for_it() {
     let migrate = |url: String| tokio::task::spawn_blocking(move || db::run_migrations(&url));
     let (a, b) = (migrate(url.clone()), migrate(url.clone()));
     let a = a.await.unwrap().expect("the first migrates");
-    let b = b.await.unwrap().expect("the second waits, then finds nothing to do");
+    let b = b
+        .await
+        .unwrap()
+        .expect("the second waits, then finds nothing to do");
     let total = propass_server::db::pending_migrations(&url).unwrap();
     assert!(total.is_empty(), "{total:?}");
-    assert_eq!(a.len().min(b.len()), 0, "one of them applied everything: {a:?} / {b:?}");
+    assert_eq!(
+        a.len().min(b.len()),
+        0,
+        "one of them applied everything: {a:?} / {b:?}"
+    );
     assert!(a.len().max(b.len()) >= 10);
 }
