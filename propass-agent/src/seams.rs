@@ -59,11 +59,11 @@ impl Rng for SystemRng {
 
     #[allow(clippy::disallowed_methods)]
     fn up_to(&self, max: u64) -> u64 {
-        rand::Rng::random_range(&mut rand::rng(), 0..=max)
+        rand::RngExt::random_range(&mut rand::rng(), 0..=max)
     }
 
     #[allow(clippy::disallowed_methods)]
     fn next_u32(&self) -> u32 {
-        rand::Rng::random(&mut rand::rng())
+        rand::RngExt::random(&mut rand::rng())
     }
 }

@@ -24,7 +24,7 @@ impl Rng for OsRng {
 
     #[allow(clippy::disallowed_methods)]
     fn secret_bytes(&self) -> [u8; 32] {
-        use rand::RngCore;
+        use rand::Rng;
         let mut b = [0; 32];
         rand::rng().fill_bytes(&mut b);
         b

@@ -59,7 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth_limit: usize) {
         .route("/api/sync/lease", web::delete().to(sync::release_leases))
         .route("/ws", web::get().to(ws_session::upgrade))
         // The seed client's default `wsUrl` is the bare server address.
-        .route("/", web::get().to(ws_session::upgrade))
+        .route("/", web::get().to(ws_session::root))
         .configure(|cfg| admin::configure(cfg, auth_limit))
         .default_service(web::to(not_found));
 }

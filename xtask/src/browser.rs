@@ -10,10 +10,18 @@ use crate::sys::{self, root};
 /// Where Debian's package puts the browser.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Installs what is missing.
+/// Installs what is missing. `CHROMIUM=/path` names another Chromium or
+/// Chrome (Ubuntu ships Chromium as a snap only, which containers lack).
 pub fn ensure() -> Result<(), String> {
-    if !Path::new(CHROMIUM).is_file() {
+    let named = std::env::var_os("CHROMIUM").filter(|p| Path::new(p).is_file());
+    if named.is_none() && !Path::new(CHROMIUM).is_file() {
         sys::apt_install(&["chromium"])?;
+        if !Path::new(CHROMIUM).is_file() {
+            return Err(format!(
+                "{CHROMIUM} is still missing after installing the chromium package (on Ubuntu it is a snap): \
+                 install Chromium or Google Chrome and set CHROMIUM=/path/to/it"
+            ));
+        }
     }
     sys::npm_ci(&root().join("xtask/browser"), "the browser test's")
 }

@@ -141,6 +141,8 @@ pub fn is_root() -> bool {
 /// Debian packages found by a program they install. libnfc-bin's
 /// `nfc-mfclassic` reads cards copied onto the emulated reader in the tests.
 const PACKAGES: &[(&str, &str)] = &[
+    // A C toolchain: nfc1-sys and ring build C.
+    ("build-essential", "cc"),
     ("pkg-config", "pkg-config"),
     ("libnfc-bin", "nfc-mfclassic"),
 ];
@@ -155,7 +157,8 @@ fn has_libnfc() -> bool {
 }
 
 /// Whether bindgen (run by nfc1-sys) finds libclang and clang's own headers
-/// (`stdbool.h`): Debian's `libclang1-14` and `libclang-common-14-dev`.
+/// (`stdbool.h`): what the distribution's unversioned `libclang-dev` brings
+/// (Debian 12: LLVM 14, Debian 13: 19, Ubuntu 22.04: 14, 24.04: 18).
 fn has_libclang() -> bool {
     let dirs = [
         "/usr/lib/x86_64-linux-gnu",
@@ -215,7 +218,7 @@ pub fn ensure_packages() -> Result<(), String> {
         missing.push("libnfc-dev");
     }
     if !has_libclang() {
-        missing.extend(["libclang1-14", "libclang-common-14-dev"]);
+        missing.push("libclang-dev");
     }
     if missing.is_empty() {
         return Ok(());
@@ -228,7 +231,10 @@ pub fn ensure_packages() -> Result<(), String> {
         return Err("pkg-config still does not find libnfc after installing libnfc-dev".into());
     }
     if !has_libclang() {
-        return Err("libclang (for nfc1-sys's bindgen) is still not found after installing libclang1-14 libclang-common-14-dev".into());
+        return Err(
+            "libclang (for nfc1-sys's bindgen) is still not found after installing libclang-dev"
+                .into(),
+        );
     }
     Ok(())
 }

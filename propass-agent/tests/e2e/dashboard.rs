@@ -24,9 +24,10 @@ fn screenshots() -> PathBuf {
 #[tokio::test]
 async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
     let dir = browser_dir();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
-        dir.join("node_modules/playwright-core").is_dir() && std::path::Path::new("/usr/bin/chromium").is_file(),
-        "the browser test needs Debian's chromium and {}/node_modules: `cargo xtask test` (or `cargo xtask e2e`) installs them",
+        dir.join("node_modules/playwright-core").is_dir() && std::path::Path::new(&chromium).is_file(),
+        "the browser test needs {chromium} (Debian's chromium, or CHROMIUM=/path) and {}/node_modules: `cargo xtask test` (or `cargo xtask e2e`) installs them",
         dir.display()
     );
     let server = Server::new().await;
@@ -60,6 +61,7 @@ async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
         .env("PROPASS_CLIENT_ID", client.to_string())
         .env("PROPASS_CLIENT_NAME", "Acme Corp")
         .env("PROPASS_SHOTS", screenshots())
+        .env("CHROMIUM", &chromium)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -40,6 +40,22 @@ pub struct WsQuery {
     device_id: Option<String>,
 }
 
+/// `GET /`: the seed client's WebSocket (its default `wsUrl` is the server's
+/// bare address); a plain request — a person's browser — is sent to the
+/// dashboard.
+pub async fn root(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if req.headers().contains_key(header::UPGRADE) {
+        return upgrade(req, body, state).await;
+    }
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/admin"))
+        .finish())
+}
+
 /// `GET /ws`, and `GET /` because the seed client's default `wsUrl` is the
 /// server's bare address (`ws://localhost:5000`): authenticates, then upgrades.
 pub async fn upgrade(

@@ -1139,6 +1139,17 @@ async fn metrics_are_served_on_their_own_address_and_count_what_happened() {
 #[tokio::test]
 async fn the_dashboard_is_served_from_the_binary_under_a_strict_policy() {
     let app = spawn_app().await;
+    // A person opening the server's address lands on the dashboard.
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/admin");
     for (path, kind) in [
         ("/admin", "text/html"),
         ("/admin/app.js", "text/javascript"),
