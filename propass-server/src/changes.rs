@@ -1,14 +1,18 @@
 //! Changes made outside a request's own answer reach the live parts here: a
-//! dedicated PostgreSQL connection LISTENs on four channels —
+//! dedicated PostgreSQL connection LISTENs on five channels — a push's new
+//! copies taken by another instance (`copy_completed` for the pushing
+//! device's sockets here, `quota_updated` for the kiosks serving the
+//! charged clients, and the copies and clients on dashboards);
 //! quota changes (top-ups, voids, leases) become `quota_updated` for the
 //! kiosks serving the client and a `client` event for dashboards; device
 //! changes (status, assignment) update the hub's client index or close the
 //! device's sockets; a user whose tokens ended (disabled, password or role
 //! changed) has its sockets and dashboards closed; every audit entry is shown
 //! on dashboards, with a refresh of the client or kiosk it names.
-//! Reconnects forever; a notification sent while it was disconnected is lost
-//! (kiosks also pull, each socket's heartbeat re-checks its standing, and a
-//! dashboard refetches when its stream reconnects), so it is a hint, not
+//! Reconnects forever. A notification sent while it was disconnected is
+//! lost, so after a reconnect it catches up from the database: the quotas of
+//! every client a connected kiosk serves are sent again, and open dashboards
+//! are told to refetch (`hello`). Notifications are hints; PostgreSQL is
 //! the truth.
 
 use std::sync::atomic::Ordering;
@@ -29,8 +33,10 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Listens until the task is aborted; `state.metrics.listening` says
 /// whether it is LISTENing now.
 pub async fn listen_for_changes(database_url: String, state: &AppState) {
+    let mut first = true;
     loop {
-        let outcome = listen_once(&database_url, state).await;
+        let outcome = listen_once(&database_url, state, first).await;
+        first = false;
         state.metrics.listening.store(false, Ordering::Relaxed);
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "change listener disconnected; reconnecting");
@@ -39,7 +45,7 @@ pub async fn listen_for_changes(database_url: String, state: &AppState) {
     }
 }
 
-async fn listen_once(database_url: &str, state: &AppState) -> Result<(), String> {
+async fn listen_once(database_url: &str, state: &AppState, first: bool) -> Result<(), String> {
     let mut conn = db::connect::connect(database_url)
         .await
         .map_err(|e| e.to_string())?;
@@ -48,6 +54,7 @@ async fn listen_once(database_url: &str, state: &AppState) -> Result<(), String>
         db::devices::DEVICE_CHANNEL,
         db::users::USER_CHANNEL,
         db::audit::AUDIT_CHANNEL,
+        db::ledger_view::COPY_CHANNEL,
     ] {
         diesel::sql_query(format!("LISTEN {channel}"))
             .execute(&mut conn)
@@ -56,6 +63,11 @@ async fn listen_once(database_url: &str, state: &AppState) -> Result<(), String>
     }
     state.metrics.listening.store(true, Ordering::Relaxed);
     tracing::debug!("listening for changes");
+    if !first {
+        if let Err(e) = catch_up(state).await {
+            tracing::warn!(error = %e, "cannot catch up after the listener reconnected");
+        }
+    }
     let mut stream = std::pin::pin!(conn.notifications_stream());
     while let Some(n) = stream.next().await {
         let n = n.map_err(|e| e.to_string())?;
@@ -73,6 +85,7 @@ async fn listen_once(database_url: &str, state: &AppState) -> Result<(), String>
                 Ok(())
             }
             db::audit::AUDIT_CHANNEL => on_audit(state, &n.payload).await,
+            db::ledger_view::COPY_CHANNEL => on_copies(state, &n.payload).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {
@@ -80,6 +93,131 @@ async fn listen_once(database_url: &str, state: &AppState) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// What the listener may have missed while it was away: every client a
+/// connected kiosk serves gets its quota sent again, and dashboards refetch.
+async fn catch_up(state: &AppState) -> Result<(), ApiError> {
+    let clients = state.hub.served_clients();
+    if !clients.is_empty() {
+        let mut conn = state.pool.get().await?;
+        let mut updates = Vec::new();
+        for c in clients {
+            let Ok(client) = ClientId::new(c) else {
+                continue;
+            };
+            if let Some((remaining, version)) = db::clients::remaining_of(&mut conn, client).await?
+            {
+                updates.push(QuotaUpdated {
+                    client_id: client,
+                    remaining,
+                    version: Some(version),
+                });
+            }
+        }
+        state.hub.send_quota_updates(&updates);
+    }
+    state
+        .live
+        .publish(&live::frame("hello", &serde_json::json!({"resync": true})));
+    Ok(())
+}
+
+/// The dashboards' `copy` event of a new copy (never its badge UID).
+pub fn copy_frame(
+    c: &propass_protocol::CopyCompleted,
+    received_at: chrono::DateTime<chrono::Utc>,
+    unverified: bool,
+) -> live::Frame {
+    live::frame(
+        "copy",
+        &serde_json::json!({
+            "id": c.ledger_id,
+            "device_id": c.device_id,
+            "client_id": c.client_id,
+            "kind": c.op_type,
+            "occurred_at": c.occurred_at,
+            "received_at": received_at,
+            "overdraft": c.overdraft,
+            "unverified": unverified,
+        }),
+    )
+}
+
+/// A push another instance took: its copies for the pushing device's
+/// sockets here and for dashboards, and the charged clients' quotas.
+async fn on_copies(state: &AppState, payload: &str) -> Result<(), ApiError> {
+    let mut parts = payload.split('|');
+    let (Some(instance), Some(device), Some(min), Some(max)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Ok(());
+    };
+    let (Ok(device), Ok(min), Ok(max)) = (
+        DeviceId::parse(device),
+        min.parse::<i64>(),
+        max.parse::<i64>(),
+    ) else {
+        return Ok(());
+    };
+    if instance == state.instance
+        || (!state.hub.is_connected(&device) && state.live.is_empty() && !state.hub.any_serving())
+    {
+        return Ok(());
+    }
+    let rows = {
+        let mut conn = state.pool.get().await?;
+        db::ledger_view::announced(&mut conn, device.as_str(), min, max).await?
+    };
+    let mut msgs = Vec::with_capacity(rows.len());
+    let mut clients: Vec<i64> = Vec::new();
+    for r in &rows {
+        let (Ok(client_id), Ok(uid), Ok(op_type)) = (
+            ClientId::new(r.client_id),
+            propass_protocol::BadgeUid::parse(&r.uid),
+            r.kind.parse::<propass_protocol::OpType>(),
+        ) else {
+            continue;
+        };
+        let copy = propass_protocol::CopyCompleted {
+            ledger_id: r.id,
+            client_id,
+            uid,
+            op_type,
+            device_id: device.clone(),
+            id: r.local_id,
+            op_id: r.op_id.map(propass_protocol::OpId),
+            occurred_at: r.occurred_at,
+            overdraft: r.overdraft,
+        };
+        if !state.live.is_empty() {
+            state
+                .live
+                .publish(&copy_frame(&copy, r.received_at, r.unverified));
+        }
+        if !clients.contains(&r.client_id) {
+            clients.push(r.client_id);
+        }
+        msgs.push(propass_protocol::WsMessage::CopyCompleted(copy));
+    }
+    state.hub.send_all_to_device(&device, &msgs);
+    let mut conn = state.pool.get().await?;
+    let mut updates = Vec::new();
+    for c in &clients {
+        let Ok(client) = ClientId::new(*c) else {
+            continue;
+        };
+        if let Some((remaining, version)) = db::clients::remaining_of(&mut conn, client).await? {
+            updates.push(QuotaUpdated {
+                client_id: client,
+                remaining,
+                version: Some(version),
+            });
+        }
+    }
+    drop(conn);
+    state.hub.send_quota_updates(&updates);
+    publish_clients(state, &clients).await
 }
 
 async fn on_quota(state: &AppState, payload: &str) -> Result<(), ApiError> {

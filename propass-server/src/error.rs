@@ -11,6 +11,10 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use propass_protocol::{DeviceId, ErrorBody, ErrorCode};
 
+/// What `Retry-After` says with a 503 `unavailable`: long enough for a
+/// saturated pool to drain, short enough for kiosks to sync soon after.
+pub const UNAVAILABLE_RETRY_SECS: u64 = 5;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -160,6 +164,11 @@ impl ResponseError for ApiError {
         } = self
         {
             res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let Self::Unavailable(_) = self {
+            // Pool saturated or database away: clients come back later
+            // instead of all retrying at once.
+            res.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_SECS.to_string()));
         }
         res.json(ErrorBody::new(self.code(), self.to_string()))
     }

@@ -40,6 +40,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The operators' open dashboards.
     pub live: LiveFeed,
+    /// This process among the instances sharing the database (it skips its
+    /// own announcements).
+    pub instance: String,
 }
 
 impl AppState {
@@ -50,6 +53,7 @@ impl AppState {
 
     /// State for `config` with the given clock and random source.
     pub fn with_world(config: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -> Self {
+        let instance = rng.token_id().simple().to_string();
         Self {
             pool: db::build_pool(&config.database_url, config.db_pool_size, config.db_timeout),
             jwt: JwtKeys::new(
@@ -65,6 +69,7 @@ impl AppState {
             rng,
             metrics: Metrics::default(),
             live: LiveFeed::new(config.admin_events_queue, config.admin_streams_max),
+            instance,
             config,
         }
     }

@@ -194,3 +194,66 @@ pub fn csv_field(s: &str) -> String {
     };
     format!("\"{}\"", defused.replace('"', "\"\""))
 }
+
+/// The NOTIFY channel announcing a push's new copies to the other server
+/// instances: `INSTANCE|DEVICE|MIN_ID|MAX_ID` (a push's new ledger ids lie
+/// in that range; the instance that took the push skips its own).
+pub const COPY_CHANNEL: &str = "propass_copies";
+
+/// Announces a push's new copies (ids `min..=max` of `device`) from `instance`.
+pub async fn announce(
+    conn: &mut AsyncPgConnection,
+    instance: &str,
+    device: &str,
+    min: i64,
+    max: i64,
+) -> QueryResult<()> {
+    diesel::sql_query(format!("SELECT pg_notify('{COPY_CHANNEL}', $1)"))
+        .bind::<diesel::sql_types::Text, _>(format!("{instance}|{device}|{min}|{max}"))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// A new copy as the live events carry it.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct Announced {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub local_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    pub op_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = BigInt)]
+    pub client_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub uid: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub kind: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub occurred_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub received_at: DateTime<Utc>,
+    #[diesel(sql_type = Bool)]
+    pub overdraft: bool,
+    #[diesel(sql_type = Bool)]
+    pub unverified: bool,
+}
+
+/// `device`'s copies with ids in `min..=max` (an announcement), by id.
+pub async fn announced(
+    conn: &mut AsyncPgConnection,
+    device: &str,
+    min: i64,
+    max: i64,
+) -> QueryResult<Vec<Announced>> {
+    diesel::sql_query(
+        "SELECT id, local_id, op_id, client_id, uid, kind, occurred_at, received_at, overdraft, unverified \
+         FROM copies WHERE id BETWEEN $2 AND $3 AND device_id = $1 ORDER BY id",
+    )
+    .bind::<diesel::sql_types::Text, _>(device)
+    .bind::<BigInt, _>(min)
+    .bind::<BigInt, _>(max)
+    .load(conn)
+    .await
+}

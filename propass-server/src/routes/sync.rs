@@ -49,7 +49,7 @@ pub async fn push(
     state.hub.send_quota_updates(&done.quota_updates);
     state.hub.send_all_to_device(&device, &done.to_pusher);
     count_items(&state, &done.response);
-    show_on_dashboards(&state, &done).await;
+    show_on_dashboards(&state, &device, &done).await;
     Ok(HttpResponse::Ok().json(done.response))
 }
 
@@ -76,26 +76,38 @@ fn count_items(state: &AppState, response: &propass_protocol::PushResponse) {
 }
 
 /// The push's new copies and the clients it charged, on open dashboards
-/// (they see the badge UID in the ledger, not in the feed).
-async fn show_on_dashboards(state: &AppState, done: &push::PushDone) {
+/// (they see the badge UID in the ledger, not in the feed), and announced to
+/// the other instances (their kiosks and dashboards).
+async fn show_on_dashboards(state: &AppState, device: &DeviceId, done: &push::PushDone) {
+    let copies: Vec<&propass_protocol::CopyCompleted> = done
+        .to_pusher
+        .iter()
+        .filter_map(|m| match m {
+            propass_protocol::WsMessage::CopyCompleted(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let ids = copies.iter().map(|c| c.ledger_id);
+    if let (Some(min), Some(max)) = (ids.clone().min(), ids.max()) {
+        let announced = async {
+            let mut conn = state.pool.get().await?;
+            db::ledger_view::announce(&mut conn, &state.instance, device.as_str(), min, max)
+                .await?;
+            Ok::<_, ApiError>(())
+        };
+        if let Err(e) = announced.await {
+            tracing::warn!(error = %e, "cannot announce a push to the other instances");
+        }
+    }
     if state.live.is_empty() {
         return;
     }
     let received_at = state.clock.now();
-    for m in &done.to_pusher {
-        if let propass_protocol::WsMessage::CopyCompleted(c) = m {
-            let event = serde_json::json!({
-                "id": c.ledger_id,
-                "device_id": c.device_id,
-                "client_id": c.client_id,
-                "kind": c.op_type,
-                "occurred_at": c.occurred_at,
-                "received_at": received_at,
-                "overdraft": c.overdraft,
-                "unverified": done.unverified.contains(&c.ledger_id),
-            });
-            state.live.publish(&crate::live::frame("copy", &event));
-        }
+    for c in copies {
+        let unverified = done.unverified.contains(&c.ledger_id);
+        state
+            .live
+            .publish(&crate::changes::copy_frame(c, received_at, unverified));
     }
     let clients: Vec<i64> = done
         .quota_updates

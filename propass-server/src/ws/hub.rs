@@ -223,6 +223,16 @@ impl Hub {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The clients some connected kiosk serves.
+    pub fn served_clients(&self) -> Vec<i64> {
+        self.lock().serving.keys().copied().collect()
+    }
+
+    /// Whether some connected kiosk serves some client.
+    pub fn any_serving(&self) -> bool {
+        !self.lock().serving.is_empty()
+    }
+
     /// Open connections in all.
     pub fn connections(&self) -> usize {
         self.lock().all.len()

@@ -38,8 +38,10 @@ async fn health_follows_the_database() {
     assert_eq!(res.status(), 503);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["database"], "down");
-    // Other endpoints say the database is unavailable, as an error body.
+    // Other endpoints say the database is unavailable, as an error body,
+    // and when to come back (kiosks do not all retry at once).
     let res = app.login("admin", "admin123", "K1").await;
+    assert_eq!(res.headers()["retry-after"], "5");
     assert_eq!(error_code(res, 503).await, "unavailable");
 
     proxy.restore();

@@ -13,6 +13,7 @@ mod fleet;
 mod health;
 mod helpers;
 mod hostile;
+mod instances;
 mod leases;
 mod migrations;
 mod roles;
