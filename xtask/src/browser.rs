@@ -10,18 +10,22 @@ use crate::sys::{self, root};
 /// Where Debian's package puts the browser.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Installs what is missing. `CHROMIUM=/path` names another Chromium or
-/// Chrome (Ubuntu ships Chromium as a snap only, which containers lack).
-pub fn ensure() -> Result<(), String> {
+/// Whether Debian's Chromium is to be installed: none at [`CHROMIUM`], and
+/// `CHROMIUM=/path` names no other (Ubuntu ships Chromium as a snap only,
+/// which containers lack: point it at Chrome or another build).
+pub fn needs_chromium() -> bool {
     let named = std::env::var_os("CHROMIUM").filter(|p| Path::new(p).is_file());
-    if named.is_none() && !Path::new(CHROMIUM).is_file() {
-        sys::apt_install(&["chromium"])?;
-        if !Path::new(CHROMIUM).is_file() {
-            return Err(format!(
-                "{CHROMIUM} is still missing after installing the chromium package (on Ubuntu it is a snap): \
-                 install Chromium or Google Chrome and set CHROMIUM=/path/to/it"
-            ));
-        }
+    named.is_none() && !Path::new(CHROMIUM).is_file()
+}
+
+/// The browser (installed with the other packages by `ensure_packages`),
+/// then playwright-core from the lock file.
+pub fn ensure() -> Result<(), String> {
+    if needs_chromium() {
+        return Err(format!(
+            "{CHROMIUM} is missing although the chromium package was asked for (on Ubuntu it is a snap): \
+             install Chromium or Google Chrome and set CHROMIUM=/path/to/it"
+        ));
     }
     sys::npm_ci(&root().join("xtask/browser"), "the browser test's")
 }

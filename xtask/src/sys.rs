@@ -220,6 +220,14 @@ pub fn ensure_packages() -> Result<(), String> {
     if !has_libclang() {
         missing.push("libclang-dev");
     }
+    // Node.js for the seed client's check and the browser test, and the
+    // browser itself (unless CHROMIUM names one): in the same one command.
+    if !on_path("node") || !on_path("npm") {
+        missing.extend(["nodejs", "npm"]);
+    }
+    if crate::browser::needs_chromium() {
+        missing.push("chromium");
+    }
     if missing.is_empty() {
         return Ok(());
     }
