@@ -10,9 +10,10 @@
 //! changed) has its sockets and dashboards closed; every audit entry is shown
 //! on dashboards, with a refresh of the client or kiosk it names.
 //! Reconnects forever. A notification sent while it was disconnected is
-//! lost, so after a reconnect it catches up from the database: the quotas of
-//! every client a connected kiosk serves are sent again, and open dashboards
-//! are told to refetch (`hello`). Notifications are hints; PostgreSQL is
+//! lost, so after a reconnect it catches up from the database: every open
+//! socket re-checks its standing at its next ping, the quotas of every
+//! client a connected kiosk serves are sent again, and open dashboards are
+//! told to refetch (`hello`). Notifications are hints; PostgreSQL is
 //! the truth.
 
 use std::sync::atomic::Ordering;
@@ -98,6 +99,8 @@ async fn listen_once(database_url: &str, state: &AppState, first: bool) -> Resul
 /// What the listener may have missed while it was away: every client a
 /// connected kiosk serves gets its quota sent again, and dashboards refetch.
 async fn catch_up(state: &AppState) -> Result<(), ApiError> {
+    // A revocation or a disable may be among what was missed.
+    state.hub.request_recheck();
     let clients = state.hub.served_clients();
     if !clients.is_empty() {
         let mut conn = state.pool.get().await?;

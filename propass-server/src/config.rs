@@ -78,6 +78,7 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub ws_allowed_origins: Vec<String>,
     pub ws_heartbeat: Duration,
+    pub ws_recheck: Duration,
     pub ws_client_timeout: Duration,
     pub ws_outbound_queue: usize,
     pub ws_inbound_per_sec: u32,
@@ -230,6 +231,8 @@ settings! {
     ws_allowed_origins: Vec<String> = Vec::new(), env "PROPASS_WS_ALLOWED_ORIGINS", flag "";
     /// How often the server pings each WebSocket.
     ws_heartbeat_secs: u64 = 15, env "PROPASS_WS_HEARTBEAT_SECS", flag "";
+    /// How often an open WebSocket re-checks its user and device in PostgreSQL (at least 1). Revocations, disables and password changes close sockets at once by event; this is the safety net for an event lost while the change listener was away (after it reconnects, every socket re-checks at its next ping anyway).
+    ws_recheck_secs: u64 = 300, env "PROPASS_WS_RECHECK_SECS", flag "";
     /// A WebSocket silent this long (not even a pong) is closed (at least 2).
     ws_client_timeout_secs: u64 = 75, env "PROPASS_WS_CLIENT_TIMEOUT_SECS", flag "";
     /// Events queued for one WebSocket (one push's messages are one event) before the server drops that slow consumer.
@@ -597,6 +600,7 @@ impl Settings {
             trusted_proxies: Vec::new(),
             ws_allowed_origins: self.ws_allowed_origins,
             ws_heartbeat: secs(self.ws_heartbeat_secs.max(1)),
+            ws_recheck: secs(self.ws_recheck_secs.max(1)),
             ws_client_timeout: secs(self.ws_client_timeout_secs.max(2)),
             ws_outbound_queue: self.ws_outbound_queue.max(1),
             ws_inbound_per_sec: self.ws_inbound_per_sec.max(1),

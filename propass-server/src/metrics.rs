@@ -53,6 +53,8 @@ pub struct Metrics {
     pub password_checks: AtomicU64,
     /// Logins refused for a wrong name or password (kiosks and people).
     pub login_failures: AtomicU64,
+    /// Standing re-checks of open WebSockets in PostgreSQL.
+    pub ws_standing_checks: AtomicU64,
     /// Whether the change listener is LISTENing now (changes made by other
     /// processes reach this server's sockets only then).
     pub listening: AtomicBool,

@@ -229,6 +229,10 @@ async fn run_session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = state.clock.instant();
     let mut limit = RateLimit::new(cfg.ws_inbound_per_sec, last_heard);
+    let mut standing = Standing {
+        checked_at: last_heard,
+        generation: state.hub.recheck_generation(),
+    };
 
     let (why, close_reason) = loop {
         let step = tokio::select! {
@@ -243,7 +247,7 @@ async fn run_session(
                 // The hub dropped us: our queue was full.
                 None => Err(close("too slow", CloseCode::Policy, "consumer too slow: outgoing queue full")),
             },
-            _ = heartbeat.tick() => on_heartbeat(state, claims, &mut session, last_heard).await,
+            _ = heartbeat.tick() => on_heartbeat(state, claims, &mut session, last_heard, &mut standing).await,
         };
         if let Err(ending) = step {
             break ending;
@@ -331,11 +335,19 @@ async fn on_outbound(
     }
 }
 
+/// When a session last re-checked its standing in PostgreSQL, and the
+/// hub's recheck request it answered.
+struct Standing {
+    checked_at: Instant,
+    generation: u64,
+}
+
 async fn on_heartbeat(
     state: &AppState,
     claims: &Claims,
     session: &mut actix_ws::Session,
     last_heard: Instant,
+    standing: &mut Standing,
 ) -> Result<(), Ending> {
     if state.clock.instant().duration_since(last_heard) > state.config.ws_client_timeout {
         return Err(close(
@@ -351,7 +363,22 @@ async fn on_heartbeat(
             "token expired: refresh it and reconnect",
         ));
     }
-    // A database that does not answer keeps the socket: the check runs again next tick.
+    // Revocations arrive by event; the database is asked only every
+    // `ws_recheck` (or when the hub asks, after lost events), not per ping.
+    let now = state.clock.instant();
+    let generation = state.hub.recheck_generation();
+    if now.duration_since(standing.checked_at) < state.config.ws_recheck
+        && generation == standing.generation
+    {
+        return ping(session).await;
+    }
+    standing.checked_at = now;
+    standing.generation = generation;
+    state
+        .metrics
+        .ws_standing_checks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // A database that does not answer keeps the socket: the check runs again next time.
     match ensure_standing_on_active_device(&state.pool, claims, Purpose::KioskCall).await {
         Err(ApiError::DeviceRevoked(_)) => {
             return Err(close("device revoked", CloseCode::Policy, "device revoked"));
@@ -375,6 +402,10 @@ async fn on_heartbeat(
         }
         _ => {}
     }
+    ping(session).await
+}
+
+async fn ping(session: &mut actix_ws::Session) -> Result<(), Ending> {
     if session.ping(b"").await.is_err() {
         return Err(("send failed", None));
     }

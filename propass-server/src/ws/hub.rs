@@ -170,6 +170,8 @@ pub struct Hub {
     conns: Mutex<Conns>,
     next_id: AtomicU64,
     queue_len: usize,
+    /// Bumped when every session must re-check its standing at its next ping.
+    recheck: AtomicU64,
 }
 
 impl Hub {
@@ -179,7 +181,19 @@ impl Hub {
             conns: Mutex::new(Conns::default()),
             next_id: AtomicU64::new(1),
             queue_len,
+            recheck: AtomicU64::new(0),
         }
+    }
+
+    /// Asks every session to re-check its standing at its next ping (events
+    /// may have been lost).
+    pub fn request_recheck(&self) {
+        self.recheck.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Which recheck request is the latest (sessions compare it with theirs).
+    pub fn recheck_generation(&self) -> u64 {
+        self.recheck.load(Ordering::Relaxed)
     }
 
     /// Adds a connection of `device_id` (for the user `user` of a login

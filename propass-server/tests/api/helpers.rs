@@ -94,6 +94,17 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
         _database: database,
     };
     test.add_user(ADMIN.0, ADMIN.1, Role::Admin).await;
+    if !proxied {
+        // Changes reach open sockets by event: the listener is up first.
+        let listening = eventually(Duration::from_secs(10), || async {
+            std::sync::atomic::AtomicBool::load(
+                &test.state.metrics.listening,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+        })
+        .await;
+        assert!(listening, "the change listener did not start");
+    }
     test
 }
 

@@ -267,3 +267,40 @@ async fn a_stopping_server_tells_its_websockets_it_is_going_away() {
         "a stopped server accepts no request"
     );
 }
+
+/// Pings are cheap at thousands of sockets: no database query per socket
+/// per ping; a revocation still closes every socket of the device at once,
+/// by event.
+#[tokio::test]
+async fn pings_ask_the_database_nothing_and_a_revocation_closes_sockets_by_event() {
+    let app = spawn_with(|c| c.ws_heartbeat = Duration::from_millis(100)).await;
+    let token = app.token("K1").await;
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(app.ws("/ws", &token, "K1").await);
+    }
+    let mut pings = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    while pings < 5 {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .expect("the server pings");
+        if let Ok(Some(Ok(Message::Ping(_)))) = tokio::time::timeout(left, sockets[0].next()).await
+        {
+            pings += 1;
+        }
+    }
+    let checks = app
+        .state
+        .metrics
+        .ws_standing_checks
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        checks, 0,
+        "{pings} pings on 4 sockets asked the database {checks} times"
+    );
+    app.revoke("K1").await;
+    for ws in &mut sockets {
+        assert_eq!(server_closes(ws, WAIT).await, Some(CloseCode::Policy));
+    }
+}
