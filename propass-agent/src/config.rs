@@ -95,8 +95,8 @@ agent_config! {
         "safety-net sync period";
     refresh_margin_secs: u64 = 86_400, "PROPASS_REFRESH_MARGIN_SECS", "86400",
         "refresh the token when less is left";
-    reconnect_max_ms: u64 = 2000, "PROPASS_RECONNECT_MAX_MS", "2000",
-        "longest wait between reconnection attempts (full jitter below it)";
+    reconnect_max_ms: u64 = 30_000, "PROPASS_RECONNECT_MAX_MS", "30000",
+        "longest wait between reconnection attempts, WebSocket and sync (full jitter below it): after an outage a fleet of thousands comes back spread over this window instead of all at once; 30000 to 60000 for a big fleet";
     ws_ping_secs: u64 = 20, "PROPASS_WS_PING_SECS", "20",
         "WebSocket heartbeat";
     reader: Option<String> = None, "PROPASS_READER", "first reader",

@@ -446,7 +446,10 @@ impl Agent {
                     retry_after,
                 }) => {
                     let refusal = match (code, retry_after) {
-                        (ErrorCode::RateLimited, Some(secs)) => Refusal::Throttled(secs),
+                        // Over a limit, or a saturated server: it says when to come back.
+                        (ErrorCode::RateLimited | ErrorCode::Unavailable, Some(secs)) => {
+                            Refusal::Throttled(secs)
+                        }
                         _ => Refusal::of(code),
                     };
                     match refusal {
@@ -571,8 +574,9 @@ impl Agent {
 
     /// The sync loop: runs a cycle on every kick, on the periodic timer, and,
     /// while the server is unreachable, on a jittered backoff capped at
-    /// `reconnect_max` — so it resumes within a couple of seconds of the server
-    /// coming back, and never gives up.
+    /// `reconnect_max` — so a fleet resumes spread over that window after the
+    /// server comes back (not all at once), and never gives up; a 429 or 503
+    /// with `Retry-After` waits as long as the server asks.
     pub async fn run_sync_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), self.config.reconnect_max());
         loop {
@@ -593,7 +597,7 @@ impl Agent {
                     retry_after_secs,
                     message,
                 }) => {
-                    tracing::warn!(%message, retry_after_secs, "the server limits this kiosk's pushes; waiting");
+                    tracing::warn!(%message, retry_after_secs, "the server asks this kiosk to wait (a limit, or a saturated server)");
                     // At most an hour: a kick (a new operation) still wakes the loop.
                     Duration::from_secs(retry_after_secs.clamp(1, 3600))
                 }
