@@ -79,6 +79,7 @@ pub struct Config {
     pub ws_allowed_origins: Vec<String>,
     pub ws_heartbeat: Duration,
     pub ws_recheck: Duration,
+    pub ws_max_connections: usize,
     pub ws_client_timeout: Duration,
     pub ws_outbound_queue: usize,
     pub ws_inbound_per_sec: u32,
@@ -235,6 +236,8 @@ settings! {
     ws_recheck_secs: u64 = 300, env "PROPASS_WS_RECHECK_SECS", flag "";
     /// A WebSocket silent this long (not even a pong) is closed (at least 2).
     ws_client_timeout_secs: u64 = 75, env "PROPASS_WS_CLIENT_TIMEOUT_SECS", flag "";
+    /// WebSockets this server holds open at once; past it a new one gets 503 with `Retry-After` and HTTP (pushes, pulls) keeps working. 0: derived from the process's open-file limit, leaving a quarter of it (at least 256) to HTTP, the database pool and files.
+    ws_max_connections: usize = 0, env "PROPASS_WS_MAX_CONNECTIONS", flag "";
     /// Events queued for one WebSocket (one push's messages are one event) before the server drops that slow consumer.
     ws_outbound_queue: usize = 256, env "PROPASS_WS_OUTBOUND_QUEUE", flag "";
     /// Inbound WebSocket messages allowed per second per connection (bursts of twice that).
@@ -601,6 +604,10 @@ impl Settings {
             ws_allowed_origins: self.ws_allowed_origins,
             ws_heartbeat: secs(self.ws_heartbeat_secs.max(1)),
             ws_recheck: secs(self.ws_recheck_secs.max(1)),
+            ws_max_connections: match self.ws_max_connections {
+                0 => derived_ws_cap(open_file_limit()),
+                n => n,
+            },
             ws_client_timeout: secs(self.ws_client_timeout_secs.max(2)),
             ws_outbound_queue: self.ws_outbound_queue.max(1),
             ws_inbound_per_sec: self.ws_inbound_per_sec.max(1),
@@ -616,6 +623,28 @@ impl Settings {
             metrics_bind: self.metrics_bind,
         }
     }
+}
+
+/// The process's soft limit of open files (Linux' `/proc/self/limits`);
+/// 1024, the usual default, when it cannot be read.
+fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// WebSockets allowed under an open-file limit of `limit`: a quarter of it
+/// (at least 256) stays for HTTP, the pool, the listener and files — a
+/// server at its fd limit cannot even accept the push that would have
+/// emptied a kiosk's queue.
+fn derived_ws_cap(limit: usize) -> usize {
+    limit.saturating_sub((limit / 4).max(256)).max(16)
 }
 
 /// The markdown table of every key, as docs/operations.md shows it between
@@ -691,6 +720,14 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_websocket_cap_leaves_room_for_http() {
+        assert_eq!(derived_ws_cap(1024), 768);
+        assert_eq!(derived_ws_cap(65_536), 49_152);
+        assert_eq!(derived_ws_cap(300), 44);
+        assert_eq!(derived_ws_cap(100), 16, "a floor, however low the limit");
+    }
 
     fn no_env(_: &str) -> Option<String> {
         None

@@ -68,6 +68,12 @@ pub async fn upgrade(
     if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
         return Err(ApiError::TooManyConnections(claims.device_id.clone()));
     }
+    if state.hub.connections() >= state.config.ws_max_connections {
+        return Err(ApiError::Busy {
+            why: "this server holds the most WebSockets it allows (ws_max_connections); HTTP sync still works".into(),
+            retry_after_secs: 30,
+        });
+    }
 
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::InvalidRequest(format!("expected a WebSocket upgrade: {e}")))?;

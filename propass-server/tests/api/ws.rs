@@ -304,3 +304,33 @@ async fn pings_ask_the_database_nothing_and_a_revocation_closes_sockets_by_event
         assert_eq!(server_closes(ws, WAIT).await, Some(CloseCode::Policy));
     }
 }
+
+/// Past the server's WebSocket cap a new socket gets 503 with Retry-After,
+/// and HTTP — pushes — keeps working.
+#[tokio::test]
+async fn past_the_socket_cap_new_sockets_wait_and_pushes_still_work() {
+    let app = spawn_with(|c| c.ws_max_connections = 2).await;
+    let client = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    let first = app.ws("/ws", &token, "K1").await;
+    let _second = app.ws("/ws", &token, "K1").await;
+    let url = format!("ws://127.0.0.1:{}/ws?token={token}&device_id=K1", app.port);
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 503);
+            assert_eq!(res.headers()["retry-after"], "30");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let queue = json!([seed_item(1, client, "04C0FFEE000001")]);
+    let pushed = app
+        .push_ok(&token, &json!({"device_id": "K1", "queue": queue}))
+        .await;
+    assert_eq!(pushed[0]["status"], "synced");
+    drop(first);
+    let reopened = eventually(WAIT, || async {
+        tokio_tungstenite::connect_async(&url).await.is_ok()
+    })
+    .await;
+    assert!(reopened, "a freed slot is taken again");
+}
