@@ -428,14 +428,7 @@ mod tests {
             &sample,
             "PROPASS_BLESS=1 cargo test -p propass-agent --lib config",
         );
-        let uncommented: String = sample
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix('#')
-                    .filter(|l| l.contains(" = ") && !l.starts_with(' '))
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let uncommented = propass_test_support::uncommented_assignments(&sample);
         let layer: ConfigLayer = toml::from_str(&uncommented).expect("the sample parses");
         assert_eq!(layer.or_defaults(), AgentConfig::default());
     }

@@ -868,14 +868,7 @@ mod tests {
             "PROPASS_BLESS=1 cargo test -p propass-server --lib config",
         );
         // Every assignment uncommented is a valid file giving the defaults.
-        let uncommented: String = sample
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix('#')
-                    .filter(|l| l.contains(" = ") && !l.starts_with(' '))
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let uncommented = propass_test_support::uncommented_assignments(&sample);
         let parsed: Settings = toml::from_str(&uncommented).expect("the sample parses");
         assert_eq!(format!("{parsed:?}"), format!("{:?}", Settings::default()));
     }

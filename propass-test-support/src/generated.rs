@@ -30,3 +30,16 @@ pub fn assert_generated(path: &Path, markers: Option<(&str, &str)>, fresh: &str,
     }
     panic!("{} is stale; regenerate it with\n  {how}", path.display());
 }
+
+/// The assignments a sample configuration file shows commented out
+/// (`#key = value` lines), uncommented: what it says the defaults are.
+pub fn uncommented_assignments(sample: &str) -> String {
+    sample
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix('#')
+                .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}

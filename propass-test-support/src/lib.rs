@@ -29,7 +29,7 @@ mod proxy;
 #[cfg(feature = "async")]
 mod wait;
 
-pub use generated::assert_generated;
+pub use generated::{assert_generated, uncommented_assignments};
 pub use measure::{percentile, rss_kib};
 pub use modgraph::{assert_no_module_cycle, find_cycle, module_graph, Graph};
 pub use net::free_port;

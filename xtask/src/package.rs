@@ -31,28 +31,10 @@ const FOOTPRINT: &[&str] = &[
     "/var/lib/propass",
 ];
 
-fn ensure_cargo_deb() -> Result<(), String> {
-    let has = || {
-        Command::new("cargo")
-            .args(["deb", "--version"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if has() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing cargo-deb (once, a few minutes)…");
-    if !run_status(cargo().args(["install", "cargo-deb", "--locked", "--version", "^3"]))? || !has()
-    {
-        return Err("cannot install cargo-deb (cargo install cargo-deb)".into());
-    }
-    Ok(())
-}
-
 /// Builds both packages; answers their paths.
 pub fn build() -> Result<Vec<PathBuf>, String> {
     sys::ensure_packages()?;
-    ensure_cargo_deb()?;
+    sys::ensure_cargo_tool("deb", "cargo-deb", "^3")?;
     let out_dir = root().join("target/debian");
     let mut debs = Vec::new();
     for pkg in PACKAGES {

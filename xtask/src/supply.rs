@@ -4,32 +4,13 @@
 //! cannot be reached (a registry-only network), the advisories are NOT
 //! checked and xtask says so loudly instead of failing the run.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::sys::{cargo, run_status};
-
-fn ensure_cargo_deny() -> Result<(), String> {
-    let has = || {
-        Command::new("cargo")
-            .args(["deny", "--version"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if has() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing cargo-deny (once, a few minutes)…");
-    if !run_status(cargo().args(["install", "cargo-deny", "--locked", "--version", "^0.20"]))?
-        || !has()
-    {
-        return Err("cannot install cargo-deny (cargo install cargo-deny)".into());
-    }
-    Ok(())
-}
+use crate::sys::{self, cargo, run_status};
 
 /// `cargo deny check` as configured in deny.toml.
 pub fn check() -> Result<(), String> {
-    ensure_cargo_deny()?;
+    sys::ensure_cargo_tool("deny", "cargo-deny", "^0.20")?;
     eprintln!("xtask: cargo deny check licenses bans sources…");
     if !run_status(cargo().args([
         "deny",

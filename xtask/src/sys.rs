@@ -291,6 +291,25 @@ pub fn npm_ci(dir: &Path, whose: &str) -> Result<(), String> {
     }
 }
 
+/// `cargo SUBCOMMAND` (a cargo tool such as deb or deny), installed into
+/// ~/.cargo/bin from crates.io at `version` when missing.
+pub fn ensure_cargo_tool(subcommand: &str, krate: &str, version: &str) -> Result<(), String> {
+    let has = || {
+        Command::new("cargo")
+            .args([subcommand, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {krate} (once, a few minutes)…");
+    if !run_status(cargo().args(["install", krate, "--locked", "--version", version]))? || !has() {
+        return Err(format!("cannot install {krate} (cargo install {krate})"));
+    }
+    Ok(())
+}
+
 /// Whether a program is on PATH.
 pub fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH")

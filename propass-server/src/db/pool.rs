@@ -49,19 +49,22 @@ pub fn build_pool(database_url: &str, size: usize, timeout: Duration) -> PgPool 
 /// Runs the pending migrations; returns the versions applied. Blocking: it
 /// runs on a thread with its own runtime, so call it outside any runtime.
 pub fn run_migrations(database_url: &str) -> Result<Vec<String>, String> {
-    let url = database_url.to_owned();
+    on_own_runtime(migrate(database_url.to_owned()))
+}
+
+/// Runs `work` on a thread with a runtime of its own, and waits for it. The
+/// migration harness blocks inside async code: spawning keeps it off the
+/// runtime's driver.
+fn on_own_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        // The harness blocks inside; spawning keeps it off the runtime's driver.
-        rt.block_on(async move {
-            tokio::spawn(migrate(url))
-                .await
-                .map_err(|e| e.to_string())?
-        })
+        rt.block_on(async move { tokio::spawn(work).await.map_err(|e| e.to_string())? })
     })
     .join()
     .map_err(|_| "the migration thread panicked".to_string())?
@@ -94,29 +97,16 @@ async fn migrate(url: String) -> Result<Vec<String>, String> {
 /// Blocking, like [`run_migrations`].
 pub fn pending_migrations(database_url: &str) -> Result<Vec<String>, String> {
     let url = database_url.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            tokio::spawn(async move {
-                let conn = super::connect::connect(&url)
-                    .await
-                    .map_err(|e| format!("cannot connect to the database: {e}"))?;
-                let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
-                let pending = harness
-                    .pending_migrations(MIGRATIONS)
-                    .map_err(|e| format!("cannot read the applied migrations: {e}"))?;
-                Ok(pending.iter().map(|m| m.name().to_string()).collect())
-            })
+    on_own_runtime(async move {
+        let conn = super::connect::connect(&url)
             .await
-            .map_err(|e| e.to_string())?
-        })
+            .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+        let pending = harness
+            .pending_migrations(MIGRATIONS)
+            .map_err(|e| format!("cannot read the applied migrations: {e}"))?;
+        Ok(pending.iter().map(|m| m.name().to_string()).collect())
     })
-    .join()
-    .map_err(|_| "the migration thread panicked".to_string())?
 }
 
 /// Answers when the database does.
