@@ -56,7 +56,7 @@ async fn the_database_link_honours_sslmode_and_its_ca() {
         .unwrap();
     std::fs::write(&other_ca, ca2.pem()).unwrap();
     let other = other_ca.display().to_string();
-    let app = spawn_with(|c| {
+    let app = spawn_unreachable(|c| {
         c.database_url = with_params(
             &c.database_url,
             &format!("sslmode=verify-full&sslrootcert={other}"),

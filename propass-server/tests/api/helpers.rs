@@ -40,15 +40,27 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    spawn_full(false, tweak).await
+    spawn_full(false, true, tweak).await
 }
 
-/// Like [`spawn_with`], with the server's database connections going through a [`ChaosProxy`].
+/// Like [`spawn_with`], for a server meant not to reach its database (its
+/// change listener never listens, so nothing waits for it).
+pub async fn spawn_unreachable(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_full(false, false, tweak).await
+}
+
+/// Like [`spawn_with`], with the server's database connections going through a [`FaultProxy`].
 pub async fn spawn_behind_proxy() -> TestApp {
-    spawn_full(true, |c| c.db_timeout = Duration::from_secs(2)).await
+    spawn_full(true, false, |c| c.db_timeout = Duration::from_secs(2)).await
 }
 
-async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
+/// `proxied`: through a [`FaultProxy`]; `wait_listener`: the start waits
+/// until the change listener listens (not for a database meant to fail).
+async fn spawn_full(
+    proxied: bool,
+    wait_listener: bool,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
     // The tests' HTTP client (reqwest with rustls) needs the process's provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let database = TestDatabase::create("propass_test").await;
@@ -94,7 +106,7 @@ async fn spawn_full(proxied: bool, tweak: impl FnOnce(&mut Config)) -> TestApp {
         _database: database,
     };
     test.add_user(ADMIN.0, ADMIN.1, Role::Admin).await;
-    if !proxied {
+    if wait_listener {
         // Changes reach open sockets by event: the listener is up first.
         let listening = eventually(Duration::from_secs(10), || async {
             std::sync::atomic::AtomicBool::load(
