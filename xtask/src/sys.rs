@@ -145,6 +145,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("build-essential", "cc"),
     ("pkg-config", "pkg-config"),
     ("libnfc-bin", "nfc-mfclassic"),
+    // The multi-instance test runs deploy/haproxy.cfg.
+    ("haproxy", "haproxy"),
 ];
 
 /// Whether libnfc's development files are installed (pkg-config knows libnfc).
