@@ -9,124 +9,130 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-/// Another instance of the server on `app`'s database; its base URL.
-fn second_instance(app: &TestApp) -> (String, propass_server::startup::Stopper) {
+/// Another instance of the server on `app`'s database, listening for
+/// changes; its base URL.
+async fn second_instance(app: &TestApp) -> (String, propass_server::startup::Stopper) {
     let mut config = Config::new(app.db_url.clone(), Secret::new(SECRET));
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.workers = Some(1);
     config.db_pool_size = 4;
     let other = Application::build(config).expect("second instance");
     let base = format!("http://127.0.0.1:{}", other.port());
-    let stopper = other.stopper();
+    let (stopper, state) = (other.stopper(), other.state());
     tokio::spawn(other.run_until_stopped());
+    let listening = eventually(Duration::from_secs(10), || async {
+        std::sync::atomic::AtomicBool::load(
+            &state.metrics.listening,
+            std::sync::atomic::Ordering::Relaxed,
+        )
+    })
+    .await;
+    assert!(listening, "the second instance listens for changes");
     (base, stopper)
 }
 
-#[tokio::test]
-async fn a_push_on_one_instance_reaches_kiosks_and_dashboards_on_another() {
-    let app = spawn_app().await;
-    let acme = app.add_client("ACME", 50).await;
-    let k1 = app.token("K1").await;
-    let k2 = app.token("K2").await;
-    let (other, stopper) = second_instance(&app);
-    let wait_listening = eventually(Duration::from_secs(10), || async {
-        app.state
-            .metrics
-            .listening
-            .load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
-    assert!(wait_listening);
+/// A dashboard's live stream on `base`, logged in as the admin.
+struct Dashboard {
+    events: reqwest::Response,
+    seen: String,
+}
 
-    // K1 on the first instance; K2 and a dashboard on the other.
-    let mut ws1 = app.ws("/ws", &k1, "K1").await;
-    let port = other.rsplit(':').next().unwrap();
-    let (mut ws2, _) = tokio_tungstenite::connect_async(format!(
-        "ws://127.0.0.1:{port}/ws?token={k2}&device_id=K2"
-    ))
-    .await
-    .expect("K2 connects to the other instance");
-    let login = app
-        .http
-        .post(format!("{other}/api/admin/login"))
-        .json(&json!({"username": ADMIN.0, "password": ADMIN.1}))
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut events = app
-        .http
-        .get(format!("{other}/api/admin/events"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(events.status(), 200);
-    // The other instance listens too before the push is made.
-    let mut buf = String::new();
-    while !buf.contains("event: hello") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+impl Dashboard {
+    /// Logs in on `base` and opens the stream; returns once it said hello.
+    async fn open(app: &TestApp, base: &str) -> Self {
+        let login = app
+            .http
+            .post(format!("{base}/api/admin/login"))
+            .json(&json!({"username": ADMIN.0, "password": ADMIN.1}))
+            .send()
             .await
-            .unwrap()
-            .unwrap()
             .unwrap();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
+        assert_eq!(login.status(), 200);
+        let cookie = login.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let events = app
+            .http
+            .get(format!("{base}/api/admin/events"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(events.status(), 200);
+        let mut d = Self {
+            events,
+            seen: String::new(),
+        };
+        d.wait_for("event: hello").await;
+        d
     }
 
-    let queue = json!([seed_item(1, acme, "04A1A1A1A1A1A1")]);
-    let results = app
-        .push_ok(&k1, &json!({"device_id": "K1", "queue": queue}))
-        .await;
-    let ledger_id = results[0]["ledger_id"].as_i64().unwrap();
+    /// Reads the stream until `text` has come (10 s at most).
+    async fn wait_for(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.seen.contains(text) {
+            let left = deadline
+                .checked_duration_since(std::time::Instant::now())
+                .unwrap_or_else(|| panic!("{text:?} never reached the dashboard"));
+            let chunk = tokio::time::timeout(left, self.events.chunk())
+                .await
+                .expect("in time")
+                .unwrap()
+                .expect("the stream stays open");
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
 
-    // The pusher hears its copy on its own instance.
-    let mine = collect_until(&mut ws1, Duration::from_secs(10), |got| {
+/// A kiosk's WebSocket on the server at `port`.
+async fn kiosk_socket(port: &str, token: &str, device: &str) -> Ws {
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}&device_id={device}");
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the kiosk connects")
+        .0
+}
+
+/// K1 pushes one copy of `client` through `base`: K1 hears its copy, K2 the
+/// client's new quota (never the badge UID), the dashboard the copy —
+/// wherever each of them is connected.
+async fn push_reaches_everyone(
+    app: &TestApp,
+    base: &str,
+    k1: (&str, &mut Ws),
+    k2: &mut Ws,
+    dashboard: &mut Dashboard,
+    client: i64,
+) {
+    let uid = "04A1A1A1A1A1A1";
+    let res = app
+        .http
+        .post(format!("{base}/api/sync/push"))
+        .bearer_auth(k1.0)
+        .json(&json!({"device_id": "K1", "queue": [seed_item(1, client, uid)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let ledger_id = body["data"][0]["ledger_id"].as_i64().unwrap();
+    let mine = collect_until(k1.1, Duration::from_secs(10), |got| {
         got.iter().any(|m| m["type"] == "copy_completed")
     })
     .await;
     assert!(
-        mine.iter()
-            .any(|m| m["type"] == "copy_completed" && m["data"]["ledger_id"] == ledger_id),
+        mine.iter().any(|m| m["data"]["ledger_id"] == ledger_id),
         "{mine:?}"
     );
-    // K2, on the other instance, hears the client's new quota, never the UID.
-    let theirs = collect_until(&mut ws2, Duration::from_secs(10), |got| {
-        got.iter()
-            .any(|m| m["type"] == "quota_updated" && m["data"]["remaining"] == 49)
-    })
-    .await;
+    let charged = |m: &Value| m["type"] == "quota_updated" && m["data"]["remaining"] == 49;
+    let theirs = collect_until(k2, Duration::from_secs(10), |got| got.iter().any(charged)).await;
+    assert!(theirs.iter().any(charged), "{theirs:?}");
     assert!(
-        theirs
-            .iter()
-            .any(|m| m["type"] == "quota_updated" && m["data"]["remaining"] == 49),
+        !theirs.iter().any(|m| m.to_string().contains(uid)),
         "{theirs:?}"
     );
-    assert!(
-        !theirs
-            .iter()
-            .any(|m| m.to_string().contains("04A1A1A1A1A1A1")),
-        "{theirs:?}"
-    );
-    // The dashboard there shows the copy.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !buf.contains(&format!("\"id\":{ledger_id}")) {
-        let left = deadline
-            .checked_duration_since(std::time::Instant::now())
-            .expect("the copy reaches the other instance's dashboard");
-        let chunk = tokio::time::timeout(left, events.chunk())
-            .await
-            .expect("in time")
-            .unwrap()
-            .unwrap();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let frame = buf
+    dashboard.wait_for(&format!("\"id\":{ledger_id}")).await;
+    let frame = dashboard
+        .seen
         .split("\n\n")
         .find(|f| f.starts_with("event: copy") && f.contains(&format!("\"id\":{ledger_id}")))
         .unwrap();
@@ -138,6 +144,29 @@ async fn a_push_on_one_instance_reaches_kiosks_and_dashboards_on_another() {
     )
     .unwrap();
     assert_eq!(data["device_id"], "K1");
+}
+
+#[tokio::test]
+async fn a_push_on_one_instance_reaches_kiosks_and_dashboards_on_another() {
+    let app = spawn_app().await;
+    let acme = app.add_client("ACME", 50).await;
+    let k1 = app.token("K1").await;
+    let k2 = app.token("K2").await;
+    let (other, stopper) = second_instance(&app).await;
+
+    // K1 on the first instance; K2 and a dashboard on the other.
+    let mut ws1 = app.ws("/ws", &k1, "K1").await;
+    let mut ws2 = kiosk_socket(other.rsplit(':').next().unwrap(), &k2, "K2").await;
+    let mut dashboard = Dashboard::open(&app, &other).await;
+    push_reaches_everyone(
+        &app,
+        &app.base,
+        (&k1, &mut ws1),
+        &mut ws2,
+        &mut dashboard,
+        acme,
+    )
+    .await;
     stopper.stop().await;
 }
 
@@ -182,7 +211,7 @@ async fn the_shipped_haproxy_config_fronts_two_instances() {
     let acme = app.add_client("ACME", 50).await;
     let k1 = app.token("K1").await;
     let k2 = app.token("K2").await;
-    let (other, stopper) = second_instance(&app);
+    let (other, stopper) = second_instance(&app).await;
     let lb_port = propass_test_support::free_port();
     let dir = propass_test_support::TempDir::new("propass-haproxy").unwrap();
     let cfg = dir.path().join("haproxy.cfg");
@@ -213,92 +242,10 @@ async fn the_shipped_haproxy_config_fronts_two_instances() {
 
     // Two kiosks and a dashboard, all through the balancer (leastconn
     // spreads them over both instances).
-    let ws = |token: &str, device: &str| {
-        let url = format!("ws://127.0.0.1:{lb_port}/ws?token={token}&device_id={device}");
-        async move {
-            tokio_tungstenite::connect_async(url)
-                .await
-                .expect("a WebSocket through haproxy")
-                .0
-        }
-    };
-    let mut ws1 = ws(&k1, "K1").await;
-    let mut ws2 = ws(&k2, "K2").await;
-    let login = app
-        .http
-        .post(format!("{lb}/api/admin/login"))
-        .json(&json!({"username": ADMIN.0, "password": ADMIN.1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 200);
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut events = app
-        .http
-        .get(format!("{lb}/api/admin/events"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(events.status(), 200);
-    let mut buf = String::new();
-    while !buf.contains("event: hello") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
-
-    let res = app
-        .http
-        .post(format!("{lb}/api/sync/push"))
-        .bearer_auth(&k1)
-        .json(&json!({"device_id": "K1", "queue": [seed_item(1, acme, "04B2B2B2B2B2B2")]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
-    let ledger_id = body["data"][0]["ledger_id"].as_i64().unwrap();
-
-    let mine = collect_until(&mut ws1, Duration::from_secs(10), |got| {
-        got.iter().any(|m| m["type"] == "copy_completed")
-    })
-    .await;
-    assert!(
-        mine.iter().any(|m| m["data"]["ledger_id"] == ledger_id),
-        "{mine:?}"
-    );
-    let theirs = collect_until(&mut ws2, Duration::from_secs(10), |got| {
-        got.iter()
-            .any(|m| m["type"] == "quota_updated" && m["data"]["remaining"] == 49)
-    })
-    .await;
-    assert!(
-        theirs
-            .iter()
-            .any(|m| m["type"] == "quota_updated" && m["data"]["remaining"] == 49),
-        "{theirs:?}"
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !buf.contains(&format!("\"id\":{ledger_id}")) {
-        let left = deadline
-            .checked_duration_since(std::time::Instant::now())
-            .expect("the copy reaches the dashboard through haproxy");
-        let chunk = tokio::time::timeout(left, events.chunk())
-            .await
-            .expect("in time")
-            .unwrap()
-            .unwrap();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let port = lb_port.to_string();
+    let mut ws1 = kiosk_socket(&port, &k1, "K1").await;
+    let mut ws2 = kiosk_socket(&port, &k2, "K2").await;
+    let mut dashboard = Dashboard::open(&app, &lb).await;
+    push_reaches_everyone(&app, &lb, (&k1, &mut ws1), &mut ws2, &mut dashboard, acme).await;
     stopper.stop().await;
 }
