@@ -29,8 +29,25 @@ fn f(n: i64) -> f64 {
 /// `GET /metrics`.
 pub async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let now = state.clock.now();
+    let (health, clients) = {
+        let mut conn = state.pool.get().await?;
+        (
+            db::fleet::health(&mut conn, state.config.fleet, now).await?,
+            db::clients::overview(&mut conn, None, false).await?,
+        )
+    };
+    let mut gauges = process_gauges(&state);
+    gauges.extend(device_gauges(health, now));
+    gauges.extend(client_gauges(&clients, state.config.client_low_quota));
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(render(&state.metrics, &gauges)))
+}
+
+/// Connections, dashboard streams and the database pool of this process.
+fn process_gauges(state: &AppState) -> Vec<Gauge> {
     let pool = state.pool.status();
-    let mut gauges = vec![
+    vec![
         gauge(
             "propass_ws_connections",
             "Open kiosk WebSockets.",
@@ -51,14 +68,15 @@ pub async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
                 (vec![("state", "waiting".into())], pool.waiting as f64),
             ],
         ),
-    ];
-    let (health, clients) = {
-        let mut conn = state.pool.get().await?;
-        (
-            db::fleet::health(&mut conn, state.config.fleet, now).await?,
-            db::clients::overview(&mut conn, None, false).await?,
-        )
-    };
+    ]
+}
+
+/// Each kiosk's health at `now`, by device id.
+fn device_gauges(
+    health: std::collections::HashMap<String, db::fleet::Health>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<Gauge> {
+    let mut out = Vec::new();
     let mut health: Vec<_> = health.into_iter().collect();
     health.sort_by(|a, b| a.0.cmp(&b.0));
     let per_device = |value: &dyn Fn(&db::fleet::Health) -> Option<f64>| {
@@ -67,17 +85,17 @@ pub async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
             .filter_map(|(d, h)| Some((vec![("device", d.clone())], value(h)?)))
             .collect::<Vec<_>>()
     };
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_device_online",
         "1 when the kiosk was heard from recently.",
         per_device(&|h| Some(f64::from(u8::from(h.online)))),
     ));
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_device_backlog",
         "Operations the kiosk has not synced yet (its last heartbeat).",
         per_device(&|h| h.pending.map(f)),
     ));
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_device_oldest_pending_age_seconds",
         "Age of the kiosk's oldest unsynced operation (0: none).",
         per_device(&|h| {
@@ -87,21 +105,27 @@ pub async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
             )
         }),
     ));
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_device_reader_ok",
         "1 when the kiosk's last heartbeat said its reader is present and healthy.",
         per_device(&|h| h.reader.as_deref().map(|r| f64::from(u8::from(r == "ok")))),
     ));
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_device_write_failures",
         "Failed blank writes since the kiosk's agent started.",
         per_device(&|h| h.blanks_failed.map(f)),
     ));
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_device_clock_skew_seconds",
         "The kiosk's clock minus the server's at its last heartbeat.",
         per_device(&|h| h.clock_skew_ms.map(|ms| f(ms) / 1000.0)),
     ));
+    out
+}
+
+/// Each client's quota and flags; `low` is `client_low_quota`.
+fn client_gauges(clients: &[db::clients::ClientOverview], low: i64) -> Vec<Gauge> {
+    let mut out = Vec::new();
     let per_client = |value: &dyn Fn(&db::clients::ClientOverview) -> f64| {
         clients
             .iter()
@@ -113,22 +137,25 @@ pub async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
             })
             .collect::<Vec<_>>()
     };
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_client_remaining",
         "Units of the client's quota no kiosk holds (negative after an overdraft).",
         per_client(&|c| f(c.remaining)),
     ));
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_client_leased",
         "Units of the client's quota held by kiosks in lease.",
         per_client(&|c| f(c.leased)),
     ));
-    gauges.push(gauge(
+    out.push(gauge(
         "propass_client_overdrafts",
         "Copies recorded past the client's quota.",
         per_client(&|c| f(c.overdrafts)),
     ));
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(render(&state.metrics, &gauges)))
+    out.push(gauge(
+        "propass_client_low_quota",
+        "1 when the client has client_low_quota free units or fewer.",
+        per_client(&|c| f64::from(u8::from(c.remaining <= low))),
+    ));
+    out
 }

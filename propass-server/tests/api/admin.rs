@@ -1126,6 +1126,9 @@ async fn metrics_are_served_on_their_own_address_and_count_what_happened() {
     ] {
         assert!(text.contains(want), "{want} missing from\n{text}");
     }
+    // 2 bought, 3 made: overdrawn, so at or below the low-quota threshold.
+    let low = format!("propass_client_low_quota{{client=\"{acme}\",name=\"ACME\"}} 1");
+    assert!(text.contains(&low), "{low} missing from\n{text}");
     // Not on the API's address.
     let res = app
         .http
