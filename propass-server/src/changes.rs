@@ -101,28 +101,33 @@ async fn listen_once(database_url: &str, state: &AppState, first: bool) -> Resul
 async fn catch_up(state: &AppState) -> Result<(), ApiError> {
     // A revocation or a disable may be among what was missed.
     state.hub.request_recheck();
-    let clients = state.hub.served_clients();
-    if !clients.is_empty() {
-        let mut conn = state.pool.get().await?;
-        let mut updates = Vec::new();
-        for c in clients {
-            let Ok(client) = ClientId::new(c) else {
-                continue;
-            };
-            if let Some((remaining, version)) = db::clients::remaining_of(&mut conn, client).await?
-            {
-                updates.push(QuotaUpdated {
-                    client_id: client,
-                    remaining,
-                    version: Some(version),
-                });
-            }
-        }
-        state.hub.send_quota_updates(&updates);
-    }
+    send_quotas(state, &state.hub.served_clients()).await?;
     state
         .live
         .publish(&live::frame("hello", &serde_json::json!({"resync": true})));
+    Ok(())
+}
+
+/// Sends the kiosks serving each of `clients` its quota as it is now.
+async fn send_quotas(state: &AppState, clients: &[i64]) -> Result<(), ApiError> {
+    if clients.is_empty() {
+        return Ok(());
+    }
+    let mut conn = state.pool.get().await?;
+    let mut updates = Vec::with_capacity(clients.len());
+    for c in clients {
+        let Ok(client) = ClientId::new(*c) else {
+            continue;
+        };
+        if let Some((remaining, version)) = db::clients::remaining_of(&mut conn, client).await? {
+            updates.push(QuotaUpdated {
+                client_id: client,
+                remaining,
+                version: Some(version),
+            });
+        }
+    }
+    state.hub.send_quota_updates(&updates);
     Ok(())
 }
 
@@ -204,22 +209,7 @@ async fn on_copies(state: &AppState, payload: &str) -> Result<(), ApiError> {
         msgs.push(propass_protocol::WsMessage::CopyCompleted(copy));
     }
     state.hub.send_all_to_device(&device, &msgs);
-    let mut conn = state.pool.get().await?;
-    let mut updates = Vec::new();
-    for c in &clients {
-        let Ok(client) = ClientId::new(*c) else {
-            continue;
-        };
-        if let Some((remaining, version)) = db::clients::remaining_of(&mut conn, client).await? {
-            updates.push(QuotaUpdated {
-                client_id: client,
-                remaining,
-                version: Some(version),
-            });
-        }
-    }
-    drop(conn);
-    state.hub.send_quota_updates(&updates);
+    send_quotas(state, &clients).await?;
     publish_clients(state, &clients).await
 }
 
@@ -227,15 +217,7 @@ async fn on_quota(state: &AppState, payload: &str) -> Result<(), ApiError> {
     let Ok(client) = payload.parse::<ClientId>() else {
         return Ok(());
     };
-    let mut conn = state.pool.get().await?;
-    if let Some((remaining, version)) = db::clients::remaining_of(&mut conn, client).await? {
-        state.hub.send_quota_updates(&[QuotaUpdated {
-            client_id: client,
-            remaining,
-            version: Some(version),
-        }]);
-    }
-    drop(conn);
+    send_quotas(state, &[client.get()]).await?;
     publish_clients(state, &[client.get()]).await
 }
 

@@ -153,6 +153,19 @@ pub fn render(m: &Metrics, gauges: &[Gauge]) -> String {
     );
     let _ = writeln!(out, "# HELP propass_listener_up Whether the change listener is LISTENing to PostgreSQL.\n# TYPE propass_listener_up gauge\npropass_listener_up {}", u8::from(m.listening.load(Ordering::Relaxed)));
 
+    render_http(&mut out, m);
+    render_push_items(&mut out, m);
+    for g in gauges {
+        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", g.name, g.help, g.name);
+        for (l, v) in &g.samples {
+            let _ = writeln!(out, "{}{} {v}", g.name, labels(l));
+        }
+    }
+    out
+}
+
+/// Requests by route, method and status, and the latency histogram.
+fn render_http(out: &mut String, m: &Metrics) {
     let _ = writeln!(out, "# HELP propass_http_requests_total HTTP requests answered, by route pattern, method and status.\n# TYPE propass_http_requests_total counter");
     for ((route, method, status), n) in lock(&m.requests).iter() {
         let l = labels(&[
@@ -181,6 +194,10 @@ pub fn render(m: &Metrics, gauges: &[Gauge]) -> String {
         let l = labels(&[("route", route.clone())]);
         let _ = writeln!(out, "propass_http_request_duration_seconds_sum{l} {}\npropass_http_request_duration_seconds_count{l} {}", h.sum, h.count);
     }
+}
+
+/// Pushed items by outcome.
+fn render_push_items(out: &mut String, m: &Metrics) {
     let _ = writeln!(out, "# HELP propass_push_items_total Pushed items by outcome (an overdraft is also counted as new).\n# TYPE propass_push_items_total counter");
     let pushed = lock(&m.push_items);
     for o in [
@@ -197,13 +214,6 @@ pub fn render(m: &Metrics, gauges: &[Gauge]) -> String {
         );
     }
     drop(pushed);
-    for g in gauges {
-        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", g.name, g.help, g.name);
-        for (l, v) in &g.samples {
-            let _ = writeln!(out, "{}{} {v}", g.name, labels(l));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

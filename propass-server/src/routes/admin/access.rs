@@ -47,6 +47,12 @@ pub fn session_hash(req: &HttpRequest) -> Option<String> {
     secrets::looks_like_session_token(cookie.value()).then(|| secrets::digest(cookie.value()))
 }
 
+/// How long a session may go without a request (`admin_session_idle_secs`).
+pub fn idle_limit(state: &AppState) -> chrono::Duration {
+    chrono::Duration::from_std(state.config.admin_session_idle)
+        .unwrap_or(chrono::Duration::hours(1))
+}
+
 /// Compares without stopping at the first difference (no timing oracle).
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
@@ -71,11 +77,9 @@ async fn check(req: HttpRequest) -> Result<OperatorSession, ApiError> {
         .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
     let id_hash =
         session_hash(&req).ok_or_else(|| ApiError::SessionRequired("log in first".into()))?;
-    let idle = chrono::Duration::from_std(state.config.admin_session_idle)
-        .unwrap_or(chrono::Duration::hours(1));
     let live = {
         let mut conn = state.pool.get().await?;
-        db::sessions::touch(&mut conn, &id_hash, state.clock.now(), idle).await?
+        db::sessions::touch(&mut conn, &id_hash, state.clock.now(), idle_limit(&state)).await?
     };
     let live = live.ok_or_else(|| {
         ApiError::SessionRequired(

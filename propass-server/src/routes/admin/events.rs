@@ -36,8 +36,7 @@ impl Drop for Open {
 
 /// Whether the session is still alive (and marks it used).
 async fn alive(state: &AppState, id_hash: &str) -> Result<bool, ApiError> {
-    let idle = chrono::Duration::from_std(state.config.admin_session_idle)
-        .unwrap_or(chrono::Duration::hours(1));
+    let idle = super::access::idle_limit(state);
     let mut conn = state.pool.get().await?;
     Ok(
         db::sessions::touch(&mut conn, id_hash, state.clock.now(), idle)

@@ -10,9 +10,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use propass_protocol::{Role, UserInfo};
 use serde::{Deserialize, Serialize};
 
-use super::access::{OperatorSession, SESSION_COOKIE};
+use super::access::{idle_limit, OperatorSession, SESSION_COOKIE};
 use crate::auth::secrets;
 use crate::db;
+use crate::db::users::User;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::auth::{check_credentials, no_store};
 use crate::routes::client_addr::client_ip;
@@ -92,42 +93,16 @@ pub async fn login(
         }
         Err(e) => return Err(e),
     };
-    let refused = if user.disabled {
-        Some(format!("account {:?} is disabled", user.username))
-    } else if user.role == Role::Kiosk {
-        Some("a kiosk account cannot open the dashboard: log in as an operator or admin".into())
-    } else {
-        None
-    };
-    if let Some(why) = refused {
+    if let Some(why) = refusal(&user) {
         audit_login(&state, "anonymous", "session.login_refused", &username, ip).await;
         return Err(ApiError::Forbidden(why));
     }
-
-    let token = secrets::session_token(state.rng.secret_bytes());
-    let csrf_token = secrets::session_token(state.rng.secret_bytes());
-    let now = state.clock.now();
-    let ttl = chrono::Duration::from_std(state.config.admin_session_ttl)
-        .unwrap_or(chrono::Duration::hours(12));
-    let idle = chrono::Duration::from_std(state.config.admin_session_idle)
-        .unwrap_or(chrono::Duration::hours(1));
-    let expires_at = now + ttl;
-    {
-        let mut conn = state.pool.get().await?;
-        db::sessions::sweep(&mut conn, now, idle).await?;
-        db::sessions::create(
-            &mut conn,
-            db::sessions::NewSession {
-                id_hash: &secrets::digest(&token),
-                user_id: user.id,
-                user_epoch: user.token_epoch,
-                csrf_token: &csrf_token,
-                now,
-                expires_at,
-            },
-        )
-        .await?;
-    }
+    let Opened {
+        token,
+        csrf_token,
+        expires_at,
+        ttl,
+    } = open_session(&state, &user).await?;
     audit_login(
         &state,
         &format!("user:{}", user.username),
@@ -148,6 +123,55 @@ pub async fn login(
             csrf_token,
             expires_at,
         }))
+}
+
+/// Why `user`, whose password was right, may not open a dashboard session.
+fn refusal(user: &User) -> Option<String> {
+    if user.disabled {
+        Some(format!("account {:?} is disabled", user.username))
+    } else if user.role == Role::Kiosk {
+        Some("a kiosk account cannot open the dashboard: log in as an operator or admin".into())
+    } else {
+        None
+    }
+}
+
+/// A new session: the cookie's value, the CSRF token, and when it ends.
+struct Opened {
+    token: String,
+    csrf_token: String,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    ttl: chrono::Duration,
+}
+
+/// Opens a session for `user` (forgetting the ended ones on the way).
+async fn open_session(state: &AppState, user: &User) -> ApiResult<Opened> {
+    let token = secrets::session_token(state.rng.secret_bytes());
+    let csrf_token = secrets::session_token(state.rng.secret_bytes());
+    let now = state.clock.now();
+    let ttl = chrono::Duration::from_std(state.config.admin_session_ttl)
+        .unwrap_or(chrono::Duration::hours(12));
+    let expires_at = now + ttl;
+    let mut conn = state.pool.get().await?;
+    db::sessions::sweep(&mut conn, now, idle_limit(state)).await?;
+    db::sessions::create(
+        &mut conn,
+        db::sessions::NewSession {
+            id_hash: &secrets::digest(&token),
+            user_id: user.id,
+            user_epoch: user.token_epoch,
+            csrf_token: &csrf_token,
+            now,
+            expires_at,
+        },
+    )
+    .await?;
+    Ok(Opened {
+        token,
+        csrf_token,
+        expires_at,
+        ttl,
+    })
 }
 
 /// `GET /api/admin/session`: who is logged in, and the CSRF token (a page
