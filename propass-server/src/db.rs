@@ -1,6 +1,6 @@
 //! PostgreSQL, split by role: [`connect`] (every connection, with the URL's
 //! TLS settings), the [`pool`] and migrations, the [`schema`],
-//! [`users`], [`devices`] and their [`enrollment`], [`clients`] and their quotas, and the ledger of
+//! [`users`] and the login [`throttle`], [`devices`] and their [`enrollment`], [`clients`] and their quotas, and the ledger of
 //! [`copies`] (where the exactly-once invariant is enforced; see its header).
 //! Rows are this module's own types, converted by hand to and from the wire.
 
@@ -17,6 +17,7 @@ pub mod ledger_view;
 pub mod pool;
 pub mod schema;
 pub mod sessions;
+pub mod throttle;
 pub mod users;
 
 pub use pool::{

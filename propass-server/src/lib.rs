@@ -14,8 +14,8 @@
 //! traits), [`config`] (one struct, file → env → flags), [`error`] (one error
 //! type, mapped to the wire error body), [`device`] (what a device's
 //! standing allows), [`ledger`] (the ledger's vocabulary
-//! and its store trait), [`db`] (PostgreSQL, by table), [`auth`] (passwords,
-//! tokens, throttle, extractors), [`ws`] (the kiosks' hub), [`live`] (the
+//! and its store trait), [`db`] (PostgreSQL, by table, the login throttle
+//! included), [`auth`] (passwords, tokens, extractors), [`ws`] (the kiosks' hub), [`live`] (the
 //! dashboards' stream), [`metrics`] (counters and their text format),
 //! [`admin`] (operators' changes, each audited), [`state`] (what handlers
 //! share), [`changes`] (PostgreSQL notifications to hub and dashboards),

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::auth::{JwtKeys, LoginThrottle};
+use crate::auth::JwtKeys;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::db::throttle::LoginThrottle;
 use crate::db::{self, PgPool};
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
@@ -26,7 +27,7 @@ pub struct AppState {
     pub config: Config,
     pub pool: PgPool,
     pub jwt: JwtKeys,
-    /// Failed-login throttle.
+    /// Failed-login throttle (its counts are in PostgreSQL).
     pub throttle: LoginThrottle,
     /// WebSocket connections.
     pub hub: Hub,

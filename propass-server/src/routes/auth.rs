@@ -8,10 +8,8 @@ use propass_protocol::{
 };
 
 use super::client_addr::client_ip;
-use crate::auth::{
-    self, bearer_token, ensure_standing_on_active_device, Purpose, Subject, ThrottleKey,
-};
-use crate::db::{self, users::User};
+use crate::auth::{self, bearer_token, ensure_standing_on_active_device, Purpose, Subject};
+use crate::db::{self, throttle::ThrottleKey, users::User};
 use crate::device::{self, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -90,14 +88,13 @@ pub(super) async fn check_credentials(
     }
     // Counted before the password is checked: concurrent attempts cannot
     // race past the limit.
-    let attempt = state
-        .throttle
-        .begin(&keys, state.clock.instant())
-        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
-
-    let user = {
+    let (attempt, user) = {
         let mut conn = state.pool.get().await?;
-        db::users::find(&mut conn, &username).await?
+        let attempt = state
+            .throttle
+            .begin(&mut conn, &keys, state.clock.instant())
+            .await?;
+        (attempt, db::users::find(&mut conn, &username).await?)
     };
     let hash = match &user {
         Some(u) => u.password_hash.clone(),
@@ -117,7 +114,11 @@ pub(super) async fn check_credentials(
         .map_err(|e| ApiError::Internal(format!("password check failed: {e}")))?;
     match user.filter(|_| ok) {
         Some(user) => {
-            state.throttle.succeeded(attempt, &user_key);
+            let mut conn = state.pool.get().await?;
+            state
+                .throttle
+                .succeeded(&mut conn, attempt, &user_key)
+                .await?;
             Ok(user)
         }
         None => {

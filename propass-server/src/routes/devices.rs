@@ -12,8 +12,9 @@ use propass_protocol::{DeviceTokenRequest, DeviceTokenResponse, EnrollRequest};
 
 use super::auth::no_store;
 use super::client_addr::client_ip;
-use crate::auth::{secrets, ThrottleKey};
+use crate::auth::secrets;
 use crate::db::enrollment::{self, CredentialError, Issued, Redemption};
+use crate::db::throttle::{Attempt, ThrottleKey};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -21,15 +22,30 @@ use crate::state::AppState;
 const MAX_VERSION_LEN: usize = 64;
 
 /// Counts the attempt against the caller's address (when known).
-fn begin(req: &HttpRequest, state: &AppState) -> ApiResult<Option<crate::auth::throttle::Attempt>> {
+async fn begin(req: &HttpRequest, state: &AppState) -> ApiResult<Option<Attempt>> {
     let Some(ip) = client_ip(req, &state.config.trusted_proxies) else {
         return Ok(None);
     };
-    state
-        .throttle
-        .begin(&[ThrottleKey::Ip(ip)], state.clock.instant())
-        .map(Some)
-        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })
+    let mut conn = state.pool.get().await?;
+    Ok(Some(
+        state
+            .throttle
+            .begin(&mut conn, &[ThrottleKey::Ip(ip)], state.clock.instant())
+            .await?,
+    ))
+}
+
+/// Forgives a successful attempt; a failure leaves it counted (logged).
+async fn forgive(state: &AppState, attempt: Option<Attempt>) {
+    let Some(a) = attempt else { return };
+    let forgiven = async {
+        let mut conn = state.pool.get().await?;
+        state.throttle.forgive(&mut conn, a).await?;
+        Ok::<_, ApiError>(())
+    };
+    if let Err(e) = forgiven.await {
+        tracing::warn!(error = %e, "cannot forgive a successful attempt in the login throttle");
+    }
 }
 
 fn version(v: Option<&str>) -> ApiResult<Option<&str>> {
@@ -90,7 +106,7 @@ pub async fn enroll(
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
     let agent_version = version(body.agent_version.as_deref())?;
-    let attempt = begin(&req, &state)?;
+    let attempt = begin(&req, &state).await?;
     let code = secrets::normalize_code(&body.code).ok_or_else(|| {
         ApiError::InvalidCredential(
             "that is not an enrollment code (20 letters and digits, as propass-server device enroll printed it)".into(),
@@ -114,9 +130,7 @@ pub async fn enroll(
         .await
         .map_err(credential_error)?
     };
-    if let Some(a) = attempt {
-        state.throttle.forgive(a);
-    }
+    forgive(&state, attempt).await;
     tracing::info!(device = %issued.device, "device enrolled");
     answer(&state, issued, credential)
 }
@@ -129,7 +143,7 @@ pub async fn token(
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
     let agent_version = version(body.agent_version.as_deref())?;
-    let attempt = begin(&req, &state)?;
+    let attempt = begin(&req, &state).await?;
     if !secrets::looks_like_credential(&body.credential) {
         return Err(ApiError::InvalidCredential(
             "that is not a device refresh credential".into(),
@@ -148,9 +162,7 @@ pub async fn token(
         .await
         .map_err(credential_error)?
     };
-    if let Some(a) = attempt {
-        state.throttle.forgive(a);
-    }
+    forgive(&state, attempt).await;
     answer(&state, issued, next)
 }
 

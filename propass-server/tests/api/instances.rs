@@ -12,10 +12,18 @@ use crate::helpers::*;
 /// Another instance of the server on `app`'s database, listening for
 /// changes; its base URL.
 async fn second_instance(app: &TestApp) -> (String, propass_server::startup::Stopper) {
+    second_instance_with(app, |_| {}).await
+}
+
+async fn second_instance_with(
+    app: &TestApp,
+    tweak: impl FnOnce(&mut Config),
+) -> (String, propass_server::startup::Stopper) {
     let mut config = Config::new(app.db_url.clone(), Secret::new(SECRET));
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.workers = Some(1);
     config.db_pool_size = 4;
+    tweak(&mut config);
     let other = Application::build(config).expect("second instance");
     let base = format!("http://127.0.0.1:{}", other.port());
     let (stopper, state) = (other.stopper(), other.state());
@@ -167,6 +175,40 @@ async fn a_push_on_one_instance_reaches_kiosks_and_dashboards_on_another() {
         acme,
     )
     .await;
+    stopper.stop().await;
+}
+
+/// The login throttle counts an account's failures on every instance
+/// together: guessing on several does not multiply the attempts.
+#[tokio::test]
+async fn the_login_throttle_holds_across_instances() {
+    let app = spawn_with(|c| c.login_max_failures = 3).await;
+    let (other, stopper) = second_instance_with(&app, |c| c.login_max_failures = 3).await;
+    let guess = |base: String| {
+        let http = app.http.clone();
+        async move {
+            http.post(format!("{base}/api/auth/login"))
+                .json(&json!({"username": ADMIN.0, "password": "wrong", "device_id": "K1"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(guess(app.base.clone()).await.status(), 401);
+    assert_eq!(guess(app.base.clone()).await.status(), 401);
+    assert_eq!(guess(other.clone()).await.status(), 401);
+    let res = guess(other.clone()).await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(
+        error_code(res, 429).await,
+        "rate_limited",
+        "the other instance counted the first one's failures"
+    );
+    assert_eq!(
+        app.login(ADMIN.0, ADMIN.1, "K1").await.status(),
+        429,
+        "even the right password waits on the first one"
+    );
     stopper.stop().await;
 }
 
