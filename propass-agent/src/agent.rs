@@ -45,6 +45,16 @@ pub struct LinkState {
     pub last_error: Option<String>,
 }
 
+/// Where the next pull starts: the version the last one answered, from
+/// which server, and when the last complete one was (a complete pull every
+/// `full_pull_interval_secs` bounds what a missed change could cost).
+#[derive(Debug, Clone)]
+pub(crate) struct PullCursor {
+    pub server: String,
+    pub version: i64,
+    pub complete_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// The reader as the kiosk last met it, and its writes since the agent
 /// started (for the heartbeat).
 #[derive(Default)]
@@ -111,7 +121,8 @@ pub struct Agent {
     /// What the heartbeat says of the reader and the writes since start.
     pub reader_stats: ReaderStats,
     link: Mutex<LinkState>,
-    pub(crate) sync_lock: tokio::sync::Mutex<()>,
+    /// Serializes sync cycles; holds where the next pull starts.
+    pub(crate) sync_lock: tokio::sync::Mutex<Option<PullCursor>>,
 }
 
 impl Agent {
@@ -179,7 +190,7 @@ impl Agent {
             }),
             writes: WriteGate::default(),
             reader_stats: ReaderStats::default(),
-            sync_lock: tokio::sync::Mutex::new(()),
+            sync_lock: tokio::sync::Mutex::new(None),
         }))
     }
 

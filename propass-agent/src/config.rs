@@ -92,7 +92,11 @@ agent_config! {
     batch_size: usize = 500, "PROPASS_BATCH_SIZE", "500",
         "items per push (1 to 5000)";
     sync_interval_secs: u64 = 30, "PROPASS_SYNC_INTERVAL_SECS", "30",
-        "safety-net sync period";
+        "safety-net sync period while the WebSocket is down";
+    sync_interval_live_secs: u64 = 300, "PROPASS_SYNC_INTERVAL_LIVE_SECS", "300",
+        "safety-net sync period while the WebSocket is up (changes come as events, new work syncs at once)";
+    full_pull_interval_secs: u64 = 3600, "PROPASS_FULL_PULL_INTERVAL_SECS", "3600",
+        "a pull asks only for what changed since the last one (`since_version`), except once per this period, when it reads every quota again";
     refresh_margin_secs: u64 = 86_400, "PROPASS_REFRESH_MARGIN_SECS", "86400",
         "refresh the token when less is left";
     reconnect_max_ms: u64 = 30_000, "PROPASS_RECONNECT_MAX_MS", "30000",
@@ -226,6 +230,7 @@ impl AgentConfig {
         }
         self.batch_size = self.batch_size.clamp(1, 5000);
         self.sync_interval_secs = self.sync_interval_secs.max(1);
+        self.sync_interval_live_secs = self.sync_interval_live_secs.max(1);
         self.reconnect_max_ms = self.reconnect_max_ms.max(50);
         self.ws_ping_secs = self.ws_ping_secs.max(1);
         self.card_timeout_secs = self.card_timeout_secs.clamp(1, 600);
@@ -240,6 +245,14 @@ impl AgentConfig {
 
     pub fn sync_interval(&self) -> Duration {
         Duration::from_secs(self.sync_interval_secs)
+    }
+
+    pub fn sync_interval_live(&self) -> Duration {
+        Duration::from_secs(self.sync_interval_live_secs)
+    }
+
+    pub fn full_pull_interval(&self) -> Duration {
+        Duration::from_secs(self.full_pull_interval_secs)
     }
 
     pub fn refresh_margin(&self) -> Duration {

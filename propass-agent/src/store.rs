@@ -235,20 +235,21 @@ impl Store {
         listed: Vec<ServerQuota>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        self.with(move |c| quotas::apply_pull(c, &listed, None, now).map(|_| ()))
+        self.with(move |c| quotas::apply_pull(c, &listed, true, None, now).map(|_| ()))
             .await
     }
 
-    /// Stores a pull that says how far the server's ledger holds this
-    /// kiosk's operations; returns how many synced ones it lost and are
-    /// pending again (see [`quotas::apply_pull`]).
+    /// Stores a pull (complete, or only what changed) that says how far the
+    /// server's ledger holds this kiosk's operations; returns how many
+    /// synced ones it lost and are pending again (see [`quotas::apply_pull`]).
     pub async fn apply_pull_through(
         &self,
         listed: Vec<ServerQuota>,
+        complete: bool,
         recorded_through: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<usize> {
-        self.with(move |c| quotas::apply_pull(c, &listed, recorded_through, now))
+        self.with(move |c| quotas::apply_pull(c, &listed, complete, recorded_through, now))
             .await
     }
 
@@ -534,6 +535,49 @@ pub(crate) mod tests {
         let q = store.quota(c).await.unwrap().unwrap();
         assert_eq!((q.remaining, q.reserved), (1, 0));
         assert!(store.settle_interrupted(at(4)).await.unwrap().is_empty());
+    }
+
+    /// A delta pull updates what it lists and forgets nothing; a complete
+    /// pull forgets the clients it no longer lists.
+    #[tokio::test]
+    async fn a_delta_pull_keeps_the_clients_it_does_not_list() {
+        let store = Store::open(&temp("agent.db")).unwrap();
+        let said = |id, remaining| ServerQuota {
+            partial_copy: None,
+            client: ClientId::new(id).unwrap(),
+            remaining,
+            name: None,
+            version: None,
+            lease: LeaseWord::NoLease,
+        };
+        let remaining = |store: &Store| {
+            let store = store.clone();
+            async move {
+                let mut all: Vec<(i64, i64)> = store
+                    .quotas()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|q| (q.client_id.get(), q.server_remaining))
+                    .collect();
+                all.sort_unstable();
+                all
+            }
+        };
+        store
+            .apply_pull_through(vec![said(1, 5), said(2, 7)], true, None, at(0))
+            .await
+            .unwrap();
+        store
+            .apply_pull_through(vec![said(1, 4)], false, None, at(1))
+            .await
+            .unwrap();
+        assert_eq!(remaining(&store).await, [(1, 4), (2, 7)]);
+        store
+            .apply_pull_through(vec![said(1, 4)], true, None, at(2))
+            .await
+            .unwrap();
+        assert_eq!(remaining(&store).await, [(1, 4)]);
     }
 
     #[tokio::test]

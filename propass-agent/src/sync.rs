@@ -14,7 +14,7 @@ use propass_protocol::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, PullCursor};
 use crate::backoff::Backoff;
 use crate::events::AgentEvent;
 use crate::store::{Session, StoreError};
@@ -294,8 +294,8 @@ impl Agent {
     /// One full cycle: token, push everything pending, pull. Serialized: a
     /// second caller waits for the first.
     pub async fn sync_once(&self) -> Result<SyncSummary, SyncError> {
-        let _guard = self.sync_lock.lock().await;
-        let result = self.sync_inner().await;
+        let mut cursor = self.sync_lock.lock().await;
+        let result = self.sync_inner(&mut cursor).await;
         match &result {
             Ok(summary) => {
                 let _ = self.store.set_last_sync_at(self.clock.now_utc()).await;
@@ -374,11 +374,11 @@ impl Agent {
         }
     }
 
-    async fn sync_inner(&self) -> Result<SyncSummary, SyncError> {
+    async fn sync_inner(&self, cursor: &mut Option<PullCursor>) -> Result<SyncSummary, SyncError> {
         let mut creds = self.fresh_credentials().await?;
         let mut summary = SyncSummary::default();
         self.push_pending(&mut creds, &mut summary).await?;
-        self.pull(&mut creds).await?;
+        self.pull(&mut creds, cursor).await?;
         if !self.link().ws_connected {
             self.send_heartbeat(&creds).await;
         }
@@ -525,16 +525,30 @@ impl Agent {
         }
     }
 
-    /// Reads the quotas back; a refused token is renewed once, as for a
+    /// Reads the quotas back — only what changed since the last pull, from
+    /// the same server, unless the last complete one is older than
+    /// `full_pull_interval_secs`; a refused token is renewed once, as for a
     /// push (a pull with nothing pushed first is how an idle kiosk learns the
     /// server's key changed).
-    async fn pull(&self, creds: &mut Credentials) -> Result<(), SyncError> {
-        let mut answer = self.server.pull(&creds.server, &creds.token).await;
+    async fn pull(
+        &self,
+        creds: &mut Credentials,
+        cursor: &mut Option<PullCursor>,
+    ) -> Result<(), SyncError> {
+        let now = self.clock.now_utc();
+        let full_every = chrono::Duration::from_std(self.config.full_pull_interval())
+            .unwrap_or(chrono::Duration::MAX);
+        let since = cursor
+            .as_ref()
+            .filter(|c| c.server == creds.server && now - c.complete_at < full_every)
+            .map(|c| (c.version, c.complete_at));
+        let version = since.map(|(v, _)| v);
+        let mut answer = self.server.pull(&creds.server, &creds.token, version).await;
         if let Err(UpstreamError::Refused { code, message, .. }) = &answer {
             if Refusal::of(*code) == Refusal::Token {
                 let message = message.clone();
                 self.refreshed_token(creds, message).await?;
-                answer = self.server.pull(&creds.server, &creds.token).await;
+                answer = self.server.pull(&creds.server, &creds.token, version).await;
             }
         }
         let pull = match answer {
@@ -556,11 +570,22 @@ impl Agent {
                 return Err(SyncError::Offline(format!("pull answer lost: {m}")))
             }
         };
+        // A delta only answers a question asked: an older server ignores
+        // `since_version` and answers everything.
+        let delta = since.filter(|_| pull.delta == Some(true));
         let listed = pull.quotas.into_iter().map(wire::listed_quota).collect();
         let lost = self
             .store
-            .apply_pull_through(listed, pull.recorded_through, self.clock.now_utc())
+            .apply_pull_through(listed, delta.is_none(), pull.recorded_through, now)
             .await?;
+        *cursor = pull
+            .version
+            .filter(|_| lost == 0)
+            .map(|version| PullCursor {
+                server: creds.server.clone(),
+                version,
+                complete_at: delta.map_or(now, |(_, at)| at),
+            });
         if lost > 0 {
             tracing::warn!(
                 lost,
@@ -583,7 +608,13 @@ impl Agent {
             let wait = match self.sync_once().await {
                 Ok(_) => {
                     backoff.reset();
-                    self.config.sync_interval()
+                    // With the socket up, changes come as events and new
+                    // work kicks a sync: the periodic pull is a safety net.
+                    if self.link().ws_connected {
+                        self.config.sync_interval_live()
+                    } else {
+                        self.config.sync_interval()
+                    }
                 }
                 Err(SyncError::Offline(e)) => {
                     tracing::debug!(error = %e, "server unreachable");

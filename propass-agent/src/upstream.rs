@@ -73,11 +73,13 @@ pub trait ServerClient: Send + Sync {
         token: &'a str,
         body: &'a PushRequest,
     ) -> BoxFuture<'a, UpstreamResult<PushResponse>>;
-    /// `GET /api/sync/pull`.
+    /// `GET /api/sync/pull`, with leases; with `since_version`, only what
+    /// changed since the pull that answered that version.
     fn pull<'a>(
         &'a self,
         server: &'a str,
         token: &'a str,
+        since_version: Option<i64>,
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>>;
 
     /// `POST /api/devices/heartbeat`: how the kiosk is doing, while its
@@ -230,15 +232,15 @@ impl ServerClient for HttpServerClient {
         &'a self,
         server: &'a str,
         token: &'a str,
+        since_version: Option<i64>,
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
         // Always with leases: units set aside for this kiosk are what it
         // may spend offline (a server without leases ignores the query).
-        let req = self.authed(
-            reqwest::Method::GET,
-            server,
-            "/api/sync/pull?lease=true",
-            token,
-        );
+        let path = match since_version {
+            Some(v) => format!("/api/sync/pull?lease=true&since_version={v}"),
+            None => "/api/sync/pull?lease=true".to_owned(),
+        };
+        let req = self.authed(reqwest::Method::GET, server, &path, token);
         Box::pin(answer(req, self.max_answer_bytes))
     }
 

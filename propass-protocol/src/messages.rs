@@ -431,6 +431,16 @@ pub struct PullResponse {
     /// another server (retries are deduplicated on `op_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recorded_through: Option<i64>,
+    /// Optional: this answer's version. A kiosk sends it back as
+    /// `?since_version=` and gets only the clients changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Optional: `true` when `quotas` lists only the clients changed since
+    /// the `since_version` asked (the others are as that answer said);
+    /// absent or `false`: every client the kiosk serves, the others are
+    /// no longer its.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<bool>,
 }
 
 /// `GET /health` answer.

@@ -20,6 +20,7 @@ pub mod sync;
 pub mod ws_session;
 
 use actix_web::error::JsonPayloadError;
+use actix_web::middleware::Compress;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::{ApiError, ApiResult};
@@ -54,8 +55,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, auth_limit: usize) {
                 .route(web::post().to(devices::heartbeat)),
         )
         .route("/api/auth/refresh", web::post().to(auth::refresh))
-        .route("/api/sync/push", web::post().to(sync::push))
-        .route("/api/sync/pull", web::get().to(sync::pull))
+        // A pull lists every client a kiosk serves, a push answer every
+        // item: gzip when the kiosk accepts it (ours does).
+        .service(
+            web::resource("/api/sync/push")
+                .wrap(Compress::default())
+                .route(web::post().to(sync::push)),
+        )
+        .service(
+            web::resource("/api/sync/pull")
+                .wrap(Compress::default())
+                .route(web::get().to(sync::pull)),
+        )
         .route("/api/sync/lease", web::delete().to(sync::release_leases))
         .route("/ws", web::get().to(ws_session::upgrade))
         // The seed client's default `wsUrl` is the bare server address.

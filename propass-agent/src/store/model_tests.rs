@@ -156,7 +156,7 @@ fn pull(conn: &mut Connection, m: &mut Model, remaining: i64, lease: Option<i64>
         partial_copy: None,
         lease: lease.map_or(LeaseWord::NoLease, LeaseWord::Units),
     };
-    quotas::apply_pull(conn, &[q], None, at()).unwrap();
+    quotas::apply_pull(conn, &[q], true, None, at()).unwrap();
     m.server_remaining = Some(remaining);
     m.lease = lease;
 }

@@ -183,8 +183,10 @@ pub fn leases_returned(conn: &Connection) -> StoreResult<()> {
 }
 
 /// Stores a pull — authoritative, whatever its versions say (see
-/// [`set_remaining`]): the server's remaining for every client it listed;
-/// clients it no longer lists are forgotten unless work is queued for them.
+/// [`set_remaining`]): the server's remaining for every client it listed.
+/// A complete pull lists every client the kiosk serves: those it no longer
+/// lists are forgotten unless work is queued for them. A delta (`complete`
+/// false) lists only what changed; the others stay as they are.
 ///
 /// `recorded_through` (the highest local id of this kiosk's operations the
 /// server's ledger holds) makes the operations held as synced above it
@@ -193,6 +195,7 @@ pub fn leases_returned(conn: &Connection) -> StoreResult<()> {
 pub fn apply_pull(
     conn: &mut Connection,
     listed: &[ServerQuota],
+    complete: bool,
     recorded_through: Option<i64>,
     now: DateTime<Utc>,
 ) -> StoreResult<usize> {
@@ -208,6 +211,10 @@ pub fn apply_pull(
     for q in listed {
         set_remaining(&tx, q, &at, true)?;
         set_lease(&tx, q)?;
+    }
+    if !complete {
+        tx.commit()?;
+        return Ok(resent);
     }
     let ids: Vec<String> = listed.iter().map(|q| q.client.get().to_string()).collect();
     let ids = if ids.is_empty() {

@@ -46,6 +46,8 @@ struct ScriptedServer {
     pulls: Mutex<Vec<String>>,
     /// What pulls say the ledger holds of this kiosk.
     recorded_through: Mutex<Option<i64>>,
+    /// The `since_version` of every pull.
+    sinces: Mutex<Vec<Option<i64>>>,
 }
 
 /// The server's refusal with `code` (rate limits say when to come back).
@@ -150,26 +152,40 @@ impl ServerClient for ScriptedServer {
         &'a self,
         _: &'a str,
         token: &'a str,
+        since_version: Option<i64>,
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
         self.pulls.lock().unwrap().push(token.to_owned());
+        let version = {
+            let mut sinces = self.sinces.lock().unwrap();
+            sinces.push(since_version);
+            100 + i64::try_from(sinces.len()).unwrap()
+        };
         let refusal = self.pull_refusals.lock().unwrap().pop_front();
         let recorded_through = *self.recorded_through.lock().unwrap();
         Box::pin(async move {
             if let Some(code) = refusal {
                 return Err(refused(code));
             }
+            // Client 1 changes at every pull; client 2 never does.
+            let entry = |id, remaining| QuotaEntry {
+                client_id: ClientId::new(id).unwrap(),
+                remaining,
+                name: None,
+                version: None,
+                partial_copy: None,
+                lease: None,
+            };
+            let mut quotas = vec![entry(1, 10)];
+            if since_version.is_none() {
+                quotas.push(entry(2, 20));
+            }
             Ok(PullResponse {
                 success: true,
-                quotas: vec![QuotaEntry {
-                    client_id: ClientId::new(1).unwrap(),
-                    remaining: 10,
-                    name: None,
-                    version: None,
-                    partial_copy: None,
-                    lease: None,
-                }],
+                quotas,
                 server_time: None,
                 recorded_through,
+                version: Some(version),
+                delta: Some(since_version.is_some()),
             })
         })
     }
@@ -177,6 +193,18 @@ impl ServerClient for ScriptedServer {
 
 /// A logged-in agent with `items` copies pending, talking to `server`.
 async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
+    let config = AgentConfig {
+        batch_size: 4,
+        ..AgentConfig::default()
+    };
+    agent_configured(items, server, config).await
+}
+
+async fn agent_configured(
+    items: usize,
+    server: Arc<ScriptedServer>,
+    config: AgentConfig,
+) -> Arc<Agent> {
     let store = Store::open(&crate::store::tests::temp("agent.db")).unwrap();
     let client = ClientId::new(1).unwrap();
     for _ in 0..items {
@@ -205,10 +233,7 @@ async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
     let parts = Parts {
         tls: crate::tls::client_config(None).unwrap(),
         store,
-        config: AgentConfig {
-            batch_size: 4,
-            ..AgentConfig::default()
-        },
+        config,
         reader,
         server,
         clock: Arc::new(SystemClock),
@@ -262,6 +287,11 @@ async fn operations_the_server_lost_are_sent_again() {
     let sizes: Vec<usize> = pushes.iter().map(|p| p.1).collect();
     assert_eq!(sizes, [2, 2], "sent once, then once again");
     assert_eq!(agent.store.counts().await.unwrap().pending, 0);
+    assert_eq!(
+        *server.sinces.lock().unwrap(),
+        [None, Some(101), None],
+        "a server that lost operations is read again in full"
+    );
 }
 
 #[tokio::test]
@@ -334,4 +364,42 @@ async fn an_unavailable_server_is_offline_not_refused() {
         Err(SyncError::Offline(_))
     ));
     assert!(!agent.link().online);
+}
+
+/// Pulls ask only for what changed since the last answer's version, keep
+/// the clients a delta does not list, and start over with a complete pull
+/// once the last complete one is older than `full_pull_interval_secs`.
+#[tokio::test]
+async fn pulls_ask_for_changes_since_the_last_version() {
+    let server = Arc::new(ScriptedServer::default());
+    let agent = agent_with(0, server.clone()).await;
+    let clients = |agent: &Arc<Agent>| {
+        let store = agent.store.clone();
+        async move {
+            let mut ids: Vec<i64> = store
+                .quotas()
+                .await
+                .unwrap()
+                .iter()
+                .map(|q| q.client_id.get())
+                .collect();
+            ids.sort_unstable();
+            ids
+        }
+    };
+    agent.sync_once().await.unwrap();
+    agent.sync_once().await.unwrap();
+    agent.sync_once().await.unwrap();
+    assert_eq!(*server.sinces.lock().unwrap(), [None, Some(101), Some(102)]);
+    assert_eq!(clients(&agent).await, [1, 2], "a delta forgets nothing");
+
+    let server = Arc::new(ScriptedServer::default());
+    let config = AgentConfig {
+        full_pull_interval_secs: 0,
+        ..AgentConfig::default()
+    };
+    let agent = agent_configured(0, server.clone(), config).await;
+    agent.sync_once().await.unwrap();
+    agent.sync_once().await.unwrap();
+    assert_eq!(*server.sinces.lock().unwrap(), [None, None]);
 }

@@ -84,6 +84,69 @@ pub async fn served_by(
         .await
 }
 
+#[derive(QueryableByName)]
+struct Horizon {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    xmin: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    xmax: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    clients_changed: i64,
+}
+
+/// A pull's version, and what it lists: `Some(since)` for the clients
+/// changed since the kiosk's last version, `None` for all of them. Run
+/// first in the pull's transaction: the version is the xmin of the snapshot
+/// it reads with (every transaction below it had ended), so a change the
+/// pull does not see carries a transaction id at or above it and is listed
+/// next time. All of them when `since` is absent, ahead of the database (a
+/// restore, another cluster), or not newer than the device's last
+/// assignment change (a client taken away is not a row that changed).
+pub async fn pull_version(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    since: Option<i64>,
+) -> QueryResult<(i64, Option<i64>)> {
+    let horizon: Horizon = diesel::sql_query(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
+                pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax, \
+                coalesce((SELECT clients_changed_xid::text::bigint FROM devices WHERE device_id = $1), 0) \
+                  AS clients_changed",
+    )
+    .bind::<diesel::sql_types::Text, _>(device.as_str())
+    .get_result(conn)
+    .await?;
+    let since = since.filter(|s| *s <= horizon.xmax && *s > horizon.clients_changed);
+    Ok((horizon.xmin, since))
+}
+
+/// The clients `device` serves, with their quotas, by id: those changed
+/// since `since` (see [`pull_version`]), or all of them.
+pub async fn served_changed(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    since: Option<i64>,
+) -> QueryResult<Vec<ClientRow>> {
+    let Some(since) = since else {
+        return served_by(conn, device).await;
+    };
+    let served = device_clients::table
+        .filter(device_clients::device_id.eq(device.as_str()))
+        .select(device_clients::client_id);
+    with_quota()
+        .filter(clients::id.eq_any(served))
+        .filter(
+            diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "greatest(quotas.changed_xid, clients.changed_xid) >= ",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(since)
+            .sql("::text::xid8"),
+        )
+        .order(clients::id)
+        .load(conn)
+        .await
+}
+
 #[diesel::dsl::auto_type]
 fn with_quota() -> _ {
     clients::table.inner_join(quotas::table).select((

@@ -125,10 +125,13 @@ pub struct PullQuery {
     device_id: Option<String>,
     /// `true`: hold leases, refilled in this answer when low.
     lease: Option<bool>,
+    /// The `version` of the kiosk's last pull: list only what changed since.
+    since_version: Option<i64>,
 }
 
 /// `GET /api/sync/pull`: the quotas of the clients this kiosk serves, and
-/// (with `?lease=true`) the units it holds in lease, refilled first.
+/// (with `?lease=true`) the units it holds in lease, refilled first; with
+/// `?since_version=`, only the clients changed since that answer (`delta`).
 pub async fn pull(
     state: web::Data<AppState>,
     token: KioskTokenOfActiveDevice,
@@ -142,17 +145,19 @@ pub async fn pull(
     let device = token.0.device_id.clone();
     let policy = state.config.lease;
     let leasing = query.lease == Some(true);
-    let (rows, leases, recorded_through) = {
+    let (version, since, rows, leases, recorded_through) = {
         let mut conn = state.pool.get().await?;
         conn.transaction(async |conn| {
+            let (version, since) =
+                db::clients::pull_version(conn, &device, query.since_version).await?;
             if leasing {
                 let served = db::devices::served_clients(conn, &device).await?;
                 db::leases::refill(conn, &device, &served, policy).await?;
             }
-            let rows = db::clients::served_by(conn, &device).await?;
+            let rows = db::clients::served_changed(conn, &device, since).await?;
             let leases = db::leases::held(conn, &device, None).await?;
             let through = db::devices::recorded_through(conn, &device).await?;
-            Ok::<_, diesel::result::Error>((rows, leases, through))
+            Ok::<_, diesel::result::Error>((version, since, rows, leases, through))
         })
         .await?
     };
@@ -184,6 +189,8 @@ pub async fn pull(
         quotas,
         server_time: Some(state.clock.now()),
         recorded_through: Some(recorded_through),
+        version: Some(version),
+        delta: Some(since.is_some()),
     }))
 }
 

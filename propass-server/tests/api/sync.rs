@@ -1,5 +1,7 @@
 //! Push and pull: exactly-once ledger, overdraft, partial failures, limits.
 
+use propass_protocol::DeviceId;
+use propass_server::db;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -322,4 +324,120 @@ async fn concurrent_pushes_charging_the_same_clients_all_succeed() {
         left += app.remaining(&token, c).await;
     }
     assert_eq!(left, 5 * 1000 - 800);
+}
+
+/// A pull's `version` asked back as `since_version` lists only the clients
+/// changed since; an assignment change, or a version the database has not
+/// reached (a restore), answers everything again.
+#[tokio::test]
+async fn a_pull_since_a_version_lists_only_what_changed() {
+    let app = spawn_app().await;
+    let a = app.add_client("A", 5).await;
+    let b = app.add_client("B", 7).await;
+    let token = app.token("K1").await;
+    let pull = |query: String| {
+        let (http, base, token) = (app.http.clone(), app.base.clone(), token.clone());
+        async move {
+            let res = http
+                .get(format!("{base}/api/sync/pull{query}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let body: Value = res.json().await.unwrap();
+            let listed: Vec<(i64, i64)> = body["quotas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|q| {
+                    (
+                        q["client_id"].as_i64().unwrap(),
+                        q["remaining"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            let delta = body["delta"].as_bool().unwrap();
+            (body["version"].as_i64().unwrap(), delta, listed)
+        }
+    };
+    let (v1, delta, listed) = pull(String::new()).await;
+    assert_eq!((delta, listed), (false, vec![(a, 5), (b, 7)]));
+
+    let (v2, delta, listed) = pull(format!("?since_version={v1}")).await;
+    assert_eq!((delta, listed), (true, vec![]), "nothing changed");
+
+    app.add_quota(a, 3).await;
+    let (v3, delta, listed) = pull(format!("?since_version={v2}")).await;
+    assert_eq!(
+        (delta, listed),
+        (true, vec![(a, 8)]),
+        "only the topped-up client"
+    );
+
+    let mut conn = app.db().await;
+    db::devices::assign(&mut conn, &DeviceId::parse("K1").unwrap(), &[], &[b])
+        .await
+        .unwrap();
+    let (v4, delta, listed) = pull(format!("?since_version={v3}")).await;
+    assert_eq!(
+        (delta, listed),
+        (false, vec![(a, 8)]),
+        "a client taken away: everything, so the kiosk forgets it"
+    );
+
+    let (_, delta, listed) = pull(format!("?since_version={}", v4 + 1_000_000_000)).await;
+    assert_eq!(
+        (delta, listed.len()),
+        (false, 1),
+        "a version from elsewhere"
+    );
+
+    let (_, delta, _) = pull(format!("?lease=true&since_version={v4}")).await;
+    assert!(delta);
+    let res = app
+        .http
+        .get(format!("{}/api/sync/pull?since_version=x", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res, 400).await, "invalid_request");
+}
+
+/// A pull answer is gzip-compressed for a kiosk that accepts it, and plain
+/// for one that does not (the seed client).
+#[tokio::test]
+async fn sync_answers_are_compressed_when_accepted() {
+    let app = spawn_app().await;
+    for i in 0..50 {
+        app.add_client(&format!("Client number {i}"), 10).await;
+    }
+    let token = app.token("K1").await;
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let get = |encoding: Option<&'static str>| {
+        let mut req = raw
+            .get(format!("{}/api/sync/pull", app.base))
+            .bearer_auth(&token);
+        if let Some(e) = encoding {
+            req = req.header("accept-encoding", e);
+        }
+        req.send()
+    };
+    let plain = get(None).await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.unwrap();
+    let gzipped = get(Some("gzip")).await.unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let gzipped = gzipped.bytes().await.unwrap();
+    assert_eq!(&gzipped[..2], &[0x1f, 0x8b], "a gzip stream");
+    assert!(
+        gzipped.len() * 3 < plain.len(),
+        "{} bytes gzipped, {} plain",
+        gzipped.len(),
+        plain.len()
+    );
+    // The test client accepts gzip and decodes it.
+    let quotas = app.pull(&token).await.json::<Value>().await.unwrap();
+    assert_eq!(quotas["quotas"].as_array().unwrap().len(), 50);
 }
