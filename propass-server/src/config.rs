@@ -85,6 +85,7 @@ pub struct Config {
     pub ws_inbound_per_sec: u32,
     pub db_pool_size: usize,
     pub db_timeout: Duration,
+    pub db_queue_max: usize,
     pub workers: Option<usize>,
     pub admin_session_ttl: Duration,
     pub admin_session_idle: Duration,
@@ -246,6 +247,8 @@ settings! {
     db_pool_size: usize = 16, env "PROPASS_DB_POOL_SIZE", flag "";
     /// How long to wait for a database connection (or `/health`'s query) before answering 503.
     db_timeout_secs: u64 = 5, env "PROPASS_DB_TIMEOUT_SECS", flag "";
+    /// Requests that may wait for a database connection at once: past it, a new request is answered 503 with `Retry-After` at once (load shedding in a reconnect storm) instead of every request waiting `db_timeout_secs`. `/health` is never shed. 0: no limit.
+    db_queue_max: usize = 64, env "PROPASS_DB_QUEUE_MAX", flag "";
     /// HTTP worker threads; unset means one per CPU.
     workers: Option<usize> = None, env "PROPASS_WORKERS", flag "";
     /// An operator's browser session ends this long after its login, whatever it does (at least 60).
@@ -613,6 +616,7 @@ impl Settings {
             ws_inbound_per_sec: self.ws_inbound_per_sec.max(1),
             db_pool_size: self.db_pool_size.max(1),
             db_timeout: secs(self.db_timeout_secs.max(1)),
+            db_queue_max: self.db_queue_max,
             workers: self.workers,
             admin_session_ttl: secs(self.admin_session_ttl_secs.max(60)),
             admin_session_idle: secs(self.admin_session_idle_secs.max(60)),

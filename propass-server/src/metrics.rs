@@ -55,6 +55,9 @@ pub struct Metrics {
     pub login_failures: AtomicU64,
     /// Standing re-checks of open WebSockets in PostgreSQL.
     pub ws_standing_checks: AtomicU64,
+    /// Requests answered 503 at once because too many were already waiting
+    /// for a database connection (`db_queue_max`).
+    pub shed: AtomicU64,
     /// Whether the change listener is LISTENing now (changes made by other
     /// processes reach this server's sockets only then).
     pub listening: AtomicBool,
@@ -150,6 +153,12 @@ pub fn render(m: &Metrics, gauges: &[Gauge]) -> String {
         "propass_password_checks_total",
         "Argon2 password checks run.",
         m.password_checks.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "propass_http_shed_total",
+        "Requests answered 503 at once because too many were waiting for a database connection (db_queue_max).",
+        m.shed.load(Ordering::Relaxed),
     );
     let _ = writeln!(out, "# HELP propass_listener_up Whether the change listener is LISTENing to PostgreSQL.\n# TYPE propass_listener_up gauge\npropass_listener_up {}", u8::from(m.listening.load(Ordering::Relaxed)));
 

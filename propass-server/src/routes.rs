@@ -1,6 +1,6 @@
 //! The HTTP layer: the request [`extract`]ors, and the handlers, one module
 //! per area: [`health`], [`auth`] (login, refresh), [`devices`] (enrollment,
-//! device tokens), [`sync`] (push, pull),
+//! device tokens), [`sync`] (push, pull), [`shed`] (503 at once when saturated),
 //! [`ws_session`] (the WebSocket upgrade and session loop), [`admin`] (the
 //! operator plane: dashboard, sessions, admin API), and [`metrics`] (served
 //! on its own address). Each returns [`crate::error::ApiResult`];
@@ -16,6 +16,7 @@ pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod push_body;
+pub mod shed;
 pub mod sync;
 pub mod ws_session;
 

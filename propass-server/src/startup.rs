@@ -91,6 +91,24 @@ impl Application {
                 .app_data(web::PayloadConfig::default().limit(body_limit))
                 .app_data(web::QueryConfig::default().error_handler(routes::query_error))
                 .app_data(web::PathConfig::default().error_handler(routes::path_error))
+                // Inside the logging below: shed requests are logged and counted.
+                .wrap_fn(|req, srv| {
+                    let refused = req
+                        .app_data::<web::Data<AppState>>()
+                        .and_then(|state| routes::shed::refusal(&req, state));
+                    match refused {
+                        Some(e) => {
+                            let res = req.into_response(actix_web::ResponseError::error_response(&e));
+                            futures_util::future::Either::Left(std::future::ready(Ok(res)))
+                        }
+                        None => {
+                            let fut = srv.call(req);
+                            futures_util::future::Either::Right(async move {
+                                fut.await.map(actix_web::dev::ServiceResponse::map_into_boxed_body)
+                            })
+                        }
+                    }
+                })
                 .wrap_fn(move |mut req, srv| {
                     routes::body_deadline::apply(&mut req, body_timeout);
                     // Method, path (never the query string: it may hold a token), status, latency.

@@ -1,6 +1,7 @@
 //! `/health` follows the database: 200 → 503 while it is unreachable → 200
 //! again, without restarting the server.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -53,4 +54,54 @@ async fn health_follows_the_database() {
         "200 once it is back"
     );
     assert_eq!(app.login("admin", "admin123", "K1").await.status(), 200);
+}
+
+/// With `db_queue_max` requests already waiting for a database connection, a
+/// new request is answered 503 at once with a jittered `Retry-After`
+/// (counted in `/metrics`); the waiting one is served once a connection
+/// frees up.
+#[tokio::test]
+async fn a_saturated_server_sheds_new_requests_at_once() {
+    let app = spawn_with(|c| {
+        c.db_pool_size = 1;
+        c.db_queue_max = 1;
+        c.db_timeout = Duration::from_secs(60);
+    })
+    .await;
+    app.add_client("A", 5).await;
+    let token = app.token("K1").await;
+    let held = app.state.pool.get().await.unwrap();
+    let waiting = tokio::spawn({
+        let (http, base, token) = (app.http.clone(), app.base.clone(), token.clone());
+        async move {
+            let res = http
+                .get(format!("{base}/api/sync/pull"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16()
+        }
+    });
+    let queued = eventually(Duration::from_secs(10), || async {
+        app.state.pool.status().waiting >= 1
+    })
+    .await;
+    assert!(queued, "the first pull waits for the connection");
+
+    let res = app.pull(&token).await;
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((5..=10).contains(&retry), "Retry-After {retry}");
+    assert_eq!(error_code(res, 503).await, "unavailable");
+    assert_eq!(
+        AtomicU64::load(&app.state.metrics.shed, Ordering::Relaxed),
+        1
+    );
+    assert!(!waiting.is_finished(), "the waiting pull still waits");
+    drop(held);
+    assert_eq!(waiting.await.unwrap(), 200, "and is served");
 }

@@ -1,0 +1,33 @@
+//! Load shedding. In a reconnect storm every kiosk calls at once; past the
+//! pool, requests queue for a database connection and, once the queue is
+//! long, all of them would wait `db_timeout_secs` and fail together. When
+//! `db_queue_max` requests already wait, a new one is answered 503 with a
+//! jittered `Retry-After` at once: the server keeps answering the ones it
+//! can, and the fleet comes back spread out. `/health` is never shed.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::dev::ServiceRequest;
+
+use crate::error::{ApiError, UNAVAILABLE_RETRY_SECS};
+use crate::state::AppState;
+
+/// The refusal for `req` when the server is saturated.
+pub fn refusal(req: &ServiceRequest, state: &AppState) -> Option<ApiError> {
+    let max = state.config.db_queue_max;
+    if max == 0 || req.path() == "/health" {
+        return None;
+    }
+    let waiting = state.pool.status().waiting;
+    if waiting < max {
+        return None;
+    }
+    state.metrics.shed.fetch_add(1, Ordering::Relaxed);
+    // Between one and two times the base wait: refused together, the
+    // kiosks do not all come back in the same second.
+    let jitter = state.rng.token_id().as_u128() % u128::from(UNAVAILABLE_RETRY_SECS + 1);
+    Some(ApiError::Busy {
+        why: format!("the server is saturated ({waiting} requests wait for the database)"),
+        retry_after_secs: UNAVAILABLE_RETRY_SECS + u64::try_from(jitter).unwrap_or(0),
+    })
+}
