@@ -3,11 +3,17 @@
 //! into PostgreSQL with batched SQL, on as many connections, as the raw
 //! ceiling. Prints copies/s, p50/p99 push latency and the ratio.
 //!
+//! A second ceiling is pgbench's: the same rows inserted and their client's
+//! quota charged, one transaction per batch, on the same schema and cluster
+//! (fleet shape only). `--fleet` is the issue's fleet-shaped run: 64
+//! kiosks, 100 clients, batches of 100.
+//!
 //! Options: `--kiosks N` (32), `--batches N` per kiosk (20), `--batch-size N` (100),
 //! `--clients N` (100), `--spread` (worst case: every copy of a batch for a
 //! different client, so that every push locks every quota row; by default a
-//! kiosk copies the badges of one client, the kiosk at that client's site). Needs `DATABASE_URL` (a superuser URL) and
-//! `PROPASS_SERVER_BIN` (set by xtask).
+//! kiosk copies the badges of one client, the kiosk at that client's site),
+//! `--fleet`. Needs `DATABASE_URL` (a superuser URL),
+//! `PROPASS_SERVER_BIN` and `PROPASS_PG_BIN` (set by xtask).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 use std::process::{Command, Stdio};
@@ -17,7 +23,9 @@ use diesel::sql_types::{Array, BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::Role;
 use propass_server::db;
-use propass_test_support::{free_port, percentile, ProcessGuard, TestDatabase};
+use propass_test_support::{
+    cpu_seconds, free_port, machine_busy_seconds, percentile, ProcessGuard, TestDatabase,
+};
 use serde_json::{json, Value};
 
 struct Opts {
@@ -41,6 +49,10 @@ fn parse_opts() -> Result<Opts, String> {
     while let Some(flag) = it.next() {
         if flag == "--spread" {
             o.spread = true;
+            continue;
+        }
+        if flag == "--fleet" {
+            (o.kiosks, o.clients, o.batch_size) = (64, 100, 100);
             continue;
         }
         let v: usize = it
@@ -129,13 +141,9 @@ async fn main() -> Result<(), String> {
     // --- the real server -------------------------------------------------
     let server_db = fresh_database(&base, "propass_bench_server").await?;
     let server_url = server_db.url().to_owned();
-    let client_ids = seed(
-        &server_url,
-        o.clients,
-        o.kiosks,
-        (total / o.clients) as i64 + 1,
-    )
-    .await?;
+    // Enough for any client to pay for every copy: no overdraft to flag
+    // (the ceilings flag none).
+    let client_ids = seed(&server_url, o.clients, o.kiosks, total as i64).await?;
     {
         let mut c = AsyncPgConnection::establish(&server_url)
             .await
@@ -160,9 +168,10 @@ async fn main() -> Result<(), String> {
                 (o.batch_size.max(5000)).to_string(),
             )
             .env("PROPASS_LOG", "warn")
-            // A benchmark pushes far more than a kiosk: no per-device limits.
-            .env("PROPASS_DEVICE_PUSHES_PER_MINUTE", "0")
-            .env("PROPASS_DEVICE_ITEMS_PER_DAY", "0")
+            // A benchmark pushes far more than a kiosk: limits too high to
+            // refuse, but counted as in production.
+            .env("PROPASS_DEVICE_PUSHES_PER_MINUTE", "1000000000")
+            .env("PROPASS_DEVICE_ITEMS_PER_DAY", "1000000000000")
             .stdin(Stdio::null()),
         &server_bin,
     )?;
@@ -201,6 +210,12 @@ async fn main() -> Result<(), String> {
         );
     }
 
+    let server_pid = server.child().id().to_string();
+    let cpu_before = (
+        cpu_seconds(&server_pid),
+        cpu_seconds("self"),
+        machine_busy_seconds(),
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (k, token) in tokens.into_iter().enumerate() {
@@ -239,6 +254,14 @@ async fn main() -> Result<(), String> {
         latencies.extend(t.await.map_err(|e| e.to_string())??);
     }
     let server_elapsed = started.elapsed();
+    // Cores used during the run: the server, this process (the kiosks), and
+    // the rest of the machine (PostgreSQL, mostly).
+    let cores = |before: Option<f64>, after: Option<f64>| {
+        Some((after? - before?) / server_elapsed.as_secs_f64())
+    };
+    let server_cores = cores(cpu_before.0, cpu_seconds(&server_pid));
+    let kiosk_cores = cores(cpu_before.1, cpu_seconds("self"));
+    let machine_cores = cores(cpu_before.2, machine_busy_seconds());
     server.terminate();
     latencies.sort();
     let server_rate = total as f64 / server_elapsed.as_secs_f64();
@@ -313,6 +336,13 @@ async fn main() -> Result<(), String> {
     let raw_elapsed = started.elapsed();
     let raw_rate = total as f64 / raw_elapsed.as_secs_f64();
 
+    drop(raw_db);
+    let pgbench_rate = if o.spread {
+        None
+    } else {
+        Some(pgbench(&base, &o, connections).await?)
+    };
+
     println!();
     println!(
         "server   {server_rate:>10.0} copies/s   ({total} copies in {:.2} s, {} pushes)",
@@ -324,8 +354,106 @@ async fn main() -> Result<(), String> {
         percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0
     );
+    if let (Some(s), Some(k), Some(m)) = (server_cores, kiosk_cores, machine_cores) {
+        println!(
+            "         cores used: server {s:.2}, simulated kiosks {k:.2}, the rest (PostgreSQL) {:.2}",
+            (m - s - k).max(0.0)
+        );
+    }
     println!("raw SQL  {raw_rate:>10.0} copies/s   (same rows, batched INSERT … ON CONFLICT, {connections} connections)");
     println!("ratio    {:.2} of the raw ceiling", server_rate / raw_rate);
+    match pgbench_rate {
+        Some(rate) => {
+            println!("pgbench  {rate:>10.0} copies/s   (same rows + their quota update, one transaction per batch, {connections} clients)");
+            println!("ratio    {:.2} of pgbench", server_rate / rate);
+        }
+        None => println!("pgbench  (fleet shape only: not run with --spread)"),
+    }
     println!("ledger   {in_ledger} copies, each exactly once");
     Ok(())
+}
+
+/// pgbench's rate on a fresh database with the schema: per transaction, one
+/// kiosk's batch of copies of its client inserted and that quota charged.
+async fn pgbench(base: &str, o: &Opts, connections: usize) -> Result<f64, String> {
+    let database = fresh_database(base, "propass_bench_pgbench").await?;
+    let url = database.url().to_owned();
+    seed(&url, o.clients, 0, 0).await?;
+    {
+        let mut c = AsyncPgConnection::establish(&url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let devices: Vec<String> = (0..o.kiosks).map(|k| format!("BENCH-{k}")).collect();
+        diesel::sql_query("INSERT INTO devices (device_id) SELECT unnest($1::text[])")
+            .bind::<Array<Text>, _>(&devices)
+            .execute(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // Client ids are 1..=clients in a fresh database; kiosk k serves client
+    // k % clients + 1, as in the server run, and each pgbench client plays
+    // its own kiosks (as each kiosk pushes one batch at a time there).
+    let script = format!(
+        "\\set k (:client_id + {connections} * random(0, {rounds})) % {kiosks}\n\
+         \\set c (:k % {clients}) + 1\n\
+         BEGIN;\n\
+         INSERT INTO copies (idempotency_key, device_id, local_id, client_id, uid, kind, occurred_at) \
+         SELECT 'pgb:' || txid_current() || ':' || g, 'BENCH-' || :k, txid_current() * 10000 + g, :c, \
+         '04' || lpad(to_hex(txid_current() * 10000 + g), 12, '0'), 'copy', now() FROM generate_series(1, {size}) g;\n\
+         UPDATE quotas SET used = used + {size}, version = version + 1 WHERE client_id = :c;\n\
+         END;\n",
+        rounds = o.kiosks.div_ceil(connections) - 1,
+        kiosks = o.kiosks,
+        clients = o.clients,
+        size = o.batch_size,
+    );
+    let path = std::env::temp_dir().join(format!("propass-bench-{}.pgbench", std::process::id()));
+    std::fs::write(&path, script).map_err(|e| e.to_string())?;
+    let bin = pgbench_bin();
+    let per_client = (o.kiosks * o.batches).div_ceil(connections);
+    let out = Command::new(&bin)
+        .args(["-n", "-j", "2", "-f"])
+        .arg(&path)
+        .args([
+            "-c",
+            &connections.to_string(),
+            "-t",
+            &per_client.to_string(),
+        ])
+        .arg(&url)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let tps: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or(format!("no tps in pgbench's output: {text}"))?;
+    Ok(tps * o.batch_size as f64)
+}
+
+/// pgbench beside the server binaries xtask found (which may be symlinks
+/// into the version's directory), else on PATH.
+fn pgbench_bin() -> std::path::PathBuf {
+    let Ok(dir) = std::env::var("PROPASS_PG_BIN") else {
+        return "pgbench".into();
+    };
+    let dir = std::path::Path::new(&dir);
+    let beside_initdb = std::fs::canonicalize(dir.join("initdb"))
+        .ok()
+        .and_then(|initdb| Some(initdb.parent()?.join("pgbench")));
+    [Some(dir.join("pgbench")), beside_initdb]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "pgbench".into())
 }

@@ -152,25 +152,48 @@ pub fn copy_frame(
     )
 }
 
-/// A push another instance took: its copies for the pushing device's
+/// Sends the pushes this instance took to the others, as they accumulate
+/// (see [`crate::announce`]), until the task is aborted. A notification
+/// that cannot be sent is lost (logged): events are hints.
+pub async fn announce_pushes(state: &AppState) {
+    loop {
+        let ranges = state.announcements.next().await;
+        let sent = async {
+            let mut conn = state.pool.get().await?;
+            for payload in crate::announce::encode(&state.instance, ranges) {
+                db::ledger_view::announce(&mut conn, &payload).await?;
+            }
+            Ok::<_, ApiError>(())
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(error = %e, "cannot announce pushes to the other instances");
+        }
+    }
+}
+
+/// Pushes another instance took: their copies for the pushing devices'
 /// sockets here and for dashboards, and the charged clients' quotas.
 async fn on_copies(state: &AppState, payload: &str) -> Result<(), ApiError> {
-    let mut parts = payload.split('|');
-    let (Some(instance), Some(device), Some(min), Some(max)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some((instance, ranges)) = crate::announce::decode(payload) else {
         return Ok(());
     };
-    let (Ok(device), Ok(min), Ok(max)) = (
-        DeviceId::parse(device),
-        min.parse::<i64>(),
-        max.parse::<i64>(),
-    ) else {
+    if instance == state.instance {
         return Ok(());
-    };
-    if instance == state.instance
-        || (!state.hub.is_connected(&device) && state.live.is_empty() && !state.hub.any_serving())
-    {
+    }
+    for r in ranges {
+        on_copy_range(state, r.device, r.min, r.max).await?;
+    }
+    Ok(())
+}
+
+/// One device's new copies with ids in `min..=max`.
+async fn on_copy_range(
+    state: &AppState,
+    device: DeviceId,
+    min: i64,
+    max: i64,
+) -> Result<(), ApiError> {
+    if !state.hub.is_connected(&device) && state.live.is_empty() && !state.hub.any_serving() {
         return Ok(());
     }
     let rows = {

@@ -16,13 +16,15 @@
 //! standing allows), [`ledger`] (the ledger's vocabulary
 //! and its store trait), [`db`] (PostgreSQL, by table, the login throttle
 //! included), [`auth`] (passwords, tokens, extractors), [`ws`] (the kiosks' hub), [`live`] (the
-//! dashboards' stream), [`metrics`] (counters and their text format),
+//! dashboards' stream), [`announce`] (pushes waiting to be announced to
+//! the other instances), [`metrics`] (counters and their text format),
 //! [`admin`] (operators' changes, each audited), [`state`] (what handlers
 //! share), [`changes`] (PostgreSQL notifications to hub and dashboards),
 //! [`push`] (the push use case), [`routes`] (HTTP handlers), [`startup`] (the [`startup::Application`] used by `main` and
 //! the tests) and [`cli`] (the operator commands).
 
 pub mod admin;
+pub mod announce;
 pub mod auth;
 pub mod changes;
 pub mod cli;

@@ -217,9 +217,12 @@ impl Application {
             let url = state.config.database_url.clone();
             crate::changes::listen_for_changes(url, &state).await
         });
+        let state = self.state.clone();
+        let announcer = tokio::spawn(async move { crate::changes::announce_pushes(&state).await });
         let metrics = self.metrics.map(|(_, server)| tokio::spawn(server));
         let result = self.server.await;
         listener.abort();
+        announcer.abort();
         if let Some(m) = metrics {
             m.abort();
         }

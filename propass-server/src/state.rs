@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use crate::announce::Announcements;
 use crate::auth::JwtKeys;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// This process among the instances sharing the database (it skips its
     /// own announcements).
     pub instance: String,
+    /// Pushes taken here, waiting to be announced to the other instances.
+    pub announcements: Announcements,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
             metrics: Metrics::default(),
             live: LiveFeed::new(config.admin_events_queue, config.admin_streams_max),
             instance,
+            announcements: Announcements::default(),
             config,
         }
     }

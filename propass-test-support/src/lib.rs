@@ -30,7 +30,7 @@ mod proxy;
 mod wait;
 
 pub use generated::{assert_generated, uncommented_assignments};
-pub use measure::{percentile, rss_kib};
+pub use measure::{cpu_seconds, machine_busy_seconds, percentile, rss_kib};
 pub use modgraph::{assert_no_module_cycle, find_cycle, module_graph, Graph};
 pub use net::free_port;
 pub use process::{terminate, ProcessGuard};

@@ -9,7 +9,8 @@
 //!   `--no-compat`, which says so loudly), then the Debian packages (`package --check`).
 //! - `cargo xtask e2e [ARGS…]`: the end-to-end tests only (also part of `test`).
 //! - `cargo xtask demo`: the server on 127.0.0.1:5000 with a demo admin and client, and an agent.
-//! - `cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N]`: push throughput.
+//! - `cargo xtask bench push [--fleet] [--kiosks N] [--batches N] [--batch-size N]`: push
+//!   throughput, against raw SQL and pgbench on the same cluster.
 //! - `cargo xtask bench agent [--ops N] [--history N] [--backlog N]`: agent recording rate
 //!   (fresh, and with a year of history) and backlog drain.
 //! - `cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]`: the dashboard's ledger
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
                  test [ARGS…]   run every test against a throwaway PostgreSQL (ARGS go to cargo test; --no-compat skips the seed client check)\n  \
                  e2e [ARGS…]    only the end-to-end tests (real server, real agents, real PostgreSQL)\n  \
                  demo           run the server on 127.0.0.1:5000 with a demo admin and client\n  \
-                 bench push     measure push throughput against the raw PostgreSQL ceiling\n  \
+                 bench push     measure push throughput against raw SQL and pgbench (--fleet: 64 kiosks, 100 clients)\n  \
                  bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
                  bench ledger   the dashboard's ledger pages, fleet list and CSV export on ten million copies\n  \
                  chaos          seeded faults against the real server and agents; invariants after every round\n  \
@@ -234,7 +235,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some("push") => ("propass-server", "bench_push"),
         Some("agent") => ("propass-agent", "bench_agent"),
         Some("ledger") => ("propass-server", "bench_ledger"),
-        _ => return Err("usage: cargo xtask bench push [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]\n       cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]".into()),
+        _ => return Err("usage: cargo xtask bench push [--fleet] [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]\n       cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]".into()),
     };
     run_example(package, example, &args[1..], "benchmark")
 }

@@ -1,13 +1,14 @@
 //! The ledger on PostgreSQL: the `copies` table and the charging of quotas.
 //!
 //! [`PgLedger::record_batch`] writes a whole push in ONE transaction with
-//! set-based statements, in named steps: note the device (refusing one that
-//! does not admit the push), insert the new operations of the clients it
-//! serves, resolve the others as duplicates or
+//! set-based statements, in named steps: read the device's standing under a
+//! share lock (refusing one that does not admit the push), insert the new
+//! operations of the clients it serves, resolve the others as duplicates or
 //! conflicts, charge the quotas in client-id order, flag overdrafts, read back
-//! the named quotas. Every row inserted is charged exactly once; a key already
-//! in the ledger is charged nothing. A deadlock or serialization failure
-//! reruns the whole transaction (up to [`MAX_ATTEMPTS`]).
+//! the named quotas, count the push against the device's limits. Every row
+//! inserted is charged exactly once; a key already in the ledger is charged
+//! nothing. A deadlock or serialization failure reruns the whole transaction
+//! (up to [`MAX_ATTEMPTS`]). The device's last contact is noted after COMMIT.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -64,7 +65,13 @@ impl LedgerStore for PgLedger<'_> {
                 }
                 Err(TxError::Refused(e)) => return Err(e),
                 Err(TxError::Db(e)) => return Err(e.into()),
-                Ok(outcome) => return Ok(outcome),
+                Ok(outcome) => {
+                    // After COMMIT: the row lock it takes is held an instant.
+                    if let Err(e) = devices::seen(self.conn, device, now).await {
+                        tracing::debug!(error = %e, %device, "cannot note the device's last contact");
+                    }
+                    return Ok(outcome);
+                }
             }
         }
     }
@@ -97,25 +104,22 @@ async fn record_batch_tx(
     now: DateTime<Utc>,
     limits: DeviceLimits,
 ) -> Result<BatchOutcome, TxError> {
-    // Inside the transaction, so a revocation racing the push wins.
-    let state = devices::touch(conn, device).await?;
+    // A share lock: a revocation waits for the pushes in flight (or, if it
+    // committed first, this push sees it and is refused), while pushes of
+    // one kiosk do not queue behind each other on the device row.
+    let state = devices::standing_for_push(conn, device).await?;
     admit(device, caller, state, Purpose::KioskCall).map_err(TxError::Refused)?;
-    let items_today = count_push(conn, device, now, limits).await?;
     let fresh = insert_new(conn, device, ops, now).await?;
-    count_items(conn, device, items_today, fresh.len(), now, limits).await?;
+    let new_rows = fresh.len();
     let mut outcomes = resolve(conn, device, ops, fresh).await?;
-    let rows = charge_quotas(conn, device, ops, &outcomes).await?;
+    let (rows, held) = charge_quotas(conn, device, ops, &outcomes).await?;
     flag_overdrafts(conn, ops, &mut outcomes, &rows).await?;
-    let named = read_named_quotas(conn, ops).await?;
-    let named_ids: Vec<i64> = named.iter().map(|q| q.client_id.get()).collect();
-    let mut leases: Vec<(i64, i64)> = leases::held(conn, device, Some(&named_ids))
-        .await?
-        .into_iter()
-        .collect();
-    leases.sort_unstable();
+    let (named, leases) = read_named(conn, device, ops, &rows, held).await?;
+    // Last: the device's usage row stays locked only from here to COMMIT.
+    count_usage(conn, device, new_rows, now, limits).await?;
     Ok(BatchOutcome {
         outcomes,
-        charged: rows.into_iter().filter_map(QuotaRow::into_update).collect(),
+        charged: rows.iter().filter_map(QuotaRow::update).collect(),
         named,
         leases,
     })
@@ -129,27 +133,30 @@ struct Usage {
     day_items: i64,
 }
 
-/// Counts this push in the device's minute (refusing it past the limit) and
-/// answers the new rows the device already added today. Rolled back with a
-/// refused push: a refusal counts nothing.
-async fn count_push(
+/// Counts this push in the device's minute and its new rows in the
+/// device's day, refusing the whole push past either limit: the
+/// transaction rolls back, so a refusal counts nothing and records nothing.
+async fn count_usage(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
+    new_rows: usize,
     now: DateTime<Utc>,
     limits: DeviceLimits,
-) -> Result<u64, TxError> {
+) -> Result<(), TxError> {
+    let new_rows = i64::try_from(new_rows).unwrap_or(i64::MAX);
     let usage: Usage = diesel::sql_query(
         "INSERT INTO device_usage AS u (device_id, minute_start, minute_pushes, day, day_items) \
-         VALUES ($1, date_trunc('minute', $2), 1, ($2 AT TIME ZONE 'UTC')::date, 0) \
+         VALUES ($1, date_trunc('minute', $2), 1, ($2 AT TIME ZONE 'UTC')::date, $3) \
          ON CONFLICT (device_id) DO UPDATE SET \
            minute_pushes = CASE WHEN u.minute_start = excluded.minute_start THEN u.minute_pushes + 1 ELSE 1 END, \
            minute_start = excluded.minute_start, \
-           day_items = CASE WHEN u.day = excluded.day THEN u.day_items ELSE 0 END, \
+           day_items = CASE WHEN u.day = excluded.day THEN u.day_items ELSE 0 END + excluded.day_items, \
            day = excluded.day \
          RETURNING minute_pushes, day_items",
     )
     .bind::<Text, _>(device.as_str())
     .bind::<Timestamptz, _>(now)
+    .bind::<BigInt, _>(new_rows)
     .get_result(conn)
     .await?;
     let pushes = u32::try_from(usage.minute_pushes).unwrap_or(u32::MAX);
@@ -163,24 +170,9 @@ async fn count_push(
             retry_after_secs: 60 - now.timestamp().rem_euclid(60).unsigned_abs(),
         }));
     }
-    Ok(u64::try_from(usage.day_items).unwrap_or(0))
-}
-
-/// Adds the push's new rows to the device's day, refusing the whole push
-/// (the transaction rolls back) when they pass the limit.
-async fn count_items(
-    conn: &mut AsyncPgConnection,
-    device: &DeviceId,
-    before: u64,
-    new_rows: usize,
-    now: DateTime<Utc>,
-    limits: DeviceLimits,
-) -> Result<(), TxError> {
-    if new_rows == 0 {
-        return Ok(());
-    }
-    let after = before.saturating_add(u64::try_from(new_rows).unwrap_or(u64::MAX));
-    if limits.items_per_day > 0 && after > limits.items_per_day {
+    let after = u64::try_from(usage.day_items).unwrap_or(0);
+    if new_rows > 0 && limits.items_per_day > 0 && after > limits.items_per_day {
+        let before = usage.day_items - new_rows;
         tracing::warn!(%device, limit = limits.items_per_day, today = before, pushed = new_rows, "device over its items-per-day limit: push refused; check the kiosk");
         return Err(TxError::Refused(ApiError::DeviceLimit {
             why: format!(
@@ -190,11 +182,6 @@ async fn count_items(
             retry_after_secs: 86_400 - now.timestamp().rem_euclid(86_400).unsigned_abs(),
         }));
     }
-    diesel::sql_query("UPDATE device_usage SET day_items = $2 WHERE device_id = $1")
-        .bind::<Text, _>(device.as_str())
-        .bind::<BigInt, _>(i64::try_from(after).unwrap_or(i64::MAX))
-        .execute(conn)
-        .await?;
     Ok(())
 }
 
@@ -415,7 +402,7 @@ struct QuotaRow {
 }
 
 impl QuotaRow {
-    fn into_update(self) -> Option<QuotaUpdated> {
+    fn update(&self) -> Option<QuotaUpdated> {
         Some(QuotaUpdated {
             client_id: ClientId::new(self.client_id).ok()?,
             remaining: self.remaining,
@@ -442,30 +429,31 @@ fn new_ops<'o, 'a>(
 
 /// Charges each client for its newly inserted copies, from the pushing
 /// device's lease first; answers the new remaining (the free units) of every
-/// charged client, by client id.
+/// charged client, by client id, and the device's leases of them after.
 async fn charge_quotas(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
     ops: &[NewOp<'_>],
     outcomes: &[Outcome],
-) -> diesel::QueryResult<Vec<QuotaRow>> {
+) -> diesel::QueryResult<(Vec<QuotaRow>, HashMap<i64, i64>)> {
     let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
     for (op, _) in new_ops(ops, outcomes) {
         *counts.entry(op.item.payload.client_id.get()).or_default() += 1;
     }
     if counts.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), HashMap::new()));
     }
     let (cids, ns): (Vec<i64>, Vec<i64>) = counts.into_iter().unzip();
     // Lock the quota rows in one global order (by id) so that concurrent
     // pushes and lease grants never deadlock and the leases read below stay
     // as read; the locks are held only from here to COMMIT.
     leases::lock_quotas(conn, &cids).await?;
-    let taken = leases::consume(conn, device, &cids, &ns).await?;
+    let consumed = leases::consume(conn, device, &cids, &ns).await?;
     let takes: Vec<i64> = cids
         .iter()
-        .map(|c| taken.get(c).copied().unwrap_or(0))
+        .map(|c| consumed.get(c).map_or(0, |l| l.taken))
         .collect();
+    let held = consumed.into_iter().map(|(c, l)| (c, l.left)).collect();
     let mut rows: Vec<QuotaRow> = diesel::sql_query(
         "UPDATE quotas AS q SET used = q.used + c.n, leased = q.leased - c.take, \
                 version = q.version + 1, updated_at = now() \
@@ -479,7 +467,7 @@ async fn charge_quotas(
     .load(conn)
     .await?;
     rows.sort_unstable_by_key(|r| r.client_id);
-    Ok(rows)
+    Ok((rows, held))
 }
 
 /// A copy is never refused for lack of quota (the card exists): the copies
@@ -535,14 +523,37 @@ async fn flag_overdrafts(
 
 /// The remaining of every client the batch names — duplicates included — so
 /// that a kiosk whose retry comes back all-duplicate still learns the truth
-/// in the same answer that marks its items synced.
-async fn read_named_quotas(
+/// in the same answer that marks its items synced — and the device's leases
+/// of them, by client id. When the batch charged every client it names (the
+/// usual push), the charge already read both.
+async fn read_named(
     conn: &mut AsyncPgConnection,
+    device: &DeviceId,
     ops: &[NewOp<'_>],
-) -> diesel::QueryResult<Vec<QuotaUpdated>> {
+    charged: &[QuotaRow],
+    held: HashMap<i64, i64>,
+) -> diesel::QueryResult<(Vec<QuotaUpdated>, Vec<(i64, i64)>)> {
     let mut named: Vec<i64> = ops.iter().map(|o| o.item.payload.client_id.get()).collect();
     named.sort_unstable();
     named.dedup();
+    let all_charged =
+        named.len() == charged.len() && named.iter().zip(charged).all(|(n, c)| *n == c.client_id);
+    let (quotas, held) = if all_charged {
+        (charged.iter().filter_map(QuotaRow::update).collect(), held)
+    } else {
+        let held = leases::held(conn, device, Some(&named)).await?;
+        (read_named_quotas(conn, &named).await?, held)
+    };
+    let mut leases: Vec<(i64, i64)> = held.into_iter().collect();
+    leases.sort_unstable();
+    Ok((quotas, leases))
+}
+
+/// The remaining of the clients `named` (sorted, without duplicates).
+async fn read_named_quotas(
+    conn: &mut AsyncPgConnection,
+    named: &[i64],
+) -> diesel::QueryResult<Vec<QuotaUpdated>> {
     if named.is_empty() {
         return Ok(Vec::new());
     }
@@ -550,8 +561,8 @@ async fn read_named_quotas(
         "SELECT client_id, total - used - leased AS remaining, version, 0::int8 AS covered FROM quotas \
          WHERE client_id = ANY($1) ORDER BY client_id",
     )
-    .bind::<Array<BigInt>, _>(&named)
+    .bind::<Array<BigInt>, _>(named)
     .load(conn)
     .await?;
-    Ok(rows.into_iter().filter_map(QuotaRow::into_update).collect())
+    Ok(rows.iter().filter_map(QuotaRow::update).collect())
 }

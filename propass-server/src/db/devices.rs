@@ -31,19 +31,39 @@ fn state_of((status, enrolled, token_epoch): (String, bool, i64)) -> QueryResult
     })
 }
 
-/// Notes a contact from a device; `None` when the device is unknown.
-pub async fn touch(
+/// A device's standing for a push, under a share lock held to COMMIT (see
+/// `copies`); `None` when the device is unknown.
+pub async fn standing_for_push(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
 ) -> QueryResult<Option<DeviceState>> {
-    diesel::update(devices::table.find(device.as_str()))
-        .set(devices::last_seen.eq(diesel::dsl::now))
-        .returning(STATE)
+    devices::table
+        .find(device.as_str())
+        .select(STATE)
+        .for_share()
         .get_result(conn)
         .await
         .optional()?
         .map(state_of)
         .transpose()
+}
+
+/// Notes a contact at `now`, unless one was noted in the last 10 seconds
+/// (a kiosk pushing hard does not rewrite its row every push).
+pub async fn seen(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE devices SET last_seen = $2 WHERE device_id = $1 \
+         AND last_seen < $2 - interval '10 seconds'",
+    )
+    .bind::<diesel::sql_types::Text, _>(device.as_str())
+    .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Notes a password login's device, creating it as pending on first sight:

@@ -133,38 +133,67 @@ pub async fn held(
 }
 
 #[derive(QueryableByName)]
-struct Taken {
+struct Consumed {
     #[diesel(sql_type = BigInt)]
     client_id: i64,
     #[diesel(sql_type = BigInt)]
     take: i64,
+    #[diesel(sql_type = BigInt)]
+    units: i64,
 }
 
-/// Consumes `device`'s leases for its newly recorded copies (`counts`:
-/// client → copies); answers the units each lease covered. The caller holds
-/// the quota rows' locks and moves `quotas.leased` by the same amounts.
+/// What a push did to one of the device's leases.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseUse {
+    /// Units the lease covered.
+    pub taken: i64,
+    /// Units left in it.
+    pub left: i64,
+}
+
+/// Consumes `device`'s leases for its newly recorded copies (`cids[i]`:
+/// `ns[i]` copies); answers, for every lease the device holds of those
+/// clients, the units it covered and the units left. The caller holds the
+/// quota rows' locks and moves `quotas.leased` by the same amounts.
 pub async fn consume(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
     cids: &[i64],
     ns: &[i64],
-) -> diesel::QueryResult<HashMap<i64, i64>> {
-    let taken: Vec<Taken> = diesel::sql_query(
+) -> diesel::QueryResult<HashMap<i64, LeaseUse>> {
+    // The outer SELECT reads the statement's snapshot (before the update):
+    // a lease the update changed is answered from its RETURNING.
+    let rows: Vec<Consumed> = diesel::sql_query(
         "WITH old AS ( \
            SELECT l.client_id, LEAST(l.units, c.n) AS take \
            FROM leases l JOIN unnest($2::int8[], $3::int8[]) AS c(client_id, n) ON c.client_id = l.client_id \
            WHERE l.device_id = $1 AND l.units > 0 \
+         ), used AS ( \
+           UPDATE leases l SET units = l.units - old.take, updated_at = now() \
+           FROM old WHERE l.device_id = $1 AND l.client_id = old.client_id \
+           RETURNING l.client_id, old.take, l.units \
          ) \
-         UPDATE leases l SET units = l.units - old.take, updated_at = now() \
-         FROM old WHERE l.device_id = $1 AND l.client_id = old.client_id \
-         RETURNING l.client_id, old.take",
+         SELECT l.client_id, coalesce(used.take, 0) AS take, coalesce(used.units, l.units) AS units \
+         FROM leases l LEFT JOIN used ON used.client_id = l.client_id \
+         WHERE l.device_id = $1 AND l.client_id = ANY($2)",
     )
     .bind::<Text, _>(device.as_str())
     .bind::<Array<BigInt>, _>(cids)
     .bind::<Array<BigInt>, _>(ns)
     .load(conn)
     .await?;
-    Ok(taken.into_iter().map(|t| (t.client_id, t.take)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.client_id,
+                LeaseUse {
+                    taken: r.take,
+                    left: r.units,
+                },
+            )
+        })
+        .collect())
 }
 
 #[derive(QueryableByName)]

@@ -195,21 +195,16 @@ pub fn csv_field(s: &str) -> String {
     format!("\"{}\"", defused.replace('"', "\"\""))
 }
 
-/// The NOTIFY channel announcing a push's new copies to the other server
-/// instances: `INSTANCE|DEVICE|MIN_ID|MAX_ID` (a push's new ledger ids lie
-/// in that range; the instance that took the push skips its own).
+/// The NOTIFY channel announcing pushes' new copies to the other server
+/// instances: JSON of the instance and, per device, the range its new ledger
+/// ids lie in (see `crate::announce`; the instance that took the pushes
+/// skips its own).
 pub const COPY_CHANNEL: &str = "propass_copies";
 
-/// Announces a push's new copies (ids `min..=max` of `device`) from `instance`.
-pub async fn announce(
-    conn: &mut AsyncPgConnection,
-    instance: &str,
-    device: &str,
-    min: i64,
-    max: i64,
-) -> QueryResult<()> {
+/// Sends one notification on [`COPY_CHANNEL`] (see `crate::announce`).
+pub async fn announce(conn: &mut AsyncPgConnection, payload: &str) -> QueryResult<()> {
     diesel::sql_query(format!("SELECT pg_notify('{COPY_CHANNEL}', $1)"))
-        .bind::<diesel::sql_types::Text, _>(format!("{instance}|{device}|{min}|{max}"))
+        .bind::<diesel::sql_types::Text, _>(payload)
         .execute(conn)
         .await
         .map(drop)

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
@@ -25,6 +27,10 @@ pub fn build_pool(database_url: &str, size: usize, timeout: Duration) -> PgPool 
     // its reason (`Application::build` refuses it before that).
     let target = Arc::new(PgTarget::parse(database_url));
     let mut config = ManagerConfig::default();
+    // No `SELECT 1` before every checkout (a round trip per request): a
+    // connection the server closed is known closed and replaced; one that
+    // died silently fails its first query, answered 503, and is dropped.
+    config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |_url| {
         let target = target.clone();
         Box::pin(async move {

@@ -89,15 +89,7 @@ async fn show_on_dashboards(state: &AppState, device: &DeviceId, done: &push::Pu
         .collect();
     let ids = copies.iter().map(|c| c.ledger_id);
     if let (Some(min), Some(max)) = (ids.clone().min(), ids.max()) {
-        let announced = async {
-            let mut conn = state.pool.get().await?;
-            db::ledger_view::announce(&mut conn, &state.instance, device.as_str(), min, max)
-                .await?;
-            Ok::<_, ApiError>(())
-        };
-        if let Err(e) = announced.await {
-            tracing::warn!(error = %e, "cannot announce a push to the other instances");
-        }
+        state.announcements.add(device, min, max);
     }
     if state.live.is_empty() {
         return;

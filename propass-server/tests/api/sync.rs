@@ -1,5 +1,7 @@
 //! Push and pull: exactly-once ledger, overdraft, partial failures, limits.
 
+use std::time::Duration;
+
 use propass_protocol::DeviceId;
 use propass_server::db;
 use serde_json::{json, Value};
@@ -440,4 +442,71 @@ async fn sync_answers_are_compressed_when_accepted() {
     // The test client accepts gzip and decodes it.
     let quotas = app.pull(&token).await.json::<Value>().await.unwrap();
     assert_eq!(quotas["quotas"].as_array().unwrap().len(), 50);
+}
+
+/// A kiosk's push does not wait for another of its pushes still in flight:
+/// the device row is only share-locked by a push. The first push is held up
+/// on its client's quota row (locked here); the second, for another client,
+/// completes meanwhile.
+#[tokio::test]
+async fn a_kiosks_pushes_do_not_queue_on_its_device_row() {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    let app = spawn_app().await;
+    let a = app.add_client("A", 10).await;
+    let b = app.add_client("B", 10).await;
+    let token = app.token("K1").await;
+
+    let mut blocker = app.db().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM quotas WHERE client_id = {a} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let (http, base, token) = (app.http.clone(), app.base.clone(), token.clone());
+        let body = batch("K1", vec![seed_item(1, a, "04AB12CD")]);
+        async move {
+            http.post(format!("{base}/api/sync/push"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let waiting = eventually(Duration::from_secs(10), || async {
+        diesel::sql_query(
+            "SELECT count(*)::int8 AS n FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE '%FROM quotas%FOR UPDATE%'",
+        )
+        .get_result::<N>(&mut app.db().await)
+        .await
+        .unwrap()
+        .n > 0
+    })
+    .await;
+    assert!(waiting, "the first push waits for client A's quota row");
+
+    let second = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.push_ok(&token, &batch("K1", vec![seed_item(2, b, "04AB12CE")])),
+    )
+    .await
+    .expect("the second push does not wait for the first");
+    assert_eq!(
+        second[0]["status"], "synced",
+        "the second push went through"
+    );
+    assert!(!first.is_finished(), "while the first still waits");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(app.ledger_count().await, 2);
 }
