@@ -15,6 +15,8 @@
 //!   (fresh, and with a year of history) and backlog drain.
 //! - `cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]`: the dashboard's ledger
 //!   pages (page 1 and 10,000), fleet list and CSV export on a bulk-loaded ledger, against psql.
+//! - `cargo xtask bench ws [--kiosks N] [--events N] [--broadcasts N]`: kiosk WebSockets on the
+//!   server (per-client events, one event to all) against a minimal actix-ws broadcaster.
 //! - `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server and agents at
 //!   emulated readers under seeded faults, the ledger's invariants checked after every round.
 //! - `cargo xtask package [--check]`: Debian packages of propass-server and propass-agent
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
                  bench push     measure push throughput against raw SQL and pgbench (--fleet: 64 kiosks, 100 clients)\n  \
                  bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
                  bench ledger   the dashboard's ledger pages, fleet list and CSV export on ten million copies\n  \
+                 bench ws       10,000 kiosk WebSockets: per-client and fleet-wide delivery against a minimal broadcaster\n  \
                  chaos          seeded faults against the real server and agents; invariants after every round\n  \
                  package        Debian packages of the server and the agent in target/debian (--check: verify them)\n  \
                  db             start a throwaway PostgreSQL and print its DATABASE_URL"
@@ -235,7 +238,8 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some("push") => ("propass-server", "bench_push"),
         Some("agent") => ("propass-agent", "bench_agent"),
         Some("ledger") => ("propass-server", "bench_ledger"),
-        _ => return Err("usage: cargo xtask bench push [--fleet] [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]\n       cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]".into()),
+        Some("ws") => ("propass-server", "bench_ws"),
+        _ => return Err("usage: cargo xtask bench push [--fleet] [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]\n       cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]\n       cargo xtask bench ws [--kiosks N] [--events N] [--broadcasts N]".into()),
     };
     run_example(package, example, &args[1..], "benchmark")
 }

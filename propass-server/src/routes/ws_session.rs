@@ -90,7 +90,7 @@ pub async fn upgrade(
         let reason = run_session(&state, &claims, session, stream, rx).await;
         state.hub.unregister(id);
         if !state.hub.is_connected(&claims.device_id) {
-            mark_socket(&state, &claims.device_id, false).await;
+            Box::pin(mark_socket(&state, &claims.device_id, false)).await;
         }
         tracing::info!(conn = id, device = %claims.device_id, reason, "websocket closed");
     });
@@ -240,20 +240,23 @@ async fn run_session(
         generation: state.hub.recheck_generation(),
     };
 
+    // The handlers are boxed: their database futures are large, and inline
+    // they would make every idle session's task that large (kilobytes per
+    // socket, times 10,000 sockets).
     let (why, close_reason) = loop {
         let step = tokio::select! {
             msg = stream.recv() => {
                 let Some(Ok(msg)) = msg else { break ("stream ended", None) };
                 last_heard = state.clock.instant();
-                on_inbound(state, claims, &mut session, msg, &mut limit, last_heard).await
+                Box::pin(on_inbound(state, claims, &mut session, msg, &mut limit, last_heard)).await
             }
             out = rx.recv() => match out {
-                Some(Delivery::Event(first)) => on_outbound(&mut session, first, &mut rx, cfg.ws_client_timeout).await,
+                Some(Delivery::Event(first)) => Box::pin(on_outbound(&mut session, first, &mut rx, cfg.ws_client_timeout)).await,
                 Some(notice @ (Delivery::Close(_) | Delivery::GoingAway)) => Err(ending(&notice)),
                 // The hub dropped us: our queue was full.
                 None => Err(close("too slow", CloseCode::Policy, "consumer too slow: outgoing queue full")),
             },
-            _ = heartbeat.tick() => on_heartbeat(state, claims, &mut session, last_heard, &mut standing).await,
+            _ = heartbeat.tick() => Box::pin(on_heartbeat(state, claims, &mut session, last_heard, &mut standing)).await,
         };
         if let Err(ending) = step {
             break ending;
