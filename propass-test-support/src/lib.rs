@@ -6,8 +6,8 @@
 //! answers after the upstream committed), [`eventually`] (wait on a
 //! condition with a deadline, never a bare sleep), [`ProcessGuard`] (a child
 //! stopped with SIGTERM, then SIGKILL, when dropped), [`free_port`],
-//! [`TempDir`], [`percentile`] and [`rss_kib`] (what benchmarks
-//! read), [`assert_generated`] (generated docs and files kept current), and [`module_graph`] with [`find_cycle`] (the check that a
+//! [`TempDir`], [`percentile`], [`rss_kib`] and [`cpu_seconds`] (what
+//! benchmarks read), [`haproxy_config`] (the shipped load balancer, runnable), [`assert_generated`] (generated docs and files kept current), and [`module_graph`] with [`find_cycle`] (the check that a
 //! crate's modules form no cycle).
 //!
 //! What it is **not**: a dependency of any shipped binary (only
@@ -16,6 +16,7 @@
 #![allow(clippy::disallowed_methods)] // the shell around real time and ids, for tests only
 
 mod generated;
+mod haproxy;
 mod measure;
 mod modgraph;
 mod net;
@@ -30,6 +31,7 @@ mod proxy;
 mod wait;
 
 pub use generated::{assert_generated, uncommented_assignments};
+pub use haproxy::haproxy_config;
 pub use measure::{cpu_seconds, machine_busy_seconds, percentile, rss_kib};
 pub use modgraph::{assert_no_module_cycle, find_cycle, module_graph, Graph};
 pub use net::free_port;

@@ -17,6 +17,9 @@
 //!   pages (page 1 and 10,000), fleet list and CSV export on a bulk-loaded ledger, against psql.
 //! - `cargo xtask bench ws [--kiosks N] [--events N] [--broadcasts N]`: kiosk WebSockets on the
 //!   server (per-client events, one event to all) against a minimal actix-ws broadcaster.
+//! - `cargo xtask bench fleet [--kiosks N] [--outage SECS] …`: two instances behind the shipped
+//!   haproxy config, simulated kiosks, both instances stopped for a minute: drain time, storm
+//!   p99 and errors, every copy in the ledger exactly once.
 //! - `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server and agents at
 //!   emulated readers under seeded faults, the ledger's invariants checked after every round.
 //! - `cargo xtask package [--check]`: Debian packages of propass-server and propass-agent
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
                  bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
                  bench ledger   the dashboard's ledger pages, fleet list and CSV export on ten million copies\n  \
                  bench ws       10,000 kiosk WebSockets: per-client and fleet-wide delivery against a minimal broadcaster\n  \
+                 bench fleet    two instances behind haproxy, thousands of kiosks, a one-minute outage: drain time, storm p99\n  \
                  chaos          seeded faults against the real server and agents; invariants after every round\n  \
                  package        Debian packages of the server and the agent in target/debian (--check: verify them)\n  \
                  db             start a throwaway PostgreSQL and print its DATABASE_URL"
@@ -239,7 +243,8 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some("agent") => ("propass-agent", "bench_agent"),
         Some("ledger") => ("propass-server", "bench_ledger"),
         Some("ws") => ("propass-server", "bench_ws"),
-        _ => return Err("usage: cargo xtask bench push [--fleet] [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]\n       cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]\n       cargo xtask bench ws [--kiosks N] [--events N] [--broadcasts N]".into()),
+        Some("fleet") => ("propass-server", "bench_fleet"),
+        _ => return Err("usage: cargo xtask bench push [--fleet] [--kiosks N] [--batches N] [--batch-size N] [--clients N] [--spread]\n       cargo xtask bench agent [--ops N] [--history N] [--backlog N]\n       cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]\n       cargo xtask bench ws [--kiosks N] [--events N] [--broadcasts N]\n       cargo xtask bench fleet [--kiosks N] [--clients N] [--every SECS] [--before SECS] [--outage SECS] [--reconnect-max-ms N]".into()),
     };
     run_example(package, example, &args[1..], "benchmark")
 }

@@ -212,34 +212,6 @@ async fn the_login_throttle_holds_across_instances() {
     stopper.stop().await;
 }
 
-/// deploy/haproxy.cfg with a plain-HTTP bind on `port` and `servers` as
-/// its backends: the shipped example, run.
-fn haproxy_config(port: u16, servers: &[String]) -> String {
-    let shipped = include_str!("../../../deploy/haproxy.cfg");
-    let mut out = String::new();
-    let mut servers_written = false;
-    for line in shipped.lines() {
-        let t = line.trim_start();
-        if t.starts_with("bind ") {
-            out.push_str(&format!("    bind 127.0.0.1:{port}\n"));
-        } else if t.starts_with("server ") {
-            if !servers_written {
-                for (i, s) in servers.iter().enumerate() {
-                    out.push_str(&format!(
-                        "    server propass{} {s} check inter 2s fall 2 rise 1\n",
-                        i + 1
-                    ));
-                }
-                servers_written = true;
-            }
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn the_shipped_haproxy_config_fronts_two_instances() {
     assert!(
@@ -261,7 +233,12 @@ async fn the_shipped_haproxy_config_fronts_two_instances() {
         format!("127.0.0.1:{}", app.port),
         other.trim_start_matches("http://").to_owned(),
     ];
-    std::fs::write(&cfg, haproxy_config(lb_port, &servers)).unwrap();
+    let shipped = include_str!("../../../deploy/haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        propass_test_support::haproxy_config(shipped, lb_port, &servers),
+    )
+    .unwrap();
     let _haproxy = propass_test_support::ProcessGuard::spawn(
         std::process::Command::new("haproxy")
             .arg("-db")
