@@ -1,13 +1,15 @@
-//! The pushes this instance took, waiting to be announced to the others
-//! (`propass_copies`). A NOTIFY costs a commit of its own, and PostgreSQL
-//! serializes notifying commits on one lock: one per push would cap the
-//! whole fleet's push rate. So pushes only note their new ledger ids here,
-//! merged per device, and one sender (`changes::announce_pushes`) sends
-//! whatever accumulated while its previous NOTIFY was in flight — under load,
-//! many pushes per notification; when idle, one right away. A leaf: the
-//! payload format and the pending set, no I/O.
+//! What this instance saw that the others' kiosks and dashboards must hear
+//! (`propass_copies`): the pushes it took (their new ledger ids, merged per
+//! device), and the kiosks whose socket opened or closed or whose heartbeat
+//! came in here (dashboards elsewhere refetch them). A NOTIFY costs a commit
+//! of its own, and PostgreSQL serializes notifying commits on one lock: one
+//! per push or heartbeat would cap the fleet. So requests only note what
+//! happened here, and one sender (`changes::announce`) sends whatever
+//! accumulated while its previous NOTIFY was in flight — under load, many
+//! events per notification; when idle, one right away. A leaf: the payload
+//! format and the pending set, no I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use propass_protocol::DeviceId;
@@ -26,43 +28,72 @@ pub struct Range {
     pub max: i64,
 }
 
-/// One notification: the instance that took the pushes, and their ranges.
+/// What accumulated: push ranges, and kiosks whose state changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub ranges: Vec<Range>,
+    pub devices: Vec<DeviceId>,
+}
+
+/// One notification: the instance that saw the events, and the events.
 #[derive(Debug, Serialize, Deserialize)]
 struct Payload {
     instance: String,
+    #[serde(default)]
     ranges: Vec<Range>,
+    #[serde(default)]
+    devices: Vec<DeviceId>,
 }
 
-/// Pushes not announced yet, one range per device.
+#[derive(Default)]
+struct Pending {
+    ranges: HashMap<DeviceId, (i64, i64)>,
+    devices: HashSet<DeviceId>,
+}
+
+/// Events not announced yet: one range per device, each kiosk once.
 #[derive(Default)]
 pub struct Announcements {
-    pending: Mutex<HashMap<DeviceId, (i64, i64)>>,
+    pending: Mutex<Pending>,
     wake: Notify,
 }
 
 impl Announcements {
-    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, (i64, i64)>> {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Notes a push's new ledger ids and wakes the sender.
     pub fn add(&self, device: &DeviceId, min: i64, max: i64) {
         self.lock()
+            .ranges
             .entry(device.clone())
             .and_modify(|r| *r = (r.0.min(min), r.1.max(max)))
             .or_insert((min, max));
         self.wake.notify_one();
     }
 
-    /// Waits for pushes to announce and takes them all.
-    pub async fn next(&self) -> Vec<Range> {
+    /// Notes that a kiosk's socket opened or closed, or its heartbeat came.
+    pub fn device_changed(&self, device: &DeviceId) {
+        self.lock().devices.insert(device.clone());
+        self.wake.notify_one();
+    }
+
+    /// Waits for events to announce and takes them all.
+    pub async fn next(&self) -> Batch {
         loop {
-            let taken: Vec<Range> = self
-                .lock()
-                .drain()
-                .map(|(device, (min, max))| Range { device, min, max })
-                .collect();
-            if !taken.is_empty() {
+            let taken = {
+                let mut p = self.lock();
+                Batch {
+                    ranges: p
+                        .ranges
+                        .drain()
+                        .map(|(device, (min, max))| Range { device, min, max })
+                        .collect(),
+                    devices: p.devices.drain().collect(),
+                }
+            };
+            if taken != Batch::default() {
                 return taken;
             }
             self.wake.notified().await;
@@ -70,41 +101,63 @@ impl Announcements {
     }
 }
 
-/// The notifications announcing `ranges` for `instance`, each under
+/// A device id's cost in a payload: escaped at most 6× per byte, plus room
+/// for two numbers and the punctuation.
+fn cost(device: &DeviceId) -> usize {
+    device.as_str().len() * 6 + 64
+}
+
+/// The notifications announcing `batch` for `instance`, each under
 /// PostgreSQL's payload limit.
-pub fn encode(instance: &str, ranges: Vec<Range>) -> Vec<String> {
+pub fn encode(instance: &str, batch: Batch) -> Vec<String> {
+    let budget = MAX_PAYLOAD - instance.len() - 64;
     let mut out = Vec::new();
-    let mut chunk: Vec<Range> = Vec::new();
+    let mut chunk = Batch::default();
     let mut size = 0;
-    for r in ranges {
-        // A range's JSON: its device (escaped at most 6×) and two numbers.
-        let cost = r.device.as_str().len() * 6 + 64;
-        if size + cost > MAX_PAYLOAD - instance.len() - 32 && !chunk.is_empty() {
-            out.extend(render(instance, std::mem::take(&mut chunk)));
-            size = 0;
+    let flush = |chunk: &mut Batch, size: &mut usize, out: &mut Vec<String>| {
+        if *chunk != Batch::default() {
+            out.extend(render(instance, std::mem::take(chunk)));
         }
-        size += cost;
-        chunk.push(r);
+        *size = 0;
+    };
+    for r in batch.ranges {
+        if size + cost(&r.device) > budget {
+            flush(&mut chunk, &mut size, &mut out);
+        }
+        size += cost(&r.device);
+        chunk.ranges.push(r);
     }
-    if !chunk.is_empty() {
-        out.extend(render(instance, chunk));
+    for d in batch.devices {
+        if size + cost(&d) > budget {
+            flush(&mut chunk, &mut size, &mut out);
+        }
+        size += cost(&d);
+        chunk.devices.push(d);
     }
+    flush(&mut chunk, &mut size, &mut out);
     out
 }
 
-fn render(instance: &str, ranges: Vec<Range>) -> Option<String> {
+fn render(instance: &str, batch: Batch) -> Option<String> {
     serde_json::to_string(&Payload {
         instance: instance.to_owned(),
-        ranges,
+        ranges: batch.ranges,
+        devices: batch.devices,
     })
     .ok()
 }
 
-/// The instance and ranges of a notification; `None` for one this version
+/// The instance and events of a notification; `None` for one this version
 /// cannot read (it is a hint: dropped).
-pub fn decode(payload: &str) -> Option<(String, Vec<Range>)> {
+pub fn decode(payload: &str) -> Option<(String, Batch)> {
     let p: Payload = serde_json::from_str(payload).ok()?;
-    Some((p.instance, p.ranges))
+    Some((
+        p.instance,
+        Batch {
+            ranges: p.ranges,
+            devices: p.devices,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -122,8 +175,14 @@ mod tests {
         a.add(&device("K1"), 10, 12);
         a.add(&device("K2"), 13, 13);
         a.add(&device("K1"), 14, 20);
-        let mut taken = a.next().await;
+        a.device_changed(&device("K3"));
+        a.device_changed(&device("K3"));
+        let Batch {
+            ranges: mut taken,
+            devices,
+        } = a.next().await;
         taken.sort_by(|x, y| x.device.as_str().cmp(y.device.as_str()));
+        assert_eq!(devices, [device("K3")], "each kiosk once");
         assert_eq!(
             taken,
             [
@@ -151,16 +210,26 @@ mod tests {
                 max: i + 1,
             })
             .collect();
-        let payloads = encode("inst", ranges.clone());
+        let devices: Vec<DeviceId> = (0..300)
+            .map(|i| device(&format!("\\{i}{}", "\"".repeat(60))))
+            .collect();
+        let payloads = encode(
+            "inst",
+            Batch {
+                ranges: ranges.clone(),
+                devices: devices.clone(),
+            },
+        );
         assert!(payloads.len() > 1);
-        let mut back = Vec::new();
+        let mut back = Batch::default();
         for p in &payloads {
             assert!(p.len() < 8000, "{} bytes", p.len());
-            let (instance, r) = decode(p).unwrap();
+            let (instance, b) = decode(p).unwrap();
             assert_eq!(instance, "inst");
-            back.extend(r);
+            back.ranges.extend(b.ranges);
+            back.devices.extend(b.devices);
         }
-        assert_eq!(back, ranges);
+        assert_eq!(back, Batch { ranges, devices });
         assert_eq!(decode("inst|K1|1|2"), None, "the old format is dropped");
     }
 }

@@ -1,8 +1,10 @@
 //! Changes made outside a request's own answer reach the live parts here: a
-//! dedicated PostgreSQL connection LISTENs on five channels — a push's new
-//! copies taken by another instance (`copy_completed` for the pushing
-//! device's sockets here, `quota_updated` for the kiosks serving the
-//! charged clients, and the copies and clients on dashboards);
+//! dedicated PostgreSQL connection LISTENs on five channels — what another
+//! instance saw: the new copies of its pushes (`copy_completed` for the
+//! pushing device's sockets here, `quota_updated` for the kiosks serving the
+//! charged clients, and the copies and clients on dashboards) and the kiosks
+//! whose socket opened or closed or whose heartbeat came there (dashboards
+//! refetch them);
 //! quota changes (top-ups, voids, leases) become `quota_updated` for the
 //! kiosks serving the client and a `client` event for dashboards; device
 //! changes (status, assignment) update the hub's client index or close the
@@ -86,7 +88,7 @@ async fn listen_once(database_url: &str, state: &AppState, first: bool) -> Resul
                 Ok(())
             }
             db::audit::AUDIT_CHANNEL => on_audit(state, &n.payload).await,
-            db::ledger_view::COPY_CHANNEL => on_copies(state, &n.payload).await,
+            db::ledger_view::COPY_CHANNEL => on_announcement(state, &n.payload).await,
             _ => Ok(()),
         };
         if let Err(e) = outcome {
@@ -152,15 +154,16 @@ pub fn copy_frame(
     )
 }
 
-/// Sends the pushes this instance took to the others, as they accumulate
-/// (see [`crate::announce`]), until the task is aborted. A notification
-/// that cannot be sent is lost (logged): events are hints.
-pub async fn announce_pushes(state: &AppState) {
+/// Sends what this instance saw (pushes, kiosks' sockets and heartbeats)
+/// to the others, as it accumulates (see [`crate::announce`]), until the
+/// task is aborted. A notification that cannot be sent is lost (logged):
+/// events are hints.
+pub async fn announce(state: &AppState) {
     loop {
-        let ranges = state.announcements.next().await;
+        let batch = state.announcements.next().await;
         let sent = async {
             let mut conn = state.pool.get().await?;
-            for payload in crate::announce::encode(&state.instance, ranges) {
+            for payload in crate::announce::encode(&state.instance, batch) {
                 db::ledger_view::announce(&mut conn, &payload).await?;
             }
             Ok::<_, ApiError>(())
@@ -171,16 +174,21 @@ pub async fn announce_pushes(state: &AppState) {
     }
 }
 
-/// Pushes another instance took: their copies for the pushing devices'
-/// sockets here and for dashboards, and the charged clients' quotas.
-async fn on_copies(state: &AppState, payload: &str) -> Result<(), ApiError> {
-    let Some((instance, ranges)) = crate::announce::decode(payload) else {
+/// What another instance saw: its pushes' copies for the pushing devices'
+/// sockets here and for dashboards, the charged clients' quotas, and the
+/// kiosks dashboards here should refetch (socket opened or closed there,
+/// heartbeat).
+async fn on_announcement(state: &AppState, payload: &str) -> Result<(), ApiError> {
+    let Some((instance, batch)) = crate::announce::decode(payload) else {
         return Ok(());
     };
     if instance == state.instance {
         return Ok(());
     }
-    for r in ranges {
+    for d in &batch.devices {
+        publish_device(state, d);
+    }
+    for r in batch.ranges {
         on_copy_range(state, r.device, r.min, r.max).await?;
     }
     Ok(())

@@ -218,7 +218,7 @@ impl Application {
             crate::changes::listen_for_changes(url, &state).await
         });
         let state = self.state.clone();
-        let announcer = tokio::spawn(async move { crate::changes::announce_pushes(&state).await });
+        let announcer = tokio::spawn(async move { crate::changes::announce(&state).await });
         let metrics = self.metrics.map(|(_, server)| tokio::spawn(server));
         let result = self.server.await;
         listener.abort();

@@ -195,10 +195,10 @@ pub fn csv_field(s: &str) -> String {
     format!("\"{}\"", defused.replace('"', "\"\""))
 }
 
-/// The NOTIFY channel announcing pushes' new copies to the other server
-/// instances: JSON of the instance and, per device, the range its new ledger
-/// ids lie in (see `crate::announce`; the instance that took the pushes
-/// skips its own).
+/// The NOTIFY channel announcing to the other server instances what one
+/// saw: JSON of the instance, per pushing device the range its new ledger
+/// ids lie in, and the kiosks whose socket or heartbeat changed (see
+/// `crate::announce`; the sending instance skips its own).
 pub const COPY_CHANNEL: &str = "propass_copies";
 
 /// Sends one notification on [`COPY_CHANNEL`] (see `crate::announce`).

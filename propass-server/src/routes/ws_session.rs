@@ -198,6 +198,7 @@ async fn mark_socket(state: &AppState, device: &propass_protocol::DeviceId, conn
         tracing::warn!(%device, error = %e, "socket state not stored");
     }
     crate::changes::publish_device(state, device);
+    state.announcements.device_changed(device);
 }
 
 /// Keeps a kiosk's heartbeat; a database that cannot take it costs the
@@ -218,6 +219,7 @@ pub async fn record_heartbeat(
         tracing::warn!(%device, error = %e, "heartbeat not stored");
     }
     crate::changes::publish_device(state, device);
+    state.announcements.device_changed(device);
     stored.is_ok()
 }
 

@@ -160,6 +160,9 @@ async fn a_push_on_one_instance_reaches_kiosks_and_dashboards_on_another() {
     let acme = app.add_client("ACME", 50).await;
     let k1 = app.token("K1").await;
     let k2 = app.token("K2").await;
+    // Registered before the other instance listens: the only news of K3
+    // it can get is K3's socket opening below.
+    let k3 = app.token("K3").await;
     let (other, stopper) = second_instance(&app).await;
 
     // K1 on the first instance; K2 and a dashboard on the other.
@@ -175,6 +178,12 @@ async fn a_push_on_one_instance_reaches_kiosks_and_dashboards_on_another() {
         acme,
     )
     .await;
+
+    // A kiosk coming online on the first instance is shown on the other's
+    // dashboard.
+    assert!(!dashboard.seen.contains("\"K3\""));
+    let _ws3 = app.ws("/ws", &k3, "K3").await;
+    dashboard.wait_for("\"device_id\":\"K3\"").await;
     stopper.stop().await;
 }
 
