@@ -210,13 +210,21 @@ impl Agent {
         }
     }
 
+    /// Notes the socket's state. A socket that went down wakes the sync
+    /// loop: it may have been sleeping the long live interval, and the
+    /// heartbeat goes over HTTP now.
     pub(crate) fn set_ws_connected(&self, up: bool) {
+        let mut dropped = false;
         self.update_link(|s| {
+            dropped = s.ws_connected && !up;
             s.ws_connected = up;
             if up {
                 s.online = true;
             }
         });
+        if dropped {
+            self.kick.notify_one();
+        }
     }
 
     /// Sends an event to local listeners (none listening is fine).

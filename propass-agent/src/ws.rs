@@ -179,6 +179,14 @@ async fn on_message(agent: &Agent, text: &str) {
                     client_id: local.client_id,
                     remaining: local.remaining,
                 }),
+                // A client this kiosk was just given: a pull tells the rest.
+                Err(crate::store::StoreError::UnknownClient(c)) => {
+                    tracing::info!(
+                        client = c.get(),
+                        "quota update for a client not known here: pulling"
+                    );
+                    agent.kick.notify_one();
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot apply quota update"),
             }
         }

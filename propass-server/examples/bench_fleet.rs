@@ -16,6 +16,9 @@
 //! haproxy on PATH.
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::VecDeque;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,15 +27,9 @@ use std::time::{Duration, Instant};
 
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use propass_protocol::DeviceId;
-use propass_server::auth::JwtKeys;
-use propass_server::db;
-use propass_test_support::{
-    free_port, haproxy_config, percentile, ProcessGuard, TempDir, TestDatabase,
-};
+use propass_test_support::{free_port, haproxy_config, percentile, ProcessGuard, TempDir};
 use serde_json::{json, Value};
 
-const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 const BATCH: usize = 100;
 
 struct Opts {
@@ -239,7 +236,7 @@ fn start_instances(
                 Command::new(server_bin)
                     .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
                     .env("DATABASE_URL", url)
-                    .env("PROPASS_JWT_SECRET", SECRET)
+                    .env("PROPASS_JWT_SECRET", common::SECRET)
                     .env("PROPASS_LOG", "error")
                     .env("PROPASS_DB_POOL_SIZE", "16")
                     .stdin(Stdio::null()),
@@ -247,24 +244,6 @@ fn start_instances(
             )
         })
         .collect()
-}
-
-async fn wait_for(http: &reqwest::Client, url: &str, within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    loop {
-        if http
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{url} did not answer"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The clients, and the kiosks enrolled and active, kiosk k serving client
@@ -333,14 +312,8 @@ async fn main() -> Result<(), String> {
         o.outage.as_secs()
     );
 
-    let database = TestDatabase::create_in(&base, "propass_bench_fleet").await?;
+    let database = common::fresh_database(&base, "propass_bench_fleet").await?;
     let url = database.url().to_owned();
-    {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || db::run_migrations(&url))
-            .await
-            .map_err(|e| e.to_string())??;
-    }
     seed(&url, o.clients, o.kiosks).await?;
 
     let ports = [free_port(), free_port()];
@@ -350,7 +323,7 @@ async fn main() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     for p in ports {
-        wait_for(
+        common::wait_ok(
             &http,
             &format!("http://127.0.0.1:{p}/health"),
             Duration::from_secs(60),
@@ -374,14 +347,9 @@ async fn main() -> Result<(), String> {
         "haproxy",
     )?;
     let lb = format!("http://127.0.0.1:{lb_port}");
-    wait_for(&http, &format!("{lb}/health"), Duration::from_secs(30)).await?;
+    common::wait_ok(&http, &format!("{lb}/health"), Duration::from_secs(30)).await?;
 
-    let keys = JwtKeys::new(
-        SECRET.as_bytes(),
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-        Duration::ZERO,
-    );
+    let tokens = common::device_tokens((0..o.kiosks).map(|k| format!("BF-{k}")))?;
     let shared = Arc::new(Shared {
         samples: Mutex::new(Vec::new()),
         recorded: AtomicU64::new(0),
@@ -390,11 +358,7 @@ async fn main() -> Result<(), String> {
         epoch: Instant::now(),
     });
     let mut kiosks = Vec::with_capacity(o.kiosks);
-    for k in 0..o.kiosks {
-        let d = DeviceId::parse(&format!("BF-{k}")).map_err(|e| e.to_string())?;
-        let (token, _) = keys
-            .issue_device(&d, 0, chrono::Utc::now(), uuid::Uuid::new_v4())
-            .map_err(|e| e.to_string())?;
+    for (k, token) in tokens.into_iter().enumerate() {
         kiosks.push(tokio::spawn(kiosk(
             k,
             token,

@@ -16,6 +16,9 @@
 //! `PROPASS_SERVER_BIN` and `PROPASS_PG_BIN` (set by xtask).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,16 +74,6 @@ fn parse_opts() -> Result<Opts, String> {
     Ok(o)
 }
 
-/// A fresh database with the schema, dropped when the benchmark ends.
-async fn fresh_database(base: &str, prefix: &str) -> Result<TestDatabase, String> {
-    let database = TestDatabase::create_in(base, prefix).await?;
-    let url = database.url().to_owned();
-    tokio::task::spawn_blocking(move || db::run_migrations(&url))
-        .await
-        .map_err(|e| e.to_string())??;
-    Ok(database)
-}
-
 /// The clients, and the kiosks registered ahead (active, serving every client).
 async fn seed(
     url: &str,
@@ -107,6 +100,28 @@ async fn seed(
             .map_err(|e| e.to_string())?;
     }
     Ok(ids)
+}
+
+/// A fresh database for a ceiling: the clients (ids 1..=clients), and the
+/// kiosks' device rows the ledger's foreign key needs.
+async fn ceiling_database(
+    base: &str,
+    prefix: &str,
+    o: &Opts,
+) -> Result<(TestDatabase, Vec<i64>), String> {
+    let database = common::fresh_database(base, prefix).await?;
+    let url = database.url().to_owned();
+    let clients = seed(&url, o.clients, 0, 0).await?;
+    let mut c = AsyncPgConnection::establish(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let devices: Vec<String> = (0..o.kiosks).map(|k| format!("BENCH-{k}")).collect();
+    diesel::sql_query("INSERT INTO devices (device_id) SELECT unnest($1::text[])")
+        .bind::<Array<Text>, _>(&devices)
+        .execute(&mut c)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((database, clients))
 }
 
 /// Which client pays for copy `i` of batch `b` of kiosk `k`.
@@ -139,7 +154,7 @@ async fn main() -> Result<(), String> {
     );
 
     // --- the real server -------------------------------------------------
-    let server_db = fresh_database(&base, "propass_bench_server").await?;
+    let server_db = common::fresh_database(&base, "propass_bench_server").await?;
     let server_url = server_db.url().to_owned();
     // Enough for any client to pay for every copy: no overdraft to flag
     // (the ceilings flag none).
@@ -158,10 +173,7 @@ async fn main() -> Result<(), String> {
         Command::new(&server_bin)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", &server_url)
-            .env(
-                "PROPASS_JWT_SECRET",
-                "bench-secret-bench-secret-bench-secret-0123",
-            )
+            .env("PROPASS_JWT_SECRET", common::SECRET)
             .env("PROPASS_DB_POOL_SIZE", connections.to_string())
             .env(
                 "PROPASS_MAX_BATCH_ITEMS",
@@ -284,20 +296,8 @@ async fn main() -> Result<(), String> {
     }
 
     // --- the raw ceiling: the same rows, batched SQL, straight in ---------
-    let raw_db = fresh_database(&base, "propass_bench_raw").await?;
+    let (raw_db, raw_clients) = ceiling_database(&base, "propass_bench_raw", &o).await?;
     let raw_url = raw_db.url().to_owned();
-    let raw_clients = seed(&raw_url, o.clients, 0, 0).await?;
-    {
-        let mut c = AsyncPgConnection::establish(&raw_url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let devices: Vec<String> = (0..o.kiosks).map(|k| format!("BENCH-{k}")).collect();
-        diesel::sql_query("INSERT INTO devices (device_id) SELECT unnest($1::text[])")
-            .bind::<Array<Text>, _>(&devices)
-            .execute(&mut c)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..connections {
@@ -376,20 +376,8 @@ async fn main() -> Result<(), String> {
 /// pgbench's rate on a fresh database with the schema: per transaction, one
 /// kiosk's batch of copies of its client inserted and that quota charged.
 async fn pgbench(base: &str, o: &Opts, connections: usize) -> Result<f64, String> {
-    let database = fresh_database(base, "propass_bench_pgbench").await?;
+    let (database, _) = ceiling_database(base, "propass_bench_pgbench", o).await?;
     let url = database.url().to_owned();
-    seed(&url, o.clients, 0, 0).await?;
-    {
-        let mut c = AsyncPgConnection::establish(&url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let devices: Vec<String> = (0..o.kiosks).map(|k| format!("BENCH-{k}")).collect();
-        diesel::sql_query("INSERT INTO devices (device_id) SELECT unnest($1::text[])")
-            .bind::<Array<Text>, _>(&devices)
-            .execute(&mut c)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
     // Client ids are 1..=clients in a fresh database; kiosk k serves client
     // k % clients + 1, as in the server run, and each pgbench client plays
     // its own kiosks (as each kiosk pushes one batch at a time there).

@@ -15,6 +15,9 @@
 //! limit is raised to its hard limit (each side holds N sockets).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,14 +25,10 @@ use std::time::{Duration, Instant};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
-use propass_protocol::DeviceId;
-use propass_server::auth::JwtKeys;
-use propass_server::db;
-use propass_test_support::{free_port, percentile, rss_kib, ProcessGuard, TestDatabase};
+use propass_test_support::{free_port, percentile, rss_kib, ProcessGuard};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 /// Kiosks per client for per-client events.
 const PER_CLIENT: usize = 10;
 
@@ -141,16 +140,6 @@ mod broadcaster {
             .await
         })
     }
-}
-
-/// A fresh database with the schema, dropped when the benchmark ends.
-async fn fresh_database(base: &str) -> Result<TestDatabase, String> {
-    let database = TestDatabase::create_in(base, "propass_bench_ws").await?;
-    let url = database.url().to_owned();
-    tokio::task::spawn_blocking(move || db::run_migrations(&url))
-        .await
-        .map_err(|e| e.to_string())??;
-    Ok(database)
 }
 
 fn device(k: usize) -> String {
@@ -301,24 +290,6 @@ async fn deliveries(
     Ok(out)
 }
 
-async fn wait_healthy(http: &reqwest::Client, base: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{base} did not start"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -381,7 +352,7 @@ async fn bench(o: Opts) -> Result<(), String> {
 }
 
 async fn run_server(o: &Opts, base: &str, server_bin: &str) -> Result<Run, String> {
-    let database = fresh_database(base).await?;
+    let database = common::fresh_database(base, "propass_bench_ws").await?;
     let url = database.url().to_owned();
     let everyone = seed(&url, o.kiosks).await?;
     let port = free_port();
@@ -389,7 +360,7 @@ async fn run_server(o: &Opts, base: &str, server_bin: &str) -> Result<Run, Strin
         Command::new(server_bin)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", &url)
-            .env("PROPASS_JWT_SECRET", SECRET)
+            .env("PROPASS_JWT_SECRET", common::SECRET)
             .env("PROPASS_LOG", "warn")
             .env("PROPASS_DEVICE_PUSHES_PER_MINUTE", "0")
             .stdin(Stdio::null()),
@@ -397,25 +368,15 @@ async fn run_server(o: &Opts, base: &str, server_bin: &str) -> Result<Run, Strin
     )?;
     let base_http = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    wait_healthy(&http, &base_http).await?;
+    common::wait_ok(
+        &http,
+        &format!("{base_http}/health"),
+        Duration::from_secs(30),
+    )
+    .await?;
     let pid = server.child().id();
 
-    // Own device tokens, signed with the server's secret.
-    let keys = JwtKeys::new(
-        SECRET.as_bytes(),
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-        Duration::ZERO,
-    );
-    let now = chrono::Utc::now();
-    let tokens: Vec<String> = (0..o.kiosks)
-        .map(|k| {
-            let d = DeviceId::parse(&device(k)).map_err(|e| e.to_string())?;
-            keys.issue_device(&d, 0, now, uuid::Uuid::new_v4())
-                .map(|(t, _)| t)
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<_, _>>()?;
+    let tokens = common::device_tokens((0..o.kiosks).map(device))?;
     let started = Instant::now();
     let tokens = &tokens;
     let (fleet, mut rx, bytes_per_conn) = open_fleet(o.kiosks, pid, |k| {

@@ -47,11 +47,14 @@ struct Payload {
 
 #[derive(Default)]
 struct Pending {
-    ranges: HashMap<DeviceId, (i64, i64)>,
+    /// Per device, disjoint ranges: only overlapping or adjacent ones merge
+    /// (ids between two of a device's pushes here may be its pushes taken by
+    /// another instance, which announces them itself).
+    ranges: HashMap<DeviceId, Vec<(i64, i64)>>,
     devices: HashSet<DeviceId>,
 }
 
-/// Events not announced yet: one range per device, each kiosk once.
+/// Events not announced yet: a device's ranges merged, each kiosk once.
 #[derive(Default)]
 pub struct Announcements {
     pending: Mutex<Pending>,
@@ -65,12 +68,29 @@ impl Announcements {
 
     /// Notes a push's new ledger ids and wakes the sender.
     pub fn add(&self, device: &DeviceId, min: i64, max: i64) {
-        self.lock()
-            .ranges
-            .entry(device.clone())
-            .and_modify(|r| *r = (r.0.min(min), r.1.max(max)))
-            .or_insert((min, max));
+        let mut p = self.lock();
+        let ranges = p.ranges.entry(device.clone()).or_default();
+        let (mut lo, mut hi) = (min, max);
+        ranges.retain(|&(a, b)| {
+            let touches = a <= hi.saturating_add(1) && lo <= b.saturating_add(1);
+            if touches {
+                (lo, hi) = (lo.min(a), hi.max(b));
+            }
+            !touches
+        });
+        ranges.push((lo, hi));
+        drop(p);
         self.wake.notify_one();
+    }
+
+    /// Puts back what could not be sent (the next batch carries it).
+    pub fn restore(&self, batch: Batch) {
+        for r in batch.ranges {
+            self.add(&r.device, r.min, r.max);
+        }
+        for d in batch.devices {
+            self.device_changed(&d);
+        }
     }
 
     /// Notes that a kiosk's socket opened or closed, or its heartbeat came.
@@ -88,7 +108,13 @@ impl Announcements {
                     ranges: p
                         .ranges
                         .drain()
-                        .map(|(device, (min, max))| Range { device, min, max })
+                        .flat_map(|(device, rs)| {
+                            rs.into_iter().map(move |(min, max)| Range {
+                                device: device.clone(),
+                                min,
+                                max,
+                            })
+                        })
                         .collect(),
                     devices: p.devices.drain().collect(),
                 }
@@ -170,11 +196,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pushes_of_one_device_merge_into_one_range() {
+    async fn a_devices_adjacent_pushes_merge_and_gaps_stay() {
         let a = Announcements::default();
         a.add(&device("K1"), 10, 12);
         a.add(&device("K2"), 13, 13);
-        a.add(&device("K1"), 14, 20);
+        a.add(&device("K1"), 13, 20);
+        a.add(&device("K1"), 30, 31);
         a.device_changed(&device("K3"));
         a.device_changed(&device("K3"));
         let Batch {
@@ -183,6 +210,7 @@ mod tests {
         } = a.next().await;
         taken.sort_by(|x, y| x.device.as_str().cmp(y.device.as_str()));
         assert_eq!(devices, [device("K3")], "each kiosk once");
+        taken.sort_by_key(|r| r.min);
         assert_eq!(
             taken,
             [
@@ -195,8 +223,14 @@ mod tests {
                     device: device("K2"),
                     min: 13,
                     max: 13
+                },
+                Range {
+                    device: device("K1"),
+                    min: 30,
+                    max: 31
                 }
-            ]
+            ],
+            "ids 21-29 may be K1's pushes on another instance: not claimed"
         );
     }
 

@@ -161,15 +161,26 @@ pub fn copy_frame(
 pub async fn announce(state: &AppState) {
     loop {
         let batch = state.announcements.next().await;
-        let sent = async {
+        let payloads = crate::announce::encode(&state.instance, batch);
+        let mut sent = 0;
+        let sending = async {
             let mut conn = state.pool.get().await?;
-            for payload in crate::announce::encode(&state.instance, batch) {
-                db::ledger_view::announce(&mut conn, &payload).await?;
+            for payload in &payloads {
+                db::ledger_view::announce(&mut conn, payload).await?;
+                sent += 1;
             }
             Ok::<_, ApiError>(())
         };
-        if let Err(e) = sent.await {
-            tracing::warn!(error = %e, "cannot announce pushes to the other instances");
+        if let Err(e) = sending.await {
+            // Put back for the next batch; the pause spares a database that
+            // is away a tight loop.
+            tracing::warn!(error = %e, "cannot announce to the other instances; retrying");
+            for p in &payloads[sent..] {
+                if let Some((_, b)) = crate::announce::decode(p) {
+                    state.announcements.restore(b);
+                }
+            }
+            tokio::time::sleep(RECONNECT_DELAY).await;
         }
     }
 }
@@ -189,7 +200,10 @@ async fn on_announcement(state: &AppState, payload: &str) -> Result<(), ApiError
         publish_device(state, d);
     }
     for r in batch.ranges {
-        on_copy_range(state, r.device, r.min, r.max).await?;
+        // One range that cannot be read does not lose the others.
+        if let Err(e) = on_copy_range(state, r.device, r.min, r.max).await {
+            tracing::warn!(error = %e, "cannot relay another instance's push");
+        }
     }
     Ok(())
 }

@@ -247,7 +247,7 @@ settings! {
     db_pool_size: usize = 16, env "PROPASS_DB_POOL_SIZE", flag "";
     /// How long to wait for a database connection (or `/health`'s query) before answering 503.
     db_timeout_secs: u64 = 5, env "PROPASS_DB_TIMEOUT_SECS", flag "";
-    /// Requests that may wait for a database connection at once: past it, a new request is answered 503 with `Retry-After` at once (load shedding in a reconnect storm) instead of every request waiting `db_timeout_secs`. `/health` is never shed. 0: no limit.
+    /// Requests that may wait for a database connection at once: past it, a new request is answered 503 with `Retry-After` at once (load shedding in a reconnect storm) instead of every request waiting `db_timeout_secs`. `/health`, the dashboard and the admin API are never shed. 0: no limit.
     db_queue_max: usize = 64, env "PROPASS_DB_QUEUE_MAX", flag "";
     /// HTTP worker threads; unset means one per CPU.
     workers: Option<usize> = None, env "PROPASS_WORKERS", flag "";

@@ -101,21 +101,28 @@ struct Horizon {
 /// pull does not see carries a transaction id at or above it and is listed
 /// next time. All of them when `since` is absent, ahead of the database (a
 /// restore, another cluster), or not newer than the device's last
-/// assignment change (a client taken away is not a row that changed).
+/// assignment change (a client taken away is not a row that changed). The
+/// device row is share-locked to COMMIT: an assignment (whose trigger
+/// updates it) cannot commit between this read and the clients'.
 pub async fn pull_version(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
     since: Option<i64>,
 ) -> QueryResult<(i64, Option<i64>)> {
-    let horizon: Horizon = diesel::sql_query(
+    let horizon: Option<Horizon> = diesel::sql_query(
         "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
                 pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax, \
-                coalesce((SELECT clients_changed_xid::text::bigint FROM devices WHERE device_id = $1), 0) \
-                  AS clients_changed",
+                clients_changed_xid::text::bigint AS clients_changed \
+         FROM devices WHERE device_id = $1 FOR SHARE",
     )
     .bind::<diesel::sql_types::Text, _>(device.as_str())
     .get_result(conn)
-    .await?;
+    .await
+    .optional()?;
+    // An unknown device serves nothing: version 0 asks everything next time.
+    let Some(horizon) = horizon else {
+        return Ok((0, None));
+    };
     let since = since.filter(|s| *s <= horizon.xmax && *s > horizon.clients_changed);
     Ok((horizon.xmin, since))
 }

@@ -107,8 +107,14 @@ async fn record_batch_tx(
     // A share lock: a revocation waits for the pushes in flight (or, if it
     // committed first, this push sees it and is refused), while pushes of
     // one kiosk do not queue behind each other on the device row.
-    let state = devices::standing_for_push(conn, device).await?;
+    let standing = devices::standing_for_push(conn, device, now).await?;
+    let (state, pushes) = standing.map_or((None, 0), |(s, p)| (Some(s), p));
     admit(device, caller, state, Purpose::KioskCall).map_err(TxError::Refused)?;
+    // A kiosk already at its limit is refused before any work; the count
+    // that decides is taken at the end (see `count_usage`).
+    if limits.pushes_per_minute > 0 && pushes >= limits.pushes_per_minute {
+        return Err(TxError::Refused(over_minute_limit(device, now, limits)));
+    }
     let fresh = insert_new(conn, device, ops, now).await?;
     let new_rows = fresh.len();
     let mut outcomes = resolve(conn, device, ops, fresh).await?;
@@ -131,6 +137,18 @@ struct Usage {
     minute_pushes: i32,
     #[diesel(sql_type = BigInt)]
     day_items: i64,
+}
+
+/// The refusal of a push past the device's pushes-per-minute limit.
+fn over_minute_limit(device: &DeviceId, now: DateTime<Utc>, limits: DeviceLimits) -> ApiError {
+    tracing::warn!(%device, limit = limits.pushes_per_minute, "device over its pushes-per-minute limit: push refused");
+    ApiError::DeviceLimit {
+        why: format!(
+            "device {device} made more than {} pushes this minute (device_pushes_per_minute)",
+            limits.pushes_per_minute
+        ),
+        retry_after_secs: 60 - now.timestamp().rem_euclid(60).unsigned_abs(),
+    }
 }
 
 /// Counts this push in the device's minute and its new rows in the
@@ -161,14 +179,7 @@ async fn count_usage(
     .await?;
     let pushes = u32::try_from(usage.minute_pushes).unwrap_or(u32::MAX);
     if limits.pushes_per_minute > 0 && pushes > limits.pushes_per_minute {
-        tracing::warn!(%device, limit = limits.pushes_per_minute, "device over its pushes-per-minute limit: push refused");
-        return Err(TxError::Refused(ApiError::DeviceLimit {
-            why: format!(
-                "device {device} made more than {} pushes this minute (device_pushes_per_minute)",
-                limits.pushes_per_minute
-            ),
-            retry_after_secs: 60 - now.timestamp().rem_euclid(60).unsigned_abs(),
-        }));
+        return Err(TxError::Refused(over_minute_limit(device, now, limits)));
     }
     let after = u64::try_from(usage.day_items).unwrap_or(0);
     if new_rows > 0 && limits.items_per_day > 0 && after > limits.items_per_day {

@@ -31,21 +31,43 @@ fn state_of((status, enrolled, token_epoch): (String, bool, i64)) -> QueryResult
     })
 }
 
+#[derive(diesel::QueryableByName)]
+struct PushStanding {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    enrolled: bool,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    token_epoch: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    pushes_this_minute: Option<i32>,
+}
+
 /// A device's standing for a push, under a share lock held to COMMIT (see
-/// `copies`); `None` when the device is unknown.
+/// `copies`), and the pushes it made in the clock minute of `now` so far
+/// (read without a lock: the count that refuses is taken at the end of the
+/// push); `None` when the device is unknown.
 pub async fn standing_for_push(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
-) -> QueryResult<Option<DeviceState>> {
-    devices::table
-        .find(device.as_str())
-        .select(STATE)
-        .for_share()
-        .get_result(conn)
-        .await
-        .optional()?
-        .map(state_of)
-        .transpose()
+    now: DateTime<Utc>,
+) -> QueryResult<Option<(DeviceState, u32)>> {
+    let row: Option<PushStanding> = diesel::sql_query(
+        "SELECT d.status, d.enrolled, d.token_epoch, \
+                (SELECT u.minute_pushes FROM device_usage u WHERE u.device_id = d.device_id \
+                   AND u.minute_start = date_trunc('minute', $2)) AS pushes_this_minute \
+         FROM devices d WHERE d.device_id = $1 FOR SHARE",
+    )
+    .bind::<diesel::sql_types::Text, _>(device.as_str())
+    .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .get_result(conn)
+    .await
+    .optional()?;
+    row.map(|r| {
+        let pushes = u32::try_from(r.pushes_this_minute.unwrap_or(0)).unwrap_or(0);
+        Ok((state_of((r.status, r.enrolled, r.token_epoch))?, pushes))
+    })
+    .transpose()
 }
 
 /// Notes a contact at `now`, unless one was noted in the last 10 seconds

@@ -6,14 +6,18 @@
 //! checked per key and window. Time is the database's, one clock for all
 //! instances.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{Array, BigInt, Double, Integer, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio::sync::Semaphore;
+
+use super::PgPool;
 
 /// What failures are counted against: the account tried, and the address
 /// trying (so that neither guessing one account from many addresses nor many
@@ -50,6 +54,9 @@ pub enum Refused {
     /// The database did not answer.
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
+    /// No database connection.
+    #[error(transparent)]
+    Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
 }
 
 impl From<Refused> for crate::error::ApiError {
@@ -57,14 +64,25 @@ impl From<Refused> for crate::error::ApiError {
         match e {
             Refused::Wait(retry_after_secs) => Self::RateLimited { retry_after_secs },
             Refused::Db(e) => e.into(),
+            Refused::Pool(e) => e.into(),
         }
     }
 }
 
 /// Failed logins per key within a window.
+///
+/// A flood must not cost the database: a key found over its limit is
+/// remembered here until its wait ends and refused from memory; at most
+/// [`Self::AT_ONCE`] attempts use a database connection at a time (the
+/// others wait in memory, not in the pool's queue, so they never crowd out
+/// pushes); and an attempt whose key another attempt is counting right now
+/// is refused at once (429, retry in a second) instead of waiting on it.
 pub struct LoginThrottle {
     max_failures: u32,
     window: Duration,
+    /// Keys over their limit, until when (this instance's view).
+    blocked: Mutex<HashMap<String, Instant>>,
+    at_once: Semaphore,
     /// When this instance last deleted every expired row (a spray of made-up
     /// usernames leaves rows no later attempt on their key would prune).
     last_sweep: Mutex<Option<Instant>>,
@@ -76,8 +94,16 @@ const LOCK_CLASS: i32 = 0x7072_7468; // "prth"
 
 #[derive(QueryableByName)]
 struct Over {
+    #[diesel(sql_type = Text)]
+    key: String,
     #[diesel(sql_type = Double)]
     wait: f64,
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
 }
 
 #[derive(QueryableByName)]
@@ -87,12 +113,43 @@ struct Id {
 }
 
 impl LoginThrottle {
+    /// Attempts using a database connection at once.
+    pub const AT_ONCE: usize = 4;
+    /// Blocked keys remembered before expired ones are dropped.
+    const MAX_BLOCKED: usize = 100_000;
+
     /// A throttle allowing `max_failures` per key within `window`.
     pub fn new(max_failures: u32, window: Duration) -> Self {
         Self {
             max_failures,
             window,
+            blocked: Mutex::new(HashMap::new()),
+            at_once: Semaphore::new(Self::AT_ONCE),
             last_sweep: Mutex::new(None),
+        }
+    }
+
+    fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The wait of a key known blocked, from memory.
+    fn known_wait(&self, keys: &[String], now: Instant) -> Option<u64> {
+        let blocked = self.blocked();
+        keys.iter()
+            .filter_map(|k| blocked.get(k))
+            .filter_map(|until| until.checked_duration_since(now))
+            .max()
+            .map(|d| d.as_secs().max(1))
+    }
+
+    fn remember_blocked(&self, over: &[Over], now: Instant) {
+        let mut blocked = self.blocked();
+        if blocked.len() >= Self::MAX_BLOCKED {
+            blocked.retain(|_, until| *until > now);
+        }
+        for o in over {
+            blocked.insert(o.key.clone(), now + Duration::from_secs(seconds(o.wait)));
         }
     }
 
@@ -105,7 +162,7 @@ impl LoginThrottle {
     /// until [`Self::succeeded`] or [`Self::forgive`] forgives it.
     pub async fn begin(
         &self,
-        conn: &mut AsyncPgConnection,
+        pool: &PgPool,
         keys: &[ThrottleKey],
         now: Instant,
     ) -> Result<Attempt, Refused> {
@@ -113,28 +170,39 @@ impl LoginThrottle {
         // Locks taken in one order: two attempts sharing keys never deadlock.
         keys.sort_unstable();
         keys.dedup();
+        if let Some(wait) = self.known_wait(&keys, now) {
+            return Err(Refused::Wait(wait));
+        }
+        let _slot = self.at_once.acquire().await.map_err(|_| Refused::Wait(1))?;
+        let mut conn = pool.get().await?;
         let (max, window) = (i64::from(self.max_failures), self.window_secs());
-        let attempt = conn
+        let counted = conn
             .transaction(async |conn| {
                 for key in &keys {
                     // Serializes the check and the count per key, across
-                    // instances: no attempt slips between them.
-                    diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                        .bind::<Integer, _>(LOCK_CLASS)
-                        .bind::<Text, _>(key)
-                        .execute(conn)
-                        .await?;
+                    // instances: no attempt slips between them. Taken or
+                    // refused, never waited for while holding a connection.
+                    let got: Locked = diesel::sql_query(
+                        "SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS locked",
+                    )
+                    .bind::<Integer, _>(LOCK_CLASS)
+                    .bind::<Text, _>(key)
+                    .get_result(conn)
+                    .await?;
+                    if !got.locked {
+                        return Ok(Err(1));
+                    }
                 }
                 diesel::sql_query(
                     "DELETE FROM login_attempts WHERE key = ANY($1) \
-                     AND at <= now() - make_interval(secs => $2)",
+                     AND at <= statement_timestamp() - make_interval(secs => $2)",
                 )
                 .bind::<Array<Text>, _>(&keys)
                 .bind::<Double, _>(window)
                 .execute(conn)
                 .await?;
                 let over: Vec<Over> = diesel::sql_query(
-                    "SELECT EXTRACT(EPOCH FROM min(at) + make_interval(secs => $2) - now())::float8 AS wait \
+                    "SELECT key, EXTRACT(EPOCH FROM min(at) + make_interval(secs => $2) - statement_timestamp())::float8 AS wait \
                      FROM login_attempts WHERE key = ANY($1) GROUP BY key HAVING count(*) >= $3",
                 )
                 .bind::<Array<Text>, _>(&keys)
@@ -142,23 +210,25 @@ impl LoginThrottle {
                 .bind::<BigInt, _>(max)
                 .load(conn)
                 .await?;
-                if let Some(wait) = over.iter().map(|o| o.wait).reduce(f64::max) {
-                    return Err(Refused::Wait(seconds(wait)));
+                if !over.is_empty() {
+                    self.remember_blocked(&over, now);
+                    let wait = over.iter().map(|o| o.wait).fold(0.0, f64::max);
+                    return Ok(Err(seconds(wait)));
                 }
                 let ids: Vec<Id> = diesel::sql_query(
-                    "INSERT INTO login_attempts (key, at) SELECT k, now() FROM unnest($1::text[]) k \
-                     RETURNING id",
+                    "INSERT INTO login_attempts (key, at) \
+                     SELECT k, statement_timestamp() FROM unnest($1::text[]) k RETURNING id",
                 )
                 .bind::<Array<Text>, _>(&keys)
                 .load(conn)
                 .await?;
-                Ok(Attempt {
+                Ok::<_, diesel::result::Error>(Ok(Attempt {
                     ids: ids.into_iter().map(|i| i.id).collect(),
-                })
+                }))
             })
             .await?;
-        self.sweep(conn, now).await;
-        Ok(attempt)
+        self.sweep(&mut conn, now).await;
+        counted.map_err(Refused::Wait)
     }
 
     /// Deletes every expired row, at most once per window and instance; a
@@ -172,7 +242,7 @@ impl LoginThrottle {
             *last = Some(now);
         }
         let swept = diesel::sql_query(
-            "DELETE FROM login_attempts WHERE at <= now() - make_interval(secs => $1)",
+            "DELETE FROM login_attempts WHERE at <= statement_timestamp() - make_interval(secs => $1)",
         )
         .bind::<Double, _>(self.window_secs())
         .execute(conn)
@@ -183,33 +253,41 @@ impl LoginThrottle {
     }
 
     /// The attempt succeeded: it is forgiven on every key, and the
-    /// account's failures are forgotten.
-    pub async fn succeeded(
-        &self,
-        conn: &mut AsyncPgConnection,
-        attempt: Attempt,
-        user: &ThrottleKey,
-    ) -> diesel::QueryResult<()> {
-        diesel::sql_query("DELETE FROM login_attempts WHERE id = ANY($1) OR key = $2")
-            .bind::<Array<BigInt>, _>(&attempt.ids)
-            .bind::<Text, _>(user.to_string())
-            .execute(conn)
-            .await?;
-        Ok(())
+    /// account's failures are forgotten. Best effort: a database that
+    /// cannot take it leaves the attempt counted (logged), and the login
+    /// stands.
+    pub async fn succeeded(&self, pool: &PgPool, attempt: Attempt, user: &ThrottleKey) {
+        let user = user.to_string();
+        self.blocked().remove(&user);
+        let forgiven = async {
+            let mut conn = pool.get().await?;
+            diesel::sql_query("DELETE FROM login_attempts WHERE id = ANY($1) OR key = $2")
+                .bind::<Array<BigInt>, _>(&attempt.ids)
+                .bind::<Text, _>(&user)
+                .execute(&mut conn)
+                .await?;
+            Ok::<_, Refused>(())
+        };
+        if let Err(e) = forgiven.await {
+            tracing::warn!(error = %e, "cannot forgive a successful login in the throttle");
+        }
     }
 
     /// The attempt succeeded (an enrollment, a device refresh): it is
-    /// forgiven on every key; earlier failures stay counted.
-    pub async fn forgive(
-        &self,
-        conn: &mut AsyncPgConnection,
-        attempt: Attempt,
-    ) -> diesel::QueryResult<()> {
-        diesel::sql_query("DELETE FROM login_attempts WHERE id = ANY($1)")
-            .bind::<Array<BigInt>, _>(&attempt.ids)
-            .execute(conn)
-            .await?;
-        Ok(())
+    /// forgiven on every key; earlier failures stay counted. Best effort,
+    /// as [`Self::succeeded`].
+    pub async fn forgive(&self, pool: &PgPool, attempt: Attempt) {
+        let forgiven = async {
+            let mut conn = pool.get().await?;
+            diesel::sql_query("DELETE FROM login_attempts WHERE id = ANY($1)")
+                .bind::<Array<BigInt>, _>(&attempt.ids)
+                .execute(&mut conn)
+                .await?;
+            Ok::<_, Refused>(())
+        };
+        if let Err(e) = forgiven.await {
+            tracing::warn!(error = %e, "cannot forgive a successful attempt in the throttle");
+        }
     }
 }
 

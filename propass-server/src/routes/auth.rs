@@ -88,13 +88,13 @@ pub(super) async fn check_credentials(
     }
     // Counted before the password is checked: concurrent attempts cannot
     // race past the limit.
-    let (attempt, user) = {
+    let attempt = state
+        .throttle
+        .begin(&state.pool, &keys, state.clock.instant())
+        .await?;
+    let user = {
         let mut conn = state.pool.get().await?;
-        let attempt = state
-            .throttle
-            .begin(&mut conn, &keys, state.clock.instant())
-            .await?;
-        (attempt, db::users::find(&mut conn, &username).await?)
+        db::users::find(&mut conn, &username).await?
     };
     let hash = match &user {
         Some(u) => u.password_hash.clone(),
@@ -114,11 +114,10 @@ pub(super) async fn check_credentials(
         .map_err(|e| ApiError::Internal(format!("password check failed: {e}")))?;
     match user.filter(|_| ok) {
         Some(user) => {
-            let mut conn = state.pool.get().await?;
             state
                 .throttle
-                .succeeded(&mut conn, attempt, &user_key)
-                .await?;
+                .succeeded(&state.pool, attempt, &user_key)
+                .await;
             Ok(user)
         }
         None => {

@@ -26,25 +26,18 @@ async fn begin(req: &HttpRequest, state: &AppState) -> ApiResult<Option<Attempt>
     let Some(ip) = client_ip(req, &state.config.trusted_proxies) else {
         return Ok(None);
     };
-    let mut conn = state.pool.get().await?;
     Ok(Some(
         state
             .throttle
-            .begin(&mut conn, &[ThrottleKey::Ip(ip)], state.clock.instant())
+            .begin(&state.pool, &[ThrottleKey::Ip(ip)], state.clock.instant())
             .await?,
     ))
 }
 
-/// Forgives a successful attempt; a failure leaves it counted (logged).
+/// Forgives a successful attempt (best effort).
 async fn forgive(state: &AppState, attempt: Option<Attempt>) {
-    let Some(a) = attempt else { return };
-    let forgiven = async {
-        let mut conn = state.pool.get().await?;
-        state.throttle.forgive(&mut conn, a).await?;
-        Ok::<_, ApiError>(())
-    };
-    if let Err(e) = forgiven.await {
-        tracing::warn!(error = %e, "cannot forgive a successful attempt in the login throttle");
+    if let Some(a) = attempt {
+        state.throttle.forgive(&state.pool, a).await;
     }
 }
 

@@ -3,7 +3,9 @@
 //! long, all of them would wait `db_timeout_secs` and fail together. When
 //! `db_queue_max` requests already wait, a new one is answered 503 with a
 //! jittered `Retry-After` at once: the server keeps answering the ones it
-//! can, and the fleet comes back spread out. `/health` is never shed.
+//! can, and the fleet comes back spread out. Never shed: `/health`, and the
+//! operators' dashboard and admin API — the people handling the incident
+//! must get in (they are few; their requests wait their turn).
 
 use std::sync::atomic::Ordering;
 
@@ -15,7 +17,13 @@ use crate::state::AppState;
 /// The refusal for `req` when the server is saturated.
 pub fn refusal(req: &ServiceRequest, state: &AppState) -> Option<ApiError> {
     let max = state.config.db_queue_max;
-    if max == 0 || req.path() == "/health" {
+    let path = req.path();
+    if max == 0
+        || path == "/health"
+        || path == "/admin"
+        || path.starts_with("/admin/")
+        || path.starts_with("/api/admin")
+    {
         return None;
     }
     let waiting = state.pool.status().waiting;

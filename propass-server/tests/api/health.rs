@@ -58,8 +58,8 @@ async fn health_follows_the_database() {
 
 /// With `db_queue_max` requests already waiting for a database connection, a
 /// new request is answered 503 at once with a jittered `Retry-After`
-/// (counted in `/metrics`); the waiting one is served once a connection
-/// frees up.
+/// (counted in `/metrics`), while the operators' dashboard is never shed;
+/// the waiting one is served once a connection frees up.
 #[tokio::test]
 async fn a_saturated_server_sheds_new_requests_at_once() {
     let app = spawn_with(|c| {
@@ -101,6 +101,13 @@ async fn a_saturated_server_sheds_new_requests_at_once() {
         AtomicU64::load(&app.state.metrics.shed, Ordering::Relaxed),
         1
     );
+    let page = app
+        .http
+        .get(format!("{}/admin", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "operators still get their dashboard");
     assert!(!waiting.is_finished(), "the waiting pull still waits");
     drop(held);
     assert_eq!(waiting.await.unwrap(), 200, "and is served");
