@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod leases;
 pub mod ledger_view;
 pub mod pool;
+pub mod prepared;
 pub mod schema;
 pub mod sessions;
 pub mod throttle;

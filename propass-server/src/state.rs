@@ -23,6 +23,39 @@ use crate::ws::Hub;
 /// server, while queued logins still complete within a second or two.
 pub const PASSWORD_CHECKS: usize = 4;
 
+/// When this instance last noted each kiosk's contact in PostgreSQL: a
+/// kiosk pushing hard costs its row one write per [`Contacts::EVERY`], not
+/// one per push.
+#[derive(Default)]
+pub struct Contacts {
+    last:
+        std::sync::Mutex<std::collections::HashMap<propass_protocol::DeviceId, std::time::Instant>>,
+}
+
+impl Contacts {
+    /// How stale a noted contact may get.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Devices remembered before stale entries are dropped.
+    const MAX: usize = 100_000;
+
+    /// Whether `device`'s contact at `now` should be written (and, if so,
+    /// counts it as written).
+    pub fn due(&self, device: &propass_protocol::DeviceId, now: std::time::Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last
+            .get(device)
+            .is_some_and(|t| now.saturating_duration_since(*t) < Self::EVERY)
+        {
+            return false;
+        }
+        if last.len() >= Self::MAX {
+            last.retain(|_, t| now.saturating_duration_since(*t) < Self::EVERY);
+        }
+        last.insert(device.clone(), now);
+        true
+    }
+}
+
 /// The shared state of one server.
 pub struct AppState {
     pub config: Config,
@@ -47,6 +80,8 @@ pub struct AppState {
     pub instance: String,
     /// Pushes taken here, waiting to be announced to the other instances.
     pub announcements: Announcements,
+    /// Kiosks' last contacts noted by this instance.
+    pub contacts: Contacts,
 }
 
 impl AppState {
@@ -75,6 +110,7 @@ impl AppState {
             live: LiveFeed::new(config.admin_events_queue, config.admin_streams_max),
             instance,
             announcements: Announcements::default(),
+            contacts: Contacts::default(),
             config,
         }
     }

@@ -4,6 +4,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{ClientId, DeviceId};
 
+use super::prepared::Prepare;
 use super::schema::{clients, device_clients, quotas};
 
 /// The NOTIFY channel announcing quota changes made outside a push (operator
@@ -116,6 +117,7 @@ pub async fn pull_version(
          FROM devices WHERE device_id = $1 FOR SHARE",
     )
     .bind::<diesel::sql_types::Text, _>(device.as_str())
+    .prepared()
     .get_result(conn)
     .await
     .optional()?;

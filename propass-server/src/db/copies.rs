@@ -18,6 +18,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{ClientId, DeviceId, QuotaUpdated};
 
+use super::prepared::Prepare;
 use super::{devices, leases};
 use crate::device::{admit, Caller, Purpose};
 use crate::error::ApiError;
@@ -39,6 +40,9 @@ pub struct DeviceLimits {
 pub struct PgLedger<'c> {
     pub conn: &'c mut AsyncPgConnection,
     pub limits: DeviceLimits,
+    /// Note the device's last contact after COMMIT (the caller skips it
+    /// when it noted one moments ago).
+    pub note_contact: bool,
 }
 
 impl LedgerStore for PgLedger<'_> {
@@ -67,6 +71,9 @@ impl LedgerStore for PgLedger<'_> {
                 Err(TxError::Db(e)) => return Err(e.into()),
                 Ok(outcome) => {
                     // After COMMIT: the row lock it takes is held an instant.
+                    if !self.note_contact {
+                        return Ok(outcome);
+                    }
                     if let Err(e) = devices::seen(self.conn, device, now).await {
                         tracing::debug!(error = %e, %device, "cannot note the device's last contact");
                     }
@@ -107,15 +114,20 @@ async fn record_batch_tx(
     // A share lock: a revocation waits for the pushes in flight (or, if it
     // committed first, this push sees it and is refused), while pushes of
     // one kiosk do not queue behind each other on the device row.
-    let standing = devices::standing_for_push(conn, device, now).await?;
+    // Pipelined (sent together; the order they run in does not matter: a
+    // refusal rolls the insert back). A kiosk already at its limit is
+    // refused before it locks anything others need; the count that decides
+    // is taken at the end (see `count_usage`).
+    let (mut first, mut second) = (&*conn, &*conn);
+    let (standing, fresh) = futures_util::try_join!(
+        devices::standing_for_push(&mut first, device, now),
+        insert_new(&mut second, device, ops, now),
+    )?;
     let (state, pushes) = standing.map_or((None, 0), |(s, p)| (Some(s), p));
     admit(device, caller, state, Purpose::KioskCall).map_err(TxError::Refused)?;
-    // A kiosk already at its limit is refused before any work; the count
-    // that decides is taken at the end (see `count_usage`).
     if limits.pushes_per_minute > 0 && pushes >= limits.pushes_per_minute {
         return Err(TxError::Refused(over_minute_limit(device, now, limits)));
     }
-    let fresh = insert_new(conn, device, ops, now).await?;
     let new_rows = fresh.len();
     let mut outcomes = resolve(conn, device, ops, fresh).await?;
     let (rows, held) = charge_quotas(conn, device, ops, &outcomes).await?;
@@ -175,6 +187,7 @@ async fn count_usage(
     .bind::<Text, _>(device.as_str())
     .bind::<Timestamptz, _>(now)
     .bind::<BigInt, _>(new_rows)
+    .prepared()
     .get_result(conn)
     .await?;
     let pushes = u32::try_from(usage.minute_pushes).unwrap_or(u32::MAX);
@@ -212,7 +225,7 @@ struct InsertedRow {
 /// or one this device does not serve, inserts nothing.
 /// Answers the inserted keys with their row id and time.
 async fn insert_new(
-    conn: &mut AsyncPgConnection,
+    conn: &mut &AsyncPgConnection,
     device: &DeviceId,
     ops: &[NewOp<'_>],
     now: DateTime<Utc>,
@@ -258,6 +271,7 @@ async fn insert_new(
     .bind::<Array<Timestamptz>, _>(&occurred)
     .bind::<Array<Nullable<Text>>, _>(&sectors)
     .bind::<Array<diesel::sql_types::Bool>, _>(&unverified)
+    .prepared()
     .load(conn)
     .await?;
     Ok(inserted
@@ -311,6 +325,7 @@ async fn resolve(
              FROM copies WHERE idempotency_key = ANY($1)",
         )
         .bind::<Array<Text>, _>(&again)
+        .prepared()
         .load::<ExistingRow>(conn)
         .await?
         .into_iter()
@@ -458,8 +473,8 @@ async fn charge_quotas(
     // Lock the quota rows in one global order (by id) so that concurrent
     // pushes and lease grants never deadlock and the leases read below stay
     // as read; the locks are held only from here to COMMIT.
-    leases::lock_quotas(conn, &cids).await?;
-    let consumed = leases::consume(conn, device, &cids, &ns).await?;
+    leases::lock_quotas(&mut &*conn, &cids).await?;
+    let consumed = leases::consume(&mut &*conn, device, &cids, &ns).await?;
     let takes: Vec<i64> = cids
         .iter()
         .map(|c| consumed.get(c).map_or(0, |l| l.taken))
@@ -475,6 +490,7 @@ async fn charge_quotas(
     .bind::<Array<BigInt>, _>(&cids)
     .bind::<Array<BigInt>, _>(&ns)
     .bind::<Array<BigInt>, _>(&takes)
+    .prepared()
     .load(conn)
     .await?;
     rows.sort_unstable_by_key(|r| r.client_id);
@@ -526,6 +542,7 @@ async fn flag_overdrafts(
     if !overdrawn.is_empty() {
         diesel::sql_query("UPDATE copies SET overdraft = TRUE WHERE id = ANY($1)")
             .bind::<Array<BigInt>, _>(&overdrawn)
+            .prepared()
             .execute(conn)
             .await?;
     }
@@ -573,6 +590,7 @@ async fn read_named_quotas(
          WHERE client_id = ANY($1) ORDER BY client_id",
     )
     .bind::<Array<BigInt>, _>(named)
+    .prepared()
     .load(conn)
     .await?;
     Ok(rows.iter().filter_map(QuotaRow::update).collect())

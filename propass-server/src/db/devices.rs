@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{DeviceId, DeviceStatus};
 
+use super::prepared::Prepare;
 use super::schema::{clients, device_clients, devices};
 pub use crate::device::DeviceState;
 
@@ -48,7 +49,7 @@ struct PushStanding {
 /// (read without a lock: the count that refuses is taken at the end of the
 /// push); `None` when the device is unknown.
 pub async fn standing_for_push(
-    conn: &mut AsyncPgConnection,
+    conn: &mut &AsyncPgConnection,
     device: &DeviceId,
     now: DateTime<Utc>,
 ) -> QueryResult<Option<(DeviceState, u32)>> {
@@ -60,6 +61,7 @@ pub async fn standing_for_push(
     )
     .bind::<diesel::sql_types::Text, _>(device.as_str())
     .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .prepared()
     .get_result(conn)
     .await
     .optional()?;
@@ -83,6 +85,7 @@ pub async fn seen(
     )
     .bind::<diesel::sql_types::Text, _>(device.as_str())
     .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .prepared()
     .execute(conn)
     .await
     .map(drop)

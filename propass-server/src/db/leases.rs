@@ -19,6 +19,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{ClientId, DeviceId};
 
 use super::clients::QUOTA_CHANNEL;
+use super::prepared::Prepare;
 
 /// Lease sizes for a client that sets none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +32,10 @@ pub struct LeasePolicy {
 
 /// Locks the quota rows of `clients`, in id order: the one order every
 /// writer of quotas and leases takes them in.
-pub async fn lock_quotas(conn: &mut AsyncPgConnection, clients: &[i64]) -> diesel::QueryResult<()> {
+pub async fn lock_quotas(
+    conn: &mut &AsyncPgConnection,
+    clients: &[i64],
+) -> diesel::QueryResult<()> {
     if clients.is_empty() {
         return Ok(());
     }
@@ -39,6 +43,7 @@ pub async fn lock_quotas(conn: &mut AsyncPgConnection, clients: &[i64]) -> diese
         "SELECT client_id FROM quotas WHERE client_id = ANY($1) ORDER BY client_id FOR UPDATE",
     )
     .bind::<Array<BigInt>, _>(clients)
+    .prepared()
     .execute(conn)
     .await?;
     Ok(())
@@ -73,7 +78,7 @@ pub async fn refill(
     let mut clients = clients.to_vec();
     clients.sort_unstable();
     clients.dedup();
-    lock_quotas(conn, &clients).await?;
+    lock_quotas(&mut &*conn, &clients).await?;
     // A new statement after the lock: its snapshot sees every grant and
     // charge committed before the lock was ours.
     let granted: Vec<Granted> = diesel::sql_query(
@@ -97,6 +102,7 @@ pub async fn refill(
     .bind::<BigInt, _>(policy.target)
     .bind::<BigInt, _>(policy.low_water)
     .bind::<Array<BigInt>, _>(&clients)
+    .prepared()
     .load(conn)
     .await?;
     let granted: Vec<i64> = granted.into_iter().map(|g| g.client_id).collect();
@@ -127,6 +133,7 @@ pub async fn held(
     )
     .bind::<Text, _>(device.as_str())
     .bind::<Nullable<Array<BigInt>>, _>(clients)
+    .prepared()
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.client_id, r.units)).collect())
@@ -156,7 +163,7 @@ pub struct LeaseUse {
 /// clients, the units it covered and the units left. The caller holds the
 /// quota rows' locks and moves `quotas.leased` by the same amounts.
 pub async fn consume(
-    conn: &mut AsyncPgConnection,
+    conn: &mut &AsyncPgConnection,
     device: &DeviceId,
     cids: &[i64],
     ns: &[i64],
@@ -180,6 +187,7 @@ pub async fn consume(
     .bind::<Text, _>(device.as_str())
     .bind::<Array<BigInt>, _>(cids)
     .bind::<Array<BigInt>, _>(ns)
+    .prepared()
     .load(conn)
     .await?;
     Ok(rows
@@ -220,7 +228,7 @@ pub async fn release(
         .filter(|c| only.is_none_or(|o| o == *c))
         .collect();
     clients.sort_unstable();
-    lock_quotas(conn, &clients).await?;
+    lock_quotas(&mut &*conn, &clients).await?;
     let rows: Vec<Returned> = diesel::sql_query(
         "WITH gone AS ( \
            DELETE FROM leases WHERE device_id = $1 AND client_id = ANY($2) RETURNING client_id, units \

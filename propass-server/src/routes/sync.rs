@@ -38,6 +38,7 @@ pub async fn push(
         let window = push::OccurredWindow::around(now, cfg.max_backdate, cfg.max_future_skew);
         let caller = token.0.caller();
         let mut ledger = PgLedger {
+            note_contact: state.contacts.due(&device, state.clock.instant()),
             conn: &mut conn,
             limits: DeviceLimits {
                 pushes_per_minute: cfg.device_pushes_per_minute,
