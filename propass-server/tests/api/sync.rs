@@ -330,7 +330,10 @@ async fn concurrent_pushes_charging_the_same_clients_all_succeed() {
 
 /// A pull's `version` asked back as `since_version` lists only the clients
 /// changed since; an assignment change, or a version the database has not
-/// reached (a restore), answers everything again.
+/// reached (a restore), answers everything again. A version is a snapshot's
+/// xmin, cluster-wide: another test's transaction running meanwhile makes
+/// an answer list more, never less — so every change must be listed at
+/// once, while "only the change" is awaited from a fresh version.
 #[tokio::test]
 async fn a_pull_since_a_version_lists_only_what_changed() {
     let app = spawn_app().await;
@@ -363,28 +366,46 @@ async fn a_pull_since_a_version_lists_only_what_changed() {
             (body["version"].as_i64().unwrap(), delta, listed)
         }
     };
-    let (v1, delta, listed) = pull(String::new()).await;
+    let (_, delta, listed) = pull(String::new()).await;
     assert_eq!((delta, listed), (false, vec![(a, 5), (b, 7)]));
 
-    let (v2, delta, listed) = pull(format!("?since_version={v1}")).await;
-    assert_eq!((delta, listed), (true, vec![]), "nothing changed");
+    let quiet = eventually(Duration::from_secs(20), || async {
+        let (v, _, _) = pull(String::new()).await;
+        let (_, delta, listed) = pull(format!("?since_version={v}")).await;
+        delta && listed.is_empty()
+    })
+    .await;
+    assert!(quiet, "nothing changed: an empty delta");
 
-    app.add_quota(a, 3).await;
-    let (v3, delta, listed) = pull(format!("?since_version={v2}")).await;
-    assert_eq!(
-        (delta, listed),
-        (true, vec![(a, 8)]),
-        "only the topped-up client"
-    );
+    let mut remaining_a = 5;
+    let only_a = eventually(Duration::from_secs(20), || {
+        remaining_a += 1;
+        let expected = remaining_a;
+        let pull = &pull;
+        let app = &app;
+        async move {
+            let (v, _, _) = pull(String::new()).await;
+            app.add_quota(a, 1).await;
+            let (_, delta, listed) = pull(format!("?since_version={v}")).await;
+            assert!(
+                listed.contains(&(a, expected)),
+                "a change is never missed: {listed:?}"
+            );
+            delta && listed == [(a, expected)]
+        }
+    })
+    .await;
+    assert!(only_a, "a top-up: only that client");
 
+    let (v, _, _) = pull(String::new()).await;
     let mut conn = app.db().await;
     db::devices::assign(&mut conn, &DeviceId::parse("K1").unwrap(), &[], &[b])
         .await
         .unwrap();
-    let (v4, delta, listed) = pull(format!("?since_version={v3}")).await;
+    let (v4, delta, listed) = pull(format!("?since_version={v}")).await;
     assert_eq!(
         (delta, listed),
-        (false, vec![(a, 8)]),
+        (false, vec![(a, remaining_a)]),
         "a client taken away: everything, so the kiosk forgets it"
     );
 
@@ -395,8 +416,12 @@ async fn a_pull_since_a_version_lists_only_what_changed() {
         "a version from elsewhere"
     );
 
-    let (_, delta, _) = pull(format!("?lease=true&since_version={v4}")).await;
-    assert!(delta);
+    let leasing = eventually(Duration::from_secs(20), || async {
+        let (v, _, _) = pull(String::new()).await;
+        pull(format!("?lease=true&since_version={v}")).await.1
+    })
+    .await;
+    assert!(leasing, "a leasing pull answers a delta too");
     let res = app
         .http
         .get(format!("{}/api/sync/pull?since_version=x", app.base))
