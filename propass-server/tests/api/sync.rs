@@ -510,7 +510,8 @@ async fn a_kiosks_pushes_do_not_queue_on_its_device_row() {
     let waiting = eventually(Duration::from_secs(10), || async {
         diesel::sql_query(
             "SELECT count(*)::int8 AS n FROM pg_stat_activity \
-             WHERE wait_event_type = 'Lock' AND query LIKE '%FROM quotas%FOR UPDATE%'",
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             AND query LIKE '%FROM quotas%FOR UPDATE%'",
         )
         .get_result::<N>(&mut app.db().await)
         .await
