@@ -51,13 +51,7 @@ fn parse_opts() -> Result<Opts, String> {
         reconnect_max: Duration::from_secs(30),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let v: u64 = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n > 0)
-            .ok_or(format!("{flag} needs a positive number"))?;
+    for (flag, v) in common::flags(&args, &[])? {
         match flag.as_str() {
             "--kiosks" => o.kiosks = v as usize,
             "--clients" => o.clients = v as usize,

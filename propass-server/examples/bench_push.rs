@@ -48,22 +48,11 @@ fn parse_opts() -> Result<Opts, String> {
         spread: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--spread" {
-            o.spread = true;
-            continue;
-        }
-        if flag == "--fleet" {
-            (o.kiosks, o.clients, o.batch_size) = (64, 100, 100);
-            continue;
-        }
-        let v: usize = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n > 0)
-            .ok_or(format!("{flag} needs a positive number"))?;
+    for (flag, v) in common::flags(&args, &["--spread", "--fleet"])? {
+        let v = v as usize;
         match flag.as_str() {
+            "--spread" => o.spread = true,
+            "--fleet" => (o.kiosks, o.clients, o.batch_size) = (64, 100, 100),
             "--kiosks" => o.kiosks = v,
             "--batches" => o.batches = v,
             "--batch-size" => o.batch_size = v,

@@ -44,13 +44,8 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         events: 100,
         broadcasts: 5,
     };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let v: usize = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n > 0)
-            .ok_or(format!("{flag} needs a positive number"))?;
+    for (flag, v) in common::flags(args, &[])? {
+        let v = v as usize;
         match flag.as_str() {
             "--kiosks" => o.kiosks = v.max(PER_CLIENT),
             "--events" => o.events = v,

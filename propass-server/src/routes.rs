@@ -1,12 +1,14 @@
 //! The HTTP layer: the request [`extract`]ors, and the handlers, one module
 //! per area: [`health`], [`auth`] (login, refresh), [`devices`] (enrollment,
-//! device tokens), [`sync`] (push, pull), [`shed`] (503 at once when saturated),
+//! device tokens), [`sync`] (push, pull),
 //! [`ws_session`] (the WebSocket upgrade and session loop), [`admin`] (the
 //! operator plane: dashboard, sessions, admin API), and [`metrics`] (served
-//! on its own address). Each returns [`crate::error::ApiResult`];
+//! on its own address); the middleware [`access_log`] (log line, metrics,
+//! body deadline) and [`shed`]. Each returns [`crate::error::ApiResult`];
 //! errors become the wire error body in `error.rs`. Handlers parse, call a
 //! use case or a query, and answer: the logic lives elsewhere.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body_deadline;

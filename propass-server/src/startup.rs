@@ -4,7 +4,8 @@
 use std::net::TcpListener;
 use std::path::Path;
 
-use actix_web::dev::{Server, Service};
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::config::Config;
@@ -77,64 +78,25 @@ impl Application {
         let workers = state.config.workers;
         let body_limit = state.config.max_body_bytes;
         let auth_limit = state.config.max_auth_body_bytes;
-        let body_timeout = state.config.body_read_timeout;
         let app_state = state.clone();
         let tls = match &state.config.tls {
             Some((cert, key)) => Some(tls_config(cert, key)?),
             None => None,
         };
         let mut server = HttpServer::new(move || {
-            let clock = app_state.clock.clone();
             App::new()
                 .app_data(app_state.clone())
-                .app_data(web::JsonConfig::default().limit(body_limit).error_handler(routes::json_error))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(body_limit)
+                        .error_handler(routes::json_error),
+                )
                 .app_data(web::PayloadConfig::default().limit(body_limit))
                 .app_data(web::QueryConfig::default().error_handler(routes::query_error))
                 .app_data(web::PathConfig::default().error_handler(routes::path_error))
-                // Inside the logging below: shed requests are logged and counted.
-                .wrap_fn(|req, srv| {
-                    let refused = req
-                        .app_data::<web::Data<AppState>>()
-                        .and_then(|state| routes::shed::refusal(&req, state));
-                    match refused {
-                        Some(e) => {
-                            let res = req.into_response(actix_web::ResponseError::error_response(&e));
-                            futures_util::future::Either::Left(std::future::ready(Ok(res)))
-                        }
-                        None => {
-                            let fut = srv.call(req);
-                            futures_util::future::Either::Right(async move {
-                                fut.await.map(actix_web::dev::ServiceResponse::map_into_boxed_body)
-                            })
-                        }
-                    }
-                })
-                .wrap_fn(move |mut req, srv| {
-                    routes::body_deadline::apply(&mut req, body_timeout);
-                    // Method, path (never the query string: it may hold a token), status, latency.
-                    let method = req.method().clone();
-                    let path = req.path().to_owned();
-                    let start = clock.instant();
-                    let clock = clock.clone();
-                    let state = req.app_data::<web::Data<AppState>>().cloned();
-                    let fut = srv.call(req);
-                    async move {
-                        let res = fut.await;
-                        let secs = clock.instant().duration_since(start).as_secs_f64();
-                        let ms = secs * 1000.0;
-                        match &res {
-                            Ok(r) => {
-                                let route = r.request().match_pattern().unwrap_or_else(|| "unmatched".into());
-                                if let Some(state) = &state {
-                                    state.metrics.request(&route, method.as_str(), r.status().as_u16(), secs);
-                                }
-                                tracing::info!(%method, %path, status = r.status().as_u16(), latency_ms = format_args!("{ms:.1}"), "request");
-                            }
-                            Err(e) => tracing::warn!(%method, %path, error = %e, latency_ms = format_args!("{ms:.1}"), "request failed"),
-                        }
-                        res
-                    }
-                })
+                // Inside the log: shed requests are logged and counted.
+                .wrap(from_fn(routes::shed::middleware))
+                .wrap(from_fn(routes::access_log::middleware))
                 .configure(|cfg| routes::configure(cfg, auth_limit))
         })
         // Signals are ours (`stop_on_signals`): WebSockets get a close frame

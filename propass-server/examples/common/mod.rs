@@ -65,3 +65,23 @@ pub async fn wait_ok(http: &reqwest::Client, url: &str, within: Duration) -> Res
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The command line as `(flag, value)` pairs, in order: each flag takes a
+/// positive number, except the `switches`, which take none (value 0).
+pub fn flags(args: &[String], switches: &[&str]) -> Result<Vec<(String, u64)>, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if switches.contains(&flag.as_str()) {
+            out.push((flag.clone(), 0));
+            continue;
+        }
+        let v: u64 = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .ok_or(format!("{flag} needs a positive number"))?;
+        out.push((flag.clone(), v));
+    }
+    Ok(out)
+}

@@ -9,10 +9,30 @@
 
 use std::sync::atomic::Ordering;
 
-use actix_web::dev::ServiceRequest;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, ResponseError};
 
 use crate::error::{ApiError, UNAVAILABLE_RETRY_SECS};
 use crate::state::AppState;
+
+/// The middleware (`from_fn`): a refusal answered at once, or the request.
+pub async fn middleware<B: MessageBody>(
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let refused = req
+        .app_data::<web::Data<AppState>>()
+        .and_then(|state| refusal(&req, state));
+    match refused {
+        Some(e) => Ok(req.into_response(e.error_response()).map_into_right_body()),
+        None => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
+    }
+}
 
 /// The refusal for `req` when the server is saturated.
 pub fn refusal(req: &ServiceRequest, state: &AppState) -> Option<ApiError> {

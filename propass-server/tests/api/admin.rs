@@ -917,16 +917,7 @@ async fn a_million_row_csv_export_streams_in_bounded_memory() {
     .await
     .unwrap();
     let pid = server.id();
-    let res = app
-        .http
-        .post(format!("{base}/api/admin/login"))
-        .json(&json!({"username": ADMIN.0, "password": ADMIN.1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let cookie = res.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let cookie = app.admin_cookie_at(&base).await;
     // Warm: the first requests size the server's buffers and pool.
     let warm = app
         .http

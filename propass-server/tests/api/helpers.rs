@@ -298,6 +298,21 @@ impl TestApp {
         )
     }
 
+    /// The admin's dashboard session cookie (`name=value`) on the server at
+    /// `base` (this one, or another instance or binary on its database).
+    pub async fn admin_cookie_at(&self, base: &str) -> String {
+        let res = self
+            .http
+            .post(format!("{base}/api/admin/login"))
+            .json(&json!({"username": ADMIN.0, "password": ADMIN.1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "the admin logs in on {base}");
+        let cookie = res.headers()["set-cookie"].to_str().unwrap();
+        cookie.split(';').next().unwrap().to_owned()
+    }
+
     pub async fn login(&self, user: &str, password: &str, device: &str) -> reqwest::Response {
         self.http
             .post(format!("{}/api/auth/login", self.base))

@@ -48,16 +48,7 @@ struct Dashboard {
 impl Dashboard {
     /// Logs in on `base` and opens the stream; returns once it said hello.
     async fn open(app: &TestApp, base: &str) -> Self {
-        let login = app
-            .http
-            .post(format!("{base}/api/admin/login"))
-            .json(&json!({"username": ADMIN.0, "password": ADMIN.1}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(login.status(), 200);
-        let cookie = login.headers()["set-cookie"].to_str().unwrap();
-        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let cookie = app.admin_cookie_at(base).await;
         let events = app
             .http
             .get(format!("{base}/api/admin/events"))
