@@ -3,7 +3,7 @@
 //! packages when run as root).
 //!
 //! - `cargo xtask test [--no-compat] [ARGS…]`: clippy (warnings are errors), `cargo deny check`
-//!   (deny.toml; advisories when the RustSec database can be fetched), every test of the
+//!   (deny.toml; advisories from GitHub or `PROPASS_ADVISORY_DB`, a local clone), every test of the
 //!   workspace against a throwaway cluster (the dashboard's in Debian's Chromium, installed when
 //!   missing), the seed Electron client's own TypeScript against the real server (unless
 //!   `--no-compat`, which says so loudly), then the Debian packages (`package --check`).
@@ -24,6 +24,7 @@
 //!   emulated readers under seeded faults, the ledger's invariants checked after every round.
 //! - `cargo xtask package [--check]`: Debian packages of propass-server and propass-agent
 //!   (cargo-deb) in `target/debian/`; `--check` verifies them (as root: install, units, purge).
+//! - `cargo xtask supply`: the supply-chain check alone (`cargo deny check`; see `supply`).
 //! - `cargo xtask db`: just the throwaway cluster, for development.
 #![allow(clippy::disallowed_methods)] // a tool on the real clock, not logic under simulation
 
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         Some("e2e") => e2e(&args[1..]),
         Some("db") => db(),
         Some("package") => package::run(&args[1..]),
+        Some("supply") => supply::check(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
                  bench fleet    two instances behind haproxy, thousands of kiosks, a one-minute outage: drain time, storm p99\n  \
                  chaos          seeded faults against the real server and agents; invariants after every round\n  \
                  package        Debian packages of the server and the agent in target/debian (--check: verify them)\n  \
+                 supply         cargo deny check: licences, bans, sources, advisories (PROPASS_ADVISORY_DB: a local advisory-db clone)\n  \
                  db             start a throwaway PostgreSQL and print its DATABASE_URL"
             );
             Err("unknown command".into())

@@ -227,13 +227,27 @@ pub fn ensure_packages() -> Result<(), String> {
     if !on_path("node") || !on_path("npm") {
         missing.extend(["nodejs", "npm"]);
     }
-    if crate::browser::needs_chromium() {
+    let no_browser = crate::browser::needs_chromium() && !distribution_has_chromium();
+    if crate::browser::needs_chromium() && !no_browser {
         missing.push("chromium");
+    }
+    if no_browser {
+        eprintln!(
+            "xtask: this distribution ships Chromium only as a snap (Ubuntu): install Google Chrome \
+             or another Chromium build and set CHROMIUM=/path/to/it"
+        );
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    if no_browser {
+        return Err(
+            "no browser for the dashboard's test: set CHROMIUM=/path/to/chrome (see above)".into(),
+        );
     }
     if missing.is_empty() {
         return Ok(());
     }
-    apt_install(&missing)?;
     if crate::pg::find_bin_dir().is_none() {
         return Err("PostgreSQL's initdb is still not found after installing postgresql".into());
     }
@@ -247,6 +261,14 @@ pub fn ensure_packages() -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Whether apt can install a real Chromium here: Debian's `chromium`; Ubuntu
+/// has only `chromium-browser`, a transitional package for the snap, which
+/// containers and chroots cannot run.
+fn distribution_has_chromium() -> bool {
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    !release.lines().any(|l| l.trim() == "ID=ubuntu")
 }
 
 pub fn apt_install(pkgs: &[&str]) -> Result<(), String> {
