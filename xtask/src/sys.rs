@@ -302,6 +302,7 @@ pub fn npm_ci(dir: &Path, whose: &str) -> Result<(), String> {
     if !on_path("node") || !on_path("npm") {
         apt_install(&["nodejs", "npm"])?;
     }
+    node_is_recent_enough()?;
     eprintln!("xtask: installing {whose} npm dependencies…");
     let ok = run_status(
         Command::new("npm")
@@ -312,6 +313,32 @@ pub fn npm_ci(dir: &Path, whose: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("npm ci failed in {}", dir.display()))
+    }
+}
+
+/// The oldest Node.js major the seed check (TypeScript 5.9) and the browser
+/// test (playwright-core 1.61) run on: Debian 12 and Ubuntu 24.04 ship 18,
+/// Ubuntu 22.04 ships 12.
+const NODE_MIN_MAJOR: u32 = 18;
+
+fn node_is_recent_enough() -> Result<(), String> {
+    let out = Command::new("node")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("node: {e}"))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let major = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    match major {
+        Some(m) if m >= NODE_MIN_MAJOR => Ok(()),
+        _ => Err(format!(
+            "Node.js {version} is too old: the seed client's check and the dashboard's browser test need \
+             Node.js {NODE_MIN_MAJOR} or newer (install a newer nodejs, e.g. from NodeSource); \
+             `--no-compat` skips only the seed check"
+        )),
     }
 }
 
