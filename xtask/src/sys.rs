@@ -227,23 +227,10 @@ pub fn ensure_packages() -> Result<(), String> {
     if !on_path("node") || !on_path("npm") {
         missing.extend(["nodejs", "npm"]);
     }
-    let no_browser = crate::browser::needs_chromium() && !distribution_has_chromium();
-    if crate::browser::needs_chromium() && !no_browser {
+    // Where apt has no real Chromium, the commands that need one (test,
+    // e2e) stop in `browser::ensure` and say what to do; demo needs none.
+    if crate::browser::needs_chromium() && distribution_has_chromium() {
         missing.push("chromium");
-    }
-    if no_browser {
-        eprintln!(
-            "xtask: this distribution ships Chromium only as a snap (Ubuntu): install Google Chrome \
-             or another Chromium build and set CHROMIUM=/path/to/it"
-        );
-    }
-    if !missing.is_empty() {
-        apt_install(&missing)?;
-    }
-    if no_browser {
-        return Err(
-            "no browser for the dashboard's test: set CHROMIUM=/path/to/chrome (see above)".into(),
-        );
     }
     if missing.is_empty() {
         return Ok(());
@@ -266,7 +253,7 @@ pub fn ensure_packages() -> Result<(), String> {
 /// Whether apt can install a real Chromium here: Debian's `chromium`; Ubuntu
 /// has only `chromium-browser`, a transitional package for the snap, which
 /// containers and chroots cannot run.
-fn distribution_has_chromium() -> bool {
+pub fn distribution_has_chromium() -> bool {
     let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     !release.lines().any(|l| l.trim() == "ID=ubuntu")
 }
