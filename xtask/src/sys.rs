@@ -235,6 +235,7 @@ pub fn ensure_packages() -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)?;
     if crate::pg::find_bin_dir().is_none() {
         return Err("PostgreSQL's initdb is still not found after installing postgresql".into());
     }
