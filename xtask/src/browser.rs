@@ -21,17 +21,15 @@ pub fn needs_chromium() -> bool {
 /// The browser (installed with the other packages by `ensure_packages`),
 /// then playwright-core from the lock file.
 pub fn ensure() -> Result<(), String> {
-    if needs_chromium() && !sys::distribution_has_chromium() {
-        return Err(
-            "this distribution ships Chromium only as a snap (Ubuntu), which the dashboard's browser \
-             test cannot drive: install Google Chrome or another Chromium build and set CHROMIUM=/path/to/it"
-                .into(),
-        );
-    }
     if needs_chromium() {
+        let why = if sys::distribution_has_chromium() {
+            format!("{CHROMIUM} is missing although the chromium package was asked for")
+        } else {
+            "this distribution ships Chromium only as a snap (Ubuntu), which the dashboard's browser test cannot drive"
+                .to_owned()
+        };
         return Err(format!(
-            "{CHROMIUM} is missing although the chromium package was asked for (on Ubuntu it is a snap): \
-             install Chromium or Google Chrome and set CHROMIUM=/path/to/it"
+            "{why}: install Google Chrome or another Chromium build and set CHROMIUM=/path/to/it"
         ));
     }
     sys::npm_ci(&root().join("xtask/browser"), "the browser test's")
