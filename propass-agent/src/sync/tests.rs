@@ -403,3 +403,38 @@ async fn pulls_ask_for_changes_since_the_last_version() {
     agent.sync_once().await.unwrap();
     assert_eq!(*server.sinces.lock().unwrap(), [None, None]);
 }
+
+/// With the socket up the loop pulls only every `sync_interval_live_secs`;
+/// a socket that goes down wakes it at once: the kiosk no longer hears
+/// changes as events, and its heartbeat goes over HTTP from now on.
+#[tokio::test]
+async fn a_dropped_websocket_wakes_the_sync_loop() {
+    let server = Arc::new(ScriptedServer::default());
+    let config = AgentConfig {
+        sync_interval_secs: 3600,
+        sync_interval_live_secs: 3600,
+        ..AgentConfig::default()
+    };
+    let agent = agent_configured(0, server.clone(), config).await;
+    agent.set_ws_connected(true);
+    let (stop, stopped) = watch::channel(false);
+    let sync_loop = tokio::spawn(agent.clone().run_sync_loop(stopped));
+    let pulls_reach = |n: usize| {
+        let server = server.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while server.pulls.lock().unwrap().len() < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the sync loop made no pull {n} within 20 s"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    pulls_reach(1).await;
+    agent.set_ws_connected(false);
+    pulls_reach(2).await;
+    stop.send(true).unwrap();
+    sync_loop.await.unwrap();
+}
