@@ -290,6 +290,28 @@ impl QueueItem {
         serde_json::from_value::<Self>(value.clone())
             .map_err(|e| fail(format!("invalid queue item: {e}")))
     }
+
+    /// [`Self::from_json`] on an item's JSON text, parsing it once: a
+    /// well-formed object goes straight into its type; anything else takes
+    /// the lenient path, which answers exactly what `from_json` answers
+    /// (an array, a duplicated key — the last one wins there — and every
+    /// error message).
+    pub fn from_raw(raw: &serde_json::value::RawValue) -> Result<Self, ItemError> {
+        let text = raw.get();
+        if text.starts_with('{') {
+            if let Ok(item) = serde_json::from_str::<Self>(text) {
+                return Ok(item);
+            }
+        }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(value) => Self::from_json(&value),
+            // Unreachable for a RawValue (it is valid JSON), kept total.
+            Err(e) => Err(ItemError {
+                id: None,
+                message: format!("invalid queue item: {e}"),
+            }),
+        }
+    }
 }
 
 /// `POST /api/sync/push` body.

@@ -122,6 +122,49 @@ fn lenient_item_parsing_keeps_the_id() {
     assert!(QueueItem::from_json(&fixture("seed_push_request.json")["queue"][0]).is_ok());
 }
 
+/// The server parses each pushed item once, from its text: whatever the
+/// item, that answers exactly what the lenient parse of its JSON value does.
+#[test]
+fn parsing_an_item_from_its_text_answers_what_the_lenient_parse_does() {
+    let seed = fixture("seed_push_request.json")["queue"][0].to_string();
+    let items = [
+        seed.as_str(),
+        r#"{"id": 1, "op_id": "0190a6b0-0000-7000-8000-000000000001", "type": "copy", "payload": {"client_id": 3, "uid": "04AB12CD", "occurred_at": "2026-11-30T10:00:00Z", "sectors": "AAAAAAAAAAAAAAAA", "unverified": true}}"#,
+        r#"{"id": 2, "type": "write", "payload": {"client_id": 3, "uid": "04:ab:12:cd", "status": "pending"}, "extra": [1]}"#,
+        // A duplicated key: the typed parse refuses it, the value keeps the last.
+        r#"{"id": 3, "id": 4, "type": "copy", "payload": {"client_id": 3, "uid": "04AB12CD"}}"#,
+        r#"[5, null, "copy", {"client_id": 3, "uid": "04AB12CD"}]"#,
+        r#"{"id": 6, "type": "copy", "payload": {"client_id": 3.0, "uid": "04AB12CD"}}"#,
+        r#"{"id": 7, "type": "copy", "payload": {"client_id": "3", "uid": "04AB12CD"}}"#,
+        r#"{"id": 8, "type": "copy", "payload": {"client_id": 0, "uid": "04AB12CD"}}"#,
+        r#"{"id": 9.5, "type": "copy", "payload": {"client_id": 3, "uid": "04AB12CD"}}"#,
+        r#"{"id": 18446744073709551615, "type": "copy", "payload": {"client_id": 3, "uid": "04AB12CD"}}"#,
+        r#"{"id": 10, "type": "steal", "payload": {"client_id": 3, "uid": "04AB12CD"}}"#,
+        r#"{"id": 11, "type": "copy", "payload": {"client_id": 3, "uid": "nothex"}}"#,
+        r#"{"id": 12, "op_id": "not-a-uuid", "type": "copy", "payload": {"client_id": 3, "uid": "04AB12CD"}}"#,
+        r#"{"id": 13, "type": "copy"}"#,
+        r#"{"id": 14, "type": "copy", "payload": {"client_id": 3, "uid": "04AB12CD", "occurred_at": "yesterday"}}"#,
+        r#""a string""#,
+        "null",
+        "17",
+    ];
+    for text in items {
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).unwrap();
+        let value: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            QueueItem::from_raw(&raw),
+            QueueItem::from_json(&value),
+            "{text}"
+        );
+    }
+    let dup: Box<serde_json::value::RawValue> = serde_json::from_str(items[3]).unwrap();
+    assert_eq!(
+        QueueItem::from_raw(&dup).unwrap().id,
+        4,
+        "the last key wins, as before"
+    );
+}
+
 #[test]
 fn unknown_error_codes_from_newer_servers_parse() {
     let body: ErrorBody =

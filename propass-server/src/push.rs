@@ -8,6 +8,7 @@ use propass_protocol::{
     ClientId, CopyCompleted, DeviceId, LeaseEntry, OpId, PushItemResult, PushResponse, PushStatus,
     QueueItem, QuotaUpdated, SyncCompleted, WsMessage,
 };
+use serde_json::value::RawValue;
 
 use crate::device::Caller;
 use crate::error::ApiError;
@@ -67,8 +68,19 @@ impl OccurredWindow {
     }
 }
 
-fn parse(value: &serde_json::Value, window: &OccurredWindow) -> Parsed {
-    match QueueItem::from_json(value) {
+/// A push's items, parsed (each once, from its text) before the ledger is
+/// asked: the parse holds no database connection.
+pub struct Batch(Vec<Parsed>);
+
+impl Batch {
+    /// Parses every item of `queue` on its own: a bad one fails alone.
+    pub fn parse(queue: &[Box<RawValue>], window: &OccurredWindow) -> Self {
+        Self(queue.iter().map(|raw| parse(raw, window)).collect())
+    }
+}
+
+fn parse(raw: &RawValue, window: &OccurredWindow) -> Parsed {
+    match QueueItem::from_raw(raw) {
         Ok(item) => match item.payload.occurred_at {
             Some(t) if t < window.earliest || t > window.latest => Parsed::Invalid {
                 id: Some(item.id),
@@ -80,24 +92,27 @@ fn parse(value: &serde_json::Value, window: &OccurredWindow) -> Parsed {
         Err(e) => Parsed::Invalid {
             id: e.id,
             // Echoed when readable, so that our agent can match the failure.
-            op_id: value
-                .get("op_id")
-                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            op_id: echoed_op_id(raw),
             failure: ItemFailure::Malformed(e.message),
         },
     }
 }
 
-/// Records the batch `queue` pushed by `device` at `now`.
+/// The `op_id` of an item that failed to parse, when it has a readable one.
+fn echoed_op_id(raw: &RawValue) -> Option<OpId> {
+    let value: serde_json::Value = serde_json::from_str(raw.get()).ok()?;
+    serde_json::from_value(value.get("op_id")?.clone()).ok()
+}
+
+/// Records the `batch` pushed by `device` at `now`.
 pub async fn push(
     ledger: &mut impl LedgerStore,
     device: &DeviceId,
     caller: Caller,
-    queue: &[serde_json::Value],
+    batch: &Batch,
     now: DateTime<Utc>,
-    window: &OccurredWindow,
 ) -> Result<PushDone, ApiError> {
-    let parsed: Vec<Parsed> = queue.iter().map(|v| parse(v, window)).collect();
+    let parsed = &batch.0;
     let ops: Vec<NewOp<'_>> = parsed
         .iter()
         .filter_map(|p| match p {
@@ -114,7 +129,7 @@ pub async fn push(
         )));
     }
 
-    let (data, new_copies, unverified) = answers(device, &parsed, &ops, batch.outcomes);
+    let (data, new_copies, unverified) = answers(device, parsed, &ops, batch.outcomes);
     let summary = summarize(device, &data, now);
     let quota_updates = batch.charged;
     let to_pusher = new_copies
@@ -290,8 +305,14 @@ mod tests {
         }
     }
 
-    fn copy(id: i64, op: &str, client: i64) -> serde_json::Value {
-        json!({"id": id, "op_id": op, "type": "copy", "payload": {"client_id": client, "uid": "04AB12CD"}})
+    fn copy(id: i64, op: &str, client: i64) -> Box<RawValue> {
+        raw(
+            json!({"id": id, "op_id": op, "type": "copy", "payload": {"client_id": client, "uid": "04AB12CD"}}),
+        )
+    }
+
+    fn raw(v: serde_json::Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).unwrap()
     }
 
     #[tokio::test]
@@ -300,7 +321,9 @@ mod tests {
         let op = "0190a6b0-0000-7000-8000-000000000001";
         let queue = vec![
             copy(1, op, 1),
-            json!({"id": 2, "type": "teleport"}),
+            raw(
+                json!({"id": 2, "op_id": "0190a6b0-0000-7000-8000-000000000002", "type": "teleport"}),
+            ),
             copy(3, op, 1),
             copy(4, "0190a6b0-0000-7000-8000-000000000004", 99),
         ];
@@ -314,9 +337,8 @@ mod tests {
             &mut MemoryLedger::default(),
             &device,
             Caller::Login,
-            &queue,
+            &Batch::parse(&queue, &window),
             now,
-            &window,
         )
         .await
         .unwrap();
@@ -330,6 +352,11 @@ mod tests {
             (PushStatus::Synced, false)
         );
         assert_eq!(data[1].status, PushStatus::Failed);
+        assert_eq!(
+            data[1].op_id.map(|o| o.to_string()).as_deref(),
+            Some("0190a6b0-0000-7000-8000-000000000002"),
+            "a failed item's op_id is echoed"
+        );
         assert!(
             data[1].error.as_deref().unwrap().contains("teleport"),
             "{:?}",

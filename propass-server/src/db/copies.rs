@@ -130,11 +130,20 @@ async fn record_batch_tx(
     }
     let new_rows = fresh.len();
     let mut outcomes = resolve(conn, device, ops, fresh).await?;
-    let (rows, held) = charge_quotas(conn, device, ops, &outcomes).await?;
+    let charge = take_leases(conn, device, ops, &outcomes).await?;
+    // Pipelined, once the quota rows are locked (every push takes them
+    // first): the device's usage row is locked only from here to COMMIT.
+    let (mut first, mut second) = (&*conn, &*conn);
+    let ((rows, held), ()) = futures_util::try_join!(
+        async {
+            charge_quotas(&mut first, charge)
+                .await
+                .map_err(TxError::from)
+        },
+        count_usage(&mut second, device, new_rows, now, limits),
+    )?;
     flag_overdrafts(conn, ops, &mut outcomes, &rows).await?;
     let (named, leases) = read_named(conn, device, ops, &rows, held).await?;
-    // Last: the device's usage row stays locked only from here to COMMIT.
-    count_usage(conn, device, new_rows, now, limits).await?;
     Ok(BatchOutcome {
         outcomes,
         charged: rows.iter().filter_map(QuotaRow::update).collect(),
@@ -167,7 +176,7 @@ fn over_minute_limit(device: &DeviceId, now: DateTime<Utc>, limits: DeviceLimits
 /// device's day, refusing the whole push past either limit: the
 /// transaction rolls back, so a refusal counts nothing and records nothing.
 async fn count_usage(
-    conn: &mut AsyncPgConnection,
+    conn: &mut &AsyncPgConnection,
     device: &DeviceId,
     new_rows: usize,
     now: DateTime<Utc>,
@@ -453,33 +462,64 @@ fn new_ops<'o, 'a>(
     })
 }
 
-/// Charges each client for its newly inserted copies, from the pushing
-/// device's lease first; answers the new remaining (the free units) of every
-/// charged client, by client id, and the device's leases of them after.
-async fn charge_quotas(
+/// What a push charges: per client (by id) its new copies and how many of
+/// them the pushing device's lease covered, and the device's leases after.
+#[derive(Default)]
+struct Charge {
+    cids: Vec<i64>,
+    ns: Vec<i64>,
+    takes: Vec<i64>,
+    held: HashMap<i64, i64>,
+}
+
+/// Locks the quota rows of the clients the batch newly charges and spends
+/// the pushing device's lease on those copies first.
+async fn take_leases(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
     ops: &[NewOp<'_>],
     outcomes: &[Outcome],
-) -> diesel::QueryResult<(Vec<QuotaRow>, HashMap<i64, i64>)> {
+) -> diesel::QueryResult<Charge> {
     let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
     for (op, _) in new_ops(ops, outcomes) {
         *counts.entry(op.item.payload.client_id.get()).or_default() += 1;
     }
     if counts.is_empty() {
-        return Ok((Vec::new(), HashMap::new()));
+        return Ok(Charge::default());
     }
     let (cids, ns): (Vec<i64>, Vec<i64>) = counts.into_iter().unzip();
     // Lock the quota rows in one global order (by id) so that concurrent
     // pushes and lease grants never deadlock and the leases read below stay
-    // as read; the locks are held only from here to COMMIT.
-    leases::lock_quotas(&mut &*conn, &cids).await?;
-    let consumed = leases::consume(&mut &*conn, device, &cids, &ns).await?;
+    // as read; the locks are held only from here to COMMIT. Pipelined: the
+    // lease is read after the lock, in the order they are sent.
+    let (mut first, mut second) = (&*conn, &*conn);
+    let ((), consumed) = futures_util::try_join!(
+        leases::lock_quotas(&mut first, &cids),
+        leases::consume(&mut second, device, &cids, &ns),
+    )?;
     let takes: Vec<i64> = cids
         .iter()
         .map(|c| consumed.get(c).map_or(0, |l| l.taken))
         .collect();
     let held = consumed.into_iter().map(|(c, l)| (c, l.left)).collect();
+    Ok(Charge {
+        cids,
+        ns,
+        takes,
+        held,
+    })
+}
+
+/// Charges each client for its newly inserted copies, from the lease first;
+/// answers the new remaining (the free units) of every charged client, by
+/// client id, and the device's leases of them after.
+async fn charge_quotas(
+    conn: &mut &AsyncPgConnection,
+    charge: Charge,
+) -> diesel::QueryResult<(Vec<QuotaRow>, HashMap<i64, i64>)> {
+    if charge.cids.is_empty() {
+        return Ok((Vec::new(), charge.held));
+    }
     let mut rows: Vec<QuotaRow> = diesel::sql_query(
         "UPDATE quotas AS q SET used = q.used + c.n, leased = q.leased - c.take, \
                 version = q.version + 1, updated_at = now() \
@@ -487,14 +527,14 @@ async fn charge_quotas(
          WHERE q.client_id = c.client_id \
          RETURNING q.client_id, q.total - q.used - q.leased AS remaining, q.version, c.take AS covered",
     )
-    .bind::<Array<BigInt>, _>(&cids)
-    .bind::<Array<BigInt>, _>(&ns)
-    .bind::<Array<BigInt>, _>(&takes)
+    .bind::<Array<BigInt>, _>(&charge.cids)
+    .bind::<Array<BigInt>, _>(&charge.ns)
+    .bind::<Array<BigInt>, _>(&charge.takes)
     .prepared()
     .load(conn)
     .await?;
     rows.sort_unstable_by_key(|r| r.client_id);
-    Ok((rows, held))
+    Ok((rows, charge.held))
 }
 
 /// A copy is never refused for lack of quota (the card exists): the copies

@@ -9,17 +9,18 @@ use actix_web::http::header;
 use actix_web::{web, HttpMessage, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::error::{ApiError, ApiResult};
 
-/// The push body: each queue item is parsed on its own later (one bad item
-/// does not sink the batch).
+/// The push body: each queue item is kept as its JSON text and parsed on its
+/// own later, once (one bad item does not sink the batch).
 #[derive(Debug)]
 pub struct PushBody {
     /// As sent; checked against the token by the handler.
     pub device_id: String,
     /// The items, at most `max_batch_items` of them.
-    pub queue: Vec<serde_json::Value>,
+    pub queue: Vec<Box<RawValue>>,
 }
 
 /// What the parser says when the queue grows past its limit.
@@ -127,7 +128,7 @@ impl<'de> Visitor<'de> for BodySeed {
 struct QueueSeed(usize);
 
 impl<'de> DeserializeSeed<'de> for QueueSeed {
-    type Value = Vec<serde_json::Value>;
+    type Value = Vec<Box<RawValue>>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
@@ -135,7 +136,7 @@ impl<'de> DeserializeSeed<'de> for QueueSeed {
 }
 
 impl<'de> Visitor<'de> for QueueSeed {
-    type Value = Vec<serde_json::Value>;
+    type Value = Vec<Box<RawValue>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of queue items")
@@ -143,7 +144,7 @@ impl<'de> Visitor<'de> for QueueSeed {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0));
-        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+        while let Some(item) = seq.next_element::<Box<RawValue>>()? {
             if items.len() == self.0 {
                 return Err(de::Error::custom(TOO_MANY));
             }

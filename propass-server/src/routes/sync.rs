@@ -19,7 +19,8 @@ use crate::state::AppState;
 
 /// `POST /api/sync/push`. The device's revocation is checked inside the push
 /// transaction, hence [`KioskToken`]. The body is read under its limits
-/// (see [`push_body`]); items are parsed one by one by the use case.
+/// (see [`push_body`]); items are parsed one by one, each once, before a
+/// database connection is taken.
 pub async fn push(
     state: web::Data<AppState>,
     token: KioskToken,
@@ -32,10 +33,13 @@ pub async fn push(
     let device =
         DeviceId::parse(&device_id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     token.0.ensure_device(device.as_str())?;
+    let now = state.clock.now();
+    let window = push::OccurredWindow::around(now, cfg.max_backdate, cfg.max_future_skew);
+    // Parsed before a connection is taken: the pool is what pushes queue for.
+    let batch = push::Batch::parse(&queue, &window);
+    drop(queue);
     let done = {
         let mut conn = state.pool.get().await?;
-        let now = state.clock.now();
-        let window = push::OccurredWindow::around(now, cfg.max_backdate, cfg.max_future_skew);
         let caller = token.0.caller();
         let mut ledger = PgLedger {
             note_contact: state.contacts.due(&device, state.clock.instant()),
@@ -45,7 +49,7 @@ pub async fn push(
                 items_per_day: cfg.device_items_per_day,
             },
         };
-        push::push(&mut ledger, &device, caller, &queue, now, &window).await?
+        push::push(&mut ledger, &device, caller, &batch, now).await?
     };
     state.hub.send_quota_updates(&done.quota_updates);
     state.hub.send_all_to_device(&device, &done.to_pusher);
