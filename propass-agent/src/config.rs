@@ -94,7 +94,7 @@ agent_config! {
     sync_interval_secs: u64 = 30, "PROPASS_SYNC_INTERVAL_SECS", "30",
         "safety-net sync period while the WebSocket is down";
     sync_interval_live_secs: u64 = 60, "PROPASS_SYNC_INTERVAL_LIVE_SECS", "60",
-        "safety-net sync period while the WebSocket is up: quotas come as events and new work syncs at once; an operator's change of this kiosk's clients, copy policy or lease reaches it within this period";
+        "safety-net sync period while the WebSocket is up: quotas come as events, new work syncs at once, and the server asks for a pull when this kiosk's clients or lease change; a client's copy policy reaches it within this period";
     full_pull_interval_secs: u64 = 3600, "PROPASS_FULL_PULL_INTERVAL_SECS", "3600",
         "a pull asks only for what changed since the last one (`since_version`), except once per this period, when it reads every quota again";
     refresh_margin_secs: u64 = 86_400, "PROPASS_REFRESH_MARGIN_SECS", "86400",

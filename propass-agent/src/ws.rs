@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use propass_protocol::WsMessage;
+use propass_protocol::{WsMessage, ACCEPT_SYNC_REQUESTED};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -84,9 +84,13 @@ type Socket =
 
 /// Opens the WebSocket with the token in the Authorization header.
 async fn connect(agent: &Agent, url: &str, token: &str) -> Result<Socket, String> {
-    let mut req = format!("{url}?device_id={}", agent.device_id)
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
+    // `accept`: the server may ask this kiosk to pull now (see `on_message`).
+    let mut req = format!(
+        "{url}?device_id={}&accept={ACCEPT_SYNC_REQUESTED}",
+        agent.device_id
+    )
+    .into_client_request()
+    .map_err(|e| e.to_string())?;
     req.headers_mut().insert(
         "authorization",
         format!("Bearer {token}")
@@ -192,6 +196,8 @@ async fn on_message(agent: &Agent, text: &str) {
         }
         Ok(WsMessage::SyncCompleted(s)) => agent.emit(AgentEvent::SyncCompleted(s)),
         Ok(WsMessage::CopyCompleted(c)) => agent.emit(AgentEvent::CopyCompleted(c)),
+        // The kiosk's clients or leases changed on the server.
+        Ok(WsMessage::SyncRequested) => agent.kick.notify_one(),
         Ok(WsMessage::Pong | WsMessage::Ping | WsMessage::Heartbeat(_)) => {}
         Err(e) => tracing::debug!(error = %e, "ignoring unknown server message"),
     }

@@ -545,7 +545,16 @@ pub enum WsMessage {
     /// Kiosk → server: how the kiosk is doing (also `POST
     /// /api/devices/heartbeat` while its socket is down).
     Heartbeat(KioskHeartbeat),
+    /// Server → kiosk: what the server keeps of this kiosk changed — the
+    /// clients it serves, or a lease an operator took back — so pull now.
+    /// Sent only on a socket whose upgrade asked for it
+    /// (`accept=sync_requested`): the seed client does not know it.
+    SyncRequested,
 }
+
+/// What a kiosk puts in its WebSocket upgrade's `accept` query parameter to
+/// be sent [`WsMessage::SyncRequested`].
+pub const ACCEPT_SYNC_REQUESTED: &str = "sync_requested";
 
 /// What the reader looked like at the kiosk's last use of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

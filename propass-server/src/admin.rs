@@ -594,7 +594,12 @@ pub async fn reclaim_leases(
             if db::devices::state(conn, id).await?.is_none() {
                 return Err(AdminError::NotFound(format!("no device {id}")));
             }
-            Ok(db::leases::release(conn, id, client).await?)
+            let returned = db::leases::release(conn, id, client).await?;
+            if !returned.is_empty() {
+                // The kiosk, if connected, learns at once (it pulls).
+                db::devices::notify(conn, id).await?;
+            }
+            Ok(returned)
         },
     )
     .await

@@ -309,6 +309,9 @@ async fn on_device(state: &AppState, payload: &str) -> Result<(), ApiError> {
         Some(DeviceStatus::Active) => {
             let clients = db::devices::served_clients(&mut conn, &device).await?;
             state.hub.set_assignment(&device, clients);
+            // Its clients or its leases changed: the kiosk pulls now rather
+            // than at its next safety-net pull.
+            state.hub.request_sync(&device);
         }
         Some(DeviceStatus::Revoked) | None => state.hub.close_device(&device, "device revoked"),
         Some(DeviceStatus::Pending) => state.hub.close_device(&device, "device not active"),

@@ -308,6 +308,77 @@ async fn a_quota_top_up_reaches_the_agent_over_the_websocket() {
     assert_eq!(agent.remaining(client).await, Some(expected));
 }
 
+/// An operator who stops a kiosk serving a client is heard by the kiosk at
+/// once: the server asks it over the WebSocket to pull (both periodic
+/// syncs are an hour away, so nothing else can bring the change).
+#[tokio::test]
+async fn a_kiosk_hears_at_once_that_it_no_longer_serves_a_client() {
+    let server = Server::new().await;
+    let kept = server.add_client("Kept SA", 30);
+    let dropped = server.add_client("Dropped SA", 30);
+    let agent = Agent::new(
+        &server.url(),
+        &[("PROPASS_SYNC_INTERVAL_LIVE_SECS", "3600")],
+    )
+    .await;
+    agent.enroll(&server).await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert!(agent.remaining(kept).await.is_some());
+    assert!(agent.remaining(dropped).await.is_some());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            agent.status().await["ws_connected"] == true
+        })
+        .await
+    );
+    // The server's change listener is up once its last LISTEN ran.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            server
+                .query_i64(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND query = 'LISTEN propass_copies'",
+                )
+                .await
+                > 0
+        })
+        .await,
+        "the server's change listener did not start"
+    );
+    let device = agent.status().await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let t = Instant::now();
+    server.cli(
+        &[
+            "device",
+            "assign",
+            &device,
+            "--remove",
+            &dropped.to_string(),
+        ],
+        None,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            agent.remaining(dropped).await.is_none()
+        })
+        .await,
+        "the kiosk still offers a client it no longer serves: {}",
+        agent.log()
+    );
+    eprintln!(
+        "the unassignment reached the kiosk in {} ms",
+        t.elapsed().as_millis()
+    );
+    assert!(
+        agent.remaining(kept).await.is_some(),
+        "the other client stays"
+    );
+}
+
 /// An error answer of the local API: checks its body, returns (status, code).
 async fn code(res: reqwest::Response) -> (u16, String) {
     let s = res.status().as_u16();

@@ -126,7 +126,9 @@ pub async fn state(
         .transpose()
 }
 
-async fn notify(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryResult<()> {
+/// Tells every server that `device` changed (delivered at COMMIT): its
+/// sockets' client index is re-read and the kiosk asked to pull.
+pub async fn notify(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryResult<()> {
     // Device ids are printable ASCII; quote doubling keeps the literal whole.
     diesel::sql_query(format!(
         "NOTIFY {DEVICE_CHANNEL}, '{}'",

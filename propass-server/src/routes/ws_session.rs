@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
-use propass_protocol::WsMessage;
+use propass_protocol::{WsMessage, ACCEPT_SYNC_REQUESTED};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -33,11 +33,14 @@ const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// How long a closing handshake may take: a peer that stopped reading must not hold the session.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Query parameters of the upgrade, as the seed client sends them.
+/// Query parameters of the upgrade: the seed client's, and `accept` (the
+/// server messages beyond the seed's that the client understands,
+/// comma-separated; our agent sends `sync_requested`).
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
     device_id: Option<String>,
+    accept: Option<String>,
 }
 
 /// `GET /`: the seed client's WebSocket (its default `wsUrl` is the server's
@@ -64,7 +67,7 @@ pub async fn upgrade(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state.config.ws_allowed_origins)?;
-    let (claims, clients) = authenticate(&req, &state).await?;
+    let (claims, clients, accepts_sync) = authenticate(&req, &state).await?;
     if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
         return Err(ApiError::TooManyConnections(claims.device_id.clone()));
     }
@@ -83,6 +86,9 @@ pub async fn upgrade(
         .max_continuation_size(MAX_FRAME_BYTES);
     let user = claims.user().map(|(uid, _, _)| uid);
     let (id, rx) = state.hub.register(claims.device_id.clone(), user, clients);
+    if accepts_sync {
+        state.hub.accept_sync_requests(id);
+    }
     tracing::info!(conn = id, device = %claims.device_id, "websocket connected");
     let state = state.into_inner();
     mark_socket(&state, &claims.device_id, true).await;
@@ -114,8 +120,12 @@ fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
 }
 
 /// The token comes in the query (the seed client) or the `Authorization`
-/// header (our agent). Answers the claims and the clients the device serves.
-async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(Claims, Vec<i64>), ApiError> {
+/// header (our agent). Answers the claims, the clients the device serves and
+/// whether the client accepts `sync_requested`.
+async fn authenticate(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<(Claims, Vec<i64>, bool), ApiError> {
     let query = web::Query::<WsQuery>::from_query(req.query_string())
         .map_err(|_| ApiError::InvalidRequest("invalid query string".into()))?
         .into_inner();
@@ -131,7 +141,11 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(Claims, Ve
     ensure_standing_on_active_device(&state.pool, &claims, Purpose::KioskCall).await?;
     let clients =
         db::devices::served_clients(&mut *state.pool.get().await?, &claims.device_id).await?;
-    Ok((claims, clients))
+    let accepts_sync = query
+        .accept
+        .as_deref()
+        .is_some_and(|a| a.split(',').any(|t| t.trim() == ACCEPT_SYNC_REQUESTED));
+    Ok((claims, clients, accepts_sync))
 }
 
 /// A token bucket: `rate` per second, bursts of `2 * rate`.

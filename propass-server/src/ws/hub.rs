@@ -73,6 +73,9 @@ struct Conn {
     device_id: DeviceId,
     /// The user of a login token; `None` for an enrolled device's token.
     user: Option<i64>,
+    /// Its upgrade asked for `sync_requested` (our agent; the seed client
+    /// does not know the message).
+    accepts_sync: bool,
     tx: mpsc::Sender<Delivery>,
 }
 
@@ -222,10 +225,36 @@ impl Hub {
             Conn {
                 device_id,
                 user,
+                accepts_sync: false,
                 tx,
             },
         );
         (id, rx)
+    }
+
+    /// Marks connection `id` as one that understands `sync_requested`.
+    pub fn accept_sync_requests(&self, id: ConnId) {
+        if let Some(conn) = self.lock().all.get_mut(&id) {
+            conn.accepts_sync = true;
+        }
+    }
+
+    /// Tells the connections of `device_id` that asked for it to pull now:
+    /// what the server keeps of the device changed (its clients, a lease).
+    pub fn request_sync(&self, device_id: &DeviceId) {
+        let mut conns = self.lock();
+        let ids: Vec<ConnId> = conns
+            .by_device
+            .get(device_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| conns.all.get(id).is_some_and(|c| c.accepts_sync))
+            .collect();
+        if !ids.is_empty() {
+            let out = Delivery::Event(vec![Outbound::new(&WsMessage::SyncRequested)].into());
+            conns.deliver(&ids, &out);
+        }
     }
 
     /// Removes a connection.
@@ -386,6 +415,30 @@ mod tests {
             (hub.device_connections(&a), hub.device_connections(&b)),
             (0, 1)
         );
+    }
+
+    #[test]
+    fn a_sync_request_reaches_only_the_devices_connections_that_asked() {
+        let hub = Hub::new(4);
+        let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+        let (agent, mut rx_agent) = hub.register(a.clone(), None, vec![1]);
+        let (_, mut rx_seed) = hub.register(a.clone(), Some(7), vec![1]);
+        let (other, mut rx_other) = hub.register(b.clone(), None, vec![1]);
+        hub.accept_sync_requests(agent);
+        hub.accept_sync_requests(other);
+        hub.request_sync(&a);
+        match rx_agent.try_recv() {
+            Ok(Delivery::Event(msgs)) => {
+                assert_eq!(msgs.len(), 1);
+                assert_eq!(&*msgs[0].text, r#"{"type":"sync_requested"}"#);
+            }
+            _ => panic!("the agent's socket got no sync request"),
+        }
+        assert!(
+            rx_seed.try_recv().is_err(),
+            "a socket that did not ask gets none"
+        );
+        assert!(rx_other.try_recv().is_err(), "another device gets none");
     }
 
     fn update(client: i64, remaining: i64) -> QuotaUpdated {

@@ -334,3 +334,59 @@ async fn past_the_socket_cap_new_sockets_wait_and_pushes_still_work() {
     .await;
     assert!(reopened, "a freed slot is taken again");
 }
+
+/// A kiosk whose clients or lease change on the server is asked to pull at
+/// once, on a socket whose upgrade asked for it; the seed client's socket is
+/// never sent a message it does not know.
+#[tokio::test]
+async fn a_kiosk_is_asked_to_pull_when_its_clients_or_its_lease_change() {
+    let app = spawn_app().await; // lease_target 10
+    let acme = app.add_client("ACME", 30).await;
+    let globex = app.add_client("Globex", 30).await;
+    let token = app.token("K1").await;
+    app.pull_entry_asking(&token, acme, "?lease=true").await;
+    let url = format!(
+        "ws://127.0.0.1:{}/ws?token={token}&device_id=K1&accept=sync_requested",
+        app.port
+    );
+    let (mut agent, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut seed = app.ws("/ws", &token, "K1").await;
+    for ws in [&mut agent, &mut seed] {
+        send_json(ws, &json!({"type": "ping"})).await;
+        assert_eq!(next_json(ws, WAIT).await, Some(json!({"type": "pong"})));
+    }
+    let asked = |got: &[serde_json::Value]| got.iter().any(|m| m["type"] == "sync_requested");
+    let device = propass_protocol::DeviceId::parse("K1").unwrap();
+
+    // An operator stops K1 serving Globex.
+    propass_server::db::devices::assign(&mut app.db().await, &device, &[], &[globex])
+        .await
+        .unwrap();
+    assert!(
+        asked(&collect_until(&mut agent, WAIT, asked).await),
+        "no sync_requested after the assignment changed"
+    );
+
+    // An operator takes back its lease of ACME (`device reclaim`).
+    let returned = propass_server::admin::reclaim_leases(
+        &mut app.db().await,
+        &propass_server::admin::Actor::cli("root"),
+        &device,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(returned, [(acme, 10)]);
+    assert!(
+        asked(&collect_until(&mut agent, WAIT, asked).await),
+        "no sync_requested after the lease was taken back"
+    );
+
+    send_json(&mut seed, &json!({"type": "ping"})).await;
+    let got = collect_until(&mut seed, WAIT, |got| {
+        got.last().is_some_and(|m| m["type"] == "pong")
+    })
+    .await;
+    assert_eq!(got.last(), Some(&json!({"type": "pong"})), "{got:?}");
+    assert!(!asked(&got), "the seed's socket was sent {got:?}");
+}
