@@ -185,6 +185,50 @@ pub async fn announce(state: &AppState) {
     }
 }
 
+/// Stores the heartbeats that came over WebSockets: whatever accumulated
+/// while the previous write was in flight, in one transaction (see
+/// [`crate::heartbeats`]); then dashboards here and on the other instances
+/// refetch those kiosks. A write that fails is put back and retried.
+pub async fn store_heartbeats(state: &AppState) {
+    loop {
+        let batch = state.heartbeats.next().await;
+        if let Err(e) = write_heartbeats(state, &batch).await {
+            tracing::warn!(error = %e, kiosks = batch.len(), "cannot store heartbeats; retrying");
+            state.heartbeats.restore(batch);
+            tokio::time::sleep(RECONNECT_DELAY).await;
+        }
+    }
+}
+
+/// Stores what is pending now, once (a server that stops keeps its last
+/// heartbeats).
+pub async fn flush_heartbeats(state: &AppState) {
+    let batch = state.heartbeats.take();
+    if let Err(e) = write_heartbeats(state, &batch).await {
+        tracing::warn!(error = %e, kiosks = batch.len(), "heartbeats not stored at shutdown");
+    }
+}
+
+async fn write_heartbeats(
+    state: &AppState,
+    batch: &[crate::heartbeats::Received],
+) -> Result<(), ApiError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let beats: Vec<_> = batch
+        .iter()
+        .map(|r| (&r.device, &r.heartbeat, r.at))
+        .collect();
+    let mut conn = state.pool.get().await?;
+    db::fleet::record_many(&mut conn, &beats).await?;
+    for r in batch {
+        publish_device(state, &r.device);
+        state.announcements.device_changed(&r.device);
+    }
+    Ok(())
+}
+
 /// What another instance saw: its pushes' copies for the pushing devices'
 /// sockets here and for dashboards, the charged clients' quotas, and the
 /// kiosks dashboards here should refetch (socket opened or closed there,

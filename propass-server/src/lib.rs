@@ -33,6 +33,7 @@ pub mod config;
 pub mod db;
 pub mod device;
 pub mod error;
+pub mod heartbeats;
 pub mod ledger;
 pub mod live;
 pub mod metrics;

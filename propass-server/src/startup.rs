@@ -181,9 +181,14 @@ impl Application {
         });
         let state = self.state.clone();
         let announcer = tokio::spawn(async move { crate::changes::announce(&state).await });
+        let state = self.state.clone();
+        let heartbeats =
+            tokio::spawn(async move { crate::changes::store_heartbeats(&state).await });
         let metrics = self.metrics.map(|(_, server)| tokio::spawn(server));
         let result = self.server.await;
         listener.abort();
+        heartbeats.abort();
+        crate::changes::flush_heartbeats(&self.state).await;
         announcer.abort();
         if let Some(m) = metrics {
             m.abort();

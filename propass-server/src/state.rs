@@ -12,6 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::db::throttle::LoginThrottle;
 use crate::db::{self, PgPool};
+use crate::heartbeats::Heartbeats;
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::rng::{OsRng, Rng};
@@ -82,6 +83,8 @@ pub struct AppState {
     pub announcements: Announcements,
     /// Kiosks' last contacts noted by this instance.
     pub contacts: Contacts,
+    /// Heartbeats that came over WebSockets, waiting to be stored.
+    pub heartbeats: Heartbeats,
 }
 
 impl AppState {
@@ -111,6 +114,7 @@ impl AppState {
             instance,
             announcements: Announcements::default(),
             contacts: Contacts::default(),
+            heartbeats: Heartbeats::default(),
             config,
         }
     }

@@ -3,9 +3,9 @@
 //! across server restarts and instances), and what needs a look.
 
 use chrono::{DateTime, Duration, Utc};
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{DeviceId, KioskHeartbeat, ReaderHealth};
 
 /// When a kiosk is offline, and what flags it.
@@ -28,52 +28,104 @@ pub async fn record(
     hb: &KioskHeartbeat,
     now: DateTime<Utc>,
 ) -> diesel::QueryResult<()> {
-    let skew_ms = (hb.clock - now).num_milliseconds();
-    let version: String = hb.agent_version.chars().take(64).collect();
-    let error: Option<String> = hb
-        .last_error
-        .as_ref()
-        .map(|e| e.chars().take(MAX_ERROR_CHARS).collect());
-    let reader = match hb.reader {
-        ReaderHealth::Unknown => "unknown",
-        ReaderHealth::Ok => "ok",
-        ReaderHealth::Absent => "absent",
-        ReaderHealth::Failing => "failing",
-    };
+    record_many(conn, &[(device, hb, now)]).await
+}
+
+/// [`record`] for many kiosks at once, in one transaction of two
+/// statements whatever their number (one heartbeat per device).
+pub async fn record_many(
+    conn: &mut AsyncPgConnection,
+    beats: &[(&DeviceId, &KioskHeartbeat, DateTime<Utc>)],
+) -> diesel::QueryResult<()> {
+    if beats.is_empty() {
+        return Ok(());
+    }
     let sat = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    diesel::sql_query(
-        "INSERT INTO device_heartbeats AS h (device_id, received_at, clock_skew_ms, agent_version, pending, failed, \
-             oldest_pending_at, last_sync_at, last_error, reader, blanks_written, blanks_failed) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (device_id) DO UPDATE SET received_at = excluded.received_at, \
-             clock_skew_ms = excluded.clock_skew_ms, agent_version = excluded.agent_version, \
-             pending = excluded.pending, failed = excluded.failed, oldest_pending_at = excluded.oldest_pending_at, \
-             last_sync_at = excluded.last_sync_at, last_error = excluded.last_error, reader = excluded.reader, \
-             blanks_written = excluded.blanks_written, blanks_failed = excluded.blanks_failed",
-    )
-    .bind::<Text, _>(device.as_str())
-    .bind::<Timestamptz, _>(now)
-    .bind::<BigInt, _>(skew_ms)
-    .bind::<Text, _>(&version)
-    .bind::<BigInt, _>(hb.pending.max(0))
-    .bind::<BigInt, _>(hb.failed.max(0))
-    .bind::<Nullable<Timestamptz>, _>(hb.oldest_pending_at)
-    .bind::<Nullable<Timestamptz>, _>(hb.last_sync_at)
-    .bind::<Nullable<Text>, _>(error)
-    .bind::<Text, _>(reader)
-    .bind::<BigInt, _>(sat(hb.blanks_written))
-    .bind::<BigInt, _>(sat(hb.blanks_failed))
-    .execute(conn)
-    .await?;
-    diesel::sql_query(
-        "UPDATE devices SET last_seen = greatest(last_seen, $2), agent_version = $3 WHERE device_id = $1",
-    )
-    .bind::<Text, _>(device.as_str())
-    .bind::<Timestamptz, _>(now)
-    .bind::<Text, _>(&version)
-    .execute(conn)
-    .await?;
-    Ok(())
+    let devices: Vec<&str> = beats.iter().map(|(d, _, _)| d.as_str()).collect();
+    let at: Vec<DateTime<Utc>> = beats.iter().map(|(_, _, now)| *now).collect();
+    let skew_ms: Vec<i64> = beats
+        .iter()
+        .map(|(_, hb, now)| (hb.clock - *now).num_milliseconds())
+        .collect();
+    let versions: Vec<String> = beats
+        .iter()
+        .map(|(_, hb, _)| hb.agent_version.chars().take(64).collect())
+        .collect();
+    let pending: Vec<i64> = beats.iter().map(|(_, hb, _)| hb.pending.max(0)).collect();
+    let failed: Vec<i64> = beats.iter().map(|(_, hb, _)| hb.failed.max(0)).collect();
+    let oldest: Vec<Option<DateTime<Utc>>> = beats
+        .iter()
+        .map(|(_, hb, _)| hb.oldest_pending_at)
+        .collect();
+    let synced: Vec<Option<DateTime<Utc>>> =
+        beats.iter().map(|(_, hb, _)| hb.last_sync_at).collect();
+    let errors: Vec<Option<String>> = beats
+        .iter()
+        .map(|(_, hb, _)| {
+            hb.last_error
+                .as_ref()
+                .map(|e| e.chars().take(MAX_ERROR_CHARS).collect())
+        })
+        .collect();
+    let readers: Vec<&str> = beats
+        .iter()
+        .map(|(_, hb, _)| match hb.reader {
+            ReaderHealth::Unknown => "unknown",
+            ReaderHealth::Ok => "ok",
+            ReaderHealth::Absent => "absent",
+            ReaderHealth::Failing => "failing",
+        })
+        .collect();
+    let written: Vec<i64> = beats
+        .iter()
+        .map(|(_, hb, _)| sat(hb.blanks_written))
+        .collect();
+    let blank_failures: Vec<i64> = beats
+        .iter()
+        .map(|(_, hb, _)| sat(hb.blanks_failed))
+        .collect();
+    conn.transaction(async |conn| {
+        // By device id: concurrent writers lock the rows in one order.
+        diesel::sql_query(
+            "INSERT INTO device_heartbeats AS h (device_id, received_at, clock_skew_ms, agent_version, pending, failed, \
+                 oldest_pending_at, last_sync_at, last_error, reader, blanks_written, blanks_failed) \
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[], $5::int8[], $6::int8[], \
+                 $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::int8[]) \
+             ORDER BY 1 \
+             ON CONFLICT (device_id) DO UPDATE SET received_at = excluded.received_at, \
+                 clock_skew_ms = excluded.clock_skew_ms, agent_version = excluded.agent_version, \
+                 pending = excluded.pending, failed = excluded.failed, oldest_pending_at = excluded.oldest_pending_at, \
+                 last_sync_at = excluded.last_sync_at, last_error = excluded.last_error, reader = excluded.reader, \
+                 blanks_written = excluded.blanks_written, blanks_failed = excluded.blanks_failed",
+        )
+        .bind::<Array<Text>, _>(&devices)
+        .bind::<Array<Timestamptz>, _>(&at)
+        .bind::<Array<BigInt>, _>(&skew_ms)
+        .bind::<Array<Text>, _>(&versions)
+        .bind::<Array<BigInt>, _>(&pending)
+        .bind::<Array<BigInt>, _>(&failed)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&oldest)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&synced)
+        .bind::<Array<Nullable<Text>>, _>(&errors)
+        .bind::<Array<Text>, _>(&readers)
+        .bind::<Array<BigInt>, _>(&written)
+        .bind::<Array<BigInt>, _>(&blank_failures)
+        .execute(conn)
+        .await?;
+        diesel::sql_query(
+            "UPDATE devices AS d SET last_seen = greatest(d.last_seen, b.at), agent_version = b.version \
+             FROM (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS b(device_id, at, version) \
+                   ORDER BY device_id) AS b \
+             WHERE d.device_id = b.device_id",
+        )
+        .bind::<Array<Text>, _>(&devices)
+        .bind::<Array<Timestamptz>, _>(&at)
+        .bind::<Array<Text>, _>(&versions)
+        .execute(conn)
+        .await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Marks a kiosk's WebSocket as open (`connected`) or its last one as

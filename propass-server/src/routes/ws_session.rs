@@ -215,28 +215,6 @@ async fn mark_socket(state: &AppState, device: &propass_protocol::DeviceId, conn
     state.announcements.device_changed(device);
 }
 
-/// Keeps a kiosk's heartbeat; a database that cannot take it costs the
-/// operators a stale view, not the kiosk its socket.
-pub async fn record_heartbeat(
-    state: &AppState,
-    device: &propass_protocol::DeviceId,
-    hb: &propass_protocol::KioskHeartbeat,
-) -> bool {
-    let now = state.clock.now();
-    let stored = match state.pool.get().await {
-        Ok(mut conn) => db::fleet::record(&mut conn, device, hb, now)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = &stored {
-        tracing::warn!(%device, error = %e, "heartbeat not stored");
-    }
-    crate::changes::publish_device(state, device);
-    state.announcements.device_changed(device);
-    stored.is_ok()
-}
-
 /// The session loop. A state machine in one `select!`: each arm either
 /// continues or ends the session with a reason.
 async fn run_session(
@@ -312,7 +290,12 @@ async fn on_inbound(
                 send(session, pong, send_timeout).await
             }
             Ok(WsMessage::Heartbeat(hb)) => {
-                record_heartbeat(state, &claims.device_id, &hb).await;
+                // Stored with the other kiosks' (crate::heartbeats).
+                state.heartbeats.offer(crate::heartbeats::Received {
+                    device: claims.device_id.clone(),
+                    heartbeat: hb,
+                    at: state.clock.now(),
+                });
                 true
             }
             Ok(other) => {

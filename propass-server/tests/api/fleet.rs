@@ -97,6 +97,43 @@ async fn a_kiosk_heartbeat_shows_in_the_fleet_view_with_what_needs_a_look() {
     assert_eq!(row["health"]["flags"], json!(["offline"]), "{row}");
 }
 
+/// Heartbeats over WebSockets are stored together (one write for all the
+/// kiosks heard since the last one): each kiosk's latest lands, none is
+/// mixed up with another's.
+#[tokio::test]
+async fn heartbeats_of_many_kiosks_are_stored_each_the_latest() {
+    let app = spawn_app().await;
+    let kiosks = ["K1", "K2", "K3", "K4", "K5"];
+    let mut sockets = Vec::new();
+    for k in kiosks {
+        let token = app.token(k).await;
+        sockets.push(app.ws("/ws", &token, k).await);
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        for pending in [100, i as i64 + 1] {
+            let msg = json!({"type": "heartbeat", "data": heartbeat(Utc::now(), "ok", pending, 0)});
+            send_json(ws, &msg).await;
+        }
+    }
+    let all_in = eventually(Duration::from_secs(10), || async {
+        let (ok, out, _) = app.cli(&["device", "list", "--json"]).await;
+        let rows: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        ok && kiosks.iter().enumerate().all(|(i, k)| {
+            rows.as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["device_id"] == *k && r["health"]["pending"] == i as i64 + 1)
+            })
+        })
+    })
+    .await;
+    assert!(all_in, "not every kiosk's latest heartbeat was stored");
+    for k in kiosks {
+        let row = fleet_row(&app, k).await;
+        assert_eq!(row["agent_version"], "9.8.7", "{row}");
+        assert_eq!(row["health"]["online"], true, "{row}");
+    }
+}
+
 /// Only a kiosk reports its health: an operator's token is refused, and a
 /// heartbeat that does not parse changes nothing.
 #[tokio::test]

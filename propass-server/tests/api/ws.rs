@@ -351,11 +351,25 @@ async fn a_kiosk_is_asked_to_pull_when_its_clients_or_its_lease_change() {
     );
     let (mut agent, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let mut seed = app.ws("/ws", &token, "K1").await;
-    for ws in [&mut agent, &mut seed] {
-        send_json(ws, &json!({"type": "ping"})).await;
-        assert_eq!(next_json(ws, WAIT).await, Some(json!({"type": "pong"})));
-    }
     let asked = |got: &[serde_json::Value]| got.iter().any(|m| m["type"] == "sync_requested");
+    // The approval's own notifications may still be on their way (the agent
+    // is asked to pull for them too): a top-up, heard after them in order,
+    // marks where they end.
+    let (ok, _, err) = app
+        .cli(&["quota", "add", &acme.to_string(), "7", "--reason", "marker"])
+        .await;
+    assert!(ok, "{err}");
+    for ws in [&mut agent, &mut seed] {
+        let got = collect_until(ws, WAIT, |got| {
+            got.iter()
+                .any(|m| m["type"] == "quota_updated" && m["data"]["remaining"] == 27)
+        })
+        .await;
+        assert!(
+            got.iter().any(|m| m["data"]["remaining"] == 27),
+            "the top-up did not arrive: {got:?}"
+        );
+    }
     let device = propass_protocol::DeviceId::parse("K1").unwrap();
 
     // An operator stops K1 serving Globex.
