@@ -6,6 +6,8 @@
 //! Every audit entry is announced at commit (`db::audit::AUDIT_CHANNEL`), and
 //! that announcement is what refreshes open dashboards on every server.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, Utc};
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 use propass_protocol::{ClientId, DeviceId, DeviceStatus, Role};
@@ -344,12 +346,14 @@ pub async fn quota_history(
         .collect())
 }
 
-/// A kiosk as operators see it: its record and its health.
+/// A kiosk as operators see it: its record, its health, and the units it
+/// holds in lease (spendable offline; `device reclaim` takes them back).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceView {
     #[serde(flatten)]
     pub device: db::devices::DeviceRow,
     pub health: Option<db::fleet::Health>,
+    pub leases: Vec<db::leases::LeaseRow>,
 }
 
 /// Every kiosk (or the one named) with its health at `now`.
@@ -361,11 +365,16 @@ pub async fn devices(
 ) -> AdminResult<Vec<DeviceView>> {
     let rows = db::devices::list(conn).await?;
     let mut health = db::fleet::health(conn, fleet, now).await?;
+    let mut leases: HashMap<String, Vec<db::leases::LeaseRow>> = HashMap::new();
+    for l in db::leases::list(conn, only).await? {
+        leases.entry(l.device_id.clone()).or_default().push(l);
+    }
     Ok(rows
         .into_iter()
         .filter(|r| only.is_none_or(|d| d.as_str() == r.device_id))
         .map(|device| DeviceView {
             health: health.remove(&device.device_id),
+            leases: leases.remove(&device.device_id).unwrap_or_default(),
             device,
         })
         .collect())
@@ -600,6 +609,37 @@ pub async fn reclaim_leases(
                 db::devices::notify(conn, id).await?;
             }
             Ok(returned)
+        },
+    )
+    .await
+}
+
+/// Sets a kiosk's own lease sizes (`None`: its clients' again). A connected
+/// kiosk pulls at once and is refilled up to its new target; a lease above
+/// a lowered target shrinks as it is spent (units a kiosk may already have
+/// spent offline are not taken back: `reclaim_leases` is for that).
+pub async fn size_device_leases(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    id: &DeviceId,
+    sizes: Option<db::leases::LeasePolicy>,
+) -> AdminResult<()> {
+    let detail = serde_json::json!({
+        "target": sizes.map(|s| s.target),
+        "low_water": sizes.map(|s| s.low_water),
+    });
+    audited(
+        conn,
+        actor,
+        "device.lease",
+        &format!("device:{id}"),
+        detail,
+        async |conn| {
+            if !db::leases::set_device_sizes(conn, id, sizes).await? {
+                return Err(AdminError::NotFound(format!("no device {id}")));
+            }
+            db::devices::notify(conn, id).await?;
+            Ok(())
         },
     )
     .await

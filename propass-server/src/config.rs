@@ -207,9 +207,9 @@ settings! {
     device_write_failures: u64 = 3, env "PROPASS_DEVICE_WRITE_FAILURES", flag "";
     /// A client with this many free units or fewer is flagged `low_quota` in the dashboard (and the metric `propass_client_low_quota` is 1).
     client_low_quota: u64 = 10, env "PROPASS_CLIENT_LOW_QUOTA", flag "";
-    /// Units of a client's quota a kiosk holds in lease (spendable offline), unless the client sets its own (`client lease`); 0: no leases (kiosks spend the free units optimistically, and the server flags overdrafts).
+    /// Units of a client's quota a kiosk holds in lease (spendable offline), unless the kiosk or the client sets its own (`device lease`, `client lease`); 0: no leases (kiosks spend the free units optimistically, and the server flags overdrafts).
     lease_target: u64 = 10, env "PROPASS_LEASE_TARGET", flag "";
-    /// A kiosk's lease is refilled to the target at its next sync once it holds fewer units than this (at most the target), unless the client sets its own.
+    /// A kiosk's lease is refilled to the target at its next sync once it holds fewer units than this (at most the target), unless the kiosk or the client sets its own.
     lease_low_water: u64 = 5, env "PROPASS_LEASE_LOW_WATER", flag "";
     /// A request body must arrive within this many seconds of the request (408 after): a body that trickles in holds a connection and a worker. The seed client gives up after 10 s and our agent after 30 s anyway.
     body_read_timeout_secs: u64 = 60, env "PROPASS_BODY_READ_TIMEOUT_SECS", flag "";

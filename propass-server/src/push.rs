@@ -104,15 +104,15 @@ fn echoed_op_id(raw: &RawValue) -> Option<OpId> {
     serde_json::from_value(value.get("op_id")?.clone()).ok()
 }
 
-/// Records the `batch` pushed by `device` at `now`.
+/// Records the `items` pushed by `device` at `now`.
 pub async fn push(
     ledger: &mut impl LedgerStore,
     device: &DeviceId,
     caller: Caller,
-    batch: &Batch,
+    items: &Batch,
     now: DateTime<Utc>,
 ) -> Result<PushDone, ApiError> {
-    let parsed = &batch.0;
+    let parsed = &items.0;
     let ops: Vec<NewOp<'_>> = parsed
         .iter()
         .filter_map(|p| match p {

@@ -74,12 +74,15 @@ async fn a_server_restored_from_a_backup_gets_back_what_it_lost() {
     }
     assert_eq!(agent.sync().await.0, 200);
     assert_eq!(server.ledger_count().await, 3);
-    // The restore: the copies and their charge are gone.
+    // The restore: the copies and their charge are gone — at once, in one
+    // statement, as a restore is (the agent may be syncing right now: its
+    // socket's first pull, say).
     server
-        .query_i64("WITH d AS (DELETE FROM copies RETURNING 1) SELECT count(*) FROM d")
-        .await;
-    server
-        .query_i64("WITH u AS (UPDATE quotas SET used = 0 RETURNING 1) SELECT count(*) FROM u")
+        .query_i64(
+            "WITH d AS (DELETE FROM copies RETURNING 1), \
+                  u AS (UPDATE quotas SET used = 0 RETURNING 1) \
+             SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM u)",
+        )
         .await;
     assert_eq!(agent.sync().await.0, 200);
     let back = eventually(Duration::from_secs(20), || async {

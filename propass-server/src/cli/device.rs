@@ -89,6 +89,20 @@ pub enum DeviceCmd {
         #[arg(long)]
         client: Option<ClientId>,
     },
+    /// Set this kiosk's own lease sizes, for every client it serves (they
+    /// replace the clients' `client lease` sizes and the server's defaults)
+    Lease {
+        device_id: DeviceId,
+        /// Units its lease of each client is refilled up to (0: no leases)
+        #[arg(long, required_unless_present = "default")]
+        target: Option<u32>,
+        /// Refill once a lease holds fewer units than this [default: half the target]
+        #[arg(long)]
+        low_water: Option<u32>,
+        /// Use its clients' sizes again
+        #[arg(long, conflicts_with_all = ["target", "low_water"])]
+        default: bool,
+    },
 }
 
 /// Runs one `device` command as `actor`; `fleet` says when a kiosk is
@@ -156,6 +170,25 @@ pub async fn run(
             Ok(())
         }
         DeviceCmd::Leases { json } => leases(conn, json).await,
+        DeviceCmd::Lease {
+            device_id,
+            target,
+            low_water,
+            default: _,
+        } => {
+            let sizes = target
+                .map(|t| db::leases::LeasePolicy::parse(t, low_water))
+                .transpose()?;
+            admin::size_device_leases(conn, actor, &device_id, sizes).await?;
+            match sizes {
+                Some(s) => eprintln!(
+                    "device {device_id}: holds up to {} unit(s) of each client, refilled below {}; a larger lease shrinks as it is spent (`device reclaim` takes it back now)",
+                    s.target, s.low_water
+                ),
+                None => eprintln!("device {device_id}: its clients' lease sizes"),
+            }
+            Ok(())
+        }
         DeviceCmd::Reclaim { device_id, client } => {
             let returned = admin::reclaim_leases(conn, actor, &device_id, client).await?;
             let units: i64 = returned.iter().map(|(_, u)| u).sum();
@@ -242,7 +275,7 @@ async fn enroll(
 }
 
 async fn leases(conn: &mut AsyncPgConnection, json: bool) -> Result<(), String> {
-    let rows = db::leases::list(conn).await.map_err(dberr)?;
+    let rows = db::leases::list(conn, None).await.map_err(dberr)?;
     if json {
         return print_json(&rows);
     }

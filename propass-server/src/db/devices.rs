@@ -352,6 +352,9 @@ pub struct DeviceRow {
     pub first_seen: DateTime<Utc>,
     /// Last contact.
     pub last_seen: DateTime<Utc>,
+    /// Its own lease sizes (`device lease`); `null`: its clients'.
+    pub lease_target: Option<i64>,
+    pub lease_low_water: Option<i64>,
 }
 
 /// Every device, most recently seen first.
@@ -364,6 +367,8 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
         Option<String>,
         DateTime<Utc>,
         DateTime<Utc>,
+        Option<i64>,
+        Option<i64>,
     );
     let rows: Vec<Row> = devices::table
         .select((
@@ -374,6 +379,8 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
             devices::agent_version,
             devices::first_seen,
             devices::last_seen,
+            devices::lease_target,
+            devices::lease_low_water,
         ))
         .order(devices::last_seen.desc())
         .load(conn)
@@ -389,7 +396,17 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
     }
     rows.into_iter()
         .map(
-            |(device_id, name, status, enrolled, agent_version, first_seen, last_seen)| {
+            |(
+                device_id,
+                name,
+                status,
+                enrolled,
+                agent_version,
+                first_seen,
+                last_seen,
+                lease_target,
+                lease_low_water,
+            )| {
                 let status = state_of((status, enrolled, 0))?.status;
                 Ok(DeviceRow {
                     clients: served.remove(&device_id).unwrap_or_default(),
@@ -400,6 +417,8 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
                     agent_version,
                     first_seen,
                     last_seen,
+                    lease_target,
+                    lease_low_water,
                 })
             },
         )

@@ -14,20 +14,84 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
-use diesel::QueryableByName;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{ClientId, DeviceId};
 
 use super::clients::QUOTA_CHANNEL;
 use super::prepared::Prepare;
 
-/// Lease sizes for a client that sets none.
+/// Lease sizes: the server's defaults, a client's, or a kiosk's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeasePolicy {
     /// A lease is refilled up to this many units.
     pub target: i64,
     /// ... when it holds fewer than this.
     pub low_water: i64,
+}
+
+impl LeasePolicy {
+    /// Sizes an operator asked for: the low-water mark defaults to half the
+    /// target (rounded up) and may not exceed it (a lease would be refilled
+    /// at every sync).
+    pub fn parse(target: u32, low_water: Option<u32>) -> Result<Self, String> {
+        let low_water = low_water.unwrap_or(target.div_ceil(2));
+        if low_water > target {
+            return Err(format!(
+                "low-water mark {low_water} is above the target {target}: a lease would be refilled at every sync"
+            ));
+        }
+        Ok(Self {
+            target: i64::from(target),
+            low_water: i64::from(low_water),
+        })
+    }
+}
+
+/// Sets a kiosk's own lease sizes (`None`: its clients' again); whether the
+/// kiosk exists.
+pub async fn set_device_sizes(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    sizes: Option<LeasePolicy>,
+) -> diesel::QueryResult<bool> {
+    let n = diesel::sql_query(
+        "UPDATE devices SET lease_target = $2, lease_low_water = $3 WHERE device_id = $1",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<Nullable<BigInt>, _>(sizes.map(|s| s.target))
+    .bind::<Nullable<BigInt>, _>(sizes.map(|s| s.low_water))
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+#[derive(QueryableByName)]
+struct Sizes {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lease_target: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lease_low_water: Option<i64>,
+}
+
+/// A kiosk's own lease sizes, when it has some.
+pub async fn device_sizes(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+) -> diesel::QueryResult<Option<LeasePolicy>> {
+    let row: Option<Sizes> =
+        diesel::sql_query("SELECT lease_target, lease_low_water FROM devices WHERE device_id = $1")
+            .bind::<Text, _>(device.as_str())
+            .prepared()
+            .get_result(conn)
+            .await
+            .optional()?;
+    Ok(row.and_then(|r| {
+        Some(LeasePolicy {
+            target: r.lease_target?,
+            low_water: r.lease_low_water?,
+        })
+    }))
 }
 
 /// Locks the quota rows of `clients`, in id order: the one order every
@@ -67,13 +131,15 @@ struct Granted {
 }
 
 /// Refills `device`'s lease of each of `clients` that holds fewer than its
-/// low-water mark, up to its target, from the free units. Run inside the
-/// caller's transaction.
+/// low-water mark, up to its target, from the free units: the kiosk's `own`
+/// sizes when it has some, else the client's, else `policy` (the server's).
+/// Run inside the caller's transaction.
 pub async fn refill(
     conn: &mut AsyncPgConnection,
     device: &DeviceId,
     clients: &[i64],
     policy: LeasePolicy,
+    own: Option<LeasePolicy>,
 ) -> diesel::QueryResult<()> {
     let mut clients = clients.to_vec();
     clients.sort_unstable();
@@ -84,10 +150,10 @@ pub async fn refill(
     let granted: Vec<Granted> = diesel::sql_query(
         "WITH want AS ( \
            SELECT q.client_id, COALESCE(l.units, 0) AS units, \
-                  LEAST(COALESCE(c.lease_target, $2) - COALESCE(l.units, 0), q.total - q.used - q.leased) AS g \
+                  LEAST(COALESCE($5, c.lease_target, $2) - COALESCE(l.units, 0), q.total - q.used - q.leased) AS g \
            FROM quotas q JOIN clients c ON c.id = q.client_id \
            LEFT JOIN leases l ON l.client_id = q.client_id AND l.device_id = $1 \
-           WHERE q.client_id = ANY($4) AND COALESCE(l.units, 0) < COALESCE(c.lease_low_water, $3) \
+           WHERE q.client_id = ANY($4) AND COALESCE(l.units, 0) < COALESCE($6, c.lease_low_water, $3) \
          ), given AS ( \
            INSERT INTO leases (device_id, client_id, units) \
            SELECT $1, client_id, units + g FROM want WHERE g > 0 \
@@ -102,6 +168,8 @@ pub async fn refill(
     .bind::<BigInt, _>(policy.target)
     .bind::<BigInt, _>(policy.low_water)
     .bind::<Array<BigInt>, _>(&clients)
+    .bind::<Nullable<BigInt>, _>(own.map(|o| o.target))
+    .bind::<Nullable<BigInt>, _>(own.map(|o| o.low_water))
     .prepared()
     .load(conn)
     .await?;
@@ -263,11 +331,16 @@ pub struct LeaseRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Every lease with units, by device then client.
-pub async fn list(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<LeaseRow>> {
+/// Every lease (of `only`, when given), by device then client.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    only: Option<&DeviceId>,
+) -> diesel::QueryResult<Vec<LeaseRow>> {
     diesel::sql_query(
-        "SELECT device_id, client_id, units, updated_at FROM leases ORDER BY device_id, client_id",
+        "SELECT device_id, client_id, units, updated_at FROM leases \
+         WHERE $1::text IS NULL OR device_id = $1 ORDER BY device_id, client_id",
     )
+    .bind::<Nullable<Text>, _>(only.map(DeviceId::as_str))
     .load(conn)
     .await
 }

@@ -22,6 +22,8 @@ diesel::table! {
         enrolled -> Bool,
         token_epoch -> BigInt,
         agent_version -> Nullable<Text>,
+        lease_target -> Nullable<BigInt>,
+        lease_low_water -> Nullable<BigInt>,
     }
 }
 diesel::table! {

@@ -142,19 +142,20 @@ pub async fn pull(
     let device = token.0.device_id.clone();
     let policy = state.config.lease;
     let leasing = query.lease == Some(true);
-    let (version, since, rows, leases, recorded_through) = {
+    let (version, since, own, rows, leases, recorded_through) = {
         let mut conn = state.pool.get().await?;
         conn.transaction(async |conn| {
             let (version, since) =
                 db::clients::pull_version(conn, &device, query.since_version).await?;
+            let own = db::leases::device_sizes(conn, &device).await?;
             if leasing {
                 let served = db::devices::served_clients(conn, &device).await?;
-                db::leases::refill(conn, &device, &served, policy).await?;
+                db::leases::refill(conn, &device, &served, policy, own).await?;
             }
             let rows = db::clients::served_changed(conn, &device, since).await?;
             let leases = db::leases::held(conn, &device, None).await?;
             let through = db::devices::recorded_through(conn, &device).await?;
-            Ok::<_, diesel::result::Error>((version, since, rows, leases, through))
+            Ok::<_, diesel::result::Error>((version, since, own, rows, leases, through))
         })
         .await?
     };
@@ -172,7 +173,7 @@ pub async fn pull(
                 // still holds. None: it spends the free units optimistically.
                 lease: match (
                     leases.get(&r.id).copied(),
-                    r.lease_target.unwrap_or(policy.target),
+                    own.map_or(r.lease_target.unwrap_or(policy.target), |o| o.target),
                 ) {
                     (Some(units), target) if units > 0 || (leasing && target > 0) => Some(units),
                     (None, target) if leasing && target > 0 => Some(0),

@@ -598,6 +598,172 @@ async fn operators_run_clients_quotas_and_kiosks_and_every_change_is_audited() {
     assert!(text.contains("order 4711"));
 }
 
+/// Operators see the units each kiosk holds in lease, take them back (for a
+/// kiosk that will not return: the units are free again) and size a kiosk's
+/// leases; every change is audited, and bad requests change nothing.
+#[tokio::test]
+async fn operators_see_size_and_take_back_each_kiosks_lease() {
+    let app = spawn_app().await; // lease_target 10
+    let acme = app.add_client("ACME", 30).await;
+    let token = app.token("K1").await;
+    app.pull_entry_asking(&token, acme, "?lease=true").await;
+    app.add_user(OPERATOR.0, OPERATOR.1, Role::Operator).await;
+    let op = app.browser(OPERATOR.0, OPERATOR.1).await;
+    let k1_of = |list: &Value| {
+        list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == "K1")
+            .cloned()
+            .unwrap()
+    };
+
+    let (status, list) = app
+        .page_json(&op, Method::GET, "/api/admin/devices", None)
+        .await;
+    assert_eq!(status, 200);
+    let leases = &k1_of(&list)["leases"];
+    assert_eq!(leases.as_array().unwrap().len(), 1, "{leases}");
+    assert_eq!(
+        (leases[0]["client_id"].as_i64(), leases[0]["units"].as_i64()),
+        (Some(acme), Some(10))
+    );
+
+    for (body, status) in [
+        (json!({"client": 0}), 400),
+        (json!({"clients": [acme]}), 400),
+    ] {
+        let (got, e) = app
+            .page_json(
+                &op,
+                Method::POST,
+                "/api/admin/devices/K1/reclaim",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(got, status, "{body}: {e}");
+    }
+    let (status, _) = app
+        .page_json(&op, Method::POST, "/api/admin/devices/NOPE/reclaim", None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, none) = app
+        .page_json(
+            &op,
+            Method::POST,
+            "/api/admin/devices/K1/reclaim",
+            Some(json!({"client": acme + 1000})),
+        )
+        .await;
+    assert_eq!((status, none["returned"].clone()), (200, json!([])));
+    let (_, clients) = app
+        .page_json(&op, Method::GET, "/api/admin/clients", None)
+        .await;
+    assert_eq!(clients["clients"][0]["leased"], 10, "nothing changed yet");
+
+    let (status, done) = app
+        .page_json(&op, Method::POST, "/api/admin/devices/K1/reclaim", None)
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["returned"], json!([{"client_id": acme, "units": 10}]));
+    assert_eq!(done["device"]["leases"], json!([]));
+    let (_, clients) = app
+        .page_json(&op, Method::GET, "/api/admin/clients", None)
+        .await;
+    assert_eq!(
+        (
+            clients["clients"][0]["leased"].clone(),
+            clients["clients"][0]["remaining"].clone()
+        ),
+        (json!(0), json!(30))
+    );
+    let (_, audit) = app
+        .page_json(&op, Method::GET, "/api/admin/audit?subject=device:K1", None)
+        .await;
+    let reclaims: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "device.reclaim")
+        .collect();
+    assert_eq!(
+        reclaims.len(),
+        2,
+        "both reclaims, the empty one too: {audit}"
+    );
+    assert!(reclaims.iter().all(|e| e["actor"] == "user:olga"));
+
+    // The kiosk's own lease size replaces the client's (10 here).
+    for bad in [
+        json!({"target": 4, "low_water": 5}),
+        json!({"low_water": 2}),
+        json!({"target": -1}),
+        json!({"target": 4, "extra": 1}),
+    ] {
+        let (status, _) = app
+            .page_json(
+                &op,
+                Method::PUT,
+                "/api/admin/devices/K1/lease",
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    let (status, k1) = app
+        .page_json(
+            &op,
+            Method::PUT,
+            "/api/admin/devices/K1/lease",
+            Some(json!({"target": 4})),
+        )
+        .await;
+    assert_eq!(
+        (
+            status,
+            k1["lease_target"].clone(),
+            k1["lease_low_water"].clone()
+        ),
+        (200, json!(4), json!(2)),
+        "{k1}"
+    );
+    let q = app.pull_entry_asking(&token, acme, "?lease=true").await;
+    assert_eq!(q["lease"], 4, "{q}");
+    let (status, _) = app
+        .page_json(
+            &op,
+            Method::PUT,
+            "/api/admin/devices/NOPE/lease",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, k1) = app
+        .page_json(
+            &op,
+            Method::PUT,
+            "/api/admin/devices/K1/lease",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((status, k1["lease_target"].clone()), (200, Value::Null));
+    let (_, audit) = app
+        .page_json(&op, Method::GET, "/api/admin/audit?subject=device:K1", None)
+        .await;
+    let sized: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "device.lease")
+        .collect();
+    assert_eq!(
+        sized.len(),
+        2,
+        "the two changes, not the refused ones: {audit}"
+    );
+}
+
 #[tokio::test]
 async fn admins_manage_users_and_the_last_admin_cannot_lock_everyone_out() {
     let app = spawn_app().await;

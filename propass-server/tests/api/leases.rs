@@ -27,7 +27,7 @@ fn copies(device: &str, client: i64, from: i64, n: i64) -> Value {
 async fn books(app: &TestApp, client: i64) -> (i64, i64, i64, i64) {
     let rows = db::clients::list(&mut app.db().await).await.unwrap();
     let r = rows.iter().find(|r| r.id == client).unwrap();
-    let held: i64 = db::leases::list(&mut app.db().await)
+    let held: i64 = db::leases::list(&mut app.db().await, None)
         .await
         .unwrap()
         .iter()
@@ -188,4 +188,35 @@ async fn only_a_kiosk_releases_its_lease() {
         .unwrap();
     assert_eq!(error_code(res, 401).await, "missing_token");
     assert_eq!(books(&app, acme).await.1, 10, "nothing given back");
+}
+
+/// `device lease`: a kiosk's own sizes replace its clients' for every client
+/// it serves; `--default` gives them back; a low-water mark above the target
+/// is refused and changes nothing.
+#[tokio::test]
+async fn a_kiosks_own_lease_sizes_replace_its_clients() {
+    let app = spawn_app().await; // lease_target 10, lease_low_water 5
+    let acme = app.add_client("ACME", 30).await;
+    let k1 = app.token("K1").await;
+    let k2 = app.token("K2").await;
+    let (ok, _, err) = app
+        .cli(&["device", "lease", "K1", "--target", "3", "--low-water", "4"])
+        .await;
+    assert!(!ok && err.contains("above the target"), "{err}");
+    let (ok, _, err) = app.cli(&["device", "lease", "K1", "--target", "3"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(lease_pull(&app, &k1, acme).await["lease"], 3);
+    assert_eq!(
+        lease_pull(&app, &k2, acme).await["lease"],
+        10,
+        "K2 keeps the client's size"
+    );
+    let (ok, _, err) = app.cli(&["device", "lease", "NOPE", "--target", "3"]).await;
+    assert!(!ok && err.contains("no device NOPE"), "{err}");
+
+    // Back to the client's sizes: refilled once below its low-water mark (5).
+    let (ok, _, err) = app.cli(&["device", "lease", "K1", "--default"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(lease_pull(&app, &k1, acme).await["lease"], 10);
+    assert_eq!(books(&app, acme).await, (0, 20, 30, 20));
 }

@@ -2,7 +2,7 @@
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use propass_protocol::DeviceId;
+use propass_protocol::{ClientId, DeviceId};
 use serde::Deserialize;
 
 use super::access::OperatorSession;
@@ -147,6 +147,73 @@ pub async fn assign(
     {
         let mut conn = state.pool.get().await?;
         admin::assign_device(&mut conn, &session.actor(), &id, &body.add, &body.remove).await?;
+    }
+    answer(&state, &id).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReclaimBody {
+    /// Only this client's lease; all of them when absent.
+    client: Option<i64>,
+}
+
+/// `POST /api/admin/devices/{id}/reclaim`: for a kiosk that will not come
+/// back (a connected one is asked to pull, and refills from the free units).
+pub async fn reclaim(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Bytes,
+) -> ApiResult<HttpResponse> {
+    let id = device_id(input::param(&req, "id"))?;
+    let client = input::json_or_default::<ReclaimBody>(&req, &body)?
+        .client
+        .map(ClientId::new)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let mut conn = state.pool.get().await?;
+    let returned = admin::reclaim_leases(&mut conn, &session.actor(), &id, client).await?;
+    let device = admin::device(&mut conn, &id, state.config.fleet, state.clock.now()).await?;
+    let returned: Vec<_> = returned
+        .into_iter()
+        .map(|(client_id, units)| serde_json::json!({"client_id": client_id, "units": units}))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"returned": returned, "device": device})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseBody {
+    /// Absent: the kiosk's clients' sizes again.
+    target: Option<u32>,
+    /// Absent: half the target.
+    low_water: Option<u32>,
+}
+
+/// `PUT /api/admin/devices/{id}/lease`.
+pub async fn lease(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Bytes,
+) -> ApiResult<HttpResponse> {
+    let id = device_id(input::param(&req, "id"))?;
+    let body: LeaseBody = input::json(&req, &body)?;
+    let sizes = match (body.target, body.low_water) {
+        (None, Some(_)) => {
+            return Err(ApiError::InvalidRequest(
+                "low_water needs a target (no target: the clients' sizes again)".into(),
+            ))
+        }
+        (target, low_water) => target
+            .map(|t| crate::db::leases::LeasePolicy::parse(t, low_water))
+            .transpose()
+            .map_err(ApiError::InvalidRequest)?,
+    };
+    {
+        let mut conn = state.pool.get().await?;
+        admin::size_device_leases(&mut conn, &session.actor(), &id, sizes).await?;
     }
     answer(&state, &id).await
 }
