@@ -7,7 +7,10 @@
 //! - the worst case: a push for a client every kiosk serves, delivered to
 //!   all N — p50/p99, against the broadcaster sending one message to all N;
 //! - resident memory per connection, of each server (measured over the
-//!   sockets opened after a 5 % warm-up).
+//!   sockets opened after a 5 % warm-up);
+//! - every kiosk's heartbeat at once (as after a reconnect storm): the time
+//!   from the first sent until all N are stored, against one upsert of the
+//!   same N rows straight into PostgreSQL.
 //!
 //! Options: `--kiosks N` (10000), `--events N` per-client pushes (100),
 //! `--broadcasts N` worst-case rounds (5). Needs `DATABASE_URL` (a superuser
@@ -24,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use futures_util::StreamExt;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use propass_test_support::{free_port, percentile, rss_kib, ProcessGuard};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -187,7 +191,13 @@ type Heard = (usize, Instant);
 struct Fleet {
     tx: mpsc::UnboundedSender<Heard>,
     readers: Vec<tokio::task::JoinHandle<()>>,
+    /// What each kiosk sends on.
+    sinks: Vec<SplitSink<Socket, Message>>,
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Message = tokio_tungstenite::tungstenite::Message;
 
 impl Drop for Fleet {
     fn drop(&mut self) {
@@ -227,8 +237,9 @@ async fn connect_all(
     for (k, c) in range.zip(connects) {
         let ws = c.await.map_err(|e| e.to_string())??;
         let tx = tx.clone();
+        let (sink, mut stream) = ws.split();
+        fleet.sinks.push(sink);
         fleet.readers.push(tokio::spawn(async move {
-            let (_sink, mut stream) = ws.split();
             while let Some(Ok(msg)) = stream.next().await {
                 if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
                     if t.contains(marker) {
@@ -253,6 +264,7 @@ async fn open_fleet(
     let mut fleet = Fleet {
         tx,
         readers: Vec::with_capacity(n),
+        sinks: Vec::with_capacity(n),
     };
     let warm = (n / 20).max(1);
     connect_all(&mut fleet, 0..warm, url_of, "quota_updated").await?;
@@ -293,6 +305,8 @@ struct Run {
     per_client: Vec<Duration>,
     everyone: Vec<Duration>,
     bytes_per_conn: f64,
+    /// All heartbeats stored, and the same rows upserted straight in.
+    heartbeats: Option<(Duration, Duration)>,
 }
 
 async fn bench(o: Opts) -> Result<(), String> {
@@ -343,6 +357,15 @@ async fn bench(o: Opts) -> Result<(), String> {
         ours.bytes_per_conn / 1024.0,
         theirs.bytes_per_conn / 1024.0
     );
+    if let Some((stored, ceiling)) = ours.heartbeats {
+        println!(
+            "heartbeats   {} at once, all stored in {:.0} ms; the same rows upserted straight in: {:.0} ms (ratio {:.2})",
+            o.kiosks,
+            ms(stored),
+            ms(ceiling),
+            ceiling.as_secs_f64() / stored.as_secs_f64()
+        );
+    }
     Ok(())
 }
 
@@ -374,7 +397,7 @@ async fn run_server(o: &Opts, base: &str, server_bin: &str) -> Result<Run, Strin
     let tokens = common::device_tokens((0..o.kiosks).map(device))?;
     let started = Instant::now();
     let tokens = &tokens;
-    let (fleet, mut rx, bytes_per_conn) = open_fleet(o.kiosks, pid, |k| {
+    let (mut fleet, mut rx, bytes_per_conn) = open_fleet(o.kiosks, pid, |k| {
         format!(
             "ws://127.0.0.1:{port}/ws?token={}&device_id={}",
             tokens[k],
@@ -419,13 +442,86 @@ async fn run_server(o: &Opts, base: &str, server_bin: &str) -> Result<Run, Strin
         push(b, everyone, o.events + b + 1).await?;
         all.extend(deliveries(&mut rx, o.kiosks, t0).await?);
     }
+    let heartbeats = heartbeat_storm(&mut fleet, &url, o.kiosks).await?;
     drop(fleet);
     server.terminate();
     Ok(Run {
         per_client,
         everyone: all,
         bytes_per_conn,
+        heartbeats: Some(heartbeats),
     })
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Every kiosk sends a heartbeat at once: the time until all `kiosks` are
+/// stored; then the ceiling, the same rows upserted in one transaction.
+async fn heartbeat_storm(
+    fleet: &mut Fleet,
+    url: &str,
+    kiosks: usize,
+) -> Result<(Duration, Duration), String> {
+    let mut c = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let beat = json!({"type": "heartbeat", "data": {
+        "agent_version": "bench", "pending": 4242, "failed": 0, "reader": "ok",
+        "blanks_written": 0, "blanks_failed": 0, "clock": chrono::Utc::now()}})
+    .to_string();
+    let t0 = Instant::now();
+    for sink in &mut fleet.sinks {
+        sink.send(Message::Text(beat.clone().into()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let deadline = t0 + Duration::from_secs(60);
+    loop {
+        let stored: Count =
+            diesel::sql_query("SELECT count(*) AS n FROM device_heartbeats WHERE pending = 4242")
+                .get_result(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+        if stored.n as usize >= kiosks {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {kiosks} heartbeats stored within 60 s",
+                stored.n
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stored = t0.elapsed();
+    let t1 = Instant::now();
+    c.transaction(async |c| {
+        diesel::sql_query(
+            "INSERT INTO device_heartbeats AS h (device_id, received_at, clock_skew_ms, agent_version, pending, failed, \
+                 reader, blanks_written, blanks_failed) \
+             SELECT 'BW-' || g, now(), 0, 'bench', 4243, 0, 'ok', 0, 0 FROM generate_series(0, $1 - 1) g \
+             ON CONFLICT (device_id) DO UPDATE SET received_at = excluded.received_at, \
+                 clock_skew_ms = excluded.clock_skew_ms, agent_version = excluded.agent_version, \
+                 pending = excluded.pending, failed = excluded.failed, reader = excluded.reader, \
+                 blanks_written = excluded.blanks_written, blanks_failed = excluded.blanks_failed",
+        )
+        .bind::<BigInt, _>(kiosks as i64)
+        .execute(c)
+        .await?;
+        diesel::sql_query(
+            "UPDATE devices SET last_seen = greatest(last_seen, now()), agent_version = 'bench' \
+             WHERE device_id LIKE 'BW-%'",
+        )
+        .execute(c)
+        .await
+    })
+    .await
+    .map_err(|e: diesel::result::Error| e.to_string())?;
+    Ok((stored, t1.elapsed()))
 }
 
 async fn run_broadcaster(o: &Opts) -> Result<Run, String> {
@@ -472,5 +568,6 @@ async fn run_broadcaster(o: &Opts) -> Result<Run, String> {
         per_client: Vec::new(),
         everyone: all,
         bytes_per_conn,
+        heartbeats: None,
     })
 }
