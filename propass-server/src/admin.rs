@@ -184,7 +184,7 @@ pub fn flagged(client: ClientOverview, low_quota: i64) -> ClientView {
 
 /// One client as operators see it.
 pub async fn client(conn: &mut AsyncPgConnection, id: i64) -> AdminResult<ClientOverview> {
-    db::clients::overview(conn, Some(id), true)
+    db::clients::overview(conn, Some(&[id]), true)
         .await?
         .pop()
         .ok_or_else(|| AdminError::NotFound(format!("no client with id {id}")))
@@ -363,15 +363,14 @@ pub async fn devices(
     fleet: db::fleet::FleetPolicy,
     now: DateTime<Utc>,
 ) -> AdminResult<Vec<DeviceView>> {
-    let rows = db::devices::list(conn).await?;
-    let mut health = db::fleet::health(conn, fleet, now).await?;
+    let rows = db::devices::list(conn, only).await?;
+    let mut health = db::fleet::health(conn, fleet, now, only).await?;
     let mut leases: HashMap<String, Vec<db::leases::LeaseRow>> = HashMap::new();
     for l in db::leases::list(conn, only).await? {
         leases.entry(l.device_id.clone()).or_default().push(l);
     }
     Ok(rows
         .into_iter()
-        .filter(|r| only.is_none_or(|d| d.as_str() == r.device_id))
         .map(|device| DeviceView {
             health: health.remove(&device.device_id),
             leases: leases.remove(&device.device_id).unwrap_or_default(),

@@ -310,21 +310,19 @@ async fn on_quota(state: &AppState, payload: &str) -> Result<(), ApiError> {
     publish_clients(state, &[client.get()]).await
 }
 
-/// Sends dashboards the `client` event of each of `clients` as they are now
-/// (nothing, and no query, when no dashboard is open).
+/// Sends dashboards the `client` event of each of `clients` as they are now,
+/// read in one query (nothing, and no query, when no dashboard is open).
 pub async fn publish_clients(state: &AppState, clients: &[i64]) -> Result<(), ApiError> {
     if state.live.is_empty() || clients.is_empty() {
         return Ok(());
     }
-    let mut conn = state.pool.get().await?;
-    for id in clients {
-        if let Some(c) = db::clients::overview(&mut conn, Some(*id), true)
-            .await?
-            .pop()
-        {
-            let c = crate::admin::flagged(c, state.config.client_low_quota);
-            state.live.publish(&live::frame("client", &c));
-        }
+    let rows = {
+        let mut conn = state.pool.get().await?;
+        db::clients::overview(&mut conn, Some(clients), true).await?
+    };
+    for c in rows {
+        let c = crate::admin::flagged(c, state.config.client_low_quota);
+        state.live.publish(&live::frame("client", &c));
     }
     Ok(())
 }

@@ -204,8 +204,8 @@ async fn list(
     json: bool,
     fleet: db::fleet::FleetPolicy,
 ) -> Result<(), String> {
-    let rows = db::devices::list(conn).await.map_err(dberr)?;
-    let mut health = db::fleet::health(conn, fleet, SystemClock.now())
+    let rows = db::devices::list(conn, None).await.map_err(dberr)?;
+    let mut health = db::fleet::health(conn, fleet, SystemClock.now(), None)
         .await
         .map_err(dberr)?;
     if json {

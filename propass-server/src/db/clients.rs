@@ -278,11 +278,11 @@ pub struct ClientOverview {
     pub archived: bool,
 }
 
-/// Clients with their quotas, overdrafts and kiosks, by id: one client
-/// (`only`), or all (archived ones when asked).
+/// Clients with their quotas, overdrafts and kiosks, by id: those of
+/// `only`, or all (archived ones when asked).
 pub async fn overview(
     conn: &mut AsyncPgConnection,
-    only: Option<i64>,
+    only: Option<&[i64]>,
     include_archived: bool,
 ) -> QueryResult<Vec<ClientOverview>> {
     diesel::sql_query(
@@ -294,10 +294,10 @@ pub async fn overview(
          FROM clients c JOIN quotas q ON q.client_id = c.id \
          LEFT JOIN (SELECT client_id, count(*) AS n FROM copies WHERE overdraft GROUP BY client_id) o \
                 ON o.client_id = c.id \
-         WHERE ($1::bigint IS NULL OR c.id = $1) AND ($2 OR c.archived_at IS NULL) \
+         WHERE ($1::int8[] IS NULL OR c.id = ANY($1)) AND ($2 OR c.archived_at IS NULL) \
          ORDER BY c.id",
     )
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>, _>(only)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::BigInt>>, _>(only)
     .bind::<diesel::sql_types::Bool, _>(include_archived)
     .load(conn)
     .await

@@ -357,8 +357,11 @@ pub struct DeviceRow {
     pub lease_low_water: Option<i64>,
 }
 
-/// Every device, most recently seen first.
-pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
+/// Every device (or only `only`), most recently seen first.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    only: Option<&DeviceId>,
+) -> QueryResult<Vec<DeviceRow>> {
     type Row = (
         String,
         Option<String>,
@@ -370,7 +373,11 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
         Option<i64>,
         Option<i64>,
     );
-    let rows: Vec<Row> = devices::table
+    let mut query = devices::table.into_boxed();
+    if let Some(d) = only {
+        query = query.filter(devices::device_id.eq(d.as_str()));
+    }
+    let rows: Vec<Row> = query
         .select((
             devices::device_id,
             devices::name,
@@ -385,7 +392,11 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<DeviceRow>> {
         .order(devices::last_seen.desc())
         .load(conn)
         .await?;
-    let pairs: Vec<(String, i64)> = device_clients::table
+    let mut pairs = device_clients::table.into_boxed();
+    if let Some(d) = only {
+        pairs = pairs.filter(device_clients::device_id.eq(d.as_str()));
+    }
+    let pairs: Vec<(String, i64)> = pairs
         .select((device_clients::device_id, device_clients::client_id))
         .order((device_clients::device_id, device_clients::client_id))
         .load(conn)

@@ -205,20 +205,23 @@ struct Row {
     overdrafts_24h: i64,
 }
 
-/// Every device's health at `now`, by device id.
+/// Every device's health at `now` (or only `only`'s), by device id.
 pub async fn health(
     conn: &mut AsyncPgConnection,
     policy: FleetPolicy,
     now: DateTime<Utc>,
+    only: Option<&DeviceId>,
 ) -> diesel::QueryResult<std::collections::HashMap<String, Health>> {
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT d.device_id, d.last_seen, d.disconnected_at, h.received_at, h.clock_skew_ms, h.pending, h.failed, \
                 h.oldest_pending_at, h.last_sync_at, h.last_error, h.reader, h.blanks_written, h.blanks_failed, \
                 (SELECT count(*) FROM copies c WHERE c.device_id = d.device_id AND c.overdraft \
                    AND c.received_at > $1 - interval '24 hours') AS overdrafts_24h \
-         FROM devices d LEFT JOIN device_heartbeats h ON h.device_id = d.device_id",
+         FROM devices d LEFT JOIN device_heartbeats h ON h.device_id = d.device_id \
+         WHERE $2::text IS NULL OR d.device_id = $2",
     )
     .bind::<Timestamptz, _>(now)
+    .bind::<Nullable<Text>, _>(only.map(DeviceId::as_str))
     .load(conn)
     .await?;
     Ok(rows

@@ -32,7 +32,7 @@ pub async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let (health, clients) = {
         let mut conn = state.pool.get().await?;
         (
-            db::fleet::health(&mut conn, state.config.fleet, now).await?,
+            db::fleet::health(&mut conn, state.config.fleet, now, None).await?,
             db::clients::overview(&mut conn, None, false).await?,
         )
     };

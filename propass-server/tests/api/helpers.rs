@@ -146,7 +146,7 @@ impl TestApp {
         let id = db::clients::create(&mut conn, name, quota, false)
             .await
             .unwrap();
-        for d in db::devices::list(&mut conn).await.unwrap() {
+        for d in db::devices::list(&mut conn, None).await.unwrap() {
             let d = DeviceId::parse(&d.device_id).unwrap();
             db::devices::assign(&mut conn, &d, &[id], &[])
                 .await
