@@ -16,7 +16,8 @@
 //! - `cargo xtask bench ledger [--copies N] [--kiosks N] [--samples N]`: the dashboard's ledger
 //!   pages (page 1 and 10,000), fleet list and CSV export on a bulk-loaded ledger, against psql.
 //! - `cargo xtask bench ws [--kiosks N] [--events N] [--broadcasts N]`: kiosk WebSockets on the
-//!   server (per-client events, one event to all) against a minimal actix-ws broadcaster.
+//!   server (per-client events, one event to all) against a minimal actix-ws broadcaster, and a
+//!   heartbeat from every kiosk at once against one upsert of the same rows.
 //! - `cargo xtask bench fleet [--kiosks N] [--outage SECS] …`: two instances behind the shipped
 //!   haproxy config, simulated kiosks, both instances stopped for a minute: drain time, storm
 //!   p99 and errors, every copy in the ledger exactly once.
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
                  bench push     measure push throughput against raw SQL and pgbench (--fleet: 64 kiosks, 100 clients)\n  \
                  bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
                  bench ledger   the dashboard's ledger pages, fleet list and CSV export on ten million copies\n  \
-                 bench ws       10,000 kiosk WebSockets: per-client and fleet-wide delivery against a minimal broadcaster\n  \
+                 bench ws       10,000 kiosk WebSockets: per-client and fleet-wide delivery against a minimal broadcaster, heartbeats stored\n  \
                  bench fleet    two instances behind haproxy, thousands of kiosks, a one-minute outage: drain time, storm p99\n  \
                  chaos          seeded faults against the real server and agents; invariants after every round\n  \
                  package        Debian packages of the server and the agent in target/debian (--check: verify them)\n  \

@@ -175,20 +175,7 @@ pub async fn run(
             target,
             low_water,
             default: _,
-        } => {
-            let sizes = target
-                .map(|t| db::leases::LeasePolicy::parse(t, low_water))
-                .transpose()?;
-            admin::size_device_leases(conn, actor, &device_id, sizes).await?;
-            match sizes {
-                Some(s) => eprintln!(
-                    "device {device_id}: holds up to {} unit(s) of each client, refilled below {}; a larger lease shrinks as it is spent (`device reclaim` takes it back now)",
-                    s.target, s.low_water
-                ),
-                None => eprintln!("device {device_id}: its clients' lease sizes"),
-            }
-            Ok(())
-        }
+        } => lease(conn, actor, &device_id, target, low_water).await,
         DeviceCmd::Reclaim { device_id, client } => {
             let returned = admin::reclaim_leases(conn, actor, &device_id, client).await?;
             let units: i64 = returned.iter().map(|(_, u)| u).sum();
@@ -197,6 +184,28 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// `device lease`: the kiosk's own sizes (`target` absent: its clients').
+async fn lease(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    device_id: &DeviceId,
+    target: Option<u32>,
+    low_water: Option<u32>,
+) -> Result<(), String> {
+    let sizes = target
+        .map(|t| db::leases::LeasePolicy::parse(t, low_water))
+        .transpose()?;
+    admin::size_device_leases(conn, actor, device_id, sizes).await?;
+    match sizes {
+        Some(s) => eprintln!(
+            "device {device_id}: holds up to {} unit(s) of each client, refilled below {}; a larger lease shrinks as it is spent (`device reclaim` takes it back now)",
+            s.target, s.low_water
+        ),
+        None => eprintln!("device {device_id}: its clients' lease sizes"),
+    }
+    Ok(())
 }
 
 async fn list(
