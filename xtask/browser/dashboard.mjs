@@ -157,6 +157,22 @@ async function run(browser) {
     await shot(A, '02-online.png');
   });
 
+  // The fleet shows the units the kiosk holds in lease, and an operator
+  // takes them back (the server audits it; the kiosk asks again at once).
+  at('2b-lease', async () => {
+    const row = A.locator(`[data-testid=device-row][data-device-id=${attr(kiosk)}]`);
+    await until(`kiosk ${kiosk} shown holding a lease`, async () => /\(\d+ held\)/.test(await row.getByTestId('device-clients').textContent()));
+    await shot(A, '02b-lease.png');
+    await row.getByRole('button', { name: 'Take back lease' }).click();
+    await A.getByTestId('dialog-ok').click();
+    const who = `user:${admin[0]}`;
+    await until('the reclaim in the audit log', async () => A.evaluate(async ({ k, who }) => {
+      const r = await fetch(`/api/admin/audit?subject=${encodeURIComponent(`device:${k}`)}`, { credentials: 'same-origin' });
+      return (await r.json()).entries.some((e) => e.action === 'device.reclaim' && e.actor === who);
+    }, { k: kiosk, who }));
+    check((await loadedAt(A)) === stampA, 'page A was reloaded');
+  });
+
   at('3-feed', async () => {
     await openView(A, 'feed');
     const rows = A.getByTestId('feed-row');

@@ -378,6 +378,8 @@ function deviceRow(d) {
   if (d.status === 'pending') actions.push(act('Approve', approveDevice, 'primary'));
   actions.push(act('Rename', renameDevice));
   if (d.status === 'active') actions.push(act('Clients', assignClients), act('Revoke', revokeDevice, 'danger'));
+  const held = (d.leases || []).filter((l) => l.units > 0);
+  if (held.length) actions.push(act('Take back lease', reclaimLease));
   if (d.status === 'revoked') actions.push(act('Reinstate', reinstateDevice));
   const backlog = hl.pending == null ? '—' : String(hl.pending);
   const skew = hl.clock_skew_ms == null ? null : `clock skew ${Math.round(hl.clock_skew_ms / 1000)} s`;
@@ -391,8 +393,17 @@ function deviceRow(d) {
     h('td', {}, d.agent_version || '—'),
     h('td.num', { title: hl.oldest_pending_at ? `oldest ${new Date(hl.oldest_pending_at).toLocaleString()}` : null }, backlog),
     h('td', {}, (hl.flags || []).map((f) => chip(f.replace(/_/g, ' '), 'warn')), detail ? h('div.sub', {}, detail) : null),
-    h('td', {}, (d.clients || []).map(clientName).join(', ') || '—'),
+    h('td', { testid: 'device-clients' }, clientsHeld(d) || '—'),
     h('td.actions', {}, actions));
+}
+
+// Each client a kiosk serves, with the units it holds in lease of it
+// (spendable offline).
+function clientsHeld(d) {
+  const held = new Map((d.leases || []).map((l) => [l.client_id, l.units]));
+  return (d.clients || [])
+    .map((c) => (held.get(c) ? `${clientName(c)} (${held.get(c)} held)` : clientName(c)))
+    .join(', ');
 }
 
 // Accepts the bare device object or a wrapped one and folds it into the list.
@@ -439,6 +450,12 @@ function renameDevice(d) {
 function revokeDevice(d) {
   dialog(`Revoke ${d.name || d.device_id}?`, [h('p', {}, 'The kiosk stops copying and its credentials stop working. You can reinstate it later.')], 'Revoke',
     async () => mergeDevice(await api(`/api/admin/devices/${enc(d.device_id)}/revoke`, 'POST', {})));
+}
+function reclaimLease(d) {
+  const units = (d.leases || []).reduce((n, l) => n + l.units, 0);
+  dialog(`Take back the lease of ${d.name || d.device_id}?`,
+    [h('p', {}, `The ${units} unit(s) it holds go back to its clients' free units. For a kiosk that will not come back: a connected kiosk asks for units again at once, and copies it made offline are still recorded when it returns.`)],
+    'Take back', async () => mergeDevice(await api(`/api/admin/devices/${enc(d.device_id)}/reclaim`, 'POST', {})));
 }
 function reinstateDevice(d, btn) {
   busy(btn, async () => mergeDevice(await api(`/api/admin/devices/${enc(d.device_id)}/reinstate`, 'POST', {}))).catch(report);
