@@ -176,15 +176,8 @@ enum ClientCmd {
     Lease {
         /// Client id
         client_id: ClientId,
-        /// Units a kiosk's lease is refilled up to (0: no leases for this client)
-        #[arg(long, required_unless_present = "default")]
-        target: Option<u32>,
-        /// Refill once a lease holds fewer units than this [default: half the target]
-        #[arg(long)]
-        low_water: Option<u32>,
-        /// Use the server's lease_target and lease_low_water again
-        #[arg(long, conflicts_with_all = ["target", "low_water"])]
-        default: bool,
+        #[command(flatten)]
+        sizes: LeaseSizeArgs,
     },
     /// Set a client's copy policy; prints it. Kiosks learn it at their next pull
     Policy {
@@ -396,6 +389,29 @@ fn audit_entry(c: &Command) -> Option<(String, String, serde_json::Value)> {
     Some((action.to_owned(), subject, args))
 }
 
+/// The lease sizes of `client lease` and `device lease`.
+#[derive(Debug, clap::Args)]
+pub struct LeaseSizeArgs {
+    /// Units a kiosk's lease of a client is refilled up to (0: no leases)
+    #[arg(long, required_unless_present = "default")]
+    target: Option<u32>,
+    /// Refill once a lease holds fewer units than this [default: half the target]
+    #[arg(long)]
+    low_water: Option<u32>,
+    /// Use the sizes of the level above again (a kiosk: its clients'; a client: the server's lease_target and lease_low_water)
+    #[arg(long, conflicts_with_all = ["target", "low_water"])]
+    default: bool,
+}
+
+impl LeaseSizeArgs {
+    /// The sizes asked for; `None` with `--default`.
+    fn parse(&self) -> Result<Option<db::leases::LeasePolicy>, String> {
+        self.target
+            .map(|t| db::leases::LeasePolicy::parse(t, self.low_water))
+            .transpose()
+    }
+}
+
 /// Why an audited command's transaction rolled back.
 enum Failed {
     Command(String),
@@ -458,12 +474,9 @@ async fn dispatch(
             json,
         }) => client_add(conn, &name, quota, partial_copy, json).await,
         Command::Client(ClientCmd::List { json }) => client_list(conn, json).await,
-        Command::Client(ClientCmd::Lease {
-            client_id,
-            target,
-            low_water,
-            default: _,
-        }) => client_lease(conn, client_id, target, low_water).await,
+        Command::Client(ClientCmd::Lease { client_id, sizes }) => {
+            client_lease(conn, client_id, sizes.parse()?).await
+        }
         Command::Client(ClientCmd::Policy {
             client_id,
             partial_copy,
@@ -696,33 +709,23 @@ async fn ledger_unverified(conn: &mut AsyncPgConnection, json: bool) -> Result<(
 async fn client_lease(
     conn: &mut AsyncPgConnection,
     client_id: ClientId,
-    target: Option<u32>,
-    low_water: Option<u32>,
+    sizes: Option<db::leases::LeasePolicy>,
 ) -> Result<(), String> {
-    let low_water = match (target, low_water) {
-        (Some(t), Some(l)) if l > t => {
-            return Err(format!(
-                "--low-water {l} is above --target {t}: a lease would be refilled at every sync"
-            ))
-        }
-        (Some(t), None) => Some(t.div_ceil(2)),
-        (_, l) => l,
-    };
     if !db::leases::set_policy(
         conn,
         client_id,
-        target.map(i64::from),
-        low_water.map(i64::from),
+        sizes.map(|s| s.target),
+        sizes.map(|s| s.low_water),
     )
     .await
     .map_err(dberr)?
     {
         return Err(format!("no client with id {client_id}"));
     }
-    match target {
-        Some(t) => eprintln!(
-            "client {client_id}: kiosks hold up to {t} unit(s) each, refilled below {}; a smaller lease shrinks as it is spent (`device reclaim` takes it back now)",
-            low_water.unwrap_or(0)
+    match sizes {
+        Some(s) => eprintln!(
+            "client {client_id}: kiosks hold up to {} unit(s) each, refilled below {}; a smaller lease shrinks as it is spent (`device reclaim` takes it back now)",
+            s.target, s.low_water
         ),
         None => eprintln!("client {client_id}: the server's default lease sizes"),
     }

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use diesel_async::AsyncPgConnection;
 use propass_protocol::{ClientId, DeviceId};
 
-use super::{dberr, print_json};
+use super::{dberr, print_json, LeaseSizeArgs};
 use crate::admin::{self, Actor, StatusChange};
 use crate::clock::{Clock, SystemClock};
 use crate::db;
@@ -93,15 +93,8 @@ pub enum DeviceCmd {
     /// replace the clients' `client lease` sizes and the server's defaults)
     Lease {
         device_id: DeviceId,
-        /// Units its lease of each client is refilled up to (0: no leases)
-        #[arg(long, required_unless_present = "default")]
-        target: Option<u32>,
-        /// Refill once a lease holds fewer units than this [default: half the target]
-        #[arg(long)]
-        low_water: Option<u32>,
-        /// Use its clients' sizes again
-        #[arg(long, conflicts_with_all = ["target", "low_water"])]
-        default: bool,
+        #[command(flatten)]
+        sizes: LeaseSizeArgs,
     },
 }
 
@@ -170,12 +163,9 @@ pub async fn run(
             Ok(())
         }
         DeviceCmd::Leases { json } => leases(conn, json).await,
-        DeviceCmd::Lease {
-            device_id,
-            target,
-            low_water,
-            default: _,
-        } => lease(conn, actor, &device_id, target, low_water).await,
+        DeviceCmd::Lease { device_id, sizes } => {
+            lease(conn, actor, &device_id, sizes.parse()?).await
+        }
         DeviceCmd::Reclaim { device_id, client } => {
             let returned = admin::reclaim_leases(conn, actor, &device_id, client).await?;
             let units: i64 = returned.iter().map(|(_, u)| u).sum();
@@ -186,17 +176,13 @@ pub async fn run(
     }
 }
 
-/// `device lease`: the kiosk's own sizes (`target` absent: its clients').
+/// `device lease`: the kiosk's own sizes (`None`: its clients').
 async fn lease(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
     device_id: &DeviceId,
-    target: Option<u32>,
-    low_water: Option<u32>,
+    sizes: Option<db::leases::LeasePolicy>,
 ) -> Result<(), String> {
-    let sizes = target
-        .map(|t| db::leases::LeasePolicy::parse(t, low_water))
-        .transpose()?;
     admin::size_device_leases(conn, actor, device_id, sizes).await?;
     match sizes {
         Some(s) => eprintln!(

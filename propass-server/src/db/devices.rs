@@ -362,22 +362,23 @@ pub async fn list(
     conn: &mut AsyncPgConnection,
     only: Option<&DeviceId>,
 ) -> QueryResult<Vec<DeviceRow>> {
-    type Row = (
-        String,
-        Option<String>,
-        String,
-        bool,
-        Option<String>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-        Option<i64>,
-        Option<i64>,
-    );
+    #[derive(diesel::Queryable)]
+    struct Listed {
+        device_id: String,
+        name: Option<String>,
+        status: String,
+        enrolled: bool,
+        agent_version: Option<String>,
+        first_seen: DateTime<Utc>,
+        last_seen: DateTime<Utc>,
+        lease_target: Option<i64>,
+        lease_low_water: Option<i64>,
+    }
     let mut query = devices::table.into_boxed();
     if let Some(d) = only {
         query = query.filter(devices::device_id.eq(d.as_str()));
     }
-    let rows: Vec<Row> = query
+    let rows: Vec<Listed> = query
         .select((
             devices::device_id,
             devices::name,
@@ -406,32 +407,19 @@ pub async fn list(
         served.entry(d).or_default().push(c);
     }
     rows.into_iter()
-        .map(
-            |(
-                device_id,
-                name,
-                status,
-                enrolled,
-                agent_version,
-                first_seen,
-                last_seen,
-                lease_target,
-                lease_low_water,
-            )| {
-                let status = state_of((status, enrolled, 0))?.status;
-                Ok(DeviceRow {
-                    clients: served.remove(&device_id).unwrap_or_default(),
-                    device_id,
-                    name,
-                    status,
-                    enrolled,
-                    agent_version,
-                    first_seen,
-                    last_seen,
-                    lease_target,
-                    lease_low_water,
-                })
-            },
-        )
+        .map(|r| {
+            Ok(DeviceRow {
+                status: state_of((r.status, r.enrolled, 0))?.status,
+                clients: served.remove(&r.device_id).unwrap_or_default(),
+                device_id: r.device_id,
+                name: r.name,
+                enrolled: r.enrolled,
+                agent_version: r.agent_version,
+                first_seen: r.first_seen,
+                last_seen: r.last_seen,
+                lease_target: r.lease_target,
+                lease_low_water: r.lease_low_water,
+            })
+        })
         .collect()
 }

@@ -40,50 +40,7 @@ pub async fn record_many(
     if beats.is_empty() {
         return Ok(());
     }
-    let sat = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let devices: Vec<&str> = beats.iter().map(|(d, _, _)| d.as_str()).collect();
-    let at: Vec<DateTime<Utc>> = beats.iter().map(|(_, _, now)| *now).collect();
-    let skew_ms: Vec<i64> = beats
-        .iter()
-        .map(|(_, hb, now)| (hb.clock - *now).num_milliseconds())
-        .collect();
-    let versions: Vec<String> = beats
-        .iter()
-        .map(|(_, hb, _)| hb.agent_version.chars().take(64).collect())
-        .collect();
-    let pending: Vec<i64> = beats.iter().map(|(_, hb, _)| hb.pending.max(0)).collect();
-    let failed: Vec<i64> = beats.iter().map(|(_, hb, _)| hb.failed.max(0)).collect();
-    let oldest: Vec<Option<DateTime<Utc>>> = beats
-        .iter()
-        .map(|(_, hb, _)| hb.oldest_pending_at)
-        .collect();
-    let synced: Vec<Option<DateTime<Utc>>> =
-        beats.iter().map(|(_, hb, _)| hb.last_sync_at).collect();
-    let errors: Vec<Option<String>> = beats
-        .iter()
-        .map(|(_, hb, _)| {
-            hb.last_error
-                .as_ref()
-                .map(|e| e.chars().take(MAX_ERROR_CHARS).collect())
-        })
-        .collect();
-    let readers: Vec<&str> = beats
-        .iter()
-        .map(|(_, hb, _)| match hb.reader {
-            ReaderHealth::Unknown => "unknown",
-            ReaderHealth::Ok => "ok",
-            ReaderHealth::Absent => "absent",
-            ReaderHealth::Failing => "failing",
-        })
-        .collect();
-    let written: Vec<i64> = beats
-        .iter()
-        .map(|(_, hb, _)| sat(hb.blanks_written))
-        .collect();
-    let blank_failures: Vec<i64> = beats
-        .iter()
-        .map(|(_, hb, _)| sat(hb.blanks_failed))
-        .collect();
+    let c = Columns::of(beats);
     conn.transaction(async |conn| {
         // By device id: concurrent writers lock the rows in one order.
         diesel::sql_query(
@@ -98,18 +55,18 @@ pub async fn record_many(
                  last_sync_at = excluded.last_sync_at, last_error = excluded.last_error, reader = excluded.reader, \
                  blanks_written = excluded.blanks_written, blanks_failed = excluded.blanks_failed",
         )
-        .bind::<Array<Text>, _>(&devices)
-        .bind::<Array<Timestamptz>, _>(&at)
-        .bind::<Array<BigInt>, _>(&skew_ms)
-        .bind::<Array<Text>, _>(&versions)
-        .bind::<Array<BigInt>, _>(&pending)
-        .bind::<Array<BigInt>, _>(&failed)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&oldest)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&synced)
-        .bind::<Array<Nullable<Text>>, _>(&errors)
-        .bind::<Array<Text>, _>(&readers)
-        .bind::<Array<BigInt>, _>(&written)
-        .bind::<Array<BigInt>, _>(&blank_failures)
+        .bind::<Array<Text>, _>(&c.devices)
+        .bind::<Array<Timestamptz>, _>(&c.at)
+        .bind::<Array<BigInt>, _>(&c.skew_ms)
+        .bind::<Array<Text>, _>(&c.versions)
+        .bind::<Array<BigInt>, _>(&c.pending)
+        .bind::<Array<BigInt>, _>(&c.failed)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&c.oldest)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&c.synced)
+        .bind::<Array<Nullable<Text>>, _>(&c.errors)
+        .bind::<Array<Text>, _>(&c.readers)
+        .bind::<Array<BigInt>, _>(&c.written)
+        .bind::<Array<BigInt>, _>(&c.blank_failures)
         .execute(conn)
         .await?;
         diesel::sql_query(
@@ -118,14 +75,74 @@ pub async fn record_many(
                    ORDER BY device_id) AS b \
              WHERE d.device_id = b.device_id",
         )
-        .bind::<Array<Text>, _>(&devices)
-        .bind::<Array<Timestamptz>, _>(&at)
-        .bind::<Array<Text>, _>(&versions)
+        .bind::<Array<Text>, _>(&c.devices)
+        .bind::<Array<Timestamptz>, _>(&c.at)
+        .bind::<Array<Text>, _>(&c.versions)
         .execute(conn)
         .await?;
         Ok(())
     })
     .await
+}
+
+/// A batch of heartbeats as the columns the upsert unnests.
+struct Columns<'a> {
+    devices: Vec<&'a str>,
+    at: Vec<DateTime<Utc>>,
+    skew_ms: Vec<i64>,
+    versions: Vec<String>,
+    pending: Vec<i64>,
+    failed: Vec<i64>,
+    oldest: Vec<Option<DateTime<Utc>>>,
+    synced: Vec<Option<DateTime<Utc>>>,
+    errors: Vec<Option<String>>,
+    readers: Vec<&'static str>,
+    written: Vec<i64>,
+    blank_failures: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(beats: &[(&'a DeviceId, &KioskHeartbeat, DateTime<Utc>)]) -> Self {
+        let sat = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let col = |f: &dyn Fn(&KioskHeartbeat, DateTime<Utc>) -> i64| -> Vec<i64> {
+            beats.iter().map(|(_, hb, now)| f(hb, *now)).collect()
+        };
+        Self {
+            devices: beats.iter().map(|(d, _, _)| d.as_str()).collect(),
+            at: beats.iter().map(|(_, _, now)| *now).collect(),
+            skew_ms: col(&|hb, now| (hb.clock - now).num_milliseconds()),
+            versions: beats
+                .iter()
+                .map(|(_, hb, _)| hb.agent_version.chars().take(64).collect())
+                .collect(),
+            pending: col(&|hb, _| hb.pending.max(0)),
+            failed: col(&|hb, _| hb.failed.max(0)),
+            oldest: beats
+                .iter()
+                .map(|(_, hb, _)| hb.oldest_pending_at)
+                .collect(),
+            synced: beats.iter().map(|(_, hb, _)| hb.last_sync_at).collect(),
+            errors: beats
+                .iter()
+                .map(|(_, hb, _)| {
+                    hb.last_error
+                        .as_ref()
+                        .map(|e| e.chars().take(MAX_ERROR_CHARS).collect())
+                })
+                .collect(),
+            readers: beats
+                .iter()
+                .map(|(_, hb, _)| match hb.reader {
+                    ReaderHealth::Unknown => "unknown",
+                    ReaderHealth::Ok => "ok",
+                    ReaderHealth::Absent => "absent",
+                    ReaderHealth::Failing => "failing",
+                })
+                .collect(),
+            written: col(&|hb, _| sat(hb.blanks_written)),
+            blank_failures: col(&|hb, _| sat(hb.blanks_failed)),
+        }
+    }
 }
 
 /// Marks a kiosk's WebSocket as open (`connected`) or its last one as
