@@ -209,7 +209,9 @@ pub async fn flush_heartbeats(state: &AppState) {
     }
 }
 
-async fn write_heartbeats(
+/// Stores `batch` in one transaction; then dashboards here and elsewhere
+/// refetch those kiosks.
+pub async fn write_heartbeats(
     state: &AppState,
     batch: &[crate::heartbeats::Received],
 ) -> Result<(), ApiError> {

@@ -20,19 +20,9 @@ pub struct FleetPolicy {
 /// The longest `last_error` kept (the rest is cut).
 const MAX_ERROR_CHARS: usize = 500;
 
-/// Keeps `hb` as the device's latest heartbeat, received at `now`, and
-/// counts it as contact (with the agent version it reports).
-pub async fn record(
-    conn: &mut AsyncPgConnection,
-    device: &DeviceId,
-    hb: &KioskHeartbeat,
-    now: DateTime<Utc>,
-) -> diesel::QueryResult<()> {
-    record_many(conn, &[(device, hb, now)]).await
-}
-
-/// [`record`] for many kiosks at once, in one transaction of two
-/// statements whatever their number (one heartbeat per device).
+/// Keeps each heartbeat as its device's latest, received at its time, and
+/// counts it as contact (with the agent version it reports): in one
+/// transaction of two statements whatever their number (one per device).
 pub async fn record_many(
     conn: &mut AsyncPgConnection,
     beats: &[(&DeviceId, &KioskHeartbeat, DateTime<Utc>)],

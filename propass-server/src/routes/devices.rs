@@ -168,32 +168,19 @@ pub async fn heartbeat(
     token: super::extract::KioskTokenOfActiveDevice,
     body: web::Json<propass_protocol::KioskHeartbeat>,
 ) -> ApiResult<HttpResponse> {
-    if !record_heartbeat(&state, &token.0.device_id, &body).await {
+    // Stored at once, alone (the kiosk is told when it could not be); those
+    // over WebSockets are batched (`crate::heartbeats`).
+    let received = crate::heartbeats::Received {
+        device: token.0.device_id.clone(),
+        heartbeat: body.into_inner(),
+        at: state.clock.now(),
+    };
+    if let Err(e) = crate::changes::write_heartbeats(&state, std::slice::from_ref(&received)).await
+    {
+        tracing::warn!(device = %received.device, error = %e, "heartbeat not stored");
         return Err(ApiError::Unavailable(
             "the heartbeat could not be stored".into(),
         ));
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"success": true})))
-}
-
-/// Stores a heartbeat that came over HTTP at once (the kiosk is told when
-/// it could not be); those over WebSockets are batched (`crate::heartbeats`).
-async fn record_heartbeat(
-    state: &AppState,
-    device: &propass_protocol::DeviceId,
-    hb: &propass_protocol::KioskHeartbeat,
-) -> bool {
-    let now = state.clock.now();
-    let stored = match state.pool.get().await {
-        Ok(mut conn) => crate::db::fleet::record(&mut conn, device, hb, now)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = &stored {
-        tracing::warn!(%device, error = %e, "heartbeat not stored");
-    }
-    crate::changes::publish_device(state, device);
-    state.announcements.device_changed(device);
-    stored.is_ok()
 }
