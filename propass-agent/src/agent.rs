@@ -84,6 +84,26 @@ impl ReaderStats {
     }
 }
 
+/// Whether the database took the last write the agent tried: a kiosk whose
+/// disk is full or read-only makes no card (it could not record it), and
+/// says why in its status and heartbeat until a write goes through again.
+#[derive(Default)]
+pub struct StorageHealth {
+    error: Mutex<Option<String>>,
+}
+
+impl StorageHealth {
+    /// Notes a write's outcome (`Err`: why the database refused it).
+    pub fn saw(&self, result: Result<(), &StoreError>) {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = result.err().map(|e| e.to_string());
+    }
+
+    /// Why the last write failed; `None` once one went through.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// What the agent is made of; [`Agent::new`] uses the real ones, tests and a
 /// simulation their own.
 pub struct Parts {
@@ -120,6 +140,8 @@ pub struct Agent {
     pub writes: WriteGate,
     /// What the heartbeat says of the reader and the writes since start.
     pub reader_stats: ReaderStats,
+    /// What the status and heartbeat say of the database's last write.
+    pub storage: StorageHealth,
     link: Mutex<LinkState>,
     /// Serializes sync cycles; holds where the next pull starts.
     pub(crate) sync_lock: tokio::sync::Mutex<Option<PullCursor>>,
@@ -190,8 +212,18 @@ impl Agent {
             }),
             writes: WriteGate::default(),
             reader_stats: ReaderStats::default(),
+            storage: StorageHealth::default(),
             sync_lock: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// Tries a write (see [`Store::probe_write`]) and notes how it went:
+    /// the watchdog and the heartbeat ask, so a disk that fills up, or
+    /// frees up, shows without waiting for a copy.
+    pub async fn probe_storage(&self) -> Result<(), StoreError> {
+        let result = self.store.probe_write(self.clock.now_utc()).await;
+        self.storage.saw(result.as_ref().map(|_| ()));
+        result
     }
 
     /// A copy of the connectivity state.

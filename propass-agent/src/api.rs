@@ -61,6 +61,7 @@ pub async fn status_view(agent: &Agent) -> ApiResult<StatusView> {
         oldest_pending_age_secs: oldest_pending_at.map(|t| (now - t).num_seconds().max(0)),
         last_sync_at: agent.store.last_sync_at().await?,
         last_error,
+        storage_error: agent.storage.error(),
         quotas: quota_views(agent).await?,
     })
 }

@@ -582,6 +582,9 @@ fn print_status(s: StatusView) {
     if let Some(e) = s.last_error {
         println!("last error  {e}");
     }
+    if let Some(e) = s.storage_error {
+        println!("storage     CANNOT RECORD: {e} (no card is made until the disk takes writes)");
+    }
     for q in s.quotas {
         let lease = q
             .lease

@@ -7,9 +7,13 @@ use propass_protocol::KioskHeartbeat;
 use crate::agent::Agent;
 use crate::store::StoreError;
 
-/// The kiosk now: its queue, last sync, reader, writes since start, clock.
+/// The kiosk now: its queue, last sync, reader, writes since start,
+/// whether its database takes writes (tried now), clock.
 pub async fn heartbeat(agent: &Agent) -> Result<KioskHeartbeat, StoreError> {
     use std::sync::atomic::Ordering::Relaxed;
+    // What fails is said in the heartbeat: the reads below still work on a
+    // full or read-only disk.
+    let _ = agent.probe_storage().await;
     let counts = agent.store.counts().await?;
     let link = agent.link();
     Ok(KioskHeartbeat {
@@ -22,6 +26,7 @@ pub async fn heartbeat(agent: &Agent) -> Result<KioskHeartbeat, StoreError> {
         reader: agent.reader_stats.health(),
         blanks_written: agent.reader_stats.written.load(Relaxed),
         blanks_failed: agent.reader_stats.failed.load(Relaxed),
+        storage_error: agent.storage.error(),
         clock: agent.clock.now_utc(),
     })
 }

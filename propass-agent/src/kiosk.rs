@@ -342,13 +342,19 @@ async fn reserve(
         sectors,
         at: agent.clock.now_utc(),
     };
-    agent.store.reserve(new).await.map_err(|e| match e {
-        e @ (StoreError::UnknownClient(_) | StoreError::QuotaExhausted { .. }) => e.into(),
-        e => {
-            tracing::error!(error = %e, "cannot write a card's intent: no card is made until the database takes writes");
-            KioskError::CannotRecord(e)
-        }
-    })
+    agent
+        .store
+        .reserve(new)
+        .await
+        .inspect(|_| agent.storage.saw(Ok(())))
+        .map_err(|e| match e {
+            e @ (StoreError::UnknownClient(_) | StoreError::QuotaExhausted { .. }) => e.into(),
+            e => {
+                tracing::error!(error = %e, "cannot write a card's intent: no card is made until the database takes writes");
+                agent.storage.saw(Err(&e));
+                KioskError::CannotRecord(e)
+            }
+        })
 }
 
 /// Ends an intent whose blank was never written (the unit goes back), and
@@ -738,11 +744,11 @@ mod tests {
         };
         assert_eq!(touched, (1, 0), "only the badge was read");
         assert!(
-            agent
-                .store
-                .probe_write(SystemClock.now_utc())
-                .await
-                .is_err(),
+            agent.storage.error().is_some(),
+            "the status and the heartbeat say why"
+        );
+        assert!(
+            agent.probe_storage().await.is_err(),
             "the health probe fails too"
         );
     }

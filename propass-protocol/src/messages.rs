@@ -594,6 +594,11 @@ pub struct KioskHeartbeat {
     pub blanks_written: u64,
     /// Writes that failed since the agent started (nothing written, or in doubt).
     pub blanks_failed: u64,
+    /// Why the kiosk's database refuses writes (disk full, read-only, I/O
+    /// error) — absent while it takes them. A kiosk that cannot record
+    /// makes no card until this is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
     /// The kiosk's clock when it sent this.
     pub clock: DateTime<Utc>,
 }

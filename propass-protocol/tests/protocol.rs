@@ -70,7 +70,10 @@ fn every_fixture_round_trips() {
         matches!(round_trip::<WsMessage>("ws_copy_completed.json"), WsMessage::CopyCompleted(c) if c.id == 41)
     );
     assert!(
-        matches!(round_trip::<WsMessage>("ws_heartbeat.json"), WsMessage::Heartbeat(h) if h.pending == 3 && h.reader == ReaderHealth::Ok)
+        matches!(round_trip::<WsMessage>("ws_heartbeat.json"), WsMessage::Heartbeat(h) if h.pending == 3 && h.reader == ReaderHealth::Ok && h.storage_error.is_none())
+    );
+    assert!(
+        matches!(round_trip::<WsMessage>("ws_heartbeat_cannot_record.json"), WsMessage::Heartbeat(h) if h.storage_error.as_deref() == Some("database or disk is full"))
     );
 }
 

@@ -85,6 +85,7 @@ mod tests {
                 reader: ReaderHealth::Ok,
                 blanks_written: 0,
                 blanks_failed: 0,
+                storage_error: None,
                 clock: at,
             },
             at,

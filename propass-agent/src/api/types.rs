@@ -188,6 +188,9 @@ pub struct StatusView {
     pub last_sync_at: Option<DateTime<Utc>>,
     /// The last sync error.
     pub last_error: Option<String>,
+    /// Why the database refused its last write (full or read-only disk):
+    /// no card is made while it is set. `null` once a write goes through.
+    pub storage_error: Option<String>,
     pub quotas: Vec<QuotaView>,
 }
 

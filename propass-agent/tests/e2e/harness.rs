@@ -175,6 +175,18 @@ impl Server {
     }
 
     /// Copies charged to `client`.
+    /// `device`'s row in the operators' fleet view (`device list --json`).
+    pub fn fleet_row(&self, device: &str) -> Value {
+        let rows: Value =
+            serde_json::from_str(&self.cli(&["device", "list", "--json"], None)).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["device_id"] == device)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     pub fn used(&self, client: i64) -> i64 {
         self.client_row(client)["used"].as_i64().unwrap()
     }
@@ -269,6 +281,11 @@ impl Server {
 /// A propass-agent process.
 pub struct Agent {
     dir: TempDir,
+    /// Its state directory (inside `dir`).
+    state: PathBuf,
+    /// The size of the filesystem of its own the state directory is on, if
+    /// it has one (see [`Agent::on_small_disk`]).
+    small_disk: Option<u64>,
     pub socket: PathBuf,
     server_url: String,
     extra_env: Vec<(String, String)>,
@@ -278,8 +295,32 @@ pub struct Agent {
 
 impl Agent {
     pub async fn new(server_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::build(server_url, env, None).await
+    }
+
+    /// An agent whose state directory is a filesystem of its own, `bytes`
+    /// large (a tmpfs in a private mount namespace), that the test can fill
+    /// ([`Agent::fill_disk`]) as a kiosk's disk fills up. `None` (with a
+    /// warning) where this machine cannot make one: a private mount needs
+    /// root or unprivileged user namespaces.
+    pub async fn on_small_disk(server_url: &str, env: &[(&str, &str)], bytes: u64) -> Option<Self> {
+        let probe = private_mount_command().arg("true").status();
+        if !probe.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "WARNING: SKIPPED: this machine makes no private mount namespace (run as root, or \
+                 allow unprivileged user namespaces: sysctl kernel.apparmor_restrict_unprivileged_userns=0)"
+            );
+            return None;
+        }
+        Some(Self::build(server_url, env, Some(bytes)).await)
+    }
+
+    async fn build(server_url: &str, env: &[(&str, &str)], small_disk: Option<u64>) -> Self {
         propass_agent::tls::install_crypto_provider();
         let dir = TempDir::new("propass-e2e-agent").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        // Outside the state directory: a private mount is not seen from here.
         let socket = dir.path().join("agent.sock");
         // No pooled connections: the agent restarts under our feet, and its idle
         // keep-alive connections close.
@@ -290,6 +331,8 @@ impl Agent {
             .unwrap();
         let mut a = Self {
             dir,
+            state,
+            small_disk,
             socket,
             server_url: server_url.to_owned(),
             extra_env: env
@@ -310,9 +353,25 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let mut cmd = Command::new(agent_bin());
+        let mut cmd = match self.small_disk {
+            None => Command::new(agent_bin()),
+            Some(bytes) => {
+                // Mounts the tmpfs over the state directory, then becomes
+                // the agent (same pid: its /proc/PID/root sees the mount).
+                let mut cmd = private_mount_command();
+                cmd.args([
+                    "sh",
+                    "-c",
+                    r#"mount -t tmpfs -o "size=$1" propass-e2e "$0" && shift && exec "$@""#,
+                ])
+                .arg(&self.state)
+                .arg(bytes.to_string())
+                .arg(agent_bin());
+                cmd
+            }
+        };
         cmd.args(["run", "--state-dir"])
-            .arg(self.dir.path())
+            .arg(&self.state)
             .arg("--socket")
             .arg(&self.socket)
             .args(["--server", &self.server_url])
@@ -422,8 +481,58 @@ impl Agent {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("agent.db")
+        self.state.join("agent.db")
     }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// The state directory as the agent sees it: through its own mount
+    /// namespace when it has a disk of its own.
+    fn state_seen_by_agent(&self) -> PathBuf {
+        let child = self.child.as_ref().expect("agent running");
+        match self.small_disk {
+            None => self.state.clone(),
+            Some(_) => Path::new(&format!("/proc/{}/root", child.id()))
+                .join(self.state.strip_prefix("/").unwrap()),
+        }
+    }
+
+    /// Fills the agent's disk (see [`Agent::on_small_disk`]) to the last byte.
+    pub fn fill_disk(&self) {
+        use std::io::Write;
+        let path = self.state_seen_by_agent().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut len = chunk.len();
+        // Down to single bytes: not a page may be left for the agent.
+        while len > 0 {
+            match f.write(&chunk[..len]) {
+                Ok(0) | Err(_) => len /= 2,
+                Ok(_) => {}
+            }
+        }
+        let _ = f.sync_all();
+    }
+
+    /// Frees what [`Agent::fill_disk`] took.
+    pub fn free_disk(&self) {
+        std::fs::remove_file(self.state_seen_by_agent().join("filler")).unwrap();
+    }
+}
+
+/// `unshare` with a private mount namespace (in a user namespace of its own
+/// unless we are root), followed by the command to run in it.
+pub fn private_mount_command() -> Command {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let mut cmd = Command::new("unshare");
+    if !root {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    cmd.arg("--mount");
+    cmd
 }
 
 impl Drop for Agent {

@@ -111,16 +111,7 @@ async fn the_fleet_view_shows_the_agent_heartbeat() {
         .as_str()
         .unwrap()
         .to_owned();
-    let row = || {
-        let rows: serde_json::Value =
-            serde_json::from_str(&server.cli(&["device", "list", "--json"], None)).unwrap();
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["device_id"] == device.as_str())
-            .cloned()
-            .unwrap()
-    };
+    let row = || server.fleet_row(&device);
     let seen = eventually(Duration::from_secs(20), || async {
         let r = row();
         !r["health"]["heartbeat_at"].is_null() && r["health"]["pending"] == 0
@@ -534,6 +525,65 @@ async fn the_agent_refuses_a_corrupt_or_foreign_database() {
     }
 }
 
+/// A kiosk's disk went read-only (as ext4 does on an I/O error) and the
+/// watchdog restarted the agent: it refuses to start, naming the directory
+/// and why, rather than run a kiosk that cannot record a card.
+#[tokio::test]
+async fn the_agent_refuses_to_start_on_a_read_only_state_directory() {
+    let server = Server::new().await;
+    let client = server.add_client("Read Only Co", 5);
+    let mut agent = Agent::new(&server.url(), &[]).await;
+    agent.enroll(&server).await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(agent.record(client, &uid(1)).await.0, 201);
+    assert!(agent.terminate().0.success(), "{}", agent.log());
+    let before = bytes(&agent.db_path());
+
+    let state = agent.state_dir();
+    let mut run = private_mount_command();
+    run.args([
+        "sh",
+        "-c",
+        r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@""#,
+    ])
+    .arg(state)
+    .arg(agent_bin())
+    .args(["run", "--state-dir"])
+    .arg(state)
+    .arg("--socket")
+    .arg(state.with_file_name("read-only.sock"))
+    .env_remove("PROPASS_AGENT_CONFIG")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let Ok(mut child) = run.spawn() else {
+        panic!("unshare is missing (util-linux)");
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exited = loop {
+        if child.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("unshare:") {
+        eprintln!("WARNING: SKIPPED: this machine makes no private mount namespace: {stderr}");
+        return;
+    }
+    assert!(exited, "the agent ran on a read-only disk");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&state.display().to_string()) && stderr.contains("Read-only file system"),
+        "clear message expected, got: {stderr}"
+    );
+    assert_eq!(bytes(&agent.db_path()), before, "the database is untouched");
+}
+
 fn foreign_sqlite() -> Vec<u8> {
     let tmp = TempDir::new("propass-foreign").unwrap();
     let path = tmp.path().join("foreign.db");
@@ -855,6 +905,80 @@ async fn kiosks_offline_together_never_spend_more_than_the_client_paid_for() {
         ),
         (Some(30), Some(0), Some(0))
     );
+}
+
+/// The kiosk's disk fills up: it makes no card (it could not record it) and
+/// says so to the person, in its status and to the operators; once space is
+/// freed it copies again, and the ledger holds exactly the cards made.
+#[tokio::test]
+async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
+    use propass_nfc::emulator::{Emulator, Tag, TagKind};
+    let server = Server::new().await;
+    let client = server.add_client("Disk Co", 5);
+    let badge = Tag::classic(TagKind::Classic1k, [0x04, 0xAB, 0x12, 0xCD]);
+    let emu = Emulator::start(Some(badge.clone())).unwrap();
+    let conn = emu.connstring();
+    let env = [
+        ("PROPASS_READER", conn.as_str()),
+        ("PROPASS_CARD_TIMEOUT_SECS", "20"),
+        ("PROPASS_HEARTBEAT_SECS", "5"),
+    ];
+    let Some(agent) = Agent::on_small_disk(&server.url(), &env, 4 << 20).await else {
+        return;
+    };
+    agent.enroll(&server).await;
+    assert_eq!(agent.sync().await.0, 200);
+    let device = agent.status().await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let made = |uid: [u8; 4]| Tag::classic(TagKind::Gen1a, uid);
+    let (status, body) = copy_at_reader(&agent, &emu, client, made([1, 2, 3, 4])).await;
+    assert_eq!(status, 201, "{body}");
+
+    agent.fill_disk();
+    emu.place(Some(badge.clone()));
+    // Refused once the badge is read, before a blank is asked for (the
+    // answer comes without one on the reader).
+    let (status, body) = agent
+        .call(Method::POST, "/v1/copy", Some(json!({"client_id": client})))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("recording_unavailable")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("call an operator"), "{message}");
+    let storage = agent.status().await["storage_error"].clone();
+    assert!(
+        storage.as_str().is_some_and(|e| e.contains("full")),
+        "{storage}"
+    );
+    let flagged = eventually(Duration::from_secs(20), || async {
+        server.fleet_row(&device)["health"]["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "cannot_record"))
+    })
+    .await;
+    assert!(flagged, "{}", server.fleet_row(&device));
+
+    agent.free_disk();
+    let cleared = eventually(Duration::from_secs(20), || async {
+        agent.status().await["storage_error"].is_null()
+            && server.fleet_row(&device)["health"]["storage_error"].is_null()
+    })
+    .await;
+    assert!(cleared, "{}\n{}", server.fleet_row(&device), agent.log());
+    let (status, body) = copy_at_reader(&agent, &emu, client, made([5, 6, 7, 8])).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(
+        (server.used(client), server.ledger_count().await),
+        (2, 2),
+        "two cards made, two in the ledger"
+    );
+    assert_eq!(agent.remaining(client).await, Some(3));
 }
 
 /// SIGTERM while the kiosk waits for a blank: the flow ends (its unit goes

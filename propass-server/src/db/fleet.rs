@@ -35,15 +35,16 @@ pub async fn record_many(
         // By device id: concurrent writers lock the rows in one order.
         diesel::sql_query(
             "INSERT INTO device_heartbeats AS h (device_id, received_at, clock_skew_ms, agent_version, pending, failed, \
-                 oldest_pending_at, last_sync_at, last_error, reader, blanks_written, blanks_failed) \
+                 oldest_pending_at, last_sync_at, last_error, reader, blanks_written, blanks_failed, storage_error) \
              SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[], $5::int8[], $6::int8[], \
-                 $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::int8[]) \
+                 $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[]) \
              ORDER BY 1 \
              ON CONFLICT (device_id) DO UPDATE SET received_at = excluded.received_at, \
                  clock_skew_ms = excluded.clock_skew_ms, agent_version = excluded.agent_version, \
                  pending = excluded.pending, failed = excluded.failed, oldest_pending_at = excluded.oldest_pending_at, \
                  last_sync_at = excluded.last_sync_at, last_error = excluded.last_error, reader = excluded.reader, \
-                 blanks_written = excluded.blanks_written, blanks_failed = excluded.blanks_failed",
+                 blanks_written = excluded.blanks_written, blanks_failed = excluded.blanks_failed, \
+                 storage_error = excluded.storage_error",
         )
         .bind::<Array<Text>, _>(&c.devices)
         .bind::<Array<Timestamptz>, _>(&c.at)
@@ -57,6 +58,7 @@ pub async fn record_many(
         .bind::<Array<Text>, _>(&c.readers)
         .bind::<Array<BigInt>, _>(&c.written)
         .bind::<Array<BigInt>, _>(&c.blank_failures)
+        .bind::<Array<Nullable<Text>>, _>(&c.storage_errors)
         .execute(conn)
         .await?;
         diesel::sql_query(
@@ -86,6 +88,7 @@ struct Columns<'a> {
     oldest: Vec<Option<DateTime<Utc>>>,
     synced: Vec<Option<DateTime<Utc>>>,
     errors: Vec<Option<String>>,
+    storage_errors: Vec<Option<String>>,
     readers: Vec<&'static str>,
     written: Vec<i64>,
     blank_failures: Vec<i64>,
@@ -96,6 +99,16 @@ impl<'a> Columns<'a> {
         let sat = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let col = |f: &dyn Fn(&KioskHeartbeat, DateTime<Utc>) -> i64| -> Vec<i64> {
             beats.iter().map(|(_, hb, now)| f(hb, *now)).collect()
+        };
+        let text = |f: &dyn Fn(&KioskHeartbeat) -> &Option<String>| -> Vec<Option<String>> {
+            beats
+                .iter()
+                .map(|(_, hb, _)| {
+                    f(hb)
+                        .as_ref()
+                        .map(|e| e.chars().take(MAX_ERROR_CHARS).collect())
+                })
+                .collect()
         };
         Self {
             devices: beats.iter().map(|(d, _, _)| d.as_str()).collect(),
@@ -112,14 +125,8 @@ impl<'a> Columns<'a> {
                 .map(|(_, hb, _)| hb.oldest_pending_at)
                 .collect(),
             synced: beats.iter().map(|(_, hb, _)| hb.last_sync_at).collect(),
-            errors: beats
-                .iter()
-                .map(|(_, hb, _)| {
-                    hb.last_error
-                        .as_ref()
-                        .map(|e| e.chars().take(MAX_ERROR_CHARS).collect())
-                })
-                .collect(),
+            errors: text(&|hb| &hb.last_error),
+            storage_errors: text(&|hb| &hb.storage_error),
             readers: beats
                 .iter()
                 .map(|(_, hb, _)| match hb.reader {
@@ -171,12 +178,14 @@ pub struct Health {
     pub reader: Option<String>,
     pub blanks_written: Option<i64>,
     pub blanks_failed: Option<i64>,
+    /// Why its database refused its last write (it makes no card meanwhile).
+    pub storage_error: Option<String>,
     /// Its clock minus the server's, in milliseconds, at its last heartbeat.
     pub clock_skew_ms: Option<i64>,
     /// Overdrafts its copies caused in the last 24 hours.
     pub overdrafts_24h: i64,
     /// What needs a look: `offline`, `clock_skew`, `backlog`,
-    /// `reader_unplugged`, `write_failures`, `overdrafts`.
+    /// `reader_unplugged`, `cannot_record`, `write_failures`, `overdrafts`.
     pub flags: Vec<&'static str>,
 }
 
@@ -208,6 +217,8 @@ struct Row {
     blanks_written: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
     blanks_failed: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    storage_error: Option<String>,
     #[diesel(sql_type = BigInt)]
     overdrafts_24h: i64,
 }
@@ -221,7 +232,7 @@ pub async fn health(
 ) -> diesel::QueryResult<std::collections::HashMap<String, Health>> {
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT d.device_id, d.last_seen, d.disconnected_at, h.received_at, h.clock_skew_ms, h.pending, h.failed, \
-                h.oldest_pending_at, h.last_sync_at, h.last_error, h.reader, h.blanks_written, h.blanks_failed, \
+                h.oldest_pending_at, h.last_sync_at, h.last_error, h.reader, h.blanks_written, h.blanks_failed, h.storage_error, \
                 (SELECT count(*) FROM copies c WHERE c.device_id = d.device_id AND c.overdraft \
                    AND c.received_at > $1 - interval '24 hours') AS overdrafts_24h \
          FROM devices d LEFT JOIN device_heartbeats h ON h.device_id = d.device_id \
@@ -260,6 +271,9 @@ fn judge(r: &Row, p: FleetPolicy, now: DateTime<Utc>) -> Health {
     if matches!(r.reader.as_deref(), Some("absent" | "failing")) {
         flags.push("reader_unplugged");
     }
+    if r.storage_error.is_some() {
+        flags.push("cannot_record");
+    }
     if r.blanks_failed.unwrap_or(0) >= p.write_failures {
         flags.push("write_failures");
     }
@@ -277,6 +291,7 @@ fn judge(r: &Row, p: FleetPolicy, now: DateTime<Utc>) -> Health {
         reader: r.reader.clone(),
         blanks_written: r.blanks_written,
         blanks_failed: r.blanks_failed,
+        storage_error: r.storage_error.clone(),
         clock_skew_ms: r.clock_skew_ms,
         overdrafts_24h: r.overdrafts_24h,
         flags,

@@ -137,6 +137,7 @@ diesel::table! {
         reader -> Text,
         blanks_written -> BigInt,
         blanks_failed -> BigInt,
+        storage_error -> Nullable<Text>,
     }
 }
 diesel::joinable!(leases -> clients (client_id));

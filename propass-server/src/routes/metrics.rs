@@ -111,6 +111,11 @@ fn device_gauges(
         per_device(&|h| h.reader.as_deref().map(|r| f64::from(u8::from(r == "ok")))),
     ));
     out.push(gauge(
+        "propass_device_can_record",
+        "1 when the kiosk's database took its last write (0: full or read-only disk, it makes no card).",
+        per_device(&|h| h.heartbeat_at.map(|_| f64::from(u8::from(h.storage_error.is_none())))),
+    ));
+    out.push(gauge(
         "propass_device_write_failures",
         "Failed blank writes since the kiosk's agent started.",
         per_device(&|h| h.blanks_failed.map(f)),

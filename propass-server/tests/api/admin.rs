@@ -1259,6 +1259,20 @@ async fn metrics_are_served_on_their_own_address_and_count_what_happened() {
     )
     .await;
     let _ = app.admin_login(ADMIN.0, "wrong").await;
+    // The kiosk's disk is full.
+    let res = app
+        .http
+        .post(format!("{}/api/devices/heartbeat", app.base))
+        .bearer_auth(&token)
+        .json(
+            &json!({"agent_version": "0.1.0", "pending": 0, "failed": 0, "reader": "ok",
+            "blanks_written": 0, "blanks_failed": 0, "storage_error": "database or disk is full",
+            "clock": chrono::Utc::now()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 
     let text = app
         .http
@@ -1278,6 +1292,7 @@ async fn metrics_are_served_on_their_own_address_and_count_what_happened() {
         "propass_login_failures_total 1",
         "propass_ws_connections 1",
         "propass_device_online{device=\"K1\"} 1",
+        "propass_device_can_record{device=\"K1\"} 0",
         "propass_client_remaining{client=\"",
         "propass_db_pool_connections{state=\"max\"} 4",
     ] {

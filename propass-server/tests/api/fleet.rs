@@ -49,8 +49,9 @@ async fn a_kiosk_heartbeat_shows_in_the_fleet_view_with_what_needs_a_look() {
     let token = app.token("K1").await;
     let mut ws = app.ws("/ws", &token, "K1").await;
     let skewed = Utc::now() - chrono::Duration::minutes(10);
-    let msg = json!({"type": "heartbeat", "data": heartbeat(skewed, "absent", 3, 5)});
-    send_json(&mut ws, &msg).await;
+    let mut data = heartbeat(skewed, "absent", 3, 5);
+    data["storage_error"] = json!("database or disk is full");
+    send_json(&mut ws, &json!({"type": "heartbeat", "data": data})).await;
     let arrived = eventually(Duration::from_secs(10), || async {
         fleet_row(&app, "K1").await["health"]["pending"] == 3
     })
@@ -61,12 +62,14 @@ async fn a_kiosk_heartbeat_shows_in_the_fleet_view_with_what_needs_a_look() {
     assert_eq!(h["online"], true);
     assert_eq!(row["agent_version"], "9.8.7");
     assert_eq!(h["reader"], "absent");
+    assert_eq!(h["storage_error"], "database or disk is full");
     assert_eq!(
         h["flags"],
         json!([
             "clock_skew",
             "backlog",
             "reader_unplugged",
+            "cannot_record",
             "write_failures"
         ]),
         "{row}"
@@ -84,6 +87,7 @@ async fn a_kiosk_heartbeat_shows_in_the_fleet_view_with_what_needs_a_look() {
     assert_eq!(res.status(), 200);
     let row = fleet_row(&app, "K1").await;
     assert_eq!(row["health"]["flags"], json!([]), "{row}");
+    assert_eq!(row["health"]["storage_error"], Value::Null, "{row}");
 
     // Not heard from for an hour (as after a server restart): offline.
     let stale = "WITH h AS (UPDATE device_heartbeats SET received_at = now() - interval '1 hour' RETURNING 1), \

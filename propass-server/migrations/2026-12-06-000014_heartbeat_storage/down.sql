@@ -1,0 +1,1 @@
+ALTER TABLE device_heartbeats DROP COLUMN storage_error;
