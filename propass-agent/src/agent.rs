@@ -8,14 +8,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use propass_nfc::ReaderThread;
-use propass_protocol::{DeviceId, ReaderHealth};
+use propass_protocol::{ClientId, DeviceId, OpId, ReaderHealth};
 use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 
 use crate::config::AgentConfig;
 use crate::events::AgentEvent;
 use crate::seams::{Clock, Rng, SystemClock, SystemRng};
-use crate::store::{Store, StoreError};
+use crate::store::{Ending, Store, StoreError};
 use crate::upstream::{HttpServerClient, ServerClient};
 use crate::write_gate::WriteGate;
 
@@ -104,6 +104,31 @@ impl StorageHealth {
     }
 }
 
+/// A card's intent whose ending the disk refused (see `kiosk::settle`):
+/// settled once a write goes through again, or at the next start.
+#[derive(Debug, Clone)]
+pub struct Unsettled {
+    pub id: i64,
+    pub op_id: OpId,
+    pub client_id: ClientId,
+    pub ending: Ending,
+}
+
+/// The intents waiting for the disk.
+#[derive(Default)]
+pub struct UnsettledIntents(Mutex<Vec<Unsettled>>);
+
+impl UnsettledIntents {
+    pub fn push(&self, u: Unsettled) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(u);
+    }
+
+    /// All of them (each caller gets its own: none is settled twice).
+    pub fn take(&self) -> Vec<Unsettled> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// What the agent is made of; [`Agent::new`] uses the real ones, tests and a
 /// simulation their own.
 pub struct Parts {
@@ -142,6 +167,8 @@ pub struct Agent {
     pub reader_stats: ReaderStats,
     /// What the status and heartbeat say of the database's last write.
     pub storage: StorageHealth,
+    /// Cards whose record waits for the disk.
+    pub unsettled: UnsettledIntents,
     link: Mutex<LinkState>,
     /// Serializes sync cycles; holds where the next pull starts.
     pub(crate) sync_lock: tokio::sync::Mutex<Option<PullCursor>>,
@@ -213,6 +240,7 @@ impl Agent {
             writes: WriteGate::default(),
             reader_stats: ReaderStats::default(),
             storage: StorageHealth::default(),
+            unsettled: UnsettledIntents::default(),
             sync_lock: tokio::sync::Mutex::new(None),
         }))
     }

@@ -190,7 +190,7 @@ async fn watchdog(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     };
     let period = (timeout / 2).max(Duration::from_millis(100));
     loop {
-        if agent.probe_storage().await.is_ok() {
+        if crate::kiosk::check_storage(&agent).await.is_ok() {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
         tokio::select! {

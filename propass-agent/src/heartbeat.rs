@@ -13,7 +13,7 @@ pub async fn heartbeat(agent: &Agent) -> Result<KioskHeartbeat, StoreError> {
     use std::sync::atomic::Ordering::Relaxed;
     // What fails is said in the heartbeat: the reads below still work on a
     // full or read-only disk.
-    let _ = agent.probe_storage().await;
+    let _ = crate::kiosk::check_storage(agent).await;
     let counts = agent.store.counts().await?;
     let link = agent.link();
     Ok(KioskHeartbeat {

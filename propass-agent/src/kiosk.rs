@@ -20,7 +20,7 @@ use propass_nfc::mifare::{Dump, KeyDictionary, SectorMap as ReadMap};
 use propass_nfc::{build_block0, BadgeRead, BlankKind, NfcError, TagInfo};
 use propass_protocol::{BadgeUid, ClientId, OpType, SectorMap};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Unsettled};
 use crate::events::{AgentEvent, CardStep};
 use crate::store::{Ending, Intent, LocalQuota, NewIntent, QueuedOp, StoreError};
 
@@ -50,9 +50,13 @@ pub enum KioskError {
         op_id: propass_protocol::OpId,
     },
     /// A card was written but the database refused its record even after
-    /// retries: its intent stays, and the next start records it.
-    #[error("the card was written but this kiosk cannot record it now ({0}); it will be recorded when the agent restarts: call an operator")]
-    NotRecordedYet(StoreError),
+    /// retries: the agent records it as soon as a write goes through again
+    /// (see [`check_storage`]), or at its next start.
+    #[error("the card was written but this kiosk cannot record it now ({cause}); it will be recorded (operation {op_id}) as soon as its disk takes writes again: call an operator")]
+    NotRecordedYet {
+        cause: StoreError,
+        op_id: propass_protocol::OpId,
+    },
     /// Sectors no key opened, for a client that wants whole copies only.
     #[error("this badge has {locked} protected sector(s) of {total} this kiosk cannot copy, and this client does not accept a partial copy: nothing was written (add the badge's keys to reader_keys, or ask an operator to allow partial copies for the client)")]
     Protected {
@@ -369,16 +373,23 @@ async fn void(agent: &Agent, intent: &Intent, hex: &str, e: KioskError) -> Kiosk
         )
         .await
     {
-        // Still `reserved` (or `writing` before any write): the next start
-        // settles it, as void or in doubt.
-        tracing::error!(error = %store, op_id = %intent.op_id, "cannot release a reserved unit now; the agent's next start settles it");
+        // Still `reserved` (or `writing` before any write): released once
+        // a write goes through, or at the next start.
+        tracing::error!(error = %store, op_id = %intent.op_id, "cannot release a reserved unit now; it is released once the disk takes writes");
+        agent.unsettled.push(Unsettled {
+            id: intent.id,
+            op_id: intent.op_id,
+            client_id: intent.client_id,
+            ending: Ending::Void(e.to_string()),
+        });
     }
     failed(agent, Some(hex.to_owned()), e)
 }
 
 /// Settles the intent, retrying a failing disk a few times: a card that
-/// exists must be recorded. If the disk never recovers, the intent stays
-/// `writing` and the next start records it as unverified.
+/// exists must be recorded. If the disk does not recover meanwhile, the
+/// intent is settled once a write goes through (see [`check_storage`]), or
+/// the next start records it as unverified.
 async fn settle(
     agent: &Agent,
     intent: &Intent,
@@ -397,16 +408,57 @@ async fn settle(
                 tracing::warn!(error = %e, op_id = %intent.op_id, attempt, "cannot record the card yet; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
-            Err(e) => {
-                tracing::error!(error = %e, op_id = %intent.op_id, client = %intent.client_id, "a written card could NOT be recorded now; its intent stays for the next start");
+            Err(cause) => {
+                tracing::error!(error = %cause, op_id = %intent.op_id, client = %intent.client_id, "a written card could NOT be recorded now; it is recorded once the disk takes writes");
+                agent.storage.saw(Err(&cause));
+                agent.unsettled.push(Unsettled {
+                    id: intent.id,
+                    op_id: intent.op_id,
+                    client_id: intent.client_id,
+                    ending,
+                });
                 return Err(failed(
                     agent,
                     Some(intent.uid.to_hex()),
-                    KioskError::NotRecordedYet(e),
+                    KioskError::NotRecordedYet {
+                        cause,
+                        op_id: intent.op_id,
+                    },
                 ));
             }
         }
     }
+}
+
+/// Tries a write (the watchdog and the heartbeat ask) and, once one goes
+/// through, settles the intents whose ending the disk refused: the cards
+/// made meanwhile are queued, the units of those never written go back.
+pub async fn check_storage(agent: &Agent) -> Result<(), StoreError> {
+    agent.probe_storage().await?;
+    for stuck in agent.unsettled.take() {
+        match agent
+            .store
+            .settle(stuck.id, stuck.ending.clone(), agent.clock.now_utc())
+            .await
+        {
+            Ok((Some(operation), remaining)) => {
+                tracing::info!(op_id = %stuck.op_id, "the disk takes writes again: the card is recorded");
+                announce(agent, &operation, remaining);
+            }
+            Ok((None, remaining)) => {
+                tracing::info!(op_id = %stuck.op_id, "the disk takes writes again: the reserved unit is released");
+                agent.emit(AgentEvent::QuotaUpdated {
+                    client_id: stuck.client_id,
+                    remaining,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, op_id = %stuck.op_id, "still cannot settle a card's intent");
+                agent.unsettled.push(stuck);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Tells local listeners about a queued card and the client's new remaining,
@@ -483,6 +535,8 @@ mod tests {
         writes: usize,
         /// Sectors of the badge no key opens.
         locked: Vec<u8>,
+        /// Run as a blank is written (on the reader thread).
+        on_write: Option<Box<dyn FnMut() + Send>>,
     }
 
     struct FakeReader(Arc<Mutex<Script>>);
@@ -527,6 +581,9 @@ mod tests {
         fn write_badge(&mut self, _: &TagInfo, _: &TagInfo, _: &Dump) -> NfcResult<BlankKind> {
             let mut s = self.0.lock().unwrap();
             s.writes += 1;
+            if let Some(hook) = s.on_write.as_mut() {
+                hook();
+            }
             s.write.clone()
         }
         fn release(&mut self) {}
@@ -566,6 +623,7 @@ mod tests {
             waits: 0,
             writes: 0,
             locked,
+            on_write: None,
         }));
         let s = script.clone();
         let reader = ReaderThread::spawn_with(move || {
@@ -751,6 +809,52 @@ mod tests {
             agent.probe_storage().await.is_err(),
             "the health probe fails too"
         );
+    }
+
+    /// The disk fills while the blank is written: the card exists, so the
+    /// agent records it as soon as a write goes through again.
+    #[tokio::test]
+    async fn a_card_the_disk_refused_is_recorded_once_it_takes_writes() {
+        let (agent, script) = agent_at(
+            2,
+            vec![classic(BADGE), classic(BLANK)],
+            Ok(BlankKind::Gen1a),
+        )
+        .await;
+        let store = agent.store.clone();
+        let rt = tokio::runtime::Handle::current();
+        script.lock().unwrap().on_write = Some(Box::new(move || {
+            // As a disk that fills up answers from now on.
+            rt.block_on(store.with(|c| Ok(c.execute_batch("PRAGMA query_only = ON")?)))
+                .unwrap();
+        }));
+        let err = copy(&agent, client()).await.unwrap_err();
+        let KioskError::NotRecordedYet { op_id, .. } = err else {
+            panic!("{err:?}");
+        };
+        assert!(err.to_string().contains(&op_id.to_string()), "{err}");
+        assert_eq!(intent_steps(&agent).await, [Step::Writing]);
+        assert!(agent.storage.error().is_some());
+        assert!(check_storage(&agent).await.is_err(), "still refused");
+
+        agent
+            .store
+            .with(|c| Ok(c.execute_batch("PRAGMA query_only = OFF")?))
+            .await
+            .unwrap();
+        check_storage(&agent).await.unwrap();
+        assert_eq!(intent_steps(&agent).await, [Step::Recorded]);
+        assert_eq!(agent.storage.error(), None);
+        let queued = agent.store.pending(10).await.unwrap();
+        assert_eq!(
+            queued.iter().map(|q| q.op_id).collect::<Vec<_>>(),
+            [op_id],
+            "the card is queued, verified, once"
+        );
+        assert!(!queued[0].unverified);
+        assert_eq!(remaining(&agent).await, 1);
+        check_storage(&agent).await.unwrap();
+        assert_eq!(agent.store.pending(10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

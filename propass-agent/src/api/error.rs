@@ -217,7 +217,7 @@ impl From<KioskError> for ApiError {
             KioskError::Nfc(n) => n.into(),
             KioskError::Store(s) => s.into(),
             KioskError::Unsupported(m) => Self::new(LocalErrorCode::UnsupportedBadge, m),
-            e @ (KioskError::CannotRecord(_) | KioskError::NotRecordedYet(_)) => {
+            e @ (KioskError::CannotRecord(_) | KioskError::NotRecordedYet { .. }) => {
                 Self::new(LocalErrorCode::RecordingUnavailable, e.to_string())
             }
             e @ KioskError::Stopping => Self::new(LocalErrorCode::Stopping, e.to_string()),
