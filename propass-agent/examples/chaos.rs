@@ -4,7 +4,8 @@
 //! picked from the seed: an agent killed mid-write or at rest, the server
 //! restarted, PostgreSQL restarted, answers lost after the server
 //! committed, the network cut, a card lifted mid-write, an operator top-up
-//! or lease reclaim. After every
+//! or lease reclaim, a kiosk's disk full (each kiosk's state is on a tmpfs
+//! of its own, where this machine makes private mount namespaces). After every
 //! round, with the faults healed and every agent synced, it checks:
 //!
 //! - every operation a kiosk acknowledged, and every card that may exist, is
@@ -27,7 +28,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use propass_nfc::emulator::{Emulator, Tag, TagKind};
-use propass_test_support::{free_port, FaultProxy, Mode, ProcessGuard, TempDir, TestDatabase};
+use propass_test_support::{
+    free_port, FaultProxy, Mode, ProcessGuard, SmallDisk, TempDir, TestDatabase,
+};
 use serde_json::{json, Value};
 
 const SECRET: &str = "chaos-secret-chaos-secret-chaos-secret-0123";
@@ -62,9 +65,10 @@ enum Fault {
     LiftCard,
     TopUp,
     ReclaimLease,
+    FullDisk,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 11] = [
     Fault::None,
     Fault::KillMidWrite,
     Fault::KillAtRest,
@@ -75,6 +79,7 @@ const FAULTS: [Fault; 10] = [
     Fault::LiftCard,
     Fault::TopUp,
     Fault::ReclaimLease,
+    Fault::FullDisk,
 ];
 
 fn opt(name: &str, default: u64) -> Result<u64, String> {
@@ -162,6 +167,8 @@ where
 
 struct Kiosk {
     dir: TempDir,
+    /// Its state directory's own filesystem, to fill up.
+    disk: Option<SmallDisk>,
     bin: String,
     server_url: String,
     emu: Emulator,
@@ -174,10 +181,14 @@ struct Kiosk {
 impl Kiosk {
     async fn start(&mut self) -> Result<(), String> {
         let sock = self.dir.path().join("agent.sock");
+        let bin = std::path::PathBuf::from(&self.bin);
+        let mut cmd = match &mut self.disk {
+            Some(disk) => disk.command(&bin),
+            None => Command::new(&bin),
+        };
         let proc_ = ProcessGuard::spawn(
-            Command::new(&self.bin)
-                .args(["run", "--state-dir"])
-                .arg(self.dir.path())
+            cmd.args(["run", "--state-dir"])
+                .arg(self.dir.path().join("state"))
                 .arg("--socket")
                 .arg(&sock)
                 .args(["--server", &self.server_url])
@@ -186,6 +197,8 @@ impl Kiosk {
                 .env("PROPASS_CARD_TIMEOUT_SECS", "10")
                 .env("PROPASS_RECONNECT_MAX_MS", "200")
                 .env("PROPASS_SYNC_INTERVAL_SECS", "3600")
+                // Its heartbeat tries a write: a freed disk is noticed soon.
+                .env("PROPASS_HEARTBEAT_SECS", "5")
                 .env_remove("PROPASS_AGENT_CONFIG")
                 .stdin(Stdio::null()),
             &self.bin,
@@ -241,6 +254,8 @@ impl Kiosk {
                 Ok(())
             }
             Some((409, v)) if v["error"]["code"] == "quota_exhausted" => Ok(()),
+            // Its disk is full: nothing recorded.
+            Some((503, v)) if v["error"]["code"] == "recording_unavailable" => Ok(()),
             None => Ok(()), // the agent died under the request: nothing acknowledged
             Some((s, v)) => Err(format!("record answered {s}: {v}")),
         }
@@ -317,20 +332,35 @@ async fn copy_at_reader(k: &Kiosk, client: i64, blank: u32) -> Result<Copied, St
                 .to_owned(),
         )),
         Some((422, v)) if v["error"]["code"] == "copy_unverified" => {
-            // The message names the operation: "(operation <uuid>, …".
-            let m = v["error"]["message"].as_str().unwrap_or_default();
-            let op = m
-                .split("operation ")
-                .nth(1)
-                .and_then(|r| r.split(',').next())
-                .unwrap_or_default()
-                .to_owned();
-            Ok(Copied::Card(op))
+            Ok(Copied::Card(named_operation(&v)))
         }
+        // The disk refused the card's record: it names the card, recorded
+        // once the disk takes writes again.
+        Some((503, v))
+            if v["error"]["code"] == "recording_unavailable"
+                && v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("(operation ")) =>
+        {
+            Ok(Copied::Card(named_operation(&v)))
+        }
+        // The disk refused the card's intent: nothing was touched.
+        Some((503, v)) if v["error"]["code"] == "recording_unavailable" => Ok(Copied::Nothing),
         Some((409, _)) => Ok(Copied::Nothing),
         Some((s, v)) => Err(format!("copy answered {s}: {v}")),
         None => Err("the agent died under a copy".into()),
     }
+}
+
+/// The operation an error message names: "(operation <uuid>, …" or
+/// "(operation <uuid>)".
+fn named_operation(v: &Value) -> String {
+    let m = v["error"]["message"].as_str().unwrap_or_default();
+    m.split("(operation ")
+        .nth(1)
+        .and_then(|r| r.split([',', ')']).next())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[derive(Default)]
@@ -388,7 +418,13 @@ async fn main() -> Result<(), String> {
             .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| e.to_string())?;
+        std::fs::create_dir(dir.path().join("state")).map_err(|e| e.to_string())?;
+        let disk = SmallDisk::new(&dir.path().join("state"), 64 << 20)?;
+        if disk.is_none() && i == 0 {
+            eprintln!("chaos: WARNING: no private mount namespace here (run as root): the FullDisk fault does nothing");
+        }
         let mut k = Kiosk {
+            disk,
             dir,
             bin: agent_bin.clone(),
             server_url: proxy.url(),
@@ -456,6 +492,11 @@ async fn main() -> Result<(), String> {
             Fault::LoseAnswers => proxy.set(Mode::SwallowAnswers),
             Fault::CutNetwork => proxy.set(Mode::Cut),
             Fault::RestartServer => server.stop(),
+            Fault::FullDisk => {
+                if let Some(disk) = kiosks[victim].disk.as_mut() {
+                    disk.fill().map_err(fail)?;
+                }
+            }
             Fault::TopUp => {
                 server
                     .cli(&[
@@ -542,6 +583,26 @@ async fn main() -> Result<(), String> {
         proxy.set(Mode::Pass);
         if fault == Fault::RestartServer {
             server.start().await.map_err(fail)?;
+        }
+        if fault == Fault::FullDisk {
+            let k = &mut kiosks[victim];
+            if let Some(disk) = k.disk.as_mut() {
+                disk.free().map_err(fail)?;
+                // Cards the disk would not record are queued before the
+                // kiosk says its storage works again.
+                let k = &kiosks[victim];
+                until(
+                    Duration::from_secs(30),
+                    "the kiosk to write again",
+                    || async {
+                        k.call(reqwest::Method::GET, "/v1/status", None)
+                            .await
+                            .is_some_and(|(_, v)| v["storage_error"].is_null())
+                    },
+                )
+                .await
+                .map_err(fail)?;
+            }
         }
         for k in &kiosks {
             until(Duration::from_secs(60), "a kiosk to sync", || async {

@@ -84,9 +84,11 @@ impl ReaderStats {
     }
 }
 
-/// Whether the database took the last write the agent tried: a kiosk whose
-/// disk is full or read-only makes no card (it could not record it), and
-/// says why in its status and heartbeat until a write goes through again.
+/// Whether the database takes writes: a kiosk whose disk is full or
+/// read-only makes no card (it could not record it), and says why in its
+/// status and heartbeat. A refused write sets it; only `kiosk::check_storage`
+/// clears it, once a write went through and every card waiting for the disk
+/// is recorded.
 #[derive(Default)]
 pub struct StorageHealth {
     error: Mutex<Option<String>>,
@@ -243,15 +245,6 @@ impl Agent {
             unsettled: UnsettledIntents::default(),
             sync_lock: tokio::sync::Mutex::new(None),
         }))
-    }
-
-    /// Tries a write (see [`Store::probe_write`]) and notes how it went:
-    /// the watchdog and the heartbeat ask, so a disk that fills up, or
-    /// frees up, shows without waiting for a copy.
-    pub async fn probe_storage(&self) -> Result<(), StoreError> {
-        let result = self.store.probe_write(self.clock.now_utc()).await;
-        self.storage.saw(result.as_ref().map(|_| ()));
-        result
     }
 
     /// A copy of the connectivity state.

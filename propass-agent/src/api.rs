@@ -118,7 +118,15 @@ async fn record(agent: AgentData, body: web::Json<RecordRequest>) -> ApiResult<H
         op_id: op_id.unwrap_or_else(|| agent.rng.new_op_id()),
         unverified: false,
     };
-    let recorded = agent.store.record(new, QuotaPolicy::Enforce).await?;
+    let recorded = agent
+        .store
+        .record(new, QuotaPolicy::Enforce)
+        .await
+        .inspect_err(|e| {
+            if e.is_storage_failure() {
+                agent.storage.saw(Err(e));
+            }
+        })?;
     let answer = RecordResponse {
         success: true,
         operation: recorded.operation,

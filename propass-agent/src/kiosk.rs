@@ -350,7 +350,6 @@ async fn reserve(
         .store
         .reserve(new)
         .await
-        .inspect(|_| agent.storage.saw(Ok(())))
         .map_err(|e| match e {
             e @ (StoreError::UnknownClient(_) | StoreError::QuotaExhausted { .. }) => e.into(),
             e => {
@@ -432,33 +431,40 @@ async fn settle(
 
 /// Tries a write (the watchdog and the heartbeat ask) and, once one goes
 /// through, settles the intents whose ending the disk refused: the cards
-/// made meanwhile are queued, the units of those never written go back.
+/// made meanwhile are queued, the units of those never written go back. The
+/// storage is said to work only once they are all settled.
 pub async fn check_storage(agent: &Agent) -> Result<(), StoreError> {
-    agent.probe_storage().await?;
-    for stuck in agent.unsettled.take() {
-        match agent
-            .store
-            .settle(stuck.id, stuck.ending.clone(), agent.clock.now_utc())
-            .await
-        {
-            Ok((Some(operation), remaining)) => {
-                tracing::info!(op_id = %stuck.op_id, "the disk takes writes again: the card is recorded");
-                announce(agent, &operation, remaining);
-            }
-            Ok((None, remaining)) => {
-                tracing::info!(op_id = %stuck.op_id, "the disk takes writes again: the reserved unit is released");
-                agent.emit(AgentEvent::QuotaUpdated {
-                    client_id: stuck.client_id,
-                    remaining,
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, op_id = %stuck.op_id, "still cannot settle a card's intent");
-                agent.unsettled.push(stuck);
+    let mut result = agent.store.probe_write(agent.clock.now_utc()).await;
+    if result.is_ok() {
+        for stuck in agent.unsettled.take() {
+            match agent
+                .store
+                .settle(stuck.id, stuck.ending.clone(), agent.clock.now_utc())
+                .await
+            {
+                Ok((Some(operation), remaining)) => {
+                    tracing::info!(op_id = %stuck.op_id, "the disk takes writes again: the card is recorded");
+                    announce(agent, &operation, remaining);
+                }
+                Ok((None, remaining)) => {
+                    tracing::info!(op_id = %stuck.op_id, "the disk takes writes again: the reserved unit is released");
+                    agent.emit(AgentEvent::QuotaUpdated {
+                        client_id: stuck.client_id,
+                        remaining,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, op_id = %stuck.op_id, "still cannot settle a card's intent");
+                    agent.unsettled.push(stuck);
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
             }
         }
     }
-    Ok(())
+    agent.storage.saw(result.as_ref().map(|_| ()));
+    result
 }
 
 /// Tells local listeners about a queued card and the client's new remaining,
@@ -806,7 +812,7 @@ mod tests {
             "the status and the heartbeat say why"
         );
         assert!(
-            agent.probe_storage().await.is_err(),
+            check_storage(&agent).await.is_err(),
             "the health probe fails too"
         );
     }

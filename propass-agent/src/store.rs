@@ -93,6 +93,28 @@ pub enum StoreError {
     Invalid(String),
 }
 
+impl StoreError {
+    /// The disk refused a write (full, read-only, I/O error): nothing can
+    /// be recorded until it is fixed — unlike a refusal of this operation.
+    pub fn is_storage_failure(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            Self::Io(..) => true,
+            Self::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    C::DiskFull
+                        | C::ReadOnly
+                        | C::SystemIoFailure
+                        | C::CannotOpen
+                        | C::DatabaseCorrupt
+                )
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Result of the store's operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -6,7 +6,8 @@
 //! answers after the upstream committed), [`eventually`] (wait on a
 //! condition with a deadline, never a bare sleep), [`ProcessGuard`] (a child
 //! stopped with SIGTERM, then SIGKILL, when dropped), [`free_port`],
-//! [`TempDir`], [`percentile`], [`rss_kib`] and [`cpu_seconds`] (what
+//! [`TempDir`], [`SmallDisk`] (a tmpfs of its own under a directory, to
+//! fill up), [`percentile`], [`rss_kib`] and [`cpu_seconds`] (what
 //! benchmarks read), [`haproxy_config`] (the shipped load balancer, runnable), [`assert_generated`] (generated docs and files kept current), and [`module_graph`] with [`find_cycle`] (the check that a
 //! crate's modules form no cycle).
 //!
@@ -15,6 +16,7 @@
 //! part is the real thing, made disposable.
 #![allow(clippy::disallowed_methods)] // the shell around real time and ids, for tests only
 
+mod disk;
 mod generated;
 mod haproxy;
 mod measure;
@@ -30,6 +32,7 @@ mod proxy;
 #[cfg(feature = "async")]
 mod wait;
 
+pub use disk::{private_mount_command, SmallDisk};
 pub use generated::{assert_generated, uncommented_assignments};
 pub use haproxy::haproxy_config;
 pub use measure::{cpu_seconds, machine_busy_seconds, percentile, rss_kib};

@@ -165,6 +165,12 @@ impl ResponseError for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_storage_failure() {
+            return Self::new(
+                LocalErrorCode::RecordingUnavailable,
+                format!("this kiosk cannot save its records ({e}): nothing was recorded; call an operator"),
+            );
+        }
         let code = match e {
             StoreError::UnknownClient(_) => LocalErrorCode::UnknownClient,
             StoreError::QuotaExhausted { .. } | StoreError::LeaseExhausted { .. } => {

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use propass_test_support::private_mount_command;
 pub use propass_test_support::{eventually, free_port, FaultProxy, Mode};
-use propass_test_support::{ProcessGuard, TempDir, TestDatabase};
+use propass_test_support::{ProcessGuard, SmallDisk, TempDir, TestDatabase};
 use serde_json::{json, Value};
 
 pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-0123456789";
@@ -283,9 +284,9 @@ pub struct Agent {
     dir: TempDir,
     /// Its state directory (inside `dir`).
     state: PathBuf,
-    /// The size of the filesystem of its own the state directory is on, if
-    /// it has one (see [`Agent::on_small_disk`]).
-    small_disk: Option<u64>,
+    /// The filesystem of its own the state directory is on, if it has one
+    /// (see [`Agent::on_small_disk`]).
+    small_disk: Option<SmallDisk>,
     pub socket: PathBuf,
     server_url: String,
     extra_env: Vec<(String, String)>,
@@ -295,7 +296,9 @@ pub struct Agent {
 
 impl Agent {
     pub async fn new(server_url: &str, env: &[(&str, &str)]) -> Self {
-        Self::build(server_url, env, None).await
+        Self::build(server_url, env, None)
+            .await
+            .expect("no disk of its own to make")
     }
 
     /// An agent whose state directory is a filesystem of its own, `bytes`
@@ -304,22 +307,27 @@ impl Agent {
     /// warning) where this machine cannot make one: a private mount needs
     /// root or unprivileged user namespaces.
     pub async fn on_small_disk(server_url: &str, env: &[(&str, &str)], bytes: u64) -> Option<Self> {
-        let probe = private_mount_command().arg("true").status();
-        if !probe.is_ok_and(|s| s.success()) {
-            eprintln!(
-                "WARNING: SKIPPED: this machine makes no private mount namespace (run as root, or \
-                 allow unprivileged user namespaces: sysctl kernel.apparmor_restrict_unprivileged_userns=0)"
-            );
-            return None;
-        }
-        Some(Self::build(server_url, env, Some(bytes)).await)
+        Self::build(server_url, env, Some(bytes)).await
     }
 
-    async fn build(server_url: &str, env: &[(&str, &str)], small_disk: Option<u64>) -> Self {
+    async fn build(server_url: &str, env: &[(&str, &str)], disk: Option<u64>) -> Option<Self> {
         propass_agent::tls::install_crypto_provider();
         let dir = TempDir::new("propass-e2e-agent").unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
+        let small_disk = match disk {
+            None => None,
+            Some(bytes) => match SmallDisk::new(&state, bytes).unwrap() {
+                Some(disk) => Some(disk),
+                None => {
+                    eprintln!(
+                        "WARNING: SKIPPED: this machine makes no private mount namespace (run as root, or \
+                         allow unprivileged user namespaces: sysctl kernel.apparmor_restrict_unprivileged_userns=0)"
+                    );
+                    return None;
+                }
+            },
+        };
         // Outside the state directory: a private mount is not seen from here.
         let socket = dir.path().join("agent.sock");
         // No pooled connections: the agent restarts under our feet, and its idle
@@ -343,7 +351,7 @@ impl Agent {
             http,
         };
         a.start().await;
-        a
+        Some(a)
     }
 
     pub async fn start(&mut self) {
@@ -353,22 +361,9 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let mut cmd = match self.small_disk {
+        let mut cmd = match &mut self.small_disk {
             None => Command::new(agent_bin()),
-            Some(bytes) => {
-                // Mounts the tmpfs over the state directory, then becomes
-                // the agent (same pid: its /proc/PID/root sees the mount).
-                let mut cmd = private_mount_command();
-                cmd.args([
-                    "sh",
-                    "-c",
-                    r#"mount -t tmpfs -o "size=$1" propass-e2e "$0" && shift && exec "$@""#,
-                ])
-                .arg(&self.state)
-                .arg(bytes.to_string())
-                .arg(agent_bin());
-                cmd
-            }
+            Some(disk) => disk.command(&agent_bin()),
         };
         cmd.args(["run", "--state-dir"])
             .arg(&self.state)
@@ -488,51 +483,23 @@ impl Agent {
         &self.state
     }
 
-    /// The state directory as the agent sees it: through its own mount
-    /// namespace when it has a disk of its own.
-    fn state_seen_by_agent(&self) -> PathBuf {
-        let child = self.child.as_ref().expect("agent running");
-        match self.small_disk {
-            None => self.state.clone(),
-            Some(_) => Path::new(&format!("/proc/{}/root", child.id()))
-                .join(self.state.strip_prefix("/").unwrap()),
-        }
-    }
-
     /// Fills the agent's disk (see [`Agent::on_small_disk`]) to the last byte.
-    pub fn fill_disk(&self) {
-        use std::io::Write;
-        let path = self.state_seen_by_agent().join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        let mut len = chunk.len();
-        // Down to single bytes: not a page may be left for the agent.
-        while len > 0 {
-            match f.write(&chunk[..len]) {
-                Ok(0) | Err(_) => len /= 2,
-                Ok(_) => {}
-            }
-        }
-        let _ = f.sync_all();
+    pub fn fill_disk(&mut self) {
+        self.small_disk
+            .as_mut()
+            .expect("a disk of its own")
+            .fill()
+            .unwrap();
     }
 
     /// Frees what [`Agent::fill_disk`] took.
-    pub fn free_disk(&self) {
-        std::fs::remove_file(self.state_seen_by_agent().join("filler")).unwrap();
+    pub fn free_disk(&mut self) {
+        self.small_disk
+            .as_mut()
+            .expect("a disk of its own")
+            .free()
+            .unwrap();
     }
-}
-
-/// `unshare` with a private mount namespace (in a user namespace of its own
-/// unless we are root), followed by the command to run in it.
-pub fn private_mount_command() -> Command {
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    let mut cmd = Command::new("unshare");
-    if !root {
-        cmd.args(["--user", "--map-root-user"]);
-    }
-    cmd.arg("--mount");
-    cmd
 }
 
 impl Drop for Agent {

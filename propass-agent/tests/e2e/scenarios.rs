@@ -923,7 +923,7 @@ async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
         ("PROPASS_CARD_TIMEOUT_SECS", "20"),
         ("PROPASS_HEARTBEAT_SECS", "5"),
     ];
-    let Some(agent) = Agent::on_small_disk(&server.url(), &env, 4 << 20).await else {
+    let Some(mut agent) = Agent::on_small_disk(&server.url(), &env, 4 << 20).await else {
         return;
     };
     agent.enroll(&server).await;
@@ -950,6 +950,12 @@ async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
     );
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("call an operator"), "{message}");
+    let (status, body) = agent.record(client, &uid(9)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("recording_unavailable")),
+        "an operation reported by the kiosk's UI is refused the same way: {body}"
+    );
     let storage = agent.status().await["storage_error"].clone();
     assert!(
         storage.as_str().is_some_and(|e| e.contains("full")),
