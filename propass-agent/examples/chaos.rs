@@ -4,8 +4,9 @@
 //! picked from the seed: an agent killed mid-write or at rest, the server
 //! restarted, PostgreSQL restarted, answers lost after the server
 //! committed, the network cut, a card lifted mid-write, an operator top-up
-//! or lease reclaim, a kiosk's disk full (each kiosk's state is on a tmpfs
-//! of its own, where this machine makes private mount namespaces). After every
+//! or lease reclaim, a kiosk's disk full before a copy or filling up while
+//! the blank is written (each kiosk's state is on a tmpfs of its own, where
+//! this machine makes private mount namespaces). After every
 //! round, with the faults healed and every agent synced, it checks:
 //!
 //! - every operation a kiosk acknowledged, and every card that may exist, is
@@ -66,9 +67,10 @@ enum Fault {
     TopUp,
     ReclaimLease,
     FullDisk,
+    FullDiskMidWrite,
 }
 
-const FAULTS: [Fault; 11] = [
+const FAULTS: [Fault; 12] = [
     Fault::None,
     Fault::KillMidWrite,
     Fault::KillAtRest,
@@ -80,6 +82,7 @@ const FAULTS: [Fault; 11] = [
     Fault::TopUp,
     Fault::ReclaimLease,
     Fault::FullDisk,
+    Fault::FullDiskMidWrite,
 ];
 
 fn opt(name: &str, default: u64) -> Result<u64, String> {
@@ -176,6 +179,8 @@ struct Kiosk {
     http: reqwest::Client,
     /// op_ids the kiosk acknowledged (recorded operations, made cards).
     acked: Vec<String>,
+    /// Operations refused because its disk was full.
+    disk_refusals: u64,
 }
 
 impl Kiosk {
@@ -255,7 +260,10 @@ impl Kiosk {
             }
             Some((409, v)) if v["error"]["code"] == "quota_exhausted" => Ok(()),
             // Its disk is full: nothing recorded.
-            Some((503, v)) if v["error"]["code"] == "recording_unavailable" => Ok(()),
+            Some((503, v)) if v["error"]["code"] == "recording_unavailable" => {
+                self.disk_refusals += 1;
+                Ok(())
+            }
             None => Ok(()), // the agent died under the request: nothing acknowledged
             Some((s, v)) => Err(format!("record answered {s}: {v}")),
         }
@@ -267,6 +275,8 @@ impl Kiosk {
 struct Started {
     wants_blank: bool,
     answer: tokio::task::JoinHandle<Option<(u16, Value)>>,
+    /// The kiosk's event stream, from after the step seen.
+    events: reqwest::Response,
 }
 
 /// Starts a copy and returns once the agent asks for a blank or refused.
@@ -303,6 +313,7 @@ async fn begin_copy(k: &Kiosk, client: i64) -> Result<Started, String> {
                 return Ok(Started {
                     wants_blank,
                     answer: copy,
+                    events,
                 });
             }
         }
@@ -315,6 +326,10 @@ enum Copied {
     Card(String),
     /// Refused or failed with nothing written.
     Nothing,
+    /// Refused before a blank: the kiosk's disk is full.
+    DiskRefused,
+    /// Made, and recorded once the kiosk's disk takes writes again.
+    RecordedLater(String),
 }
 
 async fn copy_at_reader(k: &Kiosk, client: i64, blank: u32) -> Result<Copied, String> {
@@ -324,7 +339,38 @@ async fn copy_at_reader(k: &Kiosk, client: i64, blank: u32) -> Result<Copied, St
         k.emu
             .place(Some(Tag::classic(TagKind::Gen1a, blank.to_be_bytes())));
     }
-    match copy.answer.await.map_err(|e| e.to_string())? {
+    copied(copy.answer.await.map_err(|e| e.to_string())?)
+}
+
+/// A copy during which the kiosk's disk fills up: as soon as the agent
+/// says it is writing the blank (its intent is stored), the disk is filled.
+/// The card is recorded at once if the fill came too late, or once the disk
+/// is freed.
+async fn copy_as_the_disk_fills(k: &mut Kiosk, client: i64, blank: u32) -> Result<Copied, String> {
+    k.emu.place(Some(Tag::classic(TagKind::Classic1k, BADGE)));
+    let mut copy = begin_copy(k, client).await?;
+    if copy.wants_blank {
+        k.emu
+            .place(Some(Tag::classic(TagKind::Gen1a, blank.to_be_bytes())));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = String::new();
+        while !buf.contains("\"step\":\"writing\"") && !buf.contains("\"step\":\"failed\"") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, copy.events.chunk()).await {
+                Ok(Ok(Some(chunk))) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return Err(format!("no writing step: {buf}")),
+            }
+        }
+        if let Some(disk) = k.disk.as_mut() {
+            disk.fill()?;
+        }
+    }
+    copied(copy.answer.await.map_err(|e| e.to_string())?)
+}
+
+/// What a copy's answer says was made.
+fn copied(answer: Option<(u16, Value)>) -> Result<Copied, String> {
+    match answer {
         Some((201, v)) => Ok(Copied::Card(
             v["operation"]["op_id"]
                 .as_str()
@@ -342,10 +388,10 @@ async fn copy_at_reader(k: &Kiosk, client: i64, blank: u32) -> Result<Copied, St
                     .as_str()
                     .is_some_and(|m| m.contains("(operation ")) =>
         {
-            Ok(Copied::Card(named_operation(&v)))
+            Ok(Copied::RecordedLater(named_operation(&v)))
         }
         // The disk refused the card's intent: nothing was touched.
-        Some((503, v)) if v["error"]["code"] == "recording_unavailable" => Ok(Copied::Nothing),
+        Some((503, v)) if v["error"]["code"] == "recording_unavailable" => Ok(Copied::DiskRefused),
         Some((409, _)) => Ok(Copied::Nothing),
         Some((s, v)) => Err(format!("copy answered {s}: {v}")),
         None => Err("the agent died under a copy".into()),
@@ -370,6 +416,10 @@ struct Tally {
     operations: u64,
     unverified_expected: u64,
     killed_mid_write: u64,
+    /// Copies refused for a full disk, before a blank.
+    disk_refused: u64,
+    /// Cards made as the disk filled, recorded once it was freed.
+    recorded_later: u64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -432,6 +482,7 @@ async fn main() -> Result<(), String> {
             proc_: None,
             http,
             acked: Vec::new(),
+            disk_refusals: 0,
         };
         k.start().await?;
         let code: Value = serde_json::from_str(&server.cli(&[
@@ -556,7 +607,12 @@ async fn main() -> Result<(), String> {
             if i == victim && fault == Fault::LiftCard {
                 k.emu.with_field(|f| f.remove_on_write = Some(4));
             }
-            match copy_at_reader(k, client, blank).await.map_err(fail)? {
+            let copy = if i == victim && fault == Fault::FullDiskMidWrite {
+                copy_as_the_disk_fills(k, client, blank).await
+            } else {
+                copy_at_reader(k, client, blank).await
+            };
+            match copy.map_err(fail)? {
                 Copied::Card(op) => {
                     if i == victim && fault == Fault::LiftCard {
                         tally.unverified_expected += 1;
@@ -564,6 +620,12 @@ async fn main() -> Result<(), String> {
                     k.acked.push(op);
                     tally.cards += 1;
                 }
+                Copied::RecordedLater(op) => {
+                    k.acked.push(op);
+                    tally.cards += 1;
+                    tally.recorded_later += 1;
+                }
+                Copied::DiskRefused => tally.disk_refused += 1,
                 Copied::Nothing => {}
             }
             k.emu.with_field(|f| f.remove_on_write = None);
@@ -584,7 +646,7 @@ async fn main() -> Result<(), String> {
         if fault == Fault::RestartServer {
             server.start().await.map_err(fail)?;
         }
-        if fault == Fault::FullDisk {
+        if matches!(fault, Fault::FullDisk | Fault::FullDiskMidWrite) {
             let k = &mut kiosks[victim];
             if let Some(disk) = k.disk.as_mut() {
                 disk.free().map_err(fail)?;
@@ -640,6 +702,12 @@ async fn main() -> Result<(), String> {
         tally.unverified_expected,
         tally.killed_mid_write,
         tally.unverified_expected - tally.killed_mid_write
+    );
+    println!(
+        "         full disks: {} operations and {} copies refused before anything was made, {} cards recorded once the disk was freed",
+        kiosks.iter().map(|k| k.disk_refusals).sum::<u64>(),
+        tally.disk_refused,
+        tally.recorded_later
     );
     let faults: Vec<String> = tally
         .faults

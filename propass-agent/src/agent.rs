@@ -95,9 +95,13 @@ pub struct StorageHealth {
 }
 
 impl StorageHealth {
-    /// Notes a write's outcome (`Err`: why the database refused it).
-    pub fn saw(&self, result: Result<(), &StoreError>) {
-        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = result.err().map(|e| e.to_string());
+    /// Notes a write's outcome (`Err`: why the database refused it);
+    /// whether the storage went from working to failing or back.
+    fn saw(&self, result: Result<(), &StoreError>) -> bool {
+        let mut error = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        let was_failing = error.is_some();
+        *error = result.err().map(|e| e.to_string());
+        error.is_some() != was_failing
     }
 
     /// Why the last write failed; `None` once one went through.
@@ -156,6 +160,9 @@ pub struct Agent {
     pub kick: Notify,
     /// Wakes the WebSocket loop (login).
     pub ws_kick: Notify,
+    /// A sync error or the storage came or went: the WebSocket session
+    /// sends a heartbeat now, not at its next tick.
+    pub health_changed: Notify,
     /// The NFC reader, on its own thread (opened at first use).
     pub reader: ReaderThread,
     pub server: Arc<dyn ServerClient>,
@@ -230,6 +237,7 @@ impl Agent {
             events,
             kick: Notify::new(),
             ws_kick: Notify::new(),
+            health_changed: Notify::new(),
             reader,
             server,
             tls,
@@ -256,10 +264,22 @@ impl Agent {
     pub(crate) fn update_link(&self, f: impl FnOnce(&mut LinkState)) {
         let mut s = self.link.lock().unwrap_or_else(|p| p.into_inner());
         let was_online = s.online;
+        let had_error = s.last_error.is_some();
         f(&mut s);
         if s.online != was_online {
             self.emit(AgentEvent::Connectivity { online: s.online });
             tracing::info!(online = s.online, "connectivity changed");
+        }
+        if s.last_error.is_some() != had_error {
+            self.health_changed.notify_one();
+        }
+    }
+
+    /// Notes whether the database takes writes (see [`StorageHealth`]); a
+    /// change is told to the server at once.
+    pub fn note_storage(&self, result: Result<(), &StoreError>) {
+        if self.storage.saw(result) {
+            self.health_changed.notify_one();
         }
     }
 

@@ -124,7 +124,7 @@ async fn record(agent: AgentData, body: web::Json<RecordRequest>) -> ApiResult<H
         .await
         .inspect_err(|e| {
             if e.is_storage_failure() {
-                agent.storage.saw(Err(e));
+                agent.note_storage(Err(e));
             }
         })?;
     let answer = RecordResponse {

@@ -354,7 +354,7 @@ async fn reserve(
             e @ (StoreError::UnknownClient(_) | StoreError::QuotaExhausted { .. }) => e.into(),
             e => {
                 tracing::error!(error = %e, "cannot write a card's intent: no card is made until the database takes writes");
-                agent.storage.saw(Err(&e));
+                agent.note_storage(Err(&e));
                 KioskError::CannotRecord(e)
             }
         })
@@ -409,7 +409,7 @@ async fn settle(
             }
             Err(cause) => {
                 tracing::error!(error = %cause, op_id = %intent.op_id, client = %intent.client_id, "a written card could NOT be recorded now; it is recorded once the disk takes writes");
-                agent.storage.saw(Err(&cause));
+                agent.note_storage(Err(&cause));
                 agent.unsettled.push(Unsettled {
                     id: intent.id,
                     op_id: intent.op_id,
@@ -463,7 +463,7 @@ pub async fn check_storage(agent: &Agent) -> Result<(), StoreError> {
             }
         }
     }
-    agent.storage.saw(result.as_ref().map(|_| ()));
+    agent.note_storage(result.as_ref().map(|_| ()));
     result
 }
 

@@ -297,12 +297,17 @@ impl Agent {
         let mut cursor = self.sync_lock.lock().await;
         let result = self.sync_inner(&mut cursor).await;
         match &result {
-            Ok(summary) => {
+            Ok((summary, creds)) => {
                 let _ = self.store.set_last_sync_at(self.clock.now_utc()).await;
                 self.update_link(|s| {
                     s.online = true;
                     s.last_error = None;
                 });
+                // After the link's state: the heartbeat says this sync
+                // went well, not how the last one went.
+                if !self.link().ws_connected {
+                    self.send_heartbeat(creds).await;
+                }
                 self.emit(AgentEvent::SyncResult {
                     synced: summary.synced,
                     failed: summary.failed,
@@ -318,7 +323,7 @@ impl Agent {
                 self.update_link(|s| s.last_error = Some(msg));
             }
         }
-        result
+        result.map(|(summary, _)| summary)
     }
 
     /// The heartbeat over HTTP, for a kiosk whose WebSocket is down: best
@@ -374,16 +379,17 @@ impl Agent {
         }
     }
 
-    async fn sync_inner(&self, cursor: &mut Option<PullCursor>) -> Result<SyncSummary, SyncError> {
+    /// The cycle, and the credentials it ended with.
+    async fn sync_inner(
+        &self,
+        cursor: &mut Option<PullCursor>,
+    ) -> Result<(SyncSummary, Credentials), SyncError> {
         let mut creds = self.fresh_credentials().await?;
         let mut summary = SyncSummary::default();
         self.push_pending(&mut creds, &mut summary).await?;
         self.pull(&mut creds, cursor).await?;
-        if !self.link().ws_connected {
-            self.send_heartbeat(&creds).await;
-        }
         summary.pending = self.store.counts().await?.pending;
-        Ok(summary)
+        Ok((summary, creds))
     }
 
     /// The server and a token, refreshed first when it is about to expire.

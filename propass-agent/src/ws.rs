@@ -152,19 +152,28 @@ async fn session(
                 let ping = serde_json::to_string(&WsMessage::Ping).unwrap_or_default();
                 ws.send(Message::Text(ping.into())).await.map_err(|e| e.to_string())?;
             }
-            _ = heartbeat.tick() => {
-                match crate::heartbeat::heartbeat(agent).await {
-                    Ok(hb) => {
-                        let text = serde_json::to_string(&WsMessage::Heartbeat(hb)).unwrap_or_default();
-                        ws.send(Message::Text(text.into())).await.map_err(|e| e.to_string())?;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot read the kiosk's state for its heartbeat"),
-                }
-            }
+            _ = heartbeat.tick() => send_heartbeat(agent, &mut ws).await?,
+            // A sync error or the storage came or went: operators see it now.
+            _ = agent.health_changed.notified() => send_heartbeat(agent, &mut ws).await?,
             _ = shutdown.changed() => {
                 let _ = ws.close(None).await;
                 return Ok(());
             }
+        }
+    }
+}
+
+async fn send_heartbeat(agent: &Agent, ws: &mut Socket) -> Result<(), String> {
+    match crate::heartbeat::heartbeat(agent).await {
+        Ok(hb) => {
+            let text = serde_json::to_string(&WsMessage::Heartbeat(hb)).unwrap_or_default();
+            ws.send(Message::Text(text.into()))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the kiosk's state for its heartbeat");
+            Ok(())
         }
     }
 }

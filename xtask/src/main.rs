@@ -22,7 +22,8 @@
 //!   haproxy config, simulated kiosks, both instances stopped for a minute: drain time, storm
 //!   p99 and errors, every copy in the ledger exactly once.
 //! - `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server and agents at
-//!   emulated readers under seeded faults, the ledger's invariants checked after every round.
+//!   emulated readers (their state on tmpfs of their own, to fill) under seeded faults, the
+//!   ledger's invariants checked after every round.
 //! - `cargo xtask package [--check]`: Debian packages of propass-server and propass-agent
 //!   (cargo-deb) in `target/debian/`; `--check` verifies them (as root: install, units, purge).
 //! - `cargo xtask supply`: the supply-chain check alone (`cargo deny check`; see `supply`).
