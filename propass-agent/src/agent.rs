@@ -120,21 +120,6 @@ pub struct Unsettled {
     pub ending: Ending,
 }
 
-/// The intents waiting for the disk.
-#[derive(Default)]
-pub struct UnsettledIntents(Mutex<Vec<Unsettled>>);
-
-impl UnsettledIntents {
-    pub fn push(&self, u: Unsettled) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(u);
-    }
-
-    /// All of them (each caller gets its own: none is settled twice).
-    pub fn take(&self) -> Vec<Unsettled> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
 /// What the agent is made of; [`Agent::new`] uses the real ones, tests and a
 /// simulation their own.
 pub struct Parts {
@@ -176,8 +161,9 @@ pub struct Agent {
     pub reader_stats: ReaderStats,
     /// What the status and heartbeat say of the database's last write.
     pub storage: StorageHealth,
-    /// Cards whose record waits for the disk.
-    pub unsettled: UnsettledIntents,
+    /// Cards whose record waits for the disk; held by the one check that
+    /// settles them (see `kiosk::check_storage`).
+    pub unsettled: tokio::sync::Mutex<Vec<Unsettled>>,
     link: Mutex<LinkState>,
     /// Serializes sync cycles; holds where the next pull starts.
     pub(crate) sync_lock: tokio::sync::Mutex<Option<PullCursor>>,
@@ -250,7 +236,7 @@ impl Agent {
             writes: WriteGate::default(),
             reader_stats: ReaderStats::default(),
             storage: StorageHealth::default(),
-            unsettled: UnsettledIntents::default(),
+            unsettled: tokio::sync::Mutex::default(),
             sync_lock: tokio::sync::Mutex::new(None),
         }))
     }

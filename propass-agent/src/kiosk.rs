@@ -375,7 +375,8 @@ async fn void(agent: &Agent, intent: &Intent, hex: &str, e: KioskError) -> Kiosk
         // Still `reserved` (or `writing` before any write): released once
         // a write goes through, or at the next start.
         tracing::error!(error = %store, op_id = %intent.op_id, "cannot release a reserved unit now; it is released once the disk takes writes");
-        agent.unsettled.push(Unsettled {
+        agent.note_storage(Err(&store));
+        agent.unsettled.lock().await.push(Unsettled {
             id: intent.id,
             op_id: intent.op_id,
             client_id: intent.client_id,
@@ -410,7 +411,7 @@ async fn settle(
             Err(cause) => {
                 tracing::error!(error = %cause, op_id = %intent.op_id, client = %intent.client_id, "a written card could NOT be recorded now; it is recorded once the disk takes writes");
                 agent.note_storage(Err(&cause));
-                agent.unsettled.push(Unsettled {
+                agent.unsettled.lock().await.push(Unsettled {
                     id: intent.id,
                     op_id: intent.op_id,
                     client_id: intent.client_id,
@@ -432,11 +433,13 @@ async fn settle(
 /// Tries a write (the watchdog and the heartbeat ask) and, once one goes
 /// through, settles the intents whose ending the disk refused: the cards
 /// made meanwhile are queued, the units of those never written go back. The
-/// storage is said to work only once they are all settled.
+/// storage is said to work only once they are all settled. One check at a
+/// time: another waits, then sees what this one left.
 pub async fn check_storage(agent: &Agent) -> Result<(), StoreError> {
+    let mut waiting = agent.unsettled.lock().await;
     let mut result = agent.store.probe_write(agent.clock.now_utc()).await;
     if result.is_ok() {
-        for stuck in agent.unsettled.take() {
+        for stuck in std::mem::take(&mut *waiting) {
             match agent
                 .store
                 .settle(stuck.id, stuck.ending.clone(), agent.clock.now_utc())
@@ -455,7 +458,7 @@ pub async fn check_storage(agent: &Agent) -> Result<(), StoreError> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, op_id = %stuck.op_id, "still cannot settle a card's intent");
-                    agent.unsettled.push(stuck);
+                    waiting.push(stuck);
                     if result.is_ok() {
                         result = Err(e);
                     }

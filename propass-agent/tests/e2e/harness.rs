@@ -175,7 +175,6 @@ impl Server {
         );
     }
 
-    /// Copies charged to `client`.
     /// `device`'s row in the operators' fleet view (`device list --json`).
     pub fn fleet_row(&self, device: &str) -> Value {
         let rows: Value =
@@ -188,6 +187,7 @@ impl Server {
             .unwrap_or(Value::Null)
     }
 
+    /// Copies charged to `client`.
     pub fn used(&self, client: i64) -> i64 {
         self.client_row(client)["used"].as_i64().unwrap()
     }
@@ -299,6 +299,15 @@ impl Agent {
         Self::build(server_url, env, None)
             .await
             .expect("no disk of its own to make")
+    }
+
+    /// An agent of `server`, enrolled with a code its operator created, and
+    /// synced.
+    pub async fn enrolled(server: &Server) -> Self {
+        let agent = Self::new(&server.url(), &[]).await;
+        agent.enroll(server).await;
+        assert_eq!(agent.sync().await.0, 200, "{}", agent.log());
+        agent
     }
 
     /// An agent whose state directory is a filesystem of its own, `bytes`

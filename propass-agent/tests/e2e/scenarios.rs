@@ -20,9 +20,7 @@ async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
     let client = server.add_client("Offline Corp", 1000);
     // Kiosks of this client may spend everything offline.
     server.lease(client, 1000);
-    let agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let agent = Agent::enrolled(&server).await;
     assert_eq!(agent.remaining(client).await, Some(1000));
 
     server.stop();
@@ -66,9 +64,7 @@ async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
 async fn a_server_restored_from_a_backup_gets_back_what_it_lost() {
     let server = Server::new().await;
     let client = server.add_client("Restore AG", 100);
-    let agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let agent = Agent::enrolled(&server).await;
     for i in 0..3 {
         assert_eq!(agent.record(client, &uid(i)).await.0, 201);
     }
@@ -103,9 +99,7 @@ async fn a_server_restored_from_a_backup_gets_back_what_it_lost() {
 async fn the_fleet_view_shows_the_agent_heartbeat() {
     let server = Server::new().await;
     let client = server.add_client("Fleet BV", 10);
-    let agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let agent = Agent::enrolled(&server).await;
     assert_eq!(agent.record(client, &uid(1)).await.0, 201);
     let device = agent.status().await["device_id"]
         .as_str()
@@ -180,9 +174,7 @@ async fn a_killed_agent_loses_nothing_and_counts_nothing_twice() {
     let mut server = Server::new().await;
     let client = server.add_client("Crash Inc", 10_000);
     server.lease(client, 10_000);
-    let mut agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let mut agent = Agent::enrolled(&server).await;
 
     // 1. Killed while recording: requests in flight when the process dies.
     server.stop();
@@ -259,9 +251,7 @@ async fn a_quota_top_up_reaches_the_agent_over_the_websocket() {
     // No leases for this client: the kiosk spends what the server says is
     // left, so a top-up shows at once.
     server.lease(client, 0);
-    let agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let agent = Agent::enrolled(&server).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             agent.status().await["ws_connected"] == true
@@ -391,9 +381,7 @@ async fn code(res: reqwest::Response) -> (u16, String) {
 async fn bad_local_requests_get_clear_errors_and_change_nothing() {
     let server = Server::new().await;
     let client = server.add_client("Careful GmbH", 10);
-    let agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let agent = Agent::enrolled(&server).await;
 
     // POSTs a raw body to /v1/operations; returns (status, error code).
     let http = &agent.http;
@@ -536,9 +524,7 @@ async fn the_agent_refuses_a_corrupt_or_foreign_database() {
 async fn the_agent_refuses_to_start_on_a_read_only_state_directory() {
     let server = Server::new().await;
     let client = server.add_client("Read Only Co", 5);
-    let mut agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let mut agent = Agent::enrolled(&server).await;
     assert_eq!(agent.record(client, &uid(1)).await.0, 201);
     assert!(agent.terminate().0.success(), "{}", agent.log());
     let before = bytes(&agent.db_path());
@@ -603,9 +589,7 @@ fn foreign_sqlite() -> Vec<u8> {
 async fn a_refused_token_leads_to_a_logged_out_state_that_still_records() {
     let server = Server::new().await;
     let client = server.add_client("Revoked BV", 10);
-    let agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let agent = Agent::enrolled(&server).await;
     let device = agent.status().await["device_id"]
         .as_str()
         .unwrap()
@@ -640,9 +624,7 @@ async fn a_refused_token_leads_to_a_logged_out_state_that_still_records() {
 async fn sigterm_stops_the_agent_cleanly() {
     let server = Server::new().await;
     let client = server.add_client("Stop Corp", 10);
-    let mut agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let mut agent = Agent::enrolled(&server).await;
     assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
     let (status, took) = agent.terminate();
     assert!(status.success(), "exit status {status}");
@@ -1341,9 +1323,7 @@ async fn the_agent_syncs_over_tls_with_a_private_ca() {
 async fn an_enrolled_agent_renews_its_token_with_its_rotating_credential() {
     let mut server = Server::new().await;
     let client = server.add_client("Rotate Ltd", 10);
-    let agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let agent = Agent::enrolled(&server).await;
     server.stop();
     server
         .start_with(&[(
@@ -1375,9 +1355,7 @@ async fn unsynced_work_is_exported_from_a_stopped_kiosk() {
     let mut server = Server::new().await;
     let client = server.add_client("Reimage BV", 100);
     server.lease(client, 100);
-    let mut agent = Agent::new(&server.url(), &[]).await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200);
+    let mut agent = Agent::enrolled(&server).await;
     server.stop();
     for i in 0..3 {
         assert_eq!(agent.record(client, &uid(i)).await.0, 201);
