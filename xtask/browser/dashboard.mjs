@@ -45,7 +45,8 @@ async function need(what) {
   process.stdout.write(`need ${what}\n`);
   const answer = await nextLine(NEED_T);
   if (answer == null) throw new Error(`stdin closed while waiting for '${what}'`);
-  if (answer.trim() === 'ok') return;
+  // 'skip': this machine cannot do it (the orchestrator says why).
+  if (answer.trim() === 'ok' || answer.trim() === 'skip') return answer.trim();
   throw new Error(`orchestrator could not do '${what}': ${answer.trim()}`);
 }
 
@@ -170,6 +171,21 @@ async function run(browser) {
       const r = await fetch(`/api/admin/audit?subject=${encodeURIComponent(`device:${k}`)}`, { credentials: 'same-origin' });
       return (await r.json()).entries.some((e) => e.action === 'device.reclaim' && e.actor === who);
     }, { k: kiosk, who }));
+    check((await loadedAt(A)) === stampA, 'page A was reloaded');
+  });
+
+  // The kiosk's disk fills up: the fleet flags it at once (the kiosk makes
+  // no card meanwhile), and the flag goes once the disk is freed.
+  at('2c-disk', async () => {
+    const row = A.locator(`[data-testid=device-row][data-device-id=${attr(kiosk)}]`);
+    if ((await need('kiosk_disk_full')) === 'skip') {
+      log('WARNING: SKIPPED: the kiosk has no disk of its own to fill here');
+      return;
+    }
+    await until(`kiosk ${kiosk} flagged cannot record`, async () => /cannot record: .*full/i.test(await row.textContent()));
+    await shot(A, '02c-cannot-record.png');
+    await need('kiosk_disk_freed');
+    await until(`kiosk ${kiosk} no longer flagged`, async () => !/cannot record/i.test(await row.textContent()));
     check((await loadedAt(A)) === stampA, 'page A was reloaded');
   });
 

@@ -43,7 +43,12 @@ async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
         Some("operator-pass-1\n"),
     );
     let client = server.add_client("Acme Corp", 20);
-    let mut agent = Agent::new(&server.url(), &[]).await;
+    // A disk of its own, to fill; a heartbeat every 5 s tells a freed one.
+    let env = [("PROPASS_HEARTBEAT_SECS", "5")];
+    let (mut agent, own_disk) = match Agent::on_small_disk(&server.url(), &env, 16 << 20).await {
+        Some(agent) => (agent, true),
+        None => (Agent::new(&server.url(), &env).await, false),
+    };
     let kiosk = agent.status().await["device_id"]
         .as_str()
         .unwrap()
@@ -83,6 +88,20 @@ async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
                 // Enrolled, the agent opens its socket: the kiosk comes online.
                 "need kiosk_online" => {
                     agent.enroll(&server).await;
+                    "ok".to_owned()
+                }
+                "need kiosk_disk_full" if !own_disk => "skip".to_owned(),
+                // Full: the next operation is refused, and the kiosk tells
+                // the server at once.
+                "need kiosk_disk_full" => {
+                    agent.fill_disk();
+                    match agent.record(client, "04A1B2C3D4E5FF").await {
+                        (503, _) => "ok".to_owned(),
+                        (status, body) => format!("fail a full disk recorded: {status} {body}"),
+                    }
+                }
+                "need kiosk_disk_freed" => {
+                    agent.free_disk();
                     "ok".to_owned()
                 }
                 "need copy" => {

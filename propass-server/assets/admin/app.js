@@ -386,7 +386,7 @@ function deviceRow(d) {
   const detail = [hl.reader && `reader: ${hl.reader}`, skew, hl.failed ? `${hl.failed} failed` : null].filter(Boolean).join(' · ');
   return h('tr', { testid: 'device-row', 'data-device-id': id, class: `st-${d.status}` },
     h('td', {}, h('div.strong', {}, d.name || id), d.name ? h('div.sub', {}, id) : null,
-      hl.last_error ? h('div.sub.err', { title: 'last error' }, hl.last_error) : null,
+      hl.last_error && hl.last_error !== hl.storage_error ? h('div.sub.err', { title: 'last error' }, hl.last_error) : null,
       hl.storage_error ? h('div.sub.err', { title: 'its database refuses writes: it makes no card' }, `cannot record: ${hl.storage_error}`) : null),
     h('td', {}, h('span', { class: `badge st-${d.status}` }, d.status || '?')),
     h('td', {}, h('span', { class: `badge ${online ? 'on' : 'off'}`, testid: 'device-online' }, online ? 'online' : 'offline')),
