@@ -284,6 +284,18 @@ async fn write_and_record(
         Err(e) => Ending::Void(e.to_string()),
     };
     let (operation, remaining) = settle(agent, &intent, ending).await?;
+    conclude(agent, client, hex, written, operation, remaining)
+}
+
+/// What the person is told of a settled card, and what listeners hear.
+fn conclude(
+    agent: &Agent,
+    client: ClientId,
+    hex: String,
+    written: Result<BlankKind, NfcError>,
+    operation: Option<QueuedOp>,
+    remaining: i64,
+) -> Result<MadeCard, KioskError> {
     match (written, operation) {
         (Ok(blank), Some(operation)) => {
             progress(agent, CardStep::Verified, Some(hex));

@@ -21,24 +21,41 @@ use diesel::sql_types::{BigInt, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use propass_protocol::Role;
 use propass_server::db;
-use propass_test_support::{free_port, percentile, rss_kib, ProcessGuard, TestDatabase};
+use propass_test_support::{free_port, percentile, rss_kib, ProcessGuard};
 use serde_json::json;
+
+#[path = "common/mod.rs"]
+mod common;
 
 const CLIENTS: i64 = 1000;
 const ACTIVE_KIOSKS: i64 = 1000;
 const PAGE: i64 = 50;
 const DEEP_PAGE: i64 = 10_000;
 
-fn opt(name: &str, default: i64) -> Result<i64, String> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0)
-            .ok_or(format!("{name} needs a positive number")),
+/// What to measure, from the command line.
+struct Options {
+    copies: i64,
+    kiosks: i64,
+    samples: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        copies: 10_000_000,
+        kiosks: 10_000,
+        samples: 200,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for (flag, v) in common::flags(&args, &[])? {
+        let v = i64::try_from(v).map_err(|_| format!("{flag} is too large"))?;
+        match flag.as_str() {
+            "--copies" => o.copies = v,
+            "--kiosks" => o.kiosks = v.max(ACTIVE_KIOSKS),
+            "--samples" => o.samples = usize::try_from(v).unwrap_or(200),
+            other => return Err(format!("unknown option {other}")),
+        }
     }
+    Ok(o)
 }
 
 async fn connect(url: &str) -> Result<AsyncPgConnection, String> {
@@ -198,9 +215,11 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let copies = opt("--copies", 10_000_000)?;
-    let kiosks = opt("--kiosks", 10_000)?.max(ACTIVE_KIOSKS);
-    let samples = usize::try_from(opt("--samples", 200)?).unwrap_or(200);
+    let Options {
+        copies,
+        kiosks,
+        samples,
+    } = options()?;
     let base = std::env::var("DATABASE_URL")
         .map_err(|_| "DATABASE_URL is not set (run through cargo xtask bench ledger)")?;
     let server_bin =
@@ -218,14 +237,8 @@ async fn main() -> Result<(), String> {
     }
     println!("bench ledger: {copies} copies, {CLIENTS} clients, {kiosks} kiosks ({ACTIVE_KIOSKS} with copies); {samples} requests per figure");
 
-    let database = TestDatabase::create_in(&base, "propass_bench_ledger").await?;
+    let database = common::fresh_database(&base, "propass_bench_ledger").await?;
     let url = database.url().to_owned();
-    tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || db::run_migrations(&url)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
     load(&url, copies, kiosks).await?;
     let mut c = connect(&url).await?;
     let hash = propass_server::auth::password::hash_password("bench-pass")?;
@@ -238,10 +251,7 @@ async fn main() -> Result<(), String> {
         Command::new(&server_bin)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", &url)
-            .env(
-                "PROPASS_JWT_SECRET",
-                "bench-secret-bench-secret-bench-secret-0123",
-            )
+            .env("PROPASS_JWT_SECRET", common::SECRET)
             .env("PROPASS_LOG", "warn")
             .stdin(Stdio::null()),
         &server_bin,
@@ -249,27 +259,28 @@ async fn main() -> Result<(), String> {
     let pid = server.child().id();
     let http = reqwest::Client::new();
     let base_http = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let cookie = loop {
-        if let Ok(res) = http
-            .post(format!("{base_http}/api/admin/login"))
-            .json(&json!({"username": "bench", "password": "bench-pass"}))
-            .send()
-            .await
-        {
-            if res.status() == 200 {
-                let set = res.headers()["set-cookie"]
-                    .to_str()
-                    .map_err(|e| e.to_string())?
-                    .to_owned();
-                break set.split(';').next().unwrap_or_default().to_owned();
-            }
-        }
-        if Instant::now() > deadline {
-            return Err("server did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    common::wait_ok(
+        &http,
+        &format!("{base_http}/health"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let res = http
+        .post(format!("{base_http}/api/admin/login"))
+        .json(&json!({"username": "bench", "password": "bench-pass"}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if res.status() != 200 {
+        return Err(format!("the bench user's login answered {}", res.status()));
+    }
+    let cookie = res.headers()["set-cookie"]
+        .to_str()
+        .map_err(|e| e.to_string())?
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
 
     let now = chrono::Utc::now();
     let from = now - chrono::Duration::seconds(copies * 3 / 4);
