@@ -75,6 +75,22 @@ async fn status(agent: AgentData) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(status_view(&agent).await?))
 }
 
+/// Whether this kiosk can record a card now: it tries a write (as the
+/// systemd watchdog does), so a full or read-only disk answers 503.
+async fn health(agent: AgentData) -> ApiResult<HttpResponse> {
+    crate::kiosk::check_storage(&agent).await.map_err(|e| {
+        ApiError::new(
+            LocalErrorCode::RecordingUnavailable,
+            format!("this kiosk cannot save its records ({e}): it makes no card until its disk takes writes; call an operator"),
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(HealthView {
+        ok: true,
+        reader: agent.reader_stats.health(),
+        pending: agent.store.counts().await?.pending,
+    }))
+}
+
 async fn quotas(agent: AgentData) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(quota_views(&agent).await?))
 }
@@ -302,6 +318,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .app_data(web::PayloadConfig::default().limit(MAX_BODY))
     .route("/v1/status", web::get().to(status))
+    .route("/v1/health", web::get().to(health))
     .route("/v1/quotas", web::get().to(quotas))
     .route("/v1/queue", web::get().to(queue))
     .route("/v1/queue/retry", web::post().to(retry))

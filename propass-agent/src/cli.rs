@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::{
-    CopyRequest, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, LocalErrorCode,
+    CopyRequest, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HealthView, LocalErrorCode,
     LoginRequest, LoginResponse, MadeResponse, ReadersResponse, RecordRequest, RecordResponse,
     RetryResponse, StatusView, SyncResponse, TagView, WriteCardRequest,
 };
@@ -72,6 +72,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the agent can record a card now (it tries a write): exit 0 if so, 1 with
+    /// the reason if not (a full or read-only disk), for monitoring
+    Health,
     /// The local queue
     #[command(subcommand)]
     Queue(QueueCmd),
@@ -484,6 +487,17 @@ async fn client_command(config: AgentConfig, command: Command) -> CliResult<()> 
             let v = local.call(Method::POST, "/v1/queue/retry", None).await?;
             let r: RetryResponse = typed(v)?;
             eprintln!("{} failed operation(s) queued again", r.retried);
+            Ok(())
+        }
+        Command::Health => {
+            let v = local.call(Method::GET, "/v1/health", None).await?;
+            let h: HealthView = typed(v)?;
+            let reader = serde_json::to_value(h.reader).unwrap_or_default();
+            println!(
+                "ok: this kiosk can record ({} pending; reader {})",
+                h.pending,
+                reader.as_str().unwrap_or("?")
+            );
             Ok(())
         }
         Command::Sync => {

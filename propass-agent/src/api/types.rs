@@ -105,6 +105,18 @@ pub struct EnrollResponse {
     pub credential_expires_at: DateTime<Utc>,
 }
 
+/// The answer to `GET /v1/health` when the kiosk can record (else the
+/// error `recording_unavailable`, 503).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthView {
+    pub ok: bool,
+    /// The reader as last met: `unknown` before first use, `ok`, `absent`,
+    /// `failing` (a copy needs it, the health does not).
+    pub reader: propass_protocol::ReaderHealth,
+    /// Operations waiting to be pushed.
+    pub pending: i64,
+}
+
 /// The answer to `POST /v1/sync`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncResponse {

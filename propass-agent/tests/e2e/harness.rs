@@ -461,6 +461,23 @@ impl Agent {
         assert_eq!(s, 200, "enrollment failed: {v}");
     }
 
+    /// Runs `propass-agent ARGS` against this agent's socket: whether it
+    /// succeeded, and its output and error.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(agent_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("PROPASS_AGENT_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub async fn sync(&self) -> (u16, Value) {
         self.call(reqwest::Method::POST, "/v1/sync", None).await
     }

@@ -942,6 +942,11 @@ async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
         (503, Some("recording_unavailable")),
         "an operation reported by the kiosk's UI is refused the same way: {body}"
     );
+    let (healthy, _, why) = agent.cli(&["health"]);
+    assert!(
+        !healthy && why.contains("cannot save its records"),
+        "the health check fails, saying why: {why}"
+    );
     let storage = agent.status().await["storage_error"].clone();
     assert!(
         storage.as_str().is_some_and(|e| e.contains("full")),
@@ -962,6 +967,8 @@ async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
     })
     .await;
     assert!(cleared, "{}\n{}", server.fleet_row(&device), agent.log());
+    let (healthy, out, why) = agent.cli(&["health"]);
+    assert!(healthy && out.starts_with("ok"), "{out}{why}");
     let (status, body) = copy_at_reader(&agent, &emu, client, made([5, 6, 7, 8])).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(agent.sync().await.0, 200);
