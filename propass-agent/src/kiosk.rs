@@ -468,6 +468,11 @@ pub async fn check_storage(agent: &Agent) -> Result<(), StoreError> {
                         remaining,
                     });
                 }
+                // Settled after all (the commit that reported a failure had
+                // gone through): nothing is left to do.
+                Err(e @ StoreError::Invalid(_)) => {
+                    tracing::warn!(error = %e, op_id = %stuck.op_id, "a card's intent waiting for the disk is settled already");
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, op_id = %stuck.op_id, "still cannot settle a card's intent");
                     waiting.push(stuck);
@@ -875,6 +880,19 @@ mod tests {
         assert!(!queued[0].unverified);
         assert_eq!(remaining(&agent).await, 1);
         check_storage(&agent).await.unwrap();
+        assert_eq!(agent.store.pending(10).await.unwrap().len(), 1);
+
+        // A failure reported by a commit that went through: the intent is
+        // settled already, and the storage is not said to fail for it.
+        let intent = agent.store.recent_intents(1).await.unwrap().remove(0);
+        agent.unsettled.lock().await.push(Unsettled {
+            id: intent.id,
+            op_id: intent.op_id,
+            client_id: intent.client_id,
+            ending: Ending::Verified,
+        });
+        check_storage(&agent).await.unwrap();
+        assert!(agent.unsettled.lock().await.is_empty());
         assert_eq!(agent.store.pending(10).await.unwrap().len(), 1);
     }
 
