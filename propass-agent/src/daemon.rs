@@ -183,15 +183,22 @@ async fn give_leases_back(agent: &Agent) {
 
 /// Pings systemd's watchdog only while the database takes writes: a kiosk
 /// whose disk is full or read-only must not make cards it cannot record, so
-/// systemd restarts it (and the failure shows) instead.
+/// systemd restarts it (and the failure shows) instead. Without a watchdog,
+/// it tries the disk every `heartbeat_secs` while it fails, so the cards
+/// waiting for it are recorded once it is fixed — offline too, when no
+/// heartbeat goes out.
 async fn watchdog(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
-    let Some(timeout) = sd_notify::watchdog_enabled() else {
-        return;
-    };
-    let period = (timeout / 2).max(Duration::from_millis(100));
+    let systemd = sd_notify::watchdog_enabled();
+    let period = systemd.map_or(agent.config.heartbeat(), |timeout| {
+        (timeout / 2).max(Duration::from_millis(100))
+    });
     loop {
-        if crate::kiosk::check_storage(&agent).await.is_ok() {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        let failing = agent.storage.error().is_some() || !agent.unsettled.lock().await.is_empty();
+        if systemd.is_some() || failing {
+            let writes = crate::kiosk::check_storage(&agent).await.is_ok();
+            if writes && systemd.is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}

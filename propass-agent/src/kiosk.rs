@@ -363,10 +363,14 @@ async fn reserve(
         .reserve(new)
         .await
         .map_err(|e| match e {
-            e @ (StoreError::UnknownClient(_) | StoreError::QuotaExhausted { .. }) => e.into(),
+            e @ (StoreError::UnknownClient(_)
+            | StoreError::QuotaExhausted { .. }
+            | StoreError::LeaseExhausted { .. }) => e.into(),
             e => {
                 tracing::error!(error = %e, "cannot write a card's intent: no card is made until the database takes writes");
-                agent.note_storage(Err(&e));
+                if e.is_storage_failure() {
+                    agent.note_storage(Err(&e));
+                }
                 KioskError::CannotRecord(e)
             }
         })
@@ -387,13 +391,7 @@ async fn void(agent: &Agent, intent: &Intent, hex: &str, e: KioskError) -> Kiosk
         // Still `reserved` (or `writing` before any write): released once
         // a write goes through, or at the next start.
         tracing::error!(error = %store, op_id = %intent.op_id, "cannot release a reserved unit now; it is released once the disk takes writes");
-        agent.note_storage(Err(&store));
-        agent.unsettled.lock().await.push(Unsettled {
-            id: intent.id,
-            op_id: intent.op_id,
-            client_id: intent.client_id,
-            ending: Ending::Void(e.to_string()),
-        });
+        wait_for_the_disk(agent, intent, Ending::Void(e.to_string()), &store).await;
     }
     failed(agent, Some(hex.to_owned()), e)
 }
@@ -410,36 +408,58 @@ async fn settle(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match agent
+        let cause = match agent
             .store
             .settle(intent.id, ending.clone(), agent.clock.now_utc())
             .await
         {
             Ok(settled) => return Ok(settled),
-            Err(e) if attempt < 5 => {
-                tracing::warn!(error = %e, op_id = %intent.op_id, attempt, "cannot record the card yet; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(cause) => {
-                tracing::error!(error = %cause, op_id = %intent.op_id, client = %intent.client_id, "a written card could NOT be recorded now; it is recorded once the disk takes writes");
-                agent.note_storage(Err(&cause));
-                agent.unsettled.lock().await.push(Unsettled {
-                    id: intent.id,
-                    op_id: intent.op_id,
-                    client_id: intent.client_id,
-                    ending,
-                });
-                return Err(failed(
-                    agent,
-                    Some(intent.uid.to_hex()),
-                    KioskError::NotRecordedYet {
-                        cause,
-                        op_id: intent.op_id,
-                    },
-                ));
+            Err(cause) => cause,
+        };
+        // An earlier attempt's commit reported a failure but went through.
+        if attempt > 1 && matches!(cause, StoreError::Invalid(_)) {
+            if let Some(settled) = settled_already(agent, intent).await {
+                return Ok(settled);
             }
         }
+        if attempt < 5 {
+            tracing::warn!(error = %cause, op_id = %intent.op_id, attempt, "cannot record the card yet; retrying");
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            continue;
+        }
+        tracing::error!(error = %cause, op_id = %intent.op_id, client = %intent.client_id, "a written card could NOT be recorded now; it is recorded once the disk takes writes");
+        wait_for_the_disk(agent, intent, ending, &cause).await;
+        return Err(failed(
+            agent,
+            Some(intent.uid.to_hex()),
+            KioskError::NotRecordedYet {
+                cause,
+                op_id: intent.op_id,
+            },
+        ));
     }
+}
+
+/// Leaves an intent to [`check_storage`], and says the storage fails: both
+/// under its lock, so no check in between says the storage works while the
+/// card is not recorded.
+async fn wait_for_the_disk(agent: &Agent, intent: &Intent, ending: Ending, cause: &StoreError) {
+    let mut waiting = agent.unsettled.lock().await;
+    waiting.push(Unsettled {
+        id: intent.id,
+        op_id: intent.op_id,
+        client_id: intent.client_id,
+        ending,
+    });
+    agent.note_storage(Err(cause));
+}
+
+/// What an intent already settled came to: its queued operation (none if
+/// void) and the client's remaining.
+async fn settled_already(agent: &Agent, intent: &Intent) -> Option<(Option<QueuedOp>, i64)> {
+    let operation = agent.store.find(intent.op_id).await.ok()?;
+    let remaining = agent.store.quota(intent.client_id).await.ok()??.remaining;
+    Some((operation, remaining))
 }
 
 /// Tries a write (the watchdog and the heartbeat ask) and, once one goes
@@ -878,6 +898,11 @@ mod tests {
             "the card is queued, verified, once"
         );
         assert!(!queued[0].unverified);
+        assert!(
+            queued[0].created_at - queued[0].occurred_at >= chrono::Duration::seconds(1),
+            "made when written, recorded (2 s of retries) later: {:?}",
+            queued[0]
+        );
         assert_eq!(remaining(&agent).await, 1);
         check_storage(&agent).await.unwrap();
         assert_eq!(agent.store.pending(10).await.unwrap().len(), 1);

@@ -200,8 +200,10 @@ pub struct StatusView {
     pub last_sync_at: Option<DateTime<Utc>>,
     /// The last sync error.
     pub last_error: Option<String>,
-    /// Why the database refused its last write (full or read-only disk):
-    /// no card is made while it is set. `null` once a write goes through.
+    /// Why the database refused a write (full or read-only disk): a copy
+    /// is refused before any blank for as long as writes fail. `null` again
+    /// once a check (heartbeat, watchdog, `GET /v1/health`, or every
+    /// `heartbeat_secs` while it is set) finds writes go through.
     pub storage_error: Option<String>,
     pub quotas: Vec<QuotaView>,
 }

@@ -189,7 +189,13 @@ pub fn settle(
                 op_type: intent.op_type,
                 client: intent.client_id,
                 uid: intent.uid.clone(),
-                occurred_at: at,
+                // When the blank was written (settled later when the disk
+                // refused it at first, or at a restart), not when recorded.
+                occurred_at: if intent.step == Step::Writing {
+                    intent.updated_at
+                } else {
+                    at
+                },
                 recorded_at: at,
                 op_id: intent.op_id,
                 sectors: intent.sectors.clone(),

@@ -103,11 +103,7 @@ impl<'a> Columns<'a> {
         let text = |f: &dyn Fn(&KioskHeartbeat) -> &Option<String>| -> Vec<Option<String>> {
             beats
                 .iter()
-                .map(|(_, hb, _)| {
-                    f(hb)
-                        .as_ref()
-                        .map(|e| e.chars().take(MAX_ERROR_CHARS).collect())
-                })
+                .map(|(_, hb, _)| f(hb).as_deref().map(|e| storable(e, MAX_ERROR_CHARS)))
                 .collect()
         };
         Self {
@@ -116,7 +112,7 @@ impl<'a> Columns<'a> {
             skew_ms: col(&|hb, now| (hb.clock - now).num_milliseconds()),
             versions: beats
                 .iter()
-                .map(|(_, hb, _)| hb.agent_version.chars().take(64).collect())
+                .map(|(_, hb, _)| storable(&hb.agent_version, 64))
                 .collect(),
             pending: col(&|hb, _| hb.pending.max(0)),
             failed: col(&|hb, _| hb.failed.max(0)),
@@ -140,6 +136,12 @@ impl<'a> Columns<'a> {
             blank_failures: col(&|hb, _| sat(hb.blanks_failed)),
         }
     }
+}
+
+/// `text` cut to `max` characters, without NUL (which PostgreSQL's `text`
+/// refuses: one kiosk's would fail the whole batch, again and again).
+fn storable(text: &str, max: usize) -> String {
+    text.chars().filter(|&c| c != '\0').take(max).collect()
 }
 
 /// Marks a kiosk's WebSocket as open (`connected`) or its last one as

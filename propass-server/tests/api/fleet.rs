@@ -179,4 +179,31 @@ async fn only_a_kiosk_sends_heartbeats_and_bad_ones_change_nothing() {
         .unwrap();
     assert_eq!(res.status(), 400);
     assert!(fleet_row(&app, "K1").await["health"]["heartbeat_at"].is_null());
+
+    // NUL, which PostgreSQL's text refuses, is dropped: the heartbeat and
+    // the next ones (stored together with other kiosks') still land.
+    let mut nul = heartbeat(Utc::now(), "ok", 4, 0);
+    nul["storage_error"] = json!("disk\u{0}full");
+    nul["agent_version"] = json!("1.0\u{0}");
+    let kiosk = app.token("K1").await;
+    let mut ws = app.ws("/ws", &kiosk, "K1").await;
+    send_json(&mut ws, &json!({"type": "heartbeat", "data": nul})).await;
+    let stored = eventually(Duration::from_secs(10), || async {
+        fleet_row(&app, "K1").await["health"]["pending"] == 4
+    })
+    .await;
+    let row = fleet_row(&app, "K1").await;
+    assert!(stored, "{row}");
+    assert_eq!(row["health"]["storage_error"], "diskfull");
+    assert_eq!(row["agent_version"], "1.0");
+    send_json(
+        &mut ws,
+        &json!({"type": "heartbeat", "data": heartbeat(Utc::now(), "ok", 5, 0)}),
+    )
+    .await;
+    let next = eventually(Duration::from_secs(10), || async {
+        fleet_row(&app, "K1").await["health"]["pending"] == 5
+    })
+    .await;
+    assert!(next, "{}", fleet_row(&app, "K1").await);
 }
