@@ -297,25 +297,29 @@ async fn begin_copy(k: &Kiosk, client: i64) -> Result<Started, String> {
             .ok()?;
         Some((res.status().as_u16(), res.json::<Value>().await.ok()?))
     });
+    let step = until_step(&mut events, &["waiting_for_blank", "failed"]).await?;
+    Ok(Started {
+        wants_blank: step == "waiting_for_blank",
+        answer: copy,
+        events,
+    })
+}
+
+/// Reads the event stream until one of `steps` (20 s at most); which one.
+async fn until_step(events: &mut reqwest::Response, steps: &[&str]) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buf = String::new();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("no waiting_for_blank step: {buf}"));
+        if let Some(step) = steps
+            .iter()
+            .find(|s| buf.contains(&format!("\"step\":\"{s}\"")))
+        {
+            return Ok((*step).to_owned());
         }
+        let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, events.chunk()).await {
             Ok(Ok(Some(chunk))) => buf.push_str(&String::from_utf8_lossy(&chunk)),
-            _ => return Err(format!("the event stream ended: {buf}")),
-        }
-        for (step, wants_blank) in [("waiting_for_blank", true), ("failed", false)] {
-            if buf.contains(&format!("\"step\":\"{step}\"")) {
-                return Ok(Started {
-                    wants_blank,
-                    answer: copy,
-                    events,
-                });
-            }
+            _ => return Err(format!("none of the steps {steps:?}: {buf}")),
         }
     }
 }
@@ -352,15 +356,7 @@ async fn copy_as_the_disk_fills(k: &mut Kiosk, client: i64, blank: u32) -> Resul
     if copy.wants_blank {
         k.emu
             .place(Some(Tag::classic(TagKind::Gen1a, blank.to_be_bytes())));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut buf = String::new();
-        while !buf.contains("\"step\":\"writing\"") && !buf.contains("\"step\":\"failed\"") {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, copy.events.chunk()).await {
-                Ok(Ok(Some(chunk))) => buf.push_str(&String::from_utf8_lossy(&chunk)),
-                _ => return Err(format!("no writing step: {buf}")),
-            }
-        }
+        until_step(&mut copy.events, &["writing", "failed"]).await?;
         if let Some(disk) = k.disk.as_mut() {
             disk.fill()?;
         }

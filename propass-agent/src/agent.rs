@@ -262,8 +262,12 @@ impl Agent {
     }
 
     /// Notes whether the database takes writes (see [`StorageHealth`]); a
-    /// change is told to the server at once.
+    /// change is told to the server at once. An error that is not the
+    /// disk's (a refusal of the operation itself) changes nothing.
     pub fn note_storage(&self, result: Result<(), &StoreError>) {
+        if result.is_err_and(|e| !e.is_storage_failure()) {
+            return;
+        }
         if self.storage.saw(result) {
             self.health_changed.notify_one();
         }

@@ -138,11 +138,7 @@ async fn record(agent: AgentData, body: web::Json<RecordRequest>) -> ApiResult<H
         .store
         .record(new, QuotaPolicy::Enforce)
         .await
-        .inspect_err(|e| {
-            if e.is_storage_failure() {
-                agent.note_storage(Err(e));
-            }
-        })?;
+        .inspect_err(|e| agent.note_storage(Err(e)))?;
     let answer = RecordResponse {
         success: true,
         operation: recorded.operation,

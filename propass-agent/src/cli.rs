@@ -490,15 +490,7 @@ async fn client_command(config: AgentConfig, command: Command) -> CliResult<()> 
             Ok(())
         }
         Command::Health => {
-            let v = local.call(Method::GET, "/v1/health", None).await?;
-            let h: HealthView = typed(v)?;
-            let reader = serde_json::to_value(h.reader).unwrap_or_default();
-            println!(
-                "ok: this kiosk can record ({} pending; reader {})",
-                h.pending,
-                reader.as_str().unwrap_or("?")
-            );
-            Ok(())
+            typed(local.call(Method::GET, "/v1/health", None).await?).map(print_health)
         }
         Command::Sync => {
             let v = local.call(Method::POST, "/v1/sync", None).await?;
@@ -559,6 +551,15 @@ async fn login(
             .unwrap_or_else(|| "?".into())
     );
     Ok(())
+}
+
+fn print_health(h: HealthView) {
+    let reader = serde_json::to_value(h.reader).unwrap_or_default();
+    println!(
+        "ok: this kiosk can record ({} pending; reader {})",
+        h.pending,
+        reader.as_str().unwrap_or("?")
+    );
 }
 
 fn print_status(s: StatusView) {

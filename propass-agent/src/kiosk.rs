@@ -368,9 +368,7 @@ async fn reserve(
             | StoreError::LeaseExhausted { .. }) => e.into(),
             e => {
                 tracing::error!(error = %e, "cannot write a card's intent: no card is made until the database takes writes");
-                if e.is_storage_failure() {
-                    agent.note_storage(Err(&e));
-                }
+                agent.note_storage(Err(&e));
                 KioskError::CannotRecord(e)
             }
         })
