@@ -76,6 +76,7 @@ pub struct Config {
     pub login_max_failures: u32,
     pub login_window: Duration,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub proxy_header: ProxyHeader,
     pub ws_allowed_origins: Vec<String>,
     pub ws_heartbeat: Duration,
     pub ws_recheck: Duration,
@@ -227,8 +228,10 @@ settings! {
     login_max_failures: u32 = 5, env "PROPASS_LOGIN_MAX_FAILURES", flag "";
     /// The login throttle's window.
     login_window_secs: u64 = 300, env "PROPASS_LOGIN_WINDOW_SECS", flag "";
-    /// Addresses of reverse proxies in front of the server (comma-separated in the environment). Only a request from one of them has its client address taken from `Forwarded` / `X-Forwarded-For`; from anyone else those headers are ignored.
+    /// Addresses of reverse proxies in front of the server (comma-separated in the environment). Only a request from one of them has its client address taken from the header `proxy_header` names; from anyone else forwarding headers are ignored.
     trusted_proxies: Vec<String> = Vec::new(), env "PROPASS_TRUSTED_PROXIES", flag "";
+    /// The one header the trusted proxies set: `x-forwarded-for` (HAProxy's `option forwardfor`, nginx's `$proxy_add_x_forwarded_for`) or `forwarded` (RFC 7239, HAProxy's `option forwarded`). The other is ignored even from a proxy: a proxy passes a client's own header through untouched, and a client could otherwise name any address.
+    proxy_header: String = "x-forwarded-for".into(), env "PROPASS_PROXY_HEADER", flag "";
     /// Browser origins allowed to open the WebSocket (comma-separated in the environment). Clients without an `Origin` header (kiosk agents, Electron's main process) are not browsers and are always allowed.
     ws_allowed_origins: Vec<String> = Vec::new(), env "PROPASS_WS_ALLOWED_ORIGINS", flag "";
     /// How often the server pings each WebSocket.
@@ -399,6 +402,15 @@ impl<T: Layered> Layered for Option<T> {
     }
 }
 
+/// Which forwarding header carries the client's address from a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    /// `X-Forwarded-For: client, proxy1, …`
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1, …` (RFC 7239)
+    Forwarded,
+}
+
 /// What went wrong while assembling the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -543,6 +555,15 @@ impl Settings {
         let url = self.database_url()?;
         let secret = self.secret()?;
         let proxies = self.proxies()?;
+        let proxy_header = match self.proxy_header.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => ProxyHeader::XForwardedFor,
+            "forwarded" => ProxyHeader::Forwarded,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "proxy_header: {other:?} is neither \"x-forwarded-for\" nor \"forwarded\""
+                )))
+            }
+        };
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) => None,
@@ -554,6 +575,7 @@ impl Settings {
         };
         let mut config = self.build(url, secret);
         config.trusted_proxies = proxies;
+        config.proxy_header = proxy_header;
         config.tls = tls;
         Ok(config)
     }
@@ -604,6 +626,7 @@ impl Settings {
             login_max_failures: self.login_max_failures.max(1),
             login_window: secs(self.login_window_secs.max(1)),
             trusted_proxies: Vec::new(),
+            proxy_header: ProxyHeader::XForwardedFor,
             ws_allowed_origins: self.ws_allowed_origins,
             ws_heartbeat: secs(self.ws_heartbeat_secs.max(1)),
             ws_recheck: secs(self.ws_recheck_secs.max(1)),
@@ -764,6 +787,48 @@ mod tests {
         assert!(err.to_string().contains("PROPASS_JWT_SECRET"), "{err}");
         s.dev = true;
         assert!(s.into_config().unwrap().dev_mode);
+    }
+
+    #[test]
+    fn the_development_secret_only_listens_on_loopback() {
+        let s = Settings {
+            database_url: Some("postgres://x".into()),
+            dev: true,
+            bind: "0.0.0.0:5000".parse().unwrap(),
+            ..Settings::default()
+        };
+        let err = s.clone().into_config().unwrap_err();
+        assert!(
+            err.to_string().contains("only listens on a loopback"),
+            "{err}"
+        );
+        let s = Settings {
+            bind: "[::1]:5000".parse().unwrap(),
+            ..s
+        };
+        assert!(s.into_config().unwrap().dev_mode);
+    }
+
+    #[test]
+    fn the_proxy_header_is_one_of_two() {
+        let c = settings(
+            "proxy_header = 'Forwarded'\ndatabase_url = 'postgres://x'\ndev = true",
+            &[],
+            Table::new(),
+        )
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(c.proxy_header, ProxyHeader::Forwarded);
+        let err = settings(
+            "proxy_header = 'x-real-ip'\ndatabase_url = 'postgres://x'\ndev = true",
+            &[],
+            Table::new(),
+        )
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+        assert!(err.to_string().contains("x-real-ip"), "{err}");
     }
 
     #[test]

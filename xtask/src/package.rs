@@ -4,7 +4,10 @@
 //! on this machine: contents and modes, conffiles, and — as root — install,
 //! the units under `systemd-analyze verify`, the agent answering
 //! `--version`, the agent's refusal to be removed while its queue cannot be
-//! accounted for, and a purge that leaves nothing behind.
+//! accounted for, and a purge that leaves nothing behind. That cycle purges
+//! with the state directory, so it is skipped (with a warning) on a machine
+//! where PROPASS is already installed: a test run never throws away a real
+//! kiosk's queue.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +16,9 @@ use crate::sys::{self, cargo, root, run_status};
 
 /// The packages, as (package, binary) pairs.
 const PACKAGES: [&str; 2] = ["propass-server", "propass-agent"];
+
+/// The agent's state directory: its queue of unsynced copies.
+const STATE_DIR: &str = "/var/lib/propass";
 
 /// What a purge must leave no trace of.
 const FOOTPRINT: &[&str] = &[
@@ -155,7 +161,39 @@ pub fn check(debs: &[PathBuf]) -> Result<(), String> {
         eprintln!("xtask: WARNING: not root: the packages were NOT installed, verified and purged (run as root for that)");
         return Ok(());
     }
+    let present = already_present()?;
+    if !present.is_empty() {
+        // The cycle purges with the state directory; on a machine that runs
+        // PROPASS for real that would throw away a kiosk's unsynced copies.
+        eprintln!(
+            "xtask: WARNING: PROPASS is already installed here ({}): the packages were NOT \
+             installed, verified and purged, so that its configuration and queue stay as they \
+             are (purge it first, on a machine that holds nothing unsynced, to run that check)",
+            present.join(", ")
+        );
+        return Ok(());
+    }
     install_cycle(server, agent)
+}
+
+/// What of an installation exists on this machine: packages dpkg knows
+/// (installed, or removed with their conffiles), and the agent's state.
+fn already_present() -> Result<Vec<String>, String> {
+    let mut present = Vec::new();
+    for pkg in PACKAGES {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${db:Status-Abbrev}", pkg])
+            .output()
+            .map_err(|e| format!("cannot run dpkg-query: {e}"))?;
+        let status = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && !status.trim().is_empty() && !status.starts_with("un") {
+            present.push(format!("{pkg} ({})", status.trim()));
+        }
+    }
+    if Path::new(STATE_DIR).exists() {
+        present.push(STATE_DIR.to_string());
+    }
+    Ok(present)
 }
 
 fn dpkg(args: &[&str], env: &[(&str, &str)]) -> Result<bool, String> {

@@ -83,7 +83,11 @@ pub(super) async fn check_credentials(
 ) -> ApiResult<User> {
     let user_key = ThrottleKey::User(username.clone());
     let mut keys = vec![user_key.clone()];
-    if let Some(ip) = client_ip(req, &state.config.trusted_proxies) {
+    if let Some(ip) = client_ip(
+        req,
+        &state.config.trusted_proxies,
+        state.config.proxy_header,
+    ) {
         keys.push(ThrottleKey::Ip(ip));
     }
     // Counted before the password is checked: concurrent attempts cannot

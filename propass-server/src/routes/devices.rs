@@ -23,7 +23,11 @@ const MAX_VERSION_LEN: usize = 64;
 
 /// Counts the attempt against the caller's address (when known).
 async fn begin(req: &HttpRequest, state: &AppState) -> ApiResult<Option<Attempt>> {
-    let Some(ip) = client_ip(req, &state.config.trusted_proxies) else {
+    let Some(ip) = client_ip(
+        req,
+        &state.config.trusted_proxies,
+        state.config.proxy_header,
+    ) else {
         return Ok(None);
     };
     Ok(Some(

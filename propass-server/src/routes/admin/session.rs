@@ -84,7 +84,12 @@ pub async fn login(
             "username and password are limited to {MAX_CREDENTIAL_LEN} bytes"
         )));
     }
-    let ip = client_ip(&req, &state.config.trusted_proxies).map(|ip| ip.to_string());
+    let ip = client_ip(
+        &req,
+        &state.config.trusted_proxies,
+        state.config.proxy_header,
+    )
+    .map(|ip| ip.to_string());
     let user = match check_credentials(&req, &state, username.clone(), password).await {
         Ok(user) => user,
         Err(e @ ApiError::InvalidCredentials) => {
