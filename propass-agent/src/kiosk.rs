@@ -175,8 +175,7 @@ async fn read_source(agent: &Agent) -> Result<(TagInfo, BadgeRead), KioskError> 
     match read {
         Some(read) => Ok((tag, read)),
         None => Err(KioskError::Unsupported(format!(
-            "badge {} is a {} card with a {}-byte UID: only MIFARE Classic badges (1K or 4K, 4- or 7-byte UID) can be copied onto our blanks",
-            tag.uid_hex(),
+            "this badge is a {} card with a {}-byte UID: only MIFARE Classic badges (1K or 4K, 4- or 7-byte UID) can be copied onto our blanks",
             tag.family.as_str(),
             tag.uid.len()
         ))),
@@ -754,8 +753,7 @@ mod tests {
         // A Gen1a blank lifted right after its write: it may work, so it is
         // never a free copy.
         let not_verified = Err(NfcError::VerifyFailed {
-            expected: "04AB12CD".into(),
-            got: "unreadable (the card left)".into(),
+            what: "the card is unreadable (the card left)".into(),
         });
         let (agent, _) = agent_at(2, vec![classic(BADGE), classic(BLANK)], not_verified).await;
         let mut rx = agent.events.subscribe();

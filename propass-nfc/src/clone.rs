@@ -223,7 +223,7 @@ impl Reader {
         if copy.uid != source.uid {
             return Err(fail(
                 0,
-                format!("the card answers {} after block 0", copy.uid_hex()),
+                "the card answers with another UID after block 0".into(),
             ));
         }
         for sector in dump.read_sectors() {
@@ -254,14 +254,7 @@ impl Reader {
             .select()?
             .ok_or_else(|| fail(0, "the card is gone".into()))?;
         if tag.uid != source.uid {
-            return Err(fail(
-                0,
-                format!(
-                    "the card answers {}, not {}",
-                    tag.uid_hex(),
-                    source.uid_hex()
-                ),
-            ));
+            return Err(fail(0, "the card answers with another UID".into()));
         }
         if dump.keys(0).is_none() {
             // Sector 0 kept the blank's factory keys: block 0 reads with them.

@@ -46,6 +46,14 @@ pub struct Field {
     pub freeze_on_write: Option<u8>,
     /// Frozen by `freeze_on_write`: the write was not applied, nothing answers.
     pub frozen: bool,
+    /// Lift the card when the field is next switched off after a write
+    /// reached it: the blank taken away right after a write that went
+    /// through, before its verification in a fresh field.
+    pub lift_after_write: bool,
+    /// The card a scripted removal took away, as it left.
+    pub lifted: Option<Tag>,
+    /// A write reached the card since the field was last switched on.
+    wrote: bool,
     /// The latest commands seen, by PN532 command code (for tests and scripts).
     pub log: Vec<u8>,
     /// Commands seen since the start.
@@ -63,6 +71,9 @@ impl Default for Field {
             remove_on_write: None,
             freeze_on_write: None,
             frozen: false,
+            lift_after_write: false,
+            lifted: None,
+            wrote: false,
             log: Vec::new(),
             commands: 0,
             rf_on: true,
@@ -85,18 +96,34 @@ impl Field {
             return true;
         }
         if self.remove_on_write == Some(block) {
-            self.tag = None;
+            self.lifted = self.tag.take();
             self.remove_on_write = None;
             return true;
         }
+        self.wrote = true;
         false
+    }
+
+    /// The field goes off or on: off resets every card (and lifts one
+    /// scripted to leave after its write).
+    fn switch(&mut self, on: bool) {
+        self.rf_on = on;
+        if on {
+            return;
+        }
+        if self.lift_after_write && self.wrote {
+            self.lift_after_write = false;
+            self.lifted = self.tag.take();
+        }
+        self.wrote = false;
+        self.cards().for_each(Tag::power_cycle);
     }
 
     /// Takes the tag away if a scripted removal is due; whether any card is left.
     fn tag_present(&mut self) -> bool {
         if let Some(n) = self.remove_after.as_mut() {
             if *n == 0 {
-                self.tag = None;
+                self.lifted = self.tag.take();
                 self.remove_after = None;
             } else {
                 *n -= 1;

@@ -26,12 +26,11 @@ pub enum NfcError {
     #[error("the card was removed during the operation; nothing was recorded: start again")]
     TagRemoved,
     /// The card was (or may have been) written but does not read back as expected.
-    #[error("verification failed: the card reads back {got}, expected {expected}")]
+    #[error("verification failed: {what}")]
     VerifyFailed {
-        /// What was written.
-        expected: String,
-        /// What was read back.
-        got: String,
+        /// What did not read back — never the card's bytes: a UID is what
+        /// it takes to clone a badge, and this text reaches logs.
+        what: String,
     },
     /// The UID or block 0 is not something we can write safely.
     #[error("refusing to write: {0}")]

@@ -414,8 +414,7 @@ impl Reader {
             .initiator_transceive_bytes(&with_crc(block0), 1, Timeout::Default);
         if !ok(data) {
             return Err(NfcError::VerifyFailed {
-                expected: Hex(&block0[..4]).to_string(),
-                got: "no acknowledgement of the write".into(),
+                what: "no acknowledgement of the write".into(),
             });
         }
         Ok(())
@@ -457,8 +456,7 @@ impl Reader {
         self.verify(block0).map_err(|e| match e {
             e @ NfcError::VerifyFailed { .. } => e,
             other => NfcError::VerifyFailed {
-                expected: Hex(&block0[..4]).to_string(),
-                got: format!("unreadable ({other})"),
+                what: format!("the card is unreadable ({other})"),
             },
         })?;
         Ok(kind)
@@ -473,22 +471,19 @@ impl Reader {
         let tag = self.select()?.ok_or(NfcError::TagRemoved)?;
         if tag.uid != expected_uid {
             return Err(NfcError::VerifyFailed {
-                expected: Hex(expected_uid).to_string(),
-                got: tag.uid_hex(),
+                what: "the card answers with another UID".into(),
             });
         }
         let back = self.read_block0(&tag)?;
         if &back != block0 {
             return Err(NfcError::VerifyFailed {
-                expected: Hex(block0).to_string(),
-                got: Hex(&back).to_string(),
+                what: "block 0 reads back different bytes".into(),
             });
         }
         let again = self.select()?.ok_or(NfcError::TagRemoved)?;
         if again.uid != expected_uid {
             return Err(NfcError::VerifyFailed {
-                expected: Hex(expected_uid).to_string(),
-                got: again.uid_hex(),
+                what: "the card answers with another UID in a fresh field".into(),
             });
         }
         Ok(())

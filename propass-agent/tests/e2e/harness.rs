@@ -201,6 +201,11 @@ impl Server {
         self.start_with(&[]).await;
     }
 
+    /// What the server logged since it last started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     /// Starts the server with extra environment (TLS files, say); waits
     /// until it answers (over TLS: until it accepts connections).
     pub async fn start_with(&mut self, env: &[(&str, &str)]) {

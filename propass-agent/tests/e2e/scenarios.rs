@@ -771,7 +771,9 @@ async fn a_kiosk_killed_while_writing_records_the_card_as_unverified_at_its_next
 /// A blank lifted in the middle of its write: it may hold part of the badge,
 /// so it is recorded as an unverified copy, charged and flagged — never a
 /// free copy. SIGKILL while waiting for the blank: the next start releases
-/// the unit, and the blank placed afterwards is never touched.
+/// the unit, and the blank placed afterwards is never touched. A Gen1a
+/// lifted right after a complete write: charged and flagged too. No log line
+/// names the badge.
 #[tokio::test]
 async fn a_blank_lifted_mid_write_is_charged_and_a_kill_before_the_write_is_not() {
     use propass_nfc::emulator::{Tag, TagKind};
@@ -803,7 +805,7 @@ async fn a_blank_lifted_mid_write_is_charged_and_a_kill_before_the_write_is_not(
     );
 
     // Killed while it waits for a blank: nothing was written, the unit goes back.
-    emu.place(Some(badge));
+    emu.place(Some(badge.clone()));
     let copy = begin_copy(&agent, client).await;
     agent.kill9();
     assert_eq!(copy.await.unwrap(), None);
@@ -822,6 +824,50 @@ async fn a_blank_lifted_mid_write_is_charged_and_a_kill_before_the_write_is_not(
         "the blank is untouched"
     );
     assert_eq!(server.ledger_count().await, 1);
+
+    // A Gen1a blank lifted right after its write went through, before the
+    // verification in a fresh field: a working copy left the kiosk, so it
+    // is charged and flagged — never a repeatable free copy.
+    emu.place(Some(badge.clone()));
+    emu.with_field(|f| f.lift_after_write = true);
+    let (s, v) = copy_at_reader(
+        &agent,
+        &emu,
+        client,
+        Tag::classic(TagKind::Gen1a, [0x09, 0x0A, 0x0B, 0x0C]),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("copy_unverified")),
+        "{v}"
+    );
+    let lifted = emu
+        .with_field(|f| f.lifted.take())
+        .expect("the blank was lifted");
+    assert_eq!(
+        lifted.memory(),
+        badge.memory(),
+        "the lifted card is a whole copy"
+    );
+    assert_eq!(agent.remaining(client).await, Some(3), "charged");
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM copies WHERE unverified")
+            .await,
+        2
+    );
+
+    // The badge's UID is what it takes to clone it: it is in no log line
+    // (both run at the default level, info), a failed verification's included.
+    for (who, log) in [("agent", agent.log()), ("server", server.log())] {
+        assert!(
+            !log.to_ascii_uppercase().contains("04AB12CD"),
+            "the {who} logged the badge's UID:\n{log}"
+        );
+        assert!(!log.is_empty(), "the {who} logged nothing at all");
+    }
 }
 
 /// Three kiosks cut off together, one client with 30 units, 20 tries each:

@@ -200,10 +200,7 @@ impl Chip {
 /// RFConfiguration: item 0x01 switches the field; off resets every card.
 fn rf_configuration(args: &[u8], field: &mut Field) {
     if let [0x01, value, ..] = args {
-        field.rf_on = value & 0x01 != 0;
-        if !field.rf_on {
-            field.cards().for_each(Tag::power_cycle);
-        }
+        field.switch(value & 0x01 != 0);
     }
 }
 
