@@ -175,9 +175,11 @@ async fn give_leases_back(agent: &Agent) {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => tracing::info!("leases kept: work is still queued (or none is held)"),
         Ok(Err(e)) => {
-            tracing::info!(error = %e, "leases kept: the server will have them back when an operator reclaims them or this kiosk returns")
+            tracing::info!(error = %e, "leases not given back: this kiosk spends none of them until its next pull; the server has them back when an operator reclaims them or this kiosk returns")
         }
-        Err(_) => tracing::info!("leases kept: the server did not answer in time"),
+        Err(_) => tracing::info!(
+            "leases not given back in time: this kiosk spends none of them until its next pull"
+        ),
     }
 }
 

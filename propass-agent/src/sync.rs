@@ -348,6 +348,11 @@ impl Agent {
     /// server set aside for this kiosk back, so other kiosks can spend them;
     /// the kiosk then holds none until its next pull. With work still queued
     /// the lease stays (the queued copies were made from it).
+    ///
+    /// The kiosk lets go of its lease before it asks: an answer lost after
+    /// the server took the units back (or a kill in between) must not leave
+    /// it spending them offline at its next start. If the server did not
+    /// take them, its next (complete) pull hands them back.
     pub async fn release_leases(&self) -> Result<bool, SyncError> {
         let _guard = self.sync_lock.lock().await;
         let counts = self.store.counts().await?;
@@ -358,13 +363,13 @@ impl Agent {
             return Ok(false);
         }
         let creds = self.fresh_credentials().await?;
+        self.store.leases_returned().await?;
         match self
             .server
             .release_leases(&creds.server, &creds.token)
             .await
         {
             Ok(answer) => {
-                self.store.leases_returned().await?;
                 let units: i64 = answer.released.iter().map(|l| l.units).sum();
                 tracing::info!(units, "leases given back to the server");
                 Ok(true)

@@ -48,6 +48,10 @@ struct ScriptedServer {
     recorded_through: Mutex<Option<i64>>,
     /// The `since_version` of every pull.
     sinces: Mutex<Vec<Option<i64>>>,
+    /// The units pulls say are set aside for this kiosk (client 1).
+    lease: Mutex<Option<i64>>,
+    /// Lease releases asked for.
+    releases: Mutex<usize>,
 }
 
 /// The server's refusal with `code` (rate limits say when to come back).
@@ -75,7 +79,10 @@ impl ServerClient for ScriptedServer {
         _: &'a str,
         _: &'a str,
     ) -> BoxFuture<'a, UpstreamResult<LeaseReleaseResponse>> {
-        Box::pin(async { Err(UpstreamError::Unreachable("not in this test".into())) })
+        // The server takes the units back; the answer is lost on the way.
+        *self.releases.lock().unwrap() += 1;
+        *self.lease.lock().unwrap() = None;
+        Box::pin(async { Err(UpstreamError::Unreachable("connection reset".into())) })
     }
 
     fn login<'a>(
@@ -162,6 +169,7 @@ impl ServerClient for ScriptedServer {
         };
         let refusal = self.pull_refusals.lock().unwrap().pop_front();
         let recorded_through = *self.recorded_through.lock().unwrap();
+        let lease = *self.lease.lock().unwrap();
         Box::pin(async move {
             if let Some(code) = refusal {
                 return Err(refused(code));
@@ -175,7 +183,10 @@ impl ServerClient for ScriptedServer {
                 partial_copy: None,
                 lease: None,
             };
-            let mut quotas = vec![entry(1, 10)];
+            let mut quotas = vec![QuotaEntry {
+                lease,
+                ..entry(1, 10)
+            }];
             if since_version.is_none() {
                 quotas.push(entry(2, 20));
             }
@@ -292,6 +303,43 @@ async fn operations_the_server_lost_are_sent_again() {
         [None, Some(101), None],
         "a server that lost operations is read again in full"
     );
+}
+
+/// The kiosk lets go of its lease before it asks the server to take it:
+/// an answer lost after the server took the units back must not leave it
+/// spending them offline. Units the server still holds come back with the
+/// next complete pull.
+#[tokio::test]
+async fn a_lease_given_back_whose_answer_is_lost_is_not_spent() {
+    let server = Arc::new(ScriptedServer::default());
+    *server.lease.lock().unwrap() = Some(5);
+    let agent = agent_with(0, server.clone()).await;
+    agent.sync_once().await.unwrap();
+    let lease_of_1 = || async {
+        let quotas = agent.store.quotas().await.unwrap();
+        let q = quotas
+            .iter()
+            .find(|q| q.client_id.get() == 1)
+            .cloned()
+            .unwrap();
+        (q.lease, q.remaining)
+    };
+    assert_eq!(lease_of_1().await, (Some(5), 5));
+
+    let given = agent.release_leases().await;
+    assert!(matches!(given, Err(SyncError::Offline(_))), "{given:?}");
+    assert_eq!(*server.releases.lock().unwrap(), 1);
+    assert_eq!(
+        lease_of_1().await,
+        (Some(0), 0),
+        "nothing left to spend offline"
+    );
+
+    // The server had not taken them after all (its answer said nothing):
+    // a complete pull hands them back.
+    *server.lease.lock().unwrap() = Some(5);
+    agent.sync_once().await.unwrap();
+    assert_eq!(lease_of_1().await, (Some(5), 5));
 }
 
 #[tokio::test]
