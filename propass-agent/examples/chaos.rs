@@ -13,7 +13,8 @@
 //!   in the ledger exactly once (unverified cards flagged);
 //! - the client was charged once per ledger row;
 //! - `quotas.leased` is the sum of the leases, and `used + leased <= total`
-//!   unless a copy had to be recorded without a unit (flagged overdraft).
+//!   but for copies that had to be recorded without a unit (each flagged
+//!   overdraft, each one unit past the total).
 //!
 //! A violation prints the seed and round that reproduce it and exits 1.
 //! Needs `DATABASE_URL`, `PROPASS_SERVER_BIN` and `PROPASS_AGENT_BIN`, and
@@ -792,9 +793,11 @@ async fn check(db_url: &str, client: i64, kiosks: &[Kiosk], tally: &Tally) -> Re
     if leased != held {
         return Err(format!("quotas.leased {leased} but the leases hold {held}"));
     }
-    if used + leased > total && overdrafts == 0 {
+    // An overdraft is a copy charged when no unit was free: each may take
+    // `used` one past the total, and nothing else may.
+    if used - overdrafts + leased > total {
         return Err(format!(
-            "used {used} + leased {leased} > total {total} with no overdraft flagged"
+            "used {used} (of which {overdrafts} flagged overdraft) + leased {leased} > total {total}"
         ));
     }
     if copies != ledger.len() as i64 {

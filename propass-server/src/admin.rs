@@ -293,19 +293,25 @@ pub async fn adjust_quota(
         &format!("client:{id}"),
         detail,
         async |conn| {
-            db::clients::add_quota(conn, id, delta)
-                .await
-                .map_err(|e| match e {
-                    diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::CheckViolation,
-                        _,
-                    ) => AdminError::Conflict(format!(
-                        "cannot remove {} copies: client {id} would have bought fewer than zero",
-                        -delta
-                    )),
-                    other => other.into(),
-                })?
-                .ok_or_else(|| AdminError::NotFound(format!("no client with id {id}")))
+            use db::clients::QuotaChange;
+            match db::clients::add_quota(conn, id, delta).await {
+                Ok(QuotaChange::Applied(remaining)) => Ok(remaining),
+                Ok(QuotaChange::UnknownClient) => {
+                    Err(AdminError::NotFound(format!("no client with id {id}")))
+                }
+                Ok(QuotaChange::NotFree { free, leased }) => Err(AdminError::Conflict(format!(
+                    "cannot remove {} copies from client {id}: only {free} are free ({leased} more are set aside for kiosks, which spend them offline: reclaim those leases first)",
+                    -delta
+                ))),
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::CheckViolation,
+                    _,
+                )) => Err(AdminError::Conflict(format!(
+                    "cannot remove {} copies: client {id} would have bought fewer than zero",
+                    -delta
+                ))),
+                Err(other) => Err(other.into()),
+            }
         },
     )
     .await?;

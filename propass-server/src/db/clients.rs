@@ -170,16 +170,35 @@ fn with_quota() -> _ {
     ))
 }
 
-/// Adds `n` copies (negative to correct a mistake; the table refuses fewer
-/// than zero bought) to a client's quota; returns the new remaining, `None`
-/// for an unknown client.
+/// What a quota change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaChange {
+    /// Applied: the client's new remaining.
+    Applied(i64),
+    /// No such client.
+    UnknownClient,
+    /// A correction larger than the units that are free: removing them would
+    /// take back units already spent or set aside for kiosks (`leased`), and
+    /// a kiosk spends its lease offline without asking.
+    NotFree { free: i64, leased: i64 },
+}
+
+/// Adds `n` copies to a client's quota; a negative `n` corrects a mistake
+/// and may only remove units that are free, so used + leased ≤ total holds
+/// whatever operators do (checked and applied under the row's lock).
 pub async fn add_quota(
     conn: &mut AsyncPgConnection,
     client: ClientId,
     n: i64,
-) -> QueryResult<Option<i64>> {
+) -> QueryResult<QuotaChange> {
     conn.transaction(async |conn| {
-        let remaining = diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
+        let row = quotas::table.filter(quotas::client_id.eq(client.get()));
+        // Adding is always allowed (an overdrawn client too); removing only
+        // what is free.
+        let adding =
+            diesel::dsl::sql::<diesel::sql_types::Bool>(if n >= 0 { "TRUE" } else { "FALSE" });
+        let remaining = diesel::update(row)
+            .filter(adding.or(quotas::total.ge(quotas::used + quotas::leased - n)))
             .set((
                 quotas::total.eq(quotas::total + n),
                 quotas::version.eq(quotas::version + 1),
@@ -189,14 +208,28 @@ pub async fn add_quota(
             .get_result::<i64>(conn)
             .await
             .optional()?;
-        if remaining.is_some() {
-            // Delivered at COMMIT to every server listening: they push
-            // `quota_updated` to the kiosks.
-            diesel::sql_query(format!("NOTIFY {QUOTA_CHANNEL}, '{}'", client.get()))
-                .execute(conn)
-                .await?;
-        }
-        Ok(remaining)
+        let Some(remaining) = remaining else {
+            let books = row
+                .select((
+                    quotas::total - quotas::used - quotas::leased,
+                    quotas::leased,
+                ))
+                .first::<(i64, i64)>(conn)
+                .await
+                .optional()?;
+            return Ok(books.map_or(QuotaChange::UnknownClient, |(free, leased)| {
+                QuotaChange::NotFree {
+                    free: free.max(0),
+                    leased,
+                }
+            }));
+        };
+        // Delivered at COMMIT to every server listening: they push
+        // `quota_updated` to the kiosks.
+        diesel::sql_query(format!("NOTIFY {QUOTA_CHANNEL}, '{}'", client.get()))
+            .execute(conn)
+            .await?;
+        Ok(QuotaChange::Applied(remaining))
     })
     .await
 }

@@ -181,10 +181,14 @@ impl TestApp {
     }
 
     pub async fn add_quota(&self, client: i64, n: i64) -> i64 {
-        db::clients::add_quota(&mut self.db().await, ClientId::new(client).unwrap(), n)
-            .await
-            .unwrap()
-            .unwrap()
+        let change =
+            db::clients::add_quota(&mut self.db().await, ClientId::new(client).unwrap(), n)
+                .await
+                .unwrap();
+        match change {
+            db::clients::QuotaChange::Applied(remaining) => remaining,
+            other => panic!("quota change refused: {other:?}"),
+        }
     }
 
     pub async fn revoke(&self, device: &str) {

@@ -37,6 +37,49 @@ async fn books(app: &TestApp, client: i64) -> (i64, i64, i64, i64) {
     (r.used, r.leased, r.total, held)
 }
 
+/// An operator's correction removes only free units: units set aside for a
+/// kiosk may be spent offline at any moment, so used + leased ≤ total holds.
+#[tokio::test]
+async fn a_correction_cannot_take_back_leased_units() {
+    let app = spawn_app().await; // lease_target 10
+    let client = app.add_client("ACME", 12).await;
+    let token = app.token("K1").await;
+    assert_eq!(lease_pull(&app, &token, client).await["lease"], 10);
+    let actor = propass_server::admin::Actor::cli("root");
+    let id = propass_protocol::ClientId::new(client).unwrap();
+
+    let refused = propass_server::admin::adjust_quota(&mut app.db().await, &actor, id, -3, "typo")
+        .await
+        .unwrap_err();
+    let said = refused.to_string();
+    assert!(
+        said.contains("only 2 are free") && said.contains("10 more are set aside"),
+        "{said}"
+    );
+    assert_eq!(
+        books(&app, client).await,
+        (0, 10, 12, 10),
+        "nothing changed"
+    );
+
+    let fixed = propass_server::admin::adjust_quota(&mut app.db().await, &actor, id, -2, "typo")
+        .await
+        .unwrap();
+    assert_eq!(fixed.remaining, 0);
+    assert_eq!(books(&app, client).await, (0, 10, 10, 10));
+    assert!(
+        propass_server::admin::adjust_quota(&mut app.db().await, &actor, id, -1, "again")
+            .await
+            .is_err(),
+        "nothing free is left to remove"
+    );
+    assert_eq!(
+        app.add_quota(client, 1).await,
+        1,
+        "adding is always allowed"
+    );
+}
+
 #[tokio::test]
 async fn a_lease_is_set_aside_consumed_by_pushes_and_refilled_when_low() {
     let app = spawn_app().await; // lease_target 10, lease_low_water 5
