@@ -205,9 +205,11 @@ impl Reader {
         let mut cmd = vec![0xA0, 0x00];
         cmd.extend_from_slice(block0);
         if self.exchange(&cmd, 0).is_err() {
-            return Err(self.block0_write_failed(NfcError::NotWritable(
-                "block 0 is read-only: not a magic card".into(),
-            )));
+            return Err(self.block0_write_failed(
+                &blank.uid,
+                block0,
+                NfcError::NotWritable("block 0 is read-only: not a magic card".into()),
+            ));
         }
         Ok(())
     }

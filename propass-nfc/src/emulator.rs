@@ -46,6 +46,9 @@ pub struct Field {
     pub freeze_on_write: Option<u8>,
     /// Frozen by `freeze_on_write`: the write was not applied, nothing answers.
     pub frozen: bool,
+    /// Apply the write to this block but lose its acknowledgement (the card
+    /// stays): the host cannot tell a written block from a refused one.
+    pub lose_ack_of_write: Option<u8>,
     /// Lift the card when the field is next switched off after a write
     /// reached it: the blank taken away right after a write that went
     /// through, before its verification in a fresh field.
@@ -71,6 +74,7 @@ impl Default for Field {
             remove_on_write: None,
             freeze_on_write: None,
             frozen: false,
+            lose_ack_of_write: None,
             lift_after_write: false,
             lifted: None,
             wrote: false,

@@ -339,20 +339,29 @@ impl Reader {
         }
     }
 
-    /// After a write command of block 0 went unanswered: a card still there
-    /// refused it (nothing written, `refused`); a card that left, or a reader
-    /// that failed, may have written it — never "nothing happened".
-    pub(crate) fn block0_write_failed(&mut self, refused: NfcError) -> NfcError {
-        match self.lost_or(refused) {
-            NfcError::TagRemoved => NfcError::SectorFailed {
-                sector: 0,
-                what: "the card left the field during the write of block 0".into(),
-            },
-            e @ NfcError::ReaderUnplugged(_) => NfcError::SectorFailed {
-                sector: 0,
-                what: format!("the reader failed during the write of block 0: {e}"),
-            },
-            e => e,
+    /// After a write of block 0 failed: a MIFARE write is two exchanges
+    /// with the card (the command, then the data), so the failure may be the
+    /// card refusing the command (nothing written: `refused`) or the data's
+    /// acknowledgement lost (written). The card says which, in a fresh
+    /// field: still the blank's UID — refused; gone, another UID, or a
+    /// failing reader — it may hold the badge's block 0, never "nothing
+    /// happened".
+    pub(crate) fn block0_write_failed(
+        &mut self,
+        blank_uid: &[u8],
+        block0: &[u8; 16],
+        refused: NfcError,
+    ) -> NfcError {
+        let fail = |what: String| NfcError::SectorFailed { sector: 0, what };
+        match self.select() {
+            Ok(Some(tag)) if tag.uid == blank_uid && tag.uid != block0[..4] => refused,
+            Ok(Some(_)) => {
+                fail("the write of block 0 was not acknowledged, yet the card changed".into())
+            }
+            Ok(None) => fail("the card left the field during the write of block 0".into()),
+            Err(e) => fail(format!(
+                "the reader failed during the write of block 0: {e}"
+            )),
         }
     }
 
@@ -446,9 +455,11 @@ impl Reader {
             let mut cmd = vec![0xA0, 0x00];
             cmd.extend_from_slice(block0);
             if self.exchange(&cmd, 0).is_err() {
-                return Err(self.block0_write_failed(NfcError::NotWritable(
-                    "block 0 is read-only: not a magic card".into(),
-                )));
+                return Err(self.block0_write_failed(
+                    &blank.uid,
+                    block0,
+                    NfcError::NotWritable("block 0 is read-only: not a magic card".into()),
+                ));
             }
             BlankKind::Gen2
         };

@@ -137,6 +137,24 @@ fn a_gen2_card_pulled_at_the_write_of_block_0_may_hold_it() {
 }
 
 #[test]
+fn a_gen2_write_of_block_0_whose_acknowledgement_is_lost_is_in_doubt() {
+    let emu = Emulator::start(Some(Tag::classic(TagKind::Gen2, BLANK))).unwrap();
+    let mut r = open(&emu);
+    let t = wait(&mut r).unwrap();
+    let block0 = build_block0(&BADGE, 0x08, [0x00, 0x04], None).unwrap();
+    // The card took the write and stays on the reader; its answer is lost.
+    // Reported as refused ("not a magic card"), the written card would be a
+    // free copy.
+    emu.with_field(|f| f.lose_ack_of_write = Some(0));
+    let err = r.write_block0(&t, &block0).unwrap_err();
+    assert!(
+        matches!(err, NfcError::SectorFailed { sector: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(emu.tag().unwrap().uid(), BADGE, "the write did happen");
+}
+
+#[test]
 fn a_card_pulled_during_the_write_is_reported() {
     let emu = Emulator::start(Some(Tag::classic(TagKind::Gen1a, BLANK))).unwrap();
     let mut r = open(&emu);

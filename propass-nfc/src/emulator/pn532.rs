@@ -289,9 +289,15 @@ fn in_data_exchange(args: &[u8], field: &mut Field) -> Vec<u8> {
     if op == 0xA0 && rest.first().is_some_and(|b| field.leaves_on_write(*b)) {
         return vec![TIMEOUT];
     }
+    let lose_ack =
+        op == 0xA0 && rest.first().is_some() && field.lose_ack_of_write == rest.first().copied();
+    if lose_ack {
+        field.lose_ack_of_write = None;
+    }
     match field.cards().find(|c| c.is_held()) {
         None => vec![TIMEOUT],
         Some(card) => match card.mifare(op, rest) {
+            Ok(_) if lose_ack => vec![TIMEOUT],
             Ok(data) => {
                 let mut out = vec![0x00];
                 out.extend_from_slice(&data);
