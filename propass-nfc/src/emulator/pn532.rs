@@ -290,7 +290,7 @@ fn in_data_exchange(args: &[u8], field: &mut Field) -> Vec<u8> {
         return vec![TIMEOUT];
     }
     let lose_ack =
-        op == 0xA0 && rest.first().is_some() && field.lose_ack_of_write == rest.first().copied();
+        op == 0xA0 && !rest.is_empty() && field.lose_ack_of_write == rest.first().copied();
     if lose_ack {
         field.lose_ack_of_write = None;
     }
