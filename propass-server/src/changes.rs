@@ -349,6 +349,11 @@ async fn on_device(state: &AppState, payload: &str) -> Result<(), ApiError> {
     }
     let mut conn = state.pool.get().await?;
     let status = db::devices::state(&mut conn, &device).await?;
+    if let Some(s) = &status {
+        state
+            .hub
+            .close_stale_device_tokens(&device, s.token_epoch, "device credentials revoked");
+    }
     match status.map(|s| s.status) {
         Some(DeviceStatus::Active) => {
             let clients = db::devices::served_clients(&mut conn, &device).await?;

@@ -223,7 +223,7 @@ async fn activate(
             .await?);
     }
     revoke_chain(conn, r.device).await?;
-    Ok(diesel::update(devices::table.find(r.device.as_str()))
+    let epoch = diesel::update(devices::table.find(r.device.as_str()))
         .set((
             devices::status.eq(DeviceStatus::Active.as_str()),
             devices::enrolled.eq(true),
@@ -233,7 +233,10 @@ async fn activate(
         ))
         .returning(devices::token_epoch)
         .get_result(conn)
-        .await?)
+        .await?;
+    // The old tokens' open sockets close on every server (their epoch).
+    super::devices::notify(conn, r.device).await?;
+    Ok(epoch)
 }
 
 /// What the code says of the device: its name, its clients (replacing
@@ -393,6 +396,9 @@ async fn rotate_tx(
             .set(devices::token_epoch.eq(devices::token_epoch + 1))
             .execute(conn)
             .await?;
+        // A copied token's socket would otherwise go on hearing this
+        // kiosk's events until its next recheck.
+        super::devices::notify(conn, &device).await?;
         return Ok(Err(CredentialError::Reused(device)));
     }
     if row.chain_expires_at <= now {

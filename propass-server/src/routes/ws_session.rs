@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::{bearer_token, ensure_standing_on_active_device, Claims, Purpose};
 use crate::db;
+use crate::device::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::ws::hub::{coalesce, Delivery, Outbound};
@@ -85,7 +86,13 @@ pub async fn upgrade(
         .aggregate_continuations()
         .max_continuation_size(MAX_FRAME_BYTES);
     let user = claims.user().map(|(uid, _, _)| uid);
-    let (id, rx) = state.hub.register(claims.device_id.clone(), user, clients);
+    let device_epoch = match claims.caller() {
+        Caller::Device { epoch } => Some(epoch),
+        Caller::Login => None,
+    };
+    let (id, rx) = state
+        .hub
+        .register(claims.device_id.clone(), user, device_epoch, clients);
     if accepts_sync {
         state.hub.accept_sync_requests(id);
     }

@@ -73,6 +73,8 @@ struct Conn {
     device_id: DeviceId,
     /// The user of a login token; `None` for an enrolled device's token.
     user: Option<i64>,
+    /// The device's token epoch of a device token; `None` for a login token.
+    device_epoch: Option<i64>,
     /// Its upgrade asked for `sync_requested` (our agent; the seed client
     /// does not know the message).
     accepts_sync: bool,
@@ -206,6 +208,7 @@ impl Hub {
         &self,
         device_id: DeviceId,
         user: Option<i64>,
+        device_epoch: Option<i64>,
         clients: Vec<i64>,
     ) -> (ConnId, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(self.queue_len);
@@ -225,6 +228,7 @@ impl Hub {
             Conn {
                 device_id,
                 user,
+                device_epoch,
                 accepts_sync: false,
                 tx,
             },
@@ -354,6 +358,29 @@ impl Hub {
         conns.close(ids, Delivery::Close(why));
     }
 
+    /// Closes the connections of a device opened with a device token of
+    /// another epoch than `epoch` (re-enrolled, or its credential reused).
+    pub fn close_stale_device_tokens(&self, device_id: &DeviceId, epoch: i64, why: &'static str) {
+        let mut conns = self.lock();
+        let ids = conns
+            .by_device
+            .get(device_id)
+            .map(|s| {
+                s.iter()
+                    .copied()
+                    .filter(|id| {
+                        conns
+                            .all
+                            .get(id)
+                            .and_then(|c| c.device_epoch)
+                            .is_some_and(|e| e != epoch)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        conns.close(ids, Delivery::Close(why));
+    }
+
     /// Closes every connection opened with a login token of user `uid`
     /// (disabled, password or role changed).
     pub fn close_user(&self, uid: i64, why: &'static str) {
@@ -405,8 +432,8 @@ mod tests {
     fn a_devices_messages_reach_its_connections_only() {
         let hub = Hub::new(4);
         let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
-        let (id_a, mut rx_a) = hub.register(a.clone(), None, vec![]);
-        let (_, mut rx_b) = hub.register(b.clone(), None, vec![]);
+        let (id_a, mut rx_a) = hub.register(a.clone(), None, None, vec![]);
+        let (_, mut rx_b) = hub.register(b.clone(), None, None, vec![]);
         hub.send_all_to_device(&a, &[WsMessage::Pong]);
         assert!(rx_a.try_recv().is_ok());
         assert!(rx_b.try_recv().is_err(), "b is not a");
@@ -421,9 +448,9 @@ mod tests {
     fn a_sync_request_reaches_only_the_devices_connections_that_asked() {
         let hub = Hub::new(4);
         let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
-        let (agent, mut rx_agent) = hub.register(a.clone(), None, vec![1]);
-        let (_, mut rx_seed) = hub.register(a.clone(), Some(7), vec![1]);
-        let (other, mut rx_other) = hub.register(b.clone(), None, vec![1]);
+        let (agent, mut rx_agent) = hub.register(a.clone(), None, None, vec![1]);
+        let (_, mut rx_seed) = hub.register(a.clone(), Some(7), None, vec![1]);
+        let (other, mut rx_other) = hub.register(b.clone(), None, None, vec![1]);
         hub.accept_sync_requests(agent);
         hub.accept_sync_requests(other);
         hub.request_sync(&a);
@@ -453,8 +480,8 @@ mod tests {
     fn a_full_queue_drops_its_connection_and_spares_the_others() {
         let hub = Hub::new(1);
         let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
-        let (_slow, _rx_slow) = hub.register(a.clone(), None, vec![1]);
-        let (_fast, mut rx_fast) = hub.register(b.clone(), None, vec![1]);
+        let (_slow, _rx_slow) = hub.register(a.clone(), None, None, vec![1]);
+        let (_fast, mut rx_fast) = hub.register(b.clone(), None, None, vec![1]);
         hub.send_quota_updates(&[update(1, 5)]);
         assert!(rx_fast.try_recv().is_ok());
         hub.send_quota_updates(&[update(1, 4)]);
@@ -478,8 +505,8 @@ mod tests {
     fn quota_updates_reach_the_devices_serving_the_client_only() {
         let hub = Hub::new(8);
         let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
-        let (_, mut rx_a) = hub.register(a.clone(), None, vec![1, 2]);
-        let (_, mut rx_b) = hub.register(b.clone(), None, vec![2]);
+        let (_, mut rx_a) = hub.register(a.clone(), None, None, vec![1, 2]);
+        let (_, mut rx_b) = hub.register(b.clone(), None, None, vec![2]);
         hub.send_quota_updates(&[update(1, 10), update(2, 20), update(3, 30)]);
         let (got_a, got_b) = (texts(&mut rx_a), texts(&mut rx_b));
         assert_eq!(got_a.len(), 2, "{got_a:?}");
@@ -497,8 +524,8 @@ mod tests {
     fn closing_a_device_or_a_user_ends_their_connections_only() {
         let hub = Hub::new(8);
         let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
-        let (_, mut rx_a) = hub.register(a.clone(), Some(7), vec![1]);
-        let (_, mut rx_b) = hub.register(b.clone(), None, vec![1]);
+        let (_, mut rx_a) = hub.register(a.clone(), Some(7), None, vec![1]);
+        let (_, mut rx_b) = hub.register(b.clone(), None, None, vec![1]);
         hub.close_user(7, "user disabled");
         assert_eq!(texts(&mut rx_a), ["close: user disabled"]);
         assert_eq!(

@@ -182,20 +182,37 @@ async fn enrollment_codes_are_refused_when_they_should_be() {
 
 /// A refresh credential works once; a retry of a lost answer is served while
 /// the successor is unused; a second use after that revokes the chain and
-/// stops its access tokens at once.
+/// stops its access tokens at once, open WebSockets included.
 #[tokio::test]
 async fn refresh_credentials_rotate_and_reuse_revokes_the_chain() {
-    let app = spawn_app().await;
+    let app = spawn_with(|c| {
+        c.ws_heartbeat = Duration::from_secs(3600);
+        c.ws_recheck = Duration::from_secs(3600);
+    })
+    .await;
     let code = enrollment_code(&app, &[]).await;
     let (_, first) = enrolled(&app, &code, "agent-1").await;
 
     let (_, lost) = renewed(&app, &first).await;
     // The answer carrying `lost` never arrived: the agent retries `first`.
     let (token, second) = renewed(&app, &first).await;
+    let mut ws = app.ws("/ws", &token, "agent-1").await;
+    ping_pong(&mut ws).await;
+    assert!(
+        eventually(WAIT, || async {
+            app.state.metrics.listening.load(Ordering::Relaxed)
+        })
+        .await
+    );
     assert_eq!(
         error_code(renew(&app, &lost).await, 401).await,
         "invalid_credential",
         "the replaced successor is dead, and using it is a reuse"
+    );
+    assert_eq!(
+        server_closes(&mut ws, WAIT).await,
+        Some(CloseCode::Policy),
+        "the chain's open socket closes by event, not at its next recheck"
     );
     // That reuse revoked the chain: `second` is dead and so is the token.
     assert_eq!(
