@@ -15,6 +15,9 @@ use propass_protocol::{DeviceId, ErrorBody, ErrorCode};
 /// saturated pool to drain, short enough for kiosks to sync soon after.
 pub const UNAVAILABLE_RETRY_SECS: u64 = 5;
 
+/// What `Retry-After` says with a 429 for a device's socket beyond its cap.
+pub const TOO_MANY_SOCKETS_RETRY_SECS: u64 = 30;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -164,6 +167,10 @@ impl ResponseError for ApiError {
         } = self
         {
             res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let Self::TooManyConnections(_) = self {
+            // A slot frees when one of the device's sockets closes.
+            res.insert_header((header::RETRY_AFTER, TOO_MANY_SOCKETS_RETRY_SECS.to_string()));
         }
         if let Self::Unavailable(_) = self {
             // Pool saturated or database away: clients come back later

@@ -68,15 +68,17 @@ pub async fn upgrade(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state.config.ws_allowed_origins)?;
-    let (claims, clients, accepts_sync) = authenticate(&req, &state).await?;
-    if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
-        return Err(ApiError::TooManyConnections(claims.device_id.clone()));
-    }
+    // Before authenticating: in a reconnect storm, a socket this server
+    // cannot hold costs no database query.
     if state.hub.connections() >= state.config.ws_max_connections {
         return Err(ApiError::Busy {
             why: "this server holds the most WebSockets it allows (ws_max_connections); HTTP sync still works".into(),
             retry_after_secs: 30,
         });
+    }
+    let (claims, clients, accepts_sync) = authenticate(&req, &state).await?;
+    if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
+        return Err(ApiError::TooManyConnections(claims.device_id.clone()));
     }
 
     let (response, session, stream) = actix_ws::handle(&req, body)

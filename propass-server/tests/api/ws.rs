@@ -322,6 +322,13 @@ async fn past_the_socket_cap_new_sockets_wait_and_pushes_still_work() {
         }
         other => panic!("expected 503, got {other:?}"),
     }
+    // Refused before it is authenticated: a storm of sockets this server
+    // cannot hold costs it no database query.
+    let forged = format!("ws://127.0.0.1:{}/ws?token=forged&device_id=K1", app.port);
+    match tokio_tungstenite::connect_async(&forged).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
     let queue = json!([seed_item(1, client, "04C0FFEE000001")]);
     let pushed = app
         .push_ok(&token, &json!({"device_id": "K1", "queue": queue}))
@@ -333,6 +340,29 @@ async fn past_the_socket_cap_new_sockets_wait_and_pushes_still_work() {
     })
     .await;
     assert!(reopened, "a freed slot is taken again");
+}
+
+/// One device holds at most a few sockets; past them it is told when to
+/// come back, and another device is not affected.
+#[tokio::test]
+async fn a_device_past_its_socket_cap_gets_429_with_retry_after() {
+    use propass_server::routes::ws_session::MAX_CONNECTIONS_PER_DEVICE;
+    let app = spawn_app().await;
+    let token = app.token("K1").await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_DEVICE {
+        open.push(app.ws("/ws", &token, "K1").await);
+    }
+    let url = format!("ws://127.0.0.1:{}/ws?token={token}&device_id=K1", app.port);
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 429);
+            assert_eq!(res.headers()["retry-after"], "30");
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    let other = app.token("K2").await;
+    let _k2 = app.ws("/ws", &other, "K2").await;
 }
 
 /// A kiosk whose clients or lease change on the server is asked to pull at
