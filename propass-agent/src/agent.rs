@@ -242,6 +242,19 @@ impl Agent {
     }
 
     /// A copy of the connectivity state.
+    /// Opens the reader if it is not open and notes what was found, so that
+    /// the status and heartbeat say whether a reader is there before any
+    /// card is asked for, and a reader plugged in again is seen. Not while
+    /// the reader is known to work: an open reader is not disturbed between
+    /// flows (one unplugged while idle shows at its next use).
+    pub async fn look_for_reader(&self) {
+        if self.reader_stats.health() == ReaderHealth::Ok {
+            return;
+        }
+        let found = self.reader.run(|_, _| Ok(())).await;
+        self.reader_stats.saw(&found);
+    }
+
     pub fn link(&self) -> LinkState {
         self.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

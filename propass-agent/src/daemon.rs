@@ -93,6 +93,11 @@ async fn serve(config: AgentConfig) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
 
+    // Whether a reader is there, told before any card is asked for.
+    tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.look_for_reader().await }
+    });
     let server = local_api(&agent, &config)?;
     let handle = server.handle();
     let server_task = tokio::spawn(server);

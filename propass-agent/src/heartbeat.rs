@@ -7,6 +7,9 @@ use propass_protocol::KioskHeartbeat;
 use crate::agent::Agent;
 use crate::store::StoreError;
 
+/// How long a heartbeat waits to learn whether a reader is there.
+const LOOK_FOR_READER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The kiosk now: its queue, last sync, reader, writes since start,
 /// whether its database takes writes (tried now), clock.
 pub async fn heartbeat(agent: &Agent) -> Result<KioskHeartbeat, StoreError> {
@@ -14,6 +17,8 @@ pub async fn heartbeat(agent: &Agent) -> Result<KioskHeartbeat, StoreError> {
     // What fails is said in the heartbeat: the reads below still work on a
     // full or read-only disk.
     let _ = crate::kiosk::check_storage(agent).await;
+    // Behind a flow that holds the reader, the look waits: the heartbeat does not.
+    let _ = tokio::time::timeout(LOOK_FOR_READER, agent.look_for_reader()).await;
     let counts = agent.store.counts().await?;
     let link = agent.link();
     Ok(KioskHeartbeat {

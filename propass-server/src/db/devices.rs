@@ -423,3 +423,17 @@ pub async fn list(
         })
         .collect()
 }
+
+/// The ids of devices that are not active (pending approval, or revoked):
+/// their silence is no alert.
+pub async fn inactive(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<std::collections::HashSet<String>> {
+    Ok(devices::table
+        .filter(devices::status.ne(DeviceStatus::Active.as_str()))
+        .select(devices::device_id)
+        .load::<String>(conn)
+        .await?
+        .into_iter()
+        .collect())
+}

@@ -31,10 +31,11 @@ pub async fn metrics(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let now = state.clock.now();
     let (health, clients) = {
         let mut conn = state.pool.get().await?;
-        (
-            db::fleet::health(&mut conn, state.config.fleet, now, None).await?,
-            db::clients::overview(&mut conn, None, false).await?,
-        )
+        let inactive = db::devices::inactive(&mut conn).await?;
+        let mut health = db::fleet::health(&mut conn, state.config.fleet, now, None).await?;
+        // A revoked or unapproved kiosk is not expected to be heard from.
+        health.retain(|device, _| !inactive.contains(device));
+        (health, db::clients::overview(&mut conn, None, false).await?)
     };
     let mut gauges = process_gauges(&state);
     gauges.extend(device_gauges(health, now));
@@ -107,8 +108,13 @@ fn device_gauges(
     ));
     out.push(gauge(
         "propass_device_reader_ok",
-        "1 when the kiosk's last heartbeat said its reader is present and healthy.",
-        per_device(&|h| h.reader.as_deref().map(|r| f64::from(u8::from(r == "ok")))),
+        "1 when the kiosk's last heartbeat said its reader is present and healthy, 0 when absent or failing (no sample while the kiosk does not know yet).",
+        per_device(&|h| {
+            h.reader
+                .as_deref()
+                .filter(|r| *r != "unknown")
+                .map(|r| f64::from(u8::from(r == "ok")))
+        }),
     ));
     out.push(gauge(
         "propass_device_can_record",

@@ -1301,6 +1301,46 @@ async fn metrics_are_served_on_their_own_address_and_count_what_happened() {
     // 2 bought, 3 made: overdrawn, so at or below the low-quota threshold.
     let low = format!("propass_client_low_quota{{client=\"{acme}\",name=\"ACME\"}} 1");
     assert!(text.contains(&low), "{low} missing from\n{text}");
+    assert!(
+        text.contains("propass_device_reader_ok{device=\"K1\"} 1"),
+        "{text}"
+    );
+
+    // A kiosk that does not know its reader yet says nothing of it (no
+    // false "reader down"); a revoked kiosk is not expected to be heard
+    // from (no "kiosk silent" for ever).
+    let k2 = app.token("K2").await;
+    let res = app
+        .http
+        .post(format!("{}/api/devices/heartbeat", app.base))
+        .bearer_auth(&k2)
+        .json(
+            &json!({"agent_version": "0.1.0", "pending": 0, "failed": 0, "reader": "unknown",
+            "blanks_written": 0, "blanks_failed": 0, "clock": chrono::Utc::now()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.revoke("K1").await;
+    let text = app
+        .http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("propass_device_online{device=\"K2\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("propass_device_reader_ok{device=\"K2\"}"),
+        "{text}"
+    );
+    assert!(!text.contains("device=\"K1\""), "a revoked kiosk: {text}");
     // Not on the API's address.
     let res = app
         .http
