@@ -123,6 +123,7 @@ async function run(browser) {
   const kiosk = env('PROPASS_KIOSK_ID');
   const clientId = env('PROPASS_CLIENT_ID');
   const clientName = env('PROPASS_CLIENT_NAME');
+  const lowClientId = env('PROPASS_LOW_CLIENT_ID');
   const check = (ok, why) => { if (!ok) throw new Error(why); };
   const steps = [];
   const at = (name, fn) => steps.push([name, fn]);
@@ -291,8 +292,29 @@ async function run(browser) {
     await shot(A, '06-ledger.png');
   });
 
+  // An export the server refuses (here: the session is gone) is said on the
+  // page, never saved as the CSV file.
+  at('5b-export-refused', async () => {
+    const ctxD = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+    const D = watch(await ctxD.newPage(), 'd');
+    let downloads = 0;
+    D.on('download', () => { downloads += 1; });
+    await D.goto(`${base}/admin`);
+    await login(D, admin[0], admin[1]);
+    await D.getByTestId('logout').waitFor({ state: 'visible' });
+    await openView(D, 'ledger');
+    await ctxD.clearCookies();
+    await D.getByTestId('ledger-export').click();
+    await D.getByTestId('login-username').waitFor({ state: 'visible' });
+    check(downloads === 0, 'a refused export was saved as a file');
+    await ctxD.close();
+    delete pages.d;
+  });
+
   at('6-charts', async () => {
     await openView(A, 'clients');
+    const low = A.locator(`[data-testid=client-row][data-client-id=${attr(lowClientId)}]`);
+    await until('the low client flagged on its card', async () => /low quota|exhausted/.test(await low.textContent()));
     const mark = A.locator(`svg[data-testid=chart-hourly] :is(path, rect)[data-client-id=${attr(clientId)}]`);
     await mark.first().waitFor({ state: 'attached' });
     await A.locator('svg[data-testid=chart-burndown]').waitFor({ state: 'visible' });

@@ -43,6 +43,8 @@ async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
         Some("operator-pass-1\n"),
     );
     let client = server.add_client("Acme Corp", 20);
+    // At or below client_low_quota (10): its card carries the flag.
+    let low = server.add_client("Tiny Co", 3);
     // A disk of its own, to fill; a heartbeat every 5 s tells a freed one.
     let env = [("PROPASS_HEARTBEAT_SECS", "5")];
     let (mut agent, own_disk) = match Agent::on_small_disk(&server.url(), &env, 16 << 20).await {
@@ -65,6 +67,7 @@ async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
         .env("PROPASS_KIOSK_ID", &kiosk)
         .env("PROPASS_CLIENT_ID", client.to_string())
         .env("PROPASS_CLIENT_NAME", "Acme Corp")
+        .env("PROPASS_LOW_CLIENT_ID", low.to_string())
         .env("PROPASS_SHOTS", screenshots())
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::piped())

@@ -118,10 +118,43 @@ async function busy(btn, work) {
   try { return await work(); } finally { if (btn) btn.disabled = false; }
 }
 
+// Runs `fn` once, `ms` after the first of a burst of calls: later calls ride
+// along instead of pushing it back, so a steady stream of events (a big
+// fleet's heartbeats) still refreshes the view every `ms`.
 const timers = {};
 function debounce(key, ms, fn) {
-  clearTimeout(timers[key]);
-  timers[key] = setTimeout(() => { Promise.resolve().then(fn).catch(report); }, ms);
+  if (timers[key]) return;
+  timers[key] = setTimeout(() => {
+    delete timers[key];
+    Promise.resolve().then(fn).catch(report);
+  }, ms);
+}
+
+// A CSV export is a plain link (the browser streams the file to disk), so an
+// error answer would be saved as the file. Ask first; on an error, say it.
+function guardDownload(link) {
+  link.addEventListener('click', async (ev) => {
+    if (link.dataset.checked === '1') { delete link.dataset.checked; return; }
+    ev.preventDefault();
+    const stop = new AbortController();
+    try {
+      let res;
+      try {
+        res = await fetch(link.href, { credentials: 'same-origin', signal: stop.signal });
+      } catch {
+        throw new ApiError('network', 'The server cannot be reached. Check the connection and try again.', 0);
+      }
+      if (!res.ok) {
+        const e = ((await res.json().catch(() => null)) || {}).error || {};
+        throw new ApiError(e.code || `http_${res.status}`, e.message || `The server answered HTTP ${res.status}.`, res.status);
+      }
+      stop.abort();
+      link.dataset.checked = '1';
+      link.click();
+    } catch (err) {
+      report(err);
+    }
+  });
 }
 
 // ---------------------------------------------------------------- formatting
@@ -211,7 +244,7 @@ function startSession(s) {
 function endSession(message, quiet) {
   if (!S.user) return;
   closeLive();
-  for (const t of Object.values(timers)) clearTimeout(t);
+  for (const [k, t] of Object.entries(timers)) { clearTimeout(t); delete timers[k]; }
   if ($('#dlg').open) $('#dlg').close();
   S = freshState();
   showLogin(quiet ? '' : [message, 'Your session has ended — log in again.'].filter(Boolean).join(' '));
@@ -585,7 +618,8 @@ function clientCard(id) {
 
 function updateCard({ el, r }, c) {
   r.name.textContent = c.name;
-  r.badges.replaceChildren(c.archived ? chip('archived') : '', c.partial_copy ? chip('partial copy') : '');
+  r.badges.replaceChildren(c.archived ? chip('archived') : '', c.partial_copy ? chip('partial copy') : '',
+    ...(c.flags || []).map((f) => chip(f.replace(/_/g, ' '), 'warn')));
   r.remaining.textContent = String(c.remaining);
   const total = Math.max(0, Number(c.total) || 0);
   const pct = (n) => (total > 0 ? Math.max(0, Math.min(100, (100 * n) / total)) : (n > 0 ? 100 : 0));
@@ -1024,6 +1058,8 @@ function wireStatic() {
   wirePager('audit', loadAudit);
 
   $('#user-form').addEventListener('submit', createUser);
+  guardDownload($('#ledger-export'));
+  guardDownload($('#audit-export'));
 }
 
 boot();
