@@ -307,6 +307,10 @@ impl Agent {
                 // went well, not how the last one went.
                 if !self.link().ws_connected {
                     self.send_heartbeat(creds).await;
+                } else if summary.synced + summary.failed > 0 {
+                    // The backlog changed: operators see it now, not at the
+                    // next periodic heartbeat.
+                    self.health_changed.notify_one();
                 }
                 self.emit(AgentEvent::SyncResult {
                     synced: summary.synced,
@@ -321,6 +325,16 @@ impl Agent {
             Err(e) => {
                 let msg = e.to_string();
                 self.update_link(|s| s.last_error = Some(msg));
+                // The server answered but the sync failed (a refused push,
+                // a local error): operators hear why, socket or not. Not
+                // when it asked for quiet (throttled) or cannot be asked.
+                if matches!(e, SyncError::Server(_) | SyncError::Store(_))
+                    && !self.link().ws_connected
+                {
+                    if let Ok(creds) = self.fresh_credentials().await {
+                        self.send_heartbeat(&creds).await;
+                    }
+                }
             }
         }
         result.map(|(summary, _)| summary)

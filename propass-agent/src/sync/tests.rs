@@ -52,6 +52,8 @@ struct ScriptedServer {
     lease: Mutex<Option<i64>>,
     /// Lease releases asked for.
     releases: Mutex<usize>,
+    /// The heartbeats sent over HTTP.
+    heartbeats: Mutex<Vec<propass_protocol::KioskHeartbeat>>,
 }
 
 /// The server's refusal with `code` (rate limits say when to come back).
@@ -69,8 +71,9 @@ impl ServerClient for ScriptedServer {
         &'a self,
         _: &'a str,
         _: &'a str,
-        _: &'a propass_protocol::KioskHeartbeat,
+        hb: &'a propass_protocol::KioskHeartbeat,
     ) -> BoxFuture<'a, UpstreamResult<serde_json::Value>> {
+        self.heartbeats.lock().unwrap().push(hb.clone());
         Box::pin(async { Ok(serde_json::json!({"success": true})) })
     }
 
@@ -340,6 +343,35 @@ async fn a_lease_given_back_whose_answer_is_lost_is_not_spent() {
     *server.lease.lock().unwrap() = Some(5);
     agent.sync_once().await.unwrap();
     assert_eq!(lease_of_1().await, (Some(5), 5));
+}
+
+/// With its socket down, a kiosk tells operators why its sync fails (the
+/// server answered, and refused), not only that one went well.
+#[tokio::test]
+async fn a_failing_sync_is_told_in_a_heartbeat_over_http() {
+    let server = Arc::new(ScriptedServer::default());
+    server
+        .refusals
+        .lock()
+        .unwrap()
+        .push_back(ErrorCode::Conflict);
+    let agent = agent_with(2, server.clone()).await;
+    assert!(agent.sync_once().await.is_err());
+    let sent = server.heartbeats.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].pending, 2);
+    assert!(
+        sent[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused")),
+        "{:?}",
+        sent[0].last_error
+    );
+    agent.sync_once().await.unwrap();
+    let sent = server.heartbeats.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!((sent[1].pending, sent[1].last_error.as_deref()), (0, None));
 }
 
 #[tokio::test]
