@@ -584,6 +584,18 @@ impl Agent {
                 return Err(self.logged_out(message).await)
             }
             Err(UpstreamError::Refused {
+                code: ErrorCode::RateLimited | ErrorCode::Unavailable,
+                status,
+                message,
+                retry_after: Some(retry_after_secs),
+            }) => {
+                // Over a limit, or a saturated server: it says when to come back.
+                return Err(SyncError::Throttled {
+                    retry_after_secs,
+                    message: format!("pull refused ({status}): {message}"),
+                });
+            }
+            Err(UpstreamError::Refused {
                 status, message, ..
             }) => {
                 return Err(SyncError::Offline(format!(

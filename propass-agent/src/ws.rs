@@ -29,8 +29,14 @@ pub async fn run_ws_loop(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>)
                     Duration::from_millis(100)
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "websocket unavailable");
-                    backoff.next_delay(&*agent.rng)
+                    tracing::debug!(error = %e.message, "websocket unavailable");
+                    if agent.link().ws_connected {
+                        // A working session dropped: reconnect as soon as a
+                        // server answers, not after the last outage's delay.
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay(&*agent.rng);
+                    e.retry_after.map_or(delay, |asked| asked.max(delay))
                 }
             },
             Ok(None) => Duration::from_secs(3600),
@@ -82,8 +88,31 @@ fn ws_url(server: &str) -> String {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Why a WebSocket session ended or never began.
+struct Ended {
+    message: String,
+    /// The server's `Retry-After` when it refused the upgrade (a full
+    /// server, a device over its socket cap): wait at least that long.
+    retry_after: Option<Duration>,
+}
+
+impl From<String> for Ended {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<&str> for Ended {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
 /// Opens the WebSocket with the token in the Authorization header.
-async fn connect(agent: &Agent, url: &str, token: &str) -> Result<Socket, String> {
+async fn connect(agent: &Agent, url: &str, token: &str) -> Result<Socket, Ended> {
     // `accept`: the server may ask this kiosk to pull now (see `on_message`).
     let mut req = format!(
         "{url}?device_id={}&accept={ACCEPT_SYNC_REQUESTED}",
@@ -109,9 +138,21 @@ async fn connect(agent: &Agent, url: &str, token: &str) -> Result<Socket, String
         {
             // The token is refused: let the sync loop refresh it or ask for a login.
             agent.kick.notify_one();
-            Err(format!("websocket refused ({})", res.status()))
+            Err(format!("websocket refused ({})", res.status()).into())
         }
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => {
+            let retry_after = res
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.clamp(1, 3600)));
+            Err(Ended {
+                message: format!("websocket refused ({})", res.status()),
+                retry_after,
+            })
+        }
+        Ok(Err(e)) => Err(e.to_string().into()),
         Err(_) => Err("websocket connect timed out".into()),
     }
 }
@@ -123,7 +164,7 @@ async fn session(
     url: &str,
     token: &str,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), Ended> {
     let mut ws = connect(agent, url, token).await?;
     tracing::info!("websocket connected");
     agent.set_ws_connected(true);

@@ -374,6 +374,30 @@ async fn a_failing_sync_is_told_in_a_heartbeat_over_http() {
     assert_eq!((sent[1].pending, sent[1].last_error.as_deref()), (0, None));
 }
 
+/// A refused pull that says when to come back is waited for as long, like
+/// a refused push (not retried on the short backoff of a lost link).
+#[tokio::test]
+async fn a_pull_refused_with_retry_after_is_throttled() {
+    let server = Arc::new(ScriptedServer::default());
+    server
+        .pull_refusals
+        .lock()
+        .unwrap()
+        .push_back(ErrorCode::RateLimited);
+    let agent = agent_with(0, server.clone()).await;
+    let refused = agent.sync_once().await;
+    assert!(
+        matches!(
+            refused,
+            Err(SyncError::Throttled {
+                retry_after_secs: 42,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_batch_too_large_is_halved() {
     let server = Arc::new(ScriptedServer::default());
