@@ -98,11 +98,31 @@ async fn listen_once(database_url: &str, state: &AppState, first: bool) -> Resul
     Ok(())
 }
 
-/// What the listener may have missed while it was away: every client a
-/// connected kiosk serves gets its quota sent again, and dashboards refetch.
+/// What the listener may have missed while it was away: every connected
+/// kiosk's standing and clients are read again (two queries for all of
+/// them) and applied as an event would have; sockets of login tokens
+/// re-check their user at their next ping (a disable may have been missed);
+/// every client a connected kiosk serves gets its quota sent again, and
+/// dashboards refetch.
 async fn catch_up(state: &AppState) -> Result<(), ApiError> {
-    // A revocation or a disable may be among what was missed.
     state.hub.request_recheck();
+    let devices = state.hub.connected_devices();
+    if !devices.is_empty() {
+        let standings = {
+            let mut conn = state.pool.get().await?;
+            db::devices::standings(&mut conn, &devices).await?
+        };
+        for device in &devices {
+            match standings.get(device) {
+                Some((standing, clients)) => {
+                    if apply_standing(state, device, standing, clients.clone()) {
+                        state.hub.request_sync(device);
+                    }
+                }
+                None => state.hub.close_device(device, "device revoked"),
+            }
+        }
+    }
     send_quotas(state, &state.hub.served_clients()).await?;
     state
         .live
@@ -348,24 +368,45 @@ async fn on_device(state: &AppState, payload: &str) -> Result<(), ApiError> {
         return Ok(());
     }
     let mut conn = state.pool.get().await?;
-    let status = db::devices::state(&mut conn, &device).await?;
-    if let Some(s) = &status {
-        state
-            .hub
-            .close_stale_device_tokens(&device, s.token_epoch, "device credentials revoked");
-    }
-    match status.map(|s| s.status) {
-        Some(DeviceStatus::Active) => {
-            let clients = db::devices::served_clients(&mut conn, &device).await?;
-            state.hub.set_assignment(&device, clients);
-            // Its clients or its leases changed: the kiosk pulls now rather
-            // than at its next safety-net pull.
-            state.hub.request_sync(&device);
-        }
-        Some(DeviceStatus::Revoked) | None => state.hub.close_device(&device, "device revoked"),
-        Some(DeviceStatus::Pending) => state.hub.close_device(&device, "device not active"),
-    }
+    let Some(standing) = db::devices::state(&mut conn, &device).await? else {
+        state.hub.close_device(&device, "device revoked");
+        return Ok(());
+    };
+    let clients = match standing.status {
+        DeviceStatus::Active => db::devices::served_clients(&mut conn, &device).await?,
+        _ => Vec::new(),
+    };
+    drop(conn);
+    apply_standing(state, &device, &standing, clients);
+    // Its clients or its leases changed: the kiosk pulls now rather than at
+    // its next safety-net pull.
+    state.hub.request_sync(&device);
     Ok(())
+}
+
+/// Applies what the database says of a connected device to its sockets:
+/// closes them when it is no longer active, closes those of a token epoch
+/// it left behind, and indexes the clients it serves; whether its clients
+/// changed.
+fn apply_standing(
+    state: &AppState,
+    device: &DeviceId,
+    standing: &db::devices::DeviceState,
+    clients: Vec<i64>,
+) -> bool {
+    match standing.status {
+        DeviceStatus::Revoked => state.hub.close_device(device, "device revoked"),
+        DeviceStatus::Pending => state.hub.close_device(device, "device not active"),
+        DeviceStatus::Active => {
+            state.hub.close_stale_device_tokens(
+                device,
+                standing.token_epoch,
+                "device credentials revoked",
+            );
+            return state.hub.set_assignment(device, clients);
+        }
+    }
+    false
 }
 
 async fn on_audit(state: &AppState, payload: &str) -> Result<(), ApiError> {

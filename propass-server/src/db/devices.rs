@@ -437,3 +437,42 @@ pub async fn inactive(
         .into_iter()
         .collect())
 }
+
+/// The standing and clients of each of `ids` that exists (a listener that
+/// was away re-reads what it may have missed for every connected kiosk, in
+/// two queries rather than one per socket).
+pub async fn standings(
+    conn: &mut AsyncPgConnection,
+    ids: &[DeviceId],
+) -> QueryResult<std::collections::HashMap<DeviceId, (DeviceState, Vec<i64>)>> {
+    let names: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
+    let rows: Vec<(String, String, bool, i64)> = devices::table
+        .filter(devices::device_id.eq_any(&names))
+        .select((
+            devices::device_id,
+            devices::status,
+            devices::enrolled,
+            devices::token_epoch,
+        ))
+        .load(conn)
+        .await?;
+    let assigned: Vec<(String, i64)> = device_clients::table
+        .filter(device_clients::device_id.eq_any(&names))
+        .select((device_clients::device_id, device_clients::client_id))
+        .order((device_clients::device_id, device_clients::client_id))
+        .load(conn)
+        .await?;
+    let mut out = std::collections::HashMap::with_capacity(rows.len());
+    for (id, status, enrolled, epoch) in rows {
+        let Ok(device) = DeviceId::parse(&id) else {
+            continue;
+        };
+        out.insert(device, (state_of((status, enrolled, epoch))?, Vec::new()));
+    }
+    for (id, client) in assigned {
+        if let Some((_, clients)) = DeviceId::parse(&id).ok().and_then(|d| out.get_mut(&d)) {
+            clients.push(client);
+        }
+    }
+    Ok(out)
+}

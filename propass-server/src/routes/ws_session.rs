@@ -384,9 +384,10 @@ async fn on_heartbeat(
     // `ws_recheck` (or when the hub asks, after lost events), not per ping.
     let now = state.clock.instant();
     let generation = state.hub.recheck_generation();
-    if now.duration_since(standing.checked_at) < state.config.ws_recheck
-        && generation == standing.generation
-    {
+    // A request after lost events concerns login tokens' users only: the
+    // listener re-read every connected device itself.
+    let asked = generation != standing.generation && claims.user().is_some();
+    if now.duration_since(standing.checked_at) < state.config.ws_recheck && !asked {
         return ping(session).await;
     }
     standing.checked_at = now;

@@ -299,12 +299,23 @@ impl Hub {
         self.lock().by_device.contains_key(device_id)
     }
 
-    /// The clients a connected device now serves.
-    pub fn set_assignment(&self, device_id: &DeviceId, clients: Vec<i64>) {
+    /// The clients a connected device now serves; whether that changed.
+    pub fn set_assignment(&self, device_id: &DeviceId, clients: Vec<i64>) -> bool {
         let mut conns = self.lock();
-        if conns.by_device.contains_key(device_id) {
-            conns.set_served(device_id, clients);
+        if !conns.by_device.contains_key(device_id) {
+            return false;
         }
+        let before = conns.served_by.get(device_id).cloned().unwrap_or_default();
+        let changed = before != clients;
+        conns.set_served(device_id, clients);
+        changed
+    }
+
+    /// The devices with open connections, in id order.
+    pub fn connected_devices(&self) -> Vec<DeviceId> {
+        let mut ids: Vec<DeviceId> = self.lock().by_device.keys().cloned().collect();
+        ids.sort();
+        ids
     }
 
     /// Sends each quota update to the connections of the devices serving its

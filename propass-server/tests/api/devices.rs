@@ -335,6 +335,66 @@ async fn a_password_login_device_waits_for_approval() {
     assert_eq!(app.remaining(&token, client).await, 9);
 }
 
+/// What the change listener missed while it was away (here: changes made
+/// with no notification at all) is caught up when it reconnects: a revoked
+/// kiosk's socket closes and a kiosk given a new client hears its quota —
+/// without the sockets' own rechecks (an hour away).
+#[tokio::test]
+async fn a_reconnected_listener_catches_up_on_what_it_missed() {
+    let app = spawn_with(|c| {
+        c.ws_heartbeat = Duration::from_secs(3600);
+        c.ws_recheck = Duration::from_secs(3600);
+    })
+    .await;
+    let (a, b) = (app.add_client("A", 10).await, app.add_client("B", 7).await);
+    let code_a = enrollment_code(&app, &["--clients", &a.to_string()]).await;
+    let code_r = enrollment_code(&app, &["--clients", &a.to_string()]).await;
+    let (token_a, _) = enrolled(&app, &code_a, "kiosk-a").await;
+    let (token_r, _) = enrolled(&app, &code_r, "kiosk-r").await;
+    let mut ws_a = app.ws("/ws", &token_a, "kiosk-a").await;
+    let mut ws_r = app.ws("/ws", &token_r, "kiosk-r").await;
+    ping_pong(&mut ws_a).await;
+    ping_pong(&mut ws_r).await;
+    assert!(
+        eventually(WAIT, || async {
+            app.state.metrics.listening.load(Ordering::Relaxed)
+        })
+        .await
+    );
+
+    let mut conn = app.db().await;
+    for sql in [
+        "UPDATE devices SET status = 'revoked', revoked_at = now() WHERE device_id = 'kiosk-r'"
+            .to_owned(),
+        format!("INSERT INTO device_clients (device_id, client_id) VALUES ('kiosk-a', {b})"),
+        // The listener's connection drops (a PostgreSQL failover, say).
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            .to_owned(),
+    ] {
+        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn)
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(
+        server_closes(&mut ws_r, WAIT).await,
+        Some(CloseCode::Policy),
+        "the revocation it never heard of closes the socket"
+    );
+    let heard = collect_until(&mut ws_a, WAIT, |m| {
+        m.iter()
+            .any(|v| v["type"] == "quota_updated" && v["data"]["client_id"] == b)
+    })
+    .await;
+    assert!(
+        heard
+            .iter()
+            .any(|v| v["type"] == "quota_updated" && v["data"]["client_id"] == b),
+        "the kiosk hears the client it now serves: {heard:?}"
+    );
+}
+
 async fn ping_pong(ws: &mut Ws) {
     send_json(ws, &json!({"type": "ping"})).await;
     let got = collect_until(ws, WAIT, |m| m.iter().any(|v| v["type"] == "pong")).await;
