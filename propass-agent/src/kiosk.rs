@@ -250,6 +250,7 @@ async fn write_and_record(
     let intent = reserve(agent, client, op_type, &uid, sectors)
         .await
         .map_err(|e| failed(agent, Some(hex.clone()), e))?;
+    crash_point("reserved");
     progress(agent, CardStep::WaitingForBlank, Some(hex.clone()));
     let not = match &job {
         Job::Badge { source, .. } => Some(source.uid.clone()),
@@ -275,8 +276,10 @@ async fn write_and_record(
     {
         return Err(void(agent, &intent, &hex, KioskError::CannotRecord(e)).await);
     }
+    crash_point("writing");
     progress(agent, CardStep::Writing, Some(hex.clone()));
     let written = write_blank(agent, blank, job).await;
+    crash_point("written");
     let ending = match &written {
         Ok(_) => Ending::Verified,
         Err(e) if may_hold_the_copy(e) => Ending::InDoubt(e.to_string()),
@@ -284,6 +287,23 @@ async fn write_and_record(
     };
     let (operation, remaining) = settle(agent, &intent, ending).await?;
     conclude(agent, client, hex, written, operation, remaining)
+}
+
+/// Test builds only (debug assertions): `PROPASS_TEST_CRASH_AT=<point>`
+/// ends the agent at once at that point of the copy flow — `reserved`
+/// (intent written, nothing touched), `writing` (the blank is about to be
+/// written), `written` (written and verified, not yet recorded) — so the
+/// crash tests can prove the next start finishes what it finds. Nothing
+/// runs after it, as after a SIGKILL or a power cut. Release builds (the
+/// packages) have no such point.
+fn crash_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("PROPASS_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "PROPASS_TEST_CRASH_AT: the agent dies here");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
 }
 
 /// What the person is told of a settled card, and what listeners hear.

@@ -49,6 +49,10 @@ pub struct Field {
     /// Apply the write to this block but lose its acknowledgement (the card
     /// stays): the host cannot tell a written block from a refused one.
     pub lose_ack_of_write: Option<u8>,
+    /// Stop answering (as `freeze_on_write`) when the field is next
+    /// switched off after a write reached the card: the host is left at the
+    /// start of its verification in a fresh field (to kill it there).
+    pub freeze_after_write: bool,
     /// Lift the card when the field is next switched off after a write
     /// reached it: the blank taken away right after a write that went
     /// through, before its verification in a fresh field.
@@ -75,6 +79,7 @@ impl Default for Field {
             freeze_on_write: None,
             frozen: false,
             lose_ack_of_write: None,
+            freeze_after_write: false,
             lift_after_write: false,
             lifted: None,
             wrote: false,
@@ -111,6 +116,11 @@ impl Field {
     /// The field goes off or on: off resets every card (and lifts one
     /// scripted to leave after its write).
     fn switch(&mut self, on: bool) {
+        if !on && self.freeze_after_write && self.wrote {
+            self.freeze_after_write = false;
+            self.frozen = true;
+            return;
+        }
         self.rf_on = on;
         if on {
             return;

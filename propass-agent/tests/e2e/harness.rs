@@ -405,6 +405,30 @@ impl Agent {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// Sets (or with `None` removes) an environment variable for the next starts.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.extra_env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.extra_env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// Waits (up to 20 s) for the agent to end by itself; its exit status.
+    /// Async: the test's own tasks (the request that makes it end) run
+    /// meanwhile.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("agent running");
+        let mut status = None;
+        let ended = eventually(Duration::from_secs(20), || {
+            status = c.try_wait().ok().flatten();
+            std::future::ready(status.is_some())
+        })
+        .await;
+        assert!(ended, "the agent did not end: {}", self.log());
+        self.child = None;
+        status.expect("ended")
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

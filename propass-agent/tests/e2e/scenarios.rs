@@ -766,6 +766,107 @@ async fn a_kiosk_killed_while_writing_records_the_card_as_unverified_at_its_next
     assert_eq!(server.ledger_count().await, 1);
 }
 
+/// A kiosk killed at each step of a copy — its intent written, the blank
+/// about to be written, the verification under way, the card verified but
+/// not recorded — finishes at its next start what it left: a blank that
+/// may have been touched is in the ledger exactly once (flagged unverified,
+/// charged), one that was not costs nothing, and a second restart settles
+/// nothing twice. (Test builds honour `PROPASS_TEST_CRASH_AT`; the emulator
+/// freezes the verification for the kill there.)
+#[tokio::test]
+async fn a_kiosk_killed_at_any_step_of_a_copy_leaves_the_ledger_exact() {
+    use propass_nfc::emulator::{Tag, TagKind};
+    let server = Server::new().await;
+    let client = server.add_client("Step Co", 20);
+    let badge = Tag::classic(TagKind::Classic1k, [0x04, 0xAB, 0x12, 0xCD]);
+    let (mut agent, emu) = agent_at_reader(&server, badge.clone()).await;
+    let mut recorded = 0;
+    for (n, point, touched) in [
+        (1u8, "reserved", false),
+        (2, "writing", false),
+        (3, "verifying", true),
+        (4, "written", true),
+    ] {
+        emu.place(Some(badge.clone()));
+        agent.kill9();
+        if point == "verifying" {
+            emu.with_field(|f| f.freeze_after_write = true);
+        } else {
+            agent.set_env("PROPASS_TEST_CRASH_AT", Some(point));
+        }
+        agent.start().await;
+        let blank = Tag::classic(TagKind::Gen1a, [n, n + 1, n + 2, n + 3]);
+        if point == "reserved" {
+            let http = agent.http.clone();
+            let copy = tokio::spawn(async move {
+                http.post("http://agent/v1/copy")
+                    .json(&json!({"client_id": client}))
+                    .send()
+                    .await
+                    .ok()
+            });
+            agent.wait_exit().await;
+            assert!(copy.await.unwrap().is_none(), "{point}: no answer");
+            emu.place(Some(blank.clone()));
+        } else {
+            let copy = begin_copy(&agent, client).await;
+            emu.place(Some(blank.clone()));
+            if point == "verifying" {
+                let frozen = eventually(Duration::from_secs(20), || async {
+                    emu.with_field(|f| f.frozen)
+                })
+                .await;
+                assert!(frozen, "the verification never started: {}", agent.log());
+                agent.kill9();
+                emu.thaw();
+            } else {
+                agent.wait_exit().await;
+            }
+            assert_eq!(
+                copy.await.unwrap(),
+                None,
+                "{point}: the kiosk died before answering"
+            );
+        }
+        agent.set_env("PROPASS_TEST_CRASH_AT", None);
+        agent.start().await;
+        assert_eq!(agent.sync().await.0, 200, "{}", agent.log());
+        let card = emu.tag().expect("the blank is on the reader");
+        if touched {
+            assert_eq!(
+                card.memory(),
+                badge.memory(),
+                "{point}: the blank is a copy"
+            );
+        } else if point == "reserved" {
+            assert_eq!(
+                card.memory(),
+                blank.memory(),
+                "{point}: the blank is untouched"
+            );
+        }
+        // Past the point of no return the kiosk cannot know what the card
+        // holds: charged and flagged for an operator, never free.
+        recorded += i64::from(point != "reserved");
+        assert_eq!(server.ledger_count().await, recorded, "{point}");
+        assert_eq!(
+            server
+                .query_i64("SELECT count(*) FROM copies WHERE unverified")
+                .await,
+            recorded,
+            "{point}"
+        );
+        assert_eq!(server.used(client), recorded, "{point}: charged once");
+        assert_eq!(agent.pending().await, 0, "{point}");
+    }
+    // Started again: nothing is settled twice.
+    agent.kill9();
+    agent.start().await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(server.ledger_count().await, recorded);
+    assert_eq!(server.used(client), recorded);
+}
+
 /// A blank lifted in the middle of its write: it may hold part of the badge,
 /// so it is recorded as an unverified copy, charged and flagged — never a
 /// free copy. SIGKILL while waiting for the blank: the next start releases
