@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use crate::agent::{Agent, LinkState};
-use crate::store::{ItemStatus, NewRecording, QueueCounts, QuotaPolicy};
+use crate::store::{ItemStatus, NewRecording, QueueCounts};
 
 pub mod error;
 pub mod types;
@@ -134,9 +134,7 @@ async fn record(agent: AgentData, body: web::Json<RecordRequest>) -> ApiResult<H
         op_id: op_id.unwrap_or_else(|| agent.rng.new_op_id()),
         unverified: false,
     };
-    let recorded = agent
-        .store
-        .record(new, QuotaPolicy::Enforce)
+    let recorded = crate::kiosk::record_reported(&agent, new)
         .await
         .inspect_err(|e| agent.note_storage(Err(e)))?;
     let answer = RecordResponse {

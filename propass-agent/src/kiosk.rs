@@ -22,7 +22,10 @@ use propass_protocol::{BadgeUid, ClientId, OpType, SectorMap};
 
 use crate::agent::{Agent, Unsettled};
 use crate::events::{AgentEvent, CardStep};
-use crate::store::{Ending, Intent, LocalQuota, NewIntent, QueuedOp, StoreError};
+use crate::store::{
+    Ending, Intent, LocalQuota, NewIntent, NewRecording, QueuedOp, QuotaPolicy, Recorded,
+    StoreError, StoreResult,
+};
 
 /// Why the flow stopped.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,21 @@ async fn precheck(agent: &Agent, client: ClientId) -> Result<LocalQuota, KioskEr
             }
         }
         other => Ok(other?),
+    }
+}
+
+/// Records an operation the kiosk screen reports (`POST /v1/operations`)
+/// under the quota; a kiosk whose lease for the client is spent asks the
+/// server for more first when it can reach it, as the reader flows do.
+pub async fn record_reported(agent: &Agent, new: NewRecording) -> StoreResult<Recorded> {
+    match agent.store.record(new.clone(), QuotaPolicy::Enforce).await {
+        Err(StoreError::LeaseExhausted { .. }) if agent.link().online => {
+            if let Err(e) = agent.sync_once().await {
+                tracing::info!(error = %e, "could not ask the server for more units");
+            }
+            agent.store.record(new, QuotaPolicy::Enforce).await
+        }
+        other => other,
     }
 }
 

@@ -398,6 +398,44 @@ async fn a_pull_refused_with_retry_after_is_throttled() {
     );
 }
 
+/// An operation the screen reports past the kiosk's lease is not refused
+/// while the server can be asked: the kiosk syncs (its push spends the
+/// lease, its pull refills it) and records it then.
+#[tokio::test]
+async fn an_online_kiosk_asks_for_more_before_refusing_a_reported_copy() {
+    let server = Arc::new(ScriptedServer::default());
+    *server.lease.lock().unwrap() = Some(1);
+    let agent = agent_with(0, server.clone()).await;
+    agent.sync_once().await.unwrap();
+    let new = |n: u8| {
+        let now = SystemClock.now_utc();
+        NewRecording {
+            sectors: None,
+            op_type: OpType::Copy,
+            client: ClientId::new(1).unwrap(),
+            uid: BadgeUid::parse(&format!("04AB12{n:02X}")).unwrap(),
+            occurred_at: now,
+            recorded_at: now,
+            op_id: crate::seams::Rng::new_op_id(&SystemRng),
+            unverified: false,
+        }
+    };
+    crate::kiosk::record_reported(&agent, new(1)).await.unwrap();
+    let pulls = server.pulls.lock().unwrap().len();
+    crate::kiosk::record_reported(&agent, new(2))
+        .await
+        .expect("recorded after asking for more");
+    assert_eq!(server.pulls.lock().unwrap().len(), pulls + 1, "it asked");
+
+    // Offline, the lease is all it may spend: refused before anything.
+    agent.update_link(|l| l.online = false);
+    let refused = crate::kiosk::record_reported(&agent, new(3)).await;
+    assert!(
+        matches!(refused, Err(StoreError::LeaseExhausted { .. })),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_batch_too_large_is_halved() {
     let server = Arc::new(ScriptedServer::default());
