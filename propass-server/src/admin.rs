@@ -101,10 +101,25 @@ async fn audited<T>(
     detail: serde_json::Value,
     change: impl AsyncFnOnce(&mut AsyncPgConnection) -> AdminResult<T>,
 ) -> AdminResult<T> {
+    audited_outcome(conn, actor, action, subject, async move |conn| {
+        Ok((change(conn).await?, detail))
+    })
+    .await
+}
+
+/// [`audited`], for a change whose entry says what it did (known only once
+/// done): `change` answers its outcome and the entry's detail.
+async fn audited_outcome<T>(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    action: &str,
+    subject: &str,
+    change: impl AsyncFnOnce(&mut AsyncPgConnection) -> AdminResult<(T, serde_json::Value)>,
+) -> AdminResult<T> {
     type Tm = AnsiTransactionManager;
     Tm::begin_transaction(conn).await?;
     let done = async {
-        let out = change(conn).await?;
+        let (out, detail) = change(conn).await?;
         db::audit::record(conn, actor.as_str(), action, subject, detail).await?;
         Ok(out)
     }
@@ -597,13 +612,13 @@ pub async fn reclaim_leases(
     id: &DeviceId,
     client: Option<ClientId>,
 ) -> AdminResult<Vec<(i64, i64)>> {
-    let detail = serde_json::json!({"client": client.map(ClientId::get)});
-    audited(
+    // The entry keeps what the kiosk held: a kiosk that never came back is
+    // accounted for in the audit log.
+    audited_outcome(
         conn,
         actor,
         "device.reclaim",
         &format!("device:{id}"),
-        detail,
         async |conn| {
             if db::devices::state(conn, id).await?.is_none() {
                 return Err(AdminError::NotFound(format!("no device {id}")));
@@ -613,7 +628,12 @@ pub async fn reclaim_leases(
                 // The kiosk, if connected, learns at once (it pulls).
                 db::devices::notify(conn, id).await?;
             }
-            Ok(returned)
+            let held: Vec<_> = returned
+                .iter()
+                .map(|(c, units)| serde_json::json!({"client": c, "units": units}))
+                .collect();
+            let detail = serde_json::json!({"client": client.map(ClientId::get), "returned": held});
+            Ok((returned, detail))
         },
     )
     .await

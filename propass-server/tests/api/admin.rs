@@ -693,6 +693,13 @@ async fn operators_see_size_and_take_back_each_kiosks_lease() {
         "both reclaims, the empty one too: {audit}"
     );
     assert!(reclaims.iter().all(|e| e["actor"] == "user:olga"));
+    // Newest first: the entry keeps what the kiosk held.
+    assert_eq!(
+        reclaims[0]["detail"]["returned"],
+        json!([{"client": acme, "units": 10}]),
+        "{audit}"
+    );
+    assert_eq!(reclaims[1]["detail"]["returned"], json!([]), "{audit}");
 
     // The kiosk's own lease size replaces the client's (10 here).
     for bad in [
