@@ -9,19 +9,21 @@
 //! copy for lack of quota — a copy is a card that already exists; an
 //! overdraft is recorded and flagged, not rejected.
 //!
-//! Layout, from the leaves to the composition root (no module imports one
-//! below it in this list): [`clock`] and [`rng`] (time and chance, behind
-//! traits), [`config`] (one struct, file → env → flags), [`error`] (one error
-//! type, mapped to the wire error body), [`device`] (what a device's
-//! standing allows), [`ledger`] (the ledger's vocabulary
-//! and its store trait), [`db`] (PostgreSQL, by table, the login throttle
-//! included), [`auth`] (passwords, tokens, extractors), [`ws`] (the kiosks' hub), [`live`] (the
-//! dashboards' stream), [`announce`] (pushes waiting to be announced to
-//! the other instances), [`metrics`] (counters and their text format),
-//! [`admin`] (operators' changes, each audited), [`state`] (what handlers
-//! share), [`changes`] (PostgreSQL notifications to hub and dashboards),
-//! [`push`] (the push use case), [`routes`] (HTTP handlers), [`startup`] (the [`startup::Application`] used by `main` and
-//! the tests) and [`cli`] (the operator commands).
+//! Layout, from the leaves to the composition root (a module uses only
+//! modules before it in this list; docs/architecture.md draws the layers):
+//! the leaves [`clock`] (time, behind a trait), [`error`] (one error type,
+//! mapped to the wire error body), [`ws`] (the kiosks' hub), [`live`] (the
+//! dashboards' stream), [`metrics`] (counters and their text format),
+//! [`announce`] and [`heartbeats`] (what waits to be written together);
+//! [`rng`] (chance, behind a trait), [`device`] (what a device's standing
+//! allows), [`ledger`] (the ledger's vocabulary and its store trait),
+//! [`push`] (the push use case), [`db`] (PostgreSQL, by table, the login
+//! throttle included), [`auth`] (passwords, tokens, secrets, standing
+//! checks), [`config`] (one struct, file → env → flags), [`admin`]
+//! (operators' changes, each audited), [`state`] (what handlers share),
+//! [`changes`] (PostgreSQL notifications to hub and dashboards), [`routes`]
+//! (HTTP handlers), [`startup`] (the [`startup::Application`] used by `main`
+//! and the tests) and [`cli`] (the operator commands).
 
 pub mod admin;
 pub mod announce;
