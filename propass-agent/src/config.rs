@@ -110,7 +110,7 @@ agent_config! {
     heartbeat_secs: u64 = 30, "PROPASS_HEARTBEAT_SECS", "30",
         "how often the agent tells the server how it is doing (over the WebSocket; with each sync while the socket is down); 5 to 3600";
     stop_grace_secs: u64 = 10, "PROPASS_STOP_GRACE_SECS", "10",
-        "on SIGTERM, how long a card already being written may take to finish and be recorded (a flow still waiting for a card is cancelled at once); the rest of the stop takes up to 10 s more (answers, giving the lease back), so keep the sum below the unit's `TimeoutStopSec` (20 s)";
+        "on SIGTERM, how long a card already being written may take to finish and be recorded (a flow still waiting for a card is cancelled at once); the rest of the stop takes up to 15 s more (answers, giving the lease back, the last database writes), so keep the sum below the unit's `TimeoutStopSec` (30 s)";
     server_ca_file: Option<PathBuf> = None, "PROPASS_SERVER_CA_FILE", "—",
         "PEM file of the CA that signed the server's certificate, trusted besides the system's (a private PKI)";
     allow_insecure_http: bool = false, "PROPASS_ALLOW_INSECURE_HTTP", "false",

@@ -49,6 +49,9 @@ pub struct Field {
     /// Apply the write to this block but lose its acknowledgement (the card
     /// stays): the host cannot tell a written block from a refused one.
     pub lose_ack_of_write: Option<u8>,
+    /// Answer each command this much later (a slow reader or card: a
+    /// write then takes long enough to be interrupted).
+    pub slow: Option<std::time::Duration>,
     /// Stop answering (as `freeze_on_write`) when the field is next
     /// switched off after a write reached the card: the host is left at the
     /// start of its verification in a fresh field (to kill it there).
@@ -79,6 +82,7 @@ impl Default for Field {
             freeze_on_write: None,
             frozen: false,
             lose_ack_of_write: None,
+            slow: None,
             freeze_after_write: false,
             lift_after_write: false,
             lifted: None,
@@ -302,7 +306,11 @@ fn serve(mut port: std::fs::File, field: Arc<Mutex<Field>>, thawed: &Condvar) {
                 buf.clear();
                 continue;
             }
+            let slow = field.slow;
             drop(field);
+            if let Some(delay) = slow {
+                std::thread::sleep(delay);
+            }
             let _ = port.write_all(&ACK);
             match answer {
                 Some(body) => {

@@ -405,6 +405,14 @@ impl Agent {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// Sends SIGTERM and returns at once (see [`Agent::wait_exit`]).
+    pub fn sigterm(&self) {
+        let c = self.child.as_ref().expect("agent running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+
     /// Sets (or with `None` removes) an environment variable for the next starts.
     pub fn set_env(&mut self, key: &str, value: Option<&str>) {
         self.extra_env.retain(|(k, _)| k != key);

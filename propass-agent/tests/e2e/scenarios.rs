@@ -766,6 +766,51 @@ async fn a_kiosk_killed_while_writing_records_the_card_as_unverified_at_its_next
     assert_eq!(server.ledger_count().await, 1);
 }
 
+/// SIGTERM while a blank is being written: the write is past the point of
+/// no return, so the stop waits for it — the card is finished, verified and
+/// recorded (not left in doubt), and the agent then exits cleanly.
+#[tokio::test]
+async fn a_stop_during_a_write_lets_the_card_finish_and_be_recorded() {
+    use propass_nfc::emulator::{Tag, TagKind};
+    let server = Server::new().await;
+    let client = server.add_client("Stop Co", 5);
+    let badge = Tag::classic(TagKind::Classic1k, [0x04, 0xAB, 0x12, 0xCD]);
+    let (mut agent, emu) = agent_at_reader(&server, badge.clone()).await;
+    let mut events = agent
+        .http
+        .get("http://agent/v1/events")
+        .send()
+        .await
+        .unwrap();
+    let copy = begin_copy(&agent, client).await;
+    // A slow reader: the write takes seconds, the stop comes in the middle.
+    emu.with_field(|f| f.slow = Some(Duration::from_millis(15)));
+    emu.place(Some(Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04])));
+    wait_step(&mut events, "writing").await;
+    agent.sigterm();
+    let answer = copy.await.unwrap();
+    assert_eq!(answer.map(|(s, _)| s), Some(201), "the card was made");
+    assert!(agent.wait_exit().await.success(), "{}", agent.log());
+    let log = agent.log();
+    let (stop, made) = (
+        log.find("SIGTERM: stopping").expect("stopped by SIGTERM"),
+        log.find("card made and verified").expect("card made"),
+    );
+    assert!(stop < made, "the stop came during the write:\n{log}");
+    assert_eq!(emu.tag().unwrap().memory(), badge.memory(), "a whole copy");
+
+    agent.start().await;
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(server.ledger_count().await, 1);
+    assert_eq!(
+        server
+            .query_i64("SELECT count(*) FROM copies WHERE unverified")
+            .await,
+        0,
+        "verified, not in doubt"
+    );
+}
+
 /// A kiosk killed at each step of a copy — its intent written, the blank
 /// about to be written, the verification under way, the card verified but
 /// not recorded — finishes at its next start what it left: a blank that
