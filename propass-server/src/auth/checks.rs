@@ -22,18 +22,15 @@ pub fn bearer_token(req: &HttpRequest) -> Option<String> {
 }
 
 /// For a login token, refuses a user who is gone, disabled, or changed its
-/// password since (its epoch moved), or whose role may not make this call;
-/// returns the user as it is now. A device token names no user: `None`.
-/// The device is NOT checked (the push does it inside its transaction).
-pub async fn ensure_standing(
-    pool: &PgPool,
-    claims: &Claims,
-    purpose: Purpose,
-) -> Result<Option<User>, ApiError> {
+/// password since (its epoch moved), or whose role makes no kiosk call
+/// (nor renews a token for one); returns the user as it is now. A device
+/// token names no user: `None`. The device is NOT checked (the push does it
+/// inside its transaction).
+pub async fn ensure_standing(pool: &PgPool, claims: &Claims) -> Result<Option<User>, ApiError> {
     if claims.user().is_none() {
         return Ok(None);
     }
-    standing(&mut *pool.get().await?, claims, purpose).await
+    standing(&mut *pool.get().await?, claims).await
 }
 
 /// [`ensure_standing`], and the token's device admitted for `purpose`
@@ -50,14 +47,10 @@ pub async fn ensure_standing_on_active_device(
     if claims.user().is_none() {
         return Ok(None);
     }
-    standing(&mut conn, claims, purpose).await
+    standing(&mut conn, claims).await
 }
 
-async fn standing(
-    conn: &mut AsyncPgConnection,
-    claims: &Claims,
-    purpose: Purpose,
-) -> Result<Option<User>, ApiError> {
+async fn standing(conn: &mut AsyncPgConnection, claims: &Claims) -> Result<Option<User>, ApiError> {
     let Some((uid, username, _)) = claims.user() else {
         return Ok(None);
     };
@@ -73,7 +66,9 @@ async fn standing(
             "this token was revoked (the account's password or role changed): log in again".into(),
         ));
     }
-    if purpose == Purpose::KioskCall && !user.role.acts_as_kiosk() {
+    // Renewing too: an operator's login token makes no kiosk call, so it
+    // is not kept alive either.
+    if !user.role.acts_as_kiosk() {
         return Err(ApiError::Forbidden(format!(
             "a user with role {} does not make a kiosk's calls: log the kiosk in with a kiosk account",
             user.role.as_str()

@@ -42,7 +42,7 @@ impl FromRequest for KioskToken {
         let verified = verified(req);
         Box::pin(async move {
             let (state, claims) = verified?;
-            ensure_standing(&state.pool, &claims, Purpose::KioskCall).await?;
+            ensure_standing(&state.pool, &claims).await?;
             Ok(Self(claims))
         })
     }

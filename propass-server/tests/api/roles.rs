@@ -50,6 +50,36 @@ async fn only_kiosk_accounts_and_admins_make_a_kiosks_calls() {
         ),
     }
     assert_eq!(app.ledger_count().await, 0);
+    let heartbeat = app
+        .http
+        .post(format!("{}/api/devices/heartbeat", app.base))
+        .bearer_auth(&operator)
+        .json(
+            &json!({"agent_version": "0.1.0", "pending": 0, "failed": 0, "reader": "ok",
+            "blanks_written": 0, "blanks_failed": 0, "clock": chrono::Utc::now()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(heartbeat, 403).await, "forbidden");
+    assert_eq!(
+        error_code(app.refresh(&operator).await, 403).await,
+        "forbidden",
+        "an operator's kiosk-login token is not renewed either"
+    );
+    assert_eq!(
+        db::fleet::health(
+            &mut app.db().await,
+            app.state.config.fleet,
+            chrono::Utc::now(),
+            Some(&propass_protocol::DeviceId::parse("K1").unwrap())
+        )
+        .await
+        .unwrap()["K1"]
+            .heartbeat_at,
+        None,
+        "the refused heartbeat stored nothing"
+    );
 
     let res = app.login("kiosk-7", "kiosk-pass", "K2").await;
     app.approve("K2").await;
@@ -99,6 +129,12 @@ async fn disabling_a_user_or_changing_its_password_ends_its_tokens() {
     );
     let token = token_of(&app, "kiosk-7", "kiosk-pass", "K1").await;
     assert_eq!(app.pull(&token).await.status(), 200);
+    let mut ws = app.ws("/ws", &token, "K1").await;
+    send_json(&mut ws, &json!({"type": "ping"})).await;
+    assert_eq!(
+        next_json(&mut ws, WAIT).await,
+        Some(json!({"type": "pong"}))
+    );
     let hash = propass_server::auth::password::hash_password("new-pass").unwrap();
     db::users::update(&mut app.db().await, "kiosk-7", &hash, Role::Kiosk)
         .await
@@ -106,6 +142,11 @@ async fn disabling_a_user_or_changing_its_password_ends_its_tokens() {
     assert_eq!(
         error_code(app.pull(&token).await, 401).await,
         "invalid_token"
+    );
+    assert_eq!(
+        server_closes(&mut ws, WAIT).await,
+        Some(CloseCode::Policy),
+        "a password change closes the open socket too"
     );
     let refresh = app.refresh(&token).await;
     assert_eq!(
