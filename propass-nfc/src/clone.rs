@@ -63,30 +63,58 @@ impl Reader {
         Ok(None)
     }
 
-    /// One sector: its blocks and both keys, or `None` when it stays locked
-    /// (no key A, a block that will not read, or a secret key B not found).
+    /// Every block of `sector` as `key` (of `kind`) may read it: `None`
+    /// when the card refuses the key, else one entry per block, `None` for
+    /// a block its access conditions keep from this key (the refusal drops
+    /// the card out of its authentication: it is selected and authenticated
+    /// again for the blocks after it).
+    fn read_with(
+        &mut self,
+        tag: &TagInfo,
+        sector: u8,
+        kind: KeyType,
+        key: &Key,
+    ) -> NfcResult<Option<Vec<Option<[u8; 16]>>>> {
+        let first = Layout::first_block(sector);
+        if !self.try_auth(tag, first, kind, key)? {
+            return Ok(None);
+        }
+        let mut blocks = Vec::new();
+        for block in first..=Layout::trailer(sector) {
+            let got = self.read_block(block);
+            if got.is_none() {
+                self.select_uid(&tag.uid)?.ok_or(NfcError::TagRemoved)?;
+                if block < Layout::trailer(sector) && !self.try_auth(tag, first, kind, key)? {
+                    return Err(NfcError::TagRemoved);
+                }
+            }
+            blocks.push(got);
+        }
+        Ok(Some(blocks))
+    }
+
+    /// One sector: its blocks, both keys and the key that read it — key A,
+    /// or key B where the access conditions keep data from key A — or
+    /// `None` when it stays locked (no key A, a block neither key reads, or
+    /// a secret key B not found).
     fn read_sector(
         &mut self,
         tag: &TagInfo,
         sector: u8,
         keys: &KeyDictionary,
-    ) -> NfcResult<Option<(SectorKeys, Vec<[u8; 16]>)>> {
+    ) -> NfcResult<Option<(SectorKeys, Vec<[u8; 16]>, KeyType)>> {
         let Some(a) = self.find_key(tag, sector, KeyType::A, keys.keys())? else {
             return Ok(None);
         };
-        let first = Layout::first_block(sector);
-        let mut blocks = Vec::new();
-        for block in first..=Layout::trailer(sector) {
-            match self.read_block(block) {
-                Some(b) => blocks.push(b),
-                None => {
-                    self.select_uid(&tag.uid)?.ok_or(NfcError::TagRemoved)?;
-                    return Ok(None);
-                }
-            }
-        }
-        let trailer = blocks[blocks.len() - 1];
-        let b = if key_b_readable(&trailer[6..10]) {
+        let Some(mut blocks) = self.read_with(tag, sector, KeyType::A, &a)? else {
+            return Ok(None);
+        };
+        // Key A always reads the trailer's access bits (and key B when it is data).
+        let Some(trailer) = blocks.last().copied().flatten() else {
+            return Ok(None);
+        };
+        let b_readable = key_b_readable(&trailer[6..10]);
+        let b = if b_readable {
             trailer[10..].try_into().expect("6 bytes")
         } else {
             match self.find_key(tag, sector, KeyType::B, keys.keys())? {
@@ -94,7 +122,24 @@ impl Reader {
                 None => return Ok(None),
             }
         };
-        Ok(Some((SectorKeys { a, b }, blocks)))
+        let mut opened = KeyType::A;
+        if blocks.iter().any(Option::is_none) {
+            // A key B that reads as data opens nothing.
+            if b_readable {
+                return Ok(None);
+            }
+            let Some(with_b) = self.read_with(tag, sector, KeyType::B, &b)? else {
+                return Ok(None);
+            };
+            for (slot, got) in blocks.iter_mut().zip(with_b) {
+                if slot.is_none() {
+                    *slot = got;
+                }
+            }
+            opened = KeyType::B;
+        }
+        let blocks: Option<Vec<[u8; 16]>> = blocks.into_iter().collect();
+        Ok(blocks.map(|blocks| (SectorKeys { a, b }, blocks, opened)))
     }
 
     /// Reads every sector of the selected badge the dictionary opens.
@@ -108,9 +153,9 @@ impl Reader {
         let mut dump = Dump::new(layout);
         let mut opened = vec![None; layout.sectors() as usize];
         for sector in 0..layout.sectors() {
-            if let Some((k, blocks)) = self.read_sector(tag, sector, keys)? {
+            if let Some((k, blocks, key)) = self.read_sector(tag, sector, keys)? {
                 dump.put_sector(sector, k, &blocks);
-                opened[sector as usize] = Some(KeyType::A);
+                opened[sector as usize] = Some(key);
             }
         }
         let map = dump.map(&opened);
@@ -269,14 +314,24 @@ impl Reader {
         for sector in dump.read_sectors() {
             let keys = dump.keys(sector).expect("a read sector has keys");
             let first = Layout::first_block(sector);
-            if !self.try_auth(&tag, first, KeyType::A, &keys.a)? {
-                return Err(fail(sector, "key A does not open the copy".into()));
-            }
             let trailer = Layout::trailer(sector);
-            for block in first..=trailer {
-                let got = self
-                    .read_block(block)
-                    .ok_or_else(|| fail(sector, format!("block {block} does not read")))?;
+            let Some(mut read) = self.read_with(&tag, sector, KeyType::A, &keys.a)? else {
+                return Err(fail(sector, "key A does not open the copy".into()));
+            };
+            // Blocks the access conditions keep from key A read with key B,
+            // as on the badge.
+            if read.iter().any(Option::is_none) && !key_b_readable(&dump.block(trailer)[6..10]) {
+                if let Some(with_b) = self.read_with(&tag, sector, KeyType::B, &keys.b)? {
+                    for (slot, got) in read.iter_mut().zip(with_b) {
+                        if slot.is_none() {
+                            *slot = got;
+                        }
+                    }
+                }
+            }
+            for (block, got) in (first..=trailer).zip(read) {
+                let got =
+                    got.ok_or_else(|| fail(sector, format!("block {block} does not read")))?;
                 let want = dump.block(block);
                 let same = if block == trailer {
                     got[6..10] == want[6..10]

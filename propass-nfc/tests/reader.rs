@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use propass_nfc::emulator::{CardState, Emulator, Tag, TagKind};
-use propass_nfc::mifare::{Key, KeyDictionary, Layout};
+use propass_nfc::mifare::{Key, KeyDictionary, KeyType, Layout};
 use propass_nfc::{build_block0, BadgeRead, BlankKind, CardFamily, NfcError, Reader, ReaderThread};
 
 const BADGE: [u8; 4] = [0x04, 0xAB, 0x12, 0xCD];
@@ -321,6 +321,34 @@ fn a_badge_with_data_under_its_own_keys_is_copied_whole_onto_gen1a_and_gen2() {
                 BlankKind::Gen2
             })
         );
+        assert_eq!(
+            emu.tag().unwrap().memory(),
+            badge.memory(),
+            "{kind:?}: the copy's memory is the badge's"
+        );
+    }
+}
+
+/// Data only key B may read (access 011): read with key B, recorded as
+/// such in the sector map, written and verified the same way — not left out
+/// as "protected".
+#[test]
+fn a_sector_only_key_b_reads_is_read_with_it_and_copied() {
+    let b_only = [0x0F, 0x00, 0xFF, 0x69];
+    for kind in [TagKind::Gen1a, TagKind::Gen2] {
+        let badge = site_badge(TagKind::Classic1k, &BADGE, Layout::Classic1k).with_sector(
+            2,
+            SITE_KEY_A,
+            b_only,
+            SITE_KEY_B,
+            &data(0x20),
+        );
+        let (result, read, emu) =
+            copy_badge(badge.clone(), Tag::classic(kind, BLANK), &site_keys());
+        assert!(read.map.is_complete(), "{kind:?}: {}", read.map.summary());
+        assert_eq!(read.map.opened[2], Some(KeyType::B), "{kind:?}");
+        assert_eq!(read.map.opened[1], Some(KeyType::A), "{kind:?}");
+        assert!(result.is_ok(), "{kind:?}: {result:?}");
         assert_eq!(
             emu.tag().unwrap().memory(),
             badge.memory(),

@@ -76,6 +76,8 @@ pub struct Tag {
     state: CardState,
     /// Woken from HALT (the `*` states): an error sends it back to HALT, not IDLE.
     from_halt: bool,
+    /// The sector of `Auth` was opened with key B (access conditions differ).
+    auth_b: bool,
 }
 
 impl Tag {
@@ -173,6 +175,7 @@ impl Tag {
             uid_len: 4,
             state: CardState::Idle,
             from_halt: false,
+            auth_b: false,
         }
     }
 
@@ -402,6 +405,7 @@ impl Tag {
                     self.state = CardState::Auth {
                         sector: Layout::sector_of(rest[0]),
                     };
+                    self.auth_b = op == 0x61;
                     Ok(Vec::new())
                 } else {
                     self.fall_back();
@@ -409,7 +413,9 @@ impl Tag {
                 }
             }
             (0x30, _) if !rest.is_empty() && (rest[0] as usize) < blocks => match self.state {
-                CardState::Auth { sector } if sector == Layout::sector_of(rest[0]) => {
+                CardState::Auth { sector }
+                    if sector == Layout::sector_of(rest[0]) && self.may(rest[0], false) =>
+                {
                     Ok(self.read_block(rest[0]).to_vec())
                 }
                 _ => {
@@ -425,6 +431,11 @@ impl Tag {
                             // Block 0 is read-only: the card NAKs.
                             return Err(TIMEOUT);
                         }
+                        if !self.may(rest[0], true) {
+                            // Its access conditions keep this key from writing.
+                            self.fall_back();
+                            return Err(TIMEOUT);
+                        }
                         self.blocks[blk].copy_from_slice(&rest[1..17]);
                         Ok(Vec::new())
                     }
@@ -435,6 +446,54 @@ impl Tag {
                 }
             }
             _ => Err(TIMEOUT),
+        }
+    }
+
+    /// C1, C2, C3 of `block`'s access condition, from its sector trailer
+    /// (a 16-block sector of a 4K card has them per group of five blocks).
+    fn access_of(&self, block: u8) -> (u8, u8, u8) {
+        let sector = Layout::sector_of(block);
+        let trailer = Layout::trailer(sector);
+        let t = &self.blocks[trailer as usize];
+        let index = block - Layout::first_block(sector);
+        let j = if block == trailer {
+            3
+        } else if Layout::block_count(sector) == 4 {
+            index
+        } else {
+            index / 5
+        };
+        (
+            (t[7] >> (4 + j)) & 1,
+            (t[8] >> j) & 1,
+            (t[8] >> (4 + j)) & 1,
+        )
+    }
+
+    /// Whether the key the sector was opened with may read (or write)
+    /// `block`, by MIFARE Classic's access conditions. A key B that the
+    /// trailer shows as data grants nothing; a trailer is written whole, so
+    /// a write needs the key that may write all of it (001: key A, 011: key B).
+    fn may(&self, block: u8, write: bool) -> bool {
+        let trailer = Layout::trailer(Layout::sector_of(block));
+        if self.auth_b && key_b_readable(&self.blocks[trailer as usize][6..10]) {
+            return false;
+        }
+        let c = self.access_of(block);
+        if block == trailer {
+            return !write || matches!((c, self.auth_b), ((0, 0, 1), false) | ((0, 1, 1), true));
+        }
+        let (a, b) = match (write, c) {
+            (false, (0, 0, 0) | (0, 1, 0) | (1, 0, 0) | (1, 1, 0) | (0, 0, 1)) => (true, true),
+            (false, (0, 1, 1) | (1, 0, 1)) => (false, true),
+            (true, (0, 0, 0)) => (true, true),
+            (true, (1, 0, 0) | (1, 1, 0) | (0, 1, 1)) => (false, true),
+            _ => (false, false),
+        };
+        if self.auth_b {
+            b
+        } else {
+            a
         }
     }
 
@@ -467,6 +526,65 @@ mod tests {
     fn select(t: &mut Tag) -> Option<u8> {
         let cl = t.anticollision(1)?;
         t.select(1, &cl[..4])
+    }
+
+    /// Opens `block`'s sector with key B (`key_b`) or A, in a fresh field.
+    fn open(t: &mut Tag, block: u8, key_b: bool, key: &Key) -> Result<Vec<u8>, u8> {
+        t.power_cycle();
+        t.wake(false);
+        select(t);
+        let mut auth = vec![block];
+        auth.extend_from_slice(key);
+        auth.extend_from_slice(&UID);
+        t.mifare(if key_b { 0x61 } else { 0x60 }, &auth)
+    }
+
+    /// MIFARE Classic's access conditions: what each key may read and write.
+    #[test]
+    fn access_conditions_decide_what_each_key_may_do() {
+        const A: Key = [0xA1; 6];
+        const B: Key = [0xB1; 6];
+        // Sector 1: data read and written with key B only (011), the trailer
+        // written with key B (011); sector 2: transport (key B readable).
+        let b_only = [0x0F, 0x00, 0xFF, 0x69];
+        let transport = [0xFF, 0x07, 0x80, 0x69];
+        let mut t = Tag::classic(TagKind::Classic1k, UID)
+            .with_sector(1, A, b_only, B, &[[0x11; 16], [0x12; 16], [0x13; 16]])
+            .with_sector(2, A, transport, B, &[[0x21; 16]]);
+
+        assert_eq!(open(&mut t, 4, false, &A), Ok(vec![]));
+        assert!(
+            t.mifare(0x30, &[4]).is_err(),
+            "key A may not read B-only data"
+        );
+        assert_eq!(t.state(), CardState::Idle, "a refused read drops the card");
+        open(&mut t, 4, false, &A).unwrap();
+        let trailer = t.mifare(0x30, &[7]).expect("key A reads the access bits");
+        assert_eq!(&trailer[6..10], &b_only);
+        assert_eq!(&trailer[..6], &[0; 6], "key A never shows");
+        let mut write = vec![5];
+        write.extend_from_slice(&[0x99; 16]);
+        assert!(
+            t.mifare(0xA0, &write).is_err(),
+            "key A may not write it either"
+        );
+
+        assert_eq!(open(&mut t, 4, true, &B), Ok(vec![]));
+        assert_eq!(t.mifare(0x30, &[4]), Ok(vec![0x11; 16]));
+        assert_eq!(t.mifare(0xA0, &write), Ok(vec![]), "key B writes");
+        assert_eq!(t.mifare(0x30, &[5]), Ok(vec![0x99; 16]));
+
+        // A key B that reads as data (transport) opens nothing.
+        assert_eq!(open(&mut t, 8, true, &B), Ok(vec![]));
+        assert!(t.mifare(0x30, &[8]).is_err());
+        open(&mut t, 8, false, &A).unwrap();
+        assert_eq!(t.mifare(0x30, &[8]), Ok(vec![0x21; 16]));
+        // Transport: key A writes the whole trailer (001).
+        let mut trailer = vec![11];
+        trailer.extend_from_slice(&[0xA2; 6]);
+        trailer.extend_from_slice(&transport);
+        trailer.extend_from_slice(&[0xB2; 6]);
+        assert_eq!(t.mifare(0xA0, &trailer), Ok(vec![]));
     }
 
     /// The ISO/IEC 14443-3 transitions, one by one.
