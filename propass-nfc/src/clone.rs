@@ -22,6 +22,14 @@ pub fn layout_of(tag: &TagInfo) -> Option<Layout> {
     }
 }
 
+/// One sector as read: both keys, its blocks (the trailer last, as a read
+/// shows it), and the key that read its data.
+struct SectorRead {
+    keys: SectorKeys,
+    blocks: Vec<[u8; 16]>,
+    opened: KeyType,
+}
+
 impl Reader {
     /// Authenticates to `block` with `key`; `false` when the card refused it
     /// (it is then selected again, since a refusal drops it out of ACTIVE).
@@ -102,7 +110,7 @@ impl Reader {
         tag: &TagInfo,
         sector: u8,
         keys: &KeyDictionary,
-    ) -> NfcResult<Option<(SectorKeys, Vec<[u8; 16]>, KeyType)>> {
+    ) -> NfcResult<Option<SectorRead>> {
         let Some(a) = self.find_key(tag, sector, KeyType::A, keys.keys())? else {
             return Ok(None);
         };
@@ -139,7 +147,11 @@ impl Reader {
             opened = KeyType::B;
         }
         let blocks: Option<Vec<[u8; 16]>> = blocks.into_iter().collect();
-        Ok(blocks.map(|blocks| (SectorKeys { a, b }, blocks, opened)))
+        Ok(blocks.map(|blocks| SectorRead {
+            keys: SectorKeys { a, b },
+            blocks,
+            opened,
+        }))
     }
 
     /// Reads every sector of the selected badge the dictionary opens.
@@ -153,9 +165,9 @@ impl Reader {
         let mut dump = Dump::new(layout);
         let mut opened = vec![None; layout.sectors() as usize];
         for sector in 0..layout.sectors() {
-            if let Some((k, blocks, key)) = self.read_sector(tag, sector, keys)? {
-                dump.put_sector(sector, k, &blocks);
-                opened[sector as usize] = Some(key);
+            if let Some(read) = self.read_sector(tag, sector, keys)? {
+                dump.put_sector(sector, read.keys, &read.blocks);
+                opened[sector as usize] = Some(read.opened);
             }
         }
         let map = dump.map(&opened);
