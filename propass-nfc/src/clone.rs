@@ -30,6 +30,16 @@ struct SectorRead {
     opened: KeyType,
 }
 
+/// Badge contents are zeroed once copied into the dump, as the dump is.
+impl Drop for SectorRead {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.blocks.zeroize();
+        self.keys.a.zeroize();
+        self.keys.b.zeroize();
+    }
+}
+
 impl Reader {
     /// Authenticates to `block` with `key`; `false` when the card refused it
     /// (it is then selected again, since a refusal drops it out of ACTIVE).
