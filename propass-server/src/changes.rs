@@ -441,3 +441,41 @@ async fn on_audit(state: &AppState, payload: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// What follows a committed push: the charged quotas to the kiosks serving
+/// those clients, its answers' events to the pushing device, its new copies
+/// and charged clients on open dashboards (they see the badge UID in the
+/// ledger, not in the feed), and the copies announced to the other
+/// instances (their kiosks and dashboards).
+pub async fn after_push(state: &AppState, device: &DeviceId, done: &crate::push::PushDone) {
+    state.hub.send_quota_updates(&done.quota_updates);
+    state.hub.send_all_to_device(device, &done.to_pusher);
+    let copies: Vec<&propass_protocol::CopyCompleted> = done
+        .to_pusher
+        .iter()
+        .filter_map(|m| match m {
+            propass_protocol::WsMessage::CopyCompleted(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let ids = copies.iter().map(|c| c.ledger_id);
+    if let (Some(min), Some(max)) = (ids.clone().min(), ids.max()) {
+        state.announcements.add(device, min, max);
+    }
+    if state.live.is_empty() {
+        return;
+    }
+    let received_at = state.clock.now();
+    for c in copies {
+        let unverified = done.unverified.contains(&c.ledger_id);
+        state.live.publish(&copy_frame(c, received_at, unverified));
+    }
+    let clients: Vec<i64> = done
+        .quota_updates
+        .iter()
+        .map(|q| q.client_id.get())
+        .collect();
+    if let Err(e) = publish_clients(state, &clients).await {
+        tracing::debug!(error = %e, "cannot show charged clients on dashboards");
+    }
+}

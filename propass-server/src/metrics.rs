@@ -97,6 +97,26 @@ impl Metrics {
         }
     }
 
+    /// Counts a push's items by outcome, from its answer.
+    pub fn count_push(&self, response: &propass_protocol::PushResponse) {
+        use propass_protocol::PushStatus;
+        let (mut new, mut duplicate, mut failed, mut overdraft) = (0, 0, 0, 0);
+        for r in &response.data {
+            match (r.status, r.duplicate) {
+                (PushStatus::Synced, true) => duplicate += 1,
+                (PushStatus::Synced, false) => {
+                    new += 1;
+                    overdraft += u64::from(r.overdraft);
+                }
+                _ => failed += 1,
+            }
+        }
+        self.push_items(PushOutcome::New, new);
+        self.push_items(PushOutcome::Duplicate, duplicate);
+        self.push_items(PushOutcome::Failed, failed);
+        self.push_items(PushOutcome::Overdraft, overdraft);
+    }
+
     /// Requests counted for `route` (tests).
     pub fn requests_of(&self, route: &str) -> u64 {
         lock(&self.requests)

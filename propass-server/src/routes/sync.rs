@@ -51,69 +51,9 @@ pub async fn push(
         };
         push::push(&mut ledger, &device, caller, &batch, now).await?
     };
-    state.hub.send_quota_updates(&done.quota_updates);
-    state.hub.send_all_to_device(&device, &done.to_pusher);
-    count_items(&state, &done.response);
-    show_on_dashboards(&state, &device, &done).await;
+    state.metrics.count_push(&done.response);
+    crate::changes::after_push(&state, &device, &done).await;
     Ok(HttpResponse::Ok().json(done.response))
-}
-
-/// Counts the push's items by outcome for `/metrics`.
-fn count_items(state: &AppState, response: &propass_protocol::PushResponse) {
-    use crate::metrics::PushOutcome;
-    use propass_protocol::PushStatus;
-    let (mut new, mut duplicate, mut failed, mut overdraft) = (0, 0, 0, 0);
-    for r in &response.data {
-        match (r.status, r.duplicate) {
-            (PushStatus::Synced, true) => duplicate += 1,
-            (PushStatus::Synced, false) => {
-                new += 1;
-                overdraft += u64::from(r.overdraft);
-            }
-            _ => failed += 1,
-        }
-    }
-    let m = &state.metrics;
-    m.push_items(PushOutcome::New, new);
-    m.push_items(PushOutcome::Duplicate, duplicate);
-    m.push_items(PushOutcome::Failed, failed);
-    m.push_items(PushOutcome::Overdraft, overdraft);
-}
-
-/// The push's new copies and the clients it charged, on open dashboards
-/// (they see the badge UID in the ledger, not in the feed), and announced to
-/// the other instances (their kiosks and dashboards).
-async fn show_on_dashboards(state: &AppState, device: &DeviceId, done: &push::PushDone) {
-    let copies: Vec<&propass_protocol::CopyCompleted> = done
-        .to_pusher
-        .iter()
-        .filter_map(|m| match m {
-            propass_protocol::WsMessage::CopyCompleted(c) => Some(c),
-            _ => None,
-        })
-        .collect();
-    let ids = copies.iter().map(|c| c.ledger_id);
-    if let (Some(min), Some(max)) = (ids.clone().min(), ids.max()) {
-        state.announcements.add(device, min, max);
-    }
-    if state.live.is_empty() {
-        return;
-    }
-    let received_at = state.clock.now();
-    for c in copies {
-        let unverified = done.unverified.contains(&c.ledger_id);
-        state
-            .live
-            .publish(&crate::changes::copy_frame(c, received_at, unverified));
-    }
-    let clients: Vec<i64> = done
-        .quota_updates
-        .iter()
-        .map(|q| q.client_id.get())
-        .collect();
-    if let Err(e) = crate::changes::publish_clients(state, &clients).await {
-        tracing::debug!(error = %e, "cannot show charged clients on dashboards");
-    }
 }
 
 /// Optional query of `GET /api/sync/pull`.
