@@ -165,6 +165,9 @@ pub(crate) fn auth_uid(uid: &[u8]) -> &[u8] {
     &uid[uid.len().saturating_sub(4)..]
 }
 
+/// How long the field stays off to reset every card in it.
+const FIELD_RESET: Duration = Duration::from_millis(10);
+
 /// How long cards get to power up after the field comes back.
 const FIELD_POWER_UP: Duration = Duration::from_millis(5);
 
@@ -253,6 +256,10 @@ impl Reader {
         let fail = |e: nfc1::Error| NfcError::ReaderUnplugged(format!("{e:?}"));
         d.set_property_bool(Property::ActivateField, false)
             .map_err(fail)?;
+        // A card keeps its state through a short gap (its capacitor holds
+        // it): only a field off long enough resets it (ISO/IEC 14443-3's
+        // reset time, 5 to 10 ms).
+        std::thread::sleep(FIELD_RESET);
         d.set_property_bool(Property::ActivateField, true)
             .map_err(fail)?;
         // Cards need a moment to power up once the field is back
