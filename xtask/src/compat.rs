@@ -54,6 +54,11 @@ pub fn run(database_url: &str) -> Result<(), String> {
             server.display()
         ));
     }
+    // A database of its own, dropped after the check: a server given with
+    // DATABASE_URL keeps nothing of it.
+    let db =
+        propass_test_support::TestDatabase::create_in_blocking(database_url, "propass_compat")?;
+    let database_url = db.url();
     let seed = seed_database(&server, database_url)?;
     let bind = format!("127.0.0.1:{}", propass_test_support::free_port());
     let _server = sys::Guard::spawn(
