@@ -712,7 +712,7 @@ async fn main() -> Result<(), String> {
         .map(|(f, n)| format!("{f} {n}"))
         .collect();
     println!("rounds   by fault picked: {}", faults.join(", "));
-    println!("checks   after every round: ledger == every acknowledged operation and card, once; charged once; leases == quotas.leased; used + leased <= total or flagged");
+    println!("checks   after every round: ledger == every acknowledged operation and card, once; charged once; leases == quotas.leased; used - overdrafts + leased <= total");
     println!("         0 violations");
     Ok(())
 }
