@@ -59,20 +59,6 @@ impl TestDatabase {
         })
     }
 
-    /// [`Self::create_in`] for a caller without an async runtime (xtask).
-    pub fn create_in_blocking(base: &str, prefix: &str) -> Result<Self, String> {
-        let (base, prefix) = (base.to_owned(), prefix.to_owned());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(Self::create_in(&base, &prefix))
-        })
-        .join()
-        .map_err(|_| "creating the database panicked".to_string())?
-    }
-
     /// Its URL.
     pub fn url(&self) -> &str {
         &self.url

@@ -56,9 +56,8 @@ pub fn run(database_url: &str) -> Result<(), String> {
     }
     // A database of its own, dropped after the check: a server given with
     // DATABASE_URL keeps nothing of it.
-    let db =
-        propass_test_support::TestDatabase::create_in_blocking(database_url, "propass_compat")?;
-    let database_url = db.url();
+    let db = ScratchDatabase::create(database_url)?;
+    let database_url = db.url.as_str();
     let seed = seed_database(&server, database_url)?;
     let bind = format!("127.0.0.1:{}", propass_test_support::free_port());
     let _server = sys::Guard::spawn(
@@ -88,6 +87,76 @@ pub fn run(database_url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("the seed client failed against the server".into())
+    }
+}
+
+/// A database of the check's own in the server of `base`, dropped with it.
+struct ScratchDatabase {
+    base: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    fn create(base: &str) -> Result<Self, String> {
+        let name = format!("propass_compat_{}", std::process::id());
+        // A leftover of a killed run that had the same process id.
+        psql(
+            base,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )?;
+        psql(base, &format!("CREATE DATABASE {name}"))?;
+        Ok(Self {
+            url: with_database(base, &name),
+            base: base.to_owned(),
+            name,
+        })
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = psql(&self.base, &sql) {
+            eprintln!("xtask: warning: database {} not dropped: {e}", self.name);
+        }
+    }
+}
+
+/// Runs one SQL statement with psql (PostgreSQL's client, which xtask installs).
+fn psql(url: &str, sql: &str) -> Result<(), String> {
+    let psql = if sys::on_path("psql") {
+        PathBuf::from("psql")
+    } else {
+        crate::pg::find_bin_dir()
+            .map(|d| d.join("psql"))
+            .filter(|p| p.is_file())
+            .ok_or("psql not found (PostgreSQL's client)")?
+    };
+    let ok = run_status(
+        Command::new(psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+            .stdout(std::process::Stdio::null()),
+    )?;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("psql failed: {sql}"))
+    }
+}
+
+/// `url` naming database `name` instead of its own (query string kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let authority = head.find("://").map_or(0, |i| i + 3);
+    let server = head[authority..]
+        .find('/')
+        .map_or(head, |i| &head[..authority + i]);
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
     }
 }
 

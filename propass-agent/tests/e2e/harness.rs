@@ -258,6 +258,12 @@ impl Server {
         self.query_i64("SELECT count(*) FROM copies").await
     }
 
+    /// Copies in the ledger flagged unverified (in doubt).
+    pub async fn unverified_count(&self) -> i64 {
+        self.query_i64("SELECT count(*) FROM copies WHERE unverified")
+            .await
+    }
+
     /// The sector map of every copy in the ledger, oldest first.
     pub async fn ledger_sectors(&self) -> Vec<Option<String>> {
         let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)

@@ -699,6 +699,22 @@ async fn copy_at_reader(
     copy.await.unwrap().expect("the agent answered")
 }
 
+/// A copy whose blank may hold part of the badge: answered 422
+/// `copy_unverified` (it is recorded unverified, charged, flagged).
+async fn copy_in_doubt(
+    agent: &Agent,
+    emu: &propass_nfc::emulator::Emulator,
+    client: i64,
+    blank: propass_nfc::emulator::Tag,
+) {
+    let (s, v) = copy_at_reader(agent, emu, client, blank).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("copy_unverified")),
+        "{v}"
+    );
+}
+
 /// An agent at an emulated reader holding `badge`, enrolled and synced.
 async fn agent_at_reader(
     server: &Server,
@@ -752,9 +768,7 @@ async fn a_kiosk_killed_while_writing_records_the_card_as_unverified_at_its_next
     assert_eq!(agent.sync().await.0, 200);
     assert_eq!(server.ledger_count().await, 1);
     assert_eq!(
-        server
-            .query_i64("SELECT count(*) FROM copies WHERE unverified")
-            .await,
+        server.unverified_count().await,
         1,
         "flagged for an operator"
     );
@@ -802,13 +816,7 @@ async fn a_stop_during_a_write_lets_the_card_finish_and_be_recorded() {
     agent.start().await;
     assert_eq!(agent.sync().await.0, 200);
     assert_eq!(server.ledger_count().await, 1);
-    assert_eq!(
-        server
-            .query_i64("SELECT count(*) FROM copies WHERE unverified")
-            .await,
-        0,
-        "verified, not in doubt"
-    );
+    assert_eq!(server.unverified_count().await, 0, "verified, not in doubt");
 }
 
 /// A kiosk killed at each step of a copy — its intent written, the blank
@@ -894,13 +902,7 @@ async fn a_kiosk_killed_at_any_step_of_a_copy_leaves_the_ledger_exact() {
         // holds: charged and flagged for an operator, never free.
         recorded += i64::from(point != "reserved");
         assert_eq!(server.ledger_count().await, recorded, "{point}");
-        assert_eq!(
-            server
-                .query_i64("SELECT count(*) FROM copies WHERE unverified")
-                .await,
-            recorded,
-            "{point}"
-        );
+        assert_eq!(server.unverified_count().await, recorded, "{point}");
         assert_eq!(server.used(client), recorded, "{point}: charged once");
         assert_eq!(agent.pending().await, 0, "{point}");
     }
@@ -927,26 +929,16 @@ async fn a_blank_lifted_mid_write_is_charged_and_a_kill_before_the_write_is_not(
     let (mut agent, emu) = agent_at_reader(&server, badge.clone()).await;
 
     emu.with_field(|f| f.remove_on_write = Some(4));
-    let (s, v) = copy_at_reader(
+    copy_in_doubt(
         &agent,
         &emu,
         client,
         Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x04]),
     )
     .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (422, Some("copy_unverified")),
-        "{v}"
-    );
     assert_eq!(agent.remaining(client).await, Some(4), "charged");
     assert_eq!(agent.sync().await.0, 200);
-    assert_eq!(
-        server
-            .query_i64("SELECT count(*) FROM copies WHERE unverified")
-            .await,
-        1
-    );
+    assert_eq!(server.unverified_count().await, 1);
 
     // Killed while it waits for a blank: nothing was written, the unit goes back.
     emu.place(Some(badge.clone()));
@@ -974,18 +966,13 @@ async fn a_blank_lifted_mid_write_is_charged_and_a_kill_before_the_write_is_not(
     // is charged and flagged — never a repeatable free copy.
     emu.place(Some(badge.clone()));
     emu.with_field(|f| f.lift_after_write = true);
-    let (s, v) = copy_at_reader(
+    copy_in_doubt(
         &agent,
         &emu,
         client,
         Tag::classic(TagKind::Gen1a, [0x09, 0x0A, 0x0B, 0x0C]),
     )
     .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (422, Some("copy_unverified")),
-        "{v}"
-    );
     let lifted = emu
         .with_field(|f| f.lifted.take())
         .expect("the blank was lifted");
@@ -996,12 +983,7 @@ async fn a_blank_lifted_mid_write_is_charged_and_a_kill_before_the_write_is_not(
     );
     assert_eq!(agent.remaining(client).await, Some(3), "charged");
     assert_eq!(agent.sync().await.0, 200);
-    assert_eq!(
-        server
-            .query_i64("SELECT count(*) FROM copies WHERE unverified")
-            .await,
-        2
-    );
+    assert_eq!(server.unverified_count().await, 2);
 
     // The badge's UID is what it takes to clone it: it is in no log line
     // (both run at the default level, info), a failed verification's included.

@@ -1255,7 +1255,6 @@ async fn the_live_stream_shows_copies_top_ups_kiosks_and_its_own_end() {
 #[tokio::test]
 async fn metrics_are_served_on_their_own_address_and_count_what_happened() {
     let app = spawn_with(|c| c.metrics_bind = Some("127.0.0.1:0".parse().unwrap())).await;
-    let port = app.metrics_port.expect("metrics served");
     let acme = app.add_client("ACME", 2).await;
     let token = app.token("K1").await;
     let _ws = app.ws("/ws", &token, "K1").await;
@@ -1267,29 +1266,12 @@ async fn metrics_are_served_on_their_own_address_and_count_what_happened() {
     .await;
     let _ = app.admin_login(ADMIN.0, "wrong").await;
     // The kiosk's disk is full.
-    let res = app
-        .http
-        .post(format!("{}/api/devices/heartbeat", app.base))
-        .bearer_auth(&token)
-        .json(
-            &json!({"agent_version": "0.1.0", "pending": 0, "failed": 0, "reader": "ok",
-            "blanks_written": 0, "blanks_failed": 0, "storage_error": "database or disk is full",
-            "clock": chrono::Utc::now()}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let full = json!({"agent_version": "0.1.0", "pending": 0, "failed": 0, "reader": "ok",
+        "blanks_written": 0, "blanks_failed": 0, "storage_error": "database or disk is full",
+        "clock": chrono::Utc::now()});
+    assert_eq!(app.post_heartbeat(&token, &full).await.status(), 200);
 
-    let text = app
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.scrape_metrics().await;
     for want in [
         "propass_push_items_total{outcome=\"new\"} 3",
         "propass_push_items_total{outcome=\"duplicate\"} 1",
@@ -1317,28 +1299,11 @@ async fn metrics_are_served_on_their_own_address_and_count_what_happened() {
     // false "reader down"); a revoked kiosk is not expected to be heard
     // from (no "kiosk silent" for ever).
     let k2 = app.token("K2").await;
-    let res = app
-        .http
-        .post(format!("{}/api/devices/heartbeat", app.base))
-        .bearer_auth(&k2)
-        .json(
-            &json!({"agent_version": "0.1.0", "pending": 0, "failed": 0, "reader": "unknown",
-            "blanks_written": 0, "blanks_failed": 0, "clock": chrono::Utc::now()}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let unknown = json!({"agent_version": "0.1.0", "pending": 0, "failed": 0, "reader": "unknown",
+        "blanks_written": 0, "blanks_failed": 0, "clock": chrono::Utc::now()});
+    assert_eq!(app.post_heartbeat(&k2, &unknown).await.status(), 200);
     app.revoke("K1").await;
-    let text = app
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.scrape_metrics().await;
     assert!(
         text.contains("propass_device_online{device=\"K2\"} 1"),
         "{text}"

@@ -77,13 +77,8 @@ async fn a_kiosk_heartbeat_shows_in_the_fleet_view_with_what_needs_a_look() {
 
     // Its socket down, the kiosk reports over HTTP: all well now.
     let res = app
-        .http
-        .post(format!("{}/api/devices/heartbeat", app.base))
-        .bearer_auth(&token)
-        .json(&heartbeat(Utc::now(), "ok", 0, 0))
-        .send()
-        .await
-        .unwrap();
+        .post_heartbeat(&token, &heartbeat(Utc::now(), "ok", 0, 0))
+        .await;
     assert_eq!(res.status(), 200);
     let row = fleet_row(&app, "K1").await;
     assert_eq!(row["health"]["flags"], json!([]), "{row}");

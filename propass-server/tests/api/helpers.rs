@@ -336,6 +336,30 @@ impl TestApp {
         body["token"].as_str().unwrap().to_owned()
     }
 
+    /// `POST /api/devices/heartbeat` with `body`, as `token`.
+    pub async fn post_heartbeat(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/devices/heartbeat", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The text of `/metrics` on the metrics address.
+    pub async fn scrape_metrics(&self) -> String {
+        let port = self.metrics_port.expect("metrics served");
+        self.http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn push(&self, token: &str, body: &Value) -> reqwest::Response {
         self.http
             .post(format!("{}/api/sync/push", self.base))
