@@ -1,12 +1,16 @@
-//! `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server
-//! and K real agents (each at an emulated PN532 through the real libnfc)
-//! making copies and recording operations while each round injects a fault
-//! picked from the seed: an agent killed mid-write or at rest, the server
-//! restarted, PostgreSQL restarted, answers lost after the server
-//! committed, the network cut, a card lifted mid-write, an operator top-up
-//! or lease reclaim, a kiosk's disk full before a copy or filling up while
-//! the blank is written (each kiosk's state is on a tmpfs of its own, where
-//! this machine makes private mount namespaces). After every
+//! `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K] [--quota Q]`: the
+//! real server and K real agents (each at an emulated PN532 through the real
+//! libnfc) making copies and recording operations while each round injects a
+//! fault picked from the seed — an agent killed mid-write or at rest, or
+//! stopped cleanly (its leases given back), the server restarted or killed,
+//! PostgreSQL restarted, answers lost after the server committed, the
+//! network cut, a card lifted mid-write, an operator top-up or lease
+//! reclaim, a kiosk's disk full before a copy or filling up while the blank
+//! is written (each kiosk's state is on a tmpfs of its own, where this
+//! machine makes private mount namespaces) — and one round in four a second
+//! fault of the world around the kiosks on top. The client's quota (Q,
+//! by default half of what the rounds ask) runs out, so leases run dry and
+//! copies are refused, offline and online. After every
 //! round, with the faults healed and every agent synced, it checks:
 //!
 //! - every operation a kiosk acknowledged, and every card that may exist, is
@@ -69,9 +73,11 @@ enum Fault {
     ReclaimLease,
     FullDisk,
     FullDiskMidWrite,
+    KillServer,
+    StopAgent,
 }
 
-const FAULTS: [Fault; 12] = [
+const FAULTS: [Fault; 14] = [
     Fault::None,
     Fault::KillMidWrite,
     Fault::KillAtRest,
@@ -84,7 +90,36 @@ const FAULTS: [Fault; 12] = [
     Fault::ReclaimLease,
     Fault::FullDisk,
     Fault::FullDiskMidWrite,
+    Fault::KillServer,
+    Fault::StopAgent,
 ];
+
+/// Faults of the world around the kiosks, one of which may come on top of
+/// a round's first fault.
+const SECOND: [Fault; 7] = [
+    Fault::RestartServer,
+    Fault::KillServer,
+    Fault::RestartDatabase,
+    Fault::LoseAnswers,
+    Fault::CutNetwork,
+    Fault::TopUp,
+    Fault::ReclaimLease,
+];
+
+/// Whether two faults can be injected in one round: one proxy mode at a
+/// time, one way for the server to go, and no operator command while
+/// PostgreSQL restarts (it would fail, as an operator's would).
+fn compatible(a: Fault, b: Fault) -> bool {
+    use Fault::{
+        CutNetwork, KillServer, LoseAnswers, ReclaimLease, RestartDatabase, RestartServer, TopUp,
+    };
+    let clash = |x, y| (a, b) == (x, y) || (a, b) == (y, x);
+    a != b
+        && !clash(LoseAnswers, CutNetwork)
+        && !clash(RestartServer, KillServer)
+        && !clash(RestartDatabase, TopUp)
+        && !clash(RestartDatabase, ReclaimLease)
+}
 
 fn opt(name: &str, default: u64) -> Result<u64, String> {
     let args: Vec<String> = std::env::args().collect();
@@ -151,6 +186,12 @@ impl Server {
             p.terminate();
         }
     }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc_.take() {
+            p.kill();
+        }
+    }
 }
 
 /// Polls `check` until it holds, at most `limit`.
@@ -182,6 +223,8 @@ struct Kiosk {
     acked: Vec<String>,
     /// Operations refused because its disk was full.
     disk_refusals: u64,
+    /// Operations refused for want of units (lease and quota spent).
+    quota_refusals: u64,
 }
 
 impl Kiosk {
@@ -223,6 +266,13 @@ impl Kiosk {
         }
     }
 
+    /// SIGTERM: a clean stop, which gives the kiosk's leases back.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc_.take() {
+            p.terminate();
+        }
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
@@ -259,7 +309,10 @@ impl Kiosk {
                 );
                 Ok(())
             }
-            Some((409, v)) if v["error"]["code"] == "quota_exhausted" => Ok(()),
+            Some((409, v)) if v["error"]["code"] == "quota_exhausted" => {
+                self.quota_refusals += 1;
+                Ok(())
+            }
             // Its disk is full: nothing recorded.
             Some((503, v)) if v["error"]["code"] == "recording_unavailable" => {
                 self.disk_refusals += 1;
@@ -417,6 +470,10 @@ struct Tally {
     disk_refused: u64,
     /// Cards made as the disk filled, recorded once it was freed.
     recorded_later: u64,
+    /// Copies refused before a blank for want of units.
+    copies_refused: u64,
+    /// Rounds with two faults at once.
+    double_rounds: u64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -442,15 +499,12 @@ async fn main() -> Result<(), String> {
         proc_: None,
     };
     server.cli(&["migrate"])?;
+    // Each round asks 2 units of each kiosk: by default the quota covers
+    // half of that (top-ups add some), so leases run dry and kiosks refuse
+    // copies offline as well as online.
+    let quota = opt("--quota", rounds * kiosks_n + 20)?;
     let client: i64 = server
-        // Enough for most rounds; leases of 5 still run out between syncs.
-        .cli(&[
-            "client",
-            "add",
-            "Chaos",
-            "--quota",
-            &(rounds * kiosks_n * 2 + 20).to_string(),
-        ])?
+        .cli(&["client", "add", "Chaos", "--quota", &quota.to_string()])?
         .trim()
         .parse()
         .map_err(|_| "bad client id")?;
@@ -480,6 +534,7 @@ async fn main() -> Result<(), String> {
             http,
             acked: Vec::new(),
             disk_refusals: 0,
+            quota_refusals: 0,
         };
         k.start().await?;
         let code: Value = serde_json::from_str(&server.cli(&[
@@ -513,59 +568,81 @@ async fn main() -> Result<(), String> {
     let mut serial: u64 = 0;
     let started = Instant::now();
     for round in 1..=rounds {
-        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        let first = FAULTS[rng.below(FAULTS.len() as u64) as usize];
         let victim = rng.below(kiosks_n) as usize;
-        *tally.faults.entry(format!("{fault:?}")).or_default() += 1;
+        let mut faults = vec![first];
+        if rng.below(4) == 0 {
+            let second = SECOND[rng.below(SECOND.len() as u64) as usize];
+            if compatible(first, second) {
+                faults.push(second);
+            }
+        }
+        for f in &faults {
+            *tally.faults.entry(format!("{f:?}")).or_default() += 1;
+        }
+        if faults.len() > 1 {
+            tally.double_rounds += 1;
+        }
+        let has = |f: Fault| faults.contains(&f);
         let fail = |e: String| {
-            format!("round {round} (seed {seed}, fault {fault:?} on kiosk {victim}): {e}")
+            format!("round {round} (seed {seed}, faults {faults:?} on kiosk {victim}): {e}")
         };
 
         // PostgreSQL restarts while the kiosks work (the server answers 503
         // meanwhile and must recover by itself).
         let mut pg_restarting = None;
-        match fault {
-            Fault::RestartDatabase => {
-                if let Some(argv) = pg_restart.clone() {
-                    pg_restarting = Some(tokio::task::spawn_blocking(move || {
-                        Command::new(&argv[0])
-                            .args(&argv[1..])
-                            .stdin(Stdio::null())
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status()
-                            .map(|s| s.success())
-                    }));
+        for fault in faults.iter().copied() {
+            match fault {
+                Fault::RestartDatabase => {
+                    if let Some(argv) = pg_restart.clone() {
+                        pg_restarting = Some(tokio::task::spawn_blocking(move || {
+                            Command::new(&argv[0])
+                                .args(&argv[1..])
+                                .stdin(Stdio::null())
+                                .stdout(Stdio::null())
+                                .stderr(Stdio::null())
+                                .status()
+                                .map(|s| s.success())
+                        }));
+                    }
                 }
-            }
-            Fault::LoseAnswers => proxy.set(Mode::SwallowAnswers),
-            Fault::CutNetwork => proxy.set(Mode::Cut),
-            Fault::RestartServer => server.stop(),
-            Fault::FullDisk => {
-                if let Some(disk) = kiosks[victim].disk.as_mut() {
-                    disk.fill().map_err(fail)?;
+                Fault::LoseAnswers => proxy.set(Mode::SwallowAnswers),
+                Fault::CutNetwork => proxy.set(Mode::Cut),
+                Fault::RestartServer => server.stop(),
+                Fault::KillServer => server.kill(),
+                Fault::StopAgent => {
+                    // A clean stop gives the kiosk's leases back; it starts
+                    // again (and pulls new ones) before the round's copies.
+                    kiosks[victim].stop();
+                    kiosks[victim].start().await.map_err(fail)?;
                 }
+                Fault::FullDisk => {
+                    if let Some(disk) = kiosks[victim].disk.as_mut() {
+                        disk.fill().map_err(fail)?;
+                    }
+                }
+                Fault::TopUp => {
+                    server
+                        .cli(&[
+                            "quota",
+                            "add",
+                            &client.to_string(),
+                            "10",
+                            "--reason",
+                            "chaos top-up",
+                        ])
+                        .map_err(fail)?;
+                }
+                Fault::ReclaimLease => {
+                    let (_, st) = kiosks[victim]
+                        .call(reqwest::Method::GET, "/v1/status", None)
+                        .await
+                        .ok_or_else(|| fail("no status".into()))?;
+                    let device = st["device_id"].as_str().unwrap_or_default().to_owned();
+                    server.cli(&["device", "reclaim", &device]).map_err(fail)?;
+                }
+                _ => {}
             }
-            Fault::TopUp => {
-                server
-                    .cli(&[
-                        "quota",
-                        "add",
-                        &client.to_string(),
-                        "10",
-                        "--reason",
-                        "chaos top-up",
-                    ])
-                    .map_err(fail)?;
-            }
-            Fault::ReclaimLease => {
-                let (_, st) = kiosks[victim]
-                    .call(reqwest::Method::GET, "/v1/status", None)
-                    .await
-                    .ok_or_else(|| fail("no status".into()))?;
-                let device = st["device_id"].as_str().unwrap_or_default().to_owned();
-                server.cli(&["device", "reclaim", &device]).map_err(fail)?;
-            }
-            _ => {}
         }
 
         for (i, k) in kiosks.iter_mut().enumerate() {
@@ -575,7 +652,7 @@ async fn main() -> Result<(), String> {
             tally.operations += 1;
             serial += 1;
             let blank = 0x1000_0000 | serial as u32;
-            if i == victim && fault == Fault::KillMidWrite {
+            if i == victim && has(Fault::KillMidWrite) {
                 k.emu.place(Some(Tag::classic(TagKind::Classic1k, BADGE)));
                 k.emu.with_field(|f| f.freeze_on_write = Some(0));
                 let copy = begin_copy(k, client).await.map_err(fail)?;
@@ -601,17 +678,17 @@ async fn main() -> Result<(), String> {
                 k.start().await.map_err(fail)?;
                 continue;
             }
-            if i == victim && fault == Fault::LiftCard {
+            if i == victim && has(Fault::LiftCard) {
                 k.emu.with_field(|f| f.remove_on_write = Some(4));
             }
-            let copy = if i == victim && fault == Fault::FullDiskMidWrite {
+            let copy = if i == victim && has(Fault::FullDiskMidWrite) {
                 copy_as_the_disk_fills(k, client, blank).await
             } else {
                 copy_at_reader(k, client, blank).await
             };
             match copy.map_err(fail)? {
                 Copied::Card(op) => {
-                    if i == victim && fault == Fault::LiftCard {
+                    if i == victim && has(Fault::LiftCard) {
                         tally.unverified_expected += 1;
                     }
                     k.acked.push(op);
@@ -623,10 +700,10 @@ async fn main() -> Result<(), String> {
                     tally.recorded_later += 1;
                 }
                 Copied::DiskRefused => tally.disk_refused += 1,
-                Copied::Nothing => {}
+                Copied::Nothing => tally.copies_refused += 1,
             }
             k.emu.with_field(|f| f.remove_on_write = None);
-            if i == victim && fault == Fault::KillAtRest {
+            if i == victim && has(Fault::KillAtRest) {
                 k.kill();
                 k.start().await.map_err(fail)?;
             }
@@ -640,10 +717,10 @@ async fn main() -> Result<(), String> {
             }
         }
         proxy.set(Mode::Pass);
-        if fault == Fault::RestartServer {
+        if has(Fault::RestartServer) || has(Fault::KillServer) {
             server.start().await.map_err(fail)?;
         }
-        if matches!(fault, Fault::FullDisk | Fault::FullDiskMidWrite) {
+        if has(Fault::FullDisk) || has(Fault::FullDiskMidWrite) {
             let k = &mut kiosks[victim];
             if let Some(disk) = k.disk.as_mut() {
                 disk.free().map_err(fail)?;
@@ -711,7 +788,16 @@ async fn main() -> Result<(), String> {
         .iter()
         .map(|(f, n)| format!("{f} {n}"))
         .collect();
-    println!("rounds   by fault picked: {}", faults.join(", "));
+    println!(
+        "         units spent: {} operations and {} copies refused before anything was made (quota {quota}, topped up by 10 at each TopUp)",
+        kiosks.iter().map(|k| k.quota_refusals).sum::<u64>(),
+        tally.copies_refused
+    );
+    println!(
+        "rounds   by fault injected ({} rounds with two at once): {}",
+        tally.double_rounds,
+        faults.join(", ")
+    );
     println!("checks   after every round: ledger == every acknowledged operation and card, once; charged once; leases == quotas.leased; used - overdrafts + leased <= total");
     println!("         0 violations");
     Ok(())

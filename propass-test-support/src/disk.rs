@@ -110,8 +110,11 @@ impl SmallDisk {
         Ok(())
     }
 
-    /// Frees what [`SmallDisk::fill`] took.
+    /// Frees what [`SmallDisk::fill`] took (nothing when it was not filled).
     pub fn free(&mut self) -> Result<(), String> {
-        std::fs::remove_file(self.inside().join("filler")).map_err(|e| e.to_string())
+        match std::fs::remove_file(self.inside().join("filler")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
     }
 }
