@@ -737,4 +737,4 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

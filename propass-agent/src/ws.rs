@@ -220,7 +220,7 @@ async fn send_heartbeat(agent: &Agent, ws: &mut Socket) -> Result<(), String> {
 }
 
 /// A server message: quota updates go to the cache at once, events to listeners.
-async fn on_message(agent: &Agent, text: &str) {
+pub(crate) async fn on_message(agent: &Agent, text: &str) {
     match serde_json::from_str::<WsMessage>(text) {
         Ok(WsMessage::QuotaUpdated(q)) => {
             let q = wire::updated_quota(q);
@@ -244,8 +244,18 @@ async fn on_message(agent: &Agent, text: &str) {
                 Err(e) => tracing::warn!(error = %e, "cannot apply quota update"),
             }
         }
-        Ok(WsMessage::SyncCompleted(s)) => agent.emit(AgentEvent::SyncCompleted(s)),
-        Ok(WsMessage::CopyCompleted(c)) => agent.emit(AgentEvent::CopyCompleted(c)),
+        // Only this kiosk's own: the server scopes them, and the local
+        // event stream never carries another kiosk's badges whatever a
+        // server sends.
+        Ok(WsMessage::SyncCompleted(s)) if s.device_id == agent.device_id => {
+            agent.emit(AgentEvent::SyncCompleted(s));
+        }
+        Ok(WsMessage::CopyCompleted(c)) if c.device_id == agent.device_id => {
+            agent.emit(AgentEvent::CopyCompleted(c));
+        }
+        Ok(WsMessage::SyncCompleted(_) | WsMessage::CopyCompleted(_)) => {
+            tracing::warn!("the server sent another kiosk's event: dropped");
+        }
         // The kiosk's clients or leases changed on the server.
         Ok(WsMessage::SyncRequested) => agent.kick.notify_one(),
         Ok(WsMessage::Pong | WsMessage::Ping | WsMessage::Heartbeat(_)) => {}
@@ -256,6 +266,34 @@ async fn on_message(agent: &Agent, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The local event stream carries this kiosk's copies only, whatever a
+    /// server sends.
+    #[tokio::test]
+    async fn another_kiosks_copy_never_reaches_the_local_events() {
+        let agent = crate::sync::tests::agent_with(
+            0,
+            Arc::new(crate::sync::tests::ScriptedServer::default()),
+        )
+        .await;
+        let mut events = agent.events.subscribe();
+        let copy = |device: &str| {
+            serde_json::json!({"type": "copy_completed", "data": {
+                "ledger_id": 7, "client_id": 1, "uid": "04AB12CD", "type": "copy",
+                "device_id": device, "id": 1, "occurred_at": "2026-12-06T10:00:00Z",
+                "overdraft": false}})
+            .to_string()
+        };
+        on_message(&agent, &copy("KIOSK-9_OTHER")).await;
+        on_message(&agent, &copy(agent.device_id.as_str())).await;
+        match events.try_recv() {
+            Ok(crate::events::AgentEvent::CopyCompleted(c)) => {
+                assert_eq!(c.device_id, agent.device_id);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(events.try_recv().is_err(), "nothing else");
+    }
 
     #[test]
     fn websocket_url_of_the_server() {

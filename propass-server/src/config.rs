@@ -632,7 +632,19 @@ impl Settings {
             ws_recheck: secs(self.ws_recheck_secs.max(1)),
             ws_max_connections: match self.ws_max_connections {
                 0 => derived_ws_cap(open_file_limit()),
-                n => n,
+                n => {
+                    let room = derived_ws_cap(open_file_limit());
+                    if n > room {
+                        // Past the fd limit the server cannot even accept
+                        // the push that would empty a kiosk's queue.
+                        tracing::warn!(
+                            ws_max_connections = n,
+                            fits = room,
+                            "ws_max_connections is above what the open-file limit leaves room for: raise LimitNOFILE, or lower it"
+                        );
+                    }
+                    n
+                }
             },
             ws_client_timeout: secs(self.ws_client_timeout_secs.max(2)),
             ws_outbound_queue: self.ws_outbound_queue.max(1),

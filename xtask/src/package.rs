@@ -319,6 +319,14 @@ fn installed_checks() -> Result<(), String> {
     if !Path::new("/var/lib/propass/agent.db").exists() {
         return Err("removing the agent (not purging) threw its queue away".into());
     }
+    // A purge keeps it too, unless asked (PROPASS_PURGE_STATE=1).
+    if !dpkg(&["--purge", "propass-agent"], &[])? {
+        return Err("dpkg --purge propass-agent failed".into());
+    }
+    if !Path::new("/var/lib/propass/agent.db").exists() {
+        return Err("a purge not asked to threw the kiosk's queue away".into());
+    }
+    std::fs::remove_dir_all("/var/lib/propass").map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -36,7 +36,7 @@ fn refusals_follow_the_codes() {
 
 /// A server that refuses pushes with the scripted codes, then accepts them.
 #[derive(Default)]
-struct ScriptedServer {
+pub(crate) struct ScriptedServer {
     refusals: Mutex<VecDeque<ErrorCode>>,
     /// (token, items) of every push.
     pushes: Mutex<Vec<(String, usize)>>,
@@ -206,7 +206,7 @@ impl ServerClient for ScriptedServer {
 }
 
 /// A logged-in agent with `items` copies pending, talking to `server`.
-async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
+pub(crate) async fn agent_with(items: usize, server: Arc<ScriptedServer>) -> Arc<Agent> {
     let config = AgentConfig {
         batch_size: 4,
         ..AgentConfig::default()
