@@ -894,6 +894,91 @@ async fn admins_manage_users_and_the_last_admin_cannot_lock_everyone_out() {
 }
 
 /// Pushes `n` seed copies for `client` from the kiosk of `token`, local ids from `first`.
+/// An operator finds the unverified copies (`?unverified=true`) and voids
+/// one that did not work, over HTTP: its unit comes back, the ledger shows
+/// it voided, the audit log says who and why; a second void, a void of a
+/// verified copy and a kiosk's token are refused and change nothing.
+#[tokio::test]
+async fn unverified_copies_are_found_and_voided_over_http() {
+    let app = spawn_app().await;
+    let acme = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    push_copies(&app, &token, "K1", acme, 1, 2).await;
+    let mut doubtful = seed_item(3, acme, "04DEAD0000");
+    doubtful["payload"]["unverified"] = json!(true);
+    app.push_ok(&token, &json!({"device_id": "K1", "queue": [doubtful]}))
+        .await;
+    app.add_user(OPERATOR.0, OPERATOR.1, Role::Operator).await;
+    let op = app.browser(OPERATOR.0, OPERATOR.1).await;
+    let (_, found) = app
+        .page_json(&op, Method::GET, "/api/admin/copies?unverified=true", None)
+        .await;
+    let found = found["copies"].as_array().unwrap().clone();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let id = found[0]["id"].as_i64().unwrap();
+    let remaining = || async {
+        let (_, clients) = app
+            .page_json(&op, Method::GET, "/api/admin/clients", None)
+            .await;
+        clients["clients"][0]["remaining"].as_i64().unwrap()
+    };
+    assert_eq!(remaining().await, 7);
+
+    let void = format!("/api/admin/copies/{id}/void");
+    let refused = app
+        .http
+        .post(format!("{}{void}", app.base))
+        .bearer_auth(&token)
+        .json(&json!({"reason": "kiosk"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused.status().as_u16(), 401 | 403),
+        "{}",
+        refused.status()
+    );
+    let (status, e) = app
+        .page_json(&op, Method::POST, &void, Some(json!({"reason": " "})))
+        .await;
+    assert_eq!(status, 400, "a reason is required: {e}");
+    let (status, done) = app
+        .page_json(
+            &op,
+            Method::POST,
+            &void,
+            Some(json!({"reason": "blank thrown away"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(remaining().await, 8, "its unit came back");
+    let (status, _) = app
+        .page_json(&op, Method::POST, &void, Some(json!({"reason": "again"})))
+        .await;
+    assert_eq!(status, 409, "already void");
+    let verified = found[0]["id"].as_i64().unwrap() - 1;
+    let (status, _) = app
+        .page_json(
+            &op,
+            Method::POST,
+            &format!("/api/admin/copies/{verified}/void"),
+            Some(json!({"reason": "no"})),
+        )
+        .await;
+    assert!(
+        matches!(status, 404 | 409),
+        "a verified copy is not voided: {status}"
+    );
+    assert_eq!(remaining().await, 8, "refused voids change nothing");
+    let (_, audit) = app
+        .page_json(&op, Method::GET, "/api/admin/audit?action=copy.void", None)
+        .await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["actor"], format!("user:{}", OPERATOR.0));
+    assert_eq!(entries[0]["detail"]["reason"], "blank thrown away");
+}
+
 async fn push_copies(app: &TestApp, token: &str, device: &str, client: i64, first: i64, n: i64) {
     let queue: Vec<Value> = (first..first + n)
         .map(|i| seed_item(i, client, &format!("04{i:010X}")))
@@ -984,6 +1069,32 @@ async fn ledger_pages_hold_still_under_concurrent_pushes_and_filters_narrow_them
         )
         .await;
     assert!(later["copies"].as_array().unwrap().is_empty(), "{later}");
+
+    let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (_, earlier) = app
+        .page_json(
+            &admin,
+            Method::GET,
+            &format!("/api/admin/copies?to={}", past.replace('+', "%2B")),
+            None,
+        )
+        .await;
+    assert!(
+        earlier["copies"].as_array().unwrap().is_empty(),
+        "{earlier}"
+    );
+    let (_, until_now) = app
+        .page_json(
+            &admin,
+            Method::GET,
+            &format!(
+                "/api/admin/copies?to={}&limit=500",
+                future.replace('+', "%2B")
+            ),
+            None,
+        )
+        .await;
+    assert!(until_now["copies"].as_array().unwrap().len() >= 100);
 
     for bad in [
         "cursor=garbage",

@@ -82,6 +82,18 @@ async fn credentials_are_never_cached_and_login_bodies_are_small() {
         .await
         .unwrap();
     assert_eq!(error_code(res, 413).await, "payload_too_large");
+    // The device endpoints anyone may call have the same small limit.
+    for path in ["/api/devices/enroll", "/api/devices/token"] {
+        let big = json!({"code": "x".repeat(20_000), "credential": "y".repeat(20_000), "device_id": "K1"});
+        let res = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(res, 413).await, "payload_too_large", "{path}");
+    }
 }
 
 /// A copy dated before the kiosk could have existed, or days ahead of the
