@@ -479,7 +479,14 @@ pub(crate) mod tests {
             version: Some(version),
             lease: LeaseWord::Unsaid,
         };
-        store.apply_quota_update(q(10, 5), at(0)).await.unwrap();
+        // A client a pull never named is not added by an update.
+        let unknown = store.apply_quota_update(q(10, 5), at(0)).await;
+        assert!(
+            matches!(unknown, Err(StoreError::UnknownClient(_))),
+            "{unknown:?}"
+        );
+        assert!(store.quotas().await.unwrap().is_empty());
+        store.apply_pull(vec![q(10, 5)], at(0)).await.unwrap();
         store.apply_quota_update(q(12, 4), at(1)).await.unwrap(); // late, older
         assert_eq!(store.quotas().await.unwrap()[0].remaining, 10);
         store.apply_quota_update(q(9, 6), at(2)).await.unwrap();

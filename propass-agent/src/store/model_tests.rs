@@ -1,8 +1,10 @@
-//! A model of the store, and random runs against the real one: pulls (with
-//! and without a lease), recordings, intents through each of their steps,
-//! push answers, retries, and crashes (the file reopened, what was open
-//! settled). After every step the real store must agree with the model on
-//! what may still be made, the queue's counts, and where every intent ended.
+//! A model of the store, and random runs against the real one, for two
+//! clients: pulls (with and without a lease, with versions, and saying how
+//! far the server's ledger holds this kiosk's operations), live updates in
+//! any version order, recordings, intents through each of their steps, push
+//! answers, retries, and crashes (the file reopened, what was open settled).
+//! After every step the real store must agree with the model on what may
+//! still be made of each client, the queue, and where every intent ended.
 
 use chrono::{DateTime, Utc};
 use propass_protocol::{BadgeUid, ClientId, OpId, OpType};
@@ -16,15 +18,26 @@ use super::{schema, StoreError};
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// The server's word: its remaining and this kiosk's lease.
+    /// The server's word on one client: its remaining, this kiosk's lease,
+    /// the row's version, and (`recorded_through`) that its ledger holds
+    /// only the first n of this kiosk's operations.
     Pull {
+        client: usize,
         remaining: i64,
         lease: Option<i64>,
+        version: Option<i64>,
+        recorded_through: Option<usize>,
+    },
+    /// A `quota_updated` on the WebSocket, maybe late.
+    LiveUpdate {
+        client: usize,
+        remaining: i64,
+        version: i64,
     },
     /// `POST /v1/operations`.
-    Record,
+    Record(usize),
     /// A card's intent.
-    Reserve,
+    Reserve(usize),
     /// The n-th open intent (mod their count) starts writing.
     BeginWriting(usize),
     /// The n-th open intent ends.
@@ -48,10 +61,12 @@ enum Outcome {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (0i64..6, proptest::option::of(0i64..5))
-            .prop_map(|(remaining, lease)| Op::Pull { remaining, lease }),
-        3 => Just(Op::Record),
-        3 => Just(Op::Reserve),
+        2 => (0usize..2, 0i64..6, proptest::option::of(0i64..5), proptest::option::of(0i64..6), proptest::option::weighted(0.2, 0usize..8))
+            .prop_map(|(client, remaining, lease, version, recorded_through)| Op::Pull { client, remaining, lease, version, recorded_through }),
+        2 => (0usize..2, 0i64..6, 0i64..6)
+            .prop_map(|(client, remaining, version)| Op::LiveUpdate { client, remaining, version }),
+        3 => (0usize..2).prop_map(Op::Record),
+        3 => (0usize..2).prop_map(Op::Reserve),
         2 => any::<usize>().prop_map(Op::BeginWriting),
         3 => (any::<usize>(), prop_oneof![Just(Outcome::Verified), Just(Outcome::InDoubt), Just(Outcome::Void)])
             .prop_map(|(i, o)| Op::Settle(i, o)),
@@ -62,16 +77,23 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// What the store should hold of one client.
+#[derive(Debug, Default, Clone, Copy)]
+struct ClientModel {
+    /// `None` until a pull names it.
+    server_remaining: Option<i64>,
+    lease: Option<i64>,
+    version: Option<i64>,
+}
+
 /// What the store should hold.
 #[derive(Debug, Default)]
 struct Model {
-    /// `None` until the first pull.
-    server_remaining: Option<i64>,
-    lease: Option<i64>,
-    /// (op_id, status, unverified) in recording order.
-    items: Vec<(OpId, ItemStatus, bool)>,
-    /// (intent id, op_id, step).
-    intents: Vec<(i64, OpId, Step)>,
+    clients: [ClientModel; 2],
+    /// (op_id, status, unverified, client) in recording order.
+    items: Vec<(OpId, ItemStatus, bool, usize)>,
+    /// (intent id, op_id, step, client).
+    intents: Vec<(i64, OpId, Step, usize)>,
     next_op: u128,
 }
 
@@ -92,11 +114,21 @@ impl Model {
         self.items.iter().filter(|i| i.1 == status).count() as i64
     }
 
-    /// What the kiosk may still make.
-    fn remaining(&self) -> Option<i64> {
-        let base = self.lease.or(self.server_remaining)?;
-        let unsynced = self.count(ItemStatus::Pending) + self.count(ItemStatus::Failed);
-        Some(base - unsynced - self.open_intents().len() as i64)
+    /// What the kiosk may still make of `client`.
+    fn remaining(&self, client: usize) -> Option<i64> {
+        let c = self.clients[client];
+        let base = c.lease.or(c.server_remaining)?;
+        let unsynced = self
+            .items
+            .iter()
+            .filter(|i| i.3 == client && matches!(i.1, ItemStatus::Pending | ItemStatus::Failed))
+            .count() as i64;
+        let open = self
+            .open_intents()
+            .iter()
+            .filter(|i| self.intents[**i].3 == client)
+            .count() as i64;
+        Some(base - unsynced - open)
     }
 
     fn op_id(&mut self) -> OpId {
@@ -109,8 +141,8 @@ fn at() -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000, 0).unwrap()
 }
 
-fn client() -> ClientId {
-    ClientId::new(1).unwrap()
+fn client(n: usize) -> ClientId {
+    ClientId::new(n as i64 + 1).unwrap()
 }
 
 fn uid() -> BadgeUid {
@@ -118,8 +150,8 @@ fn uid() -> BadgeUid {
 }
 
 /// A refusal the model expects: lease spent, or quota spent, or unknown.
-fn expect_refusal(m: &Model, e: &StoreError) {
-    match (m.server_remaining, m.lease) {
+fn expect_refusal(c: ClientModel, e: &StoreError) {
+    match (c.server_remaining, c.lease) {
         (None, _) => assert!(matches!(e, StoreError::UnknownClient(_)), "{e:?}"),
         (Some(_), Some(_)) => assert!(matches!(e, StoreError::LeaseExhausted { .. }), "{e:?}"),
         (Some(_), None) => assert!(matches!(e, StoreError::QuotaExhausted { .. }), "{e:?}"),
@@ -128,9 +160,28 @@ fn expect_refusal(m: &Model, e: &StoreError) {
 
 fn step(conn: &mut Connection, path: &std::path::Path, m: &mut Model, op: &Op) {
     match op {
-        Op::Pull { remaining, lease } => pull(conn, m, *remaining, *lease),
-        Op::Record => record(conn, m),
-        Op::Reserve => reserve(conn, m),
+        Op::Pull {
+            client,
+            remaining,
+            lease,
+            version,
+            recorded_through,
+        } => pull(
+            conn,
+            m,
+            *client,
+            *remaining,
+            *lease,
+            *version,
+            *recorded_through,
+        ),
+        Op::LiveUpdate {
+            client,
+            remaining,
+            version,
+        } => live_update(conn, m, *client, *remaining, *version),
+        Op::Record(c) => record(conn, m, *c),
+        Op::Reserve(c) => reserve(conn, m, *c),
         Op::BeginWriting(n) => begin_writing(conn, m, *n),
         Op::Settle(n, outcome) => settle(conn, m, *n, *outcome),
         Op::Push {
@@ -147,24 +198,80 @@ fn step(conn: &mut Connection, path: &std::path::Path, m: &mut Model, op: &Op) {
     }
 }
 
-fn pull(conn: &mut Connection, m: &mut Model, remaining: i64, lease: Option<i64>) {
+/// A pull of one client (a delta: the other keeps what it has). It is a
+/// fresh read: it replaces what is stored whatever the versions. Operations
+/// synced past `recorded_through` are pending again (the server lost them).
+fn pull(
+    conn: &mut Connection,
+    m: &mut Model,
+    c: usize,
+    remaining: i64,
+    lease: Option<i64>,
+    version: Option<i64>,
+    recorded_through: Option<usize>,
+) {
     let q = ServerQuota {
-        client: client(),
+        client: client(c),
         name: None,
         remaining,
-        version: None,
+        version,
         partial_copy: None,
         lease: lease.map_or(LeaseWord::NoLease, LeaseWord::Units),
     };
-    quotas::apply_pull(conn, &[q], true, None, at()).unwrap();
-    m.server_remaining = Some(remaining);
-    m.lease = lease;
+    let ids: Vec<i64> = queue::list(conn, None, 10_000)
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    let through = recorded_through.map(|k| match k.checked_sub(1) {
+        None => 0,
+        Some(last) => ids.get(last).copied().unwrap_or(i64::MAX / 2),
+    });
+    quotas::apply_pull(conn, &[q], false, through, at()).unwrap();
+    let model = &mut m.clients[c];
+    model.server_remaining = Some(remaining);
+    model.lease = lease;
+    model.version = version.or(model.version);
+    if let Some(k) = recorded_through {
+        for item in m.items.iter_mut().skip(k) {
+            if item.1 == ItemStatus::Synced {
+                item.1 = ItemStatus::Pending;
+            }
+        }
+    }
+}
+
+/// A live update: applied unless an older version than the stored one;
+/// refused for a client no pull named (it adds nothing).
+fn live_update(conn: &mut Connection, m: &mut Model, c: usize, remaining: i64, version: i64) {
+    let q = ServerQuota {
+        client: client(c),
+        name: None,
+        remaining,
+        version: Some(version),
+        partial_copy: None,
+        lease: LeaseWord::Unsaid,
+    };
+    let result = quotas::apply_update(conn, &q, at());
+    let model = &mut m.clients[c];
+    if model.server_remaining.is_none() {
+        assert!(
+            matches!(result, Err(StoreError::UnknownClient(_))),
+            "{result:?}"
+        );
+        return;
+    }
+    result.unwrap();
+    if model.version.is_none_or(|v| version >= v) {
+        model.server_remaining = Some(remaining);
+        model.version = Some(version);
+    }
 }
 
 /// A recording or a reservation is admitted exactly when the model has a
-/// unit left, and refused for the model's reason otherwise.
-fn admitted<T>(m: &Model, result: Result<T, StoreError>) -> Option<T> {
-    let allowed = m.remaining().is_some_and(|r| r > 0);
+/// unit left of its client, and refused for the model's reason otherwise.
+fn admitted<T>(m: &Model, c: usize, result: Result<T, StoreError>) -> Option<T> {
+    let allowed = m.remaining(c).is_some_and(|r| r > 0);
     match result {
         Ok(t) => {
             assert!(allowed, "admitted beyond what may be made: {m:?}");
@@ -172,17 +279,17 @@ fn admitted<T>(m: &Model, result: Result<T, StoreError>) -> Option<T> {
         }
         Err(e) => {
             assert!(!allowed, "refused although allowed: {e:?}");
-            expect_refusal(m, &e);
+            expect_refusal(m.clients[c], &e);
             None
         }
     }
 }
 
-fn record(conn: &mut Connection, m: &mut Model) {
+fn record(conn: &mut Connection, m: &mut Model, c: usize) {
     let op_id = m.op_id();
     let new = NewRecording {
         op_type: OpType::Copy,
-        client: client(),
+        client: client(c),
         uid: uid(),
         occurred_at: at(),
         recorded_at: at(),
@@ -190,29 +297,29 @@ fn record(conn: &mut Connection, m: &mut Model) {
         sectors: None,
         unverified: false,
     };
-    if admitted(m, queue::record(conn, &new, QuotaPolicy::Enforce)).is_some() {
-        m.items.push((op_id, ItemStatus::Pending, false));
+    if admitted(m, c, queue::record(conn, &new, QuotaPolicy::Enforce)).is_some() {
+        m.items.push((op_id, ItemStatus::Pending, false, c));
     }
 }
 
-fn reserve(conn: &mut Connection, m: &mut Model) {
+fn reserve(conn: &mut Connection, m: &mut Model, c: usize) {
     let op_id = m.op_id();
     let new = NewIntent {
         op_id,
         op_type: OpType::Copy,
-        client: client(),
+        client: client(c),
         uid: uid(),
         sectors: None,
         at: at(),
     };
-    if let Some(intent) = admitted(m, intents::reserve(conn, &new)) {
-        m.intents.push((intent.id, op_id, Step::Reserved));
+    if let Some(intent) = admitted(m, c, intents::reserve(conn, &new)) {
+        m.intents.push((intent.id, op_id, Step::Reserved, c));
     }
 }
 
 fn begin_writing(conn: &mut Connection, m: &mut Model, n: usize) {
     let Some(i) = m.pick_open(n) else { return };
-    let (id, _, step) = m.intents[i];
+    let (id, _, step, _) = m.intents[i];
     let r = intents::begin_writing(conn, id, "01020304", at());
     if step == Step::Reserved {
         r.unwrap();
@@ -224,7 +331,7 @@ fn begin_writing(conn: &mut Connection, m: &mut Model, n: usize) {
 
 fn settle(conn: &mut Connection, m: &mut Model, n: usize, outcome: Outcome) {
     let Some(i) = m.pick_open(n) else { return };
-    let (id, op_id, _) = m.intents[i];
+    let (id, op_id, _, c) = m.intents[i];
     let (ending, step, queued) = match outcome {
         Outcome::Verified => (Ending::Verified, Step::Recorded, Some(false)),
         Outcome::InDoubt => (Ending::InDoubt("lifted".into()), Step::InDoubt, Some(true)),
@@ -233,7 +340,7 @@ fn settle(conn: &mut Connection, m: &mut Model, n: usize, outcome: Outcome) {
     let (operation, _) = intents::settle(conn, id, &ending, at()).unwrap();
     assert_eq!(operation.as_ref().map(|o| o.op_id), queued.map(|_| op_id));
     if let Some(unverified) = queued {
-        m.items.push((op_id, ItemStatus::Pending, unverified));
+        m.items.push((op_id, ItemStatus::Pending, unverified, c));
     }
     m.intents[i].2 = step;
     assert!(
@@ -258,21 +365,24 @@ fn push(conn: &mut Connection, m: &mut Model, accepted: bool, lease_after: Optio
             },
         })
         .collect();
-    let lease = match (lease_after, m.lease) {
-        (Some(units), Some(_)) if accepted => LeaseWord::Units(units),
-        _ => LeaseWord::Unsaid,
-    };
-    let quotas: Vec<ServerQuota> = m
-        .server_remaining
-        .map(|remaining| ServerQuota {
-            client: client(),
-            name: None,
-            remaining,
-            version: None,
-            partial_copy: None,
-            lease,
+    // The answer names each known client: its remaining as the model has
+    // it (no version: applied), and a new lease for one held.
+    let mut leases = [LeaseWord::Unsaid; 2];
+    let quotas: Vec<ServerQuota> = (0..2)
+        .filter_map(|c| {
+            let model = m.clients[c];
+            if let (Some(units), Some(_), true) = (lease_after, model.lease, accepted) {
+                leases[c] = LeaseWord::Units(units);
+            }
+            Some(ServerQuota {
+                client: client(c),
+                name: None,
+                remaining: model.server_remaining?,
+                version: None,
+                partial_copy: None,
+                lease: leases[c],
+            })
         })
-        .into_iter()
         .collect();
     queue::apply_push(conn, &outcomes, &quotas, at()).unwrap();
     let to = if accepted {
@@ -283,8 +393,10 @@ fn push(conn: &mut Connection, m: &mut Model, accepted: bool, lease_after: Optio
     for item in m.items.iter_mut().filter(|i| i.1 == ItemStatus::Pending) {
         item.1 = to;
     }
-    if let LeaseWord::Units(units) = lease {
-        m.lease = Some(units);
+    for (c, word) in leases.iter().enumerate() {
+        if let LeaseWord::Units(units) = word {
+            m.clients[c].lease = Some(*units);
+        }
     }
 }
 
@@ -295,9 +407,9 @@ fn crash(conn: &mut Connection, path: &std::path::Path, m: &mut Model) {
     let found = intents::settle_interrupted(conn, at()).unwrap();
     assert_eq!(found.len(), m.open_intents().len());
     for i in m.open_intents() {
-        let (_, op_id, step) = m.intents[i];
+        let (_, op_id, step, c) = m.intents[i];
         if step == Step::Writing {
-            m.items.push((op_id, ItemStatus::Pending, true));
+            m.items.push((op_id, ItemStatus::Pending, true, c));
             m.intents[i].2 = Step::InDoubt;
         } else {
             m.intents[i].2 = Step::Void;
@@ -307,8 +419,14 @@ fn crash(conn: &mut Connection, path: &std::path::Path, m: &mut Model) {
 
 /// The real store agrees with the model.
 fn check(conn: &Connection, m: &Model) {
-    let q = quotas::quota_of(conn, client()).unwrap();
-    assert_eq!(q.as_ref().map(|q| q.remaining), m.remaining(), "remaining");
+    for c in 0..2 {
+        let q = quotas::quota_of(conn, client(c)).unwrap();
+        assert_eq!(
+            q.as_ref().map(|q| q.remaining),
+            m.remaining(c),
+            "remaining of {c}"
+        );
+    }
     let counts = queue::counts(conn).unwrap();
     assert_eq!(
         (counts.pending, counts.synced, counts.failed),
@@ -322,7 +440,14 @@ fn check(conn: &Connection, m: &Model) {
     let stored = queue::list(conn, None, 10_000).unwrap();
     let got: Vec<_> = stored
         .iter()
-        .map(|o| (o.op_id, o.status, o.unverified))
+        .map(|o| {
+            (
+                o.op_id,
+                o.status,
+                o.unverified,
+                o.client_id.get() as usize - 1,
+            )
+        })
         .collect();
     assert_eq!(
         got, m.items,
@@ -331,17 +456,17 @@ fn check(conn: &Connection, m: &Model) {
     let mut steps: Vec<_> = intents::recent(conn, 10_000)
         .unwrap()
         .into_iter()
-        .map(|i| (i.id, i.op_id, i.step))
+        .map(|i| (i.id, i.op_id, i.step, i.client_id.get() as usize - 1))
         .collect();
     steps.reverse();
     assert_eq!(steps, m.intents, "every intent where the model has it");
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_store_keeps_to_its_model(ops in proptest::collection::vec(op(), 1..40)) {
+    fn the_store_keeps_to_its_model(ops in proptest::collection::vec(op(), 1..60)) {
         let path = super::tests::temp("agent.db");
         let mut conn = schema::open(&path).unwrap();
         let mut m = Model::default();

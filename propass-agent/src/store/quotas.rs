@@ -241,6 +241,12 @@ pub fn apply_update(
     now: DateTime<Utc>,
 ) -> StoreResult<LocalQuota> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // A client not known here is not added by an update: it comes with a
+    // pull, which also says whether this kiosk holds a lease of it (a row
+    // without one would let the kiosk spend the client's free units).
+    if quota_of(&tx, q.client)?.is_none() {
+        return Err(StoreError::UnknownClient(q.client));
+    }
     set_server_remaining(&tx, q, &ts(now))?;
     let local = quota_of(&tx, q.client)?.ok_or(StoreError::UnknownClient(q.client))?;
     tx.commit()?;
