@@ -11,7 +11,7 @@ use crate::sys::{self, interrupted, Guard};
 
 /// Runs until Ctrl-C.
 pub fn run() -> Result<(), String> {
-    sys::ensure_packages()?;
+    crate::setup::ensure_packages(crate::setup::Needs::Build)?;
     crate::build_release_binaries()?;
     let server = sys::target_bin("release", "propass-server");
     let agent = sys::target_bin("release", "propass-agent");

@@ -35,6 +35,7 @@ mod compat;
 mod demo;
 mod package;
 mod pg;
+mod setup;
 mod supply;
 mod sys;
 
@@ -107,7 +108,7 @@ fn test(args: &[String]) -> Result<(), String> {
         .filter(|a| *a != "--no-compat")
         .cloned()
         .collect();
-    sys::ensure_packages()?;
+    setup::ensure_packages(setup::Needs::Test)?;
     browser::ensure()?;
     clippy()?;
     supply::check()?;
@@ -174,7 +175,7 @@ fn clippy() -> Result<(), String> {
 }
 
 fn e2e(extra: &[String]) -> Result<(), String> {
-    sys::ensure_packages()?;
+    setup::ensure_packages(setup::Needs::Test)?;
     browser::ensure()?;
     if !run_status(cargo().args([
         "build",
@@ -198,7 +199,7 @@ fn e2e(extra: &[String]) -> Result<(), String> {
 }
 
 fn db() -> Result<(), String> {
-    sys::ensure_packages()?;
+    setup::ensure_packages(setup::Needs::Build)?;
     let cluster = Cluster::start(true)?;
     println!("DATABASE_URL={}", cluster.url());
     println!("{PG_CA_ENV}={}", cluster.ca_file().display());
@@ -258,7 +259,7 @@ fn bench(args: &[String]) -> Result<(), String> {
 /// with `args` against a throwaway cluster, the binaries named in its
 /// environment.
 fn run_example(package: &str, example: &str, args: &[String], what: &str) -> Result<(), String> {
-    sys::ensure_packages()?;
+    setup::ensure_packages(setup::Needs::Bench)?;
     build_release_binaries()?;
     if !run_status(cargo().args([
         "build",

@@ -39,7 +39,7 @@ const FOOTPRINT: &[&str] = &[
 
 /// Builds both packages; answers their paths.
 pub fn build() -> Result<Vec<PathBuf>, String> {
-    sys::ensure_packages()?;
+    crate::setup::ensure_packages(crate::setup::Needs::Build)?;
     sys::ensure_cargo_tool("deb", "cargo-deb", "^3")?;
     let out_dir = root().join("target/debian");
     let mut debs = Vec::new();
