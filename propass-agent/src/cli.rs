@@ -447,21 +447,7 @@ async fn client_command(config: AgentConfig, command: Command) -> CliResult<()> 
     let local = Local::new(config.socket.clone())?;
     match command {
         Command::Run { .. } | Command::ExportUnsynced { .. } => unreachable!("handled by run"),
-        Command::Enroll { server, code } => {
-            let req = EnrollRequest {
-                server_url: server,
-                code,
-            };
-            let v = local.call(Method::POST, "/v1/enroll", body(&req)).await?;
-            let r: EnrollResponse = typed(v)?;
-            eprintln!(
-                "enrolled as device {}{} (enroll again before {})",
-                r.device_id,
-                r.name.map(|n| format!(" \"{n}\"")).unwrap_or_default(),
-                r.credential_expires_at.to_rfc3339()
-            );
-            Ok(())
-        }
+        Command::Enroll { server, code } => enroll(&local, server, code).await,
         Command::Login {
             server,
             username,
@@ -471,36 +457,11 @@ async fn client_command(config: AgentConfig, command: Command) -> CliResult<()> 
             let v = local.call(Method::GET, "/v1/status", None).await?;
             print_as(v, json, print_status)
         }
-        Command::Queue(QueueCmd::List {
-            status,
-            limit,
-            json,
-        }) => {
-            let mut path = format!("/v1/queue?limit={limit}");
-            if let Some(s) = status {
-                path.push_str(&format!("&status={s}"));
-            }
-            let v = local.call(Method::GET, &path, None).await?;
-            print_as(v, json, print_queue)
-        }
-        Command::Queue(QueueCmd::Retry) => {
-            let v = local.call(Method::POST, "/v1/queue/retry", None).await?;
-            let r: RetryResponse = typed(v)?;
-            eprintln!("{} failed operation(s) queued again", r.retried);
-            Ok(())
-        }
+        Command::Queue(cmd) => queue(&local, cmd).await,
         Command::Health => {
             typed(local.call(Method::GET, "/v1/health", None).await?).map(print_health)
         }
-        Command::Sync => {
-            let v = local.call(Method::POST, "/v1/sync", None).await?;
-            let s: SyncResponse = typed(v)?;
-            eprintln!(
-                "synced {}, failed {}, still pending {}",
-                s.synced, s.failed, s.pending
-            );
-            Ok(())
-        }
+        Command::Sync => sync(&local).await,
         Command::Record(cmd) => record(&local, cmd).await,
         Command::Nfc(cmd) => nfc(&local, cmd).await,
         Command::Copy { client, json } => {
@@ -518,6 +479,55 @@ async fn client_command(config: AgentConfig, command: Command) -> CliResult<()> 
         }
         Command::Events => events(&local).await,
     }
+}
+
+async fn enroll(local: &Local, server: Option<String>, code: String) -> CliResult<()> {
+    let req = EnrollRequest {
+        server_url: server,
+        code,
+    };
+    let v = local.call(Method::POST, "/v1/enroll", body(&req)).await?;
+    let r: EnrollResponse = typed(v)?;
+    eprintln!(
+        "enrolled as device {}{} (enroll again before {})",
+        r.device_id,
+        r.name.map(|n| format!(" \"{n}\"")).unwrap_or_default(),
+        r.credential_expires_at.to_rfc3339()
+    );
+    Ok(())
+}
+
+async fn queue(local: &Local, cmd: QueueCmd) -> CliResult<()> {
+    match cmd {
+        QueueCmd::List {
+            status,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/v1/queue?limit={limit}");
+            if let Some(s) = status {
+                path.push_str(&format!("&status={s}"));
+            }
+            let v = local.call(Method::GET, &path, None).await?;
+            print_as(v, json, print_queue)
+        }
+        QueueCmd::Retry => {
+            let v = local.call(Method::POST, "/v1/queue/retry", None).await?;
+            let r: RetryResponse = typed(v)?;
+            eprintln!("{} failed operation(s) queued again", r.retried);
+            Ok(())
+        }
+    }
+}
+
+async fn sync(local: &Local) -> CliResult<()> {
+    let v = local.call(Method::POST, "/v1/sync", None).await?;
+    let s: SyncResponse = typed(v)?;
+    eprintln!(
+        "synced {}, failed {}, still pending {}",
+        s.synced, s.failed, s.pending
+    );
+    Ok(())
 }
 
 fn client_id(id: i64) -> CliResult<ClientId> {
