@@ -578,34 +578,7 @@ impl Agent {
         }
         let pull = match answer {
             Ok(pull) => pull,
-            Err(UpstreamError::Refused { code, message, .. })
-                if Refusal::of(code).ends_session() =>
-            {
-                return Err(self.logged_out(message).await)
-            }
-            Err(UpstreamError::Refused {
-                code: ErrorCode::RateLimited | ErrorCode::Unavailable,
-                status,
-                message,
-                retry_after: Some(retry_after_secs),
-            }) => {
-                // Over a limit, or a saturated server: it says when to come back.
-                return Err(SyncError::Throttled {
-                    retry_after_secs,
-                    message: format!("pull refused ({status}): {message}"),
-                });
-            }
-            Err(UpstreamError::Refused {
-                status, message, ..
-            }) => {
-                return Err(SyncError::Offline(format!(
-                    "pull failed ({status}): {message}"
-                )))
-            }
-            Err(UpstreamError::Unreachable(m)) => return Err(SyncError::Offline(m)),
-            Err(UpstreamError::Unreadable(m)) => {
-                return Err(SyncError::Offline(format!("pull answer lost: {m}")))
-            }
+            Err(e) => return Err(self.pull_failed(e).await),
         };
         // A delta only answers a question asked: an older server ignores
         // `since_version` and answers everything.
@@ -632,6 +605,32 @@ impl Agent {
             self.kick.notify_one();
         }
         Ok(())
+    }
+
+    /// What a pull that did not answer means for the cycle: a refused
+    /// session ends it (a login is needed), a server that says when to come
+    /// back is waited for, anything else is the link.
+    async fn pull_failed(&self, e: UpstreamError) -> SyncError {
+        match e {
+            UpstreamError::Refused { code, message, .. } if Refusal::of(code).ends_session() => {
+                self.logged_out(message).await
+            }
+            // Over a limit, or a saturated server: it says when to come back.
+            UpstreamError::Refused {
+                code: ErrorCode::RateLimited | ErrorCode::Unavailable,
+                status,
+                message,
+                retry_after: Some(retry_after_secs),
+            } => SyncError::Throttled {
+                retry_after_secs,
+                message: format!("pull refused ({status}): {message}"),
+            },
+            UpstreamError::Refused {
+                status, message, ..
+            } => SyncError::Offline(format!("pull failed ({status}): {message}")),
+            UpstreamError::Unreachable(m) => SyncError::Offline(m),
+            UpstreamError::Unreadable(m) => SyncError::Offline(format!("pull answer lost: {m}")),
+        }
     }
 
     /// The sync loop: runs a cycle on every kick, on the periodic timer, and,
