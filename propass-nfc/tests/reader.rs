@@ -253,6 +253,85 @@ fn libnfc_reports_success_for_a_select_that_found_nothing() {
     assert_eq!(a.uid_len, 0, "…with no card selected");
 }
 
+/// The ISO/IEC 14443-3 type A transitions walked through the real libnfc,
+/// as a PN532 and a card make them: REQA wakes IDLE only; InDeselect halts a
+/// held card; a poll with the UID (WUPA) wakes HALT and selects it; the
+/// field off resets every card to IDLE; the Gen1a backdoor answers from HALT
+/// and loses its unlock with the field.
+#[test]
+fn the_card_model_walked_through_libnfc() {
+    use nfc1::target_info::TargetInfo;
+    let emu = Emulator::start(Some(Tag::classic(TagKind::Gen1a, BLANK))).unwrap();
+    let state = || emu.tag().unwrap().state();
+    let mut ctx = nfc1::Context::new().unwrap();
+    let mut dev = ctx.open_with_connstring(&emu.connstring()).unwrap();
+    dev.initiator_init().unwrap();
+    let iso = nfc1::Modulation {
+        modulation_type: nfc1::ModulationType::Iso14443a,
+        baud_rate: nfc1::BaudRate::Baud106,
+    };
+    let found = |t: nfc1::Target| match t.target_info {
+        TargetInfo::Iso14443a(a) => a.uid_len,
+        _ => 0,
+    };
+
+    assert_eq!(
+        found(dev.initiator_select_passive_target(&iso).unwrap()),
+        4,
+        "REQA wakes IDLE"
+    );
+    assert_eq!(state(), CardState::Active);
+    dev.initiator_deselect_target().unwrap();
+    assert_eq!(state(), CardState::Halt, "InDeselect halts the held card");
+    assert_eq!(
+        found(dev.initiator_select_passive_target(&iso).unwrap()),
+        0,
+        "REQA does not wake HALT"
+    );
+    let by_uid = dev
+        .initiator_select_passive_target_with_init_data(&iso, &BLANK)
+        .unwrap();
+    assert_eq!(found(by_uid), 4, "a poll with the UID (WUPA) wakes HALT");
+    assert_eq!(state(), CardState::Active);
+
+    dev.initiator_deselect_target().unwrap();
+    dev.set_property_bool(nfc1::Property::ActivateField, false)
+        .unwrap();
+    assert_eq!(state(), CardState::Idle, "the field off resets the card");
+    dev.set_property_bool(nfc1::Property::ActivateField, true)
+        .unwrap();
+    assert_eq!(found(dev.initiator_select_passive_target(&iso).unwrap()), 4);
+
+    // The Gen1a backdoor, from HALT: HLTA, then 40 (7 bits) and 43.
+    dev.initiator_deselect_target().unwrap();
+    assert_eq!(state(), CardState::Halt);
+    dev.set_property_bool(nfc1::Property::HandleCrc, false)
+        .unwrap();
+    dev.set_property_bool(nfc1::Property::EasyFraming, false)
+        .unwrap();
+    let ack = dev.initiator_transceive_bits(&[0x40], 7, 1).unwrap();
+    assert_eq!(ack.first(), Some(&0x0A), "the backdoor answers from HALT");
+    let ack = dev
+        .initiator_transceive_bytes(&[0x43], 1, nfc1::Timeout::Default)
+        .unwrap();
+    assert_eq!(ack.first(), Some(&0x0A));
+    assert_eq!(state(), CardState::Unlocked);
+    dev.set_property_bool(nfc1::Property::ActivateField, false)
+        .unwrap();
+    assert_eq!(
+        state(),
+        CardState::Idle,
+        "the field off closes the backdoor"
+    );
+    dev.set_property_bool(nfc1::Property::ActivateField, true)
+        .unwrap();
+    assert!(
+        dev.initiator_transceive_bytes(&[0x43], 1, nfc1::Timeout::Default)
+            .is_err(),
+        "no second command without the first"
+    );
+}
+
 // --- whole-badge copies -----------------------------------------------------
 
 const SITE_KEY_A: Key = [0x12, 0x34, 0x56, 0x78, 0x9A, 0xBC];
