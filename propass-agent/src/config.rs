@@ -121,6 +121,8 @@ agent_config! {
         "group (name or number) given read/write access to the local API socket, for a kiosk screen running as another user";
     reader_keys: ReaderKeys = ReaderKeys::default(), "PROPASS_READER_KEYS", "none",
         "MIFARE keys tried on a badge's sectors before the well-known ones: 12 hex digits each (a list in the file, comma-separated in the environment); never logged or shown";
+    client_reader_keys: ClientReaderKeys = ClientReaderKeys::default(), "PROPASS_CLIENT_READER_KEYS", "none",
+        "MIFARE keys of one client's badges, tried before `reader_keys` when copying for that client: a table of client id to keys in the file (`client_reader_keys = { 3 = [\"A0B1C2D3E4F5\"] }`), `3=KEY,KEY;7=KEY` in the environment; never logged or shown";
 }
 
 /// The operator's MIFARE keys (see `reader_keys`). Never printed.
@@ -154,6 +156,64 @@ impl<'de> Deserialize<'de> for ReaderKeys {
 impl EnvValue for ReaderKeys {
     fn parse_env(name: &str, v: &str) -> Result<Self, String> {
         Self::parse_list(v.split(',')).map_err(|e| format!("{name}: {e}"))
+    }
+}
+
+/// Keys per client (see `client_reader_keys`). Never printed.
+#[derive(Clone, Default, PartialEq)]
+pub struct ClientReaderKeys(pub std::collections::BTreeMap<i64, Vec<Key>>);
+
+impl std::fmt::Debug for ClientReaderKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientReaderKeys({} clients)", self.0.len())
+    }
+}
+
+impl ClientReaderKeys {
+    /// The keys of `client`'s badges (none when it has none of its own).
+    pub fn of(&self, client: i64) -> &[Key] {
+        self.0.get(&client).map_or(&[], Vec::as_slice)
+    }
+
+    fn insert(&mut self, client: &str, keys: ReaderKeys) -> Result<(), String> {
+        let id: i64 = client
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("client_reader_keys: {client:?} is not a client id"))?;
+        self.0.insert(id, keys.0);
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientReaderKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let table = std::collections::BTreeMap::<String, Vec<String>>::deserialize(d)?;
+        let mut out = Self::default();
+        for (client, keys) in table {
+            let keys = ReaderKeys::parse_list(keys.iter().map(String::as_str))
+                .map_err(serde::de::Error::custom)?;
+            out.insert(&client, keys)
+                .map_err(serde::de::Error::custom)?;
+        }
+        Ok(out)
+    }
+}
+
+impl EnvValue for ClientReaderKeys {
+    fn parse_env(name: &str, v: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        for entry in v.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (client, keys) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("{name}: {entry:?} is not CLIENT=KEY,KEY"))?;
+            let keys =
+                ReaderKeys::parse_list(keys.split(',')).map_err(|e| format!("{name}: {e}"))?;
+            out.insert(client, keys)
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(out)
     }
 }
 
@@ -367,6 +427,38 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, "PROPASS_WS_PING_SECS=\"often\" is not a number");
+    }
+
+    #[test]
+    fn client_reader_keys_parse_from_file_and_environment_and_never_print() {
+        let layer: ConfigLayer =
+            toml::from_str("client_reader_keys = { 3 = [\"A0B1C2D3E4F5\"], 7 = [\"112233445566\", \"FFFFFFFFFFFF\"] }")
+                .unwrap();
+        let c = layer.or_defaults();
+        assert_eq!(
+            c.client_reader_keys.of(3),
+            [[0xA0, 0xB1, 0xC2, 0xD3, 0xE4, 0xF5]]
+        );
+        assert_eq!(c.client_reader_keys.of(7).len(), 2);
+        assert!(c.client_reader_keys.of(4).is_empty());
+        assert!(!format!("{c:?}").contains("A0B1"), "keys are never printed");
+        let env = ClientReaderKeys::parse_env(
+            "PROPASS_CLIENT_READER_KEYS",
+            "3=A0B1C2D3E4F5,112233445566; 9=FFFFFFFFFFFF",
+        )
+        .unwrap();
+        assert_eq!(env.of(3).len(), 2);
+        assert_eq!(env.of(9).len(), 1);
+        for bad in ["3", "x=A0B1C2D3E4F5", "0=A0B1C2D3E4F5", "3=A0B1"] {
+            assert!(
+                ClientReaderKeys::parse_env("PROPASS_CLIENT_READER_KEYS", bad).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            toml::from_str::<ConfigLayer>("client_reader_keys = { -1 = [\"A0B1C2D3E4F5\"] }")
+                .is_err()
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ use propass_protocol::{BadgeUid, ClientId, OpType, SectorMap};
 
 use crate::agent::{Agent, Unsettled};
 use crate::events::{AgentEvent, CardStep};
+use zeroize::Zeroize;
+
 use crate::store::{
     Ending, Intent, LocalQuota, NewIntent, NewRecording, QueuedOp, QuotaPolicy, Recorded,
     StoreError, StoreResult,
@@ -156,7 +158,7 @@ pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, Kios
         .map_err(|e| failed(agent, None, e))?;
     begin(agent).map_err(|e| failed(agent, None, e))?;
     progress(agent, CardStep::WaitingForSource, None);
-    let (source, read) = read_source(agent)
+    let (source, read) = read_source(agent, client)
         .await
         .map_err(|e| failed(agent, None, e))?;
     let uid_hex = source.uid_hex();
@@ -176,9 +178,13 @@ pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, Kios
 
 /// The badge and its sectors. The dump leaves the reader thread only to go
 /// back into it for the write.
-async fn read_source(agent: &Agent) -> Result<(TagInfo, BadgeRead), KioskError> {
+async fn read_source(agent: &Agent, client: ClientId) -> Result<(TagInfo, BadgeRead), KioskError> {
     let timeout = agent.config.card_timeout();
-    let keys = KeyDictionary::with_extra(&agent.config.reader_keys.0);
+    // The client's own keys first, then the kiosk's, then the well-known ones.
+    let mut extra = agent.config.client_reader_keys.of(client.get()).to_vec();
+    extra.extend_from_slice(&agent.config.reader_keys.0);
+    let keys = KeyDictionary::with_extra(&extra);
+    extra.zeroize();
     let result = agent
         .reader
         .run(move |r, cancel| {

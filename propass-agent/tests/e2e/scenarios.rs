@@ -1198,6 +1198,9 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
     use propass_nfc::emulator::{Emulator, Tag, TagKind};
     let server = Server::new().await;
     let client = server.add_client("Reader Co", 5);
+    // Another client whose badges use a key of their own.
+    let other = server.add_client("Other Co", 5);
+    let other_keys = format!("{other}=5A5A5A5A5A5A");
     // The site's credential lives in sector 1, behind the site's keys (key B secret).
     let site_a = [0x12, 0x34, 0x56, 0x78, 0x9A, 0xBC];
     let site_b = [0xCB, 0xA9, 0x87, 0x65, 0x43, 0x21];
@@ -1216,6 +1219,7 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
             ("PROPASS_READER", conn.as_str()),
             ("PROPASS_CARD_TIMEOUT_SECS", "20"),
             ("PROPASS_READER_KEYS", "123456789ABC,CBA987654321"),
+            ("PROPASS_CLIENT_READER_KEYS", other_keys.as_str()),
         ],
     )
     .await;
@@ -1282,15 +1286,14 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
 
     // A sector under a key no one gave the kiosk, for a client that wants
     // whole copies only: refused before any blank is asked for.
-    emu.place(Some(
-        Tag::classic(TagKind::Classic1k, [0x04, 0x0F, 0x0E, 0x0D]).with_sector(
-            4,
-            [0x5A; 6],
-            [0x7F, 0x07, 0x88, 0x69],
-            [0x5A; 6],
-            &[[0x44; 16]],
-        ),
-    ));
+    let keyed = Tag::classic(TagKind::Classic1k, [0x04, 0x0F, 0x0E, 0x0D]).with_sector(
+        4,
+        [0x5A; 6],
+        [0x7F, 0x07, 0x88, 0x69],
+        [0x5A; 6],
+        &[[0x44; 16]],
+    );
+    emu.place(Some(keyed.clone()));
     let (s, v) = agent
         .call(Method::POST, "/v1/copy", Some(json!({"client_id": client})))
         .await;
@@ -1299,6 +1302,18 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         (422, Some("protected_sectors")),
         "{v}"
     );
+    // The same badge for the client whose keys the kiosk was given: whole.
+    let (s, v) = copy_at_reader(
+        &agent,
+        &emu,
+        other,
+        Tag::classic(TagKind::Gen1a, [0x01, 0x02, 0x03, 0x06]),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["operation"]["sectors"], "AAAAAAAAAAAAAAAA");
+    assert_eq!(emu.tag().unwrap().memory(), keyed.memory());
+    emu.place(Some(keyed));
 
     // The operator allows partial copies for the client; once the kiosk has
     // synced, the same badge is copied without its protected sector.
