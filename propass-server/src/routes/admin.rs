@@ -17,10 +17,12 @@ mod devices;
 mod events;
 mod input;
 mod ledger;
+mod openapi;
 mod session;
 mod users;
 
 pub use access::{AdminSession, OperatorSession, SESSION_COOKIE};
+pub use openapi::{Field, Input, Kind};
 
 use actix_web::http::Method;
 use actix_web::web;
@@ -71,6 +73,29 @@ pub struct Operation {
     pub summary: &'static str,
     /// What the response is: `json`, `csv`, `html`, `event-stream`, ….
     pub produces: &'static str,
+    /// Its request body or query parameters, as documented.
+    pub input: Input,
+}
+
+impl Operation {
+    /// Documents a JSON body of `fields`, read as `T` by the handler (a test
+    /// reads the documented body as `T`).
+    fn body<T: serde::de::DeserializeOwned>(mut self, fields: &'static [Field]) -> Self {
+        self.input = Input::Body {
+            fields,
+            accepts: openapi::accepts_body::<T>,
+        };
+        self
+    }
+
+    /// Documents query parameters `fields`, read as `T` by the handler.
+    fn query<T: serde::de::DeserializeOwned>(mut self, fields: &'static [Field]) -> Self {
+        self.input = Input::Query {
+            fields,
+            accepts: openapi::accepts_query::<T>,
+        };
+        self
+    }
 }
 
 const fn op(
@@ -86,8 +111,29 @@ const fn op(
         access,
         summary,
         produces,
+        input: Input::Nothing,
     }
 }
+
+/// The ledger's filters (JSON and CSV alike).
+const LEDGER_FILTERS: &[Field] = &[
+    Field::optional("client", Kind::Int),
+    Field::optional("device", Kind::Text),
+    Field::optional("from", Kind::Time),
+    Field::optional("to", Kind::Time),
+    Field::optional("overdraft", Kind::Bool),
+    Field::optional("unverified", Kind::Bool),
+    Field::optional("limit", Kind::Int),
+    Field::optional("cursor", Kind::Text),
+];
+
+/// The audit log's filters.
+const AUDIT_FILTERS: &[Field] = &[
+    Field::optional("action", Kind::Text),
+    Field::optional("subject", Kind::Text),
+    Field::optional("limit", Kind::Int),
+    Field::optional("cursor", Kind::Text),
+];
 
 /// Every operator-plane route with its handler: the one list the router and
 /// the OpenAPI document are built from.
@@ -98,33 +144,33 @@ pub fn operations() -> Vec<(Operation, actix_web::Route)> {
         (op("GET", "/admin/app.js", Public, "text/javascript", "The dashboard's script"), web::get().to(dashboard::script)),
         (op("GET", "/admin/app.css", Public, "text/css", "The dashboard's style sheet"), web::get().to(dashboard::style)),
         (op("GET", "/api/admin/openapi.json", Public, "application/json", "This document"), web::get().to(openapi_json)),
-        (op("POST", "/api/admin/login", Public, "application/json", "Open a browser session (sets the HttpOnly session cookie; answers the CSRF token). Kiosk accounts are refused"), web::post().to(session::login)),
+        (op("POST", "/api/admin/login", Public, "application/json", "Open a browser session (sets the HttpOnly session cookie; answers the CSRF token). Kiosk accounts are refused").body::<session::LoginBody>(const { &[Field::required("username", Kind::Text), Field::required("password", Kind::Text)] }), web::post().to(session::login)),
         (op("GET", "/api/admin/session", Operator, "application/json", "The session's user and CSRF token"), web::get().to(session::current)),
         (op("POST", "/api/admin/logout", Operator, "application/json", "End the session"), web::post().to(session::logout)),
         (op("GET", "/api/admin/events", Operator, "text/event-stream", "Live events (server-sent events): hello, copy, client, device, audit, session_ended"), web::get().to(events::stream)),
-        (op("GET", "/api/admin/clients", Operator, "application/json", "Clients with total, used, leased, remaining, overdrafts and the kiosks serving each (?archived=true includes archived ones)"), web::get().to(clients::list)),
-        (op("POST", "/api/admin/clients", Operator, "application/json", "Create a client: {name, quota, partial_copy}"), web::post().to(clients::create)),
-        (op("PATCH", "/api/admin/clients/{id}", Operator, "application/json", "Rename or archive a client: {name?, archived?}"), web::patch().to(clients::update)),
-        (op("POST", "/api/admin/clients/{id}/quota", Operator, "application/json", "Top up or adjust a quota: {delta, reason}; the kiosks serving the client hear of it"), web::post().to(clients::adjust_quota)),
+        (op("GET", "/api/admin/clients", Operator, "application/json", "Clients with total, used, leased, remaining, overdrafts and the kiosks serving each (?archived=true includes archived ones)").query::<clients::ListQuery>(const { &[Field::optional("archived", Kind::Bool)] }), web::get().to(clients::list)),
+        (op("POST", "/api/admin/clients", Operator, "application/json", "Create a client: {name, quota, partial_copy}").body::<clients::CreateBody>(const { &[Field::required("name", Kind::Text), Field::optional("quota", Kind::Int), Field::optional("partial_copy", Kind::Bool)] }), web::post().to(clients::create)),
+        (op("PATCH", "/api/admin/clients/{id}", Operator, "application/json", "Rename or archive a client: {name?, archived?}").body::<clients::UpdateBody>(const { &[Field::optional("name", Kind::Text), Field::optional("archived", Kind::Bool)] }), web::patch().to(clients::update)),
+        (op("POST", "/api/admin/clients/{id}/quota", Operator, "application/json", "Top up or adjust a quota: {delta, reason}; the kiosks serving the client hear of it").body::<clients::QuotaBody>(const { &[Field::required("delta", Kind::Int), Field::required("reason", Kind::Text)] }), web::post().to(clients::adjust_quota)),
         (op("GET", "/api/admin/clients/{id}/quota-history", Operator, "application/json", "A client's quota changes: who, when, delta, reason"), web::get().to(clients::quota_history)),
         (op("GET", "/api/admin/devices", Operator, "application/json", "Kiosks with status, online, last contact, version, backlog, flags and the units each holds in lease"), web::get().to(devices::list)),
-        (op("PATCH", "/api/admin/devices/{id}", Operator, "application/json", "Rename a kiosk: {name}"), web::patch().to(devices::rename)),
-        (op("POST", "/api/admin/devices/{id}/approve", Operator, "application/json", "Approve a pending kiosk: {clients}"), web::post().to(devices::approve)),
+        (op("PATCH", "/api/admin/devices/{id}", Operator, "application/json", "Rename a kiosk: {name}").body::<devices::RenameBody>(const { &[Field::required("name", Kind::Text)] }), web::patch().to(devices::rename)),
+        (op("POST", "/api/admin/devices/{id}/approve", Operator, "application/json", "Approve a pending kiosk: {clients}").body::<devices::ApproveBody>(const { &[Field::optional("clients", Kind::Ids)] }), web::post().to(devices::approve)),
         (op("POST", "/api/admin/devices/{id}/revoke", Operator, "application/json", "Revoke a kiosk: its tokens and sockets stop at once"), web::post().to(devices::revoke)),
         (op("POST", "/api/admin/devices/{id}/reinstate", Operator, "application/json", "Undo a revocation"), web::post().to(devices::reinstate)),
-        (op("POST", "/api/admin/devices/{id}/clients", Operator, "application/json", "Change the clients a kiosk serves: {add, remove}"), web::post().to(devices::assign)),
-        (op("PUT", "/api/admin/devices/{id}/lease", Operator, "application/json", "Set a kiosk's own lease sizes for every client it serves: {target?, low_water?} (no target: its clients' sizes again)"), web::put().to(devices::lease)),
-        (op("POST", "/api/admin/devices/{id}/reclaim", Operator, "application/json", "Take back a kiosk's unused lease, of one client or all: {client?}; answers {returned, device}"), web::post().to(devices::reclaim)),
-        (op("POST", "/api/admin/enrollment-codes", Operator, "application/json", "Create a one-time enrollment code: {name?, clients?, device_id?, valid_hours?}"), web::post().to(devices::enrollment_code)),
+        (op("POST", "/api/admin/devices/{id}/clients", Operator, "application/json", "Change the clients a kiosk serves: {add, remove}").body::<devices::AssignBody>(const { &[Field::optional("add", Kind::Ids), Field::optional("remove", Kind::Ids)] }), web::post().to(devices::assign)),
+        (op("PUT", "/api/admin/devices/{id}/lease", Operator, "application/json", "Set a kiosk's own lease sizes for every client it serves: {target?, low_water?} (no target: its clients' sizes again)").body::<devices::LeaseBody>(const { &[Field::optional("target", Kind::Int), Field::optional("low_water", Kind::Int)] }), web::put().to(devices::lease)),
+        (op("POST", "/api/admin/devices/{id}/reclaim", Operator, "application/json", "Take back a kiosk's unused lease, of one client or all: {client?}; answers {returned, device}").body::<devices::ReclaimBody>(const { &[Field::optional("client", Kind::Int)] }), web::post().to(devices::reclaim)),
+        (op("POST", "/api/admin/enrollment-codes", Operator, "application/json", "Create a one-time enrollment code: {name?, clients?, device_id?, valid_hours?}").body::<devices::CodeBody>(const { &[Field::optional("name", Kind::Text), Field::optional("clients", Kind::Ids), Field::optional("device_id", Kind::Text), Field::optional("valid_hours", Kind::Int)] }), web::post().to(devices::enrollment_code)),
         (op("GET", "/api/admin/users", Admin, "application/json", "Users with role and state"), web::get().to(users::list)),
-        (op("POST", "/api/admin/users", Admin, "application/json", "Create a user: {username, password, role}"), web::post().to(users::create)),
-        (op("PATCH", "/api/admin/users/{name}", Admin, "application/json", "Change a user's role, disable or enable it, reset its password: {role?, disabled?, password?}"), web::patch().to(users::update)),
-        (op("GET", "/api/admin/copies", Operator, "application/json", "The ledger, newest first, keyset-paginated: ?client, device, from, to, overdraft, unverified, limit, cursor"), web::get().to(ledger::copies)),
-        (op("GET", "/api/admin/copies.csv", Operator, "text/csv", "The ledger as CSV, streamed (same filters)"), web::get().to(ledger::copies_csv)),
-        (op("POST", "/api/admin/copies/{id}/void", Operator, "application/json", "Void an unverified copy that did not work: {reason}; its unit goes back"), web::post().to(ledger::void)),
-        (op("GET", "/api/admin/stats/hourly", Operator, "application/json", "Copies per client and hour: ?hours (1 to 720)"), web::get().to(ledger::hourly)),
-        (op("GET", "/api/admin/audit", Operator, "application/json", "The audit log, newest first: ?action, subject, limit, cursor"), web::get().to(ledger::audit)),
-        (op("GET", "/api/admin/audit.csv", Operator, "text/csv", "The audit log as CSV, streamed (same filters)"), web::get().to(ledger::audit_csv)),
+        (op("POST", "/api/admin/users", Admin, "application/json", "Create a user: {username, password, role}").body::<users::CreateBody>(const { &[Field::required("username", Kind::Text), Field::required("password", Kind::Text), Field::required("role", Kind::Role)] }), web::post().to(users::create)),
+        (op("PATCH", "/api/admin/users/{name}", Admin, "application/json", "Change a user's role, disable or enable it, reset its password: {role?, disabled?, password?}").body::<users::UpdateBody>(const { &[Field::optional("role", Kind::Role), Field::optional("disabled", Kind::Bool), Field::optional("password", Kind::Text)] }), web::patch().to(users::update)),
+        (op("GET", "/api/admin/copies", Operator, "application/json", "The ledger, newest first, keyset-paginated: ?client, device, from, to, overdraft, unverified, limit, cursor").query::<ledger::CopiesQuery>(LEDGER_FILTERS), web::get().to(ledger::copies)),
+        (op("GET", "/api/admin/copies.csv", Operator, "text/csv", "The ledger as CSV, streamed (same filters)").query::<ledger::CopiesQuery>(LEDGER_FILTERS), web::get().to(ledger::copies_csv)),
+        (op("POST", "/api/admin/copies/{id}/void", Operator, "application/json", "Void an unverified copy that did not work: {reason}; its unit goes back").body::<ledger::VoidBody>(const { &[Field::required("reason", Kind::Text)] }), web::post().to(ledger::void)),
+        (op("GET", "/api/admin/stats/hourly", Operator, "application/json", "Copies per client and hour: ?hours (1 to 720)").query::<ledger::HourlyQuery>(const { &[Field::optional("hours", Kind::Int)] }), web::get().to(ledger::hourly)),
+        (op("GET", "/api/admin/audit", Operator, "application/json", "The audit log, newest first: ?action, subject, limit, cursor").query::<ledger::AuditQuery>(AUDIT_FILTERS), web::get().to(ledger::audit)),
+        (op("GET", "/api/admin/audit.csv", Operator, "text/csv", "The audit log as CSV, streamed (same filters)").query::<ledger::AuditQuery>(AUDIT_FILTERS), web::get().to(ledger::audit_csv)),
     ]
 }
 
@@ -183,6 +229,7 @@ pub fn openapi() -> Value {
                 "4XX": {"description": "The error body: {success: false, error: {code, message}}"}
             }
         });
+        op.input.document(&mut operation);
         if op.access != Access::Public {
             operation["security"] = json!([{"session": []}]);
         }
@@ -239,5 +286,21 @@ mod tests {
             }
         }
         assert_eq!(listed, ops.len(), "a route registered twice");
+    }
+
+    /// Every documented body and query is what its handler reads: all of
+    /// its fields, and its required ones alone, are accepted by the
+    /// handler's type (which refuses unknown fields); a body or query lacking
+    /// a required field is refused.
+    #[test]
+    fn documented_inputs_are_what_the_handlers_read() {
+        let mut checked = 0;
+        for (op, _) in operations() {
+            if let Some(problem) = op.input.check() {
+                panic!("{} {}: {problem}", op.method, op.path);
+            }
+            checked += usize::from(!matches!(op.input, Input::Nothing));
+        }
+        assert!(checked >= 18, "only {checked} inputs documented");
     }
 }
