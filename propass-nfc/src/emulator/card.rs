@@ -319,10 +319,14 @@ impl Tag {
         Some(self.sak())
     }
 
-    /// HLTA, or the reader's InDeselect / InRelease: a held card halts.
+    /// HLTA, or the reader's InDeselect / InRelease: a held card halts; one
+    /// still in anticollision (READY) takes it as an unexpected frame and
+    /// falls back (to IDLE, or HALT when woken from it).
     pub(super) fn halt(&mut self) {
         if self.is_held() {
             self.state = CardState::Halt;
+        } else if matches!(self.state, CardState::Ready { .. }) {
+            self.fall_back();
         }
     }
 
@@ -332,7 +336,7 @@ impl Tag {
             self.kind == TagKind::Gen1a && matches!(self.state, CardState::Idle | CardState::Halt);
         if open {
             self.state = CardState::Unlock1;
-        } else if self.is_held() {
+        } else if self.is_held() || matches!(self.state, CardState::Ready { .. }) {
             self.fall_back();
         }
         open
@@ -607,6 +611,20 @@ mod tests {
         assert_eq!(t.wake(false), None, "REQA does not wake HALT");
         assert_eq!(t.state(), CardState::Halt);
         assert!(t.wake(true).is_some(), "WUPA wakes HALT");
+        t.halt();
+        assert_eq!(
+            t.state(),
+            CardState::Halt,
+            "HLTA in anticollision (READY*): back where it was woken from"
+        );
+        t.power_cycle();
+        t.wake(false);
+        t.halt();
+        assert_eq!(t.state(), CardState::Idle, "HLTA in READY: back to IDLE");
+        t.wake(false);
+        select(&mut t);
+        t.halt();
+        assert!(t.wake(true).is_some());
         assert_eq!(select(&mut t), Some(0x08));
 
         // A read without authentication: back to HALT, where it was woken from.
