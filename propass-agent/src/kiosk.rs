@@ -103,6 +103,13 @@ fn failed(agent: &Agent, uid: Option<String>, e: KioskError) -> KioskError {
 /// card; its quota (with its copy policy). A kiosk whose lease is spent asks
 /// the server for more first when it can reach it.
 async fn precheck(agent: &Agent, client: ClientId) -> Result<LocalQuota, KioskError> {
+    // A disk known to refuse writes is tried again now; if it still does,
+    // the person is told before the badge is even read.
+    if agent.storage.error().is_some() {
+        check_storage(agent)
+            .await
+            .map_err(KioskError::CannotRecord)?;
+    }
     match agent.store.spendable(client).await {
         Err(StoreError::LeaseExhausted { .. }) if agent.link().online => {
             if let Err(e) = agent.sync_once().await {

@@ -1114,6 +1114,18 @@ async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
         (503, Some("recording_unavailable")),
         "an operation reported by the kiosk's UI is refused the same way: {body}"
     );
+    // Known to fail now: the next copy is refused before the badge is even
+    // asked for (no card on the reader; the answer does not wait for one).
+    emu.place(None);
+    let (status, body) = agent
+        .call(Method::POST, "/v1/copy", Some(json!({"client_id": client})))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("recording_unavailable")),
+        "{body}"
+    );
+    emu.place(Some(badge.clone()));
     let (healthy, _, why) = agent.cli(&["health"]);
     assert!(
         !healthy && why.contains("cannot save its records"),
