@@ -18,10 +18,14 @@ use crate::events::AgentEvent;
 use crate::store::StoreError;
 use crate::sync::wire;
 
+/// A session that lasted this long worked: its end starts the backoff anew.
+const WORKED: Duration = Duration::from_secs(10);
+
 /// Runs until shutdown.
 pub async fn run_ws_loop(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), agent.config.reconnect_max());
     loop {
+        let began = agent.clock.now_instant();
         let wait = match ws_target(&agent).await {
             Ok(Some((url, token))) => match session(&agent, &url, &token, &mut shutdown).await {
                 Ok(()) => {
@@ -30,9 +34,11 @@ pub async fn run_ws_loop(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>)
                 }
                 Err(e) => {
                     tracing::debug!(error = %e.message, "websocket unavailable");
-                    if agent.link().ws_connected {
-                        // A working session dropped: reconnect as soon as a
-                        // server answers, not after the last outage's delay.
+                    let worked = agent.clock.now_instant().duration_since(began) >= WORKED;
+                    if agent.link().ws_connected && worked {
+                        // A session that worked dropped: reconnect as soon
+                        // as a server answers, not after the last outage's
+                        // delay (one closed at once keeps backing off).
                         backoff.reset();
                     }
                     let delay = backoff.next_delay(&*agent.rng);
