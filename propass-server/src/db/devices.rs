@@ -126,6 +126,22 @@ pub async fn state(
         .transpose()
 }
 
+/// [`state`], the row locked to the end of the transaction.
+pub async fn state_for_update(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+) -> QueryResult<Option<DeviceState>> {
+    devices::table
+        .find(device.as_str())
+        .select(STATE)
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+        .map(state_of)
+        .transpose()
+}
+
 /// Tells every server that `device` changed (delivered at COMMIT): its
 /// sockets' client index is re-read and the kiosk asked to pull.
 pub async fn notify(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryResult<()> {

@@ -354,21 +354,7 @@ async fn rotate_tx(
     agent_version: Option<&str>,
     now: DateTime<Utc>,
 ) -> QueryResult<Result<Issued, CredentialError>> {
-    let row: Option<CredentialRow> = device_credentials::table
-        .filter(device_credentials::secret_hash.eq(presented))
-        .select((
-            device_credentials::id,
-            device_credentials::device_id,
-            device_credentials::chain_expires_at,
-            device_credentials::used_at,
-            device_credentials::successor,
-            device_credentials::revoked,
-        ))
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?;
-    let Some(row) = row else {
+    let Some(row) = lock_credential(conn, presented).await? else {
         return Ok(Err(CredentialError::Refused(
             "unknown refresh credential: enroll the device again".into(),
         )));
@@ -376,29 +362,15 @@ async fn rotate_tx(
     let device = DeviceId::parse(&row.device_id)
         .map_err(|e| diesel::result::Error::DeserializationError(e.into()))?;
     // Lock the device row too: concurrent refreshes of one chain queue here.
-    let Some(state) = devices::table
-        .find(device.as_str())
-        .select((devices::status, devices::enrolled, devices::token_epoch))
-        .for_update()
-        .first::<(String, bool, i64)>(conn)
-        .await
-        .optional()?
-    else {
+    let Some(state) = super::devices::state_for_update(conn, &device).await? else {
         return Ok(Err(CredentialError::Refused("unknown device".into())));
     };
-    if state.0 == DeviceStatus::Revoked.as_str() {
+    if state.status == DeviceStatus::Revoked {
         return Ok(Err(CredentialError::Revoked(device)));
     }
     let judged = judge(conn, &row).await?;
     if matches!(judged, Judged::Reuse) {
-        revoke_chain(conn, &device).await?;
-        diesel::update(devices::table.find(device.as_str()))
-            .set(devices::token_epoch.eq(devices::token_epoch + 1))
-            .execute(conn)
-            .await?;
-        // A copied token's socket would otherwise go on hearing this
-        // kiosk's events until its next recheck.
-        super::devices::notify(conn, &device).await?;
+        cut_off(conn, &device).await?;
         return Ok(Err(CredentialError::Reused(device)));
     }
     if row.chain_expires_at <= now {
@@ -418,9 +390,44 @@ async fn rotate_tx(
     Ok(Ok(Issued {
         name: devices_name(conn, &device).await?,
         device,
-        token_epoch: state.2,
+        token_epoch: state.token_epoch,
         chain_expires_at: row.chain_expires_at,
     }))
+}
+
+/// The credential whose digest is `presented`, locked; `None` when unknown.
+async fn lock_credential(
+    conn: &mut AsyncPgConnection,
+    presented: &str,
+) -> QueryResult<Option<CredentialRow>> {
+    device_credentials::table
+        .filter(device_credentials::secret_hash.eq(presented))
+        .select((
+            device_credentials::id,
+            device_credentials::device_id,
+            device_credentials::chain_expires_at,
+            device_credentials::used_at,
+            device_credentials::successor,
+            device_credentials::revoked,
+        ))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A reused credential (a copied state directory): the device's chain is
+/// revoked and its tokens' epoch moves, which ends its access tokens and —
+/// by the notification — its open sockets on every server; otherwise a
+/// copied token's socket would go on hearing this kiosk's events until its
+/// next recheck.
+async fn cut_off(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryResult<()> {
+    revoke_chain(conn, device).await?;
+    diesel::update(devices::table.find(device.as_str()))
+        .set(devices::token_epoch.eq(devices::token_epoch + 1))
+        .execute(conn)
+        .await?;
+    super::devices::notify(conn, device).await
 }
 
 /// A credential presented: its first use, the retry of a use whose answer

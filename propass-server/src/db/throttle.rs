@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Text};
-use diesel::QueryableByName;
+use diesel::{QueryResult, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio::sync::Semaphore;
 
@@ -175,60 +175,42 @@ impl LoginThrottle {
         }
         let _slot = self.at_once.acquire().await.map_err(|_| Refused::Wait(1))?;
         let mut conn = pool.get().await?;
-        let (max, window) = (i64::from(self.max_failures), self.window_secs());
         let counted = conn
-            .transaction(async |conn| {
-                for key in &keys {
-                    // Serializes the check and the count per key, across
-                    // instances: no attempt slips between them. Taken or
-                    // refused, never waited for while holding a connection.
-                    let got: Locked = diesel::sql_query(
-                        "SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS locked",
-                    )
-                    .bind::<Integer, _>(LOCK_CLASS)
-                    .bind::<Text, _>(key)
-                    .get_result(conn)
-                    .await?;
-                    if !got.locked {
-                        return Ok(Err(1));
-                    }
-                }
-                diesel::sql_query(
-                    "DELETE FROM login_attempts WHERE key = ANY($1) \
-                     AND at <= statement_timestamp() - make_interval(secs => $2)",
-                )
-                .bind::<Array<Text>, _>(&keys)
-                .bind::<Double, _>(window)
-                .execute(conn)
-                .await?;
-                let over: Vec<Over> = diesel::sql_query(
-                    "SELECT key, EXTRACT(EPOCH FROM min(at) + make_interval(secs => $2) - statement_timestamp())::float8 AS wait \
-                     FROM login_attempts WHERE key = ANY($1) GROUP BY key HAVING count(*) >= $3",
-                )
-                .bind::<Array<Text>, _>(&keys)
-                .bind::<Double, _>(window)
-                .bind::<BigInt, _>(max)
-                .load(conn)
-                .await?;
-                if !over.is_empty() {
-                    self.remember_blocked(&over, now);
-                    let wait = over.iter().map(|o| o.wait).fold(0.0, f64::max);
-                    return Ok(Err(seconds(wait)));
-                }
-                let ids: Vec<Id> = diesel::sql_query(
-                    "INSERT INTO login_attempts (key, at) \
-                     SELECT k, statement_timestamp() FROM unnest($1::text[]) k RETURNING id",
-                )
-                .bind::<Array<Text>, _>(&keys)
-                .load(conn)
-                .await?;
-                Ok::<_, diesel::result::Error>(Ok(Attempt {
-                    ids: ids.into_iter().map(|i| i.id).collect(),
-                }))
-            })
+            .transaction(async |conn| self.count_tx(conn, &keys, now).await)
             .await?;
         self.sweep(&mut conn, now).await;
         counted.map_err(Refused::Wait)
+    }
+
+    /// The check and the count of [`Self::begin`], in its transaction:
+    /// `Err(seconds)` when a key is over its limit or held by another
+    /// attempt right now.
+    async fn count_tx(
+        &self,
+        conn: &mut AsyncPgConnection,
+        keys: &[String],
+        now: Instant,
+    ) -> QueryResult<Result<Attempt, u64>> {
+        if !lock_keys(conn, keys).await? {
+            return Ok(Err(1));
+        }
+        let (max, window) = (i64::from(self.max_failures), self.window_secs());
+        let over = over_limit(conn, keys, window, max).await?;
+        if !over.is_empty() {
+            self.remember_blocked(&over, now);
+            let wait = over.iter().map(|o| o.wait).fold(0.0, f64::max);
+            return Ok(Err(seconds(wait)));
+        }
+        let ids: Vec<Id> = diesel::sql_query(
+            "INSERT INTO login_attempts (key, at) \
+             SELECT k, statement_timestamp() FROM unnest($1::text[]) k RETURNING id",
+        )
+        .bind::<Array<Text>, _>(keys)
+        .load(conn)
+        .await?;
+        Ok(Ok(Attempt {
+            ids: ids.into_iter().map(|i| i.id).collect(),
+        }))
     }
 
     /// Deletes every expired row, at most once per window and instance; a
@@ -299,6 +281,51 @@ fn seconds(wait: f64) -> u64 {
     } else {
         1
     }
+}
+
+/// Serializes the check and the count per key, across instances: no
+/// attempt slips between them. Each lock is taken or refused, never waited
+/// for while holding a connection; whether all were taken.
+async fn lock_keys(conn: &mut AsyncPgConnection, keys: &[String]) -> QueryResult<bool> {
+    for key in keys {
+        let got: Locked =
+            diesel::sql_query("SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS locked")
+                .bind::<Integer, _>(LOCK_CLASS)
+                .bind::<Text, _>(key)
+                .get_result(conn)
+                .await?;
+        if !got.locked {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Forgets the keys' attempts older than the window, then names the keys
+/// with `max` failures or more in it, and when their oldest one expires.
+async fn over_limit(
+    conn: &mut AsyncPgConnection,
+    keys: &[String],
+    window: f64,
+    max: i64,
+) -> QueryResult<Vec<Over>> {
+    diesel::sql_query(
+        "DELETE FROM login_attempts WHERE key = ANY($1) \
+         AND at <= statement_timestamp() - make_interval(secs => $2)",
+    )
+    .bind::<Array<Text>, _>(keys)
+    .bind::<Double, _>(window)
+    .execute(conn)
+    .await?;
+    diesel::sql_query(
+        "SELECT key, EXTRACT(EPOCH FROM min(at) + make_interval(secs => $2) - statement_timestamp())::float8 AS wait \
+         FROM login_attempts WHERE key = ANY($1) GROUP BY key HAVING count(*) >= $3",
+    )
+    .bind::<Array<Text>, _>(keys)
+    .bind::<Double, _>(window)
+    .bind::<BigInt, _>(max)
+    .load(conn)
+    .await
 }
 
 #[cfg(test)]
