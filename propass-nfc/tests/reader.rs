@@ -224,18 +224,27 @@ fn a_released_card_is_found_and_selected_again() {
     assert_eq!(r.read_block0(&again).unwrap()[..4], BADGE);
 }
 
+/// Type A at 106 kbps, as the reader polls.
+const ISO14443A: nfc1::Modulation = nfc1::Modulation {
+    modulation_type: nfc1::ModulationType::Iso14443a,
+    baud_rate: nfc1::BaudRate::Baud106,
+};
+
+/// libnfc's own device on the emulated PN532, set up as an initiator.
+fn libnfc_initiator(ctx: &mut nfc1::Context, emu: &Emulator) -> nfc1::Device {
+    let mut dev = ctx.open_with_connstring(&emu.connstring()).unwrap();
+    dev.initiator_init().unwrap();
+    dev
+}
+
 /// The libnfc behaviour the reader guards against: after listing (which
 /// halts the card), a plain select "succeeds" with no card at all.
 #[test]
 fn libnfc_reports_success_for_a_select_that_found_nothing() {
     let emu = Emulator::start(Some(Tag::classic(TagKind::Classic1k, BADGE))).unwrap();
     let mut ctx = nfc1::Context::new().unwrap();
-    let mut dev = ctx.open_with_connstring(&emu.connstring()).unwrap();
-    dev.initiator_init().unwrap();
-    let iso = nfc1::Modulation {
-        modulation_type: nfc1::ModulationType::Iso14443a,
-        baud_rate: nfc1::BaudRate::Baud106,
-    };
+    let mut dev = libnfc_initiator(&mut ctx, &emu);
+    let iso = ISO14443A;
     let listed = dev.initiator_list_passive_targets(&iso, 2).unwrap();
     assert!(listed.iter().any(
         |t| matches!(&t.target_info, nfc1::target_info::TargetInfo::Iso14443a(a) if a.uid_len == 4)
@@ -261,12 +270,8 @@ fn the_card_model_walked_through_libnfc() {
     let emu = Emulator::start(Some(Tag::classic(TagKind::Gen1a, BLANK))).unwrap();
     let state = || emu.tag().unwrap().state();
     let mut ctx = nfc1::Context::new().unwrap();
-    let mut dev = ctx.open_with_connstring(&emu.connstring()).unwrap();
-    dev.initiator_init().unwrap();
-    let iso = nfc1::Modulation {
-        modulation_type: nfc1::ModulationType::Iso14443a,
-        baud_rate: nfc1::BaudRate::Baud106,
-    };
+    let mut dev = libnfc_initiator(&mut ctx, &emu);
+    let iso = ISO14443A;
     let found = |t: nfc1::Target| match t.target_info {
         TargetInfo::Iso14443a(a) => a.uid_len,
         _ => 0,

@@ -244,7 +244,12 @@ pub fn apply_update(
     // A client not known here is not added by an update: it comes with a
     // pull, which also says whether this kiosk holds a lease of it (a row
     // without one would let the kiosk spend the client's free units).
-    if quota_of(&tx, q.client)?.is_none() {
+    let known: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM quotas WHERE client_id = ?1)",
+        [q.client.get()],
+        |r| r.get(0),
+    )?;
+    if !known {
         return Err(StoreError::UnknownClient(q.client));
     }
     set_server_remaining(&tx, q, &ts(now))?;
