@@ -386,7 +386,7 @@ pub async fn devices(
 ) -> AdminResult<Vec<DeviceView>> {
     let rows = db::devices::list(conn, only).await?;
     let mut health = db::fleet::health(conn, fleet, now, only).await?;
-    let mut leases: HashMap<String, Vec<db::leases::LeaseRow>> = HashMap::new();
+    let mut leases: HashMap<DeviceId, Vec<db::leases::LeaseRow>> = HashMap::new();
     for l in db::leases::list(conn, only).await? {
         leases.entry(l.device_id.clone()).or_default().push(l);
     }
@@ -849,7 +849,7 @@ pub async fn update_user(
         detail,
         async |conn| {
             let before = user(conn, name).await?;
-            let stops_admin = before.role == Role::Admin.as_str()
+            let stops_admin = before.role == Role::Admin
                 && !before.disabled
                 && (change.disabled == Some(true) || change.role.is_some_and(|r| r != Role::Admin));
             if stops_admin && enabled_admins(conn).await? <= 1 {
@@ -877,7 +877,7 @@ async fn enabled_admins(conn: &mut AsyncPgConnection) -> AdminResult<usize> {
     Ok(db::users::summaries(conn, None)
         .await?
         .iter()
-        .filter(|u| u.role == Role::Admin.as_str() && !u.disabled)
+        .filter(|u| u.role == Role::Admin && !u.disabled)
         .count())
 }
 

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod clients;
+pub mod columns;
 pub mod connect;
 pub mod copies;
 pub mod corrections;

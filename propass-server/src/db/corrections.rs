@@ -8,6 +8,8 @@ use diesel::sql_types::{BigInt, Text, Timestamptz};
 use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use propass_protocol::DeviceId;
+
 use super::clients::QUOTA_CHANNEL;
 
 /// An unverified copy not voided yet.
@@ -15,8 +17,8 @@ use super::clients::QUOTA_CHANNEL;
 pub struct UnverifiedCopy {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
-    #[diesel(sql_type = Text)]
-    pub device_id: String,
+    #[diesel(sql_type = Text, deserialize_as = super::columns::DeviceIdColumn)]
+    pub device_id: DeviceId,
     #[diesel(sql_type = BigInt)]
     pub client_id: i64,
     #[diesel(sql_type = Timestamptz)]

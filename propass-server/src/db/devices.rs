@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use propass_protocol::{DeviceId, DeviceStatus};
 
+use super::columns::DeviceIdColumn;
 use super::prepared::Prepare;
 use super::schema::{clients, device_clients, devices};
 pub use crate::device::DeviceState;
@@ -356,7 +357,7 @@ pub async fn rename(
 /// A device as operators see it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceRow {
-    pub device_id: String,
+    pub device_id: DeviceId,
     pub name: Option<String>,
     pub status: DeviceStatus,
     /// Holds a device credential (enrolled with a code).
@@ -380,7 +381,8 @@ pub async fn list(
 ) -> QueryResult<Vec<DeviceRow>> {
     #[derive(diesel::Queryable)]
     struct Listed {
-        device_id: String,
+        #[diesel(deserialize_as = DeviceIdColumn)]
+        device_id: DeviceId,
         name: Option<String>,
         status: String,
         enrolled: bool,
@@ -413,14 +415,14 @@ pub async fn list(
     if let Some(d) = only {
         pairs = pairs.filter(device_clients::device_id.eq(d.as_str()));
     }
-    let pairs: Vec<(String, i64)> = pairs
+    let pairs: Vec<(DeviceIdColumn, i64)> = pairs
         .select((device_clients::device_id, device_clients::client_id))
         .order((device_clients::device_id, device_clients::client_id))
         .load(conn)
         .await?;
-    let mut served: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    let mut served: std::collections::HashMap<DeviceId, Vec<i64>> = Default::default();
     for (d, c) in pairs {
-        served.entry(d).or_default().push(c);
+        served.entry(d.into()).or_default().push(c);
     }
     rows.into_iter()
         .map(|r| {
@@ -444,13 +446,14 @@ pub async fn list(
 /// their silence is no alert.
 pub async fn inactive(
     conn: &mut AsyncPgConnection,
-) -> QueryResult<std::collections::HashSet<String>> {
+) -> QueryResult<std::collections::HashSet<DeviceId>> {
     Ok(devices::table
         .filter(devices::status.ne(DeviceStatus::Active.as_str()))
         .select(devices::device_id)
-        .load::<String>(conn)
+        .load::<DeviceIdColumn>(conn)
         .await?
         .into_iter()
+        .map(DeviceId::from)
         .collect())
 }
 
@@ -462,7 +465,7 @@ pub async fn standings(
     ids: &[DeviceId],
 ) -> QueryResult<std::collections::HashMap<DeviceId, (DeviceState, Vec<i64>)>> {
     let names: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
-    let rows: Vec<(String, String, bool, i64)> = devices::table
+    let rows: Vec<(DeviceIdColumn, String, bool, i64)> = devices::table
         .filter(devices::device_id.eq_any(&names))
         .select((
             devices::device_id,
@@ -472,7 +475,7 @@ pub async fn standings(
         ))
         .load(conn)
         .await?;
-    let assigned: Vec<(String, i64)> = device_clients::table
+    let assigned: Vec<(DeviceIdColumn, i64)> = device_clients::table
         .filter(device_clients::device_id.eq_any(&names))
         .select((device_clients::device_id, device_clients::client_id))
         .order((device_clients::device_id, device_clients::client_id))
@@ -480,13 +483,13 @@ pub async fn standings(
         .await?;
     let mut out = std::collections::HashMap::with_capacity(rows.len());
     for (id, status, enrolled, epoch) in rows {
-        let Ok(device) = DeviceId::parse(&id) else {
-            continue;
-        };
-        out.insert(device, (state_of((status, enrolled, epoch))?, Vec::new()));
+        out.insert(
+            id.into(),
+            (state_of((status, enrolled, epoch))?, Vec::new()),
+        );
     }
     for (id, client) in assigned {
-        if let Some((_, clients)) = DeviceId::parse(&id).ok().and_then(|d| out.get_mut(&d)) {
+        if let Some((_, clients)) = out.get_mut(&DeviceId::from(id)) {
             clients.push(client);
         }
     }

@@ -312,7 +312,8 @@ async fn revoke_chain(conn: &mut AsyncPgConnection, device: &DeviceId) -> QueryR
 #[derive(Queryable)]
 struct CredentialRow {
     id: i64,
-    device_id: String,
+    #[diesel(deserialize_as = super::columns::DeviceIdColumn)]
+    device_id: DeviceId,
     chain_expires_at: DateTime<Utc>,
     used_at: Option<DateTime<Utc>>,
     successor: Option<i64>,
@@ -359,8 +360,7 @@ async fn rotate_tx(
             "unknown refresh credential: enroll the device again".into(),
         )));
     };
-    let device = DeviceId::parse(&row.device_id)
-        .map_err(|e| diesel::result::Error::DeserializationError(e.into()))?;
+    let device = row.device_id.clone();
     // Lock the device row too: concurrent refreshes of one chain queue here.
     let Some(state) = super::devices::state_for_update(conn, &device).await? else {
         return Ok(Err(CredentialError::Refused("unknown device".into())));

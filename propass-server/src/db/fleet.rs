@@ -193,8 +193,8 @@ pub struct Health {
 
 #[derive(QueryableByName)]
 struct Row {
-    #[diesel(sql_type = Text)]
-    device_id: String,
+    #[diesel(sql_type = Text, deserialize_as = super::columns::DeviceIdColumn)]
+    device_id: DeviceId,
     #[diesel(sql_type = Timestamptz)]
     last_seen: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
@@ -231,7 +231,7 @@ pub async fn health(
     policy: FleetPolicy,
     now: DateTime<Utc>,
     only: Option<&DeviceId>,
-) -> diesel::QueryResult<std::collections::HashMap<String, Health>> {
+) -> diesel::QueryResult<std::collections::HashMap<DeviceId, Health>> {
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT d.device_id, d.last_seen, d.disconnected_at, h.received_at, h.clock_skew_ms, h.pending, h.failed, \
                 h.oldest_pending_at, h.last_sync_at, h.last_error, h.reader, h.blanks_written, h.blanks_failed, h.storage_error, \

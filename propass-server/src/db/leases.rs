@@ -321,8 +321,8 @@ pub async fn release(
 /// One lease, for operators.
 #[derive(Debug, Clone, QueryableByName, serde::Serialize)]
 pub struct LeaseRow {
-    #[diesel(sql_type = Text)]
-    pub device_id: String,
+    #[diesel(sql_type = Text, deserialize_as = super::columns::DeviceIdColumn)]
+    pub device_id: DeviceId,
     #[diesel(sql_type = BigInt)]
     pub client_id: i64,
     #[diesel(sql_type = BigInt)]

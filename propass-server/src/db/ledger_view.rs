@@ -10,6 +10,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use propass_protocol::DeviceId;
+
 use super::schema::copies;
 
 /// Which copies, all optional.
@@ -56,7 +58,8 @@ pub struct CopyRow {
     pub id: i64,
     pub received_at: DateTime<Utc>,
     pub occurred_at: DateTime<Utc>,
-    pub device_id: String,
+    #[diesel(deserialize_as = super::columns::DeviceIdColumn)]
+    pub device_id: DeviceId,
     pub client_id: i64,
     pub kind: String,
     pub uid: String,
@@ -175,7 +178,7 @@ pub fn csv_line(r: &CopyRow) -> String {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         r.occurred_at
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        csv_field(&r.device_id),
+        csv_field(r.device_id.as_str()),
         r.client_id,
         csv_field(&r.kind),
         csv_field(&r.uid),

@@ -45,19 +45,12 @@ pub struct LiveSession {
     pub user_id: i64,
     #[diesel(sql_type = Text)]
     pub username: String,
-    #[diesel(sql_type = Text)]
-    role: String,
+    #[diesel(sql_type = Text, deserialize_as = super::columns::RoleColumn)]
+    pub role: Role,
     #[diesel(sql_type = Text)]
     pub csrf_token: String,
     #[diesel(sql_type = Timestamptz)]
     pub expires_at: DateTime<Utc>,
-}
-
-impl LiveSession {
-    /// The user's role (the column's CHECK keeps it one of the three).
-    pub fn role(&self) -> Role {
-        self.role.parse().unwrap_or(Role::Kiosk)
-    }
 }
 
 /// The session `id_hash` if it is alive at `now` (see the module header),

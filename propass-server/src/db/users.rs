@@ -24,13 +24,15 @@ async fn notify_tokens_ended(conn: &mut AsyncPgConnection, name: &str) -> QueryR
 }
 
 /// A user, as login needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = users)]
 pub struct User {
     pub id: i64,
     pub username: String,
     /// PHC string of the Argon2id hash.
     pub password_hash: String,
     /// What the user may do.
+    #[diesel(deserialize_as = super::columns::RoleColumn)]
     pub role: Role,
     /// Refused at login, its tokens dead.
     pub disabled: bool,
@@ -38,49 +40,12 @@ pub struct User {
     pub token_epoch: i64,
 }
 
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = users)]
-struct UserRow {
-    id: i64,
-    username: String,
-    password_hash: String,
-    role: String,
-    disabled: bool,
-    token_epoch: i64,
-}
-
-impl TryFrom<UserRow> for User {
-    type Error = diesel::result::Error;
-
-    fn try_from(r: UserRow) -> Result<Self, Self::Error> {
-        // The column has a CHECK constraint; a value outside it is a schema bug.
-        let role = r
-            .role
-            .parse::<Role>()
-            .map_err(|e| diesel::result::Error::DeserializationError(e.into()))?;
-        Ok(Self {
-            id: r.id,
-            username: r.username,
-            password_hash: r.password_hash,
-            role,
-            disabled: r.disabled,
-            token_epoch: r.token_epoch,
-        })
-    }
-}
-
 /// The one user `query` selects, if any.
 async fn one(
     conn: &mut AsyncPgConnection,
     query: users::BoxedQuery<'_, diesel::pg::Pg>,
 ) -> QueryResult<Option<User>> {
-    query
-        .select(UserRow::as_select())
-        .first(conn)
-        .await
-        .optional()?
-        .map(User::try_from)
-        .transpose()
+    query.select(User::as_select()).first(conn).await.optional()
 }
 
 /// Finds a user by name.
@@ -176,8 +141,8 @@ pub struct UserSummary {
     pub id: i64,
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub username: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub role: String,
+    #[diesel(sql_type = diesel::sql_types::Text, deserialize_as = super::columns::RoleColumn)]
+    pub role: Role,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub disabled: bool,
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]

@@ -74,7 +74,7 @@ fn process_gauges(state: &AppState) -> Vec<Gauge> {
 
 /// Each kiosk's health at `now`, by device id.
 fn device_gauges(
-    health: std::collections::HashMap<String, db::fleet::Health>,
+    health: std::collections::HashMap<propass_protocol::DeviceId, db::fleet::Health>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<Gauge> {
     let mut out = Vec::new();
@@ -83,7 +83,7 @@ fn device_gauges(
     let per_device = |value: &dyn Fn(&db::fleet::Health) -> Option<f64>| {
         health
             .iter()
-            .filter_map(|(d, h)| Some((vec![("device", d.clone())], value(h)?)))
+            .filter_map(|(d, h)| Some((vec![("device", d.to_string())], value(h)?)))
             .collect::<Vec<_>>()
     };
     out.push(gauge(

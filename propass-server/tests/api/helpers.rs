@@ -147,8 +147,7 @@ impl TestApp {
             .await
             .unwrap();
         for d in db::devices::list(&mut conn, None).await.unwrap() {
-            let d = DeviceId::parse(&d.device_id).unwrap();
-            db::devices::assign(&mut conn, &d, &[id], &[])
+            db::devices::assign(&mut conn, &d.device_id, &[id], &[])
                 .await
                 .unwrap();
         }

@@ -99,7 +99,7 @@ async fn check(req: HttpRequest) -> Result<OperatorSession, ApiError> {
     }
     Ok(OperatorSession {
         user_id: live.user_id,
-        role: live.role(),
+        role: live.role,
         username: live.username,
         csrf_token: live.csrf_token,
         expires_at: live.expires_at,
