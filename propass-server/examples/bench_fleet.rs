@@ -330,7 +330,8 @@ async fn main() -> Result<(), String> {
     let shipped = std::fs::read_to_string("deploy/haproxy.cfg")
         .map_err(|e| format!("deploy/haproxy.cfg (run from the workspace): {e}"))?;
     let servers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    std::fs::write(&cfg, haproxy_config(&shipped, lb_port, &servers)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg, haproxy_config(&shipped, lb_port, None, &servers))
+        .map_err(|e| e.to_string())?;
     let _haproxy = ProcessGuard::spawn(
         Command::new("haproxy")
             .arg("-db")

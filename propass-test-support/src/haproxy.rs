@@ -1,17 +1,33 @@
 //! The shipped load-balancer example (`deploy/haproxy.cfg`), made runnable
-//! here: its TLS bind replaced by a plain one on a loopback port, its
-//! example backends by the instances under test. Everything else — balance,
-//! health checks, timeouts, WebSocket tunnel — is the shipped text.
+//! here: its bind moved to a loopback port (TLS with a certificate made for
+//! the test, or plain HTTP), its example backends replaced by the instances
+//! under test. Everything else — balance, health checks, timeouts, WebSocket
+//! tunnel, headers — is the shipped text.
 
-/// `shipped` with a plain-HTTP bind on `port` and `servers` (`host:port`)
-/// as its backends.
-pub fn haproxy_config(shipped: &str, port: u16, servers: &[String]) -> String {
+use std::path::Path;
+
+/// `shipped` bound to `port` on loopback — ending TLS with `tls_pem` (the
+/// certificate chain and its key in one PEM file, as HAProxy's `crt` wants)
+/// when given — with `servers` (`host:port`) as its backends.
+pub fn haproxy_config(
+    shipped: &str,
+    port: u16,
+    tls_pem: Option<&Path>,
+    servers: &[String],
+) -> String {
     let mut out = String::new();
     let mut servers_written = false;
     for line in shipped.lines() {
         let t = line.trim_start();
         if t.starts_with("bind ") {
-            out.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+            assert!(t.contains(" ssl crt "), "the shipped bind ends TLS: {t}");
+            match tls_pem {
+                Some(pem) => out.push_str(&format!(
+                    "    bind 127.0.0.1:{port} ssl crt {}\n",
+                    pem.display()
+                )),
+                None => out.push_str(&format!("    bind 127.0.0.1:{port}\n")),
+            }
         } else if t.starts_with("server ") {
             if !servers_written {
                 for (i, s) in servers.iter().enumerate() {

@@ -1447,36 +1447,85 @@ async fn the_agent_guards_its_transport_and_its_files() {
     assert_eq!(std::fs::metadata(&agent.socket).unwrap().gid(), gid);
 }
 
+/// A CA and a `localhost` certificate it signed, as PEM files in a
+/// directory that lives as long as this value.
+struct TestPki {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    dir: TempDir,
+}
+
+impl TestPki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let dir = TempDir::new("propass-e2e-tls").unwrap();
+        let pki = Self {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            dir,
+        };
+        std::fs::write(&pki.ca, ca.pem()).unwrap();
+        std::fs::write(&pki.cert, leaf.pem()).unwrap();
+        std::fs::write(&pki.key, leaf_key.serialize_pem()).unwrap();
+        pki
+    }
+
+    /// An agent trusting this CA (and the system's).
+    async fn agent(&self, url: &str) -> Agent {
+        Agent::new(
+            url,
+            &[("PROPASS_SERVER_CA_FILE", self.ca.to_str().unwrap())],
+        )
+        .await
+    }
+}
+
+/// Enrolls `agent`, pulls, records one copy for `client`, and waits until it
+/// is in the ledger and the WebSocket is up.
+async fn syncs_one_copy(agent: &Agent, server: &Server, client: i64, how: &str) {
+    agent.enroll(server).await;
+    assert_eq!(agent.sync().await.0, 200, "pull over {how}");
+    assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            server.ledger_count().await == 1
+        })
+        .await,
+        "the copy reached the ledger over {how}: {}",
+        agent.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            agent.status().await["ws_connected"] == true
+        })
+        .await,
+        "the WebSocket is up over {how}: {}",
+        agent.status().await
+    );
+}
+
 /// The agent syncs to the real server over HTTPS and WSS, trusting a CA made
 /// for the test (given as `server_ca_file`), and nothing else.
 #[tokio::test]
 async fn the_agent_syncs_over_tls_with_a_private_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut server = Server::new().await;
     let client = server.add_client("TLS Ltd", 10);
     server.stop();
-
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let dir = TempDir::new("propass-e2e-tls").unwrap();
-    let (ca_file, cert_file, key_file) = (
-        dir.path().join("ca.pem"),
-        dir.path().join("server.pem"),
-        dir.path().join("server.key"),
-    );
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    std::fs::write(&cert_file, leaf.pem()).unwrap();
-    std::fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
+    let pki = TestPki::new();
     server
         .start_with(&[
-            ("PROPASS_TLS_CERT_FILE", cert_file.to_str().unwrap()),
-            ("PROPASS_TLS_KEY_FILE", key_file.to_str().unwrap()),
+            ("PROPASS_TLS_CERT_FILE", pki.cert.to_str().unwrap()),
+            ("PROPASS_TLS_KEY_FILE", pki.key.to_str().unwrap()),
         ])
         .await;
     let https = format!("https://localhost:{}", server.port);
@@ -1496,29 +1545,64 @@ async fn the_agent_syncs_over_tls_with_a_private_ca() {
         "{v}"
     );
 
-    let agent = Agent::new(
-        &https,
-        &[("PROPASS_SERVER_CA_FILE", ca_file.to_str().unwrap())],
+    let agent = pki.agent(&https).await;
+    syncs_one_copy(&agent, &server, client, "HTTPS").await;
+}
+
+/// The shipped HAProxy example, TLS bind and all (with a certificate made for
+/// the test), in front of a plain-HTTP server: the agent enrolls, pulls,
+/// pushes and keeps its WebSocket through it, as docs/deploy.md describes.
+#[tokio::test]
+async fn the_agent_syncs_through_the_shipped_haproxy_ending_tls() {
+    assert!(
+        std::process::Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .is_ok(),
+        "haproxy is missing: cargo xtask test installs it (Debian's haproxy)"
+    );
+    let server = Server::new().await;
+    let client = server.add_client("Proxied Ltd", 10);
+    let pki = TestPki::new();
+    let bundle = pki.dir.path().join("haproxy.pem");
+    let mut pem = std::fs::read(&pki.cert).unwrap();
+    pem.extend(std::fs::read(&pki.key).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let lb_port = propass_test_support::free_port();
+    let cfg = pki.dir.path().join("haproxy.cfg");
+    let shipped = include_str!("../../../deploy/haproxy.cfg");
+    let backend = [format!("127.0.0.1:{}", server.port)];
+    std::fs::write(
+        &cfg,
+        propass_test_support::haproxy_config(shipped, lb_port, Some(&bundle), &backend),
     )
+    .unwrap();
+    let _haproxy = propass_test_support::ProcessGuard::spawn(
+        std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null()),
+        "haproxy",
+    )
+    .unwrap();
+    let https = format!("https://localhost:{lb_port}");
+    // HAProxy sends requests on once a health check has passed.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let up = eventually(Duration::from_secs(20), || async {
+        http.get(format!("{https}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
     .await;
-    agent.enroll(&server).await;
-    assert_eq!(agent.sync().await.0, 200, "pull over HTTPS");
-    assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            server.ledger_count().await == 1
-        })
-        .await,
-        "the copy reached the ledger over HTTPS"
-    );
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            agent.status().await["ws_connected"] == true
-        })
-        .await,
-        "the WebSocket is up over WSS: {}",
-        agent.status().await
-    );
+    assert!(up, "the server answers through haproxy's TLS");
+    let agent = pki.agent(&https).await;
+    syncs_one_copy(&agent, &server, client, "HAProxy's TLS").await;
 }
 
 /// An enrolled kiosk holds no password: when its access token stops working

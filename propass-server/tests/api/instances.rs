@@ -236,7 +236,7 @@ async fn the_shipped_haproxy_config_fronts_two_instances() {
     let shipped = include_str!("../../../deploy/haproxy.cfg");
     std::fs::write(
         &cfg,
-        propass_test_support::haproxy_config(shipped, lb_port, &servers),
+        propass_test_support::haproxy_config(shipped, lb_port, None, &servers),
     )
     .unwrap();
     let _haproxy = propass_test_support::ProcessGuard::spawn(
