@@ -1,13 +1,14 @@
 //! `cargo xtask bench fleet`: two server instances behind the shipped HAProxy
-//! config, and thousands of simulated kiosks (the real push protocol, each
-//! with its own device token) recording copies at a kiosk's pace and
-//! pushing them as our agent does: at once, in batches of up to 100, with
-//! full-jitter backoff capped at `reconnect_max_ms` and `Retry-After`
-//! honoured. Then both instances stop for a minute while the kiosks keep
-//! recording, and start again. Prints the time until every backlog recorded
-//! before the restart is in the ledger, push latency and error rate during
-//! the storm, and checks that every copy recorded is in the ledger exactly
-//! once.
+//! config, and thousands of simulated kiosks (the real protocol, each with
+//! its own device token) that keep a WebSocket open and record copies at a
+//! kiosk's pace, pushing them as our agent does: at once, in batches of up to
+//! 100. Pushes and socket reconnects both back off as the agent does (full
+//! jitter, capped at `reconnect_max_ms`, `Retry-After` honoured). Then both
+//! instances stop for a minute while the kiosks keep recording, and start
+//! again. Prints the time until every socket is back and until every backlog
+//! recorded before the restart is in the ledger, push latency and error rate
+//! during the storm, the upgrade attempts it took, and checks that every copy
+//! recorded is in the ledger exactly once.
 //!
 //! Options: `--kiosks N` (2000), `--clients N` (200), `--every SECS` between
 //! a kiosk's copies (10), `--before SECS` of normal running (20),
@@ -75,9 +76,48 @@ struct Sample {
     told_to_wait: bool,
 }
 
+/// One WebSocket upgrade a kiosk attempted.
+struct Upgrade {
+    at: Instant,
+    /// 101 when the socket opened; 0 when no answer came.
+    status: u16,
+    /// Refused with a `Retry-After` (HAProxy with no instance up, a server
+    /// shedding load or over its socket cap).
+    told_to_wait: bool,
+}
+
+/// `upgrades` in a line: how many, and how each refusal was answered.
+fn describe(upgrades: &[&Upgrade]) -> String {
+    let mut refused = std::collections::BTreeMap::<(u16, bool), usize>::new();
+    for u in upgrades.iter().filter(|u| u.status != 101) {
+        *refused.entry((u.status, u.told_to_wait)).or_default() += 1;
+    }
+    let refused: Vec<String> = refused
+        .into_iter()
+        .map(|((status, wait), n)| match (status, wait) {
+            (0, _) => format!("{n} unanswered"),
+            (s, true) => format!("{n} × {s} + Retry-After"),
+            (s, false) => format!("{n} × {s}"),
+        })
+        .collect();
+    format!(
+        "{} upgrades tried, {} opened; refused: {}",
+        upgrades.len(),
+        upgrades.iter().filter(|u| u.status == 101).count(),
+        if refused.is_empty() {
+            "none".into()
+        } else {
+            refused.join(", ")
+        }
+    )
+}
+
 /// What the kiosks share with the conductor.
 struct Shared {
     samples: Mutex<Vec<Sample>>,
+    upgrades: Mutex<Vec<Upgrade>>,
+    /// Per kiosk: its WebSocket is open.
+    socket_open: Vec<AtomicBool>,
     recorded: AtomicU64,
     /// Per kiosk: when (ms since `epoch`) its oldest unsynced copy was
     /// recorded; `u64::MAX` when it has none.
@@ -94,6 +134,56 @@ struct Item {
 
 fn random_unit() -> f64 {
     (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0
+}
+
+/// The agent's backoff: uniform below a ceiling that doubles from 100 ms per
+/// failure, capped.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1 << failures.min(16))
+        .min(cap)
+        .mul_f64(random_unit())
+}
+
+/// A kiosk's WebSocket: open it, read until it drops, open it again after
+/// the agent's backoff (reset only by a session that lasted 10 s, as the
+/// agent does) or the `Retry-After` a refusal named; until aborted.
+async fn socket(k: usize, url: String, reconnect_max: Duration, shared: Arc<Shared>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut failures: u32 = 0;
+    loop {
+        let at = Instant::now();
+        let wait = match tokio_tungstenite::connect_async(&url).await {
+            Ok((mut ws, _)) => {
+                shared.socket_open[k].store(true, Ordering::Relaxed);
+                shared.upgrade(at, 101, false);
+                // Reading answers the server's pings.
+                while let Some(Ok(_)) = ws.next().await {}
+                shared.socket_open[k].store(false, Ordering::Relaxed);
+                if at.elapsed() >= Duration::from_secs(10) {
+                    failures = 0;
+                }
+                None
+            }
+            Err(Error::Http(answer)) => {
+                let retry_after = answer
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                shared.upgrade(at, answer.status().as_u16(), retry_after.is_some());
+                retry_after.map(|s| Duration::from_secs(s.clamp(1, 3600)))
+            }
+            Err(_) => {
+                shared.upgrade(at, 0, false);
+                None
+            }
+        };
+        let wait = wait.unwrap_or_else(|| backoff(failures, reconnect_max));
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// A kiosk: records a copy every `every` (from a random phase), pushes
@@ -193,12 +283,8 @@ async fn kiosk(
             } else if let Some(secs) = retry_after {
                 next_push = Instant::now() + Duration::from_secs(secs.clamp(1, 3600));
             } else {
-                // Full jitter under a doubling ceiling, capped.
                 failures = failures.saturating_add(1);
-                let ceiling = Duration::from_millis(100)
-                    .saturating_mul(1 << failures.min(16))
-                    .min(reconnect_max);
-                next_push = Instant::now() + ceiling.mul_f64(random_unit());
+                next_push = Instant::now() + backoff(failures, reconnect_max);
             }
             shared.oldest_pending[k].store(
                 queue.front().map_or(u64::MAX, |i| i.recorded_ms),
@@ -263,6 +349,45 @@ async fn seed(url: &str, clients: usize, kiosks: usize) -> Result<(), String> {
             .map_err(|e| format!("{sql}: {e}"))?;
     }
     Ok(())
+}
+
+impl Shared {
+    fn upgrade(&self, at: Instant, status: u16, told_to_wait: bool) {
+        self.upgrades
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Upgrade {
+                at,
+                status,
+                told_to_wait,
+            });
+    }
+
+    fn sockets_open(&self) -> usize {
+        self.socket_open
+            .iter()
+            .filter(|o| o.load(Ordering::Relaxed))
+            .count()
+    }
+}
+
+/// Waits until every kiosk's socket is open; how long that took.
+async fn all_sockets_open(shared: &Shared, within: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        let open = shared.sockets_open();
+        if open == shared.socket_open.len() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return Err(format!(
+                "only {open} of {} sockets open after {} s",
+                shared.socket_open.len(),
+                within.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[derive(diesel::QueryableByName)]
@@ -347,13 +472,22 @@ async fn main() -> Result<(), String> {
     let tokens = common::device_tokens((0..o.kiosks).map(|k| format!("BF-{k}")))?;
     let shared = Arc::new(Shared {
         samples: Mutex::new(Vec::new()),
+        upgrades: Mutex::new(Vec::new()),
+        socket_open: (0..o.kiosks).map(|_| AtomicBool::new(false)).collect(),
         recorded: AtomicU64::new(0),
         oldest_pending: (0..o.kiosks).map(|_| AtomicU64::new(u64::MAX)).collect(),
         recording: AtomicBool::new(true),
         epoch: Instant::now(),
     });
     let mut kiosks = Vec::with_capacity(o.kiosks);
+    let mut sockets = Vec::with_capacity(o.kiosks);
     for (k, token) in tokens.into_iter().enumerate() {
+        sockets.push(tokio::spawn(socket(
+            k,
+            format!("ws://127.0.0.1:{lb_port}/ws?token={token}&device_id=BF-{k}"),
+            o.reconnect_max,
+            shared.clone(),
+        )));
         kiosks.push(tokio::spawn(kiosk(
             k,
             token,
@@ -366,7 +500,17 @@ async fn main() -> Result<(), String> {
         )));
     }
 
-    tokio::time::sleep(o.before).await;
+    let opened = all_sockets_open(&shared, Duration::from_secs(120)).await?;
+    {
+        let upgrades = shared.upgrades.lock().unwrap_or_else(|p| p.into_inner());
+        println!(
+            "{} sockets open in {:.1} s (all starting at once): {}",
+            o.kiosks,
+            opened.as_secs_f64(),
+            describe(&upgrades.iter().collect::<Vec<_>>())
+        );
+    }
+    tokio::time::sleep(o.before.saturating_sub(opened)).await;
     println!("both instances stop");
     for i in &mut instances {
         i.terminate();
@@ -378,7 +522,11 @@ async fn main() -> Result<(), String> {
     let _instances = start_instances(&server_bin, &url, &ports)?;
     println!("both instances start again");
     let deadline = restarted + Duration::from_secs(600);
+    let mut sockets_back = None;
     let drained = loop {
+        if sockets_back.is_none() && shared.sockets_open() == o.kiosks {
+            sockets_back = Some(restarted.elapsed());
+        }
         let behind = shared
             .oldest_pending
             .iter()
@@ -394,7 +542,14 @@ async fn main() -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let sockets_back = match sockets_back {
+        Some(t) => t,
+        None => restarted.elapsed() + all_sockets_open(&shared, Duration::from_secs(600)).await?,
+    };
     let storm_end = Instant::now();
+    for s in &sockets {
+        s.abort();
+    }
 
     // Stop recording; everything recorded reaches the ledger.
     shared.recording.store(false, Ordering::Relaxed);
@@ -435,6 +590,20 @@ async fn main() -> Result<(), String> {
             .count();
         (s.len(), ok, waited, failed)
     };
+    let upgrades = shared.upgrades.lock().unwrap_or_else(|p| p.into_inner());
+    let outage = describe(
+        &upgrades
+            .iter()
+            .filter(|u| u.at >= restarted - o.outage && u.at < restarted)
+            .collect::<Vec<_>>(),
+    );
+    let storm = describe(
+        &upgrades
+            .iter()
+            .filter(|u| u.at >= restarted && u.at < storm_end)
+            .collect::<Vec<_>>(),
+    );
+    drop(upgrades);
     let (n_before, ok_before, _, failed_before) = window(shared.epoch, shared.epoch + o.before);
     let (n, ok, waited, failed) = window(restarted, storm_end);
     println!();
@@ -454,6 +623,11 @@ async fn main() -> Result<(), String> {
         ms(percentile(&ok, 0.5)),
         ms(percentile(&ok, 0.99)),
         100.0 * failed as f64 / n.max(1) as f64
+    );
+    println!(
+        "sockets   all {} back {:.1} s after the restart; during the outage {outage}; after it {storm}",
+        o.kiosks,
+        sockets_back.as_secs_f64(),
     );
     println!(
         "ledger    {} copies recorded by the kiosks, {} rows, {} distinct operations",

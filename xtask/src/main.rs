@@ -19,7 +19,8 @@
 //!   server (per-client events, one event to all) against a minimal actix-ws broadcaster, and a
 //!   heartbeat from every kiosk at once against one upsert of the same rows.
 //! - `cargo xtask bench fleet [--kiosks N] [--outage SECS] …`: two instances behind the shipped
-//!   haproxy config, simulated kiosks, both instances stopped for a minute: drain time, storm
+//!   haproxy config, simulated kiosks with WebSockets, both instances stopped for a minute: socket and backlog
+//!   recovery, storm
 //!   p99 and errors, every copy in the ledger exactly once.
 //! - `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server and agents at
 //!   emulated readers (their state on tmpfs of their own, to fill) under seeded faults, the
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
                  bench agent    measure durable recordings against raw SQLite, and a backlog drain\n  \
                  bench ledger   the dashboard's ledger pages, fleet list and CSV export on ten million copies\n  \
                  bench ws       10,000 kiosk WebSockets: per-client and fleet-wide delivery against a minimal broadcaster, heartbeats stored\n  \
-                 bench fleet    two instances behind haproxy, thousands of kiosks, a one-minute outage: drain time, storm p99\n  \
+                 bench fleet    two instances behind haproxy, thousands of kiosks with sockets, a one-minute outage: recovery, storm p99\n  \
                  chaos          seeded faults against the real server and agents; invariants after every round\n  \
                  package        Debian packages of the server and the agent in target/debian (--check: verify them)\n  \
                  supply         cargo deny check: licences, bans, sources, advisories (PROPASS_ADVISORY_DB: a local advisory-db clone)\n  \
