@@ -19,9 +19,8 @@
 //!   server (per-client events, one event to all) against a minimal actix-ws broadcaster, and a
 //!   heartbeat from every kiosk at once against one upsert of the same rows.
 //! - `cargo xtask bench fleet [--kiosks N] [--outage SECS] …`: two instances behind the shipped
-//!   haproxy config, simulated kiosks with WebSockets, both instances stopped for a minute: socket and backlog
-//!   recovery, storm
-//!   p99 and errors, every copy in the ledger exactly once.
+//!   haproxy config, simulated kiosks with WebSockets, both instances stopped for a minute:
+//!   socket and backlog recovery, storm p99 and errors, every copy in the ledger exactly once.
 //! - `cargo xtask chaos [--rounds N] [--seed S] [--kiosks K]`: the real server and agents at
 //!   emulated readers (their state on tmpfs of their own, to fill) under seeded faults, the
 //!   ledger's invariants checked after every round.
