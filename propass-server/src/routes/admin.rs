@@ -11,6 +11,7 @@
 //! the API tests walk the document and check every route's denials.
 
 mod access;
+mod answers;
 mod clients;
 mod dashboard;
 mod devices;
@@ -75,6 +76,8 @@ pub struct Operation {
     pub produces: &'static str,
     /// Its request body or query parameters, as documented.
     pub input: Input,
+    /// Its success status and the component schema of its JSON answer.
+    pub answer: Option<(u16, &'static str)>,
 }
 
 impl Operation {
@@ -85,6 +88,13 @@ impl Operation {
             fields,
             accepts: openapi::accepts_body::<T>,
         };
+        self
+    }
+
+    /// Documents a JSON answer: `status`, with a body of schema `name`
+    /// (in [`answers::schemas`]).
+    const fn answers(mut self, status: u16, name: &'static str) -> Self {
+        self.answer = Some((status, name));
         self
     }
 
@@ -112,6 +122,7 @@ const fn op(
         summary,
         produces,
         input: Input::Nothing,
+        answer: None,
     }
 }
 
@@ -143,33 +154,33 @@ pub fn operations() -> Vec<(Operation, actix_web::Route)> {
         (op("GET", "/admin", Public, "text/html", "The dashboard page"), web::get().to(dashboard::page)),
         (op("GET", "/admin/app.js", Public, "text/javascript", "The dashboard's script"), web::get().to(dashboard::script)),
         (op("GET", "/admin/app.css", Public, "text/css", "The dashboard's style sheet"), web::get().to(dashboard::style)),
-        (op("GET", "/api/admin/openapi.json", Public, "application/json", "This document"), web::get().to(openapi_json)),
-        (op("POST", "/api/admin/login", Public, "application/json", "Open a browser session (sets the HttpOnly session cookie; answers the CSRF token). Kiosk accounts are refused").body::<session::LoginBody>(const { &[Field::required("username", Kind::Text), Field::required("password", Kind::Text)] }), web::post().to(session::login)),
-        (op("GET", "/api/admin/session", Operator, "application/json", "The session's user and CSRF token"), web::get().to(session::current)),
-        (op("POST", "/api/admin/logout", Operator, "application/json", "End the session"), web::post().to(session::logout)),
+        (op("GET", "/api/admin/openapi.json", Public, "application/json", "This document").answers(200, "Document"), web::get().to(openapi_json)),
+        (op("POST", "/api/admin/login", Public, "application/json", "Open a browser session (sets the HttpOnly session cookie; answers the CSRF token). Kiosk accounts are refused").body::<session::LoginBody>(const { &[Field::required("username", Kind::Text), Field::required("password", Kind::Text)] }).answers(200, "Session"), web::post().to(session::login)),
+        (op("GET", "/api/admin/session", Operator, "application/json", "The session's user and CSRF token").answers(200, "Session"), web::get().to(session::current)),
+        (op("POST", "/api/admin/logout", Operator, "application/json", "End the session").answers(200, "LoggedOut"), web::post().to(session::logout)),
         (op("GET", "/api/admin/events", Operator, "text/event-stream", "Live events (server-sent events): hello, copy, client, device, audit, session_ended"), web::get().to(events::stream)),
-        (op("GET", "/api/admin/clients", Operator, "application/json", "Clients with total, used, leased, remaining, overdrafts and the kiosks serving each (?archived=true includes archived ones)").query::<clients::ListQuery>(const { &[Field::optional("archived", Kind::Bool)] }), web::get().to(clients::list)),
-        (op("POST", "/api/admin/clients", Operator, "application/json", "Create a client: {name, quota, partial_copy}").body::<clients::CreateBody>(const { &[Field::required("name", Kind::Text), Field::optional("quota", Kind::Int), Field::optional("partial_copy", Kind::Bool)] }), web::post().to(clients::create)),
-        (op("PATCH", "/api/admin/clients/{id}", Operator, "application/json", "Rename or archive a client: {name?, archived?}").body::<clients::UpdateBody>(const { &[Field::optional("name", Kind::Text), Field::optional("archived", Kind::Bool)] }), web::patch().to(clients::update)),
-        (op("POST", "/api/admin/clients/{id}/quota", Operator, "application/json", "Top up or adjust a quota: {delta, reason}; the kiosks serving the client hear of it").body::<clients::QuotaBody>(const { &[Field::required("delta", Kind::Int), Field::required("reason", Kind::Text)] }), web::post().to(clients::adjust_quota)),
-        (op("GET", "/api/admin/clients/{id}/quota-history", Operator, "application/json", "A client's quota changes: who, when, delta, reason"), web::get().to(clients::quota_history)),
-        (op("GET", "/api/admin/devices", Operator, "application/json", "Kiosks with status, online, last contact, version, backlog, flags and the units each holds in lease"), web::get().to(devices::list)),
-        (op("PATCH", "/api/admin/devices/{id}", Operator, "application/json", "Rename a kiosk: {name}").body::<devices::RenameBody>(const { &[Field::required("name", Kind::Text)] }), web::patch().to(devices::rename)),
-        (op("POST", "/api/admin/devices/{id}/approve", Operator, "application/json", "Approve a pending kiosk: {clients}").body::<devices::ApproveBody>(const { &[Field::optional("clients", Kind::Ids)] }), web::post().to(devices::approve)),
-        (op("POST", "/api/admin/devices/{id}/revoke", Operator, "application/json", "Revoke a kiosk: its tokens and sockets stop at once"), web::post().to(devices::revoke)),
-        (op("POST", "/api/admin/devices/{id}/reinstate", Operator, "application/json", "Undo a revocation"), web::post().to(devices::reinstate)),
-        (op("POST", "/api/admin/devices/{id}/clients", Operator, "application/json", "Change the clients a kiosk serves: {add, remove}").body::<devices::AssignBody>(const { &[Field::optional("add", Kind::Ids), Field::optional("remove", Kind::Ids)] }), web::post().to(devices::assign)),
-        (op("PUT", "/api/admin/devices/{id}/lease", Operator, "application/json", "Set a kiosk's own lease sizes for every client it serves: {target?, low_water?} (no target: its clients' sizes again)").body::<devices::LeaseBody>(const { &[Field::optional("target", Kind::Int), Field::optional("low_water", Kind::Int)] }), web::put().to(devices::lease)),
-        (op("POST", "/api/admin/devices/{id}/reclaim", Operator, "application/json", "Take back a kiosk's unused lease, of one client or all: {client?}; answers {returned, device}").body::<devices::ReclaimBody>(const { &[Field::optional("client", Kind::Int)] }), web::post().to(devices::reclaim)),
-        (op("POST", "/api/admin/enrollment-codes", Operator, "application/json", "Create a one-time enrollment code: {name?, clients?, device_id?, valid_hours?}").body::<devices::CodeBody>(const { &[Field::optional("name", Kind::Text), Field::optional("clients", Kind::Ids), Field::optional("device_id", Kind::Text), Field::optional("valid_hours", Kind::Int)] }), web::post().to(devices::enrollment_code)),
-        (op("GET", "/api/admin/users", Admin, "application/json", "Users with role and state"), web::get().to(users::list)),
-        (op("POST", "/api/admin/users", Admin, "application/json", "Create a user: {username, password, role}").body::<users::CreateBody>(const { &[Field::required("username", Kind::Text), Field::required("password", Kind::Text), Field::required("role", Kind::Role)] }), web::post().to(users::create)),
-        (op("PATCH", "/api/admin/users/{name}", Admin, "application/json", "Change a user's role, disable or enable it, reset its password: {role?, disabled?, password?}").body::<users::UpdateBody>(const { &[Field::optional("role", Kind::Role), Field::optional("disabled", Kind::Bool), Field::optional("password", Kind::Text)] }), web::patch().to(users::update)),
-        (op("GET", "/api/admin/copies", Operator, "application/json", "The ledger, newest first, keyset-paginated: ?client, device, from, to, overdraft, unverified, limit, cursor").query::<ledger::CopiesQuery>(LEDGER_FILTERS), web::get().to(ledger::copies)),
+        (op("GET", "/api/admin/clients", Operator, "application/json", "Clients with total, used, leased, remaining, overdrafts and the kiosks serving each (?archived=true includes archived ones)").query::<clients::ListQuery>(const { &[Field::optional("archived", Kind::Bool)] }).answers(200, "ClientList"), web::get().to(clients::list)),
+        (op("POST", "/api/admin/clients", Operator, "application/json", "Create a client: {name, quota, partial_copy}").body::<clients::CreateBody>(const { &[Field::required("name", Kind::Text), Field::optional("quota", Kind::Int), Field::optional("partial_copy", Kind::Bool)] }).answers(201, "Client"), web::post().to(clients::create)),
+        (op("PATCH", "/api/admin/clients/{id}", Operator, "application/json", "Rename or archive a client: {name?, archived?}").body::<clients::UpdateBody>(const { &[Field::optional("name", Kind::Text), Field::optional("archived", Kind::Bool)] }).answers(200, "Client"), web::patch().to(clients::update)),
+        (op("POST", "/api/admin/clients/{id}/quota", Operator, "application/json", "Top up or adjust a quota: {delta, reason}; the kiosks serving the client hear of it").body::<clients::QuotaBody>(const { &[Field::required("delta", Kind::Int), Field::required("reason", Kind::Text)] }).answers(200, "Client"), web::post().to(clients::adjust_quota)),
+        (op("GET", "/api/admin/clients/{id}/quota-history", Operator, "application/json", "A client's quota changes: who, when, delta, reason").answers(200, "QuotaHistory"), web::get().to(clients::quota_history)),
+        (op("GET", "/api/admin/devices", Operator, "application/json", "Kiosks with status, online, last contact, version, backlog, flags and the units each holds in lease").answers(200, "DeviceList"), web::get().to(devices::list)),
+        (op("PATCH", "/api/admin/devices/{id}", Operator, "application/json", "Rename a kiosk: {name}").body::<devices::RenameBody>(const { &[Field::required("name", Kind::Text)] }).answers(200, "Device"), web::patch().to(devices::rename)),
+        (op("POST", "/api/admin/devices/{id}/approve", Operator, "application/json", "Approve a pending kiosk: {clients}").body::<devices::ApproveBody>(const { &[Field::optional("clients", Kind::Ids)] }).answers(200, "Device"), web::post().to(devices::approve)),
+        (op("POST", "/api/admin/devices/{id}/revoke", Operator, "application/json", "Revoke a kiosk: its tokens and sockets stop at once").answers(200, "Device"), web::post().to(devices::revoke)),
+        (op("POST", "/api/admin/devices/{id}/reinstate", Operator, "application/json", "Undo a revocation").answers(200, "Device"), web::post().to(devices::reinstate)),
+        (op("POST", "/api/admin/devices/{id}/clients", Operator, "application/json", "Change the clients a kiosk serves: {add, remove}").body::<devices::AssignBody>(const { &[Field::optional("add", Kind::Ids), Field::optional("remove", Kind::Ids)] }).answers(200, "Device"), web::post().to(devices::assign)),
+        (op("PUT", "/api/admin/devices/{id}/lease", Operator, "application/json", "Set a kiosk's own lease sizes for every client it serves: {target?, low_water?} (no target: its clients' sizes again)").body::<devices::LeaseBody>(const { &[Field::optional("target", Kind::Int), Field::optional("low_water", Kind::Int)] }).answers(200, "Device"), web::put().to(devices::lease)),
+        (op("POST", "/api/admin/devices/{id}/reclaim", Operator, "application/json", "Take back a kiosk's unused lease, of one client or all: {client?}; answers {returned, device}").body::<devices::ReclaimBody>(const { &[Field::optional("client", Kind::Int)] }).answers(200, "Reclaimed"), web::post().to(devices::reclaim)),
+        (op("POST", "/api/admin/enrollment-codes", Operator, "application/json", "Create a one-time enrollment code: {name?, clients?, device_id?, valid_hours?}").body::<devices::CodeBody>(const { &[Field::optional("name", Kind::Text), Field::optional("clients", Kind::Ids), Field::optional("device_id", Kind::Text), Field::optional("valid_hours", Kind::Int)] }).answers(200, "EnrollmentCode"), web::post().to(devices::enrollment_code)),
+        (op("GET", "/api/admin/users", Admin, "application/json", "Users with role and state").answers(200, "UserList"), web::get().to(users::list)),
+        (op("POST", "/api/admin/users", Admin, "application/json", "Create a user: {username, password, role}").body::<users::CreateBody>(const { &[Field::required("username", Kind::Text), Field::required("password", Kind::Text), Field::required("role", Kind::Role)] }).answers(201, "User"), web::post().to(users::create)),
+        (op("PATCH", "/api/admin/users/{name}", Admin, "application/json", "Change a user's role, disable or enable it, reset its password: {role?, disabled?, password?}").body::<users::UpdateBody>(const { &[Field::optional("role", Kind::Role), Field::optional("disabled", Kind::Bool), Field::optional("password", Kind::Text)] }).answers(200, "User"), web::patch().to(users::update)),
+        (op("GET", "/api/admin/copies", Operator, "application/json", "The ledger, newest first, keyset-paginated: ?client, device, from, to, overdraft, unverified, limit, cursor").query::<ledger::CopiesQuery>(LEDGER_FILTERS).answers(200, "CopyPage"), web::get().to(ledger::copies)),
         (op("GET", "/api/admin/copies.csv", Operator, "text/csv", "The ledger as CSV, streamed (same filters)").query::<ledger::CopiesQuery>(LEDGER_FILTERS), web::get().to(ledger::copies_csv)),
-        (op("POST", "/api/admin/copies/{id}/void", Operator, "application/json", "Void an unverified copy that did not work: {reason}; its unit goes back").body::<ledger::VoidBody>(const { &[Field::required("reason", Kind::Text)] }), web::post().to(ledger::void)),
-        (op("GET", "/api/admin/stats/hourly", Operator, "application/json", "Copies per client and hour: ?hours (1 to 720)").query::<ledger::HourlyQuery>(const { &[Field::optional("hours", Kind::Int)] }), web::get().to(ledger::hourly)),
-        (op("GET", "/api/admin/audit", Operator, "application/json", "The audit log, newest first: ?action, subject, limit, cursor").query::<ledger::AuditQuery>(AUDIT_FILTERS), web::get().to(ledger::audit)),
+        (op("POST", "/api/admin/copies/{id}/void", Operator, "application/json", "Void an unverified copy that did not work: {reason}; its unit goes back").body::<ledger::VoidBody>(const { &[Field::required("reason", Kind::Text)] }).answers(200, "Voided"), web::post().to(ledger::void)),
+        (op("GET", "/api/admin/stats/hourly", Operator, "application/json", "Copies per client and hour: ?hours (1 to 720)").query::<ledger::HourlyQuery>(const { &[Field::optional("hours", Kind::Int)] }).answers(200, "Hourly"), web::get().to(ledger::hourly)),
+        (op("GET", "/api/admin/audit", Operator, "application/json", "The audit log, newest first: ?action, subject, limit, cursor").query::<ledger::AuditQuery>(AUDIT_FILTERS).answers(200, "AuditPage"), web::get().to(ledger::audit)),
         (op("GET", "/api/admin/audit.csv", Operator, "text/csv", "The audit log as CSV, streamed (same filters)").query::<ledger::AuditQuery>(AUDIT_FILTERS), web::get().to(ledger::audit_csv)),
     ]
 }
@@ -225,10 +236,18 @@ pub fn openapi() -> Value {
             "x-access": op.access.as_str(),
             "parameters": parameters,
             "responses": {
-                "200": {"description": "OK", "content": {op.produces: {}}},
-                "4XX": {"description": "The error body: {success: false, error: {code, message}}"}
+                "4XX": {"description": "Refused: the error body", "content": {"application/json": {"schema": answers::refer("Error")}}}
             }
         });
+        let (status, content) = match op.answer {
+            Some((status, name)) => (
+                status,
+                json!({op.produces: {"schema": answers::refer(name)}}),
+            ),
+            None => (200, json!({op.produces: {}})),
+        };
+        operation["responses"][status.to_string()] =
+            json!({"description": "Done", "content": content});
         op.input.document(&mut operation);
         if op.access != Access::Public {
             operation["security"] = json!([{"session": []}]);
@@ -248,7 +267,10 @@ pub fn openapi() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The dashboard's API. A browser session (POST /api/admin/login) sets an HttpOnly, Secure, SameSite=Strict cookie; every request that changes something also sends the session's X-CSRF-Token. Kiosk tokens are refused (403) on every route here. x-access says who may call each route: public, operator (operators and admins) or admin."
         },
-        "components": {"securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE}}},
+        "components": {
+            "securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE}},
+            "schemas": answers::schemas()
+        },
         "paths": paths
     })
 }
@@ -286,6 +308,26 @@ mod tests {
             }
         }
         assert_eq!(listed, ops.len(), "a route registered twice");
+    }
+
+    /// Every JSON route names the schema of its answer, and the schema
+    /// exists (the API test checks real answers against them).
+    #[test]
+    fn every_json_answer_names_a_schema() {
+        let schemas = answers::schemas();
+        for (op, _) in operations() {
+            if op.produces == "application/json" {
+                let (_, name) = op
+                    .answer
+                    .unwrap_or_else(|| panic!("{} {}: no answer documented", op.method, op.path));
+                assert!(
+                    schemas.get(name).is_some(),
+                    "{} {}: no schema {name}",
+                    op.method,
+                    op.path
+                );
+            }
+        }
     }
 
     /// Every documented body and query is what its handler reads: all of

@@ -1484,3 +1484,313 @@ async fn the_dashboard_is_served_from_the_binary_under_a_strict_policy() {
         assert_eq!(foreign, 0, "{path} names another host");
     }
 }
+
+/// What `v` breaks of `schema` (the subset of JSON Schema the document
+/// uses: `$ref`, `oneOf`, `type` (one or several), `enum`, `format:
+/// date-time`, `items`, `properties`, `required`, closed objects), with its
+/// place; every component schema met is noted in `met`.
+fn violations(
+    doc: &Value,
+    schema: &Value,
+    v: &Value,
+    at: &str,
+    met: &mut BTreeSet<String>,
+) -> Vec<String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        met.insert(name.to_owned());
+        return violations(doc, &doc["components"]["schemas"][name], v, at, met);
+    }
+    if let Some(any) = schema["oneOf"].as_array() {
+        let fits: Vec<Vec<String>> = any.iter().map(|s| violations(doc, s, v, at, met)).collect();
+        return if fits.iter().any(Vec::is_empty) {
+            Vec::new()
+        } else {
+            fits.concat()
+        };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return Vec::new(),
+    };
+    let fits = |t: &str| match t {
+        "null" => v.is_null(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "string" => v.is_string(),
+        "boolean" => v.is_boolean(),
+        "array" => v.is_array(),
+        "object" => v.is_object(),
+        _ => false,
+    };
+    if !types.iter().any(|t| fits(t)) {
+        return vec![format!("{at}: {v} is not {types:?}")];
+    }
+    let mut out = Vec::new();
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !v.is_null() && !allowed.contains(v) {
+            out.push(format!("{at}: {v} is not one of {allowed:?}"));
+        }
+    }
+    if schema["format"] == "date-time" {
+        if let Some(t) = v.as_str() {
+            if chrono::DateTime::parse_from_rfc3339(t).is_err() {
+                out.push(format!("{at}: {t:?} is not an RFC 3339 time"));
+            }
+        }
+    }
+    if let (Some(items), Some(values)) = (schema.get("items"), v.as_array()) {
+        for (i, x) in values.iter().enumerate() {
+            out.extend(violations(doc, items, x, &format!("{at}[{i}]"), met));
+        }
+    }
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), v.as_object()) {
+        for name in schema["required"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap();
+            if !obj.contains_key(name) {
+                out.push(format!("{at}.{name}: documented, not sent"));
+            }
+        }
+        for (name, x) in obj {
+            match props.get(name) {
+                Some(s) => out.extend(violations(doc, s, x, &format!("{at}.{name}"), met)),
+                None if schema["additionalProperties"] == false => {
+                    out.push(format!("{at}.{name}: sent, not documented"))
+                }
+                None => {}
+            }
+        }
+    }
+    out
+}
+
+/// Each route's real answer, status and body, against what the document
+/// says of it: every route with a documented JSON answer is called (with
+/// data behind it: a client with a quota history, kiosks with a heartbeat,
+/// copies and a lease, users, audit entries), and every schema is met; an
+/// error body too. A member added, renamed or dropped on either side fails.
+#[tokio::test]
+async fn every_json_answer_is_what_the_document_says() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/api/admin/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut met = BTreeSet::new();
+    let mut called = BTreeSet::new();
+    let mut check = |method: &str, path: &str, status: u16, body: &Value| {
+        let op = &doc["paths"][path][method.to_ascii_lowercase()];
+        let answer = if status >= 400 {
+            &op["responses"]["4XX"]
+        } else {
+            let (documented, answer) = op["responses"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .find(|(s, _)| s.starts_with('2'))
+                .unwrap_or_else(|| panic!("{method} {path}: no success documented"));
+            assert_eq!(status.to_string(), *documented, "{method} {path}: {body}");
+            called.insert(format!("{method} {path}"));
+            answer
+        };
+        let schema = &answer["content"]["application/json"]["schema"];
+        let wrong = violations(&doc, schema, body, "answer", &mut met);
+        assert!(
+            wrong.is_empty(),
+            "{method} {path}:\n{}\n{body:#}",
+            wrong.join("\n")
+        );
+    };
+
+    let res = app.admin_login(ADMIN.0, ADMIN.1).await;
+    let status = res.status().as_u16();
+    let session: Value = res.json().await.unwrap();
+    check("POST", "/api/admin/login", status, &session);
+    let admin = app.browser(ADMIN.0, ADMIN.1).await;
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let admin = &admin;
+        let app = &app;
+        async move { app.page_json(admin, method, &path, body).await }
+    };
+    let (s, v) = call(Method::GET, "/api/admin/openapi.json".into(), None).await;
+    check("GET", "/api/admin/openapi.json", s, &v);
+    let (s, v) = call(Method::GET, "/api/admin/session".into(), None).await;
+    check("GET", "/api/admin/session", s, &v);
+
+    let (s, client) = call(
+        Method::POST,
+        "/api/admin/clients".into(),
+        Some(json!({"name": "ACME", "quota": 10})),
+    )
+    .await;
+    check("POST", "/api/admin/clients", s, &client);
+    let id = client["id"].as_i64().unwrap();
+    let (s, v) = call(
+        Method::PATCH,
+        format!("/api/admin/clients/{id}"),
+        Some(json!({"name": "ACME Ltd"})),
+    )
+    .await;
+    check("PATCH", "/api/admin/clients/{id}", s, &v);
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/admin/clients/{id}/quota"),
+        Some(json!({"delta": 5, "reason": "paid"})),
+    )
+    .await;
+    check("POST", "/api/admin/clients/{id}/quota", s, &v);
+    let (s, v) = call(
+        Method::GET,
+        format!("/api/admin/clients/{id}/quota-history"),
+        None,
+    )
+    .await;
+    check("GET", "/api/admin/clients/{id}/quota-history", s, &v);
+
+    // A kiosk that logged in, is approved for the client, reported its
+    // health and pushed a verified and an unverified copy.
+    let login: Value = app
+        .login(ADMIN.0, ADMIN.1, "K1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap();
+    let (s, v) = call(
+        Method::POST,
+        "/api/admin/devices/K1/approve".into(),
+        Some(json!({"clients": [id]})),
+    )
+    .await;
+    check("POST", "/api/admin/devices/{id}/approve", s, &v);
+    let beat = json!({"agent_version": "9.8.7", "pending": 1, "failed": 0,
+        "oldest_pending_at": chrono::Utc::now().to_rfc3339(), "last_sync_at": null,
+        "last_error": "server unreachable", "reader": "ok", "blanks_written": 2,
+        "blanks_failed": 1, "clock": chrono::Utc::now().to_rfc3339()});
+    assert_eq!(app.post_heartbeat(token, &beat).await.status(), 200);
+    let mut doubtful = seed_item(2, id, "04DEAD0000");
+    doubtful["payload"]["unverified"] = json!(true);
+    app.push_ok(
+        token,
+        &json!({"device_id": "K1", "queue": [seed_item(1, id, "04AB12CD"), doubtful]}),
+    )
+    .await;
+    let (s, page) = call(Method::GET, "/api/admin/copies?limit=1".into(), None).await;
+    check("GET", "/api/admin/copies", s, &page);
+    assert!(page["next_cursor"].is_string(), "a second page: {page}");
+    let copy = page["copies"][0]["id"].as_i64().unwrap();
+    let (s, v) = call(
+        Method::POST,
+        format!("/api/admin/copies/{copy}/void"),
+        Some(json!({"reason": "did not open the door"})),
+    )
+    .await;
+    check("POST", "/api/admin/copies/{id}/void", s, &v);
+    let (s, v) = call(Method::GET, "/api/admin/stats/hourly".into(), None).await;
+    check("GET", "/api/admin/stats/hourly", s, &v);
+    assert!(!v["series"].as_array().unwrap().is_empty(), "{v}");
+
+    let device = |method: Method, what: &'static str, body: Value| {
+        let call = &call;
+        async move {
+            let path = format!("/api/admin/devices/K1{what}");
+            let (s, v) = call(method.clone(), path, Some(body)).await;
+            (
+                format!("/api/admin/devices/{{id}}{what}"),
+                method.to_string(),
+                s,
+                v,
+            )
+        }
+    };
+    for (path, method, s, v) in [
+        device(Method::PATCH, "", json!({"name": "Front desk"})).await,
+        device(Method::POST, "/clients", json!({"add": [id]})).await,
+        device(Method::PUT, "/lease", json!({"target": 3})).await,
+    ] {
+        check(&method, &path, s, &v);
+    }
+    // The kiosk's pull takes its lease.
+    let entry = app.pull_entry_asking(token, id, "?lease=true").await;
+    assert_eq!(entry["lease"], 3, "{entry}");
+    let (s, v) = call(Method::GET, "/api/admin/devices".into(), None).await;
+    check("GET", "/api/admin/devices", s, &v);
+    assert!(v["devices"][0]["health"]["heartbeat_at"].is_string(), "{v}");
+    assert!(
+        !v["devices"][0]["leases"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    for (path, method, s, v) in [
+        device(Method::POST, "/reclaim", json!({})).await,
+        device(Method::POST, "/revoke", json!({})).await,
+        device(Method::POST, "/reinstate", json!({})).await,
+    ] {
+        check(&method, &path, s, &v);
+    }
+    let (s, v) = call(Method::GET, "/api/admin/clients".into(), None).await;
+    check("GET", "/api/admin/clients", s, &v);
+    let (s, v) = call(
+        Method::POST,
+        "/api/admin/enrollment-codes".into(),
+        Some(json!({"name": "Lobby", "clients": [id]})),
+    )
+    .await;
+    check("POST", "/api/admin/enrollment-codes", s, &v);
+
+    let (s, v) = call(
+        Method::POST,
+        "/api/admin/users".into(),
+        Some(json!({"username": "olga", "password": "operator-pass-1", "role": "operator"})),
+    )
+    .await;
+    check("POST", "/api/admin/users", s, &v);
+    let (s, v) = call(
+        Method::PATCH,
+        "/api/admin/users/olga".into(),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    check("PATCH", "/api/admin/users/{name}", s, &v);
+    let (s, v) = call(Method::GET, "/api/admin/users".into(), None).await;
+    check("GET", "/api/admin/users", s, &v);
+    let (s, v) = call(Method::GET, "/api/admin/audit".into(), None).await;
+    check("GET", "/api/admin/audit", s, &v);
+
+    // A refusal, in the documented error body.
+    let (s, v) = call(
+        Method::GET,
+        "/api/admin/clients/999/quota-history".into(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    check("GET", "/api/admin/clients/{id}/quota-history", s, &v);
+
+    let (s, v) = call(Method::POST, "/api/admin/logout".into(), None).await;
+    check("POST", "/api/admin/logout", s, &v);
+
+    let mut documented = BTreeSet::new();
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            let json_answer = op["responses"].as_object().unwrap().iter().any(|(s, r)| {
+                s.starts_with('2') && r["content"]["application/json"]["schema"].is_object()
+            });
+            if json_answer {
+                documented.insert(format!("{} {path}", method.to_ascii_uppercase()));
+            }
+        }
+    }
+    assert_eq!(called, documented, "every JSON answer is checked");
+    let schemas: BTreeSet<String> = doc["components"]["schemas"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(met, schemas, "every schema was met by an answer");
+}
