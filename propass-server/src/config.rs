@@ -75,12 +75,15 @@ pub struct Config {
     pub max_backdate: Duration,
     pub login_max_failures: u32,
     pub login_window: Duration,
+    pub password_checks: usize,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub proxy_header: ProxyHeader,
     pub ws_allowed_origins: Vec<String>,
     pub ws_heartbeat: Duration,
     pub ws_recheck: Duration,
     pub ws_max_connections: usize,
+    pub ws_max_per_device: usize,
+    pub ws_max_frame_bytes: usize,
     pub ws_client_timeout: Duration,
     pub ws_outbound_queue: usize,
     pub ws_inbound_per_sec: u32,
@@ -228,6 +231,8 @@ settings! {
     login_max_failures: u32 = 5, env "PROPASS_LOGIN_MAX_FAILURES", flag "";
     /// The login throttle's window.
     login_window_secs: u64 = 300, env "PROPASS_LOGIN_WINDOW_SECS", flag "";
+    /// Password (Argon2) checks run at once (at least 1); more logins wait their turn. Each takes about 19 MiB and a core for tens of milliseconds: a few keep a burst of logins (a fleet reconnecting after an outage) from exhausting memory or starving pushes on a small server, while queued logins still complete within a second or two.
+    password_checks: usize = 4, env "PROPASS_PASSWORD_CHECKS", flag "";
     /// Addresses of reverse proxies in front of the server (comma-separated in the environment). Only a request from one of them has its client address taken from the header `proxy_header` names; from anyone else forwarding headers are ignored.
     trusted_proxies: Vec<String> = Vec::new(), env "PROPASS_TRUSTED_PROXIES", flag "";
     /// The one header the trusted proxies set: `x-forwarded-for` (HAProxy's `option forwardfor`, nginx's `$proxy_add_x_forwarded_for`) or `forwarded` (RFC 7239, HAProxy's `option forwarded`). The other is ignored even from a proxy: a proxy passes a client's own header through untouched, and a client could otherwise name any address.
@@ -242,6 +247,10 @@ settings! {
     ws_client_timeout_secs: u64 = 75, env "PROPASS_WS_CLIENT_TIMEOUT_SECS", flag "";
     /// WebSockets this server holds open at once; past it a new one gets 503 with `Retry-After` and HTTP (pushes, pulls) keeps working. 0: derived from the process's open-file limit, leaving a quarter of it (at least 256) to HTTP, the database pool and files.
     ws_max_connections: usize = 0, env "PROPASS_WS_MAX_CONNECTIONS", flag "";
+    /// WebSockets one device may hold open at once (at least 1); past it an upgrade gets 429 with `Retry-After`. A kiosk needs one; a few more cover a reconnect racing the old socket's close and a technician's debugging session, while a leaked token cannot open thousands.
+    ws_max_per_device: usize = 8, env "PROPASS_WS_MAX_PER_DEVICE", flag "";
+    /// Largest inbound WebSocket frame or message, in bytes (at least 1024; clients only send pings and heartbeats); a larger one ends the connection.
+    ws_max_frame_bytes: usize = 64 * 1024, env "PROPASS_WS_MAX_FRAME_BYTES", flag "";
     /// Events queued for one WebSocket (one push's messages are one event) before the server drops that slow consumer.
     ws_outbound_queue: usize = 256, env "PROPASS_WS_OUTBOUND_QUEUE", flag "";
     /// Inbound WebSocket messages allowed per second per connection (bursts of twice that).
@@ -625,6 +634,7 @@ impl Settings {
             max_backdate: secs(self.max_backdate_days.saturating_mul(86_400)),
             login_max_failures: self.login_max_failures.max(1),
             login_window: secs(self.login_window_secs.max(1)),
+            password_checks: self.password_checks.max(1),
             trusted_proxies: Vec::new(),
             proxy_header: ProxyHeader::XForwardedFor,
             ws_allowed_origins: self.ws_allowed_origins,
@@ -646,6 +656,8 @@ impl Settings {
                     n
                 }
             },
+            ws_max_per_device: self.ws_max_per_device.max(1),
+            ws_max_frame_bytes: self.ws_max_frame_bytes.max(1024),
             ws_client_timeout: secs(self.ws_client_timeout_secs.max(2)),
             ws_outbound_queue: self.ws_outbound_queue.max(1),
             ws_inbound_per_sec: self.ws_inbound_per_sec.max(1),

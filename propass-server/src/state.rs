@@ -18,12 +18,6 @@ use crate::metrics::Metrics;
 use crate::rng::{OsRng, Rng};
 use crate::ws::Hub;
 
-/// Argon2 checks allowed at once. Each takes ~19 MiB and a core for tens of
-/// milliseconds; four keep a burst of logins (a fleet reconnecting after an
-/// outage) from exhausting memory or starving the push handlers on a small
-/// server, while queued logins still complete within a second or two.
-pub const PASSWORD_CHECKS: usize = 4;
-
 /// When this instance last noted each kiosk's contact in PostgreSQL: a
 /// kiosk pushing hard costs its row one write per [`Contacts::EVERY`], not
 /// one per push.
@@ -66,7 +60,7 @@ pub struct AppState {
     pub throttle: LoginThrottle,
     /// WebSocket connections.
     pub hub: Hub,
-    /// Bounds concurrent Argon2 checks (see [`PASSWORD_CHECKS`]).
+    /// Bounds concurrent Argon2 checks (`password_checks` in the configuration).
     pub password_checks: Semaphore,
     /// Where time comes from.
     pub clock: Arc<dyn Clock>,
@@ -106,7 +100,7 @@ impl AppState {
             ),
             throttle: LoginThrottle::new(config.login_max_failures, config.login_window),
             hub: Hub::new(config.ws_outbound_queue),
-            password_checks: Semaphore::new(PASSWORD_CHECKS),
+            password_checks: Semaphore::new(config.password_checks),
             clock,
             rng,
             metrics: Metrics::default(),

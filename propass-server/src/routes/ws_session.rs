@@ -23,14 +23,6 @@ use crate::ws::hub::{coalesce, Delivery, Outbound};
 /// How many queued events are looked at together for coalescing.
 const COALESCE_WINDOW: usize = 64;
 
-/// WebSockets one device may hold open at once. A kiosk needs one; a few more
-/// cover a reconnect racing the old socket's close and a technician's
-/// debugging session, while a leaked token cannot open thousands.
-pub const MAX_CONNECTIONS_PER_DEVICE: usize = 8;
-
-/// Largest inbound frame or message: clients only send pings.
-const MAX_FRAME_BYTES: usize = 64 * 1024;
-
 /// How long a closing handshake may take: a peer that stopped reading must not hold the session.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,16 +69,16 @@ pub async fn upgrade(
         });
     }
     let (claims, clients, accepts_sync) = authenticate(&req, &state).await?;
-    if state.hub.device_connections(&claims.device_id) >= MAX_CONNECTIONS_PER_DEVICE {
+    if state.hub.device_connections(&claims.device_id) >= state.config.ws_max_per_device {
         return Err(ApiError::TooManyConnections(claims.device_id.clone()));
     }
 
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::InvalidRequest(format!("expected a WebSocket upgrade: {e}")))?;
     let stream = stream
-        .max_frame_size(MAX_FRAME_BYTES)
+        .max_frame_size(state.config.ws_max_frame_bytes)
         .aggregate_continuations()
-        .max_continuation_size(MAX_FRAME_BYTES);
+        .max_continuation_size(state.config.ws_max_frame_bytes);
     let user = claims.user().map(|(uid, _, _)| uid);
     let device_epoch = match claims.caller() {
         Caller::Device { epoch } => Some(epoch),

@@ -143,6 +143,35 @@ async fn browser_origins_must_be_allowed() {
     assert!(open("https://fleet.example").await.is_ok());
 }
 
+/// A frame over `ws_max_frame_bytes` ends the connection; one under it
+/// does not.
+#[tokio::test]
+async fn an_oversized_frame_closes_the_socket() {
+    let app = spawn_with(|c| c.ws_max_frame_bytes = 2048).await;
+    let token = app.token("K1").await;
+    let mut ws = app.ws("/ws", &token, "K1").await;
+    let ping = |pad: usize| {
+        Message::Text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(pad)).into())
+    };
+    futures_util::SinkExt::send(&mut ws, ping(1000))
+        .await
+        .unwrap();
+    let answered = next_json(&mut ws, Duration::from_secs(10)).await;
+    assert!(answered.is_some(), "a frame under the limit is read");
+    let _ = futures_util::SinkExt::send(&mut ws, ping(4000)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break None,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection ended");
+}
+
 #[tokio::test]
 async fn flooding_clients_are_disconnected() {
     let app = spawn_with(|c| c.ws_inbound_per_sec = 10).await;
@@ -346,11 +375,10 @@ async fn past_the_socket_cap_new_sockets_wait_and_pushes_still_work() {
 /// come back, and another device is not affected.
 #[tokio::test]
 async fn a_device_past_its_socket_cap_gets_429_with_retry_after() {
-    use propass_server::routes::ws_session::MAX_CONNECTIONS_PER_DEVICE;
-    let app = spawn_app().await;
+    let app = spawn_with(|c| c.ws_max_per_device = 3).await;
     let token = app.token("K1").await;
     let mut open = Vec::new();
-    for _ in 0..MAX_CONNECTIONS_PER_DEVICE {
+    for _ in 0..3 {
         open.push(app.ws("/ws", &token, "K1").await);
     }
     let url = format!("ws://127.0.0.1:{}/ws?token={token}&device_id=K1", app.port);
