@@ -242,22 +242,38 @@ pub async fn create_client(
     client(conn, id).await
 }
 
-/// Renames and/or archives a client. A client kiosks still serve cannot be
-/// archived: take it off them first (their unused leases come back then).
+/// What an operator changes of a client (`None`: unchanged).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientChange<'a> {
+    pub name: Option<&'a str>,
+    pub archived: Option<bool>,
+    /// Accept copies that leave out sectors the kiosk cannot read (kiosks
+    /// learn it at their next pull).
+    pub partial_copy: Option<bool>,
+}
+
+/// Renames, archives a client or changes its copy policy, audited. A client
+/// kiosks still serve cannot be archived: take it off them first (their
+/// unused leases come back then).
 pub async fn update_client(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
     id: i64,
-    name: Option<&str>,
-    archived: Option<bool>,
+    change: ClientChange<'_>,
 ) -> AdminResult<ClientOverview> {
+    let ClientChange {
+        name,
+        archived,
+        partial_copy,
+    } = change;
     let name = name.map(|n| display_name("client", n)).transpose()?;
-    if name.is_none() && archived.is_none() {
+    if name.is_none() && archived.is_none() && partial_copy.is_none() {
         return Err(AdminError::Invalid(
-            "nothing to change: give a name or archived".into(),
+            "nothing to change: give a name, archived or partial_copy".into(),
         ));
     }
-    let detail = serde_json::json!({"name": name, "archived": archived});
+    let detail =
+        serde_json::json!({"name": name, "archived": archived, "partial_copy": partial_copy});
     audited(conn, actor, "client.update", &format!("client:{id}"), detail, async |conn| {
         let before = client(conn, id).await?;
         if archived == Some(true) && !before.kiosks.is_empty() {
@@ -278,6 +294,10 @@ pub async fn update_client(
         }
         if let Some(archived) = archived {
             db::clients::set_archived(conn, id, archived).await?;
+        }
+        if let Some(allow) = partial_copy {
+            let client = ClientId::new(id).map_err(|e| AdminError::Invalid(e.to_string()))?;
+            db::clients::set_partial_copy(conn, client, allow).await?;
         }
         Ok(())
     })

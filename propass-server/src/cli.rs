@@ -739,7 +739,12 @@ async fn client_policy(
     json: bool,
 ) -> Result<(), String> {
     let allow = partial_copy == PartialCopy::Allow;
-    let version = db::clients::set_partial_copy(conn, client_id, allow)
+    let change = admin::ClientChange {
+        partial_copy: Some(allow),
+        ..Default::default()
+    };
+    admin::update_client(conn, &cli_actor(), client_id.get(), change).await?;
+    let (_, version) = db::clients::remaining_of(conn, client_id)
         .await
         .map_err(dberr)?
         .ok_or_else(|| format!("no client with id {client_id}"))?;

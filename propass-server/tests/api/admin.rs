@@ -335,6 +335,56 @@ async fn a_session_is_an_http_only_cookie_and_ends_with_logout_idleness_or_its_u
     assert_eq!(error_code(res, 401).await, "session_required");
 }
 
+/// An operator changes a client's copy policy from the dashboard: the
+/// answer shows it, a kiosk serving the client reads it at its next pull,
+/// and the audit log says who changed it; an empty change is refused.
+#[tokio::test]
+async fn an_operator_changes_a_clients_copy_policy_and_kiosks_read_it_at_their_next_pull() {
+    let app = spawn_app().await;
+    let acme = app.add_client("ACME", 10).await;
+    let token = app.token("K1").await;
+    assert_eq!(app.pull_entry(&token, acme).await["partial_copy"], false);
+    app.add_user(OPERATOR.0, OPERATOR.1, Role::Operator).await;
+    let op = app.browser(OPERATOR.0, OPERATOR.1).await;
+    let path = format!("/api/admin/clients/{acme}");
+    let (status, client) = app
+        .page_json(
+            &op,
+            Method::PATCH,
+            &path,
+            Some(json!({"partial_copy": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, &client["partial_copy"]),
+        (200, &json!(true)),
+        "{client}"
+    );
+    assert_eq!(app.pull_entry(&token, acme).await["partial_copy"], true);
+    let (status, e) = app
+        .page_json(&op, Method::PATCH, &path, Some(json!({})))
+        .await;
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (400, &json!("invalid_request")),
+        "{e}"
+    );
+    let (_, audit) = app
+        .page_json(
+            &op,
+            Method::GET,
+            &format!("/api/admin/audit?subject=client:{acme}&action=client.update"),
+            None,
+        )
+        .await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(
+        (&entries[0]["actor"], &entries[0]["detail"]["partial_copy"]),
+        (&json!(format!("user:{}", OPERATOR.0)), &json!(true))
+    );
+}
+
 #[tokio::test]
 async fn operators_run_clients_quotas_and_kiosks_and_every_change_is_audited() {
     let app = spawn_app().await;

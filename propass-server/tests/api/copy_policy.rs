@@ -267,6 +267,18 @@ async fn the_operator_sets_and_sees_the_policy_from_the_command_line() {
     assert!(ok);
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list[0]["partial_copy"], true);
+    // Both changes are in the audit log, as the command line's.
+    let subject = format!("client:{id}");
+    let filter = db::audit::Filter {
+        action: Some("client.update"),
+        subject: Some(&subject),
+        before: None,
+    };
+    let changes = db::audit::list(&mut app.db().await, filter, 10)
+        .await
+        .unwrap();
+    let policies: Vec<&Value> = changes.iter().map(|e| &e.detail["partial_copy"]).collect();
+    assert_eq!(policies, [&json!(true), &json!(false)], "newest first");
     let (ok, out, _) = app.cli(&["client", "list"]).await;
     assert!(ok);
     assert!(out.lines().next().unwrap().contains("PARTIAL"), "{out}");

@@ -76,6 +76,7 @@ fn client_id(raw: &str) -> ApiResult<ClientId> {
 pub struct UpdateBody {
     name: Option<String>,
     archived: Option<bool>,
+    partial_copy: Option<bool>,
 }
 
 /// `PATCH /api/admin/clients/{id}`.
@@ -92,8 +93,11 @@ pub async fn update(
         &mut conn,
         &session.actor(),
         id.get(),
-        body.name.as_deref(),
-        body.archived,
+        admin::ClientChange {
+            name: body.name.as_deref(),
+            archived: body.archived,
+            partial_copy: body.partial_copy,
+        },
     )
     .await?;
     Ok(HttpResponse::Ok().json(admin::flagged(client, state.config.client_low_quota)))
