@@ -17,6 +17,9 @@ pub enum ParseError {
     /// A client id is a positive integer.
     #[error("client id must be a positive integer")]
     ClientId,
+    /// A MIFARE key is 6 bytes, 12 hexadecimal digits.
+    #[error("a MIFARE key is 12 hexadecimal digits, e.g. A0A1A2A3A4A5")]
+    ReaderKey,
     /// A sector map is one of `A`, `B` or `-` per sector, 16 or 40 sectors.
     #[error("sectors must be 16 or 40 characters, each A, B or - (one per sector), got {0:?}")]
     Sectors(String),
@@ -268,6 +271,25 @@ mod tests {
         assert!(ClientId::new(-3).is_err());
         assert_eq!("42".parse::<ClientId>().unwrap().get(), 42);
     }
+
+    #[test]
+    fn reader_keys_parse_print_as_hex_and_never_debug_print() {
+        let k = ReaderKey::parse("a0a1A2a3a4a5").unwrap();
+        assert_eq!(k.to_hex(), "A0A1A2A3A4A5");
+        assert_eq!(k.bytes(), [0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5]);
+        assert_eq!(serde_json::to_string(&k).unwrap(), "\"A0A1A2A3A4A5\"");
+        assert_eq!(format!("{k:?}"), "ReaderKey(..)");
+        for bad in [
+            "",
+            "A0A1A2A3A4",
+            "A0A1A2A3A4A5A6",
+            "G0A1A2A3A4A5",
+            "A0 A1A2A3A4A",
+        ] {
+            assert_eq!(ReaderKey::parse(bad), Err(ParseError::ReaderKey), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<ReaderKey>("\"xyz\"").is_err());
+    }
 }
 
 /// Which sectors of a MIFARE Classic badge a whole-badge copy carries: one
@@ -312,6 +334,64 @@ impl Serialize for SectorMap {
 }
 
 impl<'de> Deserialize<'de> for SectorMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A MIFARE Classic key (6 bytes) that opens sectors of a client's badges:
+/// 12 hexadecimal digits on the wire. A secret: it prints as
+/// `ReaderKey(..)`, and only a kiosk serving the client is ever sent it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReaderKey([u8; 6]);
+
+impl ReaderKey {
+    /// Parses 12 hexadecimal digits (either case).
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let s = s.trim();
+        if s.len() != 12 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParseError::ReaderKey);
+        }
+        let mut key = [0u8; 6];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte =
+                u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| ParseError::ReaderKey)?;
+        }
+        Ok(Self(key))
+    }
+
+    /// The key's bytes.
+    pub fn bytes(&self) -> [u8; 6] {
+        self.0
+    }
+
+    /// Upper-case hexadecimal, as sent.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02X}")).collect()
+    }
+}
+
+impl fmt::Debug for ReaderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReaderKey(..)")
+    }
+}
+
+impl FromStr for ReaderKey {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for ReaderKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ReaderKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Self::parse(&s).map_err(serde::de::Error::custom)

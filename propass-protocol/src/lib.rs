@@ -3,7 +3,7 @@
 //! The wire types every PROPASS program speaks: the HTTP request and response
 //! bodies of the sync server, the WebSocket messages, the error body and its
 //! stable error codes, and the domain newtypes (`DeviceId`, `ClientId`,
-//! `BadgeUid`, `OpId`) that parse once at the edge.
+//! `BadgeUid`, `OpId`, `SectorMap`, `ReaderKey`) that parse once at the edge.
 //!
 //! What this crate is **not**: it does no I/O, and depends on no web framework,
 //! database driver or NFC library. Database rows and local queue rows are
@@ -20,6 +20,6 @@ mod domain;
 mod error;
 mod messages;
 
-pub use domain::{BadgeUid, ClientId, DeviceId, OpId, ParseError, SectorMap};
+pub use domain::{BadgeUid, ClientId, DeviceId, OpId, ParseError, ReaderKey, SectorMap};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use messages::*;

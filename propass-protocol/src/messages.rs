@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{BadgeUid, ClientId, DeviceId, OpId, SectorMap};
+use crate::{BadgeUid, ClientId, DeviceId, OpId, ReaderKey, SectorMap};
 
 /// A user's role on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -435,6 +435,11 @@ pub struct QuotaEntry {
     /// kiosk with a lease spends only from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<i64>,
+    /// Optional: every key an operator gave for this client's badges (asked
+    /// for with `?reader_keys=true`; an empty list when there are none). A
+    /// kiosk tries them, with its own, on the badges it copies for the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_keys: Option<Vec<ReaderKey>>,
 }
 
 /// `GET /api/sync/pull` answer.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
-use propass_protocol::{ClientId, DeviceId, DeviceStatus, Role};
+use propass_protocol::{ClientId, DeviceId, DeviceStatus, ReaderKey, Role};
 
 use crate::auth::secrets;
 use crate::db;
@@ -303,6 +303,40 @@ pub async fn update_client(
     })
     .await?;
     client(conn, id).await
+}
+
+/// Replaces the keys of a client's badges (none: clears them), each once,
+/// at most `max`; audited with their number, never the keys themselves.
+/// The kiosks serving the client read them at their next pull.
+pub async fn set_reader_keys(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    id: ClientId,
+    keys: &[ReaderKey],
+    max: usize,
+) -> AdminResult<ClientOverview> {
+    let mut seen = std::collections::HashSet::new();
+    let keys: Vec<ReaderKey> = keys.iter().copied().filter(|k| seen.insert(*k)).collect();
+    if keys.len() > max {
+        return Err(AdminError::Invalid(format!(
+            "{} keys: at most {max} per client (client_reader_keys_max)",
+            keys.len()
+        )));
+    }
+    let detail = serde_json::json!({"count": keys.len()});
+    audited(
+        conn,
+        actor,
+        "client.reader_keys",
+        &format!("client:{id}"),
+        detail,
+        async |conn| match db::clients::set_reader_keys(conn, id, &keys).await? {
+            Some(_) => Ok(()),
+            None => Err(AdminError::NotFound(format!("no client with id {id}"))),
+        },
+    )
+    .await?;
+    client(conn, id.get()).await
 }
 
 /// Adds `delta` copies to a client's quota (negative to correct a mistake),

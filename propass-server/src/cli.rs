@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use propass_protocol::{ClientId, Role};
+use propass_protocol::{ClientId, ReaderKey, Role};
 
 use crate::admin::{self, Actor};
 use crate::config::{Config, Settings};
@@ -179,6 +179,17 @@ enum ClientCmd {
         #[command(flatten)]
         sizes: LeaseSizeArgs,
     },
+    /// Replace the MIFARE keys of a client's badges, read from standard input (12 hex digits each, separated by spaces, commas or new lines: never on the command line, where other users of the machine could read them); prints how many it holds. Kiosks serving the client read them at their next pull
+    Keys {
+        /// Client id
+        client_id: ClientId,
+        /// Remove every key instead of reading new ones
+        #[arg(long)]
+        clear: bool,
+        /// Print {"client_id", "reader_key_count"} as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Set a client's copy policy; prints it. Kiosks learn it at their next pull
     Policy {
         /// Client id
@@ -310,7 +321,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(operate(&url, command, settings.fleet()))
+            let limits = Limits {
+                fleet: settings.fleet(),
+                reader_keys_max: settings.client_reader_keys_max(),
+            };
+            rt.block_on(operate(&url, command, limits))
         }
     }
 }
@@ -381,9 +396,6 @@ fn audit_entry(c: &Command) -> Option<(String, String, serde_json::Value)> {
         Command::Client(ClientCmd::Lease { client_id, .. }) => {
             ("client.lease", format!("client:{client_id}"))
         }
-        Command::Client(ClientCmd::Policy { client_id, .. }) => {
-            ("client.policy", format!("client:{client_id}"))
-        }
         _ => return None,
     };
     Some((action.to_owned(), subject, args))
@@ -424,17 +436,24 @@ impl From<diesel::result::Error> for Failed {
     }
 }
 
-async fn operate(url: &str, command: Command, fleet: db::fleet::FleetPolicy) -> Result<(), String> {
+/// What operator commands take from the configuration.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    fleet: db::fleet::FleetPolicy,
+    reader_keys_max: usize,
+}
+
+async fn operate(url: &str, command: Command, limits: Limits) -> Result<(), String> {
     let mut conn = db::connect::connect(url)
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let Some((action, subject, detail)) = audit_entry(&command) else {
-        return dispatch(&mut conn, command, fleet).await;
+        return dispatch(&mut conn, command, limits).await;
     };
     // The change and its audit entry commit together, or neither does.
     let actor = cli_actor();
     conn.transaction(async |conn| {
-        dispatch(conn, command, fleet)
+        dispatch(conn, command, limits)
             .await
             .map_err(Failed::Command)?;
         db::audit::record(conn, actor.as_str(), &action, &subject, detail).await?;
@@ -450,7 +469,7 @@ async fn operate(url: &str, command: Command, fleet: db::fleet::FleetPolicy) -> 
 async fn dispatch(
     conn: &mut AsyncPgConnection,
     command: Command,
-    fleet: db::fleet::FleetPolicy,
+    limits: Limits,
 ) -> Result<(), String> {
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
@@ -482,6 +501,11 @@ async fn dispatch(
             partial_copy,
             json,
         }) => client_policy(conn, client_id, partial_copy, json).await,
+        Command::Client(ClientCmd::Keys {
+            client_id,
+            clear,
+            json,
+        }) => client_keys(conn, client_id, clear, json, limits.reader_keys_max).await,
         Command::Quota(QuotaCmd::Add {
             client_id,
             n,
@@ -502,7 +526,7 @@ async fn dispatch(
                 Ok(())
             }
         }
-        Command::Device(cmd) => device::run(conn, cmd, fleet, &cli_actor()).await,
+        Command::Device(cmd) => device::run(conn, cmd, limits.fleet, &cli_actor()).await,
         Command::Ledger(LedgerCmd::Unverified { json }) => ledger_unverified(conn, json).await,
         Command::Audit {
             action,
@@ -730,6 +754,46 @@ async fn client_lease(
         None => eprintln!("client {client_id}: the server's default lease sizes"),
     }
     Ok(())
+}
+
+async fn client_keys(
+    conn: &mut AsyncPgConnection,
+    client_id: ClientId,
+    clear: bool,
+    json: bool,
+    max: usize,
+) -> Result<(), String> {
+    let keys = if clear {
+        Vec::new()
+    } else {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            .map_err(|e| format!("cannot read the keys from standard input: {e}"))?;
+        let keys = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|k| !k.is_empty())
+            .enumerate()
+            // Names the position, never the value: it is a secret.
+            .map(|(i, k)| ReaderKey::parse(k).map_err(|e| format!("key {}: {e}", i + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err("no key on standard input (to remove every key, say --clear)".into());
+        }
+        keys
+    };
+    let client = admin::set_reader_keys(conn, &cli_actor(), client_id, &keys, max).await?;
+    if json {
+        print_json(
+            &serde_json::json!({"client_id": client_id, "reader_key_count": client.reader_key_count}),
+        )
+    } else {
+        println!("{}", client.reader_key_count);
+        eprintln!(
+            "client {client_id} has {} reader key(s); kiosks serving it read them at their next pull",
+            client.reader_key_count
+        );
+        Ok(())
+    }
 }
 
 async fn client_policy(

@@ -67,6 +67,7 @@ pub struct Config {
     /// When a kiosk counts as offline, and what flags it.
     pub fleet: crate::db::fleet::FleetPolicy,
     pub client_low_quota: i64,
+    pub client_reader_keys_max: usize,
     pub body_read_timeout: Duration,
     pub max_batch_items: usize,
     pub max_body_bytes: usize,
@@ -211,6 +212,8 @@ settings! {
     device_write_failures: u64 = 3, env "PROPASS_DEVICE_WRITE_FAILURES", flag "";
     /// A client with this many free units or fewer is flagged `low_quota` in the dashboard (and the metric `propass_client_low_quota` is 1).
     client_low_quota: u64 = 10, env "PROPASS_CLIENT_LOW_QUOTA", flag "";
+    /// Reader keys an operator may give one client's badges (`PUT /api/admin/clients/{id}/reader-keys`, `client keys`): each is one more try per sector when a kiosk reads a badge.
+    client_reader_keys_max: usize = 32, env "PROPASS_CLIENT_READER_KEYS_MAX", flag "";
     /// Units of a client's quota a kiosk holds in lease (spendable offline), unless the kiosk or the client sets its own (`device lease`, `client lease`); 0: no leases (kiosks spend the free units optimistically, and the server flags overdrafts).
     lease_target: u64 = 10, env "PROPASS_LEASE_TARGET", flag "";
     /// A kiosk's lease is refilled to the target at its next sync once it holds fewer units than this (at most the target), unless the kiosk or the client sets its own.
@@ -447,6 +450,11 @@ pub enum ConfigError {
 
 impl Settings {
     /// What makes a kiosk offline or flagged (also for `device list`).
+    /// `client_reader_keys_max`, for the operator commands.
+    pub fn client_reader_keys_max(&self) -> usize {
+        self.client_reader_keys_max
+    }
+
     pub fn fleet(&self) -> crate::db::fleet::FleetPolicy {
         let secs = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
         crate::db::fleet::FleetPolicy {
@@ -621,6 +629,7 @@ impl Settings {
             device_items_per_day: self.device_items_per_day,
             fleet: self.fleet(),
             client_low_quota: i64::try_from(self.client_low_quota).unwrap_or(i64::MAX),
+            client_reader_keys_max: self.client_reader_keys_max,
             lease: crate::db::leases::LeasePolicy {
                 target: i64::try_from(self.lease_target).unwrap_or(i64::MAX),
                 low_water: i64::try_from(self.lease_low_water.min(self.lease_target))

@@ -185,6 +185,7 @@ impl ServerClient for ScriptedServer {
                 version: None,
                 partial_copy: None,
                 lease: None,
+                reader_keys: None,
             };
             let mut quotas = vec![QuotaEntry {
                 lease,

@@ -29,6 +29,10 @@ pub struct ClientRow {
     pub partial_copy: bool,
     /// Its own lease size (`None`: the server's `lease_target`).
     pub lease_target: Option<i64>,
+    /// The keys an operator gave for its badges (hex; secrets: never
+    /// serialized but into a pull of a kiosk that asked).
+    #[serde(skip)]
+    pub reader_keys: Vec<String>,
 }
 
 impl ClientRow {
@@ -167,6 +171,7 @@ fn with_quota() -> _ {
         quotas::version,
         clients::partial_copy,
         clients::lease_target,
+        clients::reader_keys,
     ))
 }
 
@@ -267,6 +272,40 @@ pub async fn set_partial_copy(
     .await
 }
 
+/// Replaces the keys of a client's badges; returns the client's new
+/// version, `None` for an unknown client. Like the copy policy, the version
+/// is bumped because a pull answers both under one version; no NOTIFY:
+/// kiosks read the keys at their next pull.
+pub async fn set_reader_keys(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+    keys: &[propass_protocol::ReaderKey],
+) -> QueryResult<Option<i64>> {
+    let hex: Vec<String> = keys
+        .iter()
+        .map(propass_protocol::ReaderKey::to_hex)
+        .collect();
+    conn.transaction(async |conn| {
+        let found = diesel::update(clients::table.find(client.get()))
+            .set(clients::reader_keys.eq(&hex))
+            .execute(conn)
+            .await?;
+        if found == 0 {
+            return Ok(None);
+        }
+        diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
+            .set((
+                quotas::version.eq(quotas::version + 1),
+                quotas::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(quotas::version)
+            .get_result::<i64>(conn)
+            .await
+            .optional()
+    })
+    .await
+}
+
 /// The remaining quota of one client, with the row's version.
 pub async fn remaining_of(
     conn: &mut AsyncPgConnection,
@@ -309,6 +348,9 @@ pub struct ClientOverview {
     pub partial_copy: bool,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub archived: bool,
+    /// How many keys an operator gave for its badges (never which).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub reader_key_count: i64,
 }
 
 /// Clients with their quotas, overdrafts and kiosks, by id: those of
@@ -323,7 +365,8 @@ pub async fn overview(
                 coalesce(o.n, 0) AS overdrafts, \
                 coalesce((SELECT array_agg(dc.device_id ORDER BY dc.device_id) FROM device_clients dc \
                           WHERE dc.client_id = c.id), '{}') AS kiosks, \
-                c.partial_copy, c.archived_at IS NOT NULL AS archived \
+                c.partial_copy, c.archived_at IS NOT NULL AS archived, \
+                cardinality(c.reader_keys)::int8 AS reader_key_count \
          FROM clients c JOIN quotas q ON q.client_id = c.id \
          LEFT JOIN (SELECT client_id, count(*) AS n FROM copies WHERE overdraft GROUP BY client_id) o \
                 ON o.client_id = c.id \

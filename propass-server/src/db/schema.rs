@@ -65,6 +65,7 @@ diesel::table! {
         lease_target -> Nullable<BigInt>,
         lease_low_water -> Nullable<BigInt>,
         archived_at -> Nullable<Timestamptz>,
+        reader_keys -> Array<Text>,
     }
 }
 diesel::table! {

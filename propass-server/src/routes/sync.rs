@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel_async::AsyncConnection;
 use propass_protocol::{
-    ClientId, DeviceId, LeaseEntry, LeaseReleaseResponse, PullResponse, QuotaEntry,
+    ClientId, DeviceId, LeaseEntry, LeaseReleaseResponse, PullResponse, QuotaEntry, ReaderKey,
 };
 use serde::Deserialize;
 
@@ -64,11 +64,15 @@ pub struct PullQuery {
     lease: Option<bool>,
     /// The `version` of the kiosk's last pull: list only what changed since.
     since_version: Option<i64>,
+    /// `true`: each client's reader keys too (our agent; the seed client
+    /// cannot use them and is not sent them).
+    reader_keys: Option<bool>,
 }
 
 /// `GET /api/sync/pull`: the quotas of the clients this kiosk serves, and
 /// (with `?lease=true`) the units it holds in lease, refilled first; with
-/// `?since_version=`, only the clients changed since that answer (`delta`).
+/// `?since_version=`, only the clients changed since that answer (`delta`);
+/// with `?reader_keys=true`, each client's reader keys.
 pub async fn pull(
     state: web::Data<AppState>,
     token: KioskTokenOfActiveDevice,
@@ -82,6 +86,7 @@ pub async fn pull(
     let device = token.0.device_id.clone();
     let policy = state.config.lease;
     let leasing = query.lease == Some(true);
+    let with_keys = query.reader_keys == Some(true);
     let (version, since, own, rows, leases, recorded_through) = {
         let mut conn = state.pool.get().await?;
         conn.transaction(async |conn| {
@@ -119,6 +124,14 @@ pub async fn pull(
                     (None, target) if leasing && target > 0 => Some(0),
                     _ => None,
                 },
+                // Stored parsed: a value that does not parse is a schema bug,
+                // left out rather than failing the kiosk's pull.
+                reader_keys: with_keys.then(|| {
+                    r.reader_keys
+                        .iter()
+                        .filter_map(|k| ReaderKey::parse(k).ok())
+                        .collect()
+                }),
             })
         })
         .collect();

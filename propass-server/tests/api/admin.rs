@@ -385,6 +385,79 @@ async fn an_operator_changes_a_clients_copy_policy_and_kiosks_read_it_at_their_n
     );
 }
 
+/// Reader keys over HTTP: the answer counts them and never shows them; a
+/// malformed key is refused by its position (not its value), more than
+/// `client_reader_keys_max` too, and neither changes anything.
+#[tokio::test]
+async fn an_operator_gives_a_clients_reader_keys_and_never_sees_them_again() {
+    let app = spawn_with(|c| c.client_reader_keys_max = 2).await;
+    let acme = app.add_client("ACME", 10).await;
+    app.add_user(OPERATOR.0, OPERATOR.1, Role::Operator).await;
+    let op = app.browser(OPERATOR.0, OPERATOR.1).await;
+    let path = format!("/api/admin/clients/{acme}/reader-keys");
+    let put = |keys: Value| app.page_json(&op, Method::PUT, &path, Some(json!({"keys": keys})));
+    let (status, client) = put(json!(["A0A1A2A3A4A5", "b0b1b2b3b4b5", "A0A1A2A3A4A5"])).await;
+    assert_eq!(
+        (status, &client["reader_key_count"]),
+        (200, &json!(2)),
+        "{client}"
+    );
+    assert!(!client.to_string().contains("A0A1A2A3A4A5"), "{client}");
+    let (status, e) = put(json!(["C0C1C2C3C4C5", "SECRETSECRET"])).await;
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (400, &json!("invalid_request")),
+        "{e}"
+    );
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("keys[1]") && !message.contains("SECRET"),
+        "{message}"
+    );
+    let (status, e) = put(json!(["C0C1C2C3C4C5", "D0D1D2D3D4D5", "E0E1E2E3E4E5"])).await;
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (400, &json!("invalid_request")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("client_reader_keys_max"),
+        "{e}"
+    );
+    let (_, clients) = app
+        .page_json(&op, Method::GET, "/api/admin/clients", None)
+        .await;
+    assert_eq!(
+        clients["clients"][0]["reader_key_count"], 2,
+        "refusals changed nothing"
+    );
+    let (status, _) = app
+        .page_json(
+            &op,
+            Method::PUT,
+            "/api/admin/clients/999/reader-keys",
+            Some(json!({"keys": []})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let token = app.token("K1").await;
+    let res = app
+        .http
+        .get(format!("{}/api/sync/pull?reader_keys=true", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let pulled: Value = res.json().await.unwrap();
+    assert_eq!(
+        pulled["quotas"][0]["reader_keys"],
+        json!(["A0A1A2A3A4A5", "B0B1B2B3B4B5"])
+    );
+}
+
 #[tokio::test]
 async fn operators_run_clients_quotas_and_kiosks_and_every_change_is_audited() {
     let app = spawn_app().await;
@@ -1701,6 +1774,13 @@ async fn every_json_answer_is_what_the_document_says() {
     )
     .await;
     check("GET", "/api/admin/clients/{id}/quota-history", s, &v);
+    let (s, v) = call(
+        Method::PUT,
+        format!("/api/admin/clients/{id}/reader-keys"),
+        Some(json!({"keys": ["A0A1A2A3A4A5"]})),
+    )
+    .await;
+    check("PUT", "/api/admin/clients/{id}/reader-keys", s, &v);
 
     // A kiosk that logged in, is approved for the client, reported its
     // health and pushed a verified and an unverified copy.

@@ -267,18 +267,28 @@ async fn the_operator_sets_and_sees_the_policy_from_the_command_line() {
     assert!(ok);
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list[0]["partial_copy"], true);
-    // Both changes are in the audit log, as the command line's.
+    // Both changes are in the audit log, once each, as the command line's.
     let subject = format!("client:{id}");
     let filter = db::audit::Filter {
-        action: Some("client.update"),
+        action: None,
         subject: Some(&subject),
         before: None,
     };
     let changes = db::audit::list(&mut app.db().await, filter, 10)
         .await
         .unwrap();
-    let policies: Vec<&Value> = changes.iter().map(|e| &e.detail["partial_copy"]).collect();
-    assert_eq!(policies, [&json!(true), &json!(false)], "newest first");
+    let seen: Vec<(&str, &Value)> = changes
+        .iter()
+        .map(|e| (e.action.as_str(), &e.detail["partial_copy"]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("client.update", &json!(true)),
+            ("client.update", &json!(false)),
+        ],
+        "newest first"
+    );
     let (ok, out, _) = app.cli(&["client", "list"]).await;
     assert!(ok);
     assert!(out.lines().next().unwrap().contains("PARTIAL"), "{out}");
@@ -299,4 +309,119 @@ async fn the_operator_sets_and_sees_the_policy_from_the_command_line() {
         ])
         .await;
     assert!(!ok, "only allow or deny: {err}");
+}
+
+/// The keys of a client's badges, set by an operator from standard input,
+/// reach the kiosks serving the client that ask for them (`?reader_keys=
+/// true`) — a full pull or one of what changed — and nowhere else: not a
+/// kiosk that does not serve the client, not a pull that did not ask, not
+/// the client list, not the audit log (which counts them), not an error.
+#[tokio::test]
+async fn reader_keys_reach_only_the_kiosks_serving_the_client_that_ask() {
+    let app = spawn_app().await;
+    let acme = app.add_client("ACME", 10).await;
+    let globex = app.add_client("Globex", 10).await;
+    let token = app.token("K1").await;
+    let (ok, _, err) = app
+        .cli(&["device", "assign", "K1", "--remove", &globex.to_string()])
+        .await;
+    assert!(ok, "{err}");
+
+    let (ok, out, err) = app
+        .cli_fed(
+            &["client", "keys", &acme.to_string()],
+            "a0a1a2a3a4a5, B0B1B2B3B4B5\nb0b1b2b3b4b5\n",
+        )
+        .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "2", "each key once");
+    let (ok, _, err) = app
+        .cli_fed(&["client", "keys", &globex.to_string()], "C0C1C2C3C4C5")
+        .await;
+    assert!(ok, "{err}");
+    // A bad key changes nothing, and the error does not repeat it.
+    let (ok, _, err) = app
+        .cli_fed(
+            &["client", "keys", &acme.to_string()],
+            "D0D1D2D3D4D5 NOTAKEY00000",
+        )
+        .await;
+    assert!(!ok);
+    assert!(err.contains("key 2") && !err.contains("NOTAKEY"), "{err}");
+    let (ok, _, err) = app
+        .cli_fed(&["client", "keys", &acme.to_string()], "")
+        .await;
+    assert!(!ok && err.contains("--clear"), "{err}");
+
+    let pull = |query: &'static str| {
+        let app = &app;
+        let token = &token;
+        async move {
+            let res = app
+                .http
+                .get(format!("{}/api/sync/pull{query}", app.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let plain = pull("").await;
+    assert!(plain["quotas"][0].get("reader_keys").is_none(), "{plain}");
+    let asked = pull("?reader_keys=true").await;
+    let quotas = asked["quotas"].as_array().unwrap();
+    assert_eq!(quotas.len(), 1, "only the client K1 serves: {asked}");
+    assert_eq!(quotas[0]["client_id"], acme);
+    assert_eq!(
+        quotas[0]["reader_keys"],
+        json!(["A0A1A2A3A4A5", "B0B1B2B3B4B5"])
+    );
+    assert!(!asked.to_string().contains("C0C1C2C3C4C5"), "{asked}");
+
+    // Cleared: a pull of what changed says so.
+    let since = asked["version"].as_i64().unwrap();
+    let (ok, out, err) = app
+        .cli(&["client", "keys", &acme.to_string(), "--clear", "--json"])
+        .await;
+    assert!(ok, "{err}");
+    let cleared: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cleared["reader_key_count"], 0);
+    let res = app
+        .http
+        .get(format!(
+            "{}/api/sync/pull?reader_keys=true&since_version={since}",
+            app.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let delta: Value = res.json().await.unwrap();
+    assert_eq!(delta["delta"], true, "{delta}");
+    assert_eq!(delta["quotas"][0]["reader_keys"], json!([]), "{delta}");
+
+    // Counted, never shown.
+    let (ok, out, _) = app.cli(&["client", "list", "--json"]).await;
+    assert!(ok);
+    assert!(!out.contains("C0C1C2C3C4C5"), "{out}");
+    let subject = format!("client:{acme}");
+    let filter = db::audit::Filter {
+        action: Some("client.reader_keys"),
+        subject: Some(&subject),
+        before: None,
+    };
+    let entries = db::audit::list(&mut app.db().await, filter, 10)
+        .await
+        .unwrap();
+    let counts: Vec<&Value> = entries.iter().map(|e| &e.detail["count"]).collect();
+    assert_eq!(
+        counts,
+        [&json!(0), &json!(2)],
+        "newest first; the refused change wrote none"
+    );
+    let all =
+        serde_json::to_string(&entries.iter().map(|e| &e.detail).collect::<Vec<_>>()).unwrap();
+    assert!(!all.contains("A0A1A2A3A4A5"), "{all}");
 }

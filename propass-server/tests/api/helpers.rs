@@ -284,16 +284,35 @@ impl TestApp {
     /// Runs the server binary's operator command `args` against the test
     /// database; answers (success, stdout, stderr).
     pub async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.cli_fed(args, "").await
+    }
+
+    /// [`Self::cli`] with `input` on its standard input.
+    pub async fn cli_fed(&self, args: &[&str], input: &str) -> (bool, String, String) {
+        use std::io::Write;
+        use std::process::Stdio;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_propass-server"));
         cmd.args(args)
             .arg("--database-url")
             .arg(&self.db_url)
             .env_remove("PROPASS_CONFIG")
-            .env("PROPASS_LOG", "warn");
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .unwrap()
-            .expect("run propass-server");
+            .env("PROPASS_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let input = input.to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn()?;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(input.as_bytes())?;
+            child.wait_with_output()
+        })
+        .await
+        .unwrap()
+        .expect("run propass-server");
         (
             out.status.success(),
             String::from_utf8(out.stdout).unwrap(),

@@ -70,6 +70,7 @@ pub fn schemas() -> Value {
         ("kiosks", list(text())),
         ("partial_copy", boolean()),
         ("archived", boolean()),
+        ("reader_key_count", int()),
         (
             "flags",
             list(one_of(&["overdrafts", "exhausted", "low_quota"])),

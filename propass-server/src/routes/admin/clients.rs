@@ -2,7 +2,7 @@
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use propass_protocol::ClientId;
+use propass_protocol::{ClientId, ReaderKey};
 use serde::Deserialize;
 
 use super::access::OperatorSession;
@@ -98,6 +98,43 @@ pub async fn update(
             archived: body.archived,
             partial_copy: body.partial_copy,
         },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(admin::flagged(client, state.config.client_low_quota)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderKeysBody {
+    keys: Vec<String>,
+}
+
+/// `PUT /api/admin/clients/{id}/reader-keys`: the keys of the client's
+/// badges, replaced; the answer counts them and never shows them.
+pub async fn set_reader_keys(
+    session: OperatorSession,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Bytes,
+) -> ApiResult<HttpResponse> {
+    let id = client_id(input::param(&req, "id"))?;
+    let body: ReaderKeysBody = input::json(&req, &body)?;
+    let keys = body
+        .keys
+        .iter()
+        .enumerate()
+        // The error names the position, never the value: it is a secret.
+        .map(|(i, k)| {
+            ReaderKey::parse(k).map_err(|e| ApiError::InvalidRequest(format!("keys[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut conn = state.pool.get().await?;
+    let client = admin::set_reader_keys(
+        &mut conn,
+        &session.actor(),
+        id,
+        &keys,
+        state.config.client_reader_keys_max,
     )
     .await?;
     Ok(HttpResponse::Ok().json(admin::flagged(client, state.config.client_low_quota)))

@@ -16,6 +16,8 @@ pub enum Kind {
     Bool,
     /// A list of ids (clients).
     Ids,
+    /// A list of strings.
+    Texts,
     /// An RFC 3339 time.
     Time,
     /// `admin`, `operator` or `kiosk`.
@@ -29,6 +31,7 @@ impl Kind {
             Self::Int => json!({"type": "integer"}),
             Self::Bool => json!({"type": "boolean"}),
             Self::Ids => json!({"type": "array", "items": {"type": "integer"}}),
+            Self::Texts => json!({"type": "array", "items": {"type": "string"}}),
             Self::Time => json!({"type": "string", "format": "date-time"}),
             Self::Role => json!({"type": "string", "enum": ["admin", "operator", "kiosk"]}),
         }
@@ -41,6 +44,7 @@ impl Kind {
             Self::Int => json!(2),
             Self::Bool => json!(true),
             Self::Ids => json!([1, 2]),
+            Self::Texts => json!(["A0A1A2A3A4A5"]),
             Self::Time => json!("2026-12-01T10:00:00Z"),
             Self::Role => json!("operator"),
         }
