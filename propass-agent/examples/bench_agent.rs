@@ -50,6 +50,7 @@ async fn seed_quota(dir: &Path, remaining: i64) -> Result<Store, String> {
         .apply_pull(
             vec![ServerQuota {
                 partial_copy: None,
+                reader_keys: None,
                 client: ClientId::new(1).unwrap(),
                 remaining,
                 name: None,
@@ -279,6 +280,7 @@ async fn main() -> Result<(), String> {
         .apply_pull(
             vec![ServerQuota {
                 partial_copy: None,
+                reader_keys: None,
                 client: ClientId::new(client).unwrap(),
                 remaining: (backlog * 2) as i64,
                 name: None,

@@ -122,7 +122,7 @@ agent_config! {
     reader_keys: ReaderKeys = ReaderKeys::default(), "PROPASS_READER_KEYS", "none",
         "MIFARE keys tried on a badge's sectors before the well-known ones: 12 hex digits each (a list in the file, comma-separated in the environment); never logged or shown";
     client_reader_keys: ClientReaderKeys = ClientReaderKeys::default(), "PROPASS_CLIENT_READER_KEYS", "none",
-        "MIFARE keys of one client's badges, tried before `reader_keys` when copying for that client: a table of client id to keys in the file (`client_reader_keys = { 3 = [\"A0B1C2D3E4F5\"] }`), `3=KEY,KEY;7=KEY` in the environment; never logged or shown";
+        "MIFARE keys of one client's badges, tried before `reader_keys` when copying for that client: a table of client id to keys in the file (`client_reader_keys = { 3 = [\"A0B1C2D3E4F5\"] }`), `3=KEY,KEY;7=KEY` in the environment; never logged or shown. The keys operators give the server for a client (`client keys`) come with each pull and are tried after these";
 }
 
 /// The operator's MIFARE keys (see `reader_keys`). Never printed.

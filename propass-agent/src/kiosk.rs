@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use propass_nfc::mifare::{Dump, KeyDictionary, SectorMap as ReadMap};
 use propass_nfc::{build_block0, BadgeRead, BlankKind, NfcError, TagInfo};
-use propass_protocol::{BadgeUid, ClientId, OpType, SectorMap};
+use propass_protocol::{BadgeUid, ClientId, OpType, ReaderKey, SectorMap};
 
 use crate::agent::{Agent, Unsettled};
 use crate::events::{AgentEvent, CardStep};
@@ -187,8 +187,17 @@ pub async fn copy(agent: &Arc<Agent>, client: ClientId) -> Result<MadeCard, Kios
 /// back into it for the write.
 async fn read_source(agent: &Agent, client: ClientId) -> Result<(TagInfo, BadgeRead), KioskError> {
     let timeout = agent.config.card_timeout();
-    // The client's own keys first, then the kiosk's, then the well-known ones.
+    // The client's own keys first (this kiosk's configuration, then what
+    // the server gave), then the kiosk's, then the well-known ones.
     let mut extra = agent.config.client_reader_keys.of(client.get()).to_vec();
+    extra.extend(
+        agent
+            .store
+            .reader_keys(client)
+            .await?
+            .iter()
+            .map(ReaderKey::bytes),
+    );
     extra.extend_from_slice(&agent.config.reader_keys.0);
     let keys = KeyDictionary::with_extra(&extra);
     extra.zeroize();
@@ -727,6 +736,7 @@ mod tests {
         let store = Store::open(&crate::store::tests::temp("agent.db")).unwrap();
         let quota = ServerQuota {
             partial_copy,
+            reader_keys: None,
             client: client(),
             name: None,
             remaining,

@@ -289,6 +289,15 @@ impl Store {
         self.with(move |c| quotas::apply_update(c, &q, now)).await
     }
 
+    /// The keys the server gave for `client`'s badges (secrets: for the
+    /// copy flow only).
+    pub async fn reader_keys(
+        &self,
+        client: ClientId,
+    ) -> StoreResult<Vec<propass_protocol::ReaderKey>> {
+        self.with(move |c| quotas::reader_keys_of(c, client)).await
+    }
+
     /// Every known client's quota.
     pub async fn quotas(&self) -> StoreResult<Vec<LocalQuota>> {
         self.with(|c| quotas::quotas(c)).await
@@ -398,6 +407,7 @@ pub(crate) mod tests {
     async fn pull_two(store: &Store, c: ClientId) {
         let q = ServerQuota {
             partial_copy: None,
+            reader_keys: None,
             client: c,
             remaining: 2,
             name: None,
@@ -473,6 +483,7 @@ pub(crate) mod tests {
         let c = ClientId::new(1).unwrap();
         let q = |remaining, version| ServerQuota {
             partial_copy: None,
+            reader_keys: None,
             client: c,
             name: None,
             remaining,
@@ -573,6 +584,7 @@ pub(crate) mod tests {
         let store = Store::open(&temp("agent.db")).unwrap();
         let said = |id, remaining| ServerQuota {
             partial_copy: None,
+            reader_keys: None,
             client: ClientId::new(id).unwrap(),
             remaining,
             name: None,
@@ -609,12 +621,57 @@ pub(crate) mod tests {
         assert_eq!(remaining(&store).await, [(1, 4)]);
     }
 
+    /// A pull's reader keys are kept until a pull says otherwise: a live
+    /// update (which carries none) leaves them, an empty list clears them,
+    /// and the quota the status and the local API show never holds them.
+    #[tokio::test]
+    async fn reader_keys_follow_what_pulls_say() {
+        let store = Store::open(&temp("agent.db")).unwrap();
+        let c = ClientId::new(1).unwrap();
+        let key = propass_protocol::ReaderKey::parse("A0A1A2A3A4A5").unwrap();
+        let said = |reader_keys, version| ServerQuota {
+            partial_copy: None,
+            reader_keys,
+            client: c,
+            remaining: 5,
+            name: None,
+            version: Some(version),
+            lease: LeaseWord::NoLease,
+        };
+        assert!(
+            store.reader_keys(c).await.unwrap().is_empty(),
+            "unknown client"
+        );
+        store
+            .apply_pull(vec![said(Some(vec![key]), 1)], at(0))
+            .await
+            .unwrap();
+        assert_eq!(store.reader_keys(c).await.unwrap(), [key]);
+        store
+            .apply_quota_update(said(None, 2), at(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.reader_keys(c).await.unwrap(),
+            [key],
+            "a live update keeps them"
+        );
+        let shown = serde_json::to_string(&store.quotas().await.unwrap()).unwrap();
+        assert!(!shown.contains("A0A1A2A3A4A5"), "{shown}");
+        store
+            .apply_pull(vec![said(Some(Vec::new()), 3)], at(2))
+            .await
+            .unwrap();
+        assert!(store.reader_keys(c).await.unwrap().is_empty(), "cleared");
+    }
+
     #[tokio::test]
     async fn with_a_lease_the_kiosk_spends_only_its_own_units() {
         let store = Store::open(&temp("agent.db")).unwrap();
         let c = ClientId::new(1).unwrap();
         let said = |remaining, lease| ServerQuota {
             partial_copy: None,
+            reader_keys: None,
             client: c,
             remaining,
             name: Some("ACME".into()),

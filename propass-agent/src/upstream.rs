@@ -234,11 +234,12 @@ impl ServerClient for HttpServerClient {
         token: &'a str,
         since_version: Option<i64>,
     ) -> BoxFuture<'a, UpstreamResult<PullResponse>> {
-        // Always with leases: units set aside for this kiosk are what it
-        // may spend offline (a server without leases ignores the query).
+        // Always with leases (units set aside for this kiosk are what it
+        // may spend offline) and the clients' reader keys; a server without
+        // them ignores the query.
         let path = match since_version {
-            Some(v) => format!("/api/sync/pull?lease=true&since_version={v}"),
-            None => "/api/sync/pull?lease=true".to_owned(),
+            Some(v) => format!("/api/sync/pull?lease=true&reader_keys=true&since_version={v}"),
+            None => "/api/sync/pull?lease=true&reader_keys=true".to_owned(),
         };
         let req = self.authed(reqwest::Method::GET, server, &path, token);
         Box::pin(answer(req, self.max_answer_bytes))

@@ -216,6 +216,7 @@ fn pull(
         remaining,
         version,
         partial_copy: None,
+        reader_keys: None,
         lease: lease.map_or(LeaseWord::NoLease, LeaseWord::Units),
     };
     let ids: Vec<i64> = queue::list(conn, None, 10_000)
@@ -250,6 +251,7 @@ fn live_update(conn: &mut Connection, m: &mut Model, c: usize, remaining: i64, v
         remaining,
         version: Some(version),
         partial_copy: None,
+        reader_keys: None,
         lease: LeaseWord::Unsaid,
     };
     let result = quotas::apply_update(conn, &q, at());
@@ -380,6 +382,7 @@ fn push(conn: &mut Connection, m: &mut Model, accepted: bool, lease_after: Optio
                 remaining: model.server_remaining?,
                 version: None,
                 partial_copy: None,
+                reader_keys: None,
                 lease: leases[c],
             })
         })

@@ -5,8 +5,8 @@
 //! status indexes: their cost does not grow with a kiosk's history.
 
 use chrono::{DateTime, Utc};
-use propass_protocol::ClientId;
-use rusqlite::{params, Connection, TransactionBehavior};
+use propass_protocol::{ClientId, ReaderKey};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use super::{ts, StoreError, StoreResult};
@@ -60,6 +60,9 @@ pub struct ServerQuota {
     pub partial_copy: Option<bool>,
     /// Pulls and pushes of a kiosk with a lease carry it.
     pub lease: LeaseWord,
+    /// Only pulls carry them (every key of the client's badges); `None`
+    /// keeps the stored keys.
+    pub reader_keys: Option<Vec<ReaderKey>>,
 }
 
 /// Stores what the server said, unless it is older (lower version) than
@@ -78,17 +81,43 @@ fn set_remaining(
     at: &str,
     authoritative: bool,
 ) -> StoreResult<()> {
+    let keys = q.reader_keys.as_ref().map(|keys| {
+        keys.iter()
+            .map(ReaderKey::to_hex)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     conn.execute(
-        "INSERT INTO quotas (client_id, name, server_remaining, server_version, updated_at, partial_copy) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+        "INSERT INTO quotas (client_id, name, server_remaining, server_version, updated_at, partial_copy, reader_keys) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8) \
          ON CONFLICT (client_id) DO UPDATE SET server_remaining = excluded.server_remaining, \
              server_version = coalesce(excluded.server_version, quotas.server_version), \
              name = coalesce(excluded.name, quotas.name), updated_at = excluded.updated_at, \
-             partial_copy = coalesce(excluded.partial_copy, quotas.partial_copy) \
+             partial_copy = coalesce(excluded.partial_copy, quotas.partial_copy), \
+             reader_keys = coalesce(excluded.reader_keys, quotas.reader_keys) \
          WHERE ?7 OR excluded.server_version IS NULL OR quotas.server_version IS NULL \
                OR excluded.server_version >= quotas.server_version",
-        params![q.client.get(), q.name, q.remaining, q.version, at, q.partial_copy, authoritative],
+        params![q.client.get(), q.name, q.remaining, q.version, at, q.partial_copy, authoritative, keys],
     )?;
     Ok(())
+}
+
+/// The keys the server gave for `client`'s badges (none when it gave none
+/// or never named the client). A stored key that does not parse is left
+/// out: it cannot open anything.
+pub fn reader_keys_of(conn: &Connection, client: ClientId) -> StoreResult<Vec<ReaderKey>> {
+    let stored: Option<Option<String>> = conn
+        .query_row(
+            "SELECT reader_keys FROM quotas WHERE client_id = ?1",
+            [client.get()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(stored
+        .flatten()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|k| ReaderKey::parse(k).ok())
+        .collect())
 }
 
 /// One client's quota, `None` when the server never named it.

@@ -78,6 +78,12 @@ ALTER TABLE queue ADD COLUMN unverified INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE quotas ADD COLUMN server_lease INTEGER;
 "#,
+    // The MIFARE keys the server gave for a client's badges, upper-case hex
+    // separated by commas ('' none; NULL: the server never said). Secrets:
+    // read only by the copy flow, never by the status or the local API.
+    r#"
+ALTER TABLE quotas ADD COLUMN reader_keys TEXT;
+"#,
 ];
 
 /// Opens (or creates) the database at `path`, refusing foreign, newer or

@@ -62,6 +62,7 @@ pub fn listed_quota(q: QuotaEntry) -> ServerQuota {
             Some(units) => LeaseWord::Units(units),
             None => LeaseWord::NoLease,
         },
+        reader_keys: q.reader_keys,
     }
 }
 
@@ -91,5 +92,6 @@ pub fn updated_quota(q: QuotaUpdated) -> ServerQuota {
         version: q.version,
         partial_copy: None,
         lease: LeaseWord::Unsaid,
+        reader_keys: None,
     }
 }

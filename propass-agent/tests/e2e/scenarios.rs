@@ -1325,7 +1325,7 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["operation"]["sectors"], "AAAAAAAAAAAAAAAA");
     assert_eq!(emu.tag().unwrap().memory(), keyed.memory());
-    emu.place(Some(keyed));
+    emu.place(Some(keyed.clone()));
 
     // The operator allows partial copies for the client; once the kiosk has
     // synced, the same badge is copied without its protected sector.
@@ -1356,6 +1356,35 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
         .await,
         "the ledger records what the partial copy left out"
     );
+
+    // The operator gives the server the client's key: once the kiosk has
+    // synced, the same badge is copied whole for it.
+    server.cli(
+        &["client", "keys", &client.to_string()],
+        Some("5a5a5a5a5a5a\n"),
+    );
+    assert_eq!(agent.sync().await.0, 200);
+    emu.place(Some(keyed.clone()));
+    let (s, v) = copy_at_reader(
+        &agent,
+        &emu,
+        client,
+        Tag::classic(TagKind::Gen2, [0x01, 0x02, 0x03, 0x07]),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(emu.tag().unwrap().memory(), keyed.memory());
+    assert_eq!(
+        v["operation"]["sectors"], "AAAAAAAAAAAAAAAA",
+        "the server's key opened sector 4"
+    );
+    assert!(
+        !agent.log().contains("5A5A5A5A5A5A")
+            && !agent.log().to_lowercase().contains("5a5a5a5a5a5a"),
+        "the key is in no log line"
+    );
+    let status = agent.status().await.to_string();
+    assert!(!status.contains("5A5A5A5A5A5A"), "{status}");
 
     // A badge our blanks cannot become (an Ultralight): refused before any blank is asked for.
     emu.place(Some(Tag::ultralight([
