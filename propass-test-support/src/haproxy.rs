@@ -5,6 +5,25 @@
 //! tunnel, headers — is the shipped text.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::ProcessGuard;
+
+/// Debian's `haproxy` running `config` in the foreground (its log lines,
+/// written to stdout, dropped), stopped when the guard drops.
+pub fn spawn_haproxy(config: &Path) -> Result<ProcessGuard, String> {
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        return Err("haproxy is missing: cargo xtask test installs it (Debian's haproxy)".into());
+    }
+    ProcessGuard::spawn(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(config)
+            .stdout(Stdio::null()),
+        "haproxy",
+    )
+}
 
 /// `shipped` bound to `port` on loopback — ending TLS with `tls_pem` (the
 /// certificate chain and its key in one PEM file, as HAProxy's `crt` wants)

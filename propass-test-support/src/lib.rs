@@ -34,7 +34,7 @@ mod wait;
 
 pub use disk::{private_mount_command, SmallDisk};
 pub use generated::{assert_generated, uncommented_assignments};
-pub use haproxy::haproxy_config;
+pub use haproxy::{haproxy_config, spawn_haproxy};
 pub use measure::{cpu_seconds, machine_busy_seconds, percentile, rss_kib};
 pub use modgraph::{assert_no_module_cycle, find_cycle, module_graph, Graph};
 pub use net::free_port;

@@ -1583,13 +1583,6 @@ async fn the_agent_syncs_over_tls_with_a_private_ca() {
 /// pushes and keeps its WebSocket through it, as docs/deploy.md describes.
 #[tokio::test]
 async fn the_agent_syncs_through_the_shipped_haproxy_ending_tls() {
-    assert!(
-        std::process::Command::new("haproxy")
-            .arg("-v")
-            .output()
-            .is_ok(),
-        "haproxy is missing: cargo xtask test installs it (Debian's haproxy)"
-    );
     let server = Server::new().await;
     let client = server.add_client("Proxied Ltd", 10);
     let pki = TestPki::new();
@@ -1606,15 +1599,7 @@ async fn the_agent_syncs_through_the_shipped_haproxy_ending_tls() {
         propass_test_support::haproxy_config(shipped, lb_port, Some(&bundle), &backend),
     )
     .unwrap();
-    let _haproxy = propass_test_support::ProcessGuard::spawn(
-        std::process::Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null()),
-        "haproxy",
-    )
-    .unwrap();
+    let _haproxy = propass_test_support::spawn_haproxy(&cfg).unwrap();
     let https = format!("https://localhost:{lb_port}");
     // HAProxy sends requests on once a health check has passed.
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();

@@ -259,15 +259,7 @@ pub async fn set_partial_copy(
         if found == 0 {
             return Ok(None);
         }
-        diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
-            .set((
-                quotas::version.eq(quotas::version + 1),
-                quotas::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(quotas::version)
-            .get_result::<i64>(conn)
-            .await
-            .optional()
+        bump_version(conn, client).await
     })
     .await
 }
@@ -293,17 +285,23 @@ pub async fn set_reader_keys(
         if found == 0 {
             return Ok(None);
         }
-        diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
-            .set((
-                quotas::version.eq(quotas::version + 1),
-                quotas::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(quotas::version)
-            .get_result::<i64>(conn)
-            .await
-            .optional()
+        bump_version(conn, client).await
     })
     .await
+}
+
+/// Bumps a client's version (what a pull answers changed) in the caller's
+/// transaction; the new version, `None` when the client has no quota row.
+async fn bump_version(conn: &mut AsyncPgConnection, client: ClientId) -> QueryResult<Option<i64>> {
+    diesel::update(quotas::table.filter(quotas::client_id.eq(client.get())))
+        .set((
+            quotas::version.eq(quotas::version + 1),
+            quotas::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(quotas::version)
+        .get_result::<i64>(conn)
+        .await
+        .optional()
 }
 
 /// The remaining quota of one client, with the row's version.

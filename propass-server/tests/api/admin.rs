@@ -30,6 +30,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The served OpenAPI document.
+    async fn openapi(&self) -> Value {
+        let res = self
+            .http
+            .get(format!("{}/api/admin/openapi.json", self.base))
+            .send()
+            .await
+            .unwrap();
+        res.json().await.unwrap()
+    }
+
     /// Logs `user` in to the dashboard.
     async fn browser(&self, user: &str, password: &str) -> Browser {
         let res = self.admin_login(user, password).await;
@@ -96,15 +107,7 @@ async fn every_documented_route_refuses_whoever_may_not_call_it() {
     let res = app.admin_login(KIOSK.0, KIOSK.1).await;
     assert_eq!(error_code(res, 403).await, "forbidden");
 
-    let doc: Value = app
-        .http
-        .get(format!("{}/api/admin/openapi.json", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let mut checked = 0;
     for (path, methods) in doc["paths"].as_object().unwrap() {
         for (method, op) in methods.as_object().unwrap() {
@@ -1695,15 +1698,7 @@ fn violations(
 #[tokio::test]
 async fn every_json_answer_is_what_the_document_says() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .http
-        .get(format!("{}/api/admin/openapi.json", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let mut met = BTreeSet::new();
     let mut called = BTreeSet::new();
     let mut check = |method: &str, path: &str, status: u16, body: &Value| {

@@ -214,13 +214,6 @@ async fn the_login_throttle_holds_across_instances() {
 
 #[tokio::test]
 async fn the_shipped_haproxy_config_fronts_two_instances() {
-    assert!(
-        std::process::Command::new("haproxy")
-            .arg("-v")
-            .output()
-            .is_ok(),
-        "haproxy is missing: cargo xtask test installs it (Debian's haproxy)"
-    );
     let app = spawn_app().await;
     let acme = app.add_client("ACME", 50).await;
     let k1 = app.token("K1").await;
@@ -239,15 +232,7 @@ async fn the_shipped_haproxy_config_fronts_two_instances() {
         propass_test_support::haproxy_config(shipped, lb_port, None, &servers),
     )
     .unwrap();
-    let _haproxy = propass_test_support::ProcessGuard::spawn(
-        std::process::Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null()),
-        "haproxy",
-    )
-    .unwrap();
+    let _haproxy = propass_test_support::spawn_haproxy(&cfg).unwrap();
     let lb = format!("http://127.0.0.1:{lb_port}");
     let up = eventually(Duration::from_secs(15), || async {
         app.http
