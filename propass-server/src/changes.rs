@@ -54,6 +54,7 @@ async fn listen_once(database_url: &str, state: &AppState, first: bool) -> Resul
         .map_err(|e| e.to_string())?;
     for channel in [
         db::clients::QUOTA_CHANNEL,
+        db::clients::CLIENT_CHANNEL,
         db::devices::DEVICE_CHANNEL,
         db::users::USER_CHANNEL,
         db::audit::AUDIT_CHANNEL,
@@ -77,6 +78,12 @@ async fn listen_once(database_url: &str, state: &AppState, first: bool) -> Resul
         let outcome = match n.channel.as_str() {
             db::clients::QUOTA_CHANNEL => on_quota(state, &n.payload).await,
             db::devices::DEVICE_CHANNEL => on_device(state, &n.payload).await,
+            db::clients::CLIENT_CHANNEL => {
+                if let Ok(client) = n.payload.parse::<i64>() {
+                    state.hub.request_sync_of_client(client);
+                }
+                Ok(())
+            }
             db::users::USER_CHANNEL => {
                 if let Ok(uid) = n.payload.parse::<i64>() {
                     state.hub.close_user(uid, "token revoked: log in again");

@@ -11,6 +11,11 @@ use super::schema::{clients, device_clients, quotas};
 /// top-ups); the payload is the client id.
 pub const QUOTA_CHANNEL: &str = "propass_quota";
 
+/// The NOTIFY channel announcing a change of a client's copy policy or
+/// reader keys (which `quota_updated` does not carry); the payload is the
+/// client id.
+pub const CLIENT_CHANNEL: &str = "propass_client";
+
 /// A client with its quota.
 #[derive(Debug, Clone, Queryable, serde::Serialize)]
 pub struct ClientRow {
@@ -244,8 +249,8 @@ pub async fn add_quota(
 ///
 /// The version is bumped with the policy because a pull answers both under
 /// one version: a kiosk that keeps the newest answer then keeps the newest
-/// policy too. No NOTIFY: `quota_updated` carries no policy, so kiosks learn
-/// it at their next pull (on connect and every sync cycle).
+/// policy too. `quota_updated` carries no policy: the kiosks serving the
+/// client are asked to pull ([`CLIENT_CHANNEL`]).
 pub async fn set_partial_copy(
     conn: &mut AsyncPgConnection,
     client: ClientId,
@@ -259,6 +264,7 @@ pub async fn set_partial_copy(
         if found == 0 {
             return Ok(None);
         }
+        announce_policy(conn, client).await?;
         bump_version(conn, client).await
     })
     .await
@@ -266,8 +272,8 @@ pub async fn set_partial_copy(
 
 /// Replaces the keys of a client's badges; returns the client's new
 /// version, `None` for an unknown client. Like the copy policy, the version
-/// is bumped because a pull answers both under one version; no NOTIFY:
-/// kiosks read the keys at their next pull.
+/// is bumped because a pull answers both under one version, and the kiosks
+/// serving the client are asked to pull.
 pub async fn set_reader_keys(
     conn: &mut AsyncPgConnection,
     client: ClientId,
@@ -285,9 +291,19 @@ pub async fn set_reader_keys(
         if found == 0 {
             return Ok(None);
         }
+        announce_policy(conn, client).await?;
         bump_version(conn, client).await
     })
     .await
+}
+
+/// Tells every server (at COMMIT) that what a pull says of `client` beyond
+/// its quota changed: they ask the kiosks serving it to pull now.
+async fn announce_policy(conn: &mut AsyncPgConnection, client: ClientId) -> QueryResult<()> {
+    diesel::sql_query(format!("NOTIFY {CLIENT_CHANNEL}, '{}'", client.get()))
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// Bumps a client's version (what a pull answers changed) in the caller's

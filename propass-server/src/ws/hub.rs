@@ -135,6 +135,23 @@ impl Conns {
         self.served_by.insert(device.clone(), clients);
     }
 
+    /// The connections of `devices` that understand `sync_requested`.
+    fn accepting_sync<'a>(&self, devices: impl Iterator<Item = &'a DeviceId>) -> Vec<ConnId> {
+        devices
+            .flat_map(|d| self.by_device.get(d).into_iter().flatten())
+            .copied()
+            .filter(|id| self.all.get(id).is_some_and(|c| c.accepts_sync))
+            .collect()
+    }
+
+    /// Sends `sync_requested` to the connections `ids`.
+    fn ask_to_sync(&mut self, ids: &[ConnId]) {
+        if !ids.is_empty() {
+            let out = Delivery::Event(vec![Outbound::new(&WsMessage::SyncRequested)].into());
+            self.deliver(ids, &out);
+        }
+    }
+
     /// Queues `what` on the connections `ids` (in id order), dropping those
     /// whose queue is full (or whose session is gone).
     fn deliver(&mut self, ids: &[ConnId], what: &Delivery) {
@@ -247,18 +264,19 @@ impl Hub {
     /// what the server keeps of the device changed (its clients, a lease).
     pub fn request_sync(&self, device_id: &DeviceId) {
         let mut conns = self.lock();
-        let ids: Vec<ConnId> = conns
-            .by_device
-            .get(device_id)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|id| conns.all.get(id).is_some_and(|c| c.accepts_sync))
-            .collect();
-        if !ids.is_empty() {
-            let out = Delivery::Event(vec![Outbound::new(&WsMessage::SyncRequested)].into());
-            conns.deliver(&ids, &out);
-        }
+        let ids = conns.accepting_sync(std::iter::once(device_id));
+        conns.ask_to_sync(&ids);
+    }
+
+    /// Asks the devices serving `client` to pull (their connections that
+    /// understand `sync_requested`): its copy policy or keys changed.
+    pub fn request_sync_of_client(&self, client: i64) {
+        let mut conns = self.lock();
+        let Some(devices) = conns.serving.get(&client) else {
+            return;
+        };
+        let ids = conns.accepting_sync(devices.iter());
+        conns.ask_to_sync(&ids);
     }
 
     /// Removes a connection.

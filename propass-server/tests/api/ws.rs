@@ -454,6 +454,40 @@ async fn a_kiosk_is_asked_to_pull_when_its_clients_or_its_lease_change() {
         "no sync_requested after the lease was taken back"
     );
 
+    // An operator gives ACME's badges a key, then changes its copy policy:
+    // a pull tells both, so the kiosk is asked to pull each time.
+    let key = propass_protocol::ReaderKey::parse("A0A1A2A3A4A5").unwrap();
+    let acme_id = propass_protocol::ClientId::new(acme).unwrap();
+    propass_server::db::clients::set_reader_keys(&mut app.db().await, acme_id, &[key])
+        .await
+        .unwrap();
+    assert!(
+        asked(&collect_until(&mut agent, WAIT, asked).await),
+        "no sync_requested after the client's keys changed"
+    );
+    propass_server::db::clients::set_partial_copy(&mut app.db().await, acme_id, true)
+        .await
+        .unwrap();
+    assert!(
+        asked(&collect_until(&mut agent, WAIT, asked).await),
+        "no sync_requested after the client's policy changed"
+    );
+    // A client K1 no longer serves: nothing for K1 (a top-up of ACME, made
+    // after the change, arrives alone).
+    let globex_id = propass_protocol::ClientId::new(globex).unwrap();
+    propass_server::db::clients::set_partial_copy(&mut app.db().await, globex_id, true)
+        .await
+        .unwrap();
+    let (ok, _, err) = app
+        .cli(&["quota", "add", &acme.to_string(), "1", "--reason", "marker"])
+        .await;
+    assert!(ok, "{err}");
+    let marker =
+        |m: &serde_json::Value| m["type"] == "quota_updated" && m["data"]["client_id"] == acme;
+    let got = collect_until(&mut agent, WAIT, |got| got.iter().any(marker)).await;
+    assert!(got.iter().any(marker), "the marker did not arrive: {got:?}");
+    assert!(!asked(&got), "asked for another kiosk's client: {got:?}");
+
     send_json(&mut seed, &json!({"type": "ping"})).await;
     let got = collect_until(&mut seed, WAIT, |got| {
         got.last().is_some_and(|m| m["type"] == "pong")
