@@ -278,6 +278,42 @@ async function run(browser) {
     delete pages.c;
   });
 
+  // The operator allows the client partial copies and gives its badges
+  // keys: both pages show it live; a malformed key is refused by position;
+  // once saved, no key is on either page.
+  at('4b-policy-keys', async () => {
+    const card = (page) => page.locator(`[data-testid=client-row][data-client-id=${attr(clientId)}]`);
+    await openView(A, 'clients');
+    await openView(B, 'clients');
+    const allowed = (page) => async () => /partial copy/.test(await card(page).textContent());
+    check(!(await allowed(A)()), 'the client already accepts partial copies');
+    await card(A).getByTestId('client-policy').click();
+    await until('the partial-copy chip on page A', allowed(A));
+    await until('the partial-copy chip on page B, live', allowed(B));
+
+    await card(A).getByTestId('client-keys').click();
+    const box = A.getByTestId('reader-keys-input');
+    await box.fill('A0A1A2A3A4A5\nnot-a-key');
+    await A.getByTestId('dialog-ok').click();
+    await until('the dialog to refuse key 2', async () => {
+      const e = A.getByTestId('dialog-error');
+      return (await e.isVisible()) && /key 2/i.test(await e.textContent());
+    });
+    check(!/not-a-key/.test(await A.getByTestId('dialog-error').textContent()), 'the error repeats the key');
+    await box.fill('5a5a5a5a5a5a, A0A1A2A3A4A5');
+    await A.getByTestId('dialog-ok').click();
+    const keyed = (page) => async () => /2 reader keys/.test(await card(page).textContent());
+    await until('2 reader keys on page A', keyed(A));
+    await until('2 reader keys on page B, live', keyed(B));
+    for (const [name, page] of [['A', A], ['B', B]]) {
+      const html = (await page.content()).toUpperCase();
+      const values = await page.evaluate(() => [...document.querySelectorAll('input, textarea')].map((e) => e.value.toUpperCase()));
+      check(!html.includes('5A5A5A5A5A5A') && !values.some((v) => v.includes('5A5A5A5A5A5A')), `a key is still on page ${name}`);
+    }
+    await shot(A, '04b-policy-keys.png');
+    check((await loadedAt(A)) === stampA, 'page A was reloaded');
+  });
+
   at('5-ledger', async () => {
     await openView(A, 'ledger');
     await A.locator(`[data-testid=ledger-row][data-copy-id=${attr(copyId)}]`).waitFor({ state: 'visible' });

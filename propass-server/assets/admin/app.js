@@ -599,6 +599,7 @@ function clientCard(id) {
     msg: h('p.form-msg', { testid: 'topup-message', role: 'status', hidden: true }),
     history: h('div.history', { testid: 'quota-history', hidden: true }),
     archive: h('button.small.ghost', { type: 'button', onclick: () => toggleArchive(id) }),
+    policy: h('button.small.ghost', { type: 'button', testid: 'client-policy', onclick: () => togglePolicy(id) }),
   };
   const el = h('article.card.client', { testid: 'client-row', 'data-client-id': id },
     h('div.client-head', {}, r.name, r.badges,
@@ -611,6 +612,8 @@ function clientCard(id) {
     h('div.card-actions', {},
       h('button.small.ghost', { type: 'button', onclick: () => toggleHistory(id) }, 'History'),
       h('button.small.ghost', { type: 'button', onclick: () => renameClient(id) }, 'Rename'),
+      r.policy,
+      h('button.small.ghost', { type: 'button', testid: 'client-keys', onclick: () => setReaderKeys(id) }, 'Reader keys'),
       r.archive),
     r.history);
   return { el, r };
@@ -618,7 +621,9 @@ function clientCard(id) {
 
 function updateCard({ el, r }, c) {
   r.name.textContent = c.name;
+  const keys = Number(c.reader_key_count) || 0;
   r.badges.replaceChildren(c.archived ? chip('archived') : '', c.partial_copy ? chip('partial copy') : '',
+    keys ? chip(`${keys} reader key${keys === 1 ? '' : 's'}`) : '',
     ...(c.flags || []).map((f) => chip(f.replace(/_/g, ' '), 'warn')));
   r.remaining.textContent = String(c.remaining);
   const total = Math.max(0, Number(c.total) || 0);
@@ -633,6 +638,10 @@ function updateCard({ el, r }, c) {
   el.classList.toggle('overdrawn', c.remaining < 0);
   el.classList.toggle('archived', !!c.archived);
   r.archive.textContent = c.archived ? 'Unarchive' : 'Archive';
+  r.policy.textContent = c.partial_copy ? 'Whole copies only' : 'Allow partial copies';
+  r.policy.title = c.partial_copy
+    ? 'Refuse badges with sectors the kiosk cannot read'
+    : 'Copy badges without the sectors the kiosk cannot read';
 }
 
 function mergeClient(data) {
@@ -685,6 +694,32 @@ function renameClient(id) {
     if (!name) throw new Error('Enter a name.');
     mergeClient(await api(`/api/admin/clients/${enc(id)}`, 'PATCH', { name }));
   });
+}
+function togglePolicy(id) {
+  const c = S.clients.get(id);
+  if (!c) return;
+  const card = S.cards.get(id);
+  busy(card && card.r.policy, async () => mergeClient(await api(`/api/admin/clients/${enc(id)}`, 'PATCH', { partial_copy: !c.partial_copy }))).catch(report);
+}
+
+// The keys replace the ones set; the server never shows them again, so the
+// box starts empty whatever is set.
+function setReaderKeys(id) {
+  const c = S.clients.get(id);
+  const set = c ? Number(c.reader_key_count) || 0 : 0;
+  const input = h('textarea', { name: 'keys', rows: 4, spellcheck: 'false', autocomplete: 'off', testid: 'reader-keys-input', placeholder: 'A0A1A2A3A4A5' });
+  dialog(`Reader keys of ${c ? c.name : `#${id}`}`, [
+    h('p', {}, `MIFARE keys of this client's badges, 12 hexadecimal digits each, one per line or separated by commas. They replace the ${set} set now, which are never shown again; an empty box removes them. Kiosks serving the client use them from their next pull, which they are asked to make at once.`),
+    input,
+  ], 'Save keys', async () => {
+    const keys = input.value.split(/[\s,]+/).filter(Boolean);
+    // Named by position, never repeated: a key is a secret.
+    const bad = keys.findIndex((k) => !/^[0-9a-fA-F]{12}$/.test(k));
+    if (bad >= 0) throw new Error(`Key ${bad + 1} is not 12 hexadecimal digits.`);
+    mergeClient(await api(`/api/admin/clients/${enc(id)}/reader-keys`, 'PUT', { keys }));
+  });
+  // Saved or cancelled, the keys leave the page.
+  $('#dlg').addEventListener('close', () => { input.value = ''; }, { once: true });
 }
 function toggleArchive(id) {
   const c = S.clients.get(id);
@@ -1001,7 +1036,7 @@ function dialog(title, body, okLabel, work) {
     }
   };
   dlg.showModal();
-  const first = $('#dlg-body input');
+  const first = $('#dlg-body :is(input, textarea)');
   if (first) first.focus();
 }
 
