@@ -219,10 +219,13 @@ pub async fn announce(state: &AppState) {
 pub async fn store_heartbeats(state: &AppState) {
     loop {
         let batch = state.heartbeats.next().await;
-        if let Err(e) = write_heartbeats(state, &batch).await {
-            tracing::warn!(error = %e, kiosks = batch.len(), "cannot store heartbeats; retrying");
-            state.heartbeats.restore(batch);
-            tokio::time::sleep(RECONNECT_DELAY).await;
+        match write_heartbeats(state, &batch.beats).await {
+            Ok(()) => state.heartbeats.stored(&batch),
+            Err(e) => {
+                tracing::warn!(error = %e, kiosks = batch.beats.len(), "cannot store heartbeats; retrying");
+                state.heartbeats.restore(batch);
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
         }
     }
 }
@@ -231,14 +234,17 @@ pub async fn store_heartbeats(state: &AppState) {
 /// heartbeats).
 pub async fn flush_heartbeats(state: &AppState) {
     let batch = state.heartbeats.take();
-    if let Err(e) = write_heartbeats(state, &batch).await {
-        tracing::warn!(error = %e, kiosks = batch.len(), "heartbeats not stored at shutdown");
+    match write_heartbeats(state, &batch.beats).await {
+        Ok(()) => state.heartbeats.stored(&batch),
+        Err(e) => {
+            tracing::warn!(error = %e, kiosks = batch.beats.len(), "heartbeats not stored at shutdown")
+        }
     }
 }
 
 /// Stores `batch` in one transaction; then dashboards here and elsewhere
 /// refetch those kiosks.
-pub async fn write_heartbeats(
+async fn write_heartbeats(
     state: &AppState,
     batch: &[crate::heartbeats::Received],
 ) -> Result<(), ApiError> {
@@ -251,6 +257,15 @@ pub async fn write_heartbeats(
         .collect();
     let mut conn = state.pool.get().await?;
     db::fleet::record_many(&mut conn, &beats).await?;
+    state
+        .metrics
+        .heartbeat_writes
+        .fetch_add(1, Ordering::Relaxed);
+    let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+    state
+        .metrics
+        .heartbeats_stored
+        .fetch_add(n, Ordering::Relaxed);
     for r in batch {
         publish_device(state, &r.device);
         state.announcements.device_changed(&r.device);

@@ -1,17 +1,21 @@
-//! Kiosk heartbeats that came over WebSockets, waiting to be stored. Each
-//! stored alone would cost two writes and a commit — at 10,000 kiosks every
-//! 30 s, hundreds of commits a second for what is only the latest state of
-//! each kiosk. So sessions only note the latest heartbeat per device here,
-//! and one writer (`changes::store_heartbeats`) stores whatever accumulated
-//! while its previous write was in flight, in one transaction — under load,
-//! many kiosks per write; when idle, one right away. A leaf: no I/O.
+//! Kiosk heartbeats waiting to be stored. Each stored alone would cost two
+//! writes and a commit — at 10,000 kiosks every 30 s, hundreds of commits a
+//! second for what is only the latest state of each kiosk. So requests only
+//! note the latest heartbeat per device here, and one writer
+//! (`changes::store_heartbeats`) stores whatever accumulated while its
+//! previous write was in flight, in one transaction — under load, many
+//! kiosks per write; when idle, one right away. A heartbeat over a
+//! WebSocket is not answered; one over HTTP is answered once it is stored
+//! (group commit: each offer gets a ticket, each write says which tickets
+//! it covered). A leaf: no I/O.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use propass_protocol::{DeviceId, KioskHeartbeat};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// A heartbeat and when it arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,35 +25,71 @@ pub struct Received {
     pub at: DateTime<Utc>,
 }
 
+/// What was taken to be stored: the heartbeats, and the last ticket offered
+/// before they were taken (a write of them covers every ticket up to it).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub beats: Vec<Received>,
+    pub through: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    beats: HashMap<DeviceId, Received>,
+    /// The last ticket handed out.
+    ticket: u64,
+}
+
 /// The latest heartbeat of each device not stored yet: at most one per
 /// connected kiosk, whatever the rate.
-#[derive(Default)]
 pub struct Heartbeats {
-    pending: Mutex<HashMap<DeviceId, Received>>,
+    pending: Mutex<Pending>,
     wake: Notify,
+    /// Every ticket up to this one is stored.
+    stored: watch::Sender<u64>,
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::default(),
+            wake: Notify::new(),
+            stored: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Heartbeats {
-    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, Received>> {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes a heartbeat; it replaces one of the same device not stored yet.
-    pub fn offer(&self, received: Received) {
-        self.lock().insert(received.device.clone(), received);
+    /// Notes a heartbeat (it replaces one of the same device not stored
+    /// yet); its ticket, for [`Self::wait_stored`].
+    pub fn offer(&self, received: Received) -> u64 {
+        let mut p = self.lock();
+        p.ticket += 1;
+        p.beats.insert(received.device.clone(), received);
+        let ticket = p.ticket;
+        drop(p);
         self.wake.notify_one();
+        ticket
     }
 
     /// Takes everything pending (possibly nothing).
-    pub fn take(&self) -> Vec<Received> {
-        self.lock().drain().map(|(_, r)| r).collect()
+    pub fn take(&self) -> Batch {
+        let mut p = self.lock();
+        Batch {
+            beats: p.beats.drain().map(|(_, r)| r).collect(),
+            through: p.ticket,
+        }
     }
 
     /// Waits for heartbeats to store and takes them all.
-    pub async fn next(&self) -> Vec<Received> {
+    pub async fn next(&self) -> Batch {
         loop {
             let taken = self.take();
-            if !taken.is_empty() {
+            if !taken.beats.is_empty() {
                 return taken;
             }
             self.wake.notified().await;
@@ -58,11 +98,31 @@ impl Heartbeats {
 
     /// Puts back heartbeats that could not be stored, unless a newer one of
     /// the same device came meanwhile.
-    pub fn restore(&self, batch: Vec<Received>) {
-        let mut pending = self.lock();
-        for r in batch {
-            pending.entry(r.device.clone()).or_insert(r);
+    pub fn restore(&self, batch: Batch) {
+        let mut p = self.lock();
+        for r in batch.beats {
+            p.beats.entry(r.device.clone()).or_insert(r);
         }
+    }
+
+    /// `batch` is stored: its offers' waiters are answered.
+    pub fn stored(&self, batch: &Batch) {
+        self.stored.send_if_modified(|through| {
+            let newer = batch.through > *through;
+            if newer {
+                *through = batch.through;
+            }
+            newer
+        });
+    }
+
+    /// Whether the heartbeat of `ticket` was stored within `within`.
+    pub async fn wait_stored(&self, ticket: u64, within: Duration) -> bool {
+        let mut stored = self.stored.subscribe();
+        let answered = tokio::time::timeout(within, stored.wait_for(|t| *t >= ticket))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        answered
     }
 }
 
@@ -107,13 +167,32 @@ mod tests {
         h.offer(beat("K1", 1));
         h.offer(beat("K2", 5));
         h.offer(beat("K1", 2));
-        let batch = h.next().await;
+        let batch = h.next().await.beats;
         assert_eq!(
             pending_of(&batch),
             [("K1".into(), 2), ("K2".into(), 5)],
             "one per kiosk, the latest"
         );
-        assert!(h.take().is_empty(), "taken once");
+        assert!(h.take().beats.is_empty(), "taken once");
+    }
+
+    /// An offer's waiter is answered by the write of a batch taken after
+    /// it, not by one taken before it; without a write it times out.
+    #[tokio::test]
+    async fn a_waiter_is_answered_by_the_write_that_covers_its_ticket() {
+        let h = Heartbeats::default();
+        h.offer(beat("K1", 1));
+        let early = h.take();
+        let ticket = h.offer(beat("K2", 1));
+        h.stored(&early);
+        assert!(
+            !h.wait_stored(ticket, Duration::from_millis(50)).await,
+            "an earlier batch"
+        );
+        let late = h.take();
+        assert_eq!(pending_of(&late.beats), [("K2".into(), 1)]);
+        h.stored(&late);
+        assert!(h.wait_stored(ticket, Duration::from_millis(50)).await);
     }
 
     #[test]
@@ -124,6 +203,9 @@ mod tests {
         let failed = h.take();
         h.offer(beat("K1", 3));
         h.restore(failed);
-        assert_eq!(pending_of(&h.take()), [("K1".into(), 3), ("K2".into(), 5)]);
+        assert_eq!(
+            pending_of(&h.take().beats),
+            [("K1".into(), 3), ("K2".into(), 5)]
+        );
     }
 }

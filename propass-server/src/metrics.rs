@@ -58,6 +58,10 @@ pub struct Metrics {
     /// Requests answered 503 at once because too many were already waiting
     /// for a database connection (`db_queue_max`).
     pub shed: AtomicU64,
+    /// Transactions that stored kiosk heartbeats, and the heartbeats they
+    /// stored (one per kiosk per write): their ratio is the batching.
+    pub heartbeat_writes: AtomicU64,
+    pub heartbeats_stored: AtomicU64,
     /// Whether the change listener is LISTENing now (changes made by other
     /// processes reach this server's sockets only then).
     pub listening: AtomicBool,
@@ -179,6 +183,18 @@ pub fn render(m: &Metrics, gauges: &[Gauge]) -> String {
         "propass_http_shed_total",
         "Requests answered 503 at once because too many were waiting for a database connection (db_queue_max).",
         m.shed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "propass_heartbeat_writes_total",
+        "Transactions that stored kiosk heartbeats (each stores every heartbeat pending then).",
+        m.heartbeat_writes.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "propass_heartbeats_stored_total",
+        "Kiosk heartbeats stored (the latest of each kiosk per write).",
+        m.heartbeats_stored.load(Ordering::Relaxed),
     );
     let _ = writeln!(out, "# HELP propass_listener_up Whether the change listener is LISTENing to PostgreSQL.\n# TYPE propass_listener_up gauge\npropass_listener_up {}", u8::from(m.listening.load(Ordering::Relaxed)));
 

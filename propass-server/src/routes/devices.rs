@@ -172,16 +172,20 @@ pub async fn heartbeat(
     token: super::extract::KioskTokenOfActiveDevice,
     body: web::Json<propass_protocol::KioskHeartbeat>,
 ) -> ApiResult<HttpResponse> {
-    // Stored at once, alone (the kiosk is told when it could not be); those
-    // over WebSockets are batched (`crate::heartbeats`).
-    let received = crate::heartbeats::Received {
-        device: token.0.device_id.clone(),
+    // Stored with whatever else is pending (`crate::heartbeats`), answered
+    // once stored: the kiosk is told when it could not be.
+    let device = token.0.device_id.clone();
+    let ticket = state.heartbeats.offer(crate::heartbeats::Received {
+        device: device.clone(),
         heartbeat: body.into_inner(),
         at: state.clock.now(),
-    };
-    if let Err(e) = crate::changes::write_heartbeats(&state, std::slice::from_ref(&received)).await
+    });
+    if !state
+        .heartbeats
+        .wait_stored(ticket, state.config.db_timeout)
+        .await
     {
-        tracing::warn!(device = %received.device, error = %e, "heartbeat not stored");
+        tracing::warn!(%device, "heartbeat not stored in time");
         return Err(ApiError::Unavailable(
             "the heartbeat could not be stored".into(),
         ));

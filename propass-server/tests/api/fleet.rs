@@ -202,3 +202,42 @@ async fn only_a_kiosk_sends_heartbeats_and_bad_ones_change_nothing() {
     .await;
     assert!(next, "{}", fleet_row(&app, "K1").await);
 }
+
+/// Heartbeats over HTTP (kiosks whose socket is down) are stored together:
+/// many at once cost a few transactions, each request is answered 200 only
+/// once its heartbeat is stored, and the fleet shows the last one.
+#[tokio::test]
+async fn heartbeats_over_http_are_stored_together_and_answered_once_stored() {
+    let app = spawn_with(|c| c.metrics_bind = Some("127.0.0.1:0".parse().unwrap())).await;
+    let token = app.token("K1").await;
+    let scrape = |name: &'static str| {
+        let app = &app;
+        async move {
+            let text = app.scrape_metrics().await;
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} not in {text}"))
+        }
+    };
+    let writes_before = scrape("propass_heartbeat_writes_total").await;
+    let n: i64 = 40;
+    let beats: Vec<Value> = (0..n).map(|i| heartbeat(Utc::now(), "ok", i, 0)).collect();
+    let answers =
+        futures_util::future::join_all(beats.iter().map(|b| app.post_heartbeat(&token, b))).await;
+    assert!(
+        answers.iter().all(|r| r.status() == 200),
+        "every heartbeat stored"
+    );
+    let writes = scrape("propass_heartbeat_writes_total").await - writes_before;
+    assert!(
+        writes >= 1 && writes <= n as u64 / 4,
+        "{n} heartbeats at once took {writes} transactions"
+    );
+    let row = fleet_row(&app, "K1").await;
+    assert!(
+        row["health"]["pending"]
+            .as_i64()
+            .is_some_and(|p| (0..n).contains(&p)),
+        "{row}"
+    );
+}
