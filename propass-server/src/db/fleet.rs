@@ -118,9 +118,12 @@ impl<'a> Columns<'a> {
             failed: col(&|hb, _| hb.failed.max(0)),
             oldest: beats
                 .iter()
-                .map(|(_, hb, _)| hb.oldest_pending_at)
+                .map(|(_, hb, _)| storable_time(hb.oldest_pending_at))
                 .collect(),
-            synced: beats.iter().map(|(_, hb, _)| hb.last_sync_at).collect(),
+            synced: beats
+                .iter()
+                .map(|(_, hb, _)| storable_time(hb.last_sync_at))
+                .collect(),
             errors: text(&|hb| &hb.last_error),
             storage_errors: text(&|hb| &hb.storage_error),
             readers: beats
@@ -142,6 +145,15 @@ impl<'a> Columns<'a> {
 /// refuses: one kiosk's would fail the whole batch, again and again).
 fn storable(text: &str, max: usize) -> String {
     text.chars().filter(|&c| c != '\0').take(max).collect()
+}
+
+/// A kiosk's time, unless it is out of any plausible range (a clock that
+/// never was set says 1970, not year 0): like a NUL in text, one kiosk's
+/// time PostgreSQL refuses (before 4713 BC, which a heartbeat can carry)
+/// would fail the whole batch, again and again.
+fn storable_time(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
+    t.filter(|t| (1900..=9999).contains(&t.year()))
 }
 
 /// Marks a kiosk's WebSocket as open (`connected`) or its last one as
@@ -297,5 +309,31 @@ fn judge(r: &Row, p: FleetPolicy, now: DateTime<Utc>) -> Health {
         clock_skew_ms: r.clock_skew_ms,
         overdrafts_24h: r.overdrafts_24h,
         flags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_out_of_any_plausible_range_are_not_stored() {
+        let at = |s: &str| serde_json::from_str::<DateTime<Utc>>(&format!("{s:?}")).ok();
+        let now = Utc::now();
+        assert_eq!(storable_time(Some(now)), Some(now));
+        assert!(
+            storable_time(at("1970-01-01T00:00:00Z")).is_some(),
+            "an unset clock"
+        );
+        // All of them parse; PostgreSQL refuses the first (before 4713 BC).
+        for odd in [
+            "-5000-01-01T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "1899-12-31T23:59:59Z",
+        ] {
+            let t = at(odd);
+            assert!(t.is_some(), "{odd} parses");
+            assert_eq!(storable_time(t), None, "{odd}");
+        }
     }
 }
