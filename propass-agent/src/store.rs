@@ -621,6 +621,31 @@ pub(crate) mod tests {
         assert_eq!(remaining(&store).await, [(1, 4)]);
     }
 
+    /// A kiosk left serving no client forgets them all (and their leases):
+    /// a complete pull that lists none is not a pull that says nothing.
+    #[tokio::test]
+    async fn a_complete_pull_listing_no_client_forgets_every_client() {
+        let store = Store::open(&temp("agent.db")).unwrap();
+        let c = ClientId::new(1).unwrap();
+        let q = ServerQuota {
+            partial_copy: None,
+            reader_keys: None,
+            client: c,
+            remaining: 5,
+            name: None,
+            version: None,
+            lease: LeaseWord::Units(3),
+        };
+        store.apply_pull(vec![q], at(0)).await.unwrap();
+        assert!(store.quota(c).await.unwrap().is_some());
+        store.apply_pull(Vec::new(), at(1)).await.unwrap();
+        assert_eq!(store.quota(c).await.unwrap(), None);
+        assert!(store
+            .record(copy(c, 1), QuotaPolicy::Enforce)
+            .await
+            .is_err());
+    }
+
     /// A pull's reader keys are kept until a pull says otherwise: a live
     /// update (which carries none) leaves them, an empty list clears them,
     /// and the quota the status and the local API show never holds them.
@@ -663,6 +688,22 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert!(store.reader_keys(c).await.unwrap().is_empty(), "cleared");
+
+        // No longer served, its row kept for its unsynced copy: keys gone.
+        store
+            .apply_pull(vec![said(Some(vec![key]), 4)], at(3))
+            .await
+            .unwrap();
+        store
+            .record(copy(c, 1), QuotaPolicy::Enforce)
+            .await
+            .unwrap();
+        store.apply_pull(Vec::new(), at(4)).await.unwrap();
+        assert!(store.quota(c).await.unwrap().is_some(), "kept for its copy");
+        assert!(
+            store.reader_keys(c).await.unwrap().is_empty(),
+            "keys of a client not served"
+        );
     }
 
     #[tokio::test]

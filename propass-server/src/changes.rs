@@ -215,29 +215,25 @@ pub async fn announce(state: &AppState) {
 /// Stores the heartbeats that came over WebSockets: whatever accumulated
 /// while the previous write was in flight, in one transaction (see
 /// [`crate::heartbeats`]); then dashboards here and on the other instances
-/// refetch those kiosks. A write that fails is put back and retried.
+/// refetch those kiosks. A write that fails is put back and retried. Once
+/// the queue is closed (the server stops), it stores what is pending, once,
+/// and ends.
 pub async fn store_heartbeats(state: &AppState) {
     loop {
-        let batch = state.heartbeats.next().await;
+        let Some(batch) = state.heartbeats.next().await else {
+            return;
+        };
         match write_heartbeats(state, &batch.beats).await {
             Ok(()) => state.heartbeats.stored(&batch),
+            Err(e) if state.heartbeats.is_closed() => {
+                tracing::warn!(error = %e, kiosks = batch.beats.len(), "heartbeats not stored at shutdown");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, kiosks = batch.beats.len(), "cannot store heartbeats; retrying");
                 state.heartbeats.restore(batch);
                 tokio::time::sleep(RECONNECT_DELAY).await;
             }
-        }
-    }
-}
-
-/// Stores what is pending now, once (a server that stops keeps its last
-/// heartbeats).
-pub async fn flush_heartbeats(state: &AppState) {
-    let batch = state.heartbeats.take();
-    match write_heartbeats(state, &batch.beats).await {
-        Ok(()) => state.heartbeats.stored(&batch),
-        Err(e) => {
-            tracing::warn!(error = %e, kiosks = batch.beats.len(), "heartbeats not stored at shutdown")
         }
     }
 }

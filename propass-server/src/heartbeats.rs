@@ -10,6 +10,7 @@
 //! it covered). A leaf: no I/O.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub struct Heartbeats {
     wake: Notify,
     /// Every ticket up to this one is stored.
     stored: watch::Sender<u64>,
+    /// The server is stopping: the writer ends once nothing is pending.
+    closed: AtomicBool,
 }
 
 impl Default for Heartbeats {
@@ -55,6 +58,7 @@ impl Default for Heartbeats {
             pending: Mutex::default(),
             wake: Notify::new(),
             stored: watch::Sender::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 }
@@ -85,15 +89,30 @@ impl Heartbeats {
         }
     }
 
-    /// Waits for heartbeats to store and takes them all.
-    pub async fn next(&self) -> Batch {
+    /// Waits for heartbeats to store and takes them all; `None` once
+    /// [`Self::close`]d with nothing pending.
+    pub async fn next(&self) -> Option<Batch> {
         loop {
             let taken = self.take();
             if !taken.beats.is_empty() {
-                return taken;
+                return Some(taken);
+            }
+            if self.is_closed() {
+                return None;
             }
             self.wake.notified().await;
         }
+    }
+
+    /// The server is stopping: the writer stores what is pending and ends.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Whether [`Self::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Puts back heartbeats that could not be stored, unless a newer one of
@@ -167,13 +186,26 @@ mod tests {
         h.offer(beat("K1", 1));
         h.offer(beat("K2", 5));
         h.offer(beat("K1", 2));
-        let batch = h.next().await.beats;
+        let batch = h.next().await.unwrap().beats;
         assert_eq!(
             pending_of(&batch),
             [("K1".into(), 2), ("K2".into(), 5)],
             "one per kiosk, the latest"
         );
         assert!(h.take().beats.is_empty(), "taken once");
+    }
+
+    /// Closed, the writer gets what is pending, then the end.
+    #[tokio::test]
+    async fn a_closed_queue_gives_what_is_pending_then_ends() {
+        let h = Heartbeats::default();
+        h.offer(beat("K1", 1));
+        h.close();
+        assert_eq!(
+            pending_of(&h.next().await.unwrap().beats),
+            [("K1".into(), 1)]
+        );
+        assert!(h.next().await.is_none());
     }
 
     /// An offer's waiter is answered by the write of a batch taken after

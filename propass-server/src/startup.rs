@@ -187,8 +187,15 @@ impl Application {
         let metrics = self.metrics.map(|(_, server)| tokio::spawn(server));
         let result = self.server.await;
         listener.abort();
-        heartbeats.abort();
-        crate::changes::flush_heartbeats(&self.state).await;
+        // The writer stores what is pending (a server that stops keeps its
+        // kiosks' last heartbeats) and ends; a database that does not answer
+        // does not hold the stop for long.
+        self.state.heartbeats.close();
+        let within = self.state.config.db_timeout + std::time::Duration::from_secs(2);
+        let abort = heartbeats.abort_handle();
+        if tokio::time::timeout(within, heartbeats).await.is_err() {
+            abort.abort();
+        }
         announcer.abort();
         if let Some(m) = metrics {
             m.abort();

@@ -246,8 +246,11 @@ pub fn apply_pull(
         return Ok(resent);
     }
     let ids: Vec<String> = listed.iter().map(|q| q.client.get().to_string()).collect();
+    // No client listed: `NOT IN (NULL)` would match no row and keep every
+    // client (and its lease) of a kiosk that serves none any more; no
+    // client id is 0.
     let ids = if ids.is_empty() {
-        "NULL".to_string()
+        "0".to_string()
     } else {
         ids.join(",")
     };
@@ -257,6 +260,12 @@ pub fn apply_pull(
              AND client_id NOT IN (SELECT client_id FROM queue WHERE status IN ('pending', 'failed')) \
              AND client_id NOT IN (SELECT client_id FROM intents WHERE step IN ('reserved', 'writing'))"
         ),
+        [],
+    )?;
+    // A client kept for its unsynced work is no longer this kiosk's: its
+    // keys go (the secrets of clients a kiosk does not serve stay off it).
+    tx.execute(
+        &format!("UPDATE quotas SET reader_keys = NULL WHERE client_id NOT IN ({ids})"),
         [],
     )?;
     tx.commit()?;

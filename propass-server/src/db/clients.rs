@@ -34,10 +34,11 @@ pub struct ClientRow {
     pub partial_copy: bool,
     /// Its own lease size (`None`: the server's `lease_target`).
     pub lease_target: Option<i64>,
-    /// The keys an operator gave for its badges (hex; secrets: never
+    /// The keys an operator gave for its badges (secrets: never
     /// serialized but into a pull of a kiosk that asked).
     #[serde(skip)]
-    pub reader_keys: Vec<String>,
+    #[diesel(deserialize_as = super::columns::ReaderKeysColumn)]
+    pub reader_keys: Vec<propass_protocol::ReaderKey>,
 }
 
 impl ClientRow {

@@ -10,8 +10,8 @@
 
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::{Pg, PgValue};
-use diesel::sql_types::Text;
-use propass_protocol::{DeviceId, Role};
+use diesel::sql_types::{Array, Text};
+use propass_protocol::{DeviceId, ReaderKey, Role};
 
 macro_rules! parsed_column {
     ($(#[$doc:meta])* $wrapper:ident => $ty:ty) => {
@@ -44,3 +44,26 @@ parsed_column!(
     /// A `role` column.
     RoleColumn => Role
 );
+
+/// A `reader_keys` column (`text[]`): secrets, which print as `ReaderKey(..)`.
+#[derive(Debug, FromSqlRow)]
+pub struct ReaderKeysColumn(Vec<ReaderKey>);
+
+impl FromSql<Array<Text>, Pg> for ReaderKeysColumn {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        let texts = <Vec<String> as FromSql<Array<Text>, Pg>>::from_sql(bytes)?;
+        texts
+            .iter()
+            .map(|k| ReaderKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+            // The value is a secret: only that it does not parse is said.
+            .map_err(|_| "a stored reader key does not parse".into())
+    }
+}
+
+impl From<ReaderKeysColumn> for Vec<ReaderKey> {
+    fn from(column: ReaderKeysColumn) -> Self {
+        column.0
+    }
+}

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel_async::AsyncConnection;
 use propass_protocol::{
-    ClientId, DeviceId, LeaseEntry, LeaseReleaseResponse, PullResponse, QuotaEntry, ReaderKey,
+    ClientId, DeviceId, LeaseEntry, LeaseReleaseResponse, PullResponse, QuotaEntry,
 };
 use serde::Deserialize;
 
@@ -124,14 +124,7 @@ pub async fn pull(
                     (None, target) if leasing && target > 0 => Some(0),
                     _ => None,
                 },
-                // Stored parsed: a value that does not parse is a schema bug,
-                // left out rather than failing the kiosk's pull.
-                reader_keys: with_keys.then(|| {
-                    r.reader_keys
-                        .iter()
-                        .filter_map(|k| ReaderKey::parse(k).ok())
-                        .collect()
-                }),
+                reader_keys: with_keys.then(|| r.reader_keys.clone()),
             })
         })
         .collect();

@@ -417,6 +417,14 @@ async fn an_operator_gives_a_clients_reader_keys_and_never_sees_them_again() {
         message.contains("keys[1]") && !message.contains("SECRET"),
         "{message}"
     );
+    // Not a list: refused as JSON, without the value in the message.
+    let (status, e) = put(json!("SECRETSECRET")).await;
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (400, &json!("malformed_json")),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("SECRET"), "{e}");
     let (status, e) = put(json!(["C0C1C2C3C4C5", "D0D1D2D3D4D5", "E0E1E2E3E4E5"])).await;
     assert_eq!(
         (status, &e["error"]["code"]),

@@ -103,7 +103,8 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(admin::flagged(client, state.config.client_low_quota)))
 }
 
-#[derive(Debug, Deserialize)]
+/// No Debug: the keys are secrets.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReaderKeysBody {
     keys: Vec<String>,
@@ -118,7 +119,7 @@ pub async fn set_reader_keys(
     body: Bytes,
 ) -> ApiResult<HttpResponse> {
     let id = client_id(input::param(&req, "id"))?;
-    let body: ReaderKeysBody = input::json(&req, &body)?;
+    let body: ReaderKeysBody = input::secret_json(&req, &body)?;
     let keys = body
         .keys
         .iter()

@@ -11,6 +11,26 @@ use crate::error::{ApiError, ApiResult};
 
 /// The JSON body as `T`.
 pub fn json<T: DeserializeOwned>(req: &HttpRequest, body: &Bytes) -> ApiResult<T> {
+    json_typed(req)?;
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::MalformedJson(format!("invalid JSON body: {e}")))
+}
+
+/// [`json`] for a body that holds secrets: a refusal says where, never
+/// what (serde's messages quote the values they did not expect).
+pub fn secret_json<T: DeserializeOwned>(req: &HttpRequest, body: &Bytes) -> ApiResult<T> {
+    json_typed(req)?;
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::MalformedJson(format!(
+            "invalid JSON body at line {} column {} (its content is not repeated: it holds secrets)",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// Refuses a body that is not `application/json`.
+fn json_typed(req: &HttpRequest) -> ApiResult<()> {
     let json = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
@@ -20,11 +40,11 @@ pub fn json<T: DeserializeOwned>(req: &HttpRequest, body: &Bytes) -> ApiResult<T
                 .next()
                 .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
         });
-    if !json {
-        return Err(ApiError::UnsupportedMediaType);
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::MalformedJson(format!("invalid JSON body: {e}")))
 }
 
 /// The JSON body as `T`, or `T::default()` when there is none.
