@@ -449,12 +449,12 @@ pub enum ConfigError {
 }
 
 impl Settings {
-    /// What makes a kiosk offline or flagged (also for `device list`).
     /// `client_reader_keys_max`, for the operator commands.
     pub fn client_reader_keys_max(&self) -> usize {
         self.client_reader_keys_max
     }
 
+    /// What makes a kiosk offline or flagged (also for `device list`).
     pub fn fleet(&self) -> crate::db::fleet::FleetPolicy {
         let secs = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
         crate::db::fleet::FleetPolicy {

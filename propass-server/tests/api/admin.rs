@@ -1636,12 +1636,18 @@ fn violations(
         return violations(doc, &doc["components"]["schemas"][name], v, at, met);
     }
     if let Some(any) = schema["oneOf"].as_array() {
-        let fits: Vec<Vec<String>> = any.iter().map(|s| violations(doc, s, v, at, met)).collect();
-        return if fits.iter().any(Vec::is_empty) {
-            Vec::new()
-        } else {
-            fits.concat()
-        };
+        // Only the branch the value fits counts as met.
+        let mut wrong = Vec::new();
+        for s in any {
+            let mut branch = BTreeSet::new();
+            let w = violations(doc, s, v, at, &mut branch);
+            if w.is_empty() {
+                met.extend(branch);
+                return Vec::new();
+            }
+            wrong.extend(w);
+        }
+        return wrong;
     }
     let types: Vec<&str> = match &schema["type"] {
         Value::String(t) => vec![t.as_str()],
