@@ -20,9 +20,6 @@ pub mod types;
 pub use error::{ApiError, ErrorBody, ErrorDetail, LocalErrorCode};
 pub use types::*;
 
-/// Largest request body.
-pub const MAX_BODY: usize = 64 * 1024;
-
 type ApiResult<T> = Result<T, ApiError>;
 type AgentData = web::Data<Arc<Agent>>;
 
@@ -303,14 +300,18 @@ async fn not_found() -> ApiResult<HttpResponse> {
     Err(ApiError::new(LocalErrorCode::NotFound, "no such endpoint"))
 }
 
-/// Routes, for `App::configure`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Routes, for `App::configure`, with bodies of at most `max_body` bytes.
+pub fn routes(max_body: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    move |cfg| configure(cfg, max_body)
+}
+
+fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     cfg.app_data(
         web::JsonConfig::default()
-            .limit(MAX_BODY)
+            .limit(max_body)
             .error_handler(error::json_error),
     )
-    .app_data(web::PayloadConfig::default().limit(MAX_BODY))
+    .app_data(web::PayloadConfig::default().limit(max_body))
     .route("/v1/status", web::get().to(status))
     .route("/v1/health", web::get().to(health))
     .route("/v1/quotas", web::get().to(quotas))

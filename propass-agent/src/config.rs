@@ -117,6 +117,8 @@ agent_config! {
         "allow an `http://` server that is not on this machine (passwords and tokens then cross the network in clear)";
     max_answer_bytes: usize = 16 * 1024 * 1024, "PROPASS_MAX_ANSWER_BYTES", "16777216",
         "largest answer read from the server; a longer one is refused";
+    api_max_body_bytes: usize = 64 * 1024, "PROPASS_API_MAX_BODY_BYTES", "65536",
+        "largest request body the local API reads (at least 1024); a larger one is answered 413 `payload_too_large`";
     socket_group: Option<String> = None, "PROPASS_SOCKET_GROUP", "—",
         "group (name or number) given read/write access to the local API socket, for a kiosk screen running as another user";
     reader_keys: ReaderKeys = ReaderKeys::default(), "PROPASS_READER_KEYS", "none",
@@ -295,6 +297,7 @@ impl AgentConfig {
         self.ws_ping_secs = self.ws_ping_secs.max(1);
         self.card_timeout_secs = self.card_timeout_secs.clamp(1, 600);
         self.heartbeat_secs = self.heartbeat_secs.clamp(5, 3600);
+        self.api_max_body_bytes = self.api_max_body_bytes.max(1024);
         Ok(self)
     }
 

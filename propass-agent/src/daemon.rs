@@ -136,8 +136,9 @@ fn local_api(agent: &Arc<Agent>, config: &AgentConfig) -> Result<actix_web::dev:
     }
     clear_stale_socket(&config.socket)?;
     let data = actix_web::web::Data::new(agent.clone());
+    let routes = api::routes(config.api_max_body_bytes);
     let mut server =
-        HttpServer::new(move || App::new().app_data(data.clone()).configure(api::routes))
+        HttpServer::new(move || App::new().app_data(data.clone()).configure(routes.clone()))
             .workers(1)
             .disable_signals()
             .shutdown_timeout(3)

@@ -6,7 +6,6 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 
-use super::MAX_BODY;
 use crate::kiosk::KioskError;
 use crate::store::StoreError;
 use crate::sync::SyncError;
@@ -240,12 +239,11 @@ impl From<KioskError> for ApiError {
 /// Body parsing errors as API errors.
 pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     match err {
-        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-            ApiError::new(
-                LocalErrorCode::PayloadTooLarge,
-                format!("request body larger than {MAX_BODY} bytes"),
-            )
-        }
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            LocalErrorCode::PayloadTooLarge,
+            format!("request body larger than {limit} bytes (api_max_body_bytes)"),
+        ),
         JsonPayloadError::ContentType => ApiError::new(
             LocalErrorCode::UnsupportedMediaType,
             "send JSON with Content-Type: application/json",

@@ -420,19 +420,35 @@ async fn bad_local_requests_get_clear_errors_and_change_nothing() {
         post("{}", "text/plain").await,
         (415, "unsupported_media_type".into())
     );
-    let huge = format!(
-        "{{\"type\":\"copy\",\"client_id\":1,\"uid\":\"{}\"}}",
-        "A".repeat(200_000)
-    );
+    let big = |n: usize| {
+        format!(
+            "{{\"type\":\"copy\",\"client_id\":1,\"uid\":\"{}\"}}",
+            "A".repeat(n)
+        )
+    };
     let res = agent
         .http
         .post("http://agent/v1/operations")
         .header("content-type", "application/json")
-        .body(huge)
+        .body(big(200_000))
         .send()
         .await
         .unwrap();
     assert_eq!(code(res).await, (413, "payload_too_large".into()));
+    // The limit is the configuration's: 10 KB fits the default (64 KiB),
+    // not an agent told 4 KiB.
+    let small = Agent::new(&server.url(), &[("PROPASS_API_MAX_BODY_BYTES", "4096")]).await;
+    for (who, limit) in [(&agent, 400), (&small, 413)] {
+        let res = who
+            .http
+            .post("http://agent/v1/operations")
+            .header("content-type", "application/json")
+            .body(big(10_000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), limit, "a 10 KB body");
+    }
     let res = agent.http.get("http://agent/v1/nope").send().await.unwrap();
     assert_eq!(code(res).await, (404, "not_found".into()));
     let (s, v) = agent.record(99_999, "04AB12CD").await;
