@@ -59,6 +59,22 @@ fn object(members: &[(&str, Value)]) -> Value {
 
 /// Every schema an answer names, by name.
 pub fn schemas() -> Value {
+    let mut all = Map::new();
+    for part in [clients(), kiosks(), people(), ledger(), plumbing()] {
+        all.extend(part);
+    }
+    Value::Object(all)
+}
+
+/// `schemas` as a map of names to schemas.
+fn named(schemas: Value) -> Map<String, Value> {
+    match schemas {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn clients() -> Map<String, Value> {
     let client = object(&[
         ("id", int()),
         ("name", text()),
@@ -76,6 +92,20 @@ pub fn schemas() -> Value {
             list(one_of(&["overdrafts", "exhausted", "low_quota"])),
         ),
     ]);
+    let change = object(&[
+        ("at", time()),
+        ("actor", text()),
+        ("delta", int()),
+        ("reason", text()),
+    ]);
+    named(json!({
+        "Client": client,
+        "ClientList": object(&[("clients", list(refer("Client")))]),
+        "QuotaHistory": object(&[("entries", list(change))]),
+    }))
+}
+
+fn kiosks() -> Map<String, Value> {
     let health = object(&[
         ("online", boolean()),
         ("heartbeat_at", or_null(time())),
@@ -112,14 +142,39 @@ pub fn schemas() -> Value {
         ("health", or_null(refer("Health"))),
         ("leases", list(refer("Lease"))),
     ]);
-    let role = one_of(&["admin", "operator", "kiosk"]);
+    let returned = object(&[("client_id", int()), ("units", int())]);
+    named(json!({
+        "Health": health,
+        "Lease": lease,
+        "Device": device,
+        "DeviceList": object(&[("devices", list(refer("Device")))]),
+        "Reclaimed": object(&[("returned", list(returned)), ("device", refer("Device"))]),
+        "EnrollmentCode": object(&[("code", text()), ("expires_at", time())]),
+    }))
+}
+
+fn role() -> Value {
+    one_of(&["admin", "operator", "kiosk"])
+}
+
+fn people() -> Map<String, Value> {
     let user = object(&[
         ("id", int()),
         ("username", text()),
-        ("role", role.clone()),
+        ("role", role()),
         ("disabled", boolean()),
         ("created_at", time()),
     ]);
+    let who = object(&[("id", int()), ("username", text()), ("role", role())]);
+    named(json!({
+        "User": user,
+        "UserList": object(&[("users", list(refer("User")))]),
+        "Session": object(&[("user", who), ("csrf_token", text()), ("expires_at", time())]),
+        "LoggedOut": object(&[("ok", boolean())]),
+    }))
+}
+
+fn ledger() -> Map<String, Value> {
     let copy = object(&[
         ("id", int()),
         ("received_at", time()),
@@ -143,55 +198,32 @@ pub fn schemas() -> Value {
             json!({"description": "what the action changed, by action"}),
         ),
     ]);
-    let hourly = object(&[
-        ("from", time()),
-        ("to", time()),
-        (
-            "series",
-            list(object(&[
-                ("client_id", int()),
-                ("name", or_null(text())),
-                (
-                    "counts",
-                    list(object(&[("hour", time()), ("copies", int())])),
-                ),
-            ])),
-        ),
+    let counts = list(object(&[("hour", time()), ("copies", int())]));
+    let series = object(&[
+        ("client_id", int()),
+        ("name", or_null(text())),
+        ("counts", counts),
     ]);
-    json!({
-        "Client": client,
-        "ClientList": object(&[("clients", list(refer("Client")))]),
-        "QuotaHistory": object(&[(
-            "entries",
-            list(object(&[("at", time()), ("actor", text()), ("delta", int()), ("reason", text())])),
-        )]),
-        "Health": health,
-        "Lease": lease,
-        "Device": device,
-        "DeviceList": object(&[("devices", list(refer("Device")))]),
-        "Reclaimed": object(&[
-            ("returned", list(object(&[("client_id", int()), ("units", int())]))),
-            ("device", refer("Device")),
-        ]),
-        "EnrollmentCode": object(&[("code", text()), ("expires_at", time())]),
-        "User": user,
-        "UserList": object(&[("users", list(refer("User")))]),
+    let page = |items: &str, of: &str| {
+        object(&[(items, list(refer(of))), ("next_cursor", or_null(text()))])
+    };
+    named(json!({
         "Copy": copy,
-        "CopyPage": object(&[("copies", list(refer("Copy"))), ("next_cursor", or_null(text()))]),
+        "CopyPage": page("copies", "Copy"),
         "Voided": object(&[("copy_id", int()), ("client", refer("Client"))]),
-        "Hourly": hourly,
+        "Hourly": object(&[("from", time()), ("to", time()), ("series", list(series))]),
         "AuditEntry": audit_entry,
-        "AuditPage": object(&[("entries", list(refer("AuditEntry"))), ("next_cursor", or_null(text()))]),
-        "Session": object(&[
-            ("user", object(&[("id", int()), ("username", text()), ("role", role)])),
-            ("csrf_token", text()),
-            ("expires_at", time()),
-        ]),
-        "LoggedOut": object(&[("ok", boolean())]),
-        "Document": json!({"type": "object", "description": "this OpenAPI document"}),
+        "AuditPage": page("entries", "AuditEntry"),
+    }))
+}
+
+/// The document itself and the error body every refusal has.
+fn plumbing() -> Map<String, Value> {
+    named(json!({
+        "Document": {"type": "object", "description": "this OpenAPI document"},
         "Error": object(&[
             ("success", json!({"type": "boolean", "enum": [false]})),
             ("error", object(&[("code", text()), ("message", text())])),
         ]),
-    })
+    }))
 }
