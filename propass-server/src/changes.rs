@@ -212,8 +212,8 @@ pub async fn announce(state: &AppState) {
     }
 }
 
-/// Stores the heartbeats that came over WebSockets: whatever accumulated
-/// while the previous write was in flight, in one transaction (see
+/// Stores the kiosks' heartbeats (over WebSockets and HTTP alike): whatever
+/// accumulated while the previous write was in flight, in one transaction (see
 /// [`crate::heartbeats`]); then dashboards here and on the other instances
 /// refetch those kiosks. A write that fails is put back and retried. Once
 /// the queue is closed (the server stops), it stores what is pending, once,
