@@ -361,6 +361,16 @@ impl ReaderKey {
         Ok(Self(key))
     }
 
+    /// Parses every key of `items`, or says which one (from 0) is not a
+    /// key — by position only: a caller must not repeat a secret.
+    pub fn parse_all<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<Self>, usize> {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| Self::parse(k).map_err(|_| i))
+            .collect()
+    }
+
     /// The key's bytes.
     pub fn bytes(&self) -> [u8; 6] {
         self.0

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use propass_protocol::{ClientId, ReaderKey, Role};
+use propass_protocol::{ClientId, ParseError, ReaderKey, Role};
 
 use crate::admin::{self, Actor};
 use crate::config::{Config, Settings};
@@ -466,6 +466,35 @@ async fn operate(url: &str, command: Command, limits: Limits) -> Result<(), Stri
     })
 }
 
+async fn client_command(
+    conn: &mut AsyncPgConnection,
+    command: ClientCmd,
+    limits: Limits,
+) -> Result<(), String> {
+    match command {
+        ClientCmd::Add {
+            name,
+            quota,
+            partial_copy,
+            json,
+        } => client_add(conn, &name, quota, partial_copy, json).await,
+        ClientCmd::List { json } => client_list(conn, json).await,
+        ClientCmd::Lease { client_id, sizes } => {
+            client_lease(conn, client_id, sizes.parse()?).await
+        }
+        ClientCmd::Policy {
+            client_id,
+            partial_copy,
+            json,
+        } => client_policy(conn, client_id, partial_copy, json).await,
+        ClientCmd::Keys {
+            client_id,
+            clear,
+            json,
+        } => client_keys(conn, client_id, clear, json, limits.reader_keys_max).await,
+    }
+}
+
 async fn dispatch(
     conn: &mut AsyncPgConnection,
     command: Command,
@@ -486,26 +515,7 @@ async fn dispatch(
         Command::User(UserCmd::Role { name, role }) => user_set_role(conn, name, role).await,
         Command::User(UserCmd::Disable { name }) => user_set_disabled(conn, name, true).await,
         Command::User(UserCmd::Enable { name }) => user_set_disabled(conn, name, false).await,
-        Command::Client(ClientCmd::Add {
-            name,
-            quota,
-            partial_copy,
-            json,
-        }) => client_add(conn, &name, quota, partial_copy, json).await,
-        Command::Client(ClientCmd::List { json }) => client_list(conn, json).await,
-        Command::Client(ClientCmd::Lease { client_id, sizes }) => {
-            client_lease(conn, client_id, sizes.parse()?).await
-        }
-        Command::Client(ClientCmd::Policy {
-            client_id,
-            partial_copy,
-            json,
-        }) => client_policy(conn, client_id, partial_copy, json).await,
-        Command::Client(ClientCmd::Keys {
-            client_id,
-            clear,
-            json,
-        }) => client_keys(conn, client_id, clear, json, limits.reader_keys_max).await,
+        Command::Client(cmd) => client_command(conn, cmd, limits).await,
         Command::Quota(QuotaCmd::Add {
             client_id,
             n,
@@ -769,13 +779,11 @@ async fn client_keys(
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
             .map_err(|e| format!("cannot read the keys from standard input: {e}"))?;
-        let keys = text
-            .split(|c: char| c.is_whitespace() || c == ',')
-            .filter(|k| !k.is_empty())
-            .enumerate()
-            // Names the position, never the value: it is a secret.
-            .map(|(i, k)| ReaderKey::parse(k).map_err(|e| format!("key {}: {e}", i + 1)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys = ReaderKey::parse_all(
+            text.split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|k| !k.is_empty()),
+        )
+        .map_err(|i| format!("key {}: {}", i + 1, ParseError::ReaderKey))?;
         if keys.is_empty() {
             return Err("no key on standard input (to remove every key, say --clear)".into());
         }

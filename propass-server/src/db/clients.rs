@@ -246,35 +246,17 @@ pub async fn add_quota(
 }
 
 /// Sets whether a client accepts partial copies; returns the client's new
-/// version, `None` for an unknown client.
-///
-/// The version is bumped with the policy because a pull answers both under
-/// one version: a kiosk that keeps the newest answer then keeps the newest
-/// policy too. `quota_updated` carries no policy: the kiosks serving the
-/// client are asked to pull ([`CLIENT_CHANNEL`]).
+/// version, `None` for an unknown client (see [`change_terms`]).
 pub async fn set_partial_copy(
     conn: &mut AsyncPgConnection,
     client: ClientId,
     allow: bool,
 ) -> QueryResult<Option<i64>> {
-    conn.transaction(async |conn| {
-        let found = diesel::update(clients::table.find(client.get()))
-            .set(clients::partial_copy.eq(allow))
-            .execute(conn)
-            .await?;
-        if found == 0 {
-            return Ok(None);
-        }
-        announce_policy(conn, client).await?;
-        bump_version(conn, client).await
-    })
-    .await
+    change_terms(conn, client, Terms::PartialCopy(allow)).await
 }
 
 /// Replaces the keys of a client's badges; returns the client's new
-/// version, `None` for an unknown client. Like the copy policy, the version
-/// is bumped because a pull answers both under one version, and the kiosks
-/// serving the client are asked to pull.
+/// version, `None` for an unknown client (see [`change_terms`]).
 pub async fn set_reader_keys(
     conn: &mut AsyncPgConnection,
     client: ClientId,
@@ -284,11 +266,36 @@ pub async fn set_reader_keys(
         .iter()
         .map(propass_protocol::ReaderKey::to_hex)
         .collect();
+    change_terms(conn, client, Terms::ReaderKeys(&hex)).await
+}
+
+/// What a pull says of a client besides its quota.
+enum Terms<'a> {
+    PartialCopy(bool),
+    /// Upper-case hex.
+    ReaderKeys(&'a [String]),
+}
+
+/// Changes what a pull says of a client besides its quota. The version is
+/// bumped with it because a pull answers both under one version: a kiosk
+/// that keeps the newest answer then keeps the newest terms too.
+/// `quota_updated` carries neither: the kiosks serving the client are asked
+/// to pull ([`CLIENT_CHANNEL`]).
+async fn change_terms(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+    terms: Terms<'_>,
+) -> QueryResult<Option<i64>> {
     conn.transaction(async |conn| {
-        let found = diesel::update(clients::table.find(client.get()))
-            .set(clients::reader_keys.eq(&hex))
-            .execute(conn)
-            .await?;
+        let row = diesel::update(clients::table.find(client.get()));
+        let found = match terms {
+            Terms::PartialCopy(allow) => {
+                row.set(clients::partial_copy.eq(allow))
+                    .execute(conn)
+                    .await?
+            }
+            Terms::ReaderKeys(hex) => row.set(clients::reader_keys.eq(hex)).execute(conn).await?,
+        };
         if found == 0 {
             return Ok(None);
         }

@@ -2,7 +2,7 @@
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use propass_protocol::{ClientId, ReaderKey};
+use propass_protocol::{ClientId, ParseError, ReaderKey};
 use serde::Deserialize;
 
 use super::access::OperatorSession;
@@ -120,15 +120,8 @@ pub async fn set_reader_keys(
 ) -> ApiResult<HttpResponse> {
     let id = client_id(input::param(&req, "id"))?;
     let body: ReaderKeysBody = input::secret_json(&req, &body)?;
-    let keys = body
-        .keys
-        .iter()
-        .enumerate()
-        // The error names the position, never the value: it is a secret.
-        .map(|(i, k)| {
-            ReaderKey::parse(k).map_err(|e| ApiError::InvalidRequest(format!("keys[{i}]: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = ReaderKey::parse_all(body.keys.iter().map(String::as_str))
+        .map_err(|i| ApiError::InvalidRequest(format!("keys[{i}]: {}", ParseError::ReaderKey)))?;
     let mut conn = state.pool.get().await?;
     let client = admin::set_reader_keys(
         &mut conn,
