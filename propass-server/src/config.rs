@@ -608,6 +608,15 @@ impl Settings {
             .collect()
     }
 
+    /// The default lease sizes; the low-water mark never above the target.
+    fn lease(&self) -> crate::db::leases::LeasePolicy {
+        crate::db::leases::LeasePolicy {
+            target: i64::try_from(self.lease_target).unwrap_or(i64::MAX),
+            low_water: i64::try_from(self.lease_low_water.min(self.lease_target))
+                .unwrap_or(i64::MAX),
+        }
+    }
+
     /// Values below a floor that keeps the server working are raised to it.
     fn build(self, database_url: String, jwt_secret: Secret) -> Config {
         let secs = Duration::from_secs;
@@ -630,11 +639,7 @@ impl Settings {
             fleet: self.fleet(),
             client_low_quota: i64::try_from(self.client_low_quota).unwrap_or(i64::MAX),
             client_reader_keys_max: self.client_reader_keys_max,
-            lease: crate::db::leases::LeasePolicy {
-                target: i64::try_from(self.lease_target).unwrap_or(i64::MAX),
-                low_water: i64::try_from(self.lease_low_water.min(self.lease_target))
-                    .unwrap_or(i64::MAX),
-            },
+            lease: self.lease(),
             body_read_timeout: secs(self.body_read_timeout_secs.max(1)),
             max_batch_items: self.max_batch_items.max(1),
             max_body_bytes: self.max_body_bytes.max(1024),
@@ -649,22 +654,7 @@ impl Settings {
             ws_allowed_origins: self.ws_allowed_origins,
             ws_heartbeat: secs(self.ws_heartbeat_secs.max(1)),
             ws_recheck: secs(self.ws_recheck_secs.max(1)),
-            ws_max_connections: match self.ws_max_connections {
-                0 => derived_ws_cap(open_file_limit()),
-                n => {
-                    let room = derived_ws_cap(open_file_limit());
-                    if n > room {
-                        // Past the fd limit the server cannot even accept
-                        // the push that would empty a kiosk's queue.
-                        tracing::warn!(
-                            ws_max_connections = n,
-                            fits = room,
-                            "ws_max_connections is above what the open-file limit leaves room for: raise LimitNOFILE, or lower it"
-                        );
-                    }
-                    n
-                }
-            },
+            ws_max_connections: ws_cap(self.ws_max_connections),
             ws_max_per_device: self.ws_max_per_device.max(1),
             ws_max_frame_bytes: self.ws_max_frame_bytes.max(1024),
             ws_client_timeout: secs(self.ws_client_timeout_secs.max(2)),
@@ -683,6 +673,25 @@ impl Settings {
             metrics_bind: self.metrics_bind,
         }
     }
+}
+
+/// `ws_max_connections`: 0 derives the cap from the open-file limit; a cap
+/// above what that limit leaves room for is kept, and warned about.
+fn ws_cap(configured: usize) -> usize {
+    let room = derived_ws_cap(open_file_limit());
+    if configured == 0 {
+        return room;
+    }
+    if configured > room {
+        // Past the fd limit the server cannot even accept the push that
+        // would empty a kiosk's queue.
+        tracing::warn!(
+            ws_max_connections = configured,
+            fits = room,
+            "ws_max_connections is above what the open-file limit leaves room for: raise LimitNOFILE, or lower it"
+        );
+    }
+    configured
 }
 
 /// The process's soft limit of open files (Linux' `/proc/self/limits`);

@@ -365,6 +365,20 @@ async function run(browser) {
     await shot(A, '08-offline.png');
   });
 
+  // Past its lifetime a session ends by the clock alone: the server ages
+  // it, and the page's open stream hears so at its next re-check (15 s).
+  at('7b-session-expired', async () => {
+    const stampB = await loadedAt(B);
+    await need('operator_session_expired');
+    await B.getByTestId('login-notice').waitFor({ state: 'visible', timeout: 2 * T });
+    const notice = (await B.getByTestId('login-notice').textContent()).trim();
+    check(/session has ended/i.test(notice), `the expired session says: ${notice}`);
+    check((await loadedAt(B)) === stampB, 'page B was reloaded');
+    await shot(B, '09a-session-expired.png');
+    await login(B, operator[0], operator[1]);
+    await B.getByTestId('logout').waitFor({ state: 'visible' });
+  });
+
   at('8-session-ended', async () => {
     const stampB = await loadedAt(B);
     await openView(A, 'users');

@@ -119,6 +119,21 @@ async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
                         format!("fail record {status} {body}, sync {synced}")
                     }
                 }
+                // The operator's sessions reach their end of life.
+                "need operator_session_expired" => {
+                    let aged = server
+                        .query_i64(
+                            "WITH aged AS (UPDATE admin_sessions SET expires_at = now() - interval '1 second' \
+                             WHERE user_id = (SELECT id FROM users WHERE username = 'olga') RETURNING 1) \
+                             SELECT count(*) FROM aged",
+                        )
+                        .await;
+                    if aged > 0 {
+                        "ok".to_owned()
+                    } else {
+                        "fail the operator has no session to age".to_owned()
+                    }
+                }
                 // SIGTERM: the agent closes its socket on the way out.
                 "need kiosk_offline" => {
                     let (status, _) = agent.terminate();

@@ -287,7 +287,8 @@ function openLive() {
   on('client', onClient);
   on('device', () => debounce('devices', 200, loadDevices));
   on('audit', onAudit);
-  on('session_ended', (d) => endSession(d.message));
+  // The server's frame says what the notice says: one line, not two.
+  on('session_ended', () => endSession());
   es.onerror = () => {
     if (S.es !== es) return;
     setLive('reconnecting');

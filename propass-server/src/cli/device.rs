@@ -106,7 +106,6 @@ pub async fn run(
     fleet: db::fleet::FleetPolicy,
     actor: &Actor,
 ) -> Result<(), String> {
-    let now = SystemClock.now();
     match cmd {
         DeviceCmd::List { json } => list(conn, json, fleet).await,
         DeviceCmd::Enroll {
@@ -124,44 +123,6 @@ pub async fn run(
             };
             enroll(conn, actor, req, json).await
         }
-        DeviceCmd::Add {
-            device_id,
-            name,
-            clients,
-        } => {
-            admin::add_device(conn, actor, &device_id, name.as_deref(), &clients).await?;
-            eprintln!("device {device_id} registered, active, serving {clients:?}");
-            Ok(())
-        }
-        DeviceCmd::Approve { device_id, clients } => {
-            admin::approve_device(conn, actor, &device_id, &clients, now).await?;
-            eprintln!("device {device_id} is now active");
-            Ok(())
-        }
-        DeviceCmd::Assign {
-            device_id,
-            add,
-            remove,
-        } => {
-            let serves = admin::assign_device(conn, actor, &device_id, &add, &remove).await?;
-            eprintln!("device {device_id} now serves {serves:?}");
-            Ok(())
-        }
-        DeviceCmd::Rename { device_id, name } => {
-            admin::rename_device(conn, actor, &device_id, &name).await?;
-            eprintln!("device {device_id} is now named {:?}", name.trim());
-            Ok(())
-        }
-        DeviceCmd::Revoke { device_id } => {
-            admin::set_device_status(conn, actor, &device_id, StatusChange::Revoke, now).await?;
-            eprintln!("device {device_id} is now revoked");
-            Ok(())
-        }
-        DeviceCmd::Restore { device_id } => {
-            admin::set_device_status(conn, actor, &device_id, StatusChange::Reinstate, now).await?;
-            eprintln!("device {device_id} is now active");
-            Ok(())
-        }
         DeviceCmd::Leases { json } => leases(conn, json).await,
         DeviceCmd::Lease { device_id, sizes } => {
             lease(conn, actor, &device_id, sizes.parse()?).await
@@ -173,7 +134,62 @@ pub async fn run(
             eprintln!("took back {units} unit(s) from {device_id}: {returned:?} (client, units)");
             Ok(())
         }
+        change => {
+            let done = change_device(conn, change, actor).await?;
+            eprintln!("{done}");
+            Ok(())
+        }
     }
+}
+
+/// The commands that change one kiosk's record; what is true afterwards.
+async fn change_device(
+    conn: &mut AsyncPgConnection,
+    cmd: DeviceCmd,
+    actor: &Actor,
+) -> Result<String, String> {
+    let now = SystemClock.now();
+    Ok(match cmd {
+        DeviceCmd::Add {
+            device_id,
+            name,
+            clients,
+        } => {
+            admin::add_device(conn, actor, &device_id, name.as_deref(), &clients).await?;
+            format!("device {device_id} registered, active, serving {clients:?}")
+        }
+        DeviceCmd::Approve { device_id, clients } => {
+            admin::approve_device(conn, actor, &device_id, &clients, now).await?;
+            format!("device {device_id} is now active")
+        }
+        DeviceCmd::Assign {
+            device_id,
+            add,
+            remove,
+        } => {
+            let serves = admin::assign_device(conn, actor, &device_id, &add, &remove).await?;
+            format!("device {device_id} now serves {serves:?}")
+        }
+        DeviceCmd::Rename { device_id, name } => {
+            admin::rename_device(conn, actor, &device_id, &name).await?;
+            format!("device {device_id} is now named {:?}", name.trim())
+        }
+        DeviceCmd::Revoke { device_id } => {
+            admin::set_device_status(conn, actor, &device_id, StatusChange::Revoke, now).await?;
+            format!("device {device_id} is now revoked")
+        }
+        DeviceCmd::Restore { device_id } => {
+            admin::set_device_status(conn, actor, &device_id, StatusChange::Reinstate, now).await?;
+            format!("device {device_id} is now active")
+        }
+        DeviceCmd::List { .. }
+        | DeviceCmd::Enroll { .. }
+        | DeviceCmd::Leases { .. }
+        | DeviceCmd::Lease { .. }
+        | DeviceCmd::Reclaim { .. } => {
+            unreachable!("run answers the commands that change nothing or print")
+        }
+    })
 }
 
 /// `device lease`: the kiosk's own sizes (`None`: its clients').
