@@ -1,6 +1,8 @@
 //! What this instance saw that the others' kiosks and dashboards must hear
 //! (`propass_copies`): the pushes it took (their new ledger ids, merged per
-//! device), and the kiosks whose socket opened or closed or whose heartbeat
+//! device, and each push's `sync_completed` for the pusher's sockets
+//! elsewhere: a load balancer may send its push and its socket to different
+//! instances), and the kiosks whose socket opened or closed or whose heartbeat
 //! came in here (dashboards elsewhere refetch them). A NOTIFY costs a commit
 //! of its own, and PostgreSQL serializes notifying commits on one lock: one
 //! per push or heartbeat would cap the fleet. So requests only note what
@@ -12,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
-use propass_protocol::DeviceId;
+use propass_protocol::{DeviceId, SyncCompleted};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -28,10 +30,12 @@ pub struct Range {
     pub max: i64,
 }
 
-/// What accumulated: push ranges, and kiosks whose state changed.
+/// What accumulated: push ranges, push summaries, and kiosks whose state
+/// changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     pub ranges: Vec<Range>,
+    pub syncs: Vec<SyncCompleted>,
     pub devices: Vec<DeviceId>,
 }
 
@@ -42,6 +46,8 @@ struct Payload {
     #[serde(default)]
     ranges: Vec<Range>,
     #[serde(default)]
+    syncs: Vec<SyncCompleted>,
+    #[serde(default)]
     devices: Vec<DeviceId>,
 }
 
@@ -51,6 +57,8 @@ struct Pending {
     /// (ids between two of a device's pushes here may be its pushes taken by
     /// another instance, which announces them itself).
     ranges: HashMap<DeviceId, Vec<(i64, i64)>>,
+    /// In the order the pushes committed here.
+    syncs: Vec<SyncCompleted>,
     devices: HashSet<DeviceId>,
 }
 
@@ -83,10 +91,22 @@ impl Announcements {
         self.wake.notify_one();
     }
 
+    /// Notes a push's summary for its kiosk's sockets on other instances.
+    pub fn synced(&self, summary: SyncCompleted) {
+        self.lock().syncs.push(summary);
+        self.wake.notify_one();
+    }
+
     /// Puts back what could not be sent (the next batch carries it).
     pub fn restore(&self, batch: Batch) {
         for r in batch.ranges {
             self.add(&r.device, r.min, r.max);
+        }
+        if !batch.syncs.is_empty() {
+            // Older than what came since: they go first.
+            let mut p = self.lock();
+            let newer = std::mem::replace(&mut p.syncs, batch.syncs);
+            p.syncs.extend(newer);
         }
         for d in batch.devices {
             self.device_changed(&d);
@@ -116,6 +136,7 @@ impl Announcements {
                             })
                         })
                         .collect(),
+                    syncs: std::mem::take(&mut p.syncs),
                     devices: p.devices.drain().collect(),
                 }
             };
@@ -153,6 +174,15 @@ pub fn encode(instance: &str, batch: Batch) -> Vec<String> {
         size += cost(&r.device);
         chunk.ranges.push(r);
     }
+    for s in batch.syncs {
+        // Three counts and a time besides the device: under 100 bytes.
+        let c = cost(&s.device_id) + 96;
+        if size + c > budget {
+            flush(&mut chunk, &mut size, &mut out);
+        }
+        size += c;
+        chunk.syncs.push(s);
+    }
     for d in batch.devices {
         if size + cost(&d) > budget {
             flush(&mut chunk, &mut size, &mut out);
@@ -168,6 +198,7 @@ fn render(instance: &str, batch: Batch) -> Option<String> {
     serde_json::to_string(&Payload {
         instance: instance.to_owned(),
         ranges: batch.ranges,
+        syncs: batch.syncs,
         devices: batch.devices,
     })
     .ok()
@@ -181,6 +212,7 @@ pub fn decode(payload: &str) -> Option<(String, Batch)> {
         p.instance,
         Batch {
             ranges: p.ranges,
+            syncs: p.syncs,
             devices: p.devices,
         },
     ))
@@ -207,6 +239,7 @@ mod tests {
         let Batch {
             ranges: mut taken,
             devices,
+            ..
         } = a.next().await;
         taken.sort_by(|x, y| x.device.as_str().cmp(y.device.as_str()));
         assert_eq!(devices, [device("K3")], "each kiosk once");
@@ -234,6 +267,24 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn summaries_that_could_not_be_sent_go_before_newer_ones() {
+        let at = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let sync = |synced| SyncCompleted {
+            device_id: device("K1"),
+            synced,
+            failed: 0,
+            duplicates: 0,
+            at,
+        };
+        let a = Announcements::default();
+        a.synced(sync(1));
+        let first = a.next().await;
+        a.synced(sync(2));
+        a.restore(first);
+        assert_eq!(a.next().await.syncs, [sync(1), sync(2)]);
+    }
+
     #[test]
     fn payloads_stay_under_the_limit_and_read_back() {
         // Device ids of any printable characters, separators included.
@@ -247,10 +298,21 @@ mod tests {
         let devices: Vec<DeviceId> = (0..300)
             .map(|i| device(&format!("\\{i}{}", "\"".repeat(60))))
             .collect();
+        let at = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let syncs: Vec<SyncCompleted> = (0..200)
+            .map(|i| SyncCompleted {
+                device_id: device(&format!("\\\"{i}{}", "<".repeat(100))),
+                synced: u32::MAX,
+                failed: u32::MAX,
+                duplicates: u32::MAX,
+                at,
+            })
+            .collect();
         let payloads = encode(
             "inst",
             Batch {
                 ranges: ranges.clone(),
+                syncs: syncs.clone(),
                 devices: devices.clone(),
             },
         );
@@ -261,9 +323,17 @@ mod tests {
             let (instance, b) = decode(p).unwrap();
             assert_eq!(instance, "inst");
             back.ranges.extend(b.ranges);
+            back.syncs.extend(b.syncs);
             back.devices.extend(b.devices);
         }
-        assert_eq!(back, Batch { ranges, devices });
+        assert_eq!(
+            back,
+            Batch {
+                ranges,
+                syncs,
+                devices
+            }
+        );
         assert_eq!(decode("inst|K1|1|2"), None, "the old format is dropped");
     }
 }

@@ -289,6 +289,14 @@ async fn on_announcement(state: &AppState, payload: &str) -> Result<(), ApiError
             tracing::warn!(error = %e, "cannot relay another instance's push");
         }
     }
+    // After the copies, as the pushing instance sends them.
+    for s in batch.syncs {
+        if state.hub.is_connected(&s.device_id) {
+            let device = s.device_id.clone();
+            let msg = [propass_protocol::WsMessage::SyncCompleted(s)];
+            state.hub.send_all_to_device(&device, &msg);
+        }
+    }
     Ok(())
 }
 
@@ -463,8 +471,8 @@ async fn on_audit(state: &AppState, payload: &str) -> Result<(), ApiError> {
 /// What follows a committed push: the charged quotas to the kiosks serving
 /// those clients, its answers' events to the pushing device, its new copies
 /// and charged clients on open dashboards (they see the badge UID in the
-/// ledger, not in the feed), and the copies announced to the other
-/// instances (their kiosks and dashboards).
+/// ledger, not in the feed), and the copies and the push's summary
+/// announced to the other instances (their kiosks and dashboards).
 pub async fn after_push(state: &AppState, device: &DeviceId, done: &crate::push::PushDone) {
     state.hub.send_quota_updates(&done.quota_updates);
     state.hub.send_all_to_device(device, &done.to_pusher);
@@ -479,6 +487,11 @@ pub async fn after_push(state: &AppState, device: &DeviceId, done: &crate::push:
     let ids = copies.iter().map(|c| c.ledger_id);
     if let (Some(min), Some(max)) = (ids.clone().min(), ids.max()) {
         state.announcements.add(device, min, max);
+    }
+    for m in &done.to_pusher {
+        if let propass_protocol::WsMessage::SyncCompleted(s) = m {
+            state.announcements.synced(s.clone());
+        }
     }
     if state.live.is_empty() {
         return;

@@ -91,23 +91,23 @@ async fn kiosk_socket(port: &str, token: &str, device: &str) -> Ws {
         .0
 }
 
-/// K1 pushes one copy of `client` through `base`: K1 hears its copy, K2 the
-/// client's new quota (never the badge UID), the dashboard the copy —
-/// wherever each of them is connected.
+/// K1 pushes its `n`th copy of `client` (50 units) through `base`: K1
+/// hears its copy and its sync, K2 the client's new quota (never the badge
+/// UID), the dashboard the copy — wherever each of them is connected.
 async fn push_reaches_everyone(
     app: &TestApp,
     base: &str,
     k1: (&str, &mut Ws),
     k2: &mut Ws,
     dashboard: &mut Dashboard,
-    client: i64,
+    (client, n): (i64, i64),
 ) {
     let uid = "04A1A1A1A1A1A1";
     let res = app
         .http
         .post(format!("{base}/api/sync/push"))
         .bearer_auth(k1.0)
-        .json(&json!({"device_id": "K1", "queue": [seed_item(1, client, uid)]}))
+        .json(&json!({"device_id": "K1", "queue": [seed_item(n, client, uid)]}))
         .send()
         .await
         .unwrap();
@@ -115,14 +115,21 @@ async fn push_reaches_everyone(
     let body: Value = res.json().await.unwrap();
     let ledger_id = body["data"][0]["ledger_id"].as_i64().unwrap();
     let mine = collect_until(k1.1, Duration::from_secs(10), |got| {
-        got.iter().any(|m| m["type"] == "copy_completed")
+        got.iter().any(|m| m["type"] == "sync_completed")
     })
     .await;
     assert!(
-        mine.iter().any(|m| m["data"]["ledger_id"] == ledger_id),
+        mine.iter()
+            .any(|m| m["type"] == "copy_completed" && m["data"]["ledger_id"] == ledger_id),
         "{mine:?}"
     );
-    let charged = |m: &Value| m["type"] == "quota_updated" && m["data"]["remaining"] == 49;
+    let sync = mine.iter().find(|m| m["type"] == "sync_completed").unwrap();
+    assert_eq!(
+        (&sync["data"]["device_id"], &sync["data"]["synced"]),
+        (&json!("K1"), &json!(1)),
+        "{mine:?}"
+    );
+    let charged = |m: &Value| m["type"] == "quota_updated" && m["data"]["remaining"] == 50 - n;
     let theirs = collect_until(k2, Duration::from_secs(10), |got| got.iter().any(charged)).await;
     assert!(theirs.iter().any(charged), "{theirs:?}");
     assert!(
@@ -166,13 +173,28 @@ async fn a_push_on_one_instance_reaches_kiosks_and_dashboards_on_another() {
         (&k1, &mut ws1),
         &mut ws2,
         &mut dashboard,
-        acme,
+        (acme, 1),
+    )
+    .await;
+    // K1 pushing through the other instance (a load balancer's choice)
+    // hears of it on its socket here all the same.
+    push_reaches_everyone(
+        &app,
+        &other,
+        (&k1, &mut ws1),
+        &mut ws2,
+        &mut dashboard,
+        (acme, 2),
     )
     .await;
 
     // A kiosk coming online on the first instance is shown on the other's
     // dashboard.
-    assert!(!dashboard.seen.contains("\"K3\""));
+    assert!(
+        !dashboard.seen.contains("\"device_id\":\"K3\""),
+        "{}",
+        dashboard.seen
+    );
     let _ws3 = app.ws("/ws", &k3, "K3").await;
     dashboard.wait_for("\"device_id\":\"K3\"").await;
     stopper.stop().await;
@@ -250,6 +272,14 @@ async fn the_shipped_haproxy_config_fronts_two_instances() {
     let mut ws1 = kiosk_socket(&port, &k1, "K1").await;
     let mut ws2 = kiosk_socket(&port, &k2, "K2").await;
     let mut dashboard = Dashboard::open(&app, &lb).await;
-    push_reaches_everyone(&app, &lb, (&k1, &mut ws1), &mut ws2, &mut dashboard, acme).await;
+    push_reaches_everyone(
+        &app,
+        &lb,
+        (&k1, &mut ws1),
+        &mut ws2,
+        &mut dashboard,
+        (acme, 1),
+    )
+    .await;
     stopper.stop().await;
 }
