@@ -4,8 +4,8 @@
 //! fault picked from the seed — an agent killed mid-write or at rest, or
 //! stopped cleanly (its leases given back), the server restarted or killed,
 //! PostgreSQL restarted, answers lost after the server committed, the
-//! network cut, a card lifted mid-write, an operator top-up or lease
-//! reclaim, a kiosk's disk full before a copy or filling up while the blank
+//! network cut, a card lifted mid-write, an operator top-up, lease
+//! reclaim or lowered lease target, a kiosk's disk full before a copy or filling up while the blank
 //! is written (each kiosk's state is on a tmpfs of its own, where this
 //! machine makes private mount namespaces) — and one round in four a second
 //! fault of the world around the kiosks on top. The client's quota (Q,
@@ -71,13 +71,14 @@ enum Fault {
     LiftCard,
     TopUp,
     ReclaimLease,
+    ShrinkLease,
     FullDisk,
     FullDiskMidWrite,
     KillServer,
     StopAgent,
 }
 
-const FAULTS: [Fault; 14] = [
+const FAULTS: [Fault; 15] = [
     Fault::None,
     Fault::KillMidWrite,
     Fault::KillAtRest,
@@ -88,6 +89,7 @@ const FAULTS: [Fault; 14] = [
     Fault::LiftCard,
     Fault::TopUp,
     Fault::ReclaimLease,
+    Fault::ShrinkLease,
     Fault::FullDisk,
     Fault::FullDiskMidWrite,
     Fault::KillServer,
@@ -96,7 +98,7 @@ const FAULTS: [Fault; 14] = [
 
 /// Faults of the world around the kiosks, one of which may come on top of
 /// a round's first fault.
-const SECOND: [Fault; 7] = [
+const SECOND: [Fault; 8] = [
     Fault::RestartServer,
     Fault::KillServer,
     Fault::RestartDatabase,
@@ -104,6 +106,7 @@ const SECOND: [Fault; 7] = [
     Fault::CutNetwork,
     Fault::TopUp,
     Fault::ReclaimLease,
+    Fault::ShrinkLease,
 ];
 
 /// Whether two faults can be injected in one round: one proxy mode at a
@@ -111,7 +114,8 @@ const SECOND: [Fault; 7] = [
 /// PostgreSQL restarts (it would fail, as an operator's would).
 fn compatible(a: Fault, b: Fault) -> bool {
     use Fault::{
-        CutNetwork, KillServer, LoseAnswers, ReclaimLease, RestartDatabase, RestartServer, TopUp,
+        CutNetwork, KillServer, LoseAnswers, ReclaimLease, RestartDatabase, RestartServer,
+        ShrinkLease, TopUp,
     };
     let clash = |x, y| (a, b) == (x, y) || (a, b) == (y, x);
     a != b
@@ -119,6 +123,7 @@ fn compatible(a: Fault, b: Fault) -> bool {
         && !clash(RestartServer, KillServer)
         && !clash(RestartDatabase, TopUp)
         && !clash(RestartDatabase, ReclaimLease)
+        && !clash(RestartDatabase, ShrinkLease)
 }
 
 fn opt(name: &str, default: u64) -> Result<u64, String> {
@@ -566,6 +571,7 @@ async fn main() -> Result<(), String> {
     let mut rng = Rng(seed);
     let mut tally = Tally::default();
     let mut serial: u64 = 0;
+    let mut overdrafts = 0;
     let started = Instant::now();
     for round in 1..=rounds {
         let first = FAULTS[rng.below(FAULTS.len() as u64) as usize];
@@ -640,6 +646,18 @@ async fn main() -> Result<(), String> {
                         .ok_or_else(|| fail("no status".into()))?;
                     let device = st["device_id"].as_str().unwrap_or_default().to_owned();
                     server.cli(&["device", "reclaim", &device]).map_err(fail)?;
+                }
+                Fault::ShrinkLease => {
+                    // An operator lowers the client's lease target, or sets
+                    // the server's back: kiosks give back what they hold
+                    // above it and have not spent, at their next sync.
+                    let id = client.to_string();
+                    let args: &[&str] = match rng.below(3) {
+                        0 => &["client", "lease", &id, "--target", "1"],
+                        1 => &["client", "lease", &id, "--target", "3"],
+                        _ => &["client", "lease", &id, "--default"],
+                    };
+                    server.cli(args).map_err(fail)?;
                 }
                 _ => {}
             }
@@ -748,7 +766,7 @@ async fn main() -> Result<(), String> {
             .await
             .map_err(fail)?;
         }
-        check(&server.db_url, client, &kiosks, &tally)
+        overdrafts = check(&server.db_url, client, &kiosks, &tally)
             .await
             .map_err(fail)?;
         if round % 10 == 0 || round == rounds {
@@ -798,13 +816,15 @@ async fn main() -> Result<(), String> {
         tally.double_rounds,
         faults.join(", ")
     );
+    println!("         copies charged with no unit free (flagged overdraft): {overdrafts}");
     println!("checks   after every round: ledger == every acknowledged operation and card, once; charged once; leases == quotas.leased; used - overdrafts + leased <= total");
     println!("         0 violations");
     Ok(())
 }
 
 /// The invariants, read from PostgreSQL.
-async fn check(db_url: &str, client: i64, kiosks: &[Kiosk], tally: &Tally) -> Result<(), String> {
+/// Answers the copies flagged overdraft so far.
+async fn check(db_url: &str, client: i64, kiosks: &[Kiosk], tally: &Tally) -> Result<i64, String> {
     let (pg, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
         .await
         .map_err(|e| e.to_string())?;
@@ -889,5 +909,5 @@ async fn check(db_url: &str, client: i64, kiosks: &[Kiosk], tally: &Tally) -> Re
     if copies != ledger.len() as i64 {
         return Err("a ledger row has no op_id".into());
     }
-    Ok(())
+    Ok(overdrafts)
 }

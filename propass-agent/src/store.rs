@@ -275,6 +275,11 @@ impl Store {
             .await
     }
 
+    /// Lets go of unspent units of one lease (see [`quotas::let_go`]).
+    pub async fn let_go(&self, client: ClientId, asked: i64) -> StoreResult<i64> {
+        self.with(move |c| quotas::let_go(c, client, asked)).await
+    }
+
     /// Notes that the kiosk gave its leases back (see [`quotas::leases_returned`]).
     pub async fn leases_returned(&self) -> StoreResult<()> {
         self.with(|c| quotas::leases_returned(c)).await
@@ -519,6 +524,51 @@ pub(crate) mod tests {
             sectors: None,
             at: at(1),
         }
+    }
+
+    /// Asked for units above a lowered target, the kiosk lets go only of
+    /// what it has not spent: copies not synced yet and cards being made
+    /// came out of its lease.
+    #[tokio::test]
+    async fn a_kiosk_lets_go_only_of_lease_units_it_has_not_spent() {
+        let store = Store::open(&temp("agent.db")).unwrap();
+        let c = ClientId::new(1).unwrap();
+        assert_eq!(store.let_go(c, 5).await.unwrap(), 0, "an unknown client");
+        pull_two(&store, c).await;
+        assert_eq!(
+            store.let_go(c, 5).await.unwrap(),
+            0,
+            "no lease: nothing held"
+        );
+        let leased = ServerQuota {
+            partial_copy: None,
+            reader_keys: None,
+            client: c,
+            remaining: 0,
+            name: None,
+            version: None,
+            lease: LeaseWord::Units(10),
+        };
+        store.apply_pull(vec![leased], at(0)).await.unwrap();
+        for n in 1..=3 {
+            store
+                .record(copy(c, n), QuotaPolicy::Enforce)
+                .await
+                .unwrap();
+        }
+        store.reserve(intent(c, 4)).await.unwrap();
+        assert_eq!(store.quota(c).await.unwrap().unwrap().remaining, 6);
+
+        assert_eq!(store.let_go(c, 4).await.unwrap(), 4);
+        assert_eq!(
+            store.let_go(c, 8).await.unwrap(),
+            2,
+            "3 copies and 1 card in the making came out of the 10"
+        );
+        let q = store.quota(c).await.unwrap().unwrap();
+        assert_eq!((q.lease, q.remaining), (Some(4), 0));
+        assert_eq!(store.let_go(c, 1).await.unwrap(), 0);
+        assert_eq!(store.let_go(c, -3).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use propass_protocol::{
-    DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorCode, LoginRequest, LoginResponse,
-    PushResponse,
+    DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorCode, LeaseEntry, LoginRequest,
+    LoginResponse, PushResponse,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -380,7 +380,7 @@ impl Agent {
         self.store.leases_returned().await?;
         match self
             .server
-            .release_leases(&creds.server, &creds.token)
+            .release_leases(&creds.server, &creds.token, None)
             .await
         {
             Ok(answer) => {
@@ -406,7 +406,12 @@ impl Agent {
         let mut creds = self.fresh_credentials().await?;
         let mut summary = SyncSummary::default();
         self.push_pending(&mut creds, &mut summary).await?;
-        self.pull(&mut creds, cursor).await?;
+        let excess = self.pull(&mut creds, cursor).await?;
+        if !self.give_back(&creds, excess).await {
+            // Units let go here that the server may still hold: the next
+            // pull is a complete one, which says what it holds.
+            *cursor = None;
+        }
         summary.pending = self.store.counts().await?.pending;
         Ok((summary, creds))
     }
@@ -550,6 +555,45 @@ impl Agent {
         }
     }
 
+    /// Gives back what an operator's lowered target asks for (`excess`, by
+    /// client), as far as this kiosk has not spent it: copies made offline
+    /// and not synced yet came out of those units. Best effort: whether the
+    /// server answered every ask.
+    async fn give_back(&self, creds: &Credentials, excess: Vec<LeaseEntry>) -> bool {
+        let mut answered = true;
+        for ask in excess {
+            let client = ask.client_id;
+            let units = match self.store.let_go(client, ask.units).await {
+                Ok(0) => continue,
+                Ok(units) => units,
+                Err(e) => {
+                    tracing::warn!(client = client.get(), error = %e, "cannot let go of lease units");
+                    continue;
+                }
+            };
+            let part = LeaseEntry {
+                client_id: client,
+                units,
+            };
+            match self
+                .server
+                .release_leases(&creds.server, &creds.token, Some(part))
+                .await
+            {
+                Ok(_) => tracing::info!(
+                    client = client.get(),
+                    units,
+                    "lease units above the target given back"
+                ),
+                Err(e) => {
+                    tracing::warn!(client = client.get(), units, error = %e, "lease units not given back: the next complete pull says what the server holds");
+                    answered = false;
+                }
+            }
+        }
+        answered
+    }
+
     /// Reads the quotas back — only what changed since the last pull, from
     /// the same server, unless the last complete one is older than
     /// `full_pull_interval_secs`; a refused token is renewed once, as for a
@@ -559,7 +603,7 @@ impl Agent {
         &self,
         creds: &mut Credentials,
         cursor: &mut Option<PullCursor>,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Vec<LeaseEntry>, SyncError> {
         let now = self.clock.now_utc();
         let full_every = chrono::Duration::from_std(self.config.full_pull_interval())
             .unwrap_or(chrono::Duration::MAX);
@@ -604,7 +648,7 @@ impl Agent {
             );
             self.kick.notify_one();
         }
-        Ok(())
+        Ok(pull.lease_excess)
     }
 
     /// What a pull that did not answer means for the cycle: a refused

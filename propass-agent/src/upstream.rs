@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use propass_protocol::{
     DeviceTokenRequest, DeviceTokenResponse, EnrollRequest, ErrorBody, ErrorCode, KioskHeartbeat,
-    LeaseReleaseResponse, LoginRequest, LoginResponse, PullResponse, PushRequest, PushResponse,
-    RefreshResponse,
+    LeaseEntry, LeaseReleaseResponse, LoginRequest, LoginResponse, PullResponse, PushRequest,
+    PushResponse, RefreshResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -91,11 +91,13 @@ pub trait ServerClient: Send + Sync {
         body: &'a KioskHeartbeat,
     ) -> BoxFuture<'a, UpstreamResult<serde_json::Value>>;
 
-    /// `DELETE /api/sync/lease`: gives this kiosk's unused units back.
+    /// `DELETE /api/sync/lease`: gives this kiosk's unused units back —
+    /// all of them, or (`part`) that many of one client's lease.
     fn release_leases<'a>(
         &'a self,
         server: &'a str,
         token: &'a str,
+        part: Option<LeaseEntry>,
     ) -> BoxFuture<'a, UpstreamResult<LeaseReleaseResponse>>;
 }
 
@@ -266,8 +268,17 @@ impl ServerClient for HttpServerClient {
         &'a self,
         server: &'a str,
         token: &'a str,
+        part: Option<LeaseEntry>,
     ) -> BoxFuture<'a, UpstreamResult<LeaseReleaseResponse>> {
-        let req = self.authed(reqwest::Method::DELETE, server, "/api/sync/lease", token);
+        let path = match part {
+            None => "/api/sync/lease".to_owned(),
+            Some(p) => format!(
+                "/api/sync/lease?client_id={}&units={}",
+                p.client_id.get(),
+                p.units
+            ),
+        };
+        let req = self.authed(reqwest::Method::DELETE, server, &path, token);
         Box::pin(answer(req, self.max_answer_bytes))
     }
 }

@@ -468,6 +468,11 @@ pub struct PullResponse {
     /// no longer its.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<bool>,
+    /// Optional (with `?lease=true`): the units of this kiosk's leases above
+    /// their target, by client — an operator lowered it. The kiosk gives
+    /// back those it has not spent (`DELETE /api/sync/lease?client_id=…&units=…`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_excess: Vec<LeaseEntry>,
 }
 
 /// `GET /health` answer.

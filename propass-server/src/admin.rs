@@ -694,9 +694,10 @@ pub async fn reclaim_leases(
 }
 
 /// Sets a kiosk's own lease sizes (`None`: its clients' again). A connected
-/// kiosk pulls at once and is refilled up to its new target; a lease above
-/// a lowered target shrinks as it is spent (units a kiosk may already have
-/// spent offline are not taken back: `reclaim_leases` is for that).
+/// kiosk pulls at once: it is refilled up to a raised target, and gives
+/// back what it holds above a lowered one as far as it has not spent it
+/// (the server cannot take those units itself: the kiosk may have spent
+/// them offline; `reclaim_leases` takes a lease whatever was spent).
 pub async fn size_device_leases(
     conn: &mut AsyncPgConnection,
     actor: &Actor,

@@ -758,7 +758,7 @@ async fn client_lease(
     }
     match sizes {
         Some(s) => eprintln!(
-            "client {client_id}: kiosks hold up to {} unit(s) each, refilled below {}; a smaller lease shrinks as it is spent (`device reclaim` takes it back now)",
+            "client {client_id}: kiosks hold up to {} unit(s) each, refilled below {}; a kiosk holding more gives back what it has not spent, at its next sync (`device reclaim` takes it back now)",
             s.target, s.low_water
         ),
         None => eprintln!("client {client_id}: the server's default lease sizes"),

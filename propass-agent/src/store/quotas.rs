@@ -211,6 +211,31 @@ pub fn leases_returned(conn: &Connection) -> StoreResult<()> {
     Ok(())
 }
 
+/// Lets go of up to `asked` units of the lease of `client` that this kiosk
+/// has not spent (its lease, less the copies not yet synced and the units
+/// reserved by cards being made): the server asks for what it holds above a
+/// lowered target. Answers the units let go, which the kiosk then gives
+/// back. Let go before asking, as at shutdown: an answer lost after the
+/// server took them must not leave the kiosk spending them; one the server
+/// did not take comes back with the next complete pull.
+pub fn let_go(conn: &Connection, client: ClientId, asked: i64) -> StoreResult<i64> {
+    let Some(q) = quota_of(conn, client)? else {
+        return Ok(0);
+    };
+    let Some(lease) = q.lease else {
+        return Ok(0);
+    };
+    let unspent = lease - q.unsynced - q.reserved;
+    let give = asked.min(unspent).max(0);
+    if give > 0 {
+        conn.execute(
+            "UPDATE quotas SET server_lease = server_lease - ?2 WHERE client_id = ?1",
+            params![client.get(), give],
+        )?;
+    }
+    Ok(give)
+}
+
 /// Stores a pull — authoritative, whatever its versions say (see
 /// [`set_remaining`]): the server's remaining for every client it listed.
 /// A complete pull lists every client the kiosk serves: those it no longer

@@ -7,8 +7,9 @@ use std::sync::Mutex;
 use futures_util::future::BoxFuture;
 use propass_nfc::{NfcError, ReaderThread};
 use propass_protocol::{
-    BadgeUid, ClientId, LeaseReleaseResponse, LoginRequest, LoginResponse, OpType, PullResponse,
-    PushItemResult, PushRequest, PushResponse, PushStatus, QuotaEntry, RefreshResponse,
+    BadgeUid, ClientId, LeaseEntry, LeaseReleaseResponse, LoginRequest, LoginResponse, OpType,
+    PullResponse, PushItemResult, PushRequest, PushResponse, PushStatus, QuotaEntry,
+    RefreshResponse,
 };
 
 use super::*;
@@ -52,6 +53,12 @@ pub(crate) struct ScriptedServer {
     lease: Mutex<Option<i64>>,
     /// Lease releases asked for.
     releases: Mutex<usize>,
+    /// The target of that lease: pulls ask for what it holds above.
+    lease_target: Mutex<Option<i64>>,
+    /// The units given back of it, one entry per answered ask.
+    given: Mutex<Vec<i64>>,
+    /// Asks to give units back get no answer (and take nothing).
+    give_backs_lost: Mutex<bool>,
     /// The heartbeats sent over HTTP.
     heartbeats: Mutex<Vec<propass_protocol::KioskHeartbeat>>,
 }
@@ -81,7 +88,23 @@ impl ServerClient for ScriptedServer {
         &'a self,
         _: &'a str,
         _: &'a str,
+        part: Option<LeaseEntry>,
     ) -> BoxFuture<'a, UpstreamResult<LeaseReleaseResponse>> {
+        if let Some(part) = part {
+            let answer = if *self.give_backs_lost.lock().unwrap() {
+                Err(UpstreamError::Unreachable("timed out".into()))
+            } else {
+                let mut lease = self.lease.lock().unwrap();
+                let units = part.units.min(lease.unwrap_or(0));
+                *lease = lease.map(|l| l - units);
+                self.given.lock().unwrap().push(units);
+                Ok(LeaseReleaseResponse {
+                    success: true,
+                    released: vec![LeaseEntry { units, ..part }],
+                })
+            };
+            return Box::pin(async move { answer });
+        }
         // The server takes the units back; the answer is lost on the way.
         *self.releases.lock().unwrap() += 1;
         *self.lease.lock().unwrap() = None;
@@ -173,6 +196,14 @@ impl ServerClient for ScriptedServer {
         let refusal = self.pull_refusals.lock().unwrap().pop_front();
         let recorded_through = *self.recorded_through.lock().unwrap();
         let lease = *self.lease.lock().unwrap();
+        let target = *self.lease_target.lock().unwrap();
+        let lease_excess = match (lease, target) {
+            (Some(l), Some(t)) if l > t => vec![LeaseEntry {
+                client_id: ClientId::new(1).unwrap(),
+                units: l - t,
+            }],
+            _ => vec![],
+        };
         Box::pin(async move {
             if let Some(code) = refusal {
                 return Err(refused(code));
@@ -201,6 +232,7 @@ impl ServerClient for ScriptedServer {
                 recorded_through,
                 version: Some(version),
                 delta: Some(since_version.is_some()),
+                lease_excess,
             })
         })
     }
@@ -344,6 +376,42 @@ async fn a_lease_given_back_whose_answer_is_lost_is_not_spent() {
     *server.lease.lock().unwrap() = Some(5);
     agent.sync_once().await.unwrap();
     assert_eq!(lease_of_1().await, (Some(5), 5));
+}
+
+/// An operator lowered the target: the kiosk gives back what it holds
+/// above it in the same sync. A give-back that got no answer makes the
+/// next pull a complete one, which says what the server still holds.
+#[tokio::test]
+async fn units_above_a_lowered_target_are_given_back_in_the_sync() {
+    let server = Arc::new(ScriptedServer::default());
+    *server.lease.lock().unwrap() = Some(10);
+    let agent = agent_with(0, server.clone()).await;
+    let lease_of_1 = || async {
+        let q = agent
+            .store
+            .quota(ClientId::new(1).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        (q.lease, q.remaining)
+    };
+    agent.sync_once().await.unwrap();
+    assert_eq!(lease_of_1().await, (Some(10), 10));
+
+    *server.lease_target.lock().unwrap() = Some(4);
+    *server.give_backs_lost.lock().unwrap() = true;
+    agent.sync_once().await.unwrap();
+    assert_eq!(lease_of_1().await, (Some(4), 4), "let go before asking");
+    assert_eq!(*server.lease.lock().unwrap(), Some(10), "not taken");
+
+    *server.give_backs_lost.lock().unwrap() = false;
+    agent.sync_once().await.unwrap();
+    assert_eq!(*server.sinces.lock().unwrap(), [None, Some(101), None]);
+    assert_eq!(*server.given.lock().unwrap(), [6]);
+    assert_eq!(*server.lease.lock().unwrap(), Some(4));
+    assert_eq!(lease_of_1().await, (Some(4), 4));
+    agent.sync_once().await.unwrap();
+    assert_eq!(*server.given.lock().unwrap(), [6], "nothing more to give");
 }
 
 /// With its socket down, a kiosk tells operators why its sync fails (the

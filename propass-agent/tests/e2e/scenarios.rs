@@ -1081,6 +1081,45 @@ async fn kiosks_offline_together_never_spend_more_than_the_client_paid_for() {
     );
 }
 
+/// An operator lowers a client's lease target: a connected kiosk hears of
+/// it at once and gives back what it holds above the new target, so the
+/// units are free for other kiosks now, not once this one has spent them.
+#[tokio::test]
+async fn a_lowered_lease_target_comes_back_from_a_connected_kiosk_at_once() {
+    let server = Server::new().await;
+    let client = server.add_client("Shrink Ltd", 30);
+    let agent = Agent::enrolled(&server).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            agent.status().await["ws_connected"] == true
+        })
+        .await
+    );
+    assert_eq!(agent.sync().await.0, 200);
+    for i in 0..2 {
+        assert_eq!(agent.record(client, &format!("04AA{i:04X}")).await.0, 201);
+    }
+    assert_eq!(agent.sync().await.0, 200);
+    assert_eq!(
+        agent.remaining(client).await,
+        Some(8),
+        "a lease of 10, 2 spent"
+    );
+
+    server.lease(client, 3);
+    let given_back = eventually(Duration::from_secs(10), || async {
+        server.client_row(client)["leased"] == 3
+    })
+    .await;
+    let row = server.client_row(client);
+    assert!(given_back, "{row}\n{}", agent.log());
+    assert_eq!(
+        (row["used"].as_i64(), row["remaining"].as_i64()),
+        (Some(2), Some(25))
+    );
+    assert_eq!(agent.remaining(client).await, Some(3));
+}
+
 /// The kiosk's disk fills up: it makes no card (it could not record it) and
 /// says so to the person, in its status and to the operators; once space is
 /// freed it copies again, and the ledger holds exactly the cards made.

@@ -202,7 +202,7 @@ async fn lease(
     admin::size_device_leases(conn, actor, device_id, sizes).await?;
     match sizes {
         Some(s) => eprintln!(
-            "device {device_id}: holds up to {} unit(s) of each client, refilled below {}; a larger lease shrinks as it is spent (`device reclaim` takes it back now)",
+            "device {device_id}: holds up to {} unit(s) of each client, refilled below {}; a larger lease is given back by the kiosk as far as it has not spent it, at its next sync (`device reclaim` takes it back now)",
             s.target, s.low_water
         ),
         None => eprintln!("device {device_id}: its clients' lease sizes"),

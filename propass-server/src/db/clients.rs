@@ -307,7 +307,10 @@ async fn change_terms(
 
 /// Tells every server (at COMMIT) that what a pull says of `client` beyond
 /// its quota changed: they ask the kiosks serving it to pull now.
-async fn announce_policy(conn: &mut AsyncPgConnection, client: ClientId) -> QueryResult<()> {
+pub(super) async fn announce_policy(
+    conn: &mut AsyncPgConnection,
+    client: ClientId,
+) -> QueryResult<()> {
     diesel::sql_query(format!("NOTIFY {CLIENT_CHANNEL}, '{}'", client.get()))
         .execute(conn)
         .await

@@ -318,6 +318,68 @@ pub async fn release(
     Ok(rows.into_iter().map(|r| (r.client_id, r.units)).collect())
 }
 
+/// The units `device` holds above its target, by client: what an operator
+/// lowering a target (the kiosk's own, the client's, or the server's
+/// `policy`) wants back. Only the kiosk knows how many of them it has
+/// spent offline and not pushed yet, so it gives back itself
+/// ([`give_back`]) what it has not.
+pub async fn over_target(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    policy: LeasePolicy,
+    own: Option<LeasePolicy>,
+) -> diesel::QueryResult<Vec<(i64, i64)>> {
+    let rows: Vec<Returned> = diesel::sql_query(
+        "SELECT l.client_id, l.units - COALESCE($3, c.lease_target, $2) AS units \
+         FROM leases l JOIN clients c ON c.id = l.client_id \
+         WHERE l.device_id = $1 AND l.units > COALESCE($3, c.lease_target, $2) \
+         ORDER BY l.client_id",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<BigInt, _>(policy.target)
+    .bind::<Nullable<BigInt>, _>(own.map(|o| o.target))
+    .prepared()
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.client_id, r.units)).collect())
+}
+
+/// Gives up to `units` of `device`'s lease of `client` back to the free
+/// pool (the kiosk's word that it has not spent them); the lease stays,
+/// smaller. Answers the units given back (0: it held none). Run inside the
+/// caller's transaction.
+pub async fn give_back(
+    conn: &mut AsyncPgConnection,
+    device: &DeviceId,
+    client: ClientId,
+    units: i64,
+) -> diesel::QueryResult<i64> {
+    lock_quotas(&mut &*conn, &[client.get()]).await?;
+    let rows: Vec<Returned> = diesel::sql_query(
+        "WITH held AS ( \
+           SELECT client_id, units FROM leases WHERE device_id = $1 AND client_id = $2 \
+         ), cut AS ( \
+           UPDATE leases l SET units = l.units - LEAST(h.units, $3), updated_at = now() \
+           FROM held h WHERE l.device_id = $1 AND l.client_id = h.client_id AND h.units > 0 \
+           RETURNING l.client_id, LEAST(h.units, $3) AS units \
+         ) \
+         UPDATE quotas q SET leased = q.leased - c.units, version = q.version + 1, updated_at = now() \
+         FROM cut c WHERE q.client_id = c.client_id \
+         RETURNING c.client_id, c.units",
+    )
+    .bind::<Text, _>(device.as_str())
+    .bind::<BigInt, _>(client.get())
+    .bind::<BigInt, _>(units.max(0))
+    .load(conn)
+    .await?;
+    let given: i64 = rows.iter().map(|r| r.units).sum();
+    if given > 0 {
+        tracing::info!(%device, client = client.get(), units = given, "lease units given back");
+        announce(conn, &[client.get()]).await?;
+    }
+    Ok(given)
+}
+
 /// One lease, for operators.
 #[derive(Debug, Clone, QueryableByName, serde::Serialize)]
 pub struct LeaseRow {
@@ -346,20 +408,28 @@ pub async fn list(
 }
 
 /// Sets a client's lease sizes (`None`: the server's defaults); whether the
-/// client exists.
+/// client exists. The kiosks serving it are asked to pull now: refilled up
+/// to a raised target, told what they hold above a lowered one.
 pub async fn set_policy(
     conn: &mut AsyncPgConnection,
     client: ClientId,
     target: Option<i64>,
     low_water: Option<i64>,
 ) -> diesel::QueryResult<bool> {
-    let n = diesel::sql_query(
-        "UPDATE clients SET lease_target = $2, lease_low_water = $3 WHERE id = $1",
-    )
-    .bind::<BigInt, _>(client.get())
-    .bind::<Nullable<BigInt>, _>(target)
-    .bind::<Nullable<BigInt>, _>(low_water)
-    .execute(conn)
-    .await?;
-    Ok(n == 1)
+    use diesel_async::AsyncConnection;
+    conn.transaction(async |conn| {
+        let n = diesel::sql_query(
+            "UPDATE clients SET lease_target = $2, lease_low_water = $3 WHERE id = $1",
+        )
+        .bind::<BigInt, _>(client.get())
+        .bind::<Nullable<BigInt>, _>(target)
+        .bind::<Nullable<BigInt>, _>(low_water)
+        .execute(conn)
+        .await?;
+        if n == 1 {
+            super::clients::announce_policy(conn, client).await?;
+        }
+        Ok(n == 1)
+    })
+    .await
 }

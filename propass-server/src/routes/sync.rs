@@ -87,20 +87,22 @@ pub async fn pull(
     let policy = state.config.lease;
     let leasing = query.lease == Some(true);
     let with_keys = query.reader_keys == Some(true);
-    let (version, since, own, rows, leases, recorded_through) = {
+    let (version, since, own, rows, leases, excess, recorded_through) = {
         let mut conn = state.pool.get().await?;
         conn.transaction(async |conn| {
             let (version, since) =
                 db::clients::pull_version(conn, &device, query.since_version).await?;
             let own = db::leases::device_sizes(conn, &device).await?;
+            let mut excess = Vec::new();
             if leasing {
                 let served = db::devices::served_clients(conn, &device).await?;
                 db::leases::refill(conn, &device, &served, policy, own).await?;
+                excess = db::leases::over_target(conn, &device, policy, own).await?;
             }
             let rows = db::clients::served_changed(conn, &device, since).await?;
             let leases = db::leases::held(conn, &device, None).await?;
             let through = db::devices::recorded_through(conn, &device).await?;
-            Ok::<_, diesel::result::Error>((version, since, own, rows, leases, through))
+            Ok::<_, diesel::result::Error>((version, since, own, rows, leases, excess, through))
         })
         .await?
     };
@@ -135,24 +137,12 @@ pub async fn pull(
         recorded_through: Some(recorded_through),
         version: Some(version),
         delta: Some(since.is_some()),
+        lease_excess: lease_entries(excess),
     }))
 }
 
-/// `DELETE /api/sync/lease`: a kiosk shutting down cleanly, with nothing
-/// left to push, gives its unused units back. Kiosk calls only (a kiosk
-/// or admin user's login token, or a device token), for the caller's own
-/// device.
-pub async fn release_leases(
-    state: web::Data<AppState>,
-    token: KioskTokenOfActiveDevice,
-) -> ApiResult<HttpResponse> {
-    let device = token.0.device_id.clone();
-    let released = {
-        let mut conn = state.pool.get().await?;
-        conn.transaction(async |conn| db::leases::release(conn, &device, None).await)
-            .await?
-    };
-    let released = released
+fn lease_entries(units: Vec<(i64, i64)>) -> Vec<LeaseEntry> {
+    units
         .into_iter()
         .filter_map(|(c, units)| {
             Some(LeaseEntry {
@@ -160,9 +150,59 @@ pub async fn release_leases(
                 units,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Optional query of `DELETE /api/sync/lease`: give back only `units` of
+/// `client_id`'s lease (both, or neither).
+#[derive(Debug, Deserialize)]
+pub struct ReleaseQuery {
+    client_id: Option<i64>,
+    units: Option<i64>,
+}
+
+/// `DELETE /api/sync/lease`: a kiosk shutting down cleanly, with nothing
+/// left to push, gives its unused units back; with `?client_id=&units=`, a
+/// kiosk gives back that many units of one client's lease that it has not
+/// spent (an operator lowered the target) and keeps the rest. Kiosk calls
+/// only (a kiosk or admin user's login token, or a device token), for the
+/// caller's own device.
+pub async fn release_leases(
+    state: web::Data<AppState>,
+    token: KioskTokenOfActiveDevice,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let query = web::Query::<ReleaseQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::InvalidRequest("invalid query string".into()))?;
+    let part = match (query.client_id, query.units) {
+        (None, None) => None,
+        (Some(c), Some(units)) if units > 0 => Some((
+            ClientId::new(c).map_err(|e| ApiError::InvalidRequest(format!("client_id: {e}")))?,
+            units,
+        )),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest("units must be at least 1".into()))
+        }
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "client_id and units go together: both, or neither (every lease)".into(),
+            ))
+        }
+    };
+    let device = token.0.device_id.clone();
+    let released = {
+        let mut conn = state.pool.get().await?;
+        conn.transaction(async |conn| match part {
+            None => db::leases::release(conn, &device, None).await,
+            Some((client, units)) => {
+                let given = db::leases::give_back(conn, &device, client, units).await?;
+                Ok(vec![(client.get(), given)])
+            }
+        })
+        .await?
+    };
     Ok(HttpResponse::Ok().json(LeaseReleaseResponse {
         success: true,
-        released,
+        released: lease_entries(released),
     }))
 }

@@ -262,4 +262,105 @@ async fn a_kiosks_own_lease_sizes_replace_its_clients() {
     assert!(ok, "{err}");
     assert_eq!(lease_pull(&app, &k1, acme).await["lease"], 10);
     assert_eq!(books(&app, acme).await, (0, 20, 30, 20));
+
+    // A kiosk's own lowered target asks it for what it holds above it.
+    let (ok, _, err) = app.cli(&["device", "lease", "K2", "--target", "4"]).await;
+    assert!(ok, "{err}");
+    let res = app
+        .http
+        .get(format!("{}/api/sync/pull?lease=true", app.base))
+        .bearer_auth(&k2)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["lease_excess"],
+        json!([{"client_id": acme, "units": 6}])
+    );
+}
+
+/// Lowering a target asks each kiosk for what it holds above it (only the
+/// kiosk knows what it has spent offline); the kiosk gives back what it has
+/// not spent and keeps the rest. A seed client, which holds no lease, is
+/// never asked.
+#[tokio::test]
+async fn a_lowered_target_is_given_back_by_the_kiosk_as_far_as_unspent() {
+    let app = spawn_app().await; // lease_target 10
+    let acme = app.add_client("ACME", 30).await;
+    let k1 = app.token("K1").await;
+    assert_eq!(lease_pull(&app, &k1, acme).await["lease"], 10);
+    let pull = |query: &'static str| {
+        let (app, k1) = (&app, &k1);
+        async move {
+            let res = app
+                .http
+                .get(format!("{}/api/sync/pull{query}", app.base))
+                .bearer_auth(k1)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(pull("?lease=true").await.get("lease_excess"), None);
+
+    let (ok, _, err) = app
+        .cli(&["client", "lease", &acme.to_string(), "--target", "3"])
+        .await;
+    assert!(ok, "{err}");
+    let body = pull("?lease=true").await;
+    assert_eq!(
+        body["lease_excess"],
+        json!([{"client_id": acme, "units": 7}])
+    );
+    assert_eq!(
+        pull("").await.get("lease_excess"),
+        None,
+        "only asked of a kiosk that leases"
+    );
+
+    let give = |query: String| {
+        let (app, k1) = (&app, &k1);
+        async move {
+            app.http
+                .delete(format!("{}/api/sync/lease{query}", app.base))
+                .bearer_auth(k1)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Bad asks change nothing.
+    for bad in [
+        "?units=5".to_owned(),
+        format!("?client_id={acme}"),
+        format!("?client_id={acme}&units=0"),
+        format!("?client_id={acme}&units=-4"),
+        "?client_id=abc&units=1".to_owned(),
+        "?client_id=0&units=1".to_owned(),
+    ] {
+        let res = give(bad.clone()).await;
+        assert_eq!(error_code(res, 400).await, "invalid_request", "{bad}");
+    }
+    assert_eq!(books(&app, acme).await, (0, 10, 30, 10));
+
+    // Two of the ten were spent offline and are not pushed yet: it gives 5.
+    let res = give(format!("?client_id={acme}&units=5")).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["released"], json!([{"client_id": acme, "units": 5}]));
+    assert_eq!(books(&app, acme).await, (0, 5, 30, 5));
+    assert_eq!(
+        pull("?lease=true").await["lease_excess"],
+        json!([{"client_id": acme, "units": 2}])
+    );
+    // Asking more than it holds gives what it holds; the lease stays (empty).
+    let res = give(format!("?client_id={acme}&units=100")).await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["released"], json!([{"client_id": acme, "units": 5}]));
+    assert_eq!(books(&app, acme).await, (0, 0, 30, 0));
+    // Empty, it is refilled up to the new target at its next pull.
+    assert_eq!(lease_pull(&app, &k1, acme).await["lease"], 3);
 }
