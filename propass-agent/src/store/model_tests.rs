@@ -2,7 +2,7 @@
 //! clients: pulls (with and without a lease, with versions, and saying how
 //! far the server's ledger holds this kiosk's operations), live updates in
 //! any version order, recordings, intents through each of their steps, push
-//! answers, retries, and crashes (the file reopened, what was open settled).
+//! answers, lease units let go (a lowered target), retries, and crashes (the file reopened, what was open settled).
 //! After every step the real store must agree with the model on what may
 //! still be made of each client, the queue, and where every intent ended.
 
@@ -48,6 +48,11 @@ enum Op {
         lease_after: Option<i64>,
     },
     RetryFailed,
+    /// The server asks for `asked` units of the client's lease back.
+    LetGo {
+        client: usize,
+        asked: i64,
+    },
     /// The process dies and starts again.
     Crash,
 }
@@ -73,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<bool>(), proptest::option::of(0i64..5))
             .prop_map(|(accepted, lease_after)| Op::Push { accepted, lease_after }),
         1 => Just(Op::RetryFailed),
+        1 => (0usize..2, 0i64..6).prop_map(|(client, asked)| Op::LetGo { client, asked }),
         1 => Just(Op::Crash),
     ]
 }
@@ -194,7 +200,22 @@ fn step(conn: &mut Connection, path: &std::path::Path, m: &mut Model, op: &Op) {
                 item.1 = ItemStatus::Pending;
             }
         }
+        Op::LetGo { client, asked } => let_go(conn, m, *client, *asked),
         Op::Crash => crash(conn, path, m),
+    }
+}
+
+/// Only units neither synced-to-be nor being made are let go, and never
+/// more than asked: what may still be made drops by exactly that.
+fn let_go(conn: &mut Connection, m: &mut Model, c: usize, asked: i64) {
+    let given = quotas::let_go(conn, client(c), asked).unwrap();
+    let expected = match (m.clients[c].server_remaining, m.clients[c].lease) {
+        (Some(_), Some(_)) => asked.min(m.remaining(c).unwrap()).max(0),
+        _ => 0,
+    };
+    assert_eq!(given, expected, "{m:?}");
+    if let Some(lease) = m.clients[c].lease.as_mut() {
+        *lease -= given;
     }
 }
 
