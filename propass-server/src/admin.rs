@@ -431,10 +431,10 @@ pub struct DeviceView {
     pub leases: Vec<db::leases::LeaseRow>,
 }
 
-/// Every kiosk (or the one named) with its health at `now`.
+/// Every kiosk (or those named) with its health at `now`.
 pub async fn devices(
     conn: &mut AsyncPgConnection,
-    only: Option<&DeviceId>,
+    only: Option<&[DeviceId]>,
     fleet: db::fleet::FleetPolicy,
     now: DateTime<Utc>,
 ) -> AdminResult<Vec<DeviceView>> {
@@ -461,7 +461,7 @@ pub async fn device(
     fleet: db::fleet::FleetPolicy,
     now: DateTime<Utc>,
 ) -> AdminResult<DeviceView> {
-    devices(conn, Some(id), fleet, now)
+    devices(conn, Some(std::slice::from_ref(id)), fleet, now)
         .await?
         .pop()
         .ok_or_else(|| AdminError::NotFound(format!("no device {id}")))

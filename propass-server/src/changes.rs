@@ -378,10 +378,39 @@ pub async fn publish_clients(state: &AppState, clients: &[i64]) -> Result<(), Ap
 /// Tells dashboards that something about `device` changed (they refetch).
 pub fn publish_device(state: &AppState, device: &DeviceId) {
     if !state.live.is_empty() {
-        state.live.publish(&live::frame(
-            "device",
-            &serde_json::json!({"device_id": device}),
-        ));
+        state.changed_devices.note(device);
+    }
+}
+
+/// Sends open dashboards the rows of the kiosks that changed (see
+/// [`live::ChangedDevices`]): each as a `device` event carrying the row the
+/// fleet list shows, read for all of them in one go. Rows that cannot be
+/// read are put back and tried again; runs until the task is aborted.
+pub async fn publish_devices(state: &AppState) {
+    loop {
+        let ids = state.changed_devices.next().await;
+        if state.live.is_empty() {
+            continue;
+        }
+        let read = async {
+            let mut conn = state.pool.get().await?;
+            let now = state.clock.now();
+            Ok::<_, ApiError>(
+                crate::admin::devices(&mut conn, Some(&ids), state.config.fleet, now).await?,
+            )
+        };
+        match read.await {
+            Ok(rows) => {
+                for row in rows {
+                    state.live.publish(&live::frame("device", &row));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read kiosks for the dashboards; retrying");
+                state.changed_devices.restore(ids);
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use propass_protocol::DeviceId;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -20,6 +21,45 @@ pub type Frame = Arc<str>;
 pub fn frame(name: &str, data: &impl Serialize) -> Frame {
     let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".into());
     format!("event: {name}\ndata: {json}\n\n").into()
+}
+
+/// Kiosks whose row on the dashboards changed (a socket, a heartbeat, an
+/// operator's change), not yet sent: one sender reads whatever accumulated
+/// while its previous read was in flight, in one query, and sends each row
+/// once to every page — so a big fleet's heartbeats cost the database one
+/// read per batch, not one fleet list per page.
+#[derive(Default)]
+pub struct ChangedDevices {
+    pending: Mutex<std::collections::BTreeSet<DeviceId>>,
+    wake: tokio::sync::Notify,
+}
+
+impl ChangedDevices {
+    fn lock(&self) -> MutexGuard<'_, std::collections::BTreeSet<DeviceId>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a kiosk whose row changed.
+    pub fn note(&self, device: &DeviceId) {
+        self.lock().insert(device.clone());
+        self.wake.notify_one();
+    }
+
+    /// Puts back kiosks whose rows could not be read.
+    pub fn restore(&self, devices: Vec<DeviceId>) {
+        self.lock().extend(devices);
+    }
+
+    /// Waits for changed kiosks and takes them all, in id order.
+    pub async fn next(&self) -> Vec<DeviceId> {
+        loop {
+            let taken: Vec<DeviceId> = std::mem::take(&mut *self.lock()).into_iter().collect();
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.wake.notified().await;
+        }
+    }
 }
 
 struct Subscriber {
@@ -137,6 +177,20 @@ impl LiveFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_kiosk_that_changed_many_times_is_read_once() {
+        let changed = ChangedDevices::default();
+        let id = |s: &str| DeviceId::parse(s).unwrap();
+        for d in ["K2", "K1", "K2", "K2"] {
+            changed.note(&id(d));
+        }
+        let taken = changed.next().await;
+        assert_eq!(taken, [id("K1"), id("K2")]);
+        changed.note(&id("K3"));
+        changed.restore(taken);
+        assert_eq!(changed.next().await, [id("K1"), id("K2"), id("K3")]);
+    }
 
     #[test]
     fn streams_past_the_cap_are_refused_until_one_closes() {

@@ -182,6 +182,9 @@ impl Application {
         let state = self.state.clone();
         let announcer = tokio::spawn(async move { crate::changes::announce(&state).await });
         let state = self.state.clone();
+        let device_rows =
+            tokio::spawn(async move { crate::changes::publish_devices(&state).await });
+        let state = self.state.clone();
         let heartbeats =
             tokio::spawn(async move { crate::changes::store_heartbeats(&state).await });
         let metrics = self.metrics.map(|(_, server)| tokio::spawn(server));
@@ -197,6 +200,7 @@ impl Application {
             abort.abort();
         }
         announcer.abort();
+        device_rows.abort();
         if let Some(m) = metrics {
             m.abort();
         }

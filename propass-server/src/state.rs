@@ -70,6 +70,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The operators' open dashboards.
     pub live: LiveFeed,
+    /// Kiosks whose dashboard row is to be sent to the open dashboards.
+    pub changed_devices: crate::live::ChangedDevices,
     /// This process among the instances sharing the database (it skips its
     /// own announcements).
     pub instance: String,
@@ -105,6 +107,7 @@ impl AppState {
             rng,
             metrics: Metrics::default(),
             live: LiveFeed::new(config.admin_events_queue, config.admin_streams_max),
+            changed_devices: Default::default(),
             instance,
             announcements: Announcements::default(),
             contacts: Contacts::default(),

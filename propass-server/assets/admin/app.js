@@ -285,7 +285,7 @@ function openLive() {
   on('hello', () => { S.retry = 0; setLive('live'); refreshAll(); });
   on('copy', onCopy);
   on('client', onClient);
-  on('device', () => debounce('devices', 200, loadDevices));
+  on('device', onDevice);
   on('audit', onAudit);
   // The server's frame says what the notice says: one line, not two.
   on('session_ended', () => endSession());
@@ -392,6 +392,19 @@ async function loadDevices() {
   S.devices = r.devices || [];
   if (S.view === 'fleet') renderFleet();
   if (S.view === 'clients') renderClients();
+}
+
+// A kiosk's row, sent by the server whenever it changes: folded in without
+// refetching the fleet, and the views redrawn at most every 200 ms, so a big
+// fleet's heartbeats cost neither a fleet list nor a redraw each.
+function onDevice(d) {
+  if (!d || !d.device_id) return;
+  const i = S.devices.findIndex((x) => x.device_id === d.device_id);
+  if (i >= 0) S.devices[i] = d; else S.devices.push(d);
+  debounce('device-views', 200, () => {
+    if (S.view === 'fleet') renderFleet();
+    if (S.view === 'clients') renderClients();
+  });
 }
 
 function renderFleet() {

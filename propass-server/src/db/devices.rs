@@ -374,10 +374,15 @@ pub struct DeviceRow {
     pub lease_low_water: Option<i64>,
 }
 
-/// Every device (or only `only`), most recently seen first.
+/// Device ids as PostgreSQL takes them.
+pub fn id_strs(ids: &[DeviceId]) -> Vec<&str> {
+    ids.iter().map(DeviceId::as_str).collect()
+}
+
+/// Every device (or only those in `only`), most recently seen first.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    only: Option<&DeviceId>,
+    only: Option<&[DeviceId]>,
 ) -> QueryResult<Vec<DeviceRow>> {
     #[derive(diesel::Queryable)]
     struct Listed {
@@ -393,8 +398,8 @@ pub async fn list(
         lease_low_water: Option<i64>,
     }
     let mut query = devices::table.into_boxed();
-    if let Some(d) = only {
-        query = query.filter(devices::device_id.eq(d.as_str()));
+    if let Some(ids) = only {
+        query = query.filter(devices::device_id.eq_any(id_strs(ids)));
     }
     let rows: Vec<Listed> = query
         .select((
@@ -412,8 +417,8 @@ pub async fn list(
         .load(conn)
         .await?;
     let mut pairs = device_clients::table.into_boxed();
-    if let Some(d) = only {
-        pairs = pairs.filter(device_clients::device_id.eq(d.as_str()));
+    if let Some(ids) = only {
+        pairs = pairs.filter(device_clients::device_id.eq_any(id_strs(ids)));
     }
     let pairs: Vec<(DeviceIdColumn, i64)> = pairs
         .select((device_clients::device_id, device_clients::client_id))

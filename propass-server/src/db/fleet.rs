@@ -242,7 +242,7 @@ pub async fn health(
     conn: &mut AsyncPgConnection,
     policy: FleetPolicy,
     now: DateTime<Utc>,
-    only: Option<&DeviceId>,
+    only: Option<&[DeviceId]>,
 ) -> diesel::QueryResult<std::collections::HashMap<DeviceId, Health>> {
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT d.device_id, d.last_seen, d.disconnected_at, h.received_at, h.clock_skew_ms, h.pending, h.failed, \
@@ -250,10 +250,10 @@ pub async fn health(
                 (SELECT count(*) FROM copies c WHERE c.device_id = d.device_id AND c.overdraft \
                    AND c.received_at > $1 - interval '24 hours') AS overdrafts_24h \
          FROM devices d LEFT JOIN device_heartbeats h ON h.device_id = d.device_id \
-         WHERE $2::text IS NULL OR d.device_id = $2",
+         WHERE $2::text[] IS NULL OR d.device_id = ANY($2)",
     )
     .bind::<Timestamptz, _>(now)
-    .bind::<Nullable<Text>, _>(only.map(DeviceId::as_str))
+    .bind::<Nullable<diesel::sql_types::Array<Text>>, _>(only.map(super::devices::id_strs))
     .load(conn)
     .await?;
     Ok(rows

@@ -396,13 +396,13 @@ pub struct LeaseRow {
 /// Every lease (of `only`, when given), by device then client.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    only: Option<&DeviceId>,
+    only: Option<&[DeviceId]>,
 ) -> diesel::QueryResult<Vec<LeaseRow>> {
     diesel::sql_query(
         "SELECT device_id, client_id, units, updated_at FROM leases \
-         WHERE $1::text IS NULL OR device_id = $1 ORDER BY device_id, client_id",
+         WHERE $1::text[] IS NULL OR device_id = ANY($1) ORDER BY device_id, client_id",
     )
-    .bind::<Nullable<Text>, _>(only.map(DeviceId::as_str))
+    .bind::<Nullable<Array<Text>>, _>(only.map(super::devices::id_strs))
     .load(conn)
     .await
 }

@@ -1436,13 +1436,16 @@ async fn the_live_stream_shows_copies_top_ups_kiosks_and_its_own_end() {
         .await
         .is_some());
 
-    // A kiosk connects: its row changes.
+    // A kiosk connects: its row, as the fleet list shows it, comes along
+    // (no page refetches the fleet).
     let _ws = app.ws("/ws", &token, "K1").await;
-    assert!(
-        next_event(&mut stream, &mut buf, "device", |d| d["device_id"] == "K1")
-            .await
-            .is_some()
-    );
+    let row = next_event(&mut stream, &mut buf, "device", |d| {
+        d["device_id"] == "K1" && d["health"]["online"] == true
+    })
+    .await
+    .expect("K1's row, online");
+    assert_eq!(row["status"], "active");
+    assert!(row["leases"].is_array(), "{row}");
     // A kiosk pushes: the copy, and its client's new numbers.
     push_copies(&app, &token, "K1", acme, 1, 1).await;
     let copy = next_event(&mut stream, &mut buf, "copy", |_| true)
