@@ -190,6 +190,28 @@ async function run(browser) {
     check((await loadedAt(A)) === stampA, 'page A was reloaded');
   });
 
+  // A big fleet is searched, not scrolled: the list shows at most 200 rows
+  // and says how many more match.
+  at('2d-fleet-search', async () => {
+    await need('many_kiosks');
+    await openView(A, 'clients');
+    await openView(A, 'fleet');
+    const rows = A.locator('[data-testid=device-row]');
+    const more = A.getByTestId('fleet-more');
+    await until('the fleet capped at 200 rows', async () => (await rows.count()) === 200);
+    const said = await until('how many more match', async () => (await more.textContent()).match(/Showing 200 of (\d+) matching/));
+    check(Number(said[1]) > 250, `the note says ${said[0]}`);
+    await A.getByTestId('fleet-search').fill(kiosk);
+    await until(`only kiosk ${kiosk}`, async () => (await rows.count()) === 1 && (await rows.first().getAttribute('data-device-id')) === kiosk);
+    check(await more.isHidden(), 'a note under the one matching kiosk');
+    await A.getByTestId('fleet-search').fill('no such kiosk');
+    await until('no kiosk matches', async () => (await rows.count()) === 0 && /No kiosk matches/.test(await more.textContent()));
+    await shot(A, '02d-fleet-search.png');
+    await A.getByTestId('fleet-search').fill('');
+    await until('the whole fleet again', async () => (await rows.count()) === 200);
+    check((await loadedAt(A)) === stampA, 'page A was reloaded');
+  });
+
   at('3-feed', async () => {
     await openView(A, 'feed');
     const rows = A.getByTestId('feed-row');

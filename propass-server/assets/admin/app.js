@@ -41,7 +41,7 @@ function fill(el, attrs, kids) {
 function freshState() {
   return {
     user: null, csrf: null, es: null, retry: 0, retryTimer: null, view: null,
-    clients: new Map(), devices: [], cards: new Map(), stats: null,
+    clients: new Map(), devices: [], fleetChanged: new Set(), cards: new Map(), stats: null,
     feed: [], feedIds: new Set(), feedLoaded: false,
     ledger: { cursor: null, next: null, stack: [] },
     audit: { cursor: null, next: null, stack: [], ids: new Set() },
@@ -401,16 +401,63 @@ function onDevice(d) {
   if (!d || !d.device_id) return;
   const i = S.devices.findIndex((x) => x.device_id === d.device_id);
   if (i >= 0) S.devices[i] = d; else S.devices.push(d);
+  if (S.view === 'fleet') S.fleetChanged.add(d.device_id);
   debounce('device-views', 200, () => {
-    if (S.view === 'fleet') renderFleet();
+    if (S.view === 'fleet') refreshFleetRows();
     if (S.view === 'clients') renderClients();
   });
 }
 
+// The fleet view shows at most this many rows: a fleet of thousands is
+// searched, not scrolled, and a page that redraws 10,000 rows at each
+// heartbeat is one a tablet cannot keep up with.
+const FLEET_ROWS = 200;
+
+function fleetFilter() {
+  const f = $('#fleet-filters');
+  const q = f.elements.q.value.trim().toLowerCase();
+  const attention = f.elements.attention.checked;
+  return (d) => {
+    if (q && !String(d.device_id).toLowerCase().includes(q) && !String(d.name || '').toLowerCase().includes(q)) return false;
+    if (!attention) return true;
+    const flags = (d.health && d.health.flags) || [];
+    return d.status === 'pending' || flags.length > 0;
+  };
+}
+
 function renderFleet() {
-  const rows = S.devices.map(deviceRow);
+  S.fleetChanged.clear();
+  const shown = S.devices.filter(fleetFilter());
+  const rows = shown.slice(0, FLEET_ROWS).map(deviceRow);
   $('#fleet-body').replaceChildren(...rows);
-  $('#fleet-empty').hidden = rows.length > 0;
+  $('#fleet-empty').hidden = S.devices.length > 0;
+  const more = $('#fleet-more');
+  if (S.devices.length > 0 && shown.length === 0) more.textContent = 'No kiosk matches.';
+  else if (shown.length > rows.length) more.textContent = `Showing ${rows.length} of ${shown.length} matching kiosks: narrow the search to see the others.`;
+  else more.textContent = '';
+  more.hidden = !more.textContent;
+  fleetSummary();
+}
+
+// Rows of kiosks that changed, redrawn in place; a kiosk that now matches
+// the filter or no longer does redraws the list.
+function refreshFleetRows() {
+  const keep = fleetFilter();
+  const body = $('#fleet-body');
+  for (const id of S.fleetChanged) {
+    const d = S.devices.find((x) => x.device_id === id);
+    const tr = [...body.children].find((r) => r.dataset.deviceId === id);
+    if (!d || !tr || !keep(d)) {
+      if (tr || (d && keep(d))) return renderFleet();
+      continue;
+    }
+    tr.replaceWith(deviceRow(d));
+  }
+  S.fleetChanged.clear();
+  fleetSummary();
+}
+
+function fleetSummary() {
   const online = S.devices.filter((d) => d.health && d.health.online).length;
   const pending = S.devices.filter((d) => d.status === 'pending').length;
   $('#fleet-summary').textContent = `${S.devices.length} kiosks · ${online} online${pending ? ` · ${pending} awaiting approval` : ''}`;
@@ -1084,6 +1131,9 @@ function wireStatic() {
   window.addEventListener('hashchange', route);
 
   $('#enroll-form').addEventListener('submit', createEnrollment);
+  const ff = $('#fleet-filters');
+  ff.addEventListener('submit', (ev) => { ev.preventDefault(); renderFleet(); });
+  ff.addEventListener('input', () => debounce('fleet-filter', 150, renderFleet));
   $('#enroll-dismiss').addEventListener('click', () => { $('#enroll-result').hidden = true; });
   $('#enroll-copy').addEventListener('click', () => {
     const text = $('#enroll-command').textContent;
