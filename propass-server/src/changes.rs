@@ -517,9 +517,13 @@ pub async fn after_push(state: &AppState, device: &DeviceId, done: &crate::push:
     if let (Some(min), Some(max)) = (ids.clone().min(), ids.max()) {
         state.announcements.add(device, min, max);
     }
-    for m in &done.to_pusher {
-        if let propass_protocol::WsMessage::SyncCompleted(s) = m {
-            state.announcements.synced(s.clone());
+    // A kiosk keeps one socket: when it is here, the summary went out above
+    // and the other instances need not carry it.
+    if !state.hub.is_connected(device) {
+        for m in &done.to_pusher {
+            if let propass_protocol::WsMessage::SyncCompleted(s) = m {
+                state.announcements.synced(s.clone());
+            }
         }
     }
     if state.live.is_empty() {

@@ -52,6 +52,11 @@ impl TestDatabase {
     pub async fn create_in(base: &str, prefix: &str) -> Result<Self, String> {
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         execute(base, &format!("CREATE DATABASE {name}")).await?;
+        // Labelled with its maker (CREATE DATABASE takes no comment, nor a
+        // transaction to share with one): a killed run's leftovers are
+        // recognised by the next run.
+        let owner = crate::owner_comment().replace('\'', "");
+        execute(base, &format!("COMMENT ON DATABASE {name} IS '{owner}'")).await?;
         Ok(Self {
             url: database_url_named(base, &name),
             base: base.to_owned(),

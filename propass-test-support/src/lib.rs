@@ -8,7 +8,8 @@
 //! stopped with SIGTERM, then SIGKILL, when dropped), [`free_port`],
 //! [`TempDir`], [`SmallDisk`] (a tmpfs of its own under a directory, to
 //! fill up), [`percentile`], [`rss_kib`] and [`cpu_seconds`] (what
-//! benchmarks read), [`haproxy_config`] (the shipped load balancer, runnable), [`assert_generated`] (generated docs and files kept current), and [`module_graph`] with [`find_cycle`] (the check that a
+//! benchmarks read), [`owner_comment`] and [`abandoned`] (test databases a
+//! killed run left behind, recognised), [`haproxy_config`] (the shipped load balancer, runnable), [`assert_generated`] (generated docs and files kept current), and [`module_graph`] with [`find_cycle`] (the check that a
 //! crate's modules form no cycle).
 //!
 //! What it is **not**: a dependency of any shipped binary (only
@@ -22,6 +23,7 @@ mod haproxy;
 mod measure;
 mod modgraph;
 mod net;
+mod owner;
 mod process;
 mod temp;
 
@@ -38,6 +40,7 @@ pub use haproxy::{haproxy_config, spawn_haproxy};
 pub use measure::{cpu_seconds, machine_busy_seconds, percentile, rss_kib};
 pub use modgraph::{assert_no_module_cycle, find_cycle, module_graph, Graph};
 pub use net::free_port;
+pub use owner::{abandoned, owner_comment, OWNER_PREFIX};
 pub use process::{terminate, ProcessGuard};
 pub use temp::TempDir;
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::pg::psql;
 use crate::sys::{self, root, run_status};
 
 /// The integration guide, where the developers' shared folder keeps it.
@@ -106,6 +107,8 @@ impl ScratchDatabase {
             &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
         )?;
         psql(base, &format!("CREATE DATABASE {name}"))?;
+        let owner = propass_test_support::owner_comment().replace('\'', "");
+        psql(base, &format!("COMMENT ON DATABASE {name} IS '{owner}'"))?;
         Ok(Self {
             url: with_database(base, &name),
             base: base.to_owned(),
@@ -120,28 +123,6 @@ impl Drop for ScratchDatabase {
         if let Err(e) = psql(&self.base, &sql) {
             eprintln!("xtask: warning: database {} not dropped: {e}", self.name);
         }
-    }
-}
-
-/// Runs one SQL statement with psql (PostgreSQL's client, which xtask installs).
-fn psql(url: &str, sql: &str) -> Result<(), String> {
-    let psql = if sys::on_path("psql") {
-        PathBuf::from("psql")
-    } else {
-        crate::pg::find_bin_dir()
-            .map(|d| d.join("psql"))
-            .filter(|p| p.is_file())
-            .ok_or("psql not found (PostgreSQL's client)")?
-    };
-    let ok = run_status(
-        Command::new(psql)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
-            .stdout(std::process::Stdio::null()),
-    )?;
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("psql failed: {sql}"))
     }
 }
 

@@ -91,6 +91,15 @@ fn main() -> ExitCode {
 fn database(fsync: bool) -> Result<(Option<Cluster>, String), String> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         eprintln!("xtask: using DATABASE_URL from the environment");
+        match pg::drop_abandoned(&url) {
+            Ok(gone) if !gone.is_empty() => eprintln!(
+                "xtask: dropped {} test database(s) a killed run on this machine left behind: {}",
+                gone.len(),
+                gone.join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("xtask: warning: cannot look for abandoned test databases: {e}"),
+        }
         return Ok((None, url));
     }
     let cluster = Cluster::start(fsync)?;

@@ -287,3 +287,71 @@ fn ensure_postgres_user() -> Result<(), String> {
         _ => Err("PostgreSQL refuses to run as root and there is no postgres user; create one with: useradd --system postgres".into()),
     }
 }
+
+/// psql (PostgreSQL's client, which xtask installs): on PATH, else next to
+/// `initdb`.
+fn psql_bin() -> Result<PathBuf, String> {
+    if on_path("psql") {
+        return Ok(PathBuf::from("psql"));
+    }
+    find_bin_dir()
+        .map(|d| d.join("psql"))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| "psql not found (PostgreSQL's client)".to_owned())
+}
+
+/// Runs one SQL statement with psql; answers its unaligned output.
+pub fn psql_output(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(psql_bin()?)
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("psql failed: {sql}"))
+    }
+}
+
+/// Runs one SQL statement with psql.
+pub fn psql(url: &str, sql: &str) -> Result<(), String> {
+    psql_output(url, sql).map(drop)
+}
+
+/// Drops the test databases in the server of `url` that a run on this
+/// machine left behind when it was killed (see
+/// `propass_test_support::abandoned`); answers their names.
+pub fn drop_abandoned(url: &str) -> Result<Vec<String>, String> {
+    let listed = psql_output(
+        url,
+        &format!(
+            "SELECT datname || ' ' || shobj_description(oid, 'pg_database') FROM pg_database \
+             WHERE shobj_description(oid, 'pg_database') LIKE '{}%'",
+            propass_test_support::OWNER_PREFIX
+        ),
+    )?;
+    let mut dropped = Vec::new();
+    for line in listed.lines() {
+        let Some((name, comment)) = line.split_once(' ') else {
+            continue;
+        };
+        let safe = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if safe && propass_test_support::abandoned(comment) {
+            psql(url, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+            dropped.push(name.to_owned());
+        }
+    }
+    Ok(dropped)
+}
