@@ -261,8 +261,8 @@ impl TestApp {
         self.pull_entry_asking(token, client, "").await
     }
 
-    /// Like [`Self::pull_entry`], with a query string (`?lease=true`).
-    pub async fn pull_entry_asking(&self, token: &str, client: i64, query: &str) -> Value {
+    /// `GET /api/sync/pull{query}` as `token`: the whole answer (200).
+    pub async fn pull_answer(&self, token: &str, query: &str) -> Value {
         let res = self
             .http
             .get(format!("{}/api/sync/pull{query}", self.base))
@@ -271,8 +271,12 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
-        let body: Value = res.json().await.unwrap();
-        body["quotas"]
+        res.json().await.unwrap()
+    }
+
+    /// Like [`Self::pull_entry`], with a query string (`?lease=true`).
+    pub async fn pull_entry_asking(&self, token: &str, client: i64, query: &str) -> Value {
+        self.pull_answer(token, query).await["quotas"]
             .as_array()
             .unwrap()
             .iter()

@@ -266,14 +266,7 @@ async fn a_kiosks_own_lease_sizes_replace_its_clients() {
     // A kiosk's own lowered target asks it for what it holds above it.
     let (ok, _, err) = app.cli(&["device", "lease", "K2", "--target", "4"]).await;
     assert!(ok, "{err}");
-    let res = app
-        .http
-        .get(format!("{}/api/sync/pull?lease=true", app.base))
-        .bearer_auth(&k2)
-        .send()
-        .await
-        .unwrap();
-    let body: Value = res.json().await.unwrap();
+    let body = app.pull_answer(&k2, "?lease=true").await;
     assert_eq!(
         body["lease_excess"],
         json!([{"client_id": acme, "units": 6}])
@@ -290,20 +283,7 @@ async fn a_lowered_target_is_given_back_by_the_kiosk_as_far_as_unspent() {
     let acme = app.add_client("ACME", 30).await;
     let k1 = app.token("K1").await;
     assert_eq!(lease_pull(&app, &k1, acme).await["lease"], 10);
-    let pull = |query: &'static str| {
-        let (app, k1) = (&app, &k1);
-        async move {
-            let res = app
-                .http
-                .get(format!("{}/api/sync/pull{query}", app.base))
-                .bearer_auth(k1)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
-            res.json::<Value>().await.unwrap()
-        }
-    };
+    let pull = |query: &'static str| app.pull_answer(&k1, query);
     assert_eq!(pull("?lease=true").await.get("lease_excess"), None);
 
     let (ok, _, err) = app
