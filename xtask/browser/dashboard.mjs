@@ -201,6 +201,14 @@ async function run(browser) {
     await until('the fleet capped at 200 rows', async () => (await rows.count()) === 200);
     const said = await until('how many more match', async () => (await more.textContent()).match(/Showing 200 of (\d+) matching/));
     check(Number(said[1]) > 250, `the note says ${said[0]}`);
+    // The 50 kiosks seen just now carry no flag: they need no attention.
+    await A.getByTestId('fleet-attention').check();
+    const flagged = await until('only the kiosks that need attention', async () => {
+      const m = (await more.textContent()).match(/Showing 200 of (\d+) matching/);
+      return m && Number(m[1]) !== Number(said[1]) && m;
+    });
+    check(Number(flagged[1]) === Number(said[1]) - 50, `needing attention: ${flagged[0]}; in all: ${said[0]}`);
+    await A.getByTestId('fleet-attention').uncheck();
     await A.getByTestId('fleet-search').fill(kiosk);
     await until(`only kiosk ${kiosk}`, async () => (await rows.count()) === 1 && (await rows.first().getAttribute('data-device-id')) === kiosk);
     check(await more.isHidden(), 'a note under the one matching kiosk');

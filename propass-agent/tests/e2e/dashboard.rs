@@ -119,14 +119,14 @@ async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
                         format!("fail record {status} {body}, sync {synced}")
                     }
                 }
-                // A fleet bigger than the list shows (quiet kiosks, seen
-                // two days ago: the test's kiosk stays first).
+                // A fleet bigger than the list shows: 200 kiosks silent for
+                // two days (flagged offline), 50 seen just now (no flag).
                 "need many_kiosks" => {
                     let added = server
                         .query_i64(
                             "WITH added AS (INSERT INTO devices (device_id, name, status, first_seen, last_seen) \
-                             SELECT 'shop-' || lpad(i::text, 3, '0'), 'Shop ' || i, 'active', \
-                                    now() - interval '2 days', now() - interval '2 days' \
+                             SELECT 'shop-' || lpad(i::text, 3, '0'), 'Shop ' || i, 'active', now() - interval '2 days', \
+                                    CASE WHEN i > 200 THEN now() ELSE now() - interval '2 days' END \
                              FROM generate_series(1, 250) i RETURNING 1) SELECT count(*) FROM added",
                         )
                         .await;
