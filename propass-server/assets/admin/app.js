@@ -41,7 +41,8 @@ function fill(el, attrs, kids) {
 function freshState() {
   return {
     user: null, csrf: null, es: null, retry: 0, retryTimer: null, view: null,
-    clients: new Map(), devices: [], fleetChanged: new Set(), cards: new Map(), stats: null,
+    clients: new Map(), devices: [], deviceAt: new Map(), fleetChanged: new Set(), fleetRedraw: false,
+    cards: new Map(), stats: null,
     feed: [], feedIds: new Set(), feedLoaded: false,
     ledger: { cursor: null, next: null, stack: [] },
     audit: { cursor: null, next: null, stack: [], ids: new Set() },
@@ -176,7 +177,7 @@ function timeCell(iso) {
 const chip = (text, kind = '') => h(`span.chip${kind ? '.' + kind : ''}`, {}, text);
 const clientName = (id) => (S.clients.get(id) || {}).name || (id == null ? '—' : `#${id}`);
 function deviceName(id) {
-  const d = S.devices.find((x) => x.device_id === id);
+  const d = deviceById(id);
   return (d && d.name) || id || '—';
 }
 const signed = (n) => (n > 0 ? `+${n}` : String(n));
@@ -390,6 +391,7 @@ function route() {
 async function loadDevices() {
   const r = await api('/api/admin/devices');
   S.devices = r.devices || [];
+  S.deviceAt = new Map(S.devices.map((d, i) => [d.device_id, i]));
   if (S.view === 'fleet') renderFleet();
   if (S.view === 'clients') renderClients();
 }
@@ -399,13 +401,27 @@ async function loadDevices() {
 // fleet's heartbeats cost neither a fleet list nor a redraw each.
 function onDevice(d) {
   if (!d || !d.device_id) return;
-  const i = S.devices.findIndex((x) => x.device_id === d.device_id);
-  if (i >= 0) S.devices[i] = d; else S.devices.push(d);
-  if (S.view === 'fleet') S.fleetChanged.add(d.device_id);
+  if (S.view === 'fleet') {
+    // Only a kiosk that enters or leaves the filtered list moves the rows
+    // below it; any other redraws its own row, if it is shown.
+    const keep = fleetFilter();
+    const old = deviceById(d.device_id);
+    const was = !!old && keep(old);
+    if (was !== keep(d)) S.fleetRedraw = true;
+    else if (was) S.fleetChanged.add(d.device_id);
+  }
+  putDevice(d);
   debounce('device-views', 200, () => {
     if (S.view === 'fleet') refreshFleetRows();
     if (S.view === 'clients') renderClients();
   });
+}
+
+const deviceById = (id) => S.devices[S.deviceAt.get(id)];
+function putDevice(d) {
+  const i = S.deviceAt.get(d.device_id);
+  if (i != null) S.devices[i] = d;
+  else { S.deviceAt.set(d.device_id, S.devices.length); S.devices.push(d); }
 }
 
 // The fleet view shows at most this many rows: a fleet of thousands is
@@ -427,6 +443,7 @@ function fleetFilter() {
 
 function renderFleet() {
   S.fleetChanged.clear();
+  S.fleetRedraw = false;
   const shown = S.devices.filter(fleetFilter());
   const rows = shown.slice(0, FLEET_ROWS).map(deviceRow);
   $('#fleet-body').replaceChildren(...rows);
@@ -439,19 +456,16 @@ function renderFleet() {
   fleetSummary();
 }
 
-// Rows of kiosks that changed, redrawn in place; a kiosk that now matches
-// the filter or no longer does redraws the list.
+// Rows of kiosks that changed, redrawn in place (those beyond the rows
+// shown cost nothing); a kiosk that entered or left the filtered list
+// redraws the list.
 function refreshFleetRows() {
-  const keep = fleetFilter();
-  const body = $('#fleet-body');
+  if (S.fleetRedraw) return renderFleet();
+  const shown = new Map([...$('#fleet-body').children].map((tr) => [tr.dataset.deviceId, tr]));
   for (const id of S.fleetChanged) {
-    const d = S.devices.find((x) => x.device_id === id);
-    const tr = [...body.children].find((r) => r.dataset.deviceId === id);
-    if (!d || !tr || !keep(d)) {
-      if (tr || (d && keep(d))) return renderFleet();
-      continue;
-    }
-    tr.replaceWith(deviceRow(d));
+    const tr = shown.get(id);
+    const d = deviceById(id);
+    if (tr && d) tr.replaceWith(deviceRow(d));
   }
   S.fleetChanged.clear();
   fleetSummary();
@@ -504,10 +518,7 @@ function clientsHeld(d) {
 // Accepts the bare device object or a wrapped one and folds it into the list.
 function mergeDevice(data) {
   const d = unwrap(data, 'device');
-  if (d && d.device_id) {
-    const i = S.devices.findIndex((x) => x.device_id === d.device_id);
-    if (i >= 0) S.devices[i] = d; else S.devices.push(d);
-  }
+  if (d && d.device_id) putDevice(d);
   renderFleet();
 }
 
