@@ -1,9 +1,9 @@
 //! What this instance saw that the others' kiosks and dashboards must hear
 //! (`propass_copies`): the pushes it took (their new ledger ids, merged per
-//! device, and each push's `sync_completed` for the pusher's sockets
-//! elsewhere: a load balancer may send its push and its socket to different
+//! device, and the `sync_completed` of a push whose kiosk has no socket
+//! here: a load balancer may send its push and its socket to different
 //! instances), and the kiosks whose socket opened or closed or whose heartbeat
-//! came in here (dashboards elsewhere refetch them). A NOTIFY costs a commit
+//! came in here (dashboards elsewhere get their rows). A NOTIFY costs a commit
 //! of its own, and PostgreSQL serializes notifying commits on one lock: one
 //! per push or heartbeat would cap the fleet. So requests only note what
 //! happened here, and one sender (`changes::announce`) sends whatever

@@ -1,10 +1,11 @@
 //! Changes made outside a request's own answer reach the live parts here: a
-//! dedicated PostgreSQL connection LISTENs on five channels — what another
-//! instance saw: the new copies of its pushes (`copy_completed` for the
-//! pushing device's sockets here, `quota_updated` for the kiosks serving the
-//! charged clients, and the copies and clients on dashboards) and the kiosks
-//! whose socket opened or closed or whose heartbeat came there (dashboards
-//! refetch them);
+//! dedicated PostgreSQL connection LISTENs on six channels — what another
+//! instance saw: the new copies of its pushes (`copy_completed` and, for a
+//! pusher with no socket there, `sync_completed` for the pushing device's
+//! sockets here, `quota_updated` for the kiosks serving the charged clients,
+//! and the copies and clients on dashboards) and the kiosks whose socket
+//! opened or closed or whose heartbeat came there (dashboards get their
+//! rows); a client's terms changed (its kiosks are asked to pull);
 //! quota changes (top-ups, voids, leases) become `quota_updated` for the
 //! kiosks serving the client and a `client` event for dashboards; device
 //! changes (status, assignment) update the hub's client index or close the
@@ -215,7 +216,7 @@ pub async fn announce(state: &AppState) {
 /// Stores the kiosks' heartbeats (over WebSockets and HTTP alike): whatever
 /// accumulated while the previous write was in flight, in one transaction (see
 /// [`crate::heartbeats`]); then dashboards here and on the other instances
-/// refetch those kiosks. A write that fails is put back and retried. Once
+/// get those kiosks' rows. A write that fails is put back and retried. Once
 /// the queue is closed (the server stops), it stores what is pending, once,
 /// and ends.
 pub async fn store_heartbeats(state: &AppState) {
@@ -239,7 +240,7 @@ pub async fn store_heartbeats(state: &AppState) {
 }
 
 /// Stores `batch` in one transaction; then dashboards here and elsewhere
-/// refetch those kiosks.
+/// get those kiosks' rows.
 async fn write_heartbeats(
     state: &AppState,
     batch: &[crate::heartbeats::Received],
@@ -271,8 +272,8 @@ async fn write_heartbeats(
 
 /// What another instance saw: its pushes' copies for the pushing devices'
 /// sockets here and for dashboards, the charged clients' quotas, and the
-/// kiosks dashboards here should refetch (socket opened or closed there,
-/// heartbeat).
+/// kiosks whose rows dashboards here should get (socket opened or closed
+/// there, heartbeat), and the push summaries for pushers' sockets here.
 async fn on_announcement(state: &AppState, payload: &str) -> Result<(), ApiError> {
     let Some((instance, batch)) = crate::announce::decode(payload) else {
         return Ok(());
@@ -375,7 +376,8 @@ pub async fn publish_clients(state: &AppState, clients: &[i64]) -> Result<(), Ap
     Ok(())
 }
 
-/// Tells dashboards that something about `device` changed (they refetch).
+/// Notes that `device`'s row on the dashboards changed: [`publish_devices`]
+/// sends it (nothing when no dashboard is open).
 pub fn publish_device(state: &AppState, device: &DeviceId) {
     if !state.live.is_empty() {
         state.changed_devices.note(device);

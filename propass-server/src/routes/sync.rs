@@ -115,17 +115,11 @@ pub async fn pull(
                 name: Some(r.name),
                 version: Some(r.version),
                 partial_copy: Some(r.partial_copy),
-                // A kiosk that asked holds a lease of every client with a
-                // lease size (0 when none is free); otherwise only what it
-                // still holds. None: it spends the free units optimistically.
-                lease: match (
+                lease: lease_word(
                     leases.get(&r.id).copied(),
                     own.map_or(r.lease_target.unwrap_or(policy.target), |o| o.target),
-                ) {
-                    (Some(units), target) if units > 0 || (leasing && target > 0) => Some(units),
-                    (None, target) if leasing && target > 0 => Some(0),
-                    _ => None,
-                },
+                    leasing,
+                ),
                 reader_keys: with_keys.then(|| r.reader_keys.clone()),
             })
         })
@@ -139,6 +133,18 @@ pub async fn pull(
         delta: Some(since.is_some()),
         lease_excess: lease_entries(excess),
     }))
+}
+
+/// A pull entry's `lease`, from the units the kiosk holds (`None`: no
+/// lease row) and its target: a kiosk that asked holds a lease of every
+/// client with a lease size (0 when none is free); otherwise only what it
+/// still holds. `None`: it spends the free units optimistically.
+fn lease_word(held: Option<i64>, target: i64, leasing: bool) -> Option<i64> {
+    match held {
+        Some(units) if units > 0 || (leasing && target > 0) => Some(units),
+        None if leasing && target > 0 => Some(0),
+        _ => None,
+    }
 }
 
 fn lease_entries(units: Vec<(i64, i64)>) -> Vec<LeaseEntry> {
