@@ -384,10 +384,15 @@ pub fn publish_device(state: &AppState, device: &DeviceId) {
     }
 }
 
+/// Kiosk rows in one `devices` event at most: a storm of changes (a fleet
+/// reconnecting) is a few frames, not one per kiosk in every page's queue.
+const DEVICES_PER_FRAME: usize = 500;
+
 /// Sends open dashboards the rows of the kiosks that changed (see
-/// [`live::ChangedDevices`]): each as a `device` event carrying the row the
-/// fleet list shows, read for all of them in one go. Rows that cannot be
-/// read are put back and tried again; runs until the task is aborted.
+/// [`live::ChangedDevices`]), as the fleet list shows them, read for all of
+/// them in one go and sent in `devices` events of up to
+/// [`DEVICES_PER_FRAME`] rows. Rows that cannot be read are put back and
+/// tried again; runs until the task is aborted.
 pub async fn publish_devices(state: &AppState) {
     loop {
         let ids = state.changed_devices.next().await;
@@ -403,8 +408,9 @@ pub async fn publish_devices(state: &AppState) {
         };
         match read.await {
             Ok(rows) => {
-                for row in rows {
-                    state.live.publish(&live::frame("device", &row));
+                for chunk in rows.chunks(DEVICES_PER_FRAME) {
+                    let frame = live::frame("devices", &serde_json::json!({ "devices": chunk }));
+                    state.live.publish(&frame);
                 }
             }
             Err(e) => {

@@ -286,7 +286,7 @@ function openLive() {
   on('hello', () => { S.retry = 0; setLive('live'); refreshAll(); });
   on('copy', onCopy);
   on('client', onClient);
-  on('device', onDevice);
+  on('devices', (d) => (d.devices || []).forEach(onDevice));
   on('audit', onAudit);
   // The server's frame says what the notice says: one line, not two.
   on('session_ended', () => endSession());
@@ -396,7 +396,8 @@ async function loadDevices() {
   if (S.view === 'clients') renderClients();
 }
 
-// A kiosk's row, sent by the server whenever it changes: folded in without
+// A kiosk's row, sent by the server (in a `devices` event, with the other
+// kiosks that changed at the same time) whenever it changes: folded in without
 // refetching the fleet, and the views redrawn at most every 200 ms, so a big
 // fleet's heartbeats cost neither a fleet list nor a redraw each.
 function onDevice(d) {

@@ -1439,11 +1439,20 @@ async fn the_live_stream_shows_copies_top_ups_kiosks_and_its_own_end() {
     // A kiosk connects: its row, as the fleet list shows it, comes along
     // (no page refetches the fleet).
     let _ws = app.ws("/ws", &token, "K1").await;
-    let row = next_event(&mut stream, &mut buf, "device", |d| {
-        d["device_id"] == "K1" && d["health"]["online"] == true
+    let k1_online = |d: &Value| d["device_id"] == "K1" && d["health"]["online"] == true;
+    let rows = next_event(&mut stream, &mut buf, "devices", |e| {
+        e["devices"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(k1_online))
     })
     .await
     .expect("K1's row, online");
+    let row = rows["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| k1_online(d))
+        .unwrap();
     assert_eq!(row["status"], "active");
     assert!(row["leases"].is_array(), "{row}");
     // A kiosk pushes: the copy, and its client's new numbers.
