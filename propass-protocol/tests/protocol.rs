@@ -54,6 +54,15 @@ fn every_fixture_round_trips() {
         (Some(10), None)
     );
     assert_eq!(pull.recorded_through, Some(41));
+    assert!(pull.lease_excess.is_empty(), "absent: nothing asked back");
+    let lowered: PullResponse = round_trip("pull_response_lease_excess.json");
+    assert_eq!(
+        lowered.lease_excess,
+        [LeaseEntry {
+            client_id: ClientId::new(1).unwrap(),
+            units: 7
+        }]
+    );
     round_trip::<HealthResponse>("health_response.json");
     let err: ErrorBody = round_trip("error_body.json");
     assert_eq!(err.error.code, ErrorCode::PayloadTooLarge);
