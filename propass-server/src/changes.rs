@@ -14,7 +14,8 @@
 //! on dashboards, with a refresh of the client or kiosk it names.
 //! Reconnects forever. A notification sent while it was disconnected is
 //! lost, so after a reconnect it catches up from the database: every open
-//! socket re-checks its standing at its next ping, the quotas of every
+//! socket re-checks its standing and asks its kiosk to pull at its next
+//! ping, the quotas of every
 //! client a connected kiosk serves are sent again, and open dashboards are
 //! told to refetch (`hello`). Notifications are hints; PostgreSQL is
 //! the truth.
@@ -108,10 +109,11 @@ async fn listen_once(database_url: &str, state: &AppState, first: bool) -> Resul
 
 /// What the listener may have missed while it was away: every connected
 /// kiosk's standing and clients are read again (two queries for all of
-/// them) and applied as an event would have; sockets of login tokens
-/// re-check their user at their next ping (a disable may have been missed);
-/// every client a connected kiosk serves gets its quota sent again, and
-/// dashboards refetch.
+/// them) and applied as an event would have; at its next ping every socket
+/// asks its kiosk to pull (what only a pull tells: a client's terms, the
+/// kiosk's lease) and sockets of login tokens re-check their user (a
+/// disable may have been missed); every client a connected kiosk serves
+/// gets its quota sent again, and dashboards refetch.
 async fn catch_up(state: &AppState) -> Result<(), ApiError> {
     state.hub.request_recheck();
     let devices = state.hub.connected_devices();

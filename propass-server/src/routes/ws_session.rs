@@ -376,43 +376,54 @@ async fn on_heartbeat(
     // `ws_recheck` (or when the hub asks, after lost events), not per ping.
     let now = state.clock.instant();
     let generation = state.hub.recheck_generation();
-    // A request after lost events concerns login tokens' users only: the
-    // listener re-read every connected device itself.
-    let asked = generation != standing.generation && claims.user().is_some();
+    let lost_events = generation != standing.generation;
+    standing.generation = generation;
+    if lost_events {
+        // What only a pull tells (a client's terms, this kiosk's lease) may
+        // have changed unheard: asked at each socket's own next ping, a
+        // fleet's pulls spread over a heartbeat instead of coming at once.
+        state.hub.request_sync(&claims.device_id);
+    }
+    // The rest of a request after lost events concerns login tokens' users
+    // only: the listener re-read every connected device itself.
+    let asked = lost_events && claims.user().is_some();
     if now.duration_since(standing.checked_at) < state.config.ws_recheck && !asked {
         return ping(session).await;
     }
     standing.checked_at = now;
-    standing.generation = generation;
+    check_standing(state, claims).await?;
+    ping(session).await
+}
+
+/// Re-reads whether the session's token and device still stand, and ends
+/// the session when they do not. A database that does not answer keeps the
+/// socket: the check runs again next time.
+async fn check_standing(state: &AppState, claims: &Claims) -> Result<(), Ending> {
     state
         .metrics
         .ws_standing_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // A database that does not answer keeps the socket: the check runs again next time.
     match ensure_standing_on_active_device(&state.pool, claims, Purpose::KioskCall).await {
         Err(ApiError::DeviceRevoked(_)) => {
-            return Err(close("device revoked", CloseCode::Policy, "device revoked"));
+            Err(close("device revoked", CloseCode::Policy, "device revoked"))
         }
-        Err(ApiError::DevicePending(_)) => {
-            return Err(close(
-                "device not active",
-                CloseCode::Policy,
-                "device not active",
-            ));
-        }
+        Err(ApiError::DevicePending(_)) => Err(close(
+            "device not active",
+            CloseCode::Policy,
+            "device not active",
+        )),
         Err(
             e @ (ApiError::InvalidToken(_) | ApiError::Forbidden(_) | ApiError::DeviceEnrolled(_)),
         ) => {
             tracing::info!(device = %claims.device_id, error = %e, "closing a websocket whose token no longer stands");
-            return Err(close(
+            Err(close(
                 "token revoked",
                 CloseCode::Policy,
                 "token revoked: log in again",
-            ));
+            ))
         }
-        _ => {}
+        _ => Ok(()),
     }
-    ping(session).await
 }
 
 async fn ping(session: &mut actix_ws::Session) -> Result<(), Ending> {

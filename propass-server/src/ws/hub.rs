@@ -207,8 +207,8 @@ impl Hub {
         }
     }
 
-    /// Asks every session to re-check its standing at its next ping (events
-    /// may have been lost).
+    /// Asks every session, at its next ping, to have its kiosk pull and
+    /// (login tokens) to re-check its standing: events may have been lost.
     pub fn request_recheck(&self) {
         self.recheck.fetch_add(1, Ordering::Relaxed);
     }

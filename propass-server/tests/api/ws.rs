@@ -472,6 +472,14 @@ async fn a_kiosk_is_asked_to_pull_when_its_clients_or_its_lease_change() {
         asked(&collect_until(&mut agent, WAIT, asked).await),
         "no sync_requested after the client's policy changed"
     );
+    // ... and its lease sizes (a lowered target: the kiosk gives back).
+    propass_server::db::leases::set_policy(&mut app.db().await, acme_id, Some(3), Some(1))
+        .await
+        .unwrap();
+    assert!(
+        asked(&collect_until(&mut agent, WAIT, asked).await),
+        "no sync_requested after the client's lease sizes changed"
+    );
     // A client K1 no longer serves: nothing for K1 (a top-up of ACME, made
     // after the change, arrives alone).
     let globex_id = propass_protocol::ClientId::new(globex).unwrap();
@@ -495,4 +503,57 @@ async fn a_kiosk_is_asked_to_pull_when_its_clients_or_its_lease_change() {
     .await;
     assert_eq!(got.last(), Some(&json!({"type": "pong"})), "{got:?}");
     assert!(!asked(&got), "the seed's socket was sent {got:?}");
+}
+
+/// What only a pull tells and the listener missed while its connection was
+/// down (here a copy policy changed without a notification): every kiosk
+/// that understands `sync_requested` is asked to pull at its next ping.
+#[tokio::test]
+async fn after_lost_events_each_kiosk_is_asked_to_pull_at_its_next_ping() {
+    let app = spawn_with(|c| c.ws_heartbeat = Duration::from_secs(1)).await;
+    let acme = app.add_client("ACME", 30).await;
+    let token = app.token("K1").await;
+    let url = format!(
+        "ws://127.0.0.1:{}/ws?token={token}&device_id=K1&accept=sync_requested",
+        app.port
+    );
+    let (mut agent, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let listening = || async {
+        app.state
+            .metrics
+            .listening
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(eventually(WAIT, listening).await);
+    let asked = |got: &[serde_json::Value]| got.iter().any(|m| m["type"] == "sync_requested");
+    // Pings with nothing missed ask nothing.
+    let mut pings = 0;
+    while pings < 2 {
+        let frame = tokio::time::timeout(WAIT, agent.next())
+            .await
+            .expect("the server pings every second")
+            .unwrap()
+            .unwrap();
+        match frame {
+            Message::Ping(_) => pings += 1,
+            Message::Text(t) => assert!(!t.contains("sync_requested"), "asked: {t}"),
+            _ => {}
+        }
+    }
+
+    let mut conn = app.db().await;
+    for sql in [
+        format!("UPDATE clients SET partial_copy = true WHERE id = {acme}"),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            .to_owned(),
+    ] {
+        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn)
+            .await
+            .unwrap();
+    }
+    assert!(
+        asked(&collect_until(&mut agent, WAIT, asked).await),
+        "no sync_requested after the listener came back"
+    );
 }
