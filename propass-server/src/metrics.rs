@@ -160,42 +160,20 @@ fn labels(pairs: &[(&str, String)]) -> String {
 /// The Prometheus text exposition of `m` and `gauges`.
 pub fn render(m: &Metrics, gauges: &[Gauge]) -> String {
     let mut out = String::new();
-    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+    let counters = [
+        ("propass_login_failures_total", "Logins refused for a wrong username or password.", &m.login_failures),
+        ("propass_password_checks_total", "Argon2 password checks run.", &m.password_checks),
+        ("propass_http_shed_total", "Requests answered 503 at once because too many were waiting for a database connection (db_queue_max).", &m.shed),
+        ("propass_heartbeat_writes_total", "Transactions that stored kiosk heartbeats (each stores every heartbeat pending then).", &m.heartbeat_writes),
+        ("propass_heartbeats_stored_total", "Kiosk heartbeats stored (the latest of each kiosk per write).", &m.heartbeats_stored),
+    ];
+    for (name, help, v) in counters {
+        let v = v.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
-    };
-    counter(
-        &mut out,
-        "propass_login_failures_total",
-        "Logins refused for a wrong username or password.",
-        m.login_failures.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "propass_password_checks_total",
-        "Argon2 password checks run.",
-        m.password_checks.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "propass_http_shed_total",
-        "Requests answered 503 at once because too many were waiting for a database connection (db_queue_max).",
-        m.shed.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "propass_heartbeat_writes_total",
-        "Transactions that stored kiosk heartbeats (each stores every heartbeat pending then).",
-        m.heartbeat_writes.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "propass_heartbeats_stored_total",
-        "Kiosk heartbeats stored (the latest of each kiosk per write).",
-        m.heartbeats_stored.load(Ordering::Relaxed),
-    );
+    }
     let _ = writeln!(out, "# HELP propass_listener_up Whether the change listener is LISTENing to PostgreSQL.\n# TYPE propass_listener_up gauge\npropass_listener_up {}", u8::from(m.listening.load(Ordering::Relaxed)));
 
     render_http(&mut out, m);

@@ -104,6 +104,19 @@ fn echoed_op_id(raw: &RawValue) -> Option<OpId> {
     serde_json::from_value(value.get("op_id")?.clone()).ok()
 }
 
+/// Units by client (as the ledger reads them) as the wire carries them.
+pub fn lease_entries(units: Vec<(i64, i64)>) -> Vec<LeaseEntry> {
+    units
+        .into_iter()
+        .filter_map(|(c, units)| {
+            Some(LeaseEntry {
+                client_id: ClientId::new(c).ok()?,
+                units,
+            })
+        })
+        .collect()
+}
+
 /// Records the `items` pushed by `device` at `now`.
 pub async fn push(
     ledger: &mut impl LedgerStore,
@@ -142,16 +155,7 @@ pub async fn push(
             success: true,
             data,
             quotas: batch.named,
-            leases: batch
-                .leases
-                .into_iter()
-                .filter_map(|(c, units)| {
-                    Some(LeaseEntry {
-                        client_id: ClientId::new(c).ok()?,
-                        units,
-                    })
-                })
-                .collect(),
+            leases: lease_entries(batch.leases),
         },
         quota_updates,
         to_pusher,

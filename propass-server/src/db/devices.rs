@@ -379,6 +379,27 @@ pub fn id_strs(ids: &[DeviceId]) -> Vec<&str> {
     ids.iter().map(DeviceId::as_str).collect()
 }
 
+/// The clients each device (or each of `only`) serves, in id order.
+async fn clients_by_device(
+    conn: &mut AsyncPgConnection,
+    only: Option<&[DeviceId]>,
+) -> QueryResult<std::collections::HashMap<DeviceId, Vec<i64>>> {
+    let mut pairs = device_clients::table.into_boxed();
+    if let Some(ids) = only {
+        pairs = pairs.filter(device_clients::device_id.eq_any(id_strs(ids)));
+    }
+    let pairs: Vec<(DeviceIdColumn, i64)> = pairs
+        .select((device_clients::device_id, device_clients::client_id))
+        .order((device_clients::device_id, device_clients::client_id))
+        .load(conn)
+        .await?;
+    let mut served: std::collections::HashMap<DeviceId, Vec<i64>> = Default::default();
+    for (d, c) in pairs {
+        served.entry(d.into()).or_default().push(c);
+    }
+    Ok(served)
+}
+
 /// Every device (or only those in `only`), most recently seen first.
 pub async fn list(
     conn: &mut AsyncPgConnection,
@@ -416,19 +437,7 @@ pub async fn list(
         .order(devices::last_seen.desc())
         .load(conn)
         .await?;
-    let mut pairs = device_clients::table.into_boxed();
-    if let Some(ids) = only {
-        pairs = pairs.filter(device_clients::device_id.eq_any(id_strs(ids)));
-    }
-    let pairs: Vec<(DeviceIdColumn, i64)> = pairs
-        .select((device_clients::device_id, device_clients::client_id))
-        .order((device_clients::device_id, device_clients::client_id))
-        .load(conn)
-        .await?;
-    let mut served: std::collections::HashMap<DeviceId, Vec<i64>> = Default::default();
-    for (d, c) in pairs {
-        served.entry(d.into()).or_default().push(c);
-    }
+    let mut served = clients_by_device(conn, only).await?;
     rows.into_iter()
         .map(|r| {
             Ok(DeviceRow {

@@ -2,9 +2,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel_async::AsyncConnection;
-use propass_protocol::{
-    ClientId, DeviceId, LeaseEntry, LeaseReleaseResponse, PullResponse, QuotaEntry,
-};
+use propass_protocol::{ClientId, DeviceId, LeaseReleaseResponse, PullResponse, QuotaEntry};
 use serde::Deserialize;
 
 use super::extract::{KioskToken, KioskTokenOfActiveDevice};
@@ -131,7 +129,7 @@ pub async fn pull(
         recorded_through: Some(recorded_through),
         version: Some(version),
         delta: Some(since.is_some()),
-        lease_excess: lease_entries(excess),
+        lease_excess: crate::push::lease_entries(excess),
     }))
 }
 
@@ -145,18 +143,6 @@ fn lease_word(held: Option<i64>, target: i64, leasing: bool) -> Option<i64> {
         None if leasing && target > 0 => Some(0),
         _ => None,
     }
-}
-
-fn lease_entries(units: Vec<(i64, i64)>) -> Vec<LeaseEntry> {
-    units
-        .into_iter()
-        .filter_map(|(c, units)| {
-            Some(LeaseEntry {
-                client_id: ClientId::new(c).ok()?,
-                units,
-            })
-        })
-        .collect()
 }
 
 /// Optional query of `DELETE /api/sync/lease`: give back only `units` of
@@ -209,6 +195,6 @@ pub async fn release_leases(
     };
     Ok(HttpResponse::Ok().json(LeaseReleaseResponse {
         success: true,
-        released: lease_entries(released),
+        released: crate::push::lease_entries(released),
     }))
 }

@@ -362,20 +362,12 @@ async fn a_reconnected_listener_catches_up_on_what_it_missed() {
         .await
     );
 
-    let mut conn = app.db().await;
-    for sql in [
+    app.change_unheard(&[
         "UPDATE devices SET status = 'revoked', revoked_at = now() WHERE device_id = 'kiosk-r'"
             .to_owned(),
         format!("INSERT INTO device_clients (device_id, client_id) VALUES ('kiosk-a', {b})"),
-        // The listener's connection drops (a PostgreSQL failover, say).
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-            .to_owned(),
-    ] {
-        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn)
-            .await
-            .unwrap();
-    }
+    ])
+    .await;
 
     assert_eq!(
         server_closes(&mut ws_r, WAIT).await,

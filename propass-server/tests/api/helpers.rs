@@ -121,6 +121,20 @@ async fn spawn_full(
 }
 
 impl TestApp {
+    /// Runs `changes` behind the server's back (no notification), then
+    /// drops its listener's connection (a PostgreSQL failover, say): what
+    /// it learns of them, it learns by catching up.
+    pub async fn change_unheard(&self, changes: &[String]) {
+        let mut conn = self.db().await;
+        let drop_listener = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+        for sql in changes.iter().map(String::as_str).chain([drop_listener]) {
+            diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
     pub async fn db(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.db_url)
             .await

@@ -541,17 +541,10 @@ async fn after_lost_events_each_kiosk_is_asked_to_pull_at_its_next_ping() {
         }
     }
 
-    let mut conn = app.db().await;
-    for sql in [
-        format!("UPDATE clients SET partial_copy = true WHERE id = {acme}"),
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-            .to_owned(),
-    ] {
-        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn)
-            .await
-            .unwrap();
-    }
+    app.change_unheard(&[format!(
+        "UPDATE clients SET partial_copy = true WHERE id = {acme}"
+    )])
+    .await;
     assert!(
         asked(&collect_until(&mut agent, WAIT, asked).await),
         "no sync_requested after the listener came back"
