@@ -166,13 +166,8 @@ async fn sync_now(agent: AgentData) -> ApiResult<HttpResponse> {
 }
 
 fn check_url_scheme(server_url: Option<&str>) -> ApiResult<()> {
-    match server_url {
-        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-            Err(ApiError::new(
-                LocalErrorCode::InvalidRequest,
-                format!("server URL {url:?} must start with http:// or https://"),
-            ))
-        }
+    match server_url.map(crate::upstream::parse_server_url) {
+        Some(Err(why)) => Err(ApiError::new(LocalErrorCode::InvalidRequest, why)),
         _ => Ok(()),
     }
 }

@@ -281,7 +281,8 @@ impl AgentConfig {
         layers.or_defaults().checked()
     }
 
-    /// Values out of their bounds are brought in; a non-loopback API address is refused.
+    /// Values out of their bounds are brought in; a non-loopback API address
+    /// and a server URL the agent would not talk to are refused.
     fn checked(mut self) -> Result<Self, String> {
         if let Some(a) = self.http_bind {
             if !a.ip().is_loopback() {
@@ -289,6 +290,10 @@ impl AgentConfig {
                     "http_bind {a} must be a loopback address: the local API has no authentication"
                 ));
             }
+        }
+        if let Some(server) = &self.server_url {
+            crate::upstream::check_server_url(server, self.allow_insecure_http)
+                .map_err(|why| format!("server_url: {why}"))?;
         }
         self.batch_size = self.batch_size.clamp(1, 5000);
         self.sync_interval_secs = self.sync_interval_secs.max(1);
@@ -430,6 +435,26 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, "PROPASS_WS_PING_SECS=\"often\" is not a number");
+    }
+
+    #[test]
+    fn a_server_url_the_agent_would_not_talk_to_stops_it_at_start() {
+        let load = |vars: &'static [(&'static str, &'static str)]| {
+            AgentConfig::load(None, env_of(vars), ConfigLayer::default())
+        };
+        let err = load(&[("PROPASS_SERVER_URL", "http://192.0.2.10:5000")]).unwrap_err();
+        assert!(
+            err.starts_with("server_url: refusing plain http://"),
+            "{err}"
+        );
+        let err = load(&[("PROPASS_SERVER_URL", "https://me@propass.example")]).unwrap_err();
+        assert!(err.contains("user name"), "{err}");
+        let c = load(&[
+            ("PROPASS_SERVER_URL", "http://192.0.2.10:5000"),
+            ("PROPASS_ALLOW_INSECURE_HTTP", "true"),
+        ])
+        .unwrap();
+        assert_eq!(c.server_url.as_deref(), Some("http://192.0.2.10:5000"));
     }
 
     #[test]

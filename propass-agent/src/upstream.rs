@@ -128,29 +128,52 @@ impl HttpServerClient {
     }
 }
 
-/// Whether the agent may talk to `server`: `https://` always; `http://` only
-/// to this machine (loopback) unless `allow_insecure_http`.
-pub fn check_server_url(server: &str, allow_insecure_http: bool) -> Result<(), String> {
-    if server.starts_with("https://") {
-        return Ok(());
-    }
-    let Some(rest) = server.strip_prefix("http://") else {
+/// `server` parsed as a server address the agent can use: `http://` or
+/// `https://`, a host, and nothing that would change what a request means
+/// once a path is appended (`?query`, `#fragment`) or whom it goes to
+/// (`user@` before the host: `http://localhost:1@192.0.2.10` is 192.0.2.10).
+pub fn parse_server_url(server: &str) -> Result<url::Url, String> {
+    let url =
+        url::Url::parse(server).map_err(|e| format!("server URL {server:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "server URL {server:?} must start with https:// (or http://)"
         ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "server URL {server:?} must not carry a user name or password before the host \
+             (the agent authenticates itself)"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "server URL {server:?} must not have a ?query or #fragment"
+        ));
+    }
+    if url.host().is_none() {
+        return Err(format!("server URL {server:?} names no host"));
+    }
+    Ok(url)
+}
+
+/// Whether the agent may talk to `server`: `https://` always; `http://` only
+/// to this machine (loopback) unless `allow_insecure_http`.
+pub fn check_server_url(server: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let url = parse_server_url(server)?;
+    if url.scheme() == "https" {
+        return Ok(());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     };
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
     if loopback || allow_insecure_http {
         Ok(())
     } else {
+        let host = url.host_str().unwrap_or_default();
         Err(format!(
             "refusing plain http:// to {host}: passwords and tokens would cross the network in clear; \
              use https://, or set allow_insecure_http = true (PROPASS_ALLOW_INSECURE_HTTP=true) if the network is trusted"
@@ -363,7 +386,50 @@ fn code_of_status(status: u16) -> ErrorCode {
 
 #[cfg(test)]
 mod tests {
-    use super::check_server_url;
+    use super::{check_server_url, HttpServerClient, ServerClient, UpstreamError};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on port 0 that answers one request with `body` (after `head`).
+    async fn answering(head: &'static str, body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 8192];
+            let _ = sock.read(&mut buf).await;
+            let head = format!("{head}content-length: {}\r\n\r\n", body.len());
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(&body).await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_max_answer_bytes_is_refused() {
+        let client = HttpServerClient::new(1024, crate::tls::client_config(None).unwrap()).unwrap();
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n";
+        let server = answering(head, vec![b' '; 64 * 1024]).await;
+        match client.refresh(&server, "token").await {
+            Err(UpstreamError::Unreadable(why)) => {
+                assert!(why.contains("max_answer_bytes"), "{why}")
+            }
+            other => panic!("expected a refused answer, got {other:?}"),
+        }
+        // gzip is decoded before it is counted: a small bomb is refused too.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &vec![b' '; 512 * 1024]).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 1024, "the compressed body fits the limit");
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n";
+        let server = answering(head, bomb).await;
+        match client.refresh(&server, "token").await {
+            Err(UpstreamError::Unreadable(why)) => {
+                assert!(why.contains("max_answer_bytes"), "{why}")
+            }
+            other => panic!("expected a refused answer, got {other:?}"),
+        }
+    }
 
     #[test]
     fn plain_http_is_for_this_machine_only_unless_allowed() {
@@ -380,9 +446,20 @@ mod tests {
             "http://propass.lan",
             "http://127.0.0.1.evil.example",
             "ftp://x",
+            // What comes before `@` is a user name: the request goes to the host after it.
+            "http://localhost:1@192.0.2.10/",
+            "http://127.0.0.1:x@192.0.2.10/",
+            "http://[::1]@evil.example/",
+            "https://user:secret@propass.example",
+            "https://propass.example/?next=x",
+            "https://propass.example/#x",
+            "http://",
+            "localhost:5000",
         ] {
             assert!(check_server_url(refused, false).is_err(), "{refused}");
         }
         assert!(check_server_url("http://propass.lan", true).is_ok());
+        // allow_insecure_http allows clear text, not a misleading address.
+        assert!(check_server_url("http://localhost:1@192.0.2.10", true).is_err());
     }
 }

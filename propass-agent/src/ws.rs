@@ -134,8 +134,17 @@ async fn connect(agent: &Agent, url: &str, token: &str) -> Result<Socket, Ended>
     );
     // The same TLS as the HTTPS client: system store plus server_ca_file.
     let connector = tokio_tungstenite::Connector::Rustls(agent.tls.clone());
-    let connect =
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector));
+    // A frame or message is bounded like an HTTP answer (max_answer_bytes).
+    let limit = Some(agent.config.max_answer_bytes);
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(limit)
+        .max_frame_size(limit);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        Some(ws_config),
+        false,
+        Some(connector),
+    );
     match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(Ok((ws, _))) => Ok(ws),
         // The upgrade answer has no error body: its status is all there is.
