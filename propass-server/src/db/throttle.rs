@@ -234,30 +234,13 @@ impl LoginThrottle {
         }
     }
 
-    /// The attempt succeeded: it is forgiven on every key, and the
-    /// account's failures are forgotten. Best effort: a database that
-    /// cannot take it leaves the attempt counted (logged), and the login
-    /// stands.
-    pub async fn succeeded(&self, pool: &PgPool, attempt: Attempt, user: &ThrottleKey) {
-        let user = user.to_string();
-        self.blocked().remove(&user);
-        let forgiven = async {
-            let mut conn = pool.get().await?;
-            diesel::sql_query("DELETE FROM login_attempts WHERE id = ANY($1) OR key = $2")
-                .bind::<Array<BigInt>, _>(&attempt.ids)
-                .bind::<Text, _>(&user)
-                .execute(&mut conn)
-                .await?;
-            Ok::<_, Refused>(())
-        };
-        if let Err(e) = forgiven.await {
-            tracing::warn!(error = %e, "cannot forgive a successful login in the throttle");
-        }
-    }
-
-    /// The attempt succeeded (an enrollment, a device refresh): it is
-    /// forgiven on every key; earlier failures stay counted. Best effort,
-    /// as [`Self::succeeded`].
+    /// The attempt succeeded (a login, an enrollment, a device refresh): it
+    /// is forgiven on every key. Earlier failures stay counted until they
+    /// age out of the window — were a success to wipe an account's failures,
+    /// guesses from many addresses interleaved with a shared kiosk account's
+    /// logins would get `max_failures` more checks after each one. Best
+    /// effort: a database that cannot take it leaves the attempt counted
+    /// (logged), and the success stands.
     pub async fn forgive(&self, pool: &PgPool, attempt: Attempt) {
         let forgiven = async {
             let mut conn = pool.get().await?;

@@ -81,8 +81,7 @@ pub(super) async fn check_credentials(
     username: String,
     password: String,
 ) -> ApiResult<User> {
-    let user_key = ThrottleKey::User(username.clone());
-    let mut keys = vec![user_key.clone()];
+    let mut keys = vec![ThrottleKey::User(username.clone())];
     if let Some(ip) = client_ip(
         req,
         &state.config.trusted_proxies,
@@ -118,10 +117,7 @@ pub(super) async fn check_credentials(
         .map_err(|e| ApiError::Internal(format!("password check failed: {e}")))?;
     match user.filter(|_| ok) {
         Some(user) => {
-            state
-                .throttle
-                .succeeded(&state.pool, attempt, &user_key)
-                .await;
+            state.throttle.forgive(&state.pool, attempt).await;
             Ok(user)
         }
         None => {

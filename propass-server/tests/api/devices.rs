@@ -66,6 +66,7 @@ async fn renew(app: &TestApp, credential: &str) -> reqwest::Response {
 async fn renewed(app: &TestApp, credential: &str) -> (String, String) {
     let res = renew(app, credential).await;
     assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
     let body: Value = res.json().await.unwrap();
     (
         body["token"].as_str().unwrap().to_owned(),

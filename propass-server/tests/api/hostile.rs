@@ -135,12 +135,12 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("VmHWM in /proc/PID/status")
 }
 
-/// An 8 MiB push of `[0,0,0,…]` is refused while it is parsed: the real
-/// server process grows by far less than the millions of JSON values it
-/// would take to hold it.
-#[tokio::test]
-async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
-    let app = spawn_app().await;
+/// The real server binary on `app`'s database (one worker, two database
+/// connections, warnings and up to `log`), up and answering; its address.
+async fn server_process(
+    app: &TestApp,
+    log: impl Into<std::process::Stdio>,
+) -> (ProcessGuard, String) {
     let port = free_port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_propass-server"));
     cmd.args(["serve", "--bind", &format!("127.0.0.1:{port}")])
@@ -148,8 +148,9 @@ async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
         .env("PROPASS_JWT_SECRET", SECRET)
         .env("PROPASS_WORKERS", "1")
         .env("PROPASS_DB_POOL_SIZE", "2")
-        .env("PROPASS_LOG", "warn");
-    let mut server = ProcessGuard::spawn(&mut cmd, "propass-server").unwrap();
+        .env("PROPASS_LOG", "info")
+        .stderr(log);
+    let server = ProcessGuard::spawn(&mut cmd, "propass-server").unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let up = eventually(Duration::from_secs(30), || async {
@@ -160,6 +161,52 @@ async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
     })
     .await;
     assert!(up, "the server process did not start");
+    (server, base)
+}
+
+/// What a person typed is escaped in the log: a username with a newline or
+/// a terminal escape cannot forge a log line or repaint the operator's
+/// terminal.
+#[tokio::test]
+async fn log_lines_escape_what_users_typed() {
+    let app = spawn_app().await;
+    let dir = propass_test_support::TempDir::new("hostile-log").unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut server, base) = server_process(&app, log).await;
+    let forged = "nobody\n2026-01-01T00:00:00Z  INFO login ok user=admin\u{1b}[2J";
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/auth/login"))
+        .json(&json!({"username": forged, "password": "wrong", "device_id": "K1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    server.terminate();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("login failed"),
+        "the failure is logged: {text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a typed newline started a line of its own: {text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "a terminal escape reached the log"
+    );
+    assert!(!text.contains('\r'), "a carriage return reached the log");
+}
+
+/// An 8 MiB push of `[0,0,0,…]` is refused while it is parsed: the real
+/// server process grows by far less than the millions of JSON values it
+/// would take to hold it.
+#[tokio::test]
+async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
+    let app = spawn_app().await;
+    let (mut server, base) = server_process(&app, std::process::Stdio::null()).await;
+    let http = reqwest::Client::new();
     let login: Value = http
         .post(format!("{base}/api/auth/login"))
         .json(&json!({"username": ADMIN.0, "password": ADMIN.1, "device_id": "K1"}))
@@ -170,7 +217,12 @@ async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
         .await
         .unwrap();
     let token = login["token"].as_str().unwrap();
-    let before = peak_rss_kib(server.child().id());
+    // The baseline is what the process holds now, and its peak is reset to
+    // it ("5" to clear_refs): the login's Argon2 peak (~19 MiB, freed since)
+    // must not hide growth below it.
+    let pid = server.child().id();
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+    let before = propass_test_support::rss_kib(pid).expect("VmRSS");
 
     let mut body = String::from(r#"{"device_id": "K1", "queue": ["#);
     while body.len() < 8 * 1024 * 1024 - 64 {
@@ -186,10 +238,15 @@ async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
         .await
         .unwrap();
     assert_eq!(error_code(res, 413).await, "payload_too_large");
-    let grown_mib = peak_rss_kib(server.child().id()).saturating_sub(before) / 1024;
+    let grown_bytes = peak_rss_kib(pid).saturating_sub(before) * 1024;
     assert!(
-        grown_mib < 50,
-        "the server's peak memory grew by {grown_mib} MiB"
+        grown_bytes < 50_000_000,
+        "the server's peak memory grew by {} MB",
+        grown_bytes / 1_000_000
+    );
+    eprintln!(
+        "an 8 MiB push of zeros: peak memory grew by {:.1} MB",
+        grown_bytes as f64 / 1e6
     );
 }
 
@@ -235,6 +292,41 @@ async fn forwarded_addresses_are_believed_only_from_a_trusted_proxy() {
         401,
         "another client behind the proxy is not"
     );
+}
+
+/// Guesses at one account from many addresses get `login_max_failures`
+/// password checks per window in all, even when the account's real owner
+/// logs in between them (a shared kiosk account does, often).
+#[tokio::test]
+async fn a_success_in_between_gives_guessers_no_more_checks() {
+    async fn try_login(app: &TestApp, password: &str, forwarded_for: &str) -> u16 {
+        app.http
+            .post(format!("{}/api/auth/login", app.base))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&json!({"username": "admin", "password": password, "device_id": "K1"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+    let app = spawn_with(|c| {
+        c.login_max_failures = 3;
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let checks = || app.state.metrics.password_checks.load(Ordering::Relaxed);
+    assert_eq!(try_login(&app, "guess1", "198.51.100.1").await, 401);
+    assert_eq!(try_login(&app, "guess2", "198.51.100.2").await, 401);
+    assert_eq!(try_login(&app, "admin123", "203.0.113.9").await, 200);
+    assert_eq!(try_login(&app, "guess3", "198.51.100.3").await, 401);
+    let before = checks();
+    assert_eq!(
+        try_login(&app, "guess4", "198.51.100.4").await,
+        429,
+        "the success forgave itself, not the guesses"
+    );
+    assert_eq!(checks(), before, "no password was checked for it");
 }
 
 /// A body that trickles in is cut at `body_read_timeout`: 408, and the
