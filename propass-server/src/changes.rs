@@ -424,6 +424,41 @@ pub async fn publish_devices(state: &AppState) {
     }
 }
 
+/// How often open dashboards get the rows that changed by time alone.
+const AGING_TICK: Duration = Duration::from_secs(5);
+
+/// Sends open dashboards the rows of kiosks that changed by time alone (one
+/// silent past `device_offline_after` goes offline, a backlog passes
+/// `device_backlog_age_secs`): no socket closes and no heartbeat arrives to
+/// announce those. Every [`AGING_TICK`], what aged since the last look is
+/// handed to [`publish_devices`]; each instance does this for its own
+/// dashboards. Runs until the task is aborted.
+pub async fn publish_aging(state: &AppState) {
+    let mut since = state.clock.now();
+    loop {
+        tokio::time::sleep(AGING_TICK).await;
+        let until = state.clock.now();
+        if state.live.is_empty() {
+            since = until;
+            continue;
+        }
+        let aged = async {
+            let mut conn = state.pool.get().await?;
+            Ok::<_, ApiError>(db::fleet::aging(&mut conn, state.config.fleet, since, until).await?)
+        };
+        match aged.await {
+            Ok(ids) => {
+                for device in &ids {
+                    state.changed_devices.note(device);
+                }
+                since = until;
+            }
+            // `since` stays: the next look covers this one's span too.
+            Err(e) => tracing::debug!(error = %e, "cannot look for aged kiosk rows; retrying"),
+        }
+    }
+}
+
 async fn on_device(state: &AppState, payload: &str) -> Result<(), ApiError> {
     let Ok(device) = DeviceId::parse(payload) else {
         return Ok(());

@@ -185,6 +185,8 @@ impl Application {
         let device_rows =
             tokio::spawn(async move { crate::changes::publish_devices(&state).await });
         let state = self.state.clone();
+        let aging = tokio::spawn(async move { crate::changes::publish_aging(&state).await });
+        let state = self.state.clone();
         let heartbeats =
             tokio::spawn(async move { crate::changes::store_heartbeats(&state).await });
         let metrics = self.metrics.map(|(_, server)| tokio::spawn(server));
@@ -201,6 +203,7 @@ impl Application {
         }
         announcer.abort();
         device_rows.abort();
+        aging.abort();
         if let Some(m) = metrics {
             m.abort();
         }

@@ -237,6 +237,39 @@ struct Row {
     overdrafts_24h: i64,
 }
 
+/// The devices whose row changes by time alone in `(since, until]`: silent
+/// past `offline_after` (online → offline), or with a backlog passing
+/// `backlog_age` — no event announces those; see `changes::publish_aging`.
+pub async fn aging(
+    conn: &mut AsyncPgConnection,
+    policy: FleetPolicy,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> diesel::QueryResult<Vec<DeviceId>> {
+    #[derive(QueryableByName)]
+    struct Aged {
+        #[diesel(sql_type = Text, deserialize_as = super::columns::DeviceIdColumn)]
+        device_id: DeviceId,
+    }
+    let rows: Vec<Aged> = diesel::sql_query(
+        "SELECT d.device_id FROM devices d LEFT JOIN device_heartbeats h ON h.device_id = d.device_id \
+         WHERE greatest(d.last_seen, h.received_at) + $3 > $1 \
+           AND greatest(d.last_seen, h.received_at) + $3 <= $2 \
+            OR (h.pending > 0 AND h.oldest_pending_at + $4 > $1 AND h.oldest_pending_at + $4 <= $2)",
+    )
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<diesel::sql_types::Interval, _>(pg_interval(policy.offline_after))
+    .bind::<diesel::sql_types::Interval, _>(pg_interval(policy.backlog_age))
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.device_id).collect())
+}
+
+fn pg_interval(d: Duration) -> diesel::pg::data_types::PgInterval {
+    diesel::pg::data_types::PgInterval::from_microseconds(d.num_microseconds().unwrap_or(i64::MAX))
+}
+
 /// Every device's health at `now` (or only `only`'s), by device id.
 pub async fn health(
     conn: &mut AsyncPgConnection,

@@ -1417,6 +1417,37 @@ async fn next_event(
     }
 }
 
+/// A kiosk that falls silent without closing a socket (it only pulls, or
+/// its instance died with the socket) goes offline on open dashboards by
+/// time alone: its row comes in a `devices` event, no reload.
+#[tokio::test]
+async fn a_kiosk_that_falls_silent_goes_offline_on_open_dashboards() {
+    let app = spawn_with(|c| c.fleet.offline_after = chrono::Duration::seconds(1)).await;
+    app.add_user(OPERATOR.0, OPERATOR.1, Role::Operator).await;
+    let _token = app.token("K1").await;
+    let op = app.browser(OPERATOR.0, OPERATOR.1).await;
+    let mut stream = app
+        .as_page(&op, Method::GET, "/api/admin/events")
+        .send()
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    let k1_offline = |d: &Value| {
+        d["device_id"] == "K1"
+            && d["health"]["online"] == false
+            && d["health"]["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "offline"))
+    };
+    let rows = next_event(&mut stream, &mut buf, "devices", |e| {
+        e["devices"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(k1_offline))
+    })
+    .await;
+    assert!(rows.is_some(), "K1's row, offline, reached the open page");
+}
+
 #[tokio::test]
 async fn the_live_stream_shows_copies_top_ups_kiosks_and_its_own_end() {
     let app = spawn_app().await;
