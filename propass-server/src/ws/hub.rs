@@ -288,9 +288,12 @@ impl Hub {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The clients some connected kiosk serves.
+    /// The clients some connected kiosk serves, in id order (the index is
+    /// a hash map; callers get a defined order).
     pub fn served_clients(&self) -> Vec<i64> {
-        self.lock().serving.keys().copied().collect()
+        let mut clients: Vec<i64> = self.lock().serving.keys().copied().collect();
+        clients.sort_unstable();
+        clients
     }
 
     /// Whether some connected kiosk serves some client.
