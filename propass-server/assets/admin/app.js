@@ -339,7 +339,9 @@ function onClient(c) {
   if (!before || before.name !== c.name) fillClientPickers();
   if (S.view === 'clients') {
     renderClients();
-    debounce('charts', 300, drawCharts);
+    // A top-up or correction changes the burn-down's hours, not only its end.
+    if (before && before.total !== c.total) debounce('stats', 1000, loadStats);
+    else debounce('charts', 300, drawCharts);
     const card = S.cards.get(c.id);
     if (card && !card.r.history.hidden) loadHistory(c.id).catch(report);
   }
@@ -835,14 +837,20 @@ function hourlyGrid() {
   // `from` is the first hour's start; without it, count back from `to`.
   const to = (st.to && Date.parse(st.to)) || Date.now();
   const start = (st.from && Date.parse(st.from)) || Math.floor(to / 3600e3) * 3600e3 - (HOURS - 1) * 3600e3;
-  const series = (st.series || []).map((s) => {
-    const counts = new Array(HOURS).fill(0);
-    for (const p of s.counts || []) {
+  const perHour = (points, field) => {
+    const out = new Array(HOURS).fill(0);
+    for (const p of points || []) {
       const i = Math.round((Date.parse(p.hour) - start) / 3600e3);
-      if (i >= 0 && i < HOURS) counts[i] += Number(p.copies) || 0;
+      if (i >= 0 && i < HOURS) out[i] += Number(p[field]) || 0;
     }
-    return { id: s.client_id, name: (S.clients.get(s.client_id) || {}).name || s.name || `#${s.client_id}`, counts };
-  }).filter((s) => s.counts.some((n) => n > 0))
+    return out;
+  };
+  const series = (st.series || []).map((s) => ({
+    id: s.client_id,
+    name: (S.clients.get(s.client_id) || {}).name || s.name || `#${s.client_id}`,
+    counts: perHour(s.counts, 'copies'),
+    deltas: perHour(s.quota_changes, 'delta'),
+  })).filter((s) => s.counts.some((n) => n > 0) || s.deltas.some((n) => n !== 0))
     .sort((a, b) => String(a.id).localeCompare(String(b.id), undefined, { numeric: true }));
   series.forEach((s, i) => { s.color = COLORS[i % COLORS.length]; });
   return { start, series };
@@ -854,17 +862,19 @@ function drawCharts() {
   const burn = $('#chart-burndown');
   const legend = $('#chart-legend');
   if (!grid || !grid.series.length) {
-    for (const el of [hourly, burn]) el.replaceChildren(svg('text', { x: CW / 2, y: CH / 2, 'text-anchor': 'middle', class: 'chart-empty' }, grid ? 'No copies in the last 72 hours' : 'Loading…'));
+    for (const el of [hourly, burn]) el.replaceChildren(svg('text', { x: CW / 2, y: CH / 2, 'text-anchor': 'middle', class: 'chart-empty' }, grid ? 'No copies or quota changes in the last 72 hours' : 'Loading…'));
     legend.replaceChildren();
     return;
   }
   barChart(hourly, grid.start, grid.series);
-  // Remaining at the end of hour i = remaining now + copies made after hour i.
+  // Unused quota (total - used, leased units included) at the end of hour i
+  // = unused now + copies made after hour i - quota added after hour i.
   lineChart(burn, grid.start, grid.series.map((s) => {
-    const now = Number((S.clients.get(s.id) || {}).remaining) || 0;
+    const c = S.clients.get(s.id) || {};
+    const now = (Number(c.total) || 0) - (Number(c.used) || 0);
     let after = 0;
     const values = new Array(HOURS);
-    for (let i = HOURS - 1; i >= 0; i -= 1) { values[i] = now + after; after += s.counts[i]; }
+    for (let i = HOURS - 1; i >= 0; i -= 1) { values[i] = now + after; after += s.counts[i] - s.deltas[i]; }
     return { ...s, values };
   }));
   legend.replaceChildren(...grid.series.map((s) => h('li', {}, swatch(s.color), s.name)));
@@ -920,7 +930,7 @@ function lineChart(el, start, series) {
   const f = frame(start, lo, hi);
   for (const s of series) {
     const d = s.values.map((v, i) => `${i ? 'L' : 'M'}${(CL + (i + 0.5) * f.slot).toFixed(1)},${f.y(v).toFixed(1)}`).join('');
-    f.kids.push(svg('path', { d, stroke: s.color, class: 'series', 'data-client-id': s.id }, svg('title', {}, s.name)));
+    f.kids.push(svg('path', { d, stroke: s.color, class: 'series', 'data-client-id': s.id, 'data-values': s.values.join(' ') }, svg('title', {}, s.name)));
   }
   el.replaceChildren(...f.kids);
 }

@@ -163,6 +163,34 @@ pub async fn hourly(
     .await
 }
 
+/// A client's quota changes (top-ups and corrections, from the audit log)
+/// summed per hour since `from`, by client then hour: with the hourly
+/// copies, what the quota burn-down is drawn from.
+#[derive(Debug, QueryableByName)]
+pub struct HourlyDelta {
+    #[diesel(sql_type = BigInt)]
+    pub client_id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub hour: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    pub delta: i64,
+}
+
+pub async fn hourly_quota_changes(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+) -> QueryResult<Vec<HourlyDelta>> {
+    diesel::sql_query(
+        "SELECT substr(subject, 8)::bigint AS client_id, date_trunc('hour', at) AS hour, \
+                sum((detail->>'delta')::bigint)::bigint AS delta \
+         FROM audit_log WHERE at >= $1 AND action = 'quota.add' AND subject ~ '^client:[0-9]+$' \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind::<Timestamptz, _>(from)
+    .load(conn)
+    .await
+}
+
 /// The header of [`csv_line`]'s rows.
 pub const CSV_HEADER: &str =
     "id,received_at,occurred_at,device_id,client_id,kind,uid,overdraft,unverified,voided\n";

@@ -590,6 +590,22 @@ async fn operators_run_clients_quotas_and_kiosks_and_every_change_is_audited() {
     assert_eq!(history["entries"][0]["actor"], "user:olga");
     assert_eq!(history["entries"][0]["delta"], 5);
     assert_eq!(history["entries"][0]["reason"], "order 4711");
+    // The charts' hours carry it too: the burn-down rises where it was made.
+    let (_, stats) = app
+        .page_json(&op, Method::GET, "/api/admin/stats/hourly", None)
+        .await;
+    let series = stats["series"].as_array().unwrap();
+    let acme = series
+        .iter()
+        .find(|s| s["client_id"] == id)
+        .expect("{stats}");
+    let added: i64 = acme["quota_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["delta"].as_i64().unwrap())
+        .sum();
+    assert_eq!(added, 5, "{stats}");
 
     // Kiosks: rename, take ACME off, revoke, reinstate; enrollment codes.
     let (status, k1) = app

@@ -203,6 +203,10 @@ fn ledger() -> Map<String, Value> {
         ("client_id", int()),
         ("name", or_null(text())),
         ("counts", counts),
+        (
+            "quota_changes",
+            list(object(&[("hour", time()), ("delta", int())])),
+        ),
     ]);
     let page = |items: &str, of: &str| {
         object(&[(items, list(refer(of))), ("next_cursor", or_null(text()))])

@@ -176,7 +176,8 @@ pub struct HourlyQuery {
 /// Longest span of `stats/hourly`: 30 days.
 const MAX_HOURS: u32 = 720;
 
-/// `GET /api/admin/stats/hourly`: copies per client and hour, for charts.
+/// `GET /api/admin/stats/hourly`: copies and quota changes per client and
+/// hour, for charts.
 pub async fn hourly(
     _: OperatorSession,
     state: web::Data<AppState>,
@@ -192,25 +193,29 @@ pub async fn hourly(
     let now = state.clock.now();
     let from = now.duration_trunc(Duration::hours(1)).unwrap_or(now)
         - Duration::hours(i64::from(hours) - 1);
-    let (counts, clients) = {
+    let (counts, deltas, clients) = {
         let mut conn = state.pool.get().await?;
         (
             ledger_view::hourly(&mut conn, from).await?,
+            ledger_view::hourly_quota_changes(&mut conn, from).await?,
             db::clients::overview(&mut conn, None, true).await?,
         )
     };
     let names: BTreeMap<i64, String> = clients.into_iter().map(|c| (c.id, c.name)).collect();
-    let mut series: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
+    type Hours = (Vec<serde_json::Value>, Vec<serde_json::Value>);
+    let mut series: BTreeMap<i64, Hours> = BTreeMap::new();
     for c in counts {
-        series
-            .entry(c.client_id)
-            .or_default()
-            .push(serde_json::json!({"hour": c.hour, "copies": c.copies}));
+        let hour = serde_json::json!({"hour": c.hour, "copies": c.copies});
+        series.entry(c.client_id).or_default().0.push(hour);
+    }
+    for d in deltas {
+        let hour = serde_json::json!({"hour": d.hour, "delta": d.delta});
+        series.entry(d.client_id).or_default().1.push(hour);
     }
     let series: Vec<_> = series
         .into_iter()
-        .map(|(id, counts)| {
-            serde_json::json!({"client_id": id, "name": names.get(&id), "counts": counts})
+        .map(|(id, (counts, quota_changes))| {
+            serde_json::json!({"client_id": id, "name": names.get(&id), "counts": counts, "quota_changes": quota_changes})
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({"from": from, "to": now, "series": series})))
