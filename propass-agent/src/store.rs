@@ -393,8 +393,14 @@ pub(crate) mod tests {
     use super::*;
     use propass_protocol::{BadgeUid, OpType};
 
+    /// A path `name` in a new directory of its own. The directories live
+    /// as long as the test process (stores opened from helpers outlive any
+    /// guard); each process first removes those of test processes that have
+    /// ended, so a run leaves at most its own behind until the next.
     #[allow(clippy::disallowed_methods)] // a unique directory per test run
     pub(crate) fn temp(name: &str) -> PathBuf {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(remove_ended_runs);
         let dir = std::env::temp_dir().join(format!(
             "propass-store-{}-{}",
             std::process::id(),
@@ -402,6 +408,24 @@ pub(crate) mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join(name)
+    }
+
+    /// Removes `propass-store-PID-…` directories whose process has ended.
+    fn remove_ended_runs() {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("propass-store-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     fn at(secs: i64) -> DateTime<Utc> {

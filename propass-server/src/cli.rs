@@ -833,3 +833,47 @@ async fn client_policy(
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags are declared three times — in the key list (`flag`), as
+    /// clap arguments and in `flag_layer` — so this ties them together:
+    /// every documented flag parses and lands on its own key.
+    #[test]
+    fn every_documented_flag_sets_its_key() {
+        let flagged: Vec<_> = crate::config::KEYS
+            .iter()
+            .filter(|k| !k.flag.is_empty())
+            .collect();
+        assert!(flagged.len() >= 5, "{flagged:?}");
+        for key in flagged {
+            let mut argv = vec!["propass-server".to_owned()];
+            let words: Vec<&str> = key.flag.split_whitespace().collect();
+            let (flag, sub) = words.split_last().expect("a flag");
+            if sub.is_empty() {
+                argv.push("serve".into());
+            } else {
+                argv.extend(sub.iter().map(|s| s.to_string()));
+            }
+            argv.push(flag.to_string());
+            let value = match key.key {
+                "dev" => None,
+                "bind" | "metrics_bind" => Some("127.0.0.1:4999"),
+                "jwt_secret_file" => Some("/run/credentials/jwt"),
+                _ => Some("postgres://flag.example/db"),
+            };
+            argv.extend(value.map(str::to_owned));
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let serve = match &cli.command {
+                Command::Serve(args) => Some(args),
+                _ => None,
+            };
+            let layer = flag_layer(cli.database_url.clone(), serve);
+            let want = value.map_or(toml::Value::Boolean(true), |v| v.into());
+            assert_eq!(layer.get(key.key), Some(&want), "{argv:?} → {layer:?}");
+            assert_eq!(layer.len(), 1, "{argv:?} set only {}: {layer:?}", key.key);
+        }
+    }
+}

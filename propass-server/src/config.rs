@@ -19,11 +19,10 @@ use toml::{Table, Value};
 pub struct Secret(String);
 
 impl Secret {
-    /// Wraps a secret value.
     pub fn new(s: impl Into<String>) -> Self {
         Self(s.into())
     }
-    /// The secret's bytes.
+    /// Named so that every use of the value is easy to find.
     pub fn expose(&self) -> &[u8] {
         self.0.as_bytes()
     }
@@ -108,16 +107,14 @@ impl Config {
     }
 }
 
-/// One configuration key, as documented.
+/// One configuration key, as documented (the docs table and the sample
+/// configuration are generated from these).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyDoc {
-    /// The TOML key.
     pub key: &'static str,
-    /// The environment variable.
     pub env: &'static str,
-    /// The command-line flag, if any.
+    /// Empty when the key has no command-line flag.
     pub flag: &'static str,
-    /// What it means.
     pub doc: &'static str,
 }
 
@@ -807,9 +804,8 @@ mod tests {
         env: &[(&str, &str)],
         flags: Table,
     ) -> Result<Settings, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("propass-config-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.toml", toml_text.len()));
+        let dir = propass_test_support::TempDir::new("propass-config-test").unwrap();
+        let path = dir.path().join("server.toml");
         std::fs::write(&path, toml_text).unwrap();
         let env: Vec<(String, String)> = env
             .iter()

@@ -91,7 +91,10 @@ pub fn run(database_url: &str) -> Result<(), String> {
     }
 }
 
-/// A database of the check's own in the server of `base`, dropped with it.
+/// A database of the check's own in the server of `base`, dropped with it
+/// (commented like the tests' databases, so a killed run's is recognised).
+/// xtask drives `psql` and has no PostgreSQL client or async runtime, hence
+/// not the test-support `TestDatabase`.
 struct ScratchDatabase {
     base: String,
     name: String,

@@ -33,40 +33,15 @@ pub fn run() -> Result<(), String> {
     };
     let agent_proc = kiosk.start(state.path(), &base, &reader)?;
     // The operator's step for a new kiosk: a one-time enrollment code.
-    let code = server_cli(
-        &server,
-        &url,
-        &[
-            "device",
-            "enroll",
-            "--name",
-            "Demo kiosk",
-            "--clients",
-            &client_id,
-        ],
-        None,
-    )?;
+    let enroll = ["device", "enroll", "--name", "Demo kiosk", "--clients"];
+    let code = server_cli(&server, &url, &[&enroll[..], &[&client_id]].concat(), None)?;
     kiosk.copy_badges(&base, code.trim(), &client_id, &reader)?;
     println!(
         "{}",
         server_cli(&server, &url, &["client", "list"], None)?.trim_end()
     );
 
-    // What the dashboard's Fleet view will show: the demo kiosk, online.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let online = loop {
-        let list = server_cli(&server, &url, &["device", "list", "--json"], None)?;
-        let fleet: serde_json::Value = serde_json::from_str(&list).map_err(|e| e.to_string())?;
-        let up = fleet.as_array().is_some_and(|ds| {
-            ds.iter()
-                .any(|d| d["name"] == "Demo kiosk" && d["health"]["online"] == true)
-        });
-        if up || std::time::Instant::now() > deadline || interrupted() {
-            break up;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    if !online {
+    if !wait_online(&server, &url)? {
         eprintln!("xtask: WARNING: the demo kiosk is not online yet; the dashboard will show it once it connects");
     }
     print_summary(&Summary {
@@ -85,11 +60,30 @@ pub fn run() -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The kiosk stops before the reader it holds, the server last.
     drop(agent_proc);
     drop(emulator_proc);
     drop(server_proc);
     eprintln!("xtask: demo stopped");
     Ok(())
+}
+
+/// Whether the dashboard's Fleet view shows the demo kiosk online, waiting
+/// up to 15 s for it (false when it is not, or on Ctrl-C).
+fn wait_online(server: &Path, url: &str) -> Result<bool, String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = server_cli(server, url, &["device", "list", "--json"], None)?;
+        let fleet: serde_json::Value = serde_json::from_str(&list).map_err(|e| e.to_string())?;
+        let up = fleet.as_array().is_some_and(|ds| {
+            ds.iter()
+                .any(|d| d["name"] == "Demo kiosk" && d["health"]["online"] == true)
+        });
+        if up || Instant::now() > deadline || interrupted() {
+            return Ok(up);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn server_cli(

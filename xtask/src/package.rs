@@ -110,52 +110,7 @@ fn expect_entry(
 /// Checks the packages' contents, then installs and purges them (as root).
 pub fn check(debs: &[PathBuf]) -> Result<(), String> {
     let (server, agent) = (&debs[0], &debs[1]);
-    let s = contents(server)?;
-    expect_entry(&s, "/usr/bin/propass-server", "-rwxr-xr-x", server)?;
-    expect_entry(&s, "/etc/propass/server.toml", "-rw-r-----", server)?;
-    expect_entry(&s, "/system/propass-server.service", "-rw-r--r--", server)?;
-    expect_entry(
-        &s,
-        "/usr/share/doc/propass-server/operators.md",
-        "-rw-r--r--",
-        server,
-    )?;
-    let a = contents(agent)?;
-    expect_entry(&a, "/usr/bin/propass-agent", "-rwxr-xr-x", agent)?;
-    expect_entry(&a, "/etc/propass/agent.toml", "-rw-r-----", agent)?;
-    expect_entry(
-        &a,
-        "/etc/modprobe.d/propass-blacklist-pn533.conf",
-        "-rw-r--r--",
-        agent,
-    )?;
-    expect_entry(&a, "/system/propass-agent.service", "-rw-r--r--", agent)?;
-    for (deb, conf) in [
-        (server, vec!["/etc/propass/server.toml"]),
-        (
-            agent,
-            vec![
-                "/etc/propass/agent.toml",
-                "/etc/modprobe.d/propass-blacklist-pn533.conf",
-            ],
-        ),
-    ] {
-        let conffiles = sh(Command::new("dpkg-deb").arg("-I").arg(deb).arg("conffiles"))?;
-        for c in conf {
-            if !conffiles.lines().any(|l| l.trim() == c) {
-                return Err(format!(
-                    "{}: {c} is not a conffile ({conffiles:?})",
-                    deb.display()
-                ));
-            }
-        }
-    }
-    let control = sh(Command::new("dpkg-deb").arg("-f").arg(agent).arg("Depends"))?;
-    if !control.contains("libnfc") {
-        return Err(format!(
-            "the agent does not depend on the distribution's libnfc: {control}"
-        ));
-    }
+    check_contents(server, agent)?;
     eprintln!("xtask: package contents, modes, conffiles and dependencies: ok");
     if !sys::is_root() {
         eprintln!("xtask: WARNING: not root: the packages were NOT installed, verified and purged (run as root for that)");
@@ -174,6 +129,57 @@ pub fn check(debs: &[PathBuf]) -> Result<(), String> {
         return Ok(());
     }
     install_cycle(server, agent)
+}
+
+/// Files and their modes, conffiles and the agent's dependency on libnfc.
+fn check_contents(server: &Path, agent: &Path) -> Result<(), String> {
+    let s = contents(server)?;
+    for (path, mode) in [
+        ("/usr/bin/propass-server", "-rwxr-xr-x"),
+        ("/etc/propass/server.toml", "-rw-r-----"),
+        ("/system/propass-server.service", "-rw-r--r--"),
+        ("/usr/share/doc/propass-server/operators.md", "-rw-r--r--"),
+    ] {
+        expect_entry(&s, path, mode, server)?;
+    }
+    let a = contents(agent)?;
+    for (path, mode) in [
+        ("/usr/bin/propass-agent", "-rwxr-xr-x"),
+        ("/etc/propass/agent.toml", "-rw-r-----"),
+        ("/etc/modprobe.d/propass-blacklist-pn533.conf", "-rw-r--r--"),
+        ("/system/propass-agent.service", "-rw-r--r--"),
+    ] {
+        expect_entry(&a, path, mode, agent)?;
+    }
+    expect_conffiles(server, &["/etc/propass/server.toml"])?;
+    expect_conffiles(
+        agent,
+        &[
+            "/etc/propass/agent.toml",
+            "/etc/modprobe.d/propass-blacklist-pn533.conf",
+        ],
+    )?;
+    let control = sh(Command::new("dpkg-deb").arg("-f").arg(agent).arg("Depends"))?;
+    if !control.contains("libnfc") {
+        return Err(format!(
+            "the agent does not depend on the distribution's libnfc: {control}"
+        ));
+    }
+    Ok(())
+}
+
+fn expect_conffiles(deb: &Path, wanted: &[&str]) -> Result<(), String> {
+    let conffiles = sh(Command::new("dpkg-deb").arg("-I").arg(deb).arg("conffiles"))?;
+    match wanted
+        .iter()
+        .find(|c| !conffiles.lines().any(|l| l.trim() == **c))
+    {
+        Some(c) => Err(format!(
+            "{}: {c} is not a conffile ({conffiles:?})",
+            deb.display()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// What of an installation exists on this machine: packages dpkg knows
@@ -245,6 +251,14 @@ fn installed_checks() -> Result<(), String> {
     if !version.contains(env!("CARGO_PKG_VERSION")) {
         return Err(format!("propass-agent --version answered {version:?}"));
     }
+    check_users_and_files()?;
+    verify_units()?;
+    check_removal()
+}
+
+/// The agent's user in the reader groups, the secrets' and configurations'
+/// owners and modes, and both units enabled.
+fn check_users_and_files() -> Result<(), String> {
     let groups = sh(Command::new("id").args(["-nG", "propass"]))?;
     for g in ["plugdev", "dialout"] {
         let exists = Command::new("getent")
@@ -271,26 +285,37 @@ fn installed_checks() -> Result<(), String> {
             return Err(format!("{unit} is not enabled ({wants} missing)"));
         }
     }
-    if sys::on_path("systemd-analyze") {
-        for unit in ["propass-server", "propass-agent"] {
-            let path = ["/lib/systemd/system", "/usr/lib/systemd/system"]
-                .iter()
-                .map(|d| format!("{d}/{unit}.service"))
-                .find(|p| Path::new(p).exists())
-                .ok_or(format!("{unit}.service is not installed"))?;
-            let out = Command::new("systemd-analyze")
-                .args(["verify", &path])
-                .output()
-                .map_err(|e| e.to_string())?;
-            let said = String::from_utf8_lossy(&out.stderr).to_string();
-            if !out.status.success() || said.contains(&format!("{unit}.service:")) {
-                return Err(format!("systemd-analyze verify {path}:\n{said}"));
-            }
-        }
-        eprintln!("xtask: systemd-analyze verify of both units: ok");
-    } else {
+    Ok(())
+}
+
+/// `systemd-analyze verify` of both installed units, where it exists.
+fn verify_units() -> Result<(), String> {
+    if !sys::on_path("systemd-analyze") {
         eprintln!("xtask: WARNING: systemd-analyze not found: the units were not verified");
+        return Ok(());
     }
+    for unit in ["propass-server", "propass-agent"] {
+        let path = ["/lib/systemd/system", "/usr/lib/systemd/system"]
+            .iter()
+            .map(|d| format!("{d}/{unit}.service"))
+            .find(|p| Path::new(p).exists())
+            .ok_or(format!("{unit}.service is not installed"))?;
+        let out = Command::new("systemd-analyze")
+            .args(["verify", &path])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() || said.contains(&format!("{unit}.service:")) {
+            return Err(format!("systemd-analyze verify {path}:\n{said}"));
+        }
+    }
+    eprintln!("xtask: systemd-analyze verify of both units: ok");
+    Ok(())
+}
+
+/// Removal: refused while the queue cannot be accounted for; allowed with
+/// nothing unsynced, keeping the queue; a purge keeps it too unless asked.
+fn check_removal() -> Result<(), String> {
     // A queue the removal check cannot read is not thrown away.
     sh(Command::new("install").args([
         "-d",
@@ -326,8 +351,7 @@ fn installed_checks() -> Result<(), String> {
     if !Path::new("/var/lib/propass/agent.db").exists() {
         return Err("a purge not asked to threw the kiosk's queue away".into());
     }
-    std::fs::remove_dir_all("/var/lib/propass").map_err(|e| e.to_string())?;
-    Ok(())
+    std::fs::remove_dir_all("/var/lib/propass").map_err(|e| e.to_string())
 }
 
 /// Runs the installed agent as its user until it has created its (empty)

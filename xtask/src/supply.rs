@@ -7,7 +7,7 @@
 //! how old that snapshot is. With neither, the advisories are NOT checked
 //! and xtask says so loudly instead of failing the run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::sys::{self, cargo, root, run_status};
@@ -67,47 +67,11 @@ fn advisories_online() -> Result<(), String> {
 /// cargo-deny runs offline with deny.toml plus that `db-path`.
 fn advisories_from_snapshot(source: &Path) -> Result<(), String> {
     let db_path = root().join("target/advisory-db");
-    // The directory cargo-deny 0.20 derives from its default database URL
-    // (https://github.com/rustsec/advisory-db); an upgrade of cargo-deny that
-    // changes it makes the check fail with "cannot change to …", not pass.
-    let clone = db_path.join("advisory-db-3157b0e258782691");
     let source_s = source
         .to_str()
         .ok_or(format!("{LOCAL_DB_ENV} is not UTF-8"))?;
-    if clone.join(".git").is_dir() {
-        let fetched = git(&clone, &["fetch", "--quiet", source_s, "HEAD"])?
-            && git(&clone, &["reset", "--quiet", "--hard", "FETCH_HEAD"])?;
-        if !fetched {
-            return Err(format!("cannot update {} from {source_s}", clone.display()));
-        }
-    } else {
-        std::fs::create_dir_all(&db_path).map_err(|e| format!("{}: {e}", db_path.display()))?;
-        if !git(
-            &db_path,
-            &[
-                "clone",
-                "--quiet",
-                source_s,
-                clone.to_str().unwrap_or_default(),
-            ],
-        )? {
-            return Err(format!(
-                "{LOCAL_DB_ENV}={source_s} is not a clone of rustsec/advisory-db that git can read"
-            ));
-        }
-    }
-    let date = Command::new("git")
-        .args(["log", "-1", "--format=%cs %ct"])
-        .current_dir(&clone)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let date = String::from_utf8_lossy(&date.stdout).trim().to_owned();
-    let (day, epoch) = date.split_once(' ').unwrap_or((&date, "0"));
-    let age_days = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-        - epoch.parse::<i64>().unwrap_or(0))
-        / 86_400;
+    let clone = update_snapshot(&db_path, source_s)?;
+    let (day, age_days) = snapshot_age(&clone)?;
     eprintln!(
         "xtask: cargo deny check advisories against the local snapshot of {day} ({source_s})…"
     );
@@ -141,6 +105,48 @@ fn advisories_from_snapshot(source: &Path) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The snapshot cloned from `source` (or brought up to it) under `db_path`,
+/// where cargo-deny looks; its directory.
+fn update_snapshot(db_path: &Path, source: &str) -> Result<PathBuf, String> {
+    // The directory cargo-deny 0.20 derives from its default database URL
+    // (https://github.com/rustsec/advisory-db); an upgrade of cargo-deny that
+    // changes it makes the check fail with "cannot change to …", not pass.
+    let clone = db_path.join("advisory-db-3157b0e258782691");
+    if clone.join(".git").is_dir() {
+        let fetched = git(&clone, &["fetch", "--quiet", source, "HEAD"])?
+            && git(&clone, &["reset", "--quiet", "--hard", "FETCH_HEAD"])?;
+        if !fetched {
+            return Err(format!("cannot update {} from {source}", clone.display()));
+        }
+        return Ok(clone);
+    }
+    std::fs::create_dir_all(db_path).map_err(|e| format!("{}: {e}", db_path.display()))?;
+    let target = clone.to_str().unwrap_or_default();
+    if !git(db_path, &["clone", "--quiet", source, target])? {
+        return Err(format!(
+            "{LOCAL_DB_ENV}={source} is not a clone of rustsec/advisory-db that git can read"
+        ));
+    }
+    Ok(clone)
+}
+
+/// The day of the snapshot's last commit, and its age in days.
+fn snapshot_age(clone: &Path) -> Result<(String, i64), String> {
+    let date = Command::new("git")
+        .args(["log", "-1", "--format=%cs %ct"])
+        .current_dir(clone)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let date = String::from_utf8_lossy(&date.stdout).trim().to_owned();
+    let (day, epoch) = date.split_once(' ').unwrap_or((&date, "0"));
+    let age_days = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+        - epoch.parse::<i64>().unwrap_or(0))
+        / 86_400;
+    Ok((day.to_owned(), age_days))
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<bool, String> {

@@ -94,8 +94,8 @@ pub fn json_find_id(json: &str, name: &str) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
-/// Polls `GET path` on `addr` until it answers 200 or the deadline passes.
-/// Polls `ready` until it holds or `timeout` passes (or Ctrl-C).
+/// Polls `ready` until it holds or `timeout` passes (or Ctrl-C). xtask is
+/// synchronous and stops on Ctrl-C, hence not the test-support `eventually`.
 pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline && !interrupted() {
@@ -107,6 +107,7 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     ready()
 }
 
+/// Polls `GET path` on `addr` until it answers 200 or the deadline passes.
 pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline && !interrupted() {

@@ -20,7 +20,7 @@ macro_rules! local_error_codes {
         }
 
         impl LocalErrorCode {
-            /// Every code.
+            /// For the test that docs/agent-api.md lists them all.
             pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
 
             /// The wire name (`quota_exhausted`, …).
