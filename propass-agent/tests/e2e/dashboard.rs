@@ -51,10 +51,7 @@ async fn the_dashboard_shows_the_fleet_and_its_copies_live_in_a_real_browser() {
         Some(agent) => (agent, true),
         None => (Agent::new(&server.url(), &env).await, false),
     };
-    let kiosk = agent.status().await["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kiosk = agent.status().await.device_id;
 
     let mut node = tokio::process::Command::new("node")
         .arg(dir.join("dashboard.mjs"))

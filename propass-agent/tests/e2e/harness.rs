@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use propass_agent::api::types::{EnrollRequest, EnrollResponse, QuotaView, StatusView};
 pub use propass_test_support::private_mount_command;
 pub use propass_test_support::{eventually, free_port, FaultProxy, Mode};
 use propass_test_support::{ProcessGuard, SmallDisk, TempDir, TestDatabase};
@@ -487,21 +488,31 @@ impl Agent {
         res.json().await.ok()
     }
 
-    pub async fn status(&self) -> Value {
+    /// `GET /v1/status` as the local API's own type (the CLI reads it so).
+    pub async fn status(&self) -> StatusView {
+        serde_json::from_value(self.status_json().await).expect("a status")
+    }
+
+    /// `GET /v1/status` as it is on the wire, for what the type leaves out.
+    pub async fn status_json(&self) -> Value {
         self.try_status().await.expect("status")
     }
 
     /// Enrolls the kiosk with a code `server`'s operator created.
     pub async fn enroll(&self, server: &Server) {
-        let code = server.enrollment_code();
+        let body = EnrollRequest {
+            server_url: None,
+            code: server.enrollment_code(),
+        };
         let (s, v) = self
             .call(
                 reqwest::Method::POST,
                 "/v1/enroll",
-                Some(json!({"code": code})),
+                Some(serde_json::to_value(body).unwrap()),
             )
             .await;
         assert_eq!(s, 200, "enrollment failed: {v}");
+        let _: EnrollResponse = serde_json::from_value(v).expect("an enrollment answer");
     }
 
     /// Runs `propass-agent ARGS` against this agent's socket: whether it
@@ -525,7 +536,8 @@ impl Agent {
         self.call(reqwest::Method::POST, "/v1/sync", None).await
     }
 
-    /// Records a copy; returns (status, body).
+    /// Records a copy; returns (status, body) — the body as it is on the
+    /// wire, since refusals are checked by their error code.
     pub async fn record(&self, client: i64, uid: &str) -> (u16, Value) {
         self.call(
             reqwest::Method::POST,
@@ -536,12 +548,18 @@ impl Agent {
     }
 
     pub async fn pending(&self) -> i64 {
-        self.status().await["queue"]["pending"].as_i64().unwrap()
+        self.status().await.queue.pending
     }
 
     pub async fn remaining(&self, client: i64) -> Option<i64> {
         let (_, v) = self.call(reqwest::Method::GET, "/v1/quotas", None).await;
-        v.as_array()?.iter().find(|q| q["client_id"] == client)?["remaining"].as_i64()
+        let quotas: Vec<QuotaView> = serde_json::from_value(v).ok()?;
+        Some(
+            quotas
+                .into_iter()
+                .find(|q| q.client_id == client)?
+                .remaining,
+        )
     }
 
     pub fn db_path(&self) -> PathBuf {

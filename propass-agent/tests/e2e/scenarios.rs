@@ -29,8 +29,8 @@ async fn offline_copies_arrive_exactly_once_when_the_server_returns() {
         assert_eq!(s, 201, "recording works offline: {v}");
     }
     let status = agent.status().await;
-    assert_eq!(status["queue"]["pending"], 500);
-    assert_eq!(status["online"], false);
+    assert_eq!(status.queue.pending, 500);
+    assert!(!status.online);
     assert_eq!(
         agent.remaining(client).await,
         Some(500),
@@ -101,10 +101,7 @@ async fn the_fleet_view_shows_the_agent_heartbeat() {
     let client = server.add_client("Fleet BV", 10);
     let agent = Agent::enrolled(&server).await;
     assert_eq!(agent.record(client, &uid(1)).await.0, 201);
-    let device = agent.status().await["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let device = agent.status().await.device_id;
     let row = || server.fleet_row(&device);
     let seen = eventually(Duration::from_secs(20), || async {
         let r = row();
@@ -226,7 +223,7 @@ async fn a_killed_agent_loses_nothing_and_counts_nothing_twice() {
     .await;
     assert!(drained, "log:\n{}", agent.log());
     let status = agent.status().await;
-    let recorded = status["queue"]["synced"].as_i64().unwrap();
+    let recorded = status.queue.synced;
     let ledger = server.ledger_op_ids().await;
     assert_eq!(
         ledger.len() as i64,
@@ -252,7 +249,7 @@ async fn a_quota_top_up_reaches_the_agent_over_the_websocket() {
     let agent = Agent::enrolled(&server).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
-            agent.status().await["ws_connected"] == true
+            agent.status().await.ws_connected
         })
         .await
     );
@@ -313,7 +310,7 @@ async fn a_kiosk_hears_at_once_that_it_no_longer_serves_a_client() {
     assert!(agent.remaining(dropped).await.is_some());
     assert!(
         eventually(Duration::from_secs(10), || async {
-            agent.status().await["ws_connected"] == true
+            agent.status().await.ws_connected
         })
         .await
     );
@@ -331,10 +328,7 @@ async fn a_kiosk_hears_at_once_that_it_no_longer_serves_a_client() {
         .await,
         "the server's change listener did not start"
     );
-    let device = agent.status().await["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let device = agent.status().await.device_id;
 
     let t = Instant::now();
     server.cli(
@@ -462,9 +456,10 @@ async fn bad_local_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(s, 400);
 
     let status = agent.status().await;
+    let q = status.queue;
     assert_eq!(
-        status["queue"],
-        json!({"pending": 0, "synced": 0, "failed": 0}),
+        (q.pending, q.synced, q.failed),
+        (0, 0, 0),
         "nothing was recorded"
     );
     assert_eq!(agent.remaining(client).await, Some(10));
@@ -485,10 +480,7 @@ async fn bad_local_requests_get_clear_errors_and_change_nothing() {
         .await;
     assert_eq!((s3, v3["error"]["code"].as_str()), (409, Some("conflict")));
     let st = agent.status().await;
-    assert_eq!(
-        st["queue"]["pending"].as_i64().unwrap() + st["queue"]["synced"].as_i64().unwrap(),
-        1
-    );
+    assert_eq!(st.queue.pending + st.queue.synced, 1);
 }
 
 /// A corrupt or foreign database file: the agent refuses to start, says
@@ -604,24 +596,22 @@ async fn a_refused_token_leads_to_a_logged_out_state_that_still_records() {
     let server = Server::new().await;
     let client = server.add_client("Revoked BV", 10);
     let agent = Agent::enrolled(&server).await;
-    let device = agent.status().await["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let device = agent.status().await.device_id;
     server.cli(&["device", "revoke", &device], None);
 
     assert_eq!(agent.record(client, "04AB12CD").await.0, 201);
     let out = eventually(Duration::from_secs(20), || async {
-        agent.status().await["logged_in"] == false
+        !agent.status().await.logged_in
     })
     .await;
     assert!(out, "log:\n{}", agent.log());
     let status = agent.status().await;
     assert!(
-        status["login_required"]
-            .as_str()
+        status
+            .login_required
+            .as_deref()
             .is_some_and(|s| s.contains("revoked")),
-        "{status}"
+        "{status:?}"
     );
     assert_eq!(
         agent.record(client, "04AB12CE").await.0,
@@ -646,10 +636,7 @@ async fn sigterm_stops_the_agent_cleanly() {
     assert!(!agent.socket.exists(), "the socket is removed");
     agent.start().await;
     let s = agent.status().await;
-    assert_eq!(
-        s["queue"]["pending"].as_i64().unwrap() + s["queue"]["synced"].as_i64().unwrap(),
-        1
-    );
+    assert_eq!(s.queue.pending + s.queue.synced, 1);
 }
 
 /// Waits on the agent's event stream for a `card_progress` step.
@@ -1091,7 +1078,7 @@ async fn a_lowered_lease_target_comes_back_from_a_connected_kiosk_at_once() {
     let agent = Agent::enrolled(&server).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
-            agent.status().await["ws_connected"] == true
+            agent.status().await.ws_connected
         })
         .await
     );
@@ -1141,10 +1128,7 @@ async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
     };
     agent.enroll(&server).await;
     assert_eq!(agent.sync().await.0, 200);
-    let device = agent.status().await["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let device = agent.status().await.device_id;
     let made = |uid: [u8; 4]| Tag::classic(TagKind::Gen1a, uid);
     let (status, body) = copy_at_reader(&agent, &emu, client, made([1, 2, 3, 4])).await;
     assert_eq!(status, 201, "{body}");
@@ -1186,10 +1170,10 @@ async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
         !healthy && why.contains("cannot save its records"),
         "the health check fails, saying why: {why}"
     );
-    let storage = agent.status().await["storage_error"].clone();
+    let storage = agent.status().await.storage_error;
     assert!(
-        storage.as_str().is_some_and(|e| e.contains("full")),
-        "{storage}"
+        storage.as_deref().is_some_and(|e| e.contains("full")),
+        "{storage:?}"
     );
     let flagged = eventually(Duration::from_secs(20), || async {
         server.fleet_row(&device)["health"]["flags"]
@@ -1201,7 +1185,7 @@ async fn a_kiosk_whose_disk_is_full_makes_no_card_and_says_so() {
 
     agent.free_disk();
     let cleared = eventually(Duration::from_secs(20), || async {
-        agent.status().await["storage_error"].is_null()
+        agent.status().await.storage_error.is_none()
             && server.fleet_row(&device)["health"]["storage_error"].is_null()
     })
     .await;
@@ -1346,7 +1330,7 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
     );
     let st = agent.status().await;
     assert_eq!(
-        st["queue"]["pending"].as_i64().unwrap() + st["queue"]["synced"].as_i64().unwrap(),
+        st.queue.pending + st.queue.synced,
         1,
         "nothing recorded for the failed copy"
     );
@@ -1438,7 +1422,7 @@ async fn copies_a_badge_at_the_reader_and_records_it_only_when_verified() {
             && !agent.log().to_lowercase().contains("5a5a5a5a5a5a"),
         "the key is in no log line"
     );
-    let status = agent.status().await.to_string();
+    let status = agent.status_json().await.to_string();
     assert!(!status.contains("5A5A5A5A5A5A"), "{status}");
 
     // A badge our blanks cannot become (an Ultralight): refused before any blank is asked for.
@@ -1590,10 +1574,10 @@ async fn syncs_one_copy(agent: &Agent, server: &Server, client: i64, how: &str) 
     );
     assert!(
         eventually(Duration::from_secs(20), || async {
-            agent.status().await["ws_connected"] == true
+            agent.status().await.ws_connected
         })
         .await,
-        "the WebSocket is up over {how}: {}",
+        "the WebSocket is up over {how}: {:?}",
         agent.status().await
     );
 }
@@ -1703,7 +1687,7 @@ async fn an_enrolled_agent_renews_its_token_with_its_rotating_credential() {
             >= 1,
         "the credential was used and rotated"
     );
-    assert_eq!(agent.status().await["logged_in"], true);
+    assert!(agent.status().await.logged_in);
 }
 
 /// Before a kiosk is re-imaged: what the server has not recorded can be read
