@@ -282,7 +282,7 @@ impl AgentConfig {
     }
 
     /// Values out of their bounds are brought in; a non-loopback API address
-    /// and a server URL the agent would not talk to are refused.
+    /// is refused.
     fn checked(mut self) -> Result<Self, String> {
         if let Some(a) = self.http_bind {
             if !a.ip().is_loopback() {
@@ -291,9 +291,12 @@ impl AgentConfig {
                 ));
             }
         }
-        if let Some(server) = &self.server_url {
-            crate::upstream::check_server_url(server, self.allow_insecure_http)
-                .map_err(|why| format!("server_url: {why}"))?;
+        // One spelling of the address (the check at use refuses a bad one;
+        // `server_url_problem` says why at start).
+        if let Some(url) = &self.server_url {
+            if let Ok(normal) = crate::upstream::normalize_server_url(url) {
+                self.server_url = Some(normal);
+            }
         }
         self.batch_size = self.batch_size.clamp(1, 5000);
         self.sync_interval_secs = self.sync_interval_secs.max(1);
@@ -304,6 +307,17 @@ impl AgentConfig {
         self.heartbeat_secs = self.heartbeat_secs.clamp(5, 3600);
         self.api_max_body_bytes = self.api_max_body_bytes.max(1024);
         Ok(self)
+    }
+
+    /// Why the agent will not talk to the configured `server_url`, if it
+    /// will not. Not a reason to refuse the configuration: the CLI's offline
+    /// commands (`status`, `export-unsynced`) must work whatever it says, and
+    /// a kiosk keeps the server it logged in to over this one.
+    pub fn server_url_problem(&self) -> Option<String> {
+        let url = self.server_url.as_deref()?;
+        crate::upstream::check_server_url(url, self.allow_insecure_http)
+            .err()
+            .map(|why| format!("server_url: {why}"))
     }
 
     /// The database file.
@@ -438,22 +452,25 @@ mod tests {
     }
 
     #[test]
-    fn a_server_url_the_agent_would_not_talk_to_stops_it_at_start() {
+    fn a_server_url_the_agent_would_not_talk_to_is_named_at_start() {
         let load = |vars: &'static [(&'static str, &'static str)]| {
-            AgentConfig::load(None, env_of(vars), ConfigLayer::default())
+            AgentConfig::load(None, env_of(vars), ConfigLayer::default()).unwrap()
         };
-        let err = load(&[("PROPASS_SERVER_URL", "http://192.0.2.10:5000")]).unwrap_err();
+        let c = load(&[("PROPASS_SERVER_URL", "http://192.0.2.10:5000")]);
+        let why = c.server_url_problem().expect("refused");
         assert!(
-            err.starts_with("server_url: refusing plain http://"),
-            "{err}"
+            why.starts_with("server_url: refusing plain http://"),
+            "{why}"
         );
-        let err = load(&[("PROPASS_SERVER_URL", "https://me@propass.example")]).unwrap_err();
-        assert!(err.contains("user name"), "{err}");
+        let c = load(&[("PROPASS_SERVER_URL", "https://me@propass.example")]);
+        assert!(c
+            .server_url_problem()
+            .is_some_and(|w| w.contains("user name")));
         let c = load(&[
-            ("PROPASS_SERVER_URL", "http://192.0.2.10:5000"),
+            ("PROPASS_SERVER_URL", "HTTP://192.0.2.10:5000/"),
             ("PROPASS_ALLOW_INSECURE_HTTP", "true"),
-        ])
-        .unwrap();
+        ]);
+        assert_eq!(c.server_url_problem(), None);
         assert_eq!(c.server_url.as_deref(), Some("http://192.0.2.10:5000"));
     }
 

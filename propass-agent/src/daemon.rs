@@ -86,6 +86,11 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
 }
 
 async fn serve(config: AgentConfig) -> Result<(), String> {
+    if let Some(why) = config.server_url_problem() {
+        tracing::error!(
+            "{why}: the agent does not use it (a server it logged in to is used instead)"
+        );
+    }
     let db_path = config.db_path();
     let store = Store::open(&db_path).map_err(|e| e.to_string())?;
     tracing::info!(db = %db_path.display(), "database open");

@@ -18,8 +18,8 @@ use crate::agent::{Agent, PullCursor};
 use crate::backoff::Backoff;
 use crate::events::AgentEvent;
 use crate::store::{Session, StoreError};
-use crate::upstream::check_server_url;
 use crate::upstream::UpstreamError;
+use crate::upstream::{check_server_url, normalize_server_url};
 
 pub mod wire;
 
@@ -206,7 +206,7 @@ impl Agent {
     async fn next_server(&self, server: Option<String>) -> Result<String, SyncError> {
         let current = self.server_url().await?;
         let server = match server {
-            Some(s) => s.trim_end_matches('/').to_owned(),
+            Some(s) => normalize_server_url(&s).map_err(SyncError::Insecure)?,
             None => current.clone().ok_or(SyncError::NoServer)?,
         };
         check_server_url(&server, self.config.allow_insecure_http).map_err(SyncError::Insecure)?;
@@ -221,7 +221,8 @@ impl Agent {
         current: Option<&str>,
         next: &str,
     ) -> Result<(), SyncError> {
-        let Some(current) = current.filter(|c| c.trim_end_matches('/') != next) else {
+        let same = |c: &str| normalize_server_url(c).unwrap_or_else(|_| c.to_owned()) == next;
+        let Some(current) = current.filter(|c| !same(c)) else {
             return Ok(());
         };
         let c = self.store.counts().await?;

@@ -157,6 +157,15 @@ pub fn parse_server_url(server: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
+/// `server` as the agent writes it (scheme and host in lower case, no
+/// trailing `/`: paths are appended to it), when it is a usable address.
+pub fn normalize_server_url(server: &str) -> Result<String, String> {
+    Ok(parse_server_url(server)?
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned())
+}
+
 /// Whether the agent may talk to `server`: `https://` always; `http://` only
 /// to this machine (loopback) unless `allow_insecure_http`.
 pub fn check_server_url(server: &str, allow_insecure_http: bool) -> Result<(), String> {
@@ -461,5 +470,17 @@ mod tests {
         assert!(check_server_url("http://propass.lan", true).is_ok());
         // allow_insecure_http allows clear text, not a misleading address.
         assert!(check_server_url("http://localhost:1@192.0.2.10", true).is_err());
+    }
+
+    #[test]
+    fn server_urls_are_kept_in_one_spelling() {
+        use super::normalize_server_url as n;
+        assert_eq!(
+            n(" HTTPS://Propass.Example/ ").unwrap(),
+            "https://propass.example"
+        );
+        assert_eq!(n("https://h:8443/base/").unwrap(), "https://h:8443/base");
+        assert_eq!(n("http://127.0.0.1:5000").unwrap(), "http://127.0.0.1:5000");
+        assert!(n("https://me@h").is_err());
     }
 }

@@ -80,7 +80,8 @@ async fn ws_target(agent: &Agent) -> Result<Option<(String, String)>, StoreError
 }
 
 fn ws_url(server: &str) -> String {
-    let base = server.trim_end_matches('/');
+    let base = crate::upstream::normalize_server_url(server)
+        .unwrap_or_else(|_| server.trim_end_matches('/').to_owned());
     let base = if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = base.strip_prefix("http://") {

@@ -454,7 +454,7 @@ pub async fn publish_aging(state: &AppState) {
                 since = until;
             }
             // `since` stays: the next look covers this one's span too.
-            Err(e) => tracing::debug!(error = %e, "cannot look for aged kiosk rows; retrying"),
+            Err(e) => tracing::warn!(error = %e, "cannot look for aged kiosk rows; retrying"),
         }
     }
 }

@@ -384,14 +384,14 @@ async function run(browser) {
     const mark = A.locator(`svg[data-testid=chart-hourly] :is(path, rect)[data-client-id=${attr(clientId)}]`);
     await mark.first().waitFor({ state: 'attached' });
     await A.locator('svg[data-testid=chart-burndown]').waitFor({ state: 'visible' });
-    // The burn-down ends at the card's unused quota and shows step 5's
-    // top-up as a rise (its hour's copies are fewer than the 7 added).
+    // The burn-down starts (72 h ago, before this run) at the quota the
+    // client was created with — what it has now, less step 4's top-up of 7 —
+    // and shows that top-up as a rise (its hour's copies are fewer than 7).
     const line = A.locator(`svg[data-testid=chart-burndown] path[data-client-id=${attr(clientId)}]`);
     await until('the burn-down drawn with the top-up', async () => {
       const q = await quotaOf(A, clientId);
-      const unused = q.total - q.used;
       const values = ((await line.getAttribute('data-values')) || '').split(' ').map(Number);
-      return values.length > 1 && values[values.length - 1] === unused && values.some((v, i) => i > 0 && v > values[i - 1]);
+      return values.length > 1 && values[0] === q.total - 7 && values.some((v, i) => i > 0 && v > values[i - 1]);
     });
     await shot(A, '07-charts.png');
   });

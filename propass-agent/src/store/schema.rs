@@ -12,7 +12,10 @@ use super::{StoreError, StoreResult};
 /// `PRPS`, stored in the SQLite header to recognise our databases.
 pub const APPLICATION_ID: i32 = 0x5052_5053;
 
-/// Applied in order; `user_version` counts those applied.
+/// Applied in order; `user_version` counts those applied. `queue` rows are
+/// never deleted (it is the kiosk's history, and `queue::counts` takes the
+/// number of rows from the last AUTOINCREMENT id): pruning it would need a
+/// stored count instead.
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE queue (

@@ -339,8 +339,8 @@ function onClient(c) {
   if (!before || before.name !== c.name) fillClientPickers();
   if (S.view === 'clients') {
     renderClients();
-    // A top-up or correction changes the burn-down's hours, not only its end.
-    if (before && before.total !== c.total) debounce('stats', 1000, loadStats);
+    // A top-up, a correction or a void changes the burn-down's hours, not only its end.
+    if (before && (before.total !== c.total || c.used < before.used)) debounce('stats', 1000, loadStats);
     else debounce('charts', 300, drawCharts);
     const card = S.cards.get(c.id);
     if (card && !card.r.history.hidden) loadHistory(c.id).catch(report);

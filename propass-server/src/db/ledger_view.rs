@@ -182,7 +182,7 @@ pub async fn hourly_quota_changes(
 ) -> QueryResult<Vec<HourlyDelta>> {
     diesel::sql_query(
         "SELECT substr(subject, 8)::bigint AS client_id, date_trunc('hour', at) AS hour, \
-                sum((detail->>'delta')::bigint)::bigint AS delta \
+                coalesce(sum((detail->>'delta')::bigint), 0)::bigint AS delta \
          FROM audit_log WHERE at >= $1 AND action = 'quota.add' AND subject ~ '^client:[0-9]+$' \
          GROUP BY 1, 2 ORDER BY 1, 2",
     )

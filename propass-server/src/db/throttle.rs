@@ -159,7 +159,7 @@ impl LoginThrottle {
 
     /// Counts an attempt on every key, unless one of them is over its limit
     /// (nothing is counted then). The attempt stays counted as a failure
-    /// until [`Self::succeeded`] or [`Self::forgive`] forgives it.
+    /// until [`Self::forgive`] forgives it.
     pub async fn begin(
         &self,
         pool: &PgPool,

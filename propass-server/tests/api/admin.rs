@@ -1433,14 +1433,76 @@ async fn next_event(
     }
 }
 
+/// A kiosk is not tied to the person who enrolled it: disabling that
+/// operator and changing their password leaves its tokens, its refresh
+/// credential and its pushes working (they end the operator's own session).
+#[tokio::test]
+async fn a_kiosk_outlives_the_operator_who_enrolled_it() {
+    let app = spawn_app().await;
+    app.add_user(OPERATOR.0, OPERATOR.1, Role::Operator).await;
+    let acme = app.add_client("ACME", 10).await;
+    let op = app.browser(OPERATOR.0, OPERATOR.1).await;
+    let (status, code) = app
+        .page_json(
+            &op,
+            Method::POST,
+            "/api/admin/enrollment-codes",
+            Some(json!({"name": "Lobby", "clients": [acme]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{code}");
+    let post = |path: &str, body: Value| {
+        app.http
+            .post(format!("{}{path}", app.base))
+            .json(&body)
+            .send()
+    };
+    let enrolled: Value = post(
+        "/api/devices/enroll",
+        json!({"code": code["code"], "device_id": "agent-1", "agent_version": "1.0.0"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let token = enrolled["token"].as_str().expect("a token").to_owned();
+
+    let mut conn = app.db().await;
+    let hash = propass_server::auth::password::hash_password("a-new-pass-1").unwrap();
+    assert!(
+        propass_server::db::users::set_password(&mut conn, OPERATOR.0, &hash)
+            .await
+            .unwrap()
+    );
+    assert!(
+        propass_server::db::users::set_disabled(&mut conn, OPERATOR.0, true)
+            .await
+            .unwrap()
+    );
+    let (status, _) = app
+        .page_json(&op, Method::GET, "/api/admin/devices", None)
+        .await;
+    assert_eq!(status, 401, "the operator's own session ended");
+
+    let push = json!({"device_id": "agent-1", "queue": [seed_item(1, acme, "04AB12CD")]});
+    assert_eq!(app.push_ok(&token, &push).await[0]["status"], "synced");
+    let renewed = post(
+        "/api/devices/token",
+        json!({"credential": enrolled["credential"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(renewed.status(), 200, "the kiosk renews its token");
+}
+
 /// A kiosk that falls silent without closing a socket (it only pulls, or
 /// its instance died with the socket) goes offline on open dashboards by
 /// time alone: its row comes in a `devices` event, no reload.
 #[tokio::test]
 async fn a_kiosk_that_falls_silent_goes_offline_on_open_dashboards() {
-    let app = spawn_with(|c| c.fleet.offline_after = chrono::Duration::seconds(1)).await;
+    let app = spawn_with(|c| c.fleet.offline_after = chrono::Duration::seconds(2)).await;
     app.add_user(OPERATOR.0, OPERATOR.1, Role::Operator).await;
-    let _token = app.token("K1").await;
     let op = app.browser(OPERATOR.0, OPERATOR.1).await;
     let mut stream = app
         .as_page(&op, Method::GET, "/api/admin/events")
@@ -1448,6 +1510,11 @@ async fn a_kiosk_that_falls_silent_goes_offline_on_open_dashboards() {
         .await
         .unwrap();
     let mut buf = String::new();
+    assert!(next_event(&mut stream, &mut buf, "hello", |_| true)
+        .await
+        .is_some());
+    // Heard from once (a login), then silent, while the page is open.
+    let _token = app.token("K1").await;
     let k1_offline = |d: &Value| {
         d["device_id"] == "K1"
             && d["health"]["online"] == false

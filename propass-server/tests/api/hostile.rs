@@ -189,6 +189,10 @@ async fn log_lines_escape_what_users_typed() {
         "the failure is logged: {text}"
     );
     assert!(
+        text.contains(r"nobody\n2026-01-01"),
+        "the username is in the log, escaped: {text}"
+    );
+    assert!(
         !text.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
         "a typed newline started a line of its own: {text}"
     );
