@@ -254,27 +254,29 @@ async fn a_huge_push_of_zeros_is_refused_without_holding_it_in_memory() {
     );
 }
 
+/// A login's status, sent with `X-Forwarded-For: forwarded_for`.
+async fn login_from(app: &TestApp, user: &str, password: &str, forwarded_for: &str) -> u16 {
+    app.http
+        .post(format!("{}/api/auth/login", app.base))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": user, "password": password, "device_id": "K1"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Wrong passwords for ever new usernames from one address: the address is
 /// throttled — whatever `X-Forwarded-For` claims, unless the request comes
 /// from a trusted proxy, which then tells the clients apart.
 #[tokio::test]
 async fn forwarded_addresses_are_believed_only_from_a_trusted_proxy() {
-    async fn guess(app: &TestApp, user: &str, forwarded_for: &str) -> u16 {
-        app.http
-            .post(format!("{}/api/auth/login", app.base))
-            .header("x-forwarded-for", forwarded_for)
-            .json(&json!({"username": user, "password": "wrong", "device_id": "K1"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
     let app = spawn_with(|c| c.login_max_failures = 2).await;
-    assert_eq!(guess(&app, "u1", "198.51.100.1").await, 401);
-    assert_eq!(guess(&app, "u2", "198.51.100.2").await, 401);
+    assert_eq!(login_from(&app, "u1", "wrong", "198.51.100.1").await, 401);
+    assert_eq!(login_from(&app, "u2", "wrong", "198.51.100.2").await, 401);
     assert_eq!(
-        guess(&app, "u3", "198.51.100.3").await,
+        login_from(&app, "u3", "wrong", "198.51.100.3").await,
         429,
         "a made-up address changes nothing"
     );
@@ -284,15 +286,15 @@ async fn forwarded_addresses_are_believed_only_from_a_trusted_proxy() {
         c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     })
     .await;
-    assert_eq!(guess(&app, "u1", "198.51.100.1").await, 401);
-    assert_eq!(guess(&app, "u2", "198.51.100.1").await, 401);
+    assert_eq!(login_from(&app, "u1", "wrong", "198.51.100.1").await, 401);
+    assert_eq!(login_from(&app, "u2", "wrong", "198.51.100.1").await, 401);
     assert_eq!(
-        guess(&app, "u3", "198.51.100.1").await,
+        login_from(&app, "u3", "wrong", "198.51.100.1").await,
         429,
         "that client is throttled"
     );
     assert_eq!(
-        guess(&app, "u4", "198.51.100.2").await,
+        login_from(&app, "u4", "wrong", "198.51.100.2").await,
         401,
         "another client behind the proxy is not"
     );
@@ -303,30 +305,31 @@ async fn forwarded_addresses_are_believed_only_from_a_trusted_proxy() {
 /// logs in between them (a shared kiosk account does, often).
 #[tokio::test]
 async fn a_success_in_between_gives_guessers_no_more_checks() {
-    async fn try_login(app: &TestApp, password: &str, forwarded_for: &str) -> u16 {
-        app.http
-            .post(format!("{}/api/auth/login", app.base))
-            .header("x-forwarded-for", forwarded_for)
-            .json(&json!({"username": "admin", "password": password, "device_id": "K1"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
     let app = spawn_with(|c| {
         c.login_max_failures = 3;
         c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     })
     .await;
     let checks = || app.state.metrics.password_checks.load(Ordering::Relaxed);
-    assert_eq!(try_login(&app, "guess1", "198.51.100.1").await, 401);
-    assert_eq!(try_login(&app, "guess2", "198.51.100.2").await, 401);
-    assert_eq!(try_login(&app, "admin123", "203.0.113.9").await, 200);
-    assert_eq!(try_login(&app, "guess3", "198.51.100.3").await, 401);
+    assert_eq!(
+        login_from(&app, "admin", "guess1", "198.51.100.1").await,
+        401
+    );
+    assert_eq!(
+        login_from(&app, "admin", "guess2", "198.51.100.2").await,
+        401
+    );
+    assert_eq!(
+        login_from(&app, "admin", "admin123", "203.0.113.9").await,
+        200
+    );
+    assert_eq!(
+        login_from(&app, "admin", "guess3", "198.51.100.3").await,
+        401
+    );
     let before = checks();
     assert_eq!(
-        try_login(&app, "guess4", "198.51.100.4").await,
+        login_from(&app, "admin", "guess4", "198.51.100.4").await,
         429,
         "the success forgave itself, not the guesses"
     );
